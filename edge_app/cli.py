@@ -1,0 +1,255 @@
+"""`rlivs`: ingest a video into an on-device memory, ask questions, list captions, run the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rlivs.runtime.config import (
+    AnswerConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig,
+    SelectionConfig,
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="rlivs: streaming video question answering, on the device.")
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("rlivs")
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+    for noisy in ("httpx", "huggingface_hub", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def _probe_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:
+    if not spec:
+        return None
+    try:
+        return tuple(int(x) for x in spec.split(","))
+    except ValueError:
+        _fail(f"--probe-layers {spec!r} is not a comma-separated list of layer indices, e.g. 4,8,13,19")
+
+
+def _engine(model: str, backend: str, device: str, dtype: str, threads: Optional[int], config: PipelineConfig):
+    from rlivs.runtime.pipeline import load_engine
+
+    with console.status(f"loading model {model} ..."):
+        return load_engine(model, backend=backend, config=config, device=device, dtype=dtype, threads=threads)
+
+
+def _open_memory(db: Path, engine=None, readonly: bool = False):
+    from rlivs.runtime.memory import Memory
+
+    if readonly and not db.exists():
+        _fail(f"{db} does not exist: ingest a video first with rlivs ingest VIDEO --db {db}")
+    return Memory(db, model_fingerprint=engine.model_fingerprint if engine else None, readonly=readonly)
+
+
+ModelOpt = typer.Option("tiny", "--model", "-m", help="HF hub id (local cache only), HF-format directory, or 'tiny'.")
+BackendOpt = typer.Option("auto", "--backend", help="auto | torch")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda (torch backend)")
+DtypeOpt = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the backend.")
+
+
+@app.command()
+def ingest(
+    video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes)."),
+    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
+    stream: str = typer.Option("default", "--stream", help="Stream name inside the memory."),
+    model: str = ModelOpt, backend: str = BackendOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+    threads: Optional[int] = ThreadsOpt,
+    fps: float = typer.Option(1.0, help="Frames sampled per second."),
+    frames_per_clip: int = typer.Option(16, help="Frames per clip."),
+    keep: Optional[int] = typer.Option(None, help="Visual tokens kept per clip (overrides --keep-ratio)."),
+    keep_ratio: float = typer.Option(0.0625, help="Fraction of a clip's tokens kept (196/3136)."),
+    strategy: str = typer.Option("attention", help="attention | uniform | meanpool | kmeans | random"),
+    fifo_clips: Optional[int] = typer.Option(16, help="FIFO capacity in clips (0 = no recurrence)."),
+    fifo_tokens: Optional[int] = typer.Option(None, help="FIFO capacity in tokens (optional)."),
+    probe_layers: Optional[str] = typer.Option(None, help="Comma-separated decoder layers to probe."),
+    num_probe_layers: int = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset."),
+    max_caption_tokens: int = typer.Option(128, help="Greedy caption length bound."),
+    max_clips: Optional[int] = typer.Option(None, help="Stop after this many clips (this run)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON line per clip."),
+):
+    """Caption a video clip by clip into the memory; resumes where a previous run stopped."""
+    if not video.exists():
+        _fail(f"{video} does not exist")
+    try:
+        config = PipelineConfig(
+            clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
+            selection=SelectionConfig(strategy=strategy, keep=keep, keep_ratio=keep_ratio),
+            fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
+            caption=CaptionConfig(max_new_tokens=max_caption_tokens),
+            probe=ProbeConfig(num_layers=num_probe_layers, layers=_probe_layers(probe_layers)),
+        )
+        from rlivs.runtime.pipeline import StreamIngestor
+
+        engine = _engine(model, backend, device, dtype, threads, config)
+        with _open_memory(db, engine) as memory:
+            ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
+            clips = ing.clips_from_file(video)
+            _run_ingest(ing, clips, video, config, max_clips, json_out)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def _run_ingest(ing, clips, video: Path, config: PipelineConfig, max_clips, json_out: bool) -> None:
+    from rlivs.runtime.frames import VideoFileSource
+
+    dur = VideoFileSource(video, fps=config.clip.fps).duration
+    total = math.ceil(dur / config.clip.clip_seconds) if dur else None
+    if total is not None and max_clips is not None:
+        total = min(total, ing.next_index + max_clips)
+    start, t0 = ing.next_index, time.perf_counter()
+    columns = [TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=json_out) as bar:
+        task = bar.add_task("clips", total=total, completed=start, rate="")
+
+        def on_clip(r):
+            video_s = (r.index + 1 - start) * config.clip.clip_seconds
+            rate = video_s / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, completed=r.index + 1, rate=f"{rate:.2f} video s / wall s")
+            if json_out:
+                out.print_json(json.dumps({"clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                                           "caption": r.caption, "fifo_tokens": r.fifo_tokens,
+                                           "timings": r.timings}))
+            else:
+                bar.console.print(f"[dim][{r.index}] {r.t_start:7.1f}-{r.t_end:7.1f}s[/] {r.caption}")
+
+        results = ing.run(clips, on_clip=on_clip, max_clips=max_clips)
+    wall = time.perf_counter() - t0
+    video_s = len(results) * config.clip.clip_seconds
+    console.print(f"{len(results)} clips ({video_s:.0f} s of video) in {wall:.1f} s: "
+                  f"{video_s / max(wall, 1e-9):.2f} video s per wall s; stream at clip {ing.next_index}")
+
+
+def _model_for_db(db: Path, stream: Optional[str]) -> str:
+    """The model a memory was written with (ask/captions default to it)."""
+    with _open_memory(db, readonly=True) as memory:
+        models = {s["model_id"] for s in memory.streams() if stream is None or s["name"] == stream}
+    if len(models) != 1:
+        _fail(f"{db} holds streams from {sorted(models) or 'no'} models: pass --model")
+    return models.pop()
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question."),
+    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory to answer from."),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream (default: all)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the model the memory was written with."),
+    backend: str = BackendOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, threads: Optional[int] = ThreadsOpt,
+    top_k: int = typer.Option(8, help="At most this many captions."),
+    token_budget: int = typer.Option(2048, help="At most this many caption tokens."),
+    mmr_lambda: float = typer.Option(0.5, help="MMR relevance weight (1 = relevance only)."),
+    max_new_tokens: int = typer.Option(256, help="Answer length bound."),
+    json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
+):
+    """Answer a question from the captions in memory (text only)."""
+    try:
+        model = model or _model_for_db(db, stream)
+        config = PipelineConfig(retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda),
+                                answer=AnswerConfig(max_new_tokens=max_new_tokens))
+        from rlivs.runtime.pipeline import answer, format_time
+
+        engine = _engine(model, backend, device, dtype, threads, config)
+        with _open_memory(db, engine, readonly=True) as memory:
+            a = answer(engine, memory, question, stream=stream)
+    except ValueError as e:
+        _fail(str(e))
+    if json_out:
+        out.print_json(json.dumps({
+            "question": a.question, "answer": a.text, "latency_s": a.latency_s,
+            "captions": [{"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                          "caption": r.caption, "relevance": s} for r, s in a.used]}))
+        return
+    out.print(f"[bold]Q:[/] {a.question}\n[bold]A:[/] {a.text}")
+    table = Table("stream", "clip", "time", "relevance", "caption", title=f"captions used ({a.latency_s:.2f} s)")
+    for r, s in a.used:
+        table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", f"{s:.3f}", r.caption)
+    out.print(table)
+
+
+@app.command()
+def captions(
+    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory."),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream."),
+    t_from: Optional[float] = typer.Option(None, "--from", help="From this time (s)."),
+    t_to: Optional[float] = typer.Option(None, "--to", help="Up to this time (s)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines."),
+):
+    """List the caption timeline."""
+    from rlivs.runtime.pipeline import format_time
+
+    try:
+        with _open_memory(db, readonly=True) as memory:
+            rows = memory.clips(stream, t_from, t_to, limit=limit)
+    except ValueError as e:
+        _fail(str(e))
+    if json_out:
+        for r in rows:
+            out.print(json.dumps({"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                                  "caption": r.caption}))
+        return
+    table = Table("stream", "clip", "time", "caption", title=f"{len(rows)} captions in {db}")
+    for r in rows:
+        table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", r.caption)
+    out.print(table)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("rlivs-demo"), help="Where the sample video and memory go."),
+    model: str = ModelOpt,
+    question: str = typer.Option("What moved across the scene?", help="The question asked at the end."),
+    seconds: float = typer.Option(48.0, help="Length of the generated sample video."),
+):
+    """The main job on the embedded default: build the tiny model, make a sample video, ingest it, ask."""
+    from rlivs.edge_app.sample_video import make_sample_video
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    video = workdir / "sample.mp4"
+    if not video.exists():
+        make_sample_video(video, seconds=seconds)
+        console.print(f"sample video: {video} ({seconds:.0f} s, moving shapes)")
+    db = workdir / "memory.db"
+    ingest(video=video, db=db, stream="default", model=model, backend="auto", device="cpu", dtype="float32",
+           threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
+           fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
+           max_clips=None, json_out=False)
+    ask(question=question, db=db, stream=None, model=model, backend="auto", device="cpu", dtype="float32",
+        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, json_out=False)
+    if model == "tiny":
+        console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "
+                      "Pass --model with LLaVA-OneVision weights for real captions.[/]")
+
+
+def main() -> None:
+    app(prog_name="rlivs")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Greedy decoding on any backend, scoring visual tokens with the probe attention on the way."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import Backend
+
+
+@dataclass
+class Generation:
+    ids: list[int]  # generated tokens, EOS excluded
+    scores: np.ndarray | None  # (C,) summed probe attention over the scored columns, or None
+    steps: int  # decoder steps run (1 prefill + decode steps)
+    prefill_s: float = 0.0  # seconds in the prefill step
+    decode_s: float = 0.0  # seconds in decode steps
+
+
+def greedy(backend: Backend, context: np.ndarray, max_new_tokens: int, eos_ids, columns: slice | None = None) -> Generation:
+    """Greedy continuation of (S, D) context embeddings.
+
+    With `columns`, every decoder step's query row (the last prompt token at prefill, then each
+    generated token that is fed back) adds its probe attention over keys[columns] into the scores:
+    the attention behind every caption token, at no extra forward pass. The final token is never
+    fed back (nothing is generated after it), as in HF `generate`.
+    """
+    rows = 1 if columns is not None else 0
+    state = backend.new_state()
+    t0 = time.perf_counter()
+    out = backend.step(context, state, probe_rows=rows)  # prefill
+    prefill_s = time.perf_counter() - t0
+    scores = out.probe_attn[0, columns].astype(np.float64) if rows else None  # (C,)
+    ids: list[int] = []
+    steps = 1
+    while True:
+        tok = int(np.argmax(out.logits))
+        if tok in eos_ids:
+            break
+        ids.append(tok)
+        if len(ids) >= max_new_tokens:
+            break
+        out = backend.step(backend.embed_tokens(np.array([tok])), state, probe_rows=rows)  # (1, D) in
+        steps += 1
+        if rows:
+            scores += out.probe_attn[0, columns]
+    total = time.perf_counter() - t0
+    return Generation(ids, None if scores is None else scores.astype(np.float32), steps, prefill_s, total - prefill_s)

@@ -1,0 +1,50 @@
+"""Where a model's files are: `tiny`, a local HF-format directory, or a hub id in the local HF cache.
+
+Nothing here touches the network: hub ids resolve with `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("rlivs.models")
+
+TINY = "tiny"
+
+
+def resolve_model(name: str | Path) -> tuple[Path, str]:
+    """-> (model directory, model id to record). Raises ValueError saying how to obtain a missing model."""
+    name = str(name)
+    if name == TINY:
+        try:
+            from rlivs.runtime.backends.torch.tiny import ensure_tiny_model
+        except ImportError as e:
+            raise ValueError(
+                f"building the tiny model needs the torch extra ({e}); install it with: "
+                "pip install torch==2.13.0 && pip install 'rlivs[torch]'"
+            ) from e
+        return ensure_tiny_model(), TINY
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{path} is a directory but has no config.json: point --model at an HF-format model directory")
+        return path.resolve(), str(path.resolve())
+    if path.exists():
+        raise ValueError(f"--model {name} is a file; give an HF-format model directory, a hub id, or 'tiny'")
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise ValueError(f"model {name!r} is neither a directory nor a hub id (org/name) nor 'tiny'")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snap = Path(snapshot_download(name, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as e:
+        raise ValueError(
+            f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}); rlivs never downloads. "
+            f"On a connected machine run `huggingface-cli download {name}` and copy the cache here (or set HF_HOME), "
+            f"or pass a local model directory with --model"
+        ) from e
+    log.info("model %s resolved from the local HF cache: %s", name, snap)
+    return snap, name

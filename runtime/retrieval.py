@@ -1,0 +1,55 @@
+"""Caption retrieval: one vector per text, cosine relevance, maximal marginal relevance.
+
+A text's vector is the mean of its tokens' unit-normalised input embeddings. The mean pairwise
+cosine between the tokens of two texts equals the dot product of these means, so one vector per
+caption stands for all its tokens (docs/method.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def text_vector(token_embeds: np.ndarray) -> np.ndarray:
+    """(L, D) input embeddings -> (D,) float32 mean of unit vectors (zeros for an empty text)."""
+    if len(token_embeds) == 0:
+        return np.zeros(token_embeds.shape[-1], dtype=np.float32)
+    e = token_embeds.astype(np.float64)
+    e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return e.mean(axis=0).astype(np.float32)
+
+
+def cosine(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(D,), (N, D) -> (N,) cosine similarities (0 where a vector is zero)."""
+    q = query / max(float(np.linalg.norm(query)), 1e-12)
+    m = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    return m @ q
+
+
+def mmr(query: np.ndarray, matrix: np.ndarray, k: int, lam: float = 0.5,
+        costs: np.ndarray | None = None, budget: float | None = None) -> list[int]:
+    """Maximal marginal relevance: repeatedly take argmax  lam*sim(q, d) - (1-lam)*max_{s in S} sim(d, s).
+
+    Stops at k items or when the next pick would exceed `budget` (sum of `costs`, e.g. caption
+    tokens); an item too large for the remaining budget is skipped. Returns indices in pick order.
+    """
+    n = len(matrix)
+    if n == 0:
+        return []
+    rel = cosine(query, matrix)  # (N,)
+    unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    red = np.full(n, -np.inf)  # max similarity to anything picked so far
+    picked: list[int] = []
+    open_ = np.ones(n, dtype=bool)
+    spent = 0.0
+    while len(picked) < k and open_.any():
+        score = lam * rel - (1.0 - lam) * np.where(np.isfinite(red), red, 0.0)
+        score = np.where(open_, score, -np.inf)
+        j = int(np.argmax(score))
+        open_[j] = False
+        if budget is not None and costs is not None and spent + costs[j] > budget:
+            continue
+        picked.append(j)
+        spent += 0.0 if costs is None else float(costs[j])
+        red = np.maximum(red, unit @ unit[j])
+    return picked

@@ -1,0 +1,39 @@
+"""Shared fixtures. Nothing here touches the network: the tiny model and videos are built locally."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports huggingface_hub: never reach a hub, and keep the tiny-model cache per session.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RLIVS_HOME", tempfile.mkdtemp(prefix="rlivs-test-home-"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    pytest.importorskip("torch")
+    from rlivs.runtime.backends.torch.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def sample_video(tmp_path_factory) -> Path:
+    from rlivs.edge_app.sample_video import make_sample_video
+
+    return make_sample_video(tmp_path_factory.mktemp("video") / "sample.mp4", seconds=20.0)
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip)
