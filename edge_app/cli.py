@@ -132,7 +132,7 @@ def _run_ingest(ing, clips, video: Path, config: PipelineConfig, max_clips, json
             rate = video_s / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, completed=r.index + 1, rate=f"{rate:.2f} video s / wall s")
             if json_out:
-                out.print_json(json.dumps({"clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                typer.echo(json.dumps({"clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
                                            "caption": r.caption, "fifo_tokens": r.fifo_tokens,
                                            "timings": r.timings}))
             else:
@@ -180,7 +180,7 @@ def ask(
     except ValueError as e:
         _fail(str(e))
     if json_out:
-        out.print_json(json.dumps({
+        typer.echo(json.dumps({
             "question": a.question, "answer": a.text, "latency_s": a.latency_s,
             "captions": [{"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
                           "caption": r.caption, "relevance": s} for r, s in a.used]}))
@@ -211,7 +211,7 @@ def captions(
         _fail(str(e))
     if json_out:
         for r in rows:
-            out.print(json.dumps({"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+            typer.echo(json.dumps({"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
                                   "caption": r.caption}))
         return
     table = Table("stream", "clip", "time", "caption", title=f"{len(rows)} captions in {db}")
