@@ -127,9 +127,11 @@ def _run_ingest(ing, clips, video: Path, config: PipelineConfig, max_clips, json
     with Progress(*columns, console=console, disable=json_out) as bar:
         task = bar.add_task("clips", total=total, completed=start, rate="")
 
+        seen = [0.0]  # video seconds ingested this run
+
         def on_clip(r):
-            video_s = (r.index + 1 - start) * config.clip.clip_seconds
-            rate = video_s / max(time.perf_counter() - t0, 1e-9)
+            seen[0] += r.t_end - r.t_start
+            rate = seen[0] / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, completed=r.index + 1, rate=f"{rate:.2f} video s / wall s")
             if json_out:
                 typer.echo(json.dumps({"clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
@@ -140,7 +142,7 @@ def _run_ingest(ing, clips, video: Path, config: PipelineConfig, max_clips, json
 
         results = ing.run(clips, on_clip=on_clip, max_clips=max_clips)
     wall = time.perf_counter() - t0
-    video_s = len(results) * config.clip.clip_seconds
+    video_s = sum(r.t_end - r.t_start for r in results)
     console.print(f"{len(results)} clips ({video_s:.0f} s of video) in {wall:.1f} s: "
                   f"{video_s / max(wall, 1e-9):.2f} video s per wall s; stream at clip {ing.next_index}")
 

@@ -27,7 +27,7 @@ class SelectionConfig:
     strategy: str = "attention"  # attention | uniform | meanpool | kmeans | random
     keep: int | None = None  # visual tokens kept per clip; when set it overrides keep_ratio
     keep_ratio: float = 0.0625  # fraction of a clip's tokens kept: 196 of 3136 for 16 frames of 14x14
-    seed: int = 0  # for the random and k-means strategies
+    seed: int = 0  # seeds the random strategy (per clip, so a resumed stream draws the same)
 
     def __post_init__(self):
         if not 0 < self.keep_ratio <= 1:
@@ -44,7 +44,8 @@ class SelectionConfig:
             )
 
     def n_keep(self, n_tokens: int) -> int:
-        """Tokens kept from a clip of `n_tokens` visual tokens (a short last clip keeps proportionally)."""
+        """Tokens kept from a clip of `n_tokens` visual tokens: keep_ratio scales with a short last clip;
+        an explicit keep is capped at the tokens the clip has."""
         if self.keep is not None:
             return min(self.keep, n_tokens)
         return max(1, min(n_tokens, round(self.keep_ratio * n_tokens)))

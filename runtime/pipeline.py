@@ -22,7 +22,7 @@ from .frames import Clip, FramePreprocessor, VideoFileSource, clip_start_time, i
 from .generate import greedy
 from .memory import ClipRecord, Memory
 from .models import resolve_model
-from .retrieval import mmr, text_vector
+from .retrieval import mmr, similarity, text_vector
 from .selection import get_strategy
 from .text import TextCodec
 
@@ -101,13 +101,18 @@ class StreamIngestor:
         self.engine, self.memory, self.stream = engine, memory, stream
         cfg = engine.config
         self.strategy = get_strategy(cfg.selection.strategy)
-        self.rng = np.random.default_rng(cfg.selection.seed)
         state = memory.open_stream(stream, source, engine.backend.info.model_id, cfg.ingest_fingerprint())
         self.next_index = state.next_index  # the clip the stream resumes at
         self.fifo = TokenFifo(cfg.fifo, engine.backend.info.hidden_size)
         self.fifo.restore(state.fifo)
         if self.next_index:
             log.info("stream %r resumes at clip %d with %d FIFO clips", stream, self.next_index, len(self.fifo))
+            if state.model_id != engine.backend.info.model_id:
+                log.warning("stream %r was ingested with model %s; resuming it with %s",
+                            stream, state.model_id, engine.backend.info.model_id)
+            if source and state.source and source != state.source:
+                log.warning("stream %r was ingested from %s; resuming it from %s at clip %d",
+                            stream, state.source, source, self.next_index)
 
     def step(self, clip: Clip) -> ClipResult:
         e, t = self.engine, {}
@@ -124,7 +129,8 @@ class StreamIngestor:
         t["prefill"], t["decode"] = gen.prefill_s, gen.decode_s
         # 3. select: N tokens of this clip, temporal order
         t0 = time.perf_counter()
-        sel = self.strategy(visual, gen.scores, e.config.selection.n_keep(len(flat)), self.rng)  # (N, D)
+        rng = np.random.default_rng([e.config.selection.seed, clip.index])  # per clip: a resume draws the same
+        sel = self.strategy(visual, gen.scores, e.config.selection.n_keep(len(flat)), rng)  # (N, D)
         t["select"] = time.perf_counter() - t0
         # 4. remember: caption, its vector and the FIFO change in one transaction, then the in-memory FIFO
         t0 = time.perf_counter()
@@ -189,7 +195,7 @@ def answer(engine: Engine, memory: Memory, question: str, stream: str | None = N
     q = engine.vector(engine.text.encode(question))  # (D,)
     costs = np.array([r.n_tokens for r in records], dtype=np.float64)
     picked = mmr(q, matrix, rc.top_k, rc.mmr_lambda, costs=costs, budget=rc.token_budget)
-    rel = matrix[picked] @ q / np.maximum(np.linalg.norm(matrix[picked], axis=1) * np.linalg.norm(q), 1e-12)
+    rel = similarity(q, matrix[picked])  # (K,) mean pairwise token cosine
     used = sorted(zip([records[i] for i in picked], rel.tolist()), key=lambda x: (x[0].t_start, x[0].stream))
     ids = build_answer_prompt(engine, question, [r for r, _ in used])
     gen = greedy(engine.backend, engine.backend.embed_tokens(ids), engine.config.answer.max_new_tokens,

@@ -1,8 +1,9 @@
-"""Caption retrieval: one vector per text, cosine relevance, maximal marginal relevance.
+"""Caption retrieval: one vector per text, mean-pairwise-cosine relevance, maximal marginal relevance.
 
-A text's vector is the mean of its tokens' unit-normalised input embeddings. The mean pairwise
-cosine between the tokens of two texts equals the dot product of these means, so one vector per
-caption stands for all its tokens (docs/method.md).
+A text's vector is the mean of its tokens' unit-normalised input embeddings. The paper scores a
+caption by the average cosine between question tokens and caption tokens; that average equals
+the dot product of the two mean vectors, so one vector per caption stands for all its tokens and
+`similarity` is a plain dot product (docs/method.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ def text_vector(token_embeds: np.ndarray) -> np.ndarray:
     return e.mean(axis=0).astype(np.float32)
 
 
+def similarity(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(D,), (N, D) mean-unit vectors -> (N,) mean pairwise token cosine (= dot product of the means)."""
+    return matrix.astype(np.float64) @ query.astype(np.float64)
+
+
 def cosine(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """(D,), (N, D) -> (N,) cosine similarities (0 where a vector is zero)."""
     q = query / max(float(np.linalg.norm(query)), 1e-12)
@@ -28,7 +34,8 @@ def cosine(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 def mmr(query: np.ndarray, matrix: np.ndarray, k: int, lam: float = 0.5,
         costs: np.ndarray | None = None, budget: float | None = None) -> list[int]:
-    """Maximal marginal relevance: repeatedly take argmax  lam*sim(q, d) - (1-lam)*max_{s in S} sim(d, s).
+    """Maximal marginal relevance: repeatedly take argmax  lam*sim(q, d) - (1-lam)*max_{s in S} sim(d, s),
+    with sim the mean pairwise token cosine (`similarity`) of mean-unit vectors.
 
     Stops at k items or when the next pick would exceed `budget` (sum of `costs`, e.g. caption
     tokens); an item too large for the remaining budget is skipped. Returns indices in pick order.
@@ -36,8 +43,8 @@ def mmr(query: np.ndarray, matrix: np.ndarray, k: int, lam: float = 0.5,
     n = len(matrix)
     if n == 0:
         return []
-    rel = cosine(query, matrix)  # (N,)
-    unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    rel = similarity(query, matrix)  # (N,)
+    vecs = matrix.astype(np.float64)
     red = np.full(n, -np.inf)  # max similarity to anything picked so far
     picked: list[int] = []
     open_ = np.ones(n, dtype=bool)
@@ -51,5 +58,5 @@ def mmr(query: np.ndarray, matrix: np.ndarray, k: int, lam: float = 0.5,
             continue
         picked.append(j)
         spent += 0.0 if costs is None else float(costs[j])
-        red = np.maximum(red, unit @ unit[j])
+        red = np.maximum(red, vecs @ vecs[j])
     return picked

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rlivs.runtime.retrieval import cosine, mmr, text_vector
+from rlivs.runtime.retrieval import cosine, mmr, similarity, text_vector
 
 
 def test_mean_of_unit_vectors_identity():
@@ -28,17 +28,26 @@ def test_cosine():
 
 
 def test_mmr_hand_computed():
-    """q = (1, 0). d0 = (1, 0) rel 1; d1 = (0.9, 0.1) rel .994, sim(d0) .994; d2 = (0.6, 0.8) rel .6, sim(d0) .6.
-    lam .5: pick d0 (.5*1). Then d1: .5*.994 - .5*.994 = 0; d2: .5*.6 - .5*.6 = 0 -> tie, first index wins (d1).
-    lam .7: d1: .7*.994 - .3*.994 = .398; d2: .7*.6 - .3*.6 = .24 -> d1. Relevance only: d0, d1, d2."""
+    """Unit vectors. q = (1, 0); d0 = (1, 0); d1 = (cos 10deg, sin 10deg) = (.985, .174); d2 = (.6, .8).
+    rel = 1, .985, .6; sim(d1, d0) = .985, sim(d2, d0) = .6. First pick d0 for any lambda. Then
+    lam .7: d1 .7*.985 - .3*.985 = .394 > d2 .7*.6 - .3*.6 = .24 -> d1;
+    lam .3: d1 .3*.985 - .7*.985 = -.394 < d2 .3*.6 - .7*.6 = -.24 -> d2 (diversity wins)."""
     q = np.array([1.0, 0.0])
-    docs = np.array([[1.0, 0.0], [0.9, 0.1], [0.6, 0.8]])
+    a = np.deg2rad(10)
+    docs = np.array([[1.0, 0.0], [np.cos(a), np.sin(a)], [0.6, 0.8]])
     assert mmr(q, docs, 3, lam=1.0) == [0, 1, 2]
     assert mmr(q, docs, 2, lam=0.7) == [0, 1]
-    # a near-duplicate is pushed behind a diverse document when diversity weighs more
-    docs2 = np.array([[1.0, 0.0], [0.99, 0.01], [0.7, 0.7]])
-    # lam .3 after d0: d1 .3*.99995 - .7*.99995 = -.4; d2 .3*.7071 - .7*.7071 = -.283 -> d2
-    assert mmr(q, docs2, 2, lam=0.3) == [0, 2]
+    assert mmr(q, docs, 2, lam=0.3) == [0, 2]
+    assert mmr(q, docs, 3, lam=0.3) == [0, 2, 1]
+
+
+def test_relevance_is_mean_pairwise_cosine_not_cosine_of_means():
+    """Relevance is the mean pairwise token cosine (the dot of mean unit vectors): a caption whose mean vector
+    is (.5, 0) scores .5 against q = (1, 0) although the cosine of the means would be 1 (and .71 for (.6, .6))."""
+    q = np.array([1.0, 0.0])
+    docs = np.array([[0.5, 0.0], [0.6, 0.6]])
+    np.testing.assert_allclose(similarity(q, docs), [0.5, 0.6])
+    assert mmr(q, docs, 1, lam=1.0) == [1]
 
 
 def test_mmr_budget_skips_what_does_not_fit():

@@ -99,8 +99,10 @@ class TorchState(DecodeState):
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model_dir: str | Path, *, model_id: str | None = None, probe: ProbeConfig | None = None,
+    def __init__(self, model_dir: str | Path | None = None, *, model: LlavaOnevisionForConditionalGeneration | None = None,
+                 model_id: str | None = None, probe: ProbeConfig | None = None,
                  device: str = "cpu", dtype: str = "float32", threads: int | None = None):
+        """Load from an HF-format `model_dir`, or wrap an already-built `model` (random-weight benchmarks)."""
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not supported by the torch backend: use one of {sorted(_DTYPES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -109,9 +111,14 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)
         self.device, self.dtype = torch.device(device), _DTYPES[dtype]
         hf_logging.disable_progress_bar()
-        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            str(model_dir), dtype=self.dtype, attn_implementation="sdpa"
-        ).to(self.device).eval()
+        if (model_dir is None) == (model is None):
+            raise ValueError("give the torch backend either model_dir or model")
+        if model is None:
+            model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+                str(model_dir), dtype=self.dtype, attn_implementation="sdpa")
+        else:
+            model.set_attn_implementation("sdpa")
+        self.model = model.to(self.device, self.dtype).eval()
         cfg = self.model.config
         self.lm = self.model.model.language_model  # Qwen2Model
         n_layers = cfg.text_config.num_hidden_layers
@@ -123,7 +130,7 @@ class TorchBackend(Backend):
         vc = cfg.vision_config
         side = math.ceil(vc.image_size // vc.patch_size / 2)  # 2x2 bilinear pooling, ceil
         self.info = ModelInfo(
-            model_id=model_id or str(model_dir), hidden_size=cfg.text_config.hidden_size,
+            model_id=model_id or str(model_dir or 'in-memory'), hidden_size=cfg.text_config.hidden_size,
             vocab_size=cfg.text_config.vocab_size, num_layers=n_layers, probe_layers=layers,
             tokens_per_frame=side * side, image_size=(vc.image_size, vc.image_size),
             video_token_id=cfg.video_token_id,
