@@ -249,6 +249,11 @@ def demo(
                       "Pass --model with LLaVA-OneVision weights for real captions.[/]")
 
 
+# --- subcommands that live in their own modules: each module defines `register(app)`; one line each ---
+# (keep this block in alphabetical order; a module must import torch/transformers lazily, inside commands)
+# --- end of subcommand registrations ---
+
+
 def main() -> None:
     app(prog_name="rlivs")
 
