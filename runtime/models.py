@@ -27,6 +27,8 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
         return ensure_tiny_model(), TINY
     path = Path(name).expanduser()
     if path.is_dir():
+        if (path / "manifest.json").exists():  # an exported bundle: validated by its backend
+            return path.resolve(), str(path.resolve())
         if not (path / "config.json").exists():
             raise ValueError(f"{path} is a directory but has no config.json: point --model at an HF-format model directory")
         return path.resolve(), str(path.resolve())

@@ -1,10 +1,12 @@
 """Backends behind one interface (`base.Backend`), chosen once at start-up by `load_backend`.
 
-| name  | runs                      | needs                       |
-|-------|---------------------------|-----------------------------|
-| torch | an HF-format model dir    | the `torch` extra (reference) |
+| name        | runs                                | needs                                   |
+|-------------|-------------------------------------|-----------------------------------------|
+| torch       | an HF-format model directory        | the `torch` extra (the reference)       |
+| onnxruntime | an exported bundle (`rlivs export`) | onnxruntime (or onnxruntime-gpu)        |
 
-ONNX Runtime and TensorRT backends run exported bundles (`rlivs export`, planned).
+`auto` picks by what the model path is: a bundle runs on ONNX Runtime, an HF directory on torch.
+TensorRT engines (planned) will run bundles on Jetson-class GPUs.
 """
 
 from __future__ import annotations
@@ -15,31 +17,48 @@ from pathlib import Path
 
 from ..config import ProbeConfig
 from .base import Backend, DecodeState, ModelInfo, StepOutput
+from .onnxruntime.bundle import is_bundle, load_manifest
 
 log = logging.getLogger("rlivs.backend")
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 __all__ = ["Backend", "DecodeState", "ModelInfo", "StepOutput", "BACKENDS", "choose_backend", "load_backend"]
 
 
+def _has(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
 def choose_backend(name: str, model_dir: Path) -> tuple[str, str]:
-    """-> (backend name, the reason it was chosen)."""
+    """-> (backend name, the reason it was chosen). Errors say what to install or export."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
-    has_torch = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+    bundle = is_bundle(model_dir)
     if name == "auto":
+        name = "onnxruntime" if bundle else "torch"
+        why = ("an exported bundle runs on ONNX Runtime" if bundle
+               else "an HF-format model directory runs on the torch reference backend")
+    else:
+        why = "asked for explicitly"
+    if name == "onnxruntime":
+        if not bundle:
+            raise ValueError(f"{model_dir} is not an exported bundle: run rlivs export --model {model_dir} --out BUNDLE "
+                             "and pass --bundle BUNDLE (or use --backend torch)")
+        if not _has("onnxruntime"):
+            raise ValueError("the onnxruntime backend needs onnxruntime: pip install 'rlivs[ort]' "
+                             "(onnxruntime-gpu on a CUDA device)")
+    if name == "torch":
+        if bundle:
+            raise ValueError(f"{model_dir} is an exported bundle; the torch backend runs HF-format model directories: "
+                             "use --backend onnxruntime (or auto)")
         if not (model_dir / "config.json").exists():
             raise ValueError(f"{model_dir} is not an HF-format model directory (no config.json)")
-        if not has_torch:
-            raise ValueError(
-                f"{model_dir} is an HF-format model and only the torch backend runs those, but torch/transformers "
-                "are not installed: pip install torch==2.13.0 && pip install 'rlivs[torch]'"
-            )
-        return "torch", "an HF-format model directory runs on the torch reference backend"
-    if name == "torch" and not has_torch:
-        raise ValueError("--backend torch needs torch and transformers: pip install torch==2.13.0 && pip install 'rlivs[torch]'")
-    return name, "asked for explicitly"
+        if not _has("torch", "transformers"):
+            raise ValueError(f"{model_dir} is an HF-format model and only the torch backend runs those, but torch/"
+                             "transformers are not installed: pip install torch==2.13.0 && pip install 'rlivs[torch]', "
+                             "or export a bundle on another machine (rlivs export) and run it with --bundle")
+    return name, why
 
 
 def load_backend(model_dir: Path, *, name: str = "auto", model_id: str | None = None,
@@ -51,4 +70,13 @@ def load_backend(model_dir: Path, *, name: str = "auto", model_id: str | None = 
         from .torch import TorchBackend
 
         return TorchBackend(model_dir, model_id=model_id, probe=probe, device=device, dtype=dtype, threads=threads)
-    raise AssertionError(chosen)  # choose_backend returns only known names
+    manifest = load_manifest(model_dir)
+    if probe is not None and probe.layers is not None and tuple(sorted(probe.layers)) != tuple(manifest["probe_layers"]):
+        raise ValueError(f"the bundle was exported with probe layers {manifest['probe_layers']}, not "
+                         f"{list(probe.layers)}: re-export with rlivs export --probe-layers ...")
+    if dtype != "float32":
+        raise ValueError(f"--dtype {dtype} applies to the torch backend; a bundle's precision is set at export")
+    from .onnxruntime import OrtBackend
+
+    providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    return OrtBackend(model_dir, providers=providers, threads=threads, manifest=manifest)

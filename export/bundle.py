@@ -1,0 +1,158 @@
+"""`rlivs export`: a LLaVA-OneVision checkpoint -> a self-contained bundle for the torch-free runtime.
+
+Order: create ONNX -> check the graphs -> compare with the torch reference -> write the manifest.
+
+  BUNDLE/
+    vision.onnx, decoder.onnx (+ .data external weights when large)
+    embeddings.npy      (V, D) input-embedding table, float16 (default) or float32; memory-mappable
+    image_newline.npy   (D,) float32
+    tokenizer.json, tokenizer_config.json, chat template, config.json, generation_config.json,
+    preprocessor_config.json   (what TextCodec and FramePreprocessor read)
+    manifest.json       model source + config hash, probe layers, every graph input/output with name,
+                        shape and dtype, opset, tool versions, the export-time numerics check
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from rlivs.runtime.backends.onnxruntime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+from rlivs.runtime.config import ProbeConfig
+from rlivs.runtime.models import resolve_model
+
+log = logging.getLogger("rlivs.export")
+
+COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+                "preprocessor_config.json", "processor_config.json")
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 23  # 23: fused Attention/RotaryEmbedding/RMSNormalization that ORT runs fast
+    embed_dtype: str = "float16"  # dtype of embeddings.npy: float16 halves it; float32 for exact parity
+    probe: ProbeConfig | None = None  # probe layers baked into the decoder graph (default: 4 evenly spaced)
+    check: bool = True  # compare ORT with the torch reference after export
+
+    def __post_init__(self):
+        if self.embed_dtype not in ("float16", "float32"):
+            raise ValueError(f"embed_dtype must be float16 or float32, got {self.embed_dtype!r}")
+        if not 17 <= self.opset <= 23:
+            raise ValueError(f"opset {self.opset} is not supported: use 17..23 (23 for ONNX Runtime)")
+
+
+def _io(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
+        return out
+
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {"file": path.name, "inputs": describe(model.graph.input), "outputs": describe(model.graph.output),
+            "opset": opset, "nodes": len(model.graph.node)}
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("rlivs", "torch", "transformers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | None = None) -> dict:
+    """Export `model` (tiny | HF directory | cached hub id) into the bundle directory `out`. Returns the manifest."""
+    from rlivs.runtime.backends.torch import TorchBackend
+
+    from .onnx_export import decoder_shapes, export_decoder, export_vision
+
+    config = config or ExportConfig()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise ValueError(f"{out} exists and is not an rlivs bundle: choose an empty or new --out directory")
+    model_dir, model_id = resolve_model(model)
+    backend = TorchBackend(model_dir, model_id=model_id, probe=config.probe)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a bundle is valid only once its manifest is written, last
+
+    # 1. create ONNX
+    t0 = time.perf_counter()
+    export_vision(backend, out / "vision.onnx", config.opset)
+    export_decoder(backend, out / "decoder.onnx", config.opset)
+    log.info("ONNX graphs written in %.1f s", time.perf_counter() - t0)
+    table = backend.model.model.language_model.embed_tokens.weight.detach().float().numpy()  # (V, D)
+    np.save(out / "embeddings.npy", table.astype(config.embed_dtype))
+    np.save(out / "image_newline.npy", backend.image_newline())
+    for name in COPIED_FILES:
+        if (model_dir / name).exists():
+            shutil.copy2(model_dir / name, out / name)
+
+    # 2. check the graphs, 3. compare with the reference
+    import onnx
+
+    for name in ("vision.onnx", "decoder.onnx"):
+        onnx.checker.check_model(str(out / name))
+    n_layers, h_kv, head_dim = decoder_shapes(backend)
+    info = backend.info
+    manifest = {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model_id": model_id,
+        "config_sha256": hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
+        "hidden_size": info.hidden_size, "vocab_size": info.vocab_size, "num_layers": info.num_layers,
+        "probe_layers": list(info.probe_layers), "tokens_per_frame": info.tokens_per_frame,
+        "image_size": list(info.image_size), "video_token_id": info.video_token_id,
+        "kv_cache": {"layers": n_layers, "kv_heads": h_kv, "head_dim": head_dim},
+        "embeddings": {"file": "embeddings.npy", "dtype": config.embed_dtype, "shape": list(table.shape)},
+        "image_newline": {"file": "image_newline.npy", "dtype": "float32", "shape": [info.hidden_size]},
+        "graphs": {"vision": _io(out / "vision.onnx"), "decoder": _io(out / "decoder.onnx")},
+        "opset": config.opset, "tools": _versions(),
+    }
+    for g in manifest["graphs"].values():
+        for io in ("inputs", "outputs"):
+            for v in g[io]:
+                log.info("%s %s %-15s %-28s %s", g["file"], io[:-1], v["name"], v["shape"], v["dtype"])
+    if config.check:
+        manifest["export_check"] = compare_with_reference(backend, out, manifest)
+        log.info("export check vs torch: %s", manifest["export_check"])
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def compare_with_reference(backend, bundle: Path, manifest: dict, n_frames: int = 2, n_decode: int = 3) -> dict:
+    """Max abs differences ORT vs torch on random frames and a short greedy continuation."""
+    from rlivs.runtime.backends.onnxruntime import OrtBackend
+
+    ort_be = OrtBackend(bundle, manifest=manifest)
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(-1, 1, (n_frames, 3, *backend.info.image_size)).astype(np.float32)
+    vis_ref, vis = backend.encode_frames(pixels), ort_be.encode_frames(pixels)  # (T, P, D)
+    ids = np.arange(10, 20) % backend.info.vocab_size
+    ctx = np.concatenate([backend.embed_tokens(ids), vis_ref.reshape(-1, backend.info.hidden_size)])  # (S, D)
+    s_ref, s_ort = backend.new_state(), ort_be.new_state()
+    worst = {"vision": float(np.abs(vis - vis_ref).max()), "logits": 0.0, "probe_attn": 0.0}
+    x = ctx
+    for _ in range(1 + n_decode):
+        a, b = backend.step(x, s_ref), ort_be.step(x, s_ort)
+        worst["logits"] = max(worst["logits"], float(np.abs(a.logits - b.logits).max()))
+        worst["probe_attn"] = max(worst["probe_attn"], float(np.abs(a.probe_attn - b.probe_attn).max()))
+        x = backend.embed_tokens(np.array([int(np.argmax(a.logits))]))
+    worst["logit_scale"] = float(np.abs(a.logits).max())
+    return worst
