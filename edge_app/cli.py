@@ -70,6 +70,7 @@ BackendOpt = typer.Option("auto", "--backend", help="auto | torch")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda (torch backend)")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the backend.")
+BundleOpt = typer.Option(None, "--bundle", help="Exported bundle (rlivs export): runs on ONNX Runtime, no torch.")
 
 
 @app.command()
@@ -77,8 +78,8 @@ def ingest(
     video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes)."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
     stream: str = typer.Option("default", "--stream", help="Stream name inside the memory."),
-    model: str = ModelOpt, backend: str = BackendOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-    threads: Optional[int] = ThreadsOpt,
+    model: str = ModelOpt, bundle: Optional[Path] = BundleOpt, backend: str = BackendOpt, device: str = DeviceOpt,
+    dtype: str = DtypeOpt, threads: Optional[int] = ThreadsOpt,
     fps: float = typer.Option(1.0, help="Frames sampled per second."),
     frames_per_clip: int = typer.Option(16, help="Frames per clip."),
     keep: Optional[int] = typer.Option(None, help="Visual tokens kept per clip (overrides --keep-ratio)."),
@@ -105,7 +106,7 @@ def ingest(
         )
         from rlivs.runtime.pipeline import StreamIngestor
 
-        engine = _engine(model, backend, device, dtype, threads, config)
+        engine = _engine(str(bundle) if bundle else model, backend, device, dtype, threads, config)
         with _open_memory(db, engine) as memory:
             ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
             clips = ing.clips_from_file(video)
@@ -162,7 +163,7 @@ def ask(
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory to answer from."),
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream (default: all)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the model the memory was written with."),
-    backend: str = BackendOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, threads: Optional[int] = ThreadsOpt,
+    bundle: Optional[Path] = BundleOpt, backend: str = BackendOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, threads: Optional[int] = ThreadsOpt,
     top_k: int = typer.Option(8, help="At most this many captions."),
     token_budget: int = typer.Option(2048, help="At most this many caption tokens."),
     mmr_lambda: float = typer.Option(0.5, help="MMR relevance weight (1 = relevance only)."),
@@ -171,7 +172,7 @@ def ask(
 ):
     """Answer a question from the captions in memory (text only)."""
     try:
-        model = model or _model_for_db(db, stream)
+        model = str(bundle) if bundle else (model or _model_for_db(db, stream))
         config = PipelineConfig(retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda),
                                 answer=AnswerConfig(max_new_tokens=max_new_tokens))
         from rlivs.runtime.pipeline import answer, format_time
@@ -223,6 +224,37 @@ def captions(
 
 
 @app.command()
+def export(
+    model: str = ModelOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
+    opset: int = typer.Option(23, help="ONNX opset (23: fused attention ops that ONNX Runtime runs fast)."),
+    embed_dtype: str = typer.Option("float16", help="Embedding table dtype: float16 | float32 (exact parity)."),
+    probe_layers: Optional[str] = typer.Option(None, help="Comma-separated decoder layers to probe."),
+    num_probe_layers: int = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset."),
+    check: bool = typer.Option(True, help="Compare the exported graphs with the torch reference."),
+):
+    """Export a model to a self-contained ONNX bundle for the torch-free runtime."""
+    try:
+        from rlivs.export.bundle import ExportConfig, export_bundle
+
+        cfg = ExportConfig(opset=opset, embed_dtype=embed_dtype, check=check,
+                           probe=ProbeConfig(num_layers=num_probe_layers, layers=_probe_layers(probe_layers)))
+        with console.status(f"exporting {model} to {out} ..."):
+            manifest = export_bundle(model, out, cfg)
+    except (ValueError, ImportError) as e:
+        _fail(str(e))
+    table = Table("graph", "io", "name", "shape", "dtype", title=f"bundle {out}")
+    for g in manifest["graphs"].values():
+        for io in ("inputs", "outputs"):
+            for v in g[io]:
+                table.add_row(g["file"], io[:-1], v["name"], str(v["shape"]), v["dtype"])
+    out_console = Console()
+    out_console.print(table)
+    if "export_check" in manifest:
+        out_console.print("max |ORT - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in manifest["export_check"].items()))
+
+
+@app.command()
 def demo(
     workdir: Path = typer.Option(Path("rlivs-demo"), help="Where the sample video and memory go."),
     model: str = ModelOpt,
@@ -238,11 +270,11 @@ def demo(
         make_sample_video(video, seconds=seconds)
         console.print(f"sample video: {video} ({seconds:.0f} s, moving shapes)")
     db = workdir / "memory.db"
-    ingest(video=video, db=db, stream="default", model=model, backend="auto", device="cpu", dtype="float32",
+    ingest(video=video, db=db, stream="default", model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
            threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
            fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
            max_clips=None, json_out=False)
-    ask(question=question, db=db, stream=None, model=model, backend="auto", device="cpu", dtype="float32",
+    ask(question=question, db=db, stream=None, model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
         threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, json_out=False)
     if model == "tiny":
         console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "
