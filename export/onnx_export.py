@@ -23,6 +23,7 @@ from torch import nn
 from rlivs.runtime.backends.torch import TorchBackend
 
 log = logging.getLogger("rlivs.export")
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision missing" noise
 
 
 class VisionGraph(nn.Module):
@@ -57,11 +58,12 @@ class _ExplicitCache:
 class DecoderGraph(nn.Module):
     """The Qwen2 decoder stack with an explicit cache; last-position logits; the probe row as an output."""
 
-    def __init__(self, backend: TorchBackend):
+    def __init__(self, backend: TorchBackend, probe: bool = True):
         super().__init__()
         self.lm = backend.model.model.language_model  # Qwen2Model, probe layers already hooked
         self.lm_head = backend.model.lm_head
         self.recorder = backend.recorder
+        self.probe = probe  # False: no probe output (to measure what the probe rows cost)
 
     def forward(self, inputs_embeds, position_ids, past_keys, past_values):
         n_new, n_past = inputs_embeds.shape[1], past_keys.shape[2]
@@ -71,13 +73,15 @@ class DecoderGraph(nn.Module):
         cache = _ExplicitCache(past_keys, past_values)
         hidden = inputs_embeds  # (1, L, D)
         rope = self.lm.rotary_emb(hidden, position_ids)
-        self.recorder.begin(1)
+        self.recorder.begin(1 if self.probe else 0)
         for layer in self.lm.layers[: self.lm.config.num_hidden_layers]:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
                            past_key_values=cache, use_cache=True)
+        logits = self.lm_head(self.lm.norm(hidden[:, -1]))  # (1, V)
+        if not self.probe:
+            return logits, torch.stack(cache.keys), torch.stack(cache.values)
         probe = self.recorder.total / self.recorder.n_layers  # (1, K) mean over probe layers (heads already)
         self.recorder.begin(0)
-        logits = self.lm_head(self.lm.norm(hidden[:, -1]))  # (1, V)
         return logits, torch.stack(cache.keys), torch.stack(cache.values), probe
 
 
@@ -102,15 +106,15 @@ def decoder_shapes(backend: TorchBackend) -> tuple[int, int, int]:
     return tc.num_hidden_layers, tc.num_key_value_heads, head_dim
 
 
-def export_decoder(backend: TorchBackend, path: Path, opset: int) -> None:
+def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = True) -> None:
     n, hkv, dh = decoder_shapes(backend)
     d = backend.info.hidden_size
     seq, past = torch.export.Dim("seq", min=1, max=65536), torch.export.Dim("past", min=0, max=65536)
     example = (torch.randn(1, 3, d), torch.arange(5, 8)[None], torch.randn(n, hkv, 5, dh), torch.randn(n, hkv, 5, dh))
     program = torch.onnx.export(
-        DecoderGraph(backend).eval(), example, dynamo=True, opset_version=opset,
+        DecoderGraph(backend, probe).eval(), example, dynamo=True, opset_version=opset,
         input_names=["inputs_embeds", "position_ids", "past_keys", "past_values"],
-        output_names=["logits", "present_keys", "present_values", "probe_attn"],
+        output_names=["logits", "present_keys", "present_values"] + (["probe_attn"] if probe else []),
         dynamic_shapes=({1: seq}, {1: seq}, {2: past}, {2: past}), optimize=True, verbose=False)
     _save(program, path, external=_large(backend))
 

@@ -1,4 +1,5 @@
-"""Where a model's files are: `tiny`, a local HF-format directory, or a hub id in the local HF cache.
+"""Where a model's files are: `tiny` / `random-0.5b` (random weights, built locally), a local HF-format
+directory (or an exported bundle), or a hub id in the local HF cache.
 
 Nothing here touches the network: hub ids resolve with `local_files_only=True`.
 """
@@ -11,20 +12,21 @@ from pathlib import Path
 log = logging.getLogger("rlivs.models")
 
 TINY = "tiny"
+RANDOM_MODELS = {"tiny": "tiny", "random-0.5b": "0.5b"}  # name -> size; random weights, built locally
 
 
 def resolve_model(name: str | Path) -> tuple[Path, str]:
     """-> (model directory, model id to record). Raises ValueError saying how to obtain a missing model."""
     name = str(name)
-    if name == TINY:
+    if name in RANDOM_MODELS:
         try:
-            from rlivs.runtime.backends.torch.tiny import ensure_tiny_model
+            from rlivs.runtime.backends.torch.tiny import ensure_random_model
         except ImportError as e:
             raise ValueError(
-                f"building the tiny model needs the torch extra ({e}); install it with: "
+                f"building the {name} model needs the torch extra ({e}); install it with: "
                 "pip install torch==2.13.0 && pip install 'rlivs[torch]'"
             ) from e
-        return ensure_tiny_model(), TINY
+        return ensure_random_model(RANDOM_MODELS[name]), name
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "manifest.json").exists():  # an exported bundle: validated by its backend

@@ -1,46 +1,40 @@
-"""The real LLaVA-OneVision-0.5B shapes (random weights) through the same code as tiny. Slow: minutes on 2 cores."""
+"""The real LLaVA-OneVision-0.5B shapes (random weights), loaded from a local HF-format directory like real
+weights, through the same code as tiny; and its ONNX bundle. Slow: a few minutes on 2 cores."""
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
-from rlivs.runtime.backends.torch.tiny import real_size_config  # noqa: E402
-from rlivs.runtime.config import CaptionConfig, ClipConfig, PipelineConfig  # noqa: E402
-from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
+from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
-from rlivs.runtime.pipeline import Engine  # noqa: E402
-from rlivs.runtime.text import TextCodec  # noqa: E402
+from rlivs.runtime.pipeline import load_engine  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
+def _config():
+    return PipelineConfig(clip=ClipConfig(frames_per_clip=2), fifo=FifoConfig(capacity_clips=2),
+                          caption=CaptionConfig(max_new_tokens=4))
+
+
 @pytest.fixture(scope="module")
-def real(tiny_dir):
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    text = TextCodec(tiny_dir)
-    tok = text.tokenizer
-    torch.manual_seed(0)
-    model = LlavaOnevisionForConditionalGeneration(
-        real_size_config(tok.token_to_id("<image>"), tok.token_to_id("<video>"))).eval()
-    be = TorchBackend(model=model, model_id="random-0.5b")
-    pre = FramePreprocessor(384, 384, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    cfg = PipelineConfig(clip=ClipConfig(frames_per_clip=2), caption=CaptionConfig(max_new_tokens=4))
-    return Engine(be, text, pre, cfg), model
+def engine():
+    return load_engine("random-0.5b", config=_config())  # built once into $RLIVS_HOME, then loaded from disk
 
 
-def test_real_size_shapes_probe_parity_and_generate(real):
-    engine, model = real
+def _frames(seed=0, n=2):
+    return np.random.default_rng(seed).integers(0, 256, (n, 240, 320, 3), dtype=np.uint8)
+
+
+def test_real_size_shapes_probe_parity_and_generate(engine):
     be = engine.backend
+    model = be.model
     assert be.info.tokens_per_frame == 196 and be.info.hidden_size == 896 and be.info.probe_layers == (5, 9, 14, 18)
-    frames = np.random.default_rng(0).integers(0, 256, (2, 240, 320, 3), dtype=np.uint8)
-    pixels = engine.preprocess(frames)  # (2, 3, 384, 384)
+    pixels = engine.preprocess(_frames())  # (2, 3, 384, 384)
     vis = be.encode_frames(pixels)
     assert vis.shape == (2, 196, 896)
-    flat = vis.reshape(-1, 896)
-    ctx, cols = engine.caption_context(np.zeros((0, 896), np.float32), flat)
+    ctx, cols = engine.caption_context(np.zeros((0, 896), np.float32), vis.reshape(-1, 896))
     gen = greedy(be, ctx, 4, engine.text.eos_ids, cols)
     assert gen.scores.shape == (392,)
     # HF generate on the same inputs, token for token
@@ -51,8 +45,7 @@ def test_real_size_shapes_probe_parity_and_generate(real):
                              max_new_tokens=4, do_sample=False, eos_token_id=sorted(engine.text.eos_ids))
     assert gen.ids == [t for t in ref[0, len(ids):].tolist() if t not in engine.text.eos_ids]
     # probe attention of the last prompt token vs eager output_attentions on the probe layers
-    state = be.new_state()
-    out = be.step(ctx, state)
+    out = be.step(ctx, be.new_state())
     lm = model.model.language_model
     lm.set_attn_implementation("eager")
     try:
@@ -62,3 +55,26 @@ def test_real_size_shapes_probe_parity_and_generate(real):
         lm.set_attn_implementation("rlivs_probe")
     want = torch.stack([r.attentions[i][0, :, -1].mean(0) for i in be.info.probe_layers]).mean(0).numpy()
     np.testing.assert_allclose(out.probe_attn[0], want, atol=1e-5, rtol=0)
+
+
+def test_real_size_onnx_bundle_parity(engine, tmp_path_factory):
+    pytest.importorskip("onnxscript")
+    from rlivs.export.bundle import ExportConfig, export_bundle
+
+    bundle = tmp_path_factory.mktemp("b05") / "bundle"
+    manifest = export_bundle("random-0.5b", bundle, ExportConfig(embed_dtype="float32"))
+    assert (bundle / "decoder.onnx.data").stat().st_size > 1e9  # external data at full size
+    check = manifest["export_check"]
+    assert check["logits"] < 1e-3 and check["probe_attn"] < 1e-5 and check["vision"] < 1e-3
+    ort_engine = load_engine(bundle, config=_config())
+    rng = np.random.default_rng(1)
+    fifo = rng.standard_normal((196, 896)).astype(np.float32) * 0.02  # one clip's worth of FIFO in front
+    for e in (engine, ort_engine):
+        vis = e.backend.encode_frames(e.preprocess(_frames(2)))
+        ctx, cols = e.caption_context(fifo, vis.reshape(-1, 896))
+        e.result = greedy(e.backend, ctx, 4, e.text.eos_ids, cols)
+    a, b = engine.result, ort_engine.result
+    assert a.ids == b.ids
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-4, rtol=0)
+    top = lambda s: set(np.argsort(-s, kind="stable")[:25].tolist())  # noqa: E731
+    assert len(top(a.scores) & top(b.scores)) >= 24

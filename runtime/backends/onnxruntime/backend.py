@@ -46,6 +46,7 @@ class OrtBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.vision = ort.InferenceSession(str(self.bundle / "vision.onnx"), opts, providers=providers)
         self.decoder = ort.InferenceSession(str(self.bundle / "decoder.onnx"), opts, providers=providers)
+        self.has_probe = "probe_attn" in {o.name for o in self.decoder.get_outputs()}  # False only in benchmarks
         self.device = "cuda" if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.table = np.load(self.bundle / "embeddings.npy", mmap_mode="r")  # (V, D) float16|float32
         self.newline = np.load(self.bundle / "image_newline.npy").astype(np.float32)  # (D,)
@@ -91,9 +92,10 @@ class OrtBackend(Backend):
         io.bind_output("logits", "cpu")
         io.bind_output("present_keys", self.device)  # stays where the session runs
         io.bind_output("present_values", self.device)
-        io.bind_output("probe_attn", "cpu")
+        if self.has_probe:
+            io.bind_output("probe_attn", "cpu")
         self.decoder.run_with_iobinding(io)
-        logits, keys, values, probe = io.get_outputs()
+        logits, keys, values, *probe = io.get_outputs()
         state.keys, state.values = keys, values
         state.length += x.shape[1]
-        return StepOutput(logits=logits.numpy()[0], probe_attn=probe.numpy() if probe_rows else None)
+        return StepOutput(logits=logits.numpy()[0], probe_attn=probe[0].numpy() if probe and probe_rows else None)

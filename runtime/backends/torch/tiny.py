@@ -163,17 +163,18 @@ def build_model_dir(out: Path, seed: int = 0, size: str = "tiny") -> Path:
     return out
 
 
-def ensure_tiny_model(seed: int = 0, cache_dir: Path | None = None) -> Path:
-    """The cached tiny model directory, built on first use (atomically: a crash leaves no half model)."""
+def ensure_random_model(size: str = "tiny", seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """A cached random-weight model directory (`tiny`, or `0.5b` = the real 0.5B shapes), built on first
+    use, atomically: a crash leaves no half model."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / "models" / f"tiny-r{RECIPE_VERSION}-s{seed}"
+    target = root / "models" / f"{size}-r{RECIPE_VERSION}-s{seed}"
     if (target / "rlivs_random_model.json").exists():
         return target
     root.joinpath("models").mkdir(parents=True, exist_ok=True)
-    log.info("building the tiny random-weight model into %s", target)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root / "models"))
+    log.info("building the random-weight %s model into %s", size, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{size}-", dir=root / "models"))
     try:
-        build_model_dir(tmp, seed=seed, size="tiny")
+        build_model_dir(tmp, seed=seed, size=size)
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race
@@ -182,3 +183,8 @@ def ensure_tiny_model(seed: int = 0, cache_dir: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ensure_tiny_model(seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """The cached tiny model directory."""
+    return ensure_random_model("tiny", seed, cache_dir)
