@@ -65,7 +65,7 @@ def _open_memory(db: Path, engine=None, readonly: bool = False):
     return Memory(db, model_fingerprint=engine.model_fingerprint if engine else None, readonly=readonly)
 
 
-ModelOpt = typer.Option("tiny", "--model", "-m", help="HF hub id (local cache only), HF-format directory, or 'tiny'.")
+ModelOpt = typer.Option("tiny", "--model", "-m", help="HF hub id (local cache only), HF-format directory, 'tiny' or 'random-0.5b' (random weights).")
 BackendOpt = typer.Option("auto", "--backend", help="auto | torch")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda (torch backend)")
 DtypeOpt = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)")
@@ -283,6 +283,7 @@ def demo(
 
 # --- subcommands that live in their own modules: each module defines `register(app)`; one line each ---
 # (keep this block in alphabetical order; a module must import torch/transformers lazily, inside commands)
+from rlivs.edge_app import evaluate; evaluate.register(app)  # noqa: E402,E702  rlivs eval
 # --- end of subcommand registrations ---
 
 
