@@ -227,7 +227,8 @@ def captions(
 def export(
     model: str = ModelOpt,
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
-    opset: int = typer.Option(23, help="ONNX opset (23: fused attention ops that ONNX Runtime runs fast)."),
+    target: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt (opset <= 20, attention TensorRT fuses)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default 23 for onnxruntime, 20 for tensorrt)."),
     embed_dtype: str = typer.Option("float16", help="Embedding table dtype: float16 | float32 (exact parity)."),
     probe_layers: Optional[str] = typer.Option(None, help="Comma-separated decoder layers to probe."),
     num_probe_layers: int = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset."),
@@ -237,7 +238,7 @@ def export(
     try:
         from rlivs.export.bundle import ExportConfig, export_bundle
 
-        cfg = ExportConfig(opset=opset, embed_dtype=embed_dtype, check=check,
+        cfg = ExportConfig(target=target, opset=opset, embed_dtype=embed_dtype, check=check,
                            probe=ProbeConfig(num_layers=num_probe_layers, layers=_probe_layers(probe_layers)))
         with console.status(f"exporting {model} to {out} ..."):
             manifest = export_bundle(model, out, cfg)
@@ -250,6 +251,9 @@ def export(
                 table.add_row(g["file"], io[:-1], v["name"], str(v["shape"]), v["dtype"])
     out_console = Console()
     out_console.print(table)
+    if "tensorrt_check" in manifest:
+        out_console.print(f"TensorRT check: all ops in {manifest['tensorrt_check']['operator_table']}; "
+                          f"decoder attention {manifest['tensorrt_check']['decoder_attention']}")
     if "export_check" in manifest:
         out_console.print("max |ORT - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in manifest["export_check"].items()))
 

@@ -36,18 +36,28 @@ COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "toke
                 "preprocessor_config.json", "processor_config.json")
 
 
+TARGETS = ("onnxruntime", "tensorrt")
+
+
 @dataclass
 class ExportConfig:
-    opset: int = 23  # 23: fused Attention/RotaryEmbedding/RMSNormalization that ORT runs fast
+    target: str = "onnxruntime"  # onnxruntime | tensorrt (opset <= 20, plain attention TensorRT can fuse)
+    opset: int | None = None  # default: 23 for onnxruntime (fused Attention/RotaryEmbedding/RMSNorm), 20 for tensorrt
     embed_dtype: str = "float16"  # dtype of embeddings.npy: float16 halves it; float32 for exact parity
     probe: ProbeConfig | None = None  # probe layers baked into the decoder graph (default: 4 evenly spaced)
     check: bool = True  # compare ORT with the torch reference after export
 
     def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown export target {self.target!r}: use one of {', '.join(TARGETS)}")
         if self.embed_dtype not in ("float16", "float32"):
             raise ValueError(f"embed_dtype must be float16 or float32, got {self.embed_dtype!r}")
+        if self.opset is None:
+            self.opset = 20 if self.target == "tensorrt" else 23
         if not 17 <= self.opset <= 23:
             raise ValueError(f"opset {self.opset} is not supported: use 17..23 (23 for ONNX Runtime)")
+        if self.target == "tensorrt" and self.opset > 20:
+            raise ValueError(f"TensorRT 10's ONNX parser reads opsets up to 20, not {self.opset}: use --opset 20")
 
 
 def _io(path: Path) -> dict:
@@ -96,7 +106,7 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     # 1. create ONNX
     t0 = time.perf_counter()
     export_vision(backend, out / "vision.onnx", config.opset)
-    export_decoder(backend, out / "decoder.onnx", config.opset)
+    export_decoder(backend, out / "decoder.onnx", config.opset, plain=config.target == "tensorrt")
     log.info("ONNX graphs written in %.1f s", time.perf_counter() - t0)
     table = backend.model.model.language_model.embed_tokens.weight.detach().float().numpy()  # (V, D)
     np.save(out / "embeddings.npy", table.astype(config.embed_dtype))
@@ -123,8 +133,10 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
         "embeddings": {"file": "embeddings.npy", "dtype": config.embed_dtype, "shape": list(table.shape)},
         "image_newline": {"file": "image_newline.npy", "dtype": "float32", "shape": [info.hidden_size]},
         "graphs": {"vision": _io(out / "vision.onnx"), "decoder": _io(out / "decoder.onnx")},
-        "opset": config.opset, "tools": _versions(),
+        "opset": config.opset, "target": config.target, "tools": _versions(),
     }
+    if config.target == "tensorrt":
+        manifest["tensorrt_check"] = tensorrt_check(out, len(info.probe_layers), info.num_layers)
     for g in manifest["graphs"].values():
         for io in ("inputs", "outputs"):
             for v in g[io]:
@@ -134,6 +146,19 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
         log.info("export check vs torch: %s", manifest["export_check"])
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def tensorrt_check(bundle: Path, n_probe: int, n_layers: int) -> dict:
+    """Every op in TensorRT's parser table, and every layer's attention in the fusable pattern."""
+    from .tensorrt_ops import TENSORRT_TABLE_SOURCE, attention_patterns, check_tensorrt_graph
+
+    problems = [f"{g}: {p}" for g in ("vision.onnx", "decoder.onnx") for p in check_tensorrt_graph(bundle / g)]
+    patterns = attention_patterns(bundle / "decoder.onnx")
+    if patterns["fusable"] != n_layers or patterns["probe"] != n_probe or patterns["other"]:
+        problems.append(f"decoder attention pattern {patterns}: expected {n_layers} fusable and {n_probe} probe rows")
+    if problems:
+        raise ValueError("the TensorRT-target graphs would not parse or fuse: " + "; ".join(problems))
+    return {"operator_table": TENSORRT_TABLE_SOURCE, "problems": [], "decoder_attention": patterns}
 
 
 def compare_with_reference(backend, bundle: Path, manifest: dict, n_frames: int = 2, n_decode: int = 3) -> dict:

@@ -20,10 +20,36 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
 from rlivs.runtime.backends.torch import TorchBackend
+from rlivs.runtime.backends.torch.backend import PROBE_ATTN, probe_rows
 
 log = logging.getLogger("rlivs.export")
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision missing" noise
+
+
+TRT_ATTN = "rlivs_trt"
+
+
+def plain_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """MatMul -> Add(mask) -> Softmax -> MatMul, the pattern TensorRT fuses into one attention kernel
+    (SDPA's decomposition puts IsNaN/Where between Softmax and MatMul). A probe layer also computes
+    its last-row probabilities beside it, as in the reference backend. query (1, H, Q, Dh)."""
+    k = repeat_kv(key, module.num_key_value_groups)  # (1, H, K, Dh)
+    v = repeat_kv(value, module.num_key_value_groups)
+    probs = torch.softmax(torch.matmul(query, k.transpose(2, 3)) * scaling + attention_mask, dim=-1)  # (1, H, Q, K)
+    out = torch.matmul(probs, v).transpose(1, 2).contiguous()  # (1, Q, H, Dh)
+    rec = getattr(module, "_rlivs_probe", None)
+    if rec is not None and rec.rows > 0:
+        rec.add(probe_rows(module, query, key, attention_mask, scaling, rec.rows))
+    return out, None
+
+
+AttentionInterface.register(TRT_ATTN, plain_attention)
+AttentionMaskInterface.register(TRT_ATTN, eager_mask)
 
 
 class VisionGraph(nn.Module):
@@ -58,8 +84,9 @@ class _ExplicitCache:
 class DecoderGraph(nn.Module):
     """The Qwen2 decoder stack with an explicit cache; last-position logits; the probe row as an output."""
 
-    def __init__(self, backend: TorchBackend, probe: bool = True):
+    def __init__(self, backend: TorchBackend, probe: bool = True, additive_mask: bool = False):
         super().__init__()
+        self.additive_mask = additive_mask  # float 0/-inf-like mask (plain attention) instead of bool (SDPA)
         self.lm = backend.model.model.language_model  # Qwen2Model, probe layers already hooked
         self.lm_head = backend.model.lm_head
         self.recorder = backend.recorder
@@ -70,6 +97,9 @@ class DecoderGraph(nn.Module):
         qpos = n_past + torch.arange(n_new, device=inputs_embeds.device)  # (L,) absolute query positions
         kpos = torch.arange(n_past + n_new, device=inputs_embeds.device)  # (K,)
         mask = (kpos[None, :] <= qpos[:, None])[None, None]  # (1, 1, L, K) True = attend
+        if self.additive_mask:
+            zero = torch.zeros((), dtype=inputs_embeds.dtype)
+            mask = torch.where(mask, zero, torch.finfo(inputs_embeds.dtype).min)  # (1, 1, L, K) additive
         cache = _ExplicitCache(past_keys, past_values)
         hidden = inputs_embeds  # (1, L, D)
         rope = self.lm.rotary_emb(hidden, position_ids)
@@ -106,16 +136,22 @@ def decoder_shapes(backend: TorchBackend) -> tuple[int, int, int]:
     return tc.num_hidden_layers, tc.num_key_value_heads, head_dim
 
 
-def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = True) -> None:
+def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = True, plain: bool = False) -> None:
+    """plain=True: every layer's attention as MatMul -> Add -> Softmax -> MatMul (the TensorRT target)."""
     n, hkv, dh = decoder_shapes(backend)
     d = backend.info.hidden_size
     seq, past = torch.export.Dim("seq", min=1, max=65536), torch.export.Dim("past", min=0, max=65536)
     example = (torch.randn(1, 3, d), torch.arange(5, 8)[None], torch.randn(n, hkv, 5, dh), torch.randn(n, hkv, 5, dh))
-    program = torch.onnx.export(
-        DecoderGraph(backend, probe).eval(), example, dynamo=True, opset_version=opset,
-        input_names=["inputs_embeds", "position_ids", "past_keys", "past_values"],
-        output_names=["logits", "present_keys", "present_values"] + (["probe_attn"] if probe else []),
-        dynamic_shapes=({1: seq}, {1: seq}, {2: past}, {2: past}), optimize=True, verbose=False)
+    lm = backend.model.model.language_model
+    lm.set_attn_implementation(TRT_ATTN if plain else PROBE_ATTN)
+    try:
+        program = torch.onnx.export(
+            DecoderGraph(backend, probe, additive_mask=plain).eval(), example, dynamo=True, opset_version=opset,
+            input_names=["inputs_embeds", "position_ids", "past_keys", "past_values"],
+            output_names=["logits", "present_keys", "present_values"] + (["probe_attn"] if probe else []),
+            dynamic_shapes=({1: seq}, {1: seq}, {2: past}, {2: past}), optimize=True, verbose=False)
+    finally:
+        lm.set_attn_implementation(PROBE_ATTN)
     _save(program, path, external=_large(backend))
 
 

@@ -26,6 +26,17 @@ def sample_video(tmp_path_factory) -> Path:
     return make_sample_video(tmp_path_factory.mktemp("video") / "sample.mp4", seconds=20.0)
 
 
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, tiny_dir):
+    """The tiny model exported for ONNX Runtime (float32 embeddings: exact parity with the reference)."""
+    pytest.importorskip("onnxscript")
+    from rlivs.export.bundle import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle("tiny", out, ExportConfig(embed_dtype="float32"))
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

@@ -24,15 +24,6 @@ from rlivs.runtime.pipeline import StreamIngestor, load_engine  # noqa: E402
 LOGITS_TOL, ATTN_TOL = 1e-4, 1e-5
 
 
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory, tiny_dir):
-    from rlivs.export.bundle import ExportConfig, export_bundle
-
-    out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle("tiny", out, ExportConfig(embed_dtype="float32"))
-    return out
-
-
 @pytest.fixture(scope="module")
 def pair(bundle, tiny_dir):
     return TorchBackend(tiny_dir), OrtBackend(bundle)

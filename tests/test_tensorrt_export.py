@@ -1,0 +1,74 @@
+"""The TensorRT-ready export: every op in TensorRT's parser table, attention in the pattern TensorRT fuses,
+and the same parity with the reference as the ONNX Runtime bundle (proved on ORT CPU; TensorRT itself
+cannot run here)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from rlivs.export.bundle import ExportConfig, export_bundle  # noqa: E402
+from rlivs.export.tensorrt_ops import TENSORRT_SUPPORTED_OPS, attention_patterns, check_tensorrt_graph  # noqa: E402
+from rlivs.runtime.backends.onnxruntime import OrtBackend, load_manifest  # noqa: E402
+from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
+from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
+from rlivs.runtime.memory import Memory  # noqa: E402
+from rlivs.runtime.pipeline import StreamIngestor, load_engine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trt_bundle(tmp_path_factory, tiny_dir):
+    out = tmp_path_factory.mktemp("trt") / "tiny"
+    export_bundle("tiny", out, ExportConfig(target="tensorrt", embed_dtype="float32"))
+    return out
+
+
+def test_every_op_is_in_the_tensorrt_parser_table(trt_bundle):
+    import onnx
+
+    m = load_manifest(trt_bundle)
+    assert m["target"] == "tensorrt" and m["opset"] == 20
+    assert m["tensorrt_check"]["problems"] == []
+    for name in ("vision.onnx", "decoder.onnx"):
+        model = onnx.load(str(trt_bundle / name), load_external_data=False)
+        assert all(o.version <= 20 for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        assert {n.domain for n in model.graph.node} <= {""}  # no onnxruntime contrib ops
+        assert {n.op_type for n in model.graph.node} <= TENSORRT_SUPPORTED_OPS
+        assert check_tensorrt_graph(trt_bundle / name) == []
+
+
+def test_attention_is_fusable_except_the_probe_rows(trt_bundle):
+    assert attention_patterns(trt_bundle / "decoder.onnx") == {"fusable": 8, "probe": 4, "other": 0}
+
+
+def test_the_onnxruntime_bundle_is_refused_by_the_check(bundle):
+    """Negative control: the opset-23 graphs use ops TensorRT 10 cannot parse, and the check says so."""
+    problems = " ".join(check_tensorrt_graph(bundle / "decoder.onnx"))
+    assert "opset 23" in problems and "RMSNormalization" in problems and "RotaryEmbedding" in problems
+    with pytest.raises(ValueError, match="reads opsets up to 20"):
+        ExportConfig(target="tensorrt", opset=23)
+
+
+def test_tensorrt_graphs_match_the_reference_on_ort_cpu(trt_bundle, tiny_dir, sample_video, tmp_path):
+    torch_be, ort_be = TorchBackend(tiny_dir), OrtBackend(trt_bundle)
+    rng = np.random.default_rng(0)
+    ctx = np.concatenate([torch_be.embed_tokens(np.arange(3, 9)), rng.standard_normal((50, 64)).astype(np.float32)])
+    st, so, x = torch_be.new_state(), ort_be.new_state(), ctx
+    for _ in range(4):
+        a, b = torch_be.step(x, st), ort_be.step(x, so)
+        np.testing.assert_allclose(b.logits, a.logits, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(b.probe_attn, a.probe_attn, atol=1e-5, rtol=0)
+        x = torch_be.embed_tokens(np.array([int(np.argmax(a.logits))]))
+    cfg = lambda: PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),  # noqa: E731
+                                 caption=CaptionConfig(max_new_tokens=12))
+    runs = []
+    for where, db in ((tiny_dir, "t.db"), (trt_bundle, "r.db")):
+        engine = load_engine(where, config=cfg())
+        with Memory(tmp_path / db, model_fingerprint=engine.model_fingerprint) as mem:
+            ing = StreamIngestor(engine, mem, "cam", str(sample_video))
+            runs.append(ing.run(ing.clips_from_file(sample_video)))
+    ref, got = runs
+    assert [r.caption for r in got] == [r.caption for r in ref]
+    assert all(np.array_equal(a.kept, b.kept) for a, b in zip(got, ref))
