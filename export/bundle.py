@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlivs.runtime.backends.onnxruntime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+from rlivs.runtime.backends.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
 from rlivs.runtime.config import ProbeConfig
 from rlivs.runtime.models import resolve_model
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import ProbeConfig
 from .base import Backend, DecodeState, ModelInfo, StepOutput
-from .onnxruntime.bundle import is_bundle, load_manifest
+from .bundle import is_bundle, load_manifest
 
 log = logging.getLogger("rlivs.backend")
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..base import Backend, DecodeState, ModelInfo, StepOutput
-from .bundle import load_manifest
+from ..bundle import load_manifest
 
 log = logging.getLogger("rlivs.backend.onnxruntime")
 

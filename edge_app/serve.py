@@ -1,0 +1,129 @@
+"""`rlivs serve`: ingest live sources in the background and serve the API and the web page.
+
+Registered on the `rlivs` app by `register(app)` (edge_app/cli.py). Imports nothing heavy at module level: the
+service, FastAPI and the model are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+log = logging.getLogger("rlivs.serve")
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def serve(
+    source: List[str] = typer.Option(
+        [], "--source", "-s",
+        help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://... "
+             "Each is its own stream."),
+    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
+    model: str = typer.Option("tiny", "--model", "-m",
+                              help="HF hub id (local cache only), HF-format directory, or 'tiny'."),
+    backend: str = typer.Option("auto", "--backend", help="Backend: auto | torch (passed through to load_engine)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda (torch backend)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the backend."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Anything but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="RLIVS_TOKEN", show_default=False,
+                                        help="Bearer token every endpoint but /healthz requires (env RLIVS_TOKEN)."),
+    fps: float = typer.Option(1.0, help="Frames sampled per second."),
+    frames_per_clip: int = typer.Option(16, help="Frames per clip."),
+    keep: Optional[int] = typer.Option(None, help="Visual tokens kept per clip (overrides --keep-ratio)."),
+    keep_ratio: float = typer.Option(0.0625, help="Fraction of a clip's tokens kept (196/3136)."),
+    strategy: str = typer.Option("attention", help="attention | uniform | meanpool | kmeans | random"),
+    fifo_clips: Optional[int] = typer.Option(16, help="FIFO capacity in clips (0 = no recurrence)."),
+    fifo_tokens: Optional[int] = typer.Option(None, help="FIFO capacity in tokens (optional)."),
+    probe_layers: Optional[str] = typer.Option(None, help="Comma-separated decoder layers to probe."),
+    num_probe_layers: int = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset."),
+    max_caption_tokens: int = typer.Option(128, help="Greedy caption length bound."),
+    top_k: int = typer.Option(8, help="Answers use at most this many captions."),
+    token_budget: int = typer.Option(2048, help="... and at most this many caption tokens."),
+    mmr_lambda: float = typer.Option(0.5, help="MMR relevance weight (1 = relevance only)."),
+    max_answer_tokens: int = typer.Option(256, help="Answer length bound."),
+    replay: bool = typer.Option(True, "--replay/--no-replay",
+                                help="Replay file sources at real speed as live cameras (--no-replay: ingest them as "
+                                     "fast as possible, resumable)."),
+    replay_speed: float = typer.Option(1.0, help="Replay files at this multiple of real speed."),
+    loop: bool = typer.Option(False, "--loop", help="Restart a replayed file at its end (the timeline continues)."),
+    reconnect_max: float = typer.Option(30.0, help="Longest wait between reconnect attempts, seconds."),
+    read_timeout: float = typer.Option(10.0, help="A source silent this long is reconnected, seconds."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
+):
+    """Ingest live sources in the background and serve the API and the web page (http://HOST:PORT/)."""
+    from rlivs.edge_app.server import Server, is_loopback
+
+    if not is_loopback(host) and not token:
+        _fail(f"refusing to bind {host} without a token: any address but loopback exposes the API to the network. "
+              f"Pass --token T (or set RLIVS_TOKEN), or bind --host 127.0.0.1")
+    if token is not None and not token.strip():
+        _fail("--token is empty: pass a long random string, e.g. --token $(openssl rand -hex 16)")
+    if token and len(token) < 16:
+        console.print("[yellow]warning:[/] the token is shorter than 16 characters; use e.g. $(openssl rand -hex 16)")
+    if not 0 < port < 65536:
+        _fail(f"--port {port} is not a TCP port: use 1-65535, e.g. --port 8000")
+    try:
+        from rlivs.edge_app.service import EdgeService, ServiceConfig
+        from rlivs.runtime.config import (
+            AnswerConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig,
+            SelectionConfig,
+        )
+        from rlivs.runtime.pipeline import load_engine
+        from rlivs.runtime.sources import ReconnectConfig, SourceConfig, parse_sources
+
+        specs = parse_sources(source)
+        for s in specs:
+            path = s.url.removeprefix("file://")
+            if s.kind == "file" and not Path(path).is_file():
+                if not replay:
+                    _fail(f"{path} does not exist: check the path (with --replay a missing file is retried)")
+                console.print(f"[yellow]warning:[/] {path} does not exist (yet); stream {s.name} retries until it does")
+        layers = None
+        if probe_layers:
+            try:
+                layers = tuple(int(x) for x in probe_layers.split(","))
+            except ValueError:
+                _fail(f"--probe-layers {probe_layers!r} is not a comma-separated list of layer indices, e.g. 4,8,13,19")
+        config = PipelineConfig(
+            clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
+            selection=SelectionConfig(strategy=strategy, keep=keep, keep_ratio=keep_ratio),
+            fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
+            caption=CaptionConfig(max_new_tokens=max_caption_tokens),
+            probe=ProbeConfig(num_layers=num_probe_layers, layers=layers),
+            retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda),
+            answer=AnswerConfig(max_new_tokens=max_answer_tokens),
+        )
+        src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
+                               reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
+        with console.status(f"loading model {model} ..."):
+            engine = load_engine(model, backend=backend, config=config, device=device, dtype=dtype, threads=threads)
+        service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
+        server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
+                        access_log=access_log)
+    except ValueError as e:
+        _fail(str(e))
+    names = ", ".join(f"{s.name} ({s.url})" for s in specs) or "none (answering from the memory only)"
+    console.print(f"rlivs serve: sources {names}; memory {db}")
+    console.print(f"[bold]open http://{'[' + host + ']' if ':' in host else host}:{port}/[/]"
+                  + ("  (token required)" if token else ""))
+    service.start()
+    try:
+        server.run()  # until Ctrl-C / SIGTERM
+    finally:
+        console.print("stopping ingest ...")
+        service.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

@@ -1,0 +1,354 @@
+"""The HTTP face of `rlivs serve`: a FastAPI app over an `EdgeService`, and a uvicorn runner.
+
+Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs the bearer token when one is set):
+
+    GET    /                          the web page (static HTML + JS; it holds no data, the data comes from the API)
+    GET    /healthz                   liveness and a health summary (no token needed; no stream names or URLs)
+    GET    /metrics                   Prometheus text format
+    GET    /v1/streams                every stream: clips, state, source statistics
+    POST   /v1/ask                    {"question", "stream"?} -> answer, the captions used (stream, times), latency
+    GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
+    GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
+    GET    /v1/events                 server-sent events: `caption` and `watch`
+    POST   /v1/watches                {"query", "threshold"?, "stream"?, "webhook"?} -> the watch (201)
+    GET    /v1/watches                the watches with match counts
+    GET    /v1/watches/{id}           one watch
+    DELETE /v1/watches/{id}           204
+    GET    /v1/watches/{id}/matches   ?limit=&before= newest first
+    GET    /v1/matches                every watch's matches, newest first
+
+Auth: `Authorization: Bearer <token>`. GET requests also accept the token in the `rlivs_token` cookie, which the
+page sets, because EventSource and <img> cannot send headers; state-changing requests (POST, DELETE) need the header,
+so a cross-site form cannot use the cookie. Errors are JSON `{"detail": "what is wrong and how to fix it"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import socket
+import threading
+import time
+from http.cookies import SimpleCookie
+from typing import Optional
+from urllib.parse import unquote, urlsplit
+
+import uvicorn
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .metrics import CONTENT_TYPE
+from .service import EdgeService, NotFound, NotReady
+from .web_page import PAGE
+
+log = logging.getLogger("rlivs.serve")
+
+OPEN_PATHS = ("/healthz", "/")  # served without a token: a health summary and the static page shell
+MAX_QUESTION = 2000  # characters
+MAX_QUERY = 500  # characters of a watch query
+MAX_NAME = 128  # characters of a stream name
+MAX_URL = 2000  # characters of a webhook URL
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Request bodies
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    question: str = Field(..., min_length=1, max_length=MAX_QUESTION, description="The question.")
+    stream: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME, description="Only this stream.")
+
+
+def _check_webhook(v: Optional[str]) -> Optional[str]:
+    if v is None:
+        return v
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("webhook must be an http:// or https:// URL with a host, e.g. http://10.0.0.5:9000/hook")
+    return v
+
+
+class WatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    query: str = Field(..., min_length=1, max_length=MAX_QUERY, description="What to watch for.")
+    threshold: Optional[float] = Field(
+        None, ge=-1.0, le=1.0, allow_inf_nan=False,
+        description="Match when the caption's relevance is >= this (default: half the query's self-relevance).")
+    stream: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME, description="Only this stream.")
+    webhook: Optional[str] = Field(None, max_length=MAX_URL, description="POST each match here.")
+
+    _webhook = field_validator("webhook")(_check_webhook)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Middleware: auth and body size (pure ASGI, so streaming responses pass straight through)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _json_error(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+class GuardMiddleware:
+    def __init__(self, app, token: str | None, max_body_bytes: int):
+        self.app, self.token, self.max_body = app, token, max_body_bytes
+
+    def _authorized(self, scope) -> bool:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        auth = headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), self.token.encode()):
+            return True
+        if scope.get("method") in ("GET", "HEAD") and "cookie" in headers:
+            c = SimpleCookie()
+            try:
+                c.load(headers["cookie"])
+            except Exception:  # noqa: BLE001 - a malformed cookie header is just not a token
+                return False
+            if "rlivs_token" in c:
+                given = unquote(c["rlivs_token"].value)  # the page stores it URI-encoded
+                return secrets.compare_digest(given.encode(), self.token.encode())
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.token and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
+            msg = ("missing or wrong token: send the header 'Authorization: Bearer <token>' with the token given to "
+                   "rlivs serve (--token or RLIVS_TOKEN)")
+            return await _json_error(401, msg, {"WWW-Authenticate": 'Bearer realm="rlivs"'})(scope, receive, send)
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            length = headers.get("content-length")
+            if length is None:
+                return await _json_error(411, "send the request body with a Content-Length header")(
+                    scope, receive, send)
+            if not length.isdigit() or int(length) > self.max_body:
+                return await _json_error(413, f"request body too large ({length} bytes): at most {self.max_body} "
+                                              f"bytes")(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+            loc = loc[1:]  # where it was sent; the field name is what the caller needs
+        where = ".".join(loc) or "body"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "json_invalid":
+            msg = "the body is not valid JSON"
+        elif err.get("type") == "extra_forbidden":
+            msg = "unknown field (check the spelling; see the API in docs/edge_app.md)"
+        elif err.get("type") == "missing":
+            msg = "required"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts) or "invalid request"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def create_app(service: EdgeService, token: str | None = None, max_body_bytes: int = 64 * 1024,
+               keepalive_s: float = 15.0) -> FastAPI:
+    app = FastAPI(title="rlivs", version="0.1.0", docs_url=None, redoc_url=None,
+                  description="Streaming video question answering on the device.")
+    app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        return JSONResponse({"detail": _validation_message(exc), "errors": errors}, status_code=422)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound):
+        return _json_error(404, str(exc.args[0]) if exc.args else "not found")
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(request: Request, exc: NotReady):
+        return _json_error(409, str(exc))
+
+    @app.exception_handler(ValueError)
+    async def _bad(request: Request, exc: ValueError):
+        return _json_error(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        log.exception("request %s %s failed", request.method, request.url.path)
+        return _json_error(500, f"internal error ({type(exc).__name__}): see the server log")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/healthz")
+    def healthz():
+        return service.health()
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(service.render_metrics(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/streams")
+    def streams():
+        return {"streams": service.streams()}
+
+    @app.post("/v1/ask")
+    def ask(body: AskRequest):
+        return service.ask(body.question, body.stream)
+
+    @app.get("/v1/captions")
+    def captions(stream: Optional[str] = Query(None, min_length=1, max_length=MAX_NAME),
+                 t_from: Optional[float] = Query(None, alias="from", ge=0, allow_inf_nan=False,
+                                                 description="seconds, stream time"),
+                 t_to: Optional[float] = Query(None, alias="to", ge=0, allow_inf_nan=False),
+                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+        if t_from is not None and t_to is not None and t_from > t_to:
+            raise ValueError(f"from={t_from} is after to={t_to}: pass from <= to (seconds of stream time)")
+        return service.captions(stream, t_from, t_to, limit, offset)
+
+    @app.get("/v1/thumbnails/{stream:path}/{clip}.jpg")
+    def thumbnail(stream: str = Path(..., max_length=MAX_NAME), clip: int = Path(..., ge=0)):
+        return Response(service.thumbnail(stream, clip), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400, immutable"})
+
+    @app.get("/v1/events")
+    async def events(request: Request, last_event_id: Optional[str] = Header(None)):
+        last = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+        sub, backlog = service.events.subscribe(asyncio.get_running_loop(), last)
+
+        async def stream():
+            try:
+                yield "retry: 2000\n\n"
+                for ev in backlog:
+                    yield ev.sse()
+                while True:
+                    if await request.is_disconnected():
+                        return
+                    try:
+                        ev = await sub.next(timeout=keepalive_s)
+                    except EOFError:
+                        return
+                    yield ev.sse() if ev is not None else ": keepalive\n\n"
+            finally:
+                sub.close()
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/watches", status_code=201)
+    def add_watch(body: WatchRequest):
+        return service.add_watch(body.query, body.threshold, body.stream, body.webhook)
+
+    @app.get("/v1/watches")
+    def list_watches():
+        return {"watches": service.watches()}
+
+    @app.get("/v1/watches/{watch_id}")
+    def get_watch(watch_id: int = Path(..., ge=1)):
+        return service.watch(watch_id)
+
+    @app.delete("/v1/watches/{watch_id}", status_code=204)
+    def delete_watch(watch_id: int = Path(..., ge=1)):
+        service.delete_watch(watch_id)
+        return Response(status_code=204)
+
+    @app.get("/v1/watches/{watch_id}/matches")
+    def watch_matches(watch_id: int = Path(..., ge=1), limit: int = Query(50, ge=1, le=500),
+                      before: Optional[int] = Query(None, ge=1)):
+        return {"matches": service.matches(watch_id, limit, before)}
+
+    @app.get("/v1/matches")
+    def all_matches(limit: int = Query(50, ge=1, le=500), before: Optional[int] = Query(None, ge=1)):
+        return {"matches": service.matches(None, limit, before)}
+
+    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running it
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'; anything else (0.0.0.0, a LAN address, a name) is not."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _Uvicorn(uvicorn.Server):
+    """Ends the service's event streams as soon as shutdown starts (else open SSE connections hold it up), and treats
+    Ctrl-C / SIGTERM as a requested stop: `run()` returns (so the caller stops ingest cleanly) instead of re-raising
+    the signal afterwards, which would kill the process before ingest is stopped. A second Ctrl-C forces the exit."""
+
+    def __init__(self, config: uvicorn.Config, on_exit):
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig, frame):
+        self._on_exit()
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+class Server:
+    """uvicorn around the app: `run()` in the foreground (signals stop it) or `start()`/`stop()` in a thread."""
+
+    def __init__(self, service: EdgeService, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+                 log_level: str = "warning", access_log: bool = False):
+        if not is_loopback(host) and not token:
+            raise ValueError(f"refusing to bind {host}: any address but loopback exposes the API to the network, so "
+                             f"it needs a token: pass --token T (or set RLIVS_TOKEN), or bind 127.0.0.1")
+        self.service, self.host, self.port = service, host, port
+        self.app = create_app(service, token)
+        config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, access_log=access_log,
+                                log_config=None, timeout_graceful_shutdown=3, lifespan="off")
+        self._server = _Uvicorn(config, service.events.close)
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        self._server.run()
+
+    def start(self, timeout: float = 20.0) -> Server:
+        """Bind now (port 0 = any free port, read back into .port) and serve from a thread."""
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="rlivs-http",
+                                        daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start on {self.host}:{self.port}")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.service.events.close()
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
