@@ -16,14 +16,11 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rlivs.runtime.config import (
-    AnswerConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig,
-    SelectionConfig,
-)
+from rlivs.edge_app import options as o
+from rlivs.edge_app.options import console, fail as _fail, model_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rlivs: streaming video question answering, on the device.")
-console = Console(stderr=True)
 out = Console()
 log = logging.getLogger("rlivs")
 
@@ -36,21 +33,7 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debu
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
-
-
-def _probe_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:
-    if not spec:
-        return None
-    try:
-        return tuple(int(x) for x in spec.split(","))
-    except ValueError:
-        _fail(f"--probe-layers {spec!r} is not a comma-separated list of layer indices, e.g. 4,8,13,19")
-
-
-def _engine(model: str, backend: str, device: str, dtype: str, threads: Optional[int], config: PipelineConfig):
+def _engine(model: str, backend: str, device: str, dtype: str, threads: Optional[int], config):
     from rlivs.runtime.pipeline import load_engine
 
     with console.status(f"loading model {model} ..."):
@@ -65,31 +48,17 @@ def _open_memory(db: Path, engine=None, readonly: bool = False):
     return Memory(db, model_fingerprint=engine.model_fingerprint if engine else None, readonly=readonly)
 
 
-ModelOpt = typer.Option("tiny", "--model", "-m", help="HF hub id (local cache only), HF-format directory, 'tiny' or 'random-0.5b' (random weights).")
-BackendOpt = typer.Option("auto", "--backend", help="auto | torch")
-DeviceOpt = typer.Option("cpu", "--device", help="cpu | cuda (torch backend)")
-DtypeOpt = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the backend.")
-BundleOpt = typer.Option(None, "--bundle", help="Exported bundle (rlivs export): runs on ONNX Runtime, no torch.")
-
-
 @app.command()
 def ingest(
     video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes)."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
     stream: str = typer.Option("default", "--stream", help="Stream name inside the memory."),
-    model: str = ModelOpt, bundle: Optional[Path] = BundleOpt, backend: str = BackendOpt, device: str = DeviceOpt,
-    dtype: str = DtypeOpt, threads: Optional[int] = ThreadsOpt,
-    fps: float = typer.Option(1.0, help="Frames sampled per second."),
-    frames_per_clip: int = typer.Option(16, help="Frames per clip."),
-    keep: Optional[int] = typer.Option(None, help="Visual tokens kept per clip (overrides --keep-ratio)."),
-    keep_ratio: float = typer.Option(0.0625, help="Fraction of a clip's tokens kept (196/3136)."),
-    strategy: str = typer.Option("attention", help="attention | uniform | meanpool | kmeans | random"),
-    fifo_clips: Optional[int] = typer.Option(16, help="FIFO capacity in clips (0 = no recurrence)."),
-    fifo_tokens: Optional[int] = typer.Option(None, help="FIFO capacity in tokens (optional)."),
-    probe_layers: Optional[str] = typer.Option(None, help="Comma-separated decoder layers to probe."),
-    num_probe_layers: int = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset."),
-    max_caption_tokens: int = typer.Option(128, help="Greedy caption length bound."),
+    model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
+    dtype: str = o.Dtype, threads: Optional[int] = o.Threads,
+    fps: float = o.Fps, frames_per_clip: int = o.FramesPerClip, keep: Optional[int] = o.Keep,
+    keep_ratio: float = o.KeepRatio, strategy: str = o.Strategy, fifo_clips: Optional[int] = o.FifoClips,
+    fifo_tokens: Optional[int] = o.FifoTokens, probe_layers: Optional[str] = o.ProbeLayers,
+    num_probe_layers: int = o.NumProbeLayers, max_caption_tokens: int = o.MaxCaptionTokens,
     max_clips: Optional[int] = typer.Option(None, help="Stop after this many clips (this run)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per clip."),
 ):
@@ -97,16 +66,13 @@ def ingest(
     if not video.exists():
         _fail(f"{video} does not exist")
     try:
-        config = PipelineConfig(
-            clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
-            selection=SelectionConfig(strategy=strategy, keep=keep, keep_ratio=keep_ratio),
-            fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
-            caption=CaptionConfig(max_new_tokens=max_caption_tokens),
-            probe=ProbeConfig(num_layers=num_probe_layers, layers=_probe_layers(probe_layers)),
-        )
+        config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
+                                   strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
+                                   probe_layers=probe_layers, num_probe_layers=num_probe_layers,
+                                   max_caption_tokens=max_caption_tokens)
         from rlivs.runtime.pipeline import StreamIngestor
 
-        engine = _engine(str(bundle) if bundle else model, backend, device, dtype, threads, config)
+        engine = _engine(model_path(model, bundle), backend, device, dtype, threads, config)
         with _open_memory(db, engine) as memory:
             ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
             clips = ing.clips_from_file(video)
@@ -115,7 +81,7 @@ def ingest(
         _fail(str(e))
 
 
-def _run_ingest(ing, clips, video: Path, config: PipelineConfig, max_clips, json_out: bool) -> None:
+def _run_ingest(ing, clips, video: Path, config, max_clips, json_out: bool) -> None:
     from rlivs.runtime.frames import VideoFileSource
 
     dur = VideoFileSource(video, fps=config.clip.fps).duration
@@ -163,18 +129,17 @@ def ask(
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory to answer from."),
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream (default: all)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the model the memory was written with."),
-    bundle: Optional[Path] = BundleOpt, backend: str = BackendOpt, device: str = DeviceOpt, dtype: str = DtypeOpt, threads: Optional[int] = ThreadsOpt,
-    top_k: int = typer.Option(8, help="At most this many captions."),
-    token_budget: int = typer.Option(2048, help="At most this many caption tokens."),
-    mmr_lambda: float = typer.Option(0.5, help="MMR relevance weight (1 = relevance only)."),
-    max_new_tokens: int = typer.Option(256, help="Answer length bound."),
+    bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
+    threads: Optional[int] = o.Threads,
+    top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
+    max_new_tokens: int = o.MaxAnswerTokens,
     json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
 ):
     """Answer a question from the captions in memory (text only)."""
     try:
         model = str(bundle) if bundle else (model or _model_for_db(db, stream))
-        config = PipelineConfig(retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda),
-                                answer=AnswerConfig(max_new_tokens=max_new_tokens))
+        config = o.pipeline_config(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda,
+                                   max_answer_tokens=max_new_tokens)
         from rlivs.runtime.pipeline import answer, format_time
 
         engine = _engine(model, backend, device, dtype, threads, config)
@@ -225,21 +190,21 @@ def captions(
 
 @app.command()
 def export(
-    model: str = ModelOpt,
+    model: str = o.Model,
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     target: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt (opset <= 20, attention TensorRT fuses)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default 23 for onnxruntime, 20 for tensorrt)."),
     embed_dtype: str = typer.Option("float16", help="Embedding table dtype: float16 | float32 (exact parity)."),
-    probe_layers: Optional[str] = typer.Option(None, help="Comma-separated decoder layers to probe."),
-    num_probe_layers: int = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset."),
+    probe_layers: Optional[str] = o.ProbeLayers, num_probe_layers: int = o.NumProbeLayers,
     check: bool = typer.Option(True, help="Compare the exported graphs with the torch reference."),
 ):
     """Export a model to a self-contained ONNX bundle for the torch-free runtime."""
     try:
         from rlivs.export.bundle import ExportConfig, export_bundle
+        from rlivs.runtime.config import ProbeConfig
 
         cfg = ExportConfig(target=target, opset=opset, embed_dtype=embed_dtype, check=check,
-                           probe=ProbeConfig(num_layers=num_probe_layers, layers=_probe_layers(probe_layers)))
+                           probe=ProbeConfig(num_layers=num_probe_layers, layers=o.parse_layers(probe_layers)))
         with console.status(f"exporting {model} to {out} ..."):
             manifest = export_bundle(model, out, cfg)
     except (ValueError, ImportError) as e:
@@ -261,7 +226,7 @@ def export(
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path("rlivs-demo"), help="Where the sample video and memory go."),
-    model: str = ModelOpt,
+    model: str = o.Model,
     question: str = typer.Option("What moved across the scene?", help="The question asked at the end."),
     seconds: float = typer.Option(48.0, help="Length of the generated sample video."),
 ):

@@ -14,12 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rlivs.runtime.config import (
-    AnswerConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig,
-    SelectionConfig,
-)
+from rlivs.edge_app import options as o
+from rlivs.edge_app.options import console, fail as _fail
 
-console = Console(stderr=True)
 out = Console()
 
 HELP = """Evaluate streaming video QA on RVS-Ego / RVS-Movie style benchmarks, causally.
@@ -28,20 +25,6 @@ Each video is ingested once, in time order; a question is answered when the stre
 
 Annotation files: the streaming list (video_id, video_path, duration, conversations) and/or a VStream-QA clip file plus question file. Give several after one --annotations, or repeat --annotations. See docs/evaluation.md.
 """
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
-
-
-def _layers(spec: Optional[str]):
-    if not spec:
-        return None
-    try:
-        return tuple(int(x) for x in spec.split(","))
-    except ValueError:
-        _fail(f"--probe-layers {spec!r} is not a comma-separated list of layer indices, e.g. 4,8,13,19")
-
 
 def register(app: typer.Typer) -> None:
     """Add `rlivs eval` to the CLI."""
@@ -54,12 +37,8 @@ def register(app: typer.Typer) -> None:
         videos: Optional[Path] = typer.Option(None, "--videos", help="Folder where videos are looked up (video_path "
                                               "that does not exist as given, or <video_id>.mp4 / folder / .npy)."),
         out_dir: Path = typer.Option(..., "--out", "-o", help="Results folder (created)."),
-        model: str = typer.Option("tiny", "--model", "-m",
-                                  help="As for rlivs ingest: HF hub id (local cache only), model directory, or 'tiny'."),
-        backend: str = typer.Option("auto", "--backend", help="Backend, as for rlivs ingest (auto chooses)."),
-        device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
-        dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the backend."),
+        model: str = o.Model, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
+        threads: Optional[int] = o.Threads,
         # --- ablations: every one is recorded in run.json / summary.json / results.md
         strategy: str = typer.Option("attention",
                                      help="Token selection: attention | uniform | meanpool | kmeans | random"),
@@ -118,15 +97,11 @@ def register(app: typer.Typer) -> None:
         if resume and rescore:
             _fail("--resume continues answering; --rescore only re-judges: pass one of them")
         try:
-            pipeline = PipelineConfig(
-                clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
-                selection=SelectionConfig(strategy=strategy, keep=keep, keep_ratio=keep_ratio, seed=seed),
-                fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
-                caption=CaptionConfig(max_new_tokens=max_caption_tokens),
-                probe=ProbeConfig(num_layers=num_probe_layers, layers=_layers(probe_layers)),
-                retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda),
-                answer=AnswerConfig(max_new_tokens=max_new_tokens),
-            )
+            pipeline = o.pipeline_config(
+                fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio, strategy=strategy,
+                fifo_clips=fifo_clips, fifo_tokens=fifo_tokens, probe_layers=probe_layers,
+                num_probe_layers=num_probe_layers, max_caption_tokens=max_caption_tokens, top_k=top_k,
+                token_budget=token_budget, mmr_lambda=mmr_lambda, max_answer_tokens=max_new_tokens, seed=seed)
             from rlivs.runtime.selection import get_strategy
 
             get_strategy(strategy)  # an unknown strategy fails here, before any video is read

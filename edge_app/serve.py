@@ -11,15 +11,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
+from rlivs.edge_app import options as o
+from rlivs.edge_app.options import console, fail as _fail, model_path
+
 log = logging.getLogger("rlivs.serve")
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
 
 
 def serve(
@@ -28,30 +24,18 @@ def serve(
         help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://... "
              "Each is its own stream."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
-    model: str = typer.Option("tiny", "--model", "-m",
-                              help="HF hub id (local cache only), HF-format directory, or 'tiny'."),
-    backend: str = typer.Option("auto", "--backend", help="Backend: auto | torch (passed through to load_engine)."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda (torch backend)"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the backend."),
+    model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
+    dtype: str = o.Dtype, threads: Optional[int] = o.Threads,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Anything but loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="RLIVS_TOKEN", show_default=False,
                                         help="Bearer token every endpoint but /healthz requires (env RLIVS_TOKEN)."),
-    fps: float = typer.Option(1.0, help="Frames sampled per second."),
-    frames_per_clip: int = typer.Option(16, help="Frames per clip."),
-    keep: Optional[int] = typer.Option(None, help="Visual tokens kept per clip (overrides --keep-ratio)."),
-    keep_ratio: float = typer.Option(0.0625, help="Fraction of a clip's tokens kept (196/3136)."),
-    strategy: str = typer.Option("attention", help="attention | uniform | meanpool | kmeans | random"),
-    fifo_clips: Optional[int] = typer.Option(16, help="FIFO capacity in clips (0 = no recurrence)."),
-    fifo_tokens: Optional[int] = typer.Option(None, help="FIFO capacity in tokens (optional)."),
-    probe_layers: Optional[str] = typer.Option(None, help="Comma-separated decoder layers to probe."),
-    num_probe_layers: int = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset."),
-    max_caption_tokens: int = typer.Option(128, help="Greedy caption length bound."),
-    top_k: int = typer.Option(8, help="Answers use at most this many captions."),
-    token_budget: int = typer.Option(2048, help="... and at most this many caption tokens."),
-    mmr_lambda: float = typer.Option(0.5, help="MMR relevance weight (1 = relevance only)."),
-    max_answer_tokens: int = typer.Option(256, help="Answer length bound."),
+    fps: float = o.Fps, frames_per_clip: int = o.FramesPerClip, keep: Optional[int] = o.Keep,
+    keep_ratio: float = o.KeepRatio, strategy: str = o.Strategy, fifo_clips: Optional[int] = o.FifoClips,
+    fifo_tokens: Optional[int] = o.FifoTokens, probe_layers: Optional[str] = o.ProbeLayers,
+    num_probe_layers: int = o.NumProbeLayers, max_caption_tokens: int = o.MaxCaptionTokens,
+    top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
+    max_answer_tokens: int = o.MaxAnswerTokens,
     replay: bool = typer.Option(True, "--replay/--no-replay",
                                 help="Replay file sources at real speed as live cameras (--no-replay: ingest them as "
                                      "fast as possible, resumable)."),
@@ -75,10 +59,6 @@ def serve(
         _fail(f"--port {port} is not a TCP port: use 1-65535, e.g. --port 8000")
     try:
         from rlivs.edge_app.service import EdgeService, ServiceConfig
-        from rlivs.runtime.config import (
-            AnswerConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig,
-            SelectionConfig,
-        )
         from rlivs.runtime.pipeline import load_engine
         from rlivs.runtime.sources import ReconnectConfig, SourceConfig, parse_sources
 
@@ -89,25 +69,15 @@ def serve(
                 if not replay:
                     _fail(f"{path} does not exist: check the path (with --replay a missing file is retried)")
                 console.print(f"[yellow]warning:[/] {path} does not exist (yet); stream {s.name} retries until it does")
-        layers = None
-        if probe_layers:
-            try:
-                layers = tuple(int(x) for x in probe_layers.split(","))
-            except ValueError:
-                _fail(f"--probe-layers {probe_layers!r} is not a comma-separated list of layer indices, e.g. 4,8,13,19")
-        config = PipelineConfig(
-            clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
-            selection=SelectionConfig(strategy=strategy, keep=keep, keep_ratio=keep_ratio),
-            fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
-            caption=CaptionConfig(max_new_tokens=max_caption_tokens),
-            probe=ProbeConfig(num_layers=num_probe_layers, layers=layers),
-            retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda),
-            answer=AnswerConfig(max_new_tokens=max_answer_tokens),
-        )
+        config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
+                                   strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
+                                   probe_layers=probe_layers, num_probe_layers=num_probe_layers,
+                                   max_caption_tokens=max_caption_tokens, top_k=top_k, token_budget=token_budget,
+                                   mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens)
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         with console.status(f"loading model {model} ..."):
-            engine = load_engine(model, backend=backend, config=config, device=device, dtype=dtype, threads=threads)
+            engine = load_engine(model_path(model, bundle), backend=backend, config=config, device=device, dtype=dtype, threads=threads)
         service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
                         access_log=access_log)

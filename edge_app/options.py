@@ -1,0 +1,80 @@
+"""What the `rlivs` commands share: typer options for the model and the method's knobs, the error exit,
+and the one place flags become a PipelineConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from rlivs.runtime.config import (
+    AnswerConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig,
+    SelectionConfig,
+)
+
+console = Console(stderr=True)
+
+
+def fail(msg: str) -> NoReturn:
+    """Print the error (which says what to do) and exit 2."""
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def parse_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:
+    if not spec:
+        return None
+    try:
+        return tuple(int(x) for x in spec.split(","))
+    except ValueError:
+        fail(f"--probe-layers {spec!r} is not a comma-separated list of layer indices, e.g. 4,8,13,19")
+
+
+def model_path(model: str, bundle: Optional[Path]) -> str:
+    """--bundle wins over --model: an exported bundle runs on ONNX Runtime."""
+    return str(bundle) if bundle else model
+
+
+# the model and where it runs
+Model = typer.Option("tiny", "--model", "-m",
+                     help="HF hub id (local cache only), HF-format directory, 'tiny' or 'random-0.5b' (random weights).")
+Bundle = typer.Option(None, "--bundle", help="Exported bundle (rlivs export): runs on ONNX Runtime, no torch.")
+Backend = typer.Option("auto", "--backend", help="auto | torch | onnxruntime")
+Device = typer.Option("cpu", "--device", help="cpu | cuda")
+Dtype = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)")
+Threads = typer.Option(None, "--threads", help="CPU threads for the backend.")
+
+# the method's knobs (docs/method.md)
+Fps = typer.Option(1.0, help="Frames sampled per second.")
+FramesPerClip = typer.Option(16, help="Frames per clip.")
+Keep = typer.Option(None, help="Visual tokens kept per clip (overrides --keep-ratio).")
+KeepRatio = typer.Option(0.0625, help="Fraction of a clip's tokens kept (196/3136).")
+Strategy = typer.Option("attention", help="attention | uniform | meanpool | kmeans | random")
+FifoClips = typer.Option(16, help="FIFO capacity in clips (0 = no recurrence).")
+FifoTokens = typer.Option(None, help="FIFO capacity in tokens (optional).")
+ProbeLayers = typer.Option(None, help="Comma-separated decoder layers to probe.")
+NumProbeLayers = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset.")
+MaxCaptionTokens = typer.Option(128, help="Greedy caption length bound.")
+TopK = typer.Option(8, help="Answers use at most this many captions.")
+TokenBudget = typer.Option(2048, help="... and at most this many caption tokens.")
+MmrLambda = typer.Option(0.5, help="MMR relevance weight (1 = relevance only).")
+MaxAnswerTokens = typer.Option(256, help="Answer length bound.")
+
+
+def pipeline_config(*, fps: float = 1.0, frames_per_clip: int = 16, keep: Optional[int] = None,
+                    keep_ratio: float = 0.0625, strategy: str = "attention", fifo_clips: Optional[int] = 16,
+                    fifo_tokens: Optional[int] = None, probe_layers: Optional[str] = None, num_probe_layers: int = 4,
+                    max_caption_tokens: int = 128, top_k: int = 8, token_budget: int = 2048,
+                    mmr_lambda: float = 0.5, max_answer_tokens: int = 256, seed: int = 0) -> PipelineConfig:
+    """Flags -> PipelineConfig. Raises ValueError (naming the flag's problem) for impossible values."""
+    return PipelineConfig(
+        clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
+        selection=SelectionConfig(strategy=strategy, keep=keep, keep_ratio=keep_ratio, seed=seed),
+        fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
+        caption=CaptionConfig(max_new_tokens=max_caption_tokens),
+        probe=ProbeConfig(num_layers=num_probe_layers, layers=parse_layers(probe_layers)),
+        retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda),
+        answer=AnswerConfig(max_new_tokens=max_answer_tokens),
+    )
