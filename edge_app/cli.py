@@ -252,6 +252,7 @@ def demo(
 
 # --- subcommands that live in their own modules: each module defines `register(app)`; one line each ---
 # (keep this block in alphabetical order; a module must import torch/transformers lazily, inside commands)
+from rlivs.edge_app import calibrate; calibrate.register(app)  # noqa: E402,E702  rlivs calibrate collect|layers|quantize|report
 from rlivs.edge_app import evaluate; evaluate.register(app)  # noqa: E402,E702  rlivs eval
 from rlivs.edge_app import serve; serve.register(app)  # noqa: E402,E702 - `rlivs serve`
 # --- end of subcommand registrations ---
