@@ -62,23 +62,42 @@ def ingest(
     max_clips: Optional[int] = typer.Option(None, help="Stop after this many clips (this run)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per clip."),
 ):
-    """Caption a video clip by clip into the memory; resumes where a previous run stopped."""
+    """Caption a video clip by clip into the memory; resumes where a previous run stopped.
+
+    Exit status: 0 done; 2 refused or stopped by an error (what was committed before it stays committed); 3 done,
+    but some packets of the video could not be decoded and their frames were skipped.
+    """
     if not video.exists():
         _fail(f"{video} does not exist")
+    if max_clips is not None and max_clips < 1:
+        _fail(f"--max-clips must be >= 1, got {max_clips}; leave it out to ingest the whole video")
+    ing = None
     try:
         config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens)
+        from rlivs.runtime.frames import VideoFileSource
         from rlivs.runtime.pipeline import StreamIngestor
 
-        engine = _engine(model_path(model, bundle), backend, device, dtype, threads, config)
+        engine = _engine(model_path(model, bundle), o.backend_for(backend, bundle), device, dtype, threads, config)
+        VideoFileSource(video, fps=config.clip.fps)  # not a readable video: refused before the memory is touched
         with _open_memory(db, engine) as memory:
             ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
             clips = ing.clips_from_file(video)
             _run_ingest(ing, clips, video, config, max_clips, json_out)
     except ValueError as e:
-        _fail(str(e))
+        where = ""
+        if ing is not None:  # stopped mid-stream: say what is safe (every clip before next_index is committed)
+            where = (f" (stream {stream!r} in {db} holds clips 0..{ing.next_index - 1}, all committed; a new run "
+                     f"resumes at clip {ing.next_index})" if ing.next_index else f" (stream {stream!r} holds no clips yet)")
+        _fail(str(e) + where)
+    skipped = ing.source.decode_errors if ing is not None and ing.source is not None else 0
+    if skipped:
+        console.print(f"[bold yellow]damaged input:[/] {video}: {skipped} packets could not be decoded and their "
+                      f"frames were skipped (first after {ing.source.decode_error_times[0]:.1f} s); every clip was "
+                      f"stored from the frames that could be decoded. Check the file with ffprobe; exit status 3")
+        raise typer.Exit(3)
 
 
 def _run_ingest(ing, clips, video: Path, config, max_clips, json_out: bool) -> None:
@@ -103,6 +122,7 @@ def _run_ingest(ing, clips, video: Path, config, max_clips, json_out: bool) -> N
             if json_out:
                 typer.echo(json.dumps({"clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
                                            "caption": r.caption, "fifo_tokens": r.fifo_tokens,
+                                           "decode_errors": ing.source.decode_errors if ing.source else 0,
                                            "timings": r.timings}))
             else:
                 bar.console.print(f"[dim][{r.index}] {r.t_start:7.1f}-{r.t_end:7.1f}s[/] {r.caption}")
@@ -137,12 +157,15 @@ def ask(
 ):
     """Answer a question from the captions in memory (text only)."""
     try:
+        from rlivs.runtime.pipeline import check_question
+
+        check_question(question)  # empty, huge or not UTF-8: refused before anything is loaded
         model = str(bundle) if bundle else (model or _model_for_db(db, stream))
         config = o.pipeline_config(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda,
                                    max_answer_tokens=max_new_tokens)
         from rlivs.runtime.pipeline import answer, format_time
 
-        engine = _engine(model, backend, device, dtype, threads, config)
+        engine = _engine(model, o.backend_for(backend, bundle), device, dtype, threads, config)
         with _open_memory(db, engine, readonly=True) as memory:
             a = answer(engine, memory, question, stream=stream)
     except ValueError as e:

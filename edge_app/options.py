@@ -19,7 +19,9 @@ console = Console(stderr=True)
 
 def fail(msg: str) -> NoReturn:
     """Print the error (which says what to do) and exit 2."""
-    console.print(f"[bold red]error:[/] {msg}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(msg)}")  # escaped: a message may hold [brackets] of its own
     raise typer.Exit(2)
 
 
@@ -35,6 +37,11 @@ def parse_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:
 def model_path(model: str, bundle: Optional[Path]) -> str:
     """--bundle wins over --model: an exported bundle runs on ONNX Runtime."""
     return str(bundle) if bundle else model
+
+
+def backend_for(backend: str, bundle: Optional[Path]) -> str:
+    """With --bundle, `auto` means ONNX Runtime: a directory that is not a bundle is refused as such."""
+    return "onnxruntime" if bundle is not None and backend == "auto" else backend
 
 
 # the model and where it runs

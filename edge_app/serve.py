@@ -77,7 +77,8 @@ def serve(
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         with console.status(f"loading model {model} ..."):
-            engine = load_engine(model_path(model, bundle), backend=backend, config=config, device=device, dtype=dtype, threads=threads)
+            engine = load_engine(model_path(model, bundle), backend=o.backend_for(backend, bundle), config=config,
+                                 device=device, dtype=dtype, threads=threads)
         service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
                         access_log=access_log)

@@ -40,6 +40,7 @@ from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .metrics import CONTENT_TYPE
 from .service import EdgeService, NotFound, NotReady
@@ -52,6 +53,7 @@ MAX_QUESTION = 2000  # characters
 MAX_QUERY = 500  # characters of a watch query
 MAX_NAME = 128  # characters of a stream name
 MAX_URL = 2000  # characters of a webhook URL
+MAX_ID = 2**63 - 1  # ids, clip indices and offsets are SQLite INTEGERs: anything larger is refused with 422
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -145,6 +147,8 @@ def _validation_message(exc: RequestValidationError) -> str:
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "json_invalid":
             msg = "the body is not valid JSON"
+        elif err.get("type") == "string_unicode":
+            msg = "not valid Unicode text (a lone surrogate such as \\ud800?): send the text as UTF-8"
         elif err.get("type") == "extra_forbidden":
             msg = "unknown field (check the spelling; see the API in docs/edge_app.md)"
         elif err.get("type") == "missing":
@@ -168,6 +172,13 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         return JSONResponse({"detail": _validation_message(exc), "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail
+        if exc.status_code == 400 and detail == "There was an error parsing the body":  # e.g. bytes that are not UTF-8
+            detail = "the body could not be parsed: send JSON encoded as UTF-8 with Content-Type: application/json"
+        return _json_error(exc.status_code, str(detail), getattr(exc, "headers", None))
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):
@@ -211,19 +222,19 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
                  t_from: Optional[float] = Query(None, alias="from", ge=0, allow_inf_nan=False,
                                                  description="seconds, stream time"),
                  t_to: Optional[float] = Query(None, alias="to", ge=0, allow_inf_nan=False),
-                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_ID)):
         if t_from is not None and t_to is not None and t_from > t_to:
             raise ValueError(f"from={t_from} is after to={t_to}: pass from <= to (seconds of stream time)")
         return service.captions(stream, t_from, t_to, limit, offset)
 
     @app.get("/v1/thumbnails/{stream:path}/{clip}.jpg")
-    def thumbnail(stream: str = Path(..., max_length=MAX_NAME), clip: int = Path(..., ge=0)):
+    def thumbnail(stream: str = Path(..., max_length=MAX_NAME), clip: int = Path(..., ge=0, le=MAX_ID)):
         return Response(service.thumbnail(stream, clip), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400, immutable"})
 
     @app.get("/v1/events")
     async def events(request: Request, last_event_id: Optional[str] = Header(None)):
-        last = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+        last = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else None
         sub, backlog = service.events.subscribe(asyncio.get_running_loop(), last)
 
         async def stream():
@@ -254,21 +265,21 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
         return {"watches": service.watches()}
 
     @app.get("/v1/watches/{watch_id}")
-    def get_watch(watch_id: int = Path(..., ge=1)):
+    def get_watch(watch_id: int = Path(..., ge=1, le=MAX_ID)):
         return service.watch(watch_id)
 
     @app.delete("/v1/watches/{watch_id}", status_code=204)
-    def delete_watch(watch_id: int = Path(..., ge=1)):
+    def delete_watch(watch_id: int = Path(..., ge=1, le=MAX_ID)):
         service.delete_watch(watch_id)
         return Response(status_code=204)
 
     @app.get("/v1/watches/{watch_id}/matches")
-    def watch_matches(watch_id: int = Path(..., ge=1), limit: int = Query(50, ge=1, le=500),
-                      before: Optional[int] = Query(None, ge=1)):
+    def watch_matches(watch_id: int = Path(..., ge=1, le=MAX_ID), limit: int = Query(50, ge=1, le=500),
+                      before: Optional[int] = Query(None, ge=1, le=MAX_ID)):
         return {"matches": service.matches(watch_id, limit, before)}
 
     @app.get("/v1/matches")
-    def all_matches(limit: int = Query(50, ge=1, le=500), before: Optional[int] = Query(None, ge=1)):
+    def all_matches(limit: int = Query(50, ge=1, le=500), before: Optional[int] = Query(None, ge=1, le=MAX_ID)):
         return {"matches": service.matches(None, limit, before)}
 
     app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes)

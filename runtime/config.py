@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 CAPTION_PROMPT = "Describe what's happening in this video."
@@ -15,8 +16,8 @@ class ClipConfig:
     frames_per_clip: int = 16  # frames in one clip (one captioning step)
 
     def __post_init__(self):
-        if not self.fps > 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}; use e.g. --fps 1")
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be > 0 and finite, got {self.fps}; use e.g. --fps 1")
         if self.frames_per_clip < 1:
             raise ValueError(f"frames_per_clip must be >= 1, got {self.frames_per_clip}; use e.g. --frames-per-clip 16")
         self.clip_seconds = self.frames_per_clip / self.fps  # derived: video seconds covered by one clip
@@ -58,9 +59,11 @@ class FifoConfig:
 
     def __post_init__(self):
         if self.capacity_clips is not None and self.capacity_clips < 0:
-            raise ValueError(f"capacity_clips must be >= 0, got {self.capacity_clips}")
+            raise ValueError(f"capacity_clips must be >= 0, got {self.capacity_clips}; e.g. --fifo-clips 16 "
+                             f"(0 = no recurrence)")
         if self.capacity_tokens is not None and self.capacity_tokens < 0:
-            raise ValueError(f"capacity_tokens must be >= 0, got {self.capacity_tokens}")
+            raise ValueError(f"capacity_tokens must be >= 0, got {self.capacity_tokens}; e.g. --fifo-tokens 3136 "
+                             f"(or leave it out)")
 
 
 @dataclass
@@ -70,7 +73,8 @@ class CaptionConfig:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(f"caption max_new_tokens must be >= 1, got {self.max_new_tokens}; e.g. "
+                             f"--max-caption-tokens 128")
 
 
 @dataclass
@@ -105,7 +109,10 @@ class RetrievalConfig:
 
     def __post_init__(self):
         if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}; e.g. --top-k 8")
+        if self.token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1 caption token, got {self.token_budget}; "
+                             f"e.g. --token-budget 2048")
         if not 0.0 <= self.mmr_lambda <= 1.0:
             raise ValueError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
 
@@ -113,6 +120,11 @@ class RetrievalConfig:
 @dataclass
 class AnswerConfig:
     max_new_tokens: int = 256  # greedy answer length bound
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"the answer length bound must be >= 1 token, got {self.max_new_tokens}; e.g. 256 "
+                             f"(--max-new-tokens of rlivs ask, --max-answer-tokens of rlivs serve)")
 
 
 @dataclass

@@ -42,6 +42,36 @@ _DTYPES = ("float32", "float16")  # dtypes an array may be stored in
 _TABLES = ("meta", "streams", "clips", "fifo")
 
 
+def _storage_problem(e: BaseException) -> tuple[str, str] | None:
+    """(what is wrong, what to do) for an SQLite error caused by the storage or another process, else None.
+
+    Classified by SQLite's own error name (sqlite3 errors carry it since Python 3.11), falling back to its text.
+    Constraint errors and programming errors are not storage problems: they return None and propagate as they are.
+    """
+    if not isinstance(e, sqlite3.Error) or isinstance(e, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+        return None
+    name = getattr(e, "sqlite_errorname", None) or ""
+    text = str(e).lower()
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return ("the disk is full", "free space on the device (or pass a --db on another disk)")
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return ("the file or its folder is read-only",
+                "make both writable (SQLite creates NAME-wal and NAME-shm beside the file) or pass a --db on a "
+                "writable disk")
+    if name.startswith("SQLITE_IOERR") or "disk i/o error" in text:
+        return ("the disk reported an I/O error", "check the storage device (dmesg) and its free space")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text:
+        return ("the database file is damaged",
+                "keep a copy of it, then recover what it holds with `sqlite3 FILE .recover` or use a new --db")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return ("another process holds the write lock (is another `rlivs ingest` using this --db?)",
+                "wait for it or use a new --db")
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return ("SQLite cannot open the file or create its -wal/-shm files beside it",
+                "check that the folder exists and is writable")
+    return None
+
+
 def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
     """Bit-exact equality: same dtype, same shape, same bytes."""
     a, b = np.asarray(a), np.asarray(b)
@@ -157,6 +187,13 @@ class Memory:
         try:
             self._db = Database(conn)
             self._setup(given)
+        except sqlite3.Error as e:
+            self._conn = None
+            conn.close()
+            problem = _storage_problem(e)
+            if problem is None:
+                raise
+            raise ValueError(f"cannot open {self.path}: {problem[0]} ({e}); {problem[1]}") from e
         except BaseException:
             self._conn = None
             conn.close()
@@ -291,24 +328,35 @@ class Memory:
                 f"open it without readonly to write"
             )
 
-    def _write(self, body: Callable[[], object]) -> object:
-        """Run `body` in exactly one BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception, re-raised."""
+    def _write(self, body: Callable[[], object], what: str = "write", then: str = "") -> object:
+        """Run `body` in exactly one BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception, re-raised.
+
+        An SQLite error caused by the storage or another process (disk full, read-only, I/O error, damaged file,
+        write lock) becomes a ValueError saying what went wrong, that nothing of this transaction was written and
+        what committed before is intact, and what to do (`what` names the write, `then` is appended to the advice).
+        """
         conn = self._live()
-        self._refuse_readonly("write")
+        self._refuse_readonly(what)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            raise ValueError(
-                f"cannot write to {self.path} ({e}): another process holds the write lock "
-                f"(is another `rlivs ingest` using this --db?); wait for it or use a new --db"
-            ) from e
+            problem = _storage_problem(e) or ("the write transaction could not start", "check the --db path")
+            raise ValueError(f"cannot {what} in {self.path}: {problem[0]} ({e}); nothing was written: "
+                             f"{problem[1]}{then}") from e
         try:
             result = body()
             conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        except BaseException as e:
+            if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk, an I/O error)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # keep the original error; the file is consistent (journal) either way
+                    pass
+            problem = _storage_problem(e)
+            if problem is None:
+                raise
+            raise ValueError(f"cannot {what} in {self.path}: {problem[0]} ({e}); nothing of it was written and "
+                             f"everything committed before is intact: {problem[1]}{then}") from e
         return result
 
     def _read(self, body: Callable[[], object]) -> object:
@@ -470,7 +518,8 @@ class Memory:
                 )
             conn.executemany("DELETE FROM fifo WHERE stream = ? AND clip_idx = ?", [(stream, i) for i in evict_ids])
 
-        self._write(body)
+        self._write(body, what=f"store clip {index} of stream {stream!r}",
+                    then=f", then run the same command again: the stream resumes at clip {index}")
         record.committed_at = now
 
     def _record(self, r: dict) -> ClipRecord:

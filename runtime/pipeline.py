@@ -32,6 +32,7 @@ ANSWER_SYSTEM = (
     "You answer questions about a video using timestamped descriptions of its clips. "
     "Answer briefly; say when something happened if it matters."
 )
+MAX_QUESTION_CHARS = 2000  # a longer question is refused (the HTTP API has the same bound)
 
 
 def format_time(seconds: float) -> str:
@@ -55,6 +56,13 @@ class Engine:
         self.newline = self.backend.image_newline()[None]  # (1, D)
         full_clip = self.config.clip.frames_per_clip * self.backend.info.tokens_per_frame
         self.config.selection.validate(full_clip)  # fails early on an impossible --keep
+        n_text = self.text.tokenizer.get_vocab_size(with_added_tokens=True)
+        if n_text > self.backend.info.vocab_size:  # a tokenizer.json from another model: its ids overflow the table
+            raise ValueError(
+                f"the tokenizer has {n_text} tokens but the model's embedding table has "
+                f"{self.backend.info.vocab_size} rows: tokenizer.json is from another model; copy the model "
+                f"directory (or bundle) whole, or re-export it"
+            )
 
     @property
     def model_fingerprint(self) -> dict:
@@ -103,6 +111,7 @@ class StreamIngestor:
         self.strategy = get_strategy(cfg.selection.strategy)
         state = memory.open_stream(stream, source, engine.backend.info.model_id, cfg.ingest_fingerprint())
         self.next_index = state.next_index  # the clip the stream resumes at
+        self.source: VideoFileSource | None = None  # set by clips_from_file
         self.fifo = TokenFifo(cfg.fifo, engine.backend.info.hidden_size)
         self.fifo.restore(state.fifo)
         if self.next_index:
@@ -161,6 +170,7 @@ class StreamIngestor:
         c = self.engine.config.clip
         start = clip_start_time(self.next_index, c.frames_per_clip, c.fps)
         source = VideoFileSource(path, fps=c.fps, start_time=start)
+        self.source = source  # the file being read: source.decode_errors counts the packets it had to skip
         return iter_clips(source, c.frames_per_clip, c.fps, first_index=self.next_index)
 
 
@@ -181,11 +191,32 @@ def build_answer_prompt(engine: Engine, question: str, records: list[ClipRecord]
     return engine.text.chat_ids(ANSWER_SYSTEM, user)  # (L,)
 
 
-def answer(engine: Engine, memory: Memory, question: str, stream: str | None = None) -> Answer:
-    """Retrieve captions by cosine + MMR, then answer from text only (no visual tokens)."""
+def check_question(question: str) -> str:
+    """The question stripped, or ValueError: not text, empty, longer than MAX_QUESTION_CHARS, not valid UTF-8."""
+    if not isinstance(question, str):
+        raise ValueError(f"the question must be text, got {type(question).__name__}")
     question = question.strip()
     if not question:
         raise ValueError("the question is empty: ask something, e.g. rlivs ask 'what moved left?'")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS} are "
+                         f"accepted: shorten it")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates: bytes that were not UTF-8 (argv) or a broken \ud800 escape
+        bad = question[e.start:e.end]
+        try:
+            what = "bytes " + bad.encode("utf-8", "surrogateescape").hex(" ")  # how Python keeps undecodable argv
+        except UnicodeEncodeError:
+            what = " ".join(f"U+{ord(c):04X}" for c in bad) + " (a lone surrogate)"
+        raise ValueError(f"the question is not valid UTF-8 text ({what} at character {e.start}): pass the "
+                         f"question as UTF-8") from None
+    return question
+
+
+def answer(engine: Engine, memory: Memory, question: str, stream: str | None = None) -> Answer:
+    """Retrieve captions by cosine + MMR, then answer from text only (no visual tokens)."""
+    question = check_question(question)
     t0 = time.perf_counter()
     records, matrix = memory.vectors(stream)  # (N, D)
     if not records:

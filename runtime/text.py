@@ -59,7 +59,11 @@ class TextCodec:
         model_dir = Path(model_dir)
         if not (model_dir / "tokenizer.json").exists():
             raise ValueError(f"{model_dir} has no tokenizer.json: rlivs needs the fast tokenizer file next to the weights")
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ValueError(f"{model_dir}/tokenizer.json cannot be read ({str(e)[:200]}): it is damaged or truncated; "
+                             f"copy the model directory (or bundle) again") from None
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag])
         self.template = env.from_string(_find_chat_template(model_dir))
         config = _read_json(model_dir / "config.json")

@@ -43,8 +43,10 @@ def choose_backend(name: str, model_dir: Path) -> tuple[str, str]:
         why = "asked for explicitly"
     if name == "onnxruntime":
         if not bundle:
-            raise ValueError(f"{model_dir} is not an exported bundle: run rlivs export --model {model_dir} --out BUNDLE "
-                             "and pass --bundle BUNDLE (or use --backend torch)")
+            if (Path(model_dir) / "config.json").exists() and not any(Path(model_dir).glob("*.onnx")):
+                raise ValueError(f"{model_dir} is not an exported bundle: run rlivs export --model {model_dir} --out "
+                                 "BUNDLE and pass --bundle BUNDLE (or use --backend torch)")
+            load_manifest(model_dir)  # raises: "... is not an rlivs bundle (no manifest.json): create one with ..."
         if not _has("onnxruntime"):
             raise ValueError("the onnxruntime backend needs onnxruntime: pip install 'rlivs[ort]' "
                              "(onnxruntime-gpu on a CUDA device)")
@@ -64,6 +66,9 @@ def choose_backend(name: str, model_dir: Path) -> tuple[str, str]:
 def load_backend(model_dir: Path, *, name: str = "auto", model_id: str | None = None,
                  probe: ProbeConfig | None = None, device: str = "cpu", dtype: str = "float32",
                  threads: int | None = None) -> Backend:
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}: pass e.g. --threads 4, or leave it out for the "
+                         f"backend's default")
     chosen, why = choose_backend(name, Path(model_dir))
     log.info("backend: %s (%s)", chosen, why)
     if chosen == "torch":

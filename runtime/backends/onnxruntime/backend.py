@@ -44,25 +44,72 @@ class OrtBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.vision = ort.InferenceSession(str(self.bundle / "vision.onnx"), opts, providers=providers)
-        self.decoder = ort.InferenceSession(str(self.bundle / "decoder.onnx"), opts, providers=providers)
+        try:
+            kv = m["kv_cache"]
+            self.kv_shape = (int(kv["layers"]), int(kv["kv_heads"]), int(kv["head_dim"]))
+            self.info = ModelInfo(
+                model_id=m["model_id"], hidden_size=int(m["hidden_size"]), vocab_size=int(m["vocab_size"]),
+                num_layers=int(m["num_layers"]), probe_layers=tuple(m["probe_layers"]),
+                tokens_per_frame=int(m["tokens_per_frame"]), image_size=tuple(m["image_size"]),
+                video_token_id=int(m["video_token_id"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{self.bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
+                             f"whole bundle directory again or re-export it") from None
+        self.vision = self._session("vision.onnx", opts, providers)
+        self.decoder = self._session("decoder.onnx", opts, providers)
         self.has_probe = "probe_attn" in {o.name for o in self.decoder.get_outputs()}  # False only in benchmarks
         self.device = "cuda" if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        self.table = np.load(self.bundle / "embeddings.npy", mmap_mode="r")  # (V, D) float16|float32
-        self.newline = np.load(self.bundle / "image_newline.npy").astype(np.float32)  # (D,)
-        kv = m["kv_cache"]
-        self.kv_shape = (kv["layers"], kv["kv_heads"], kv["head_dim"])
-        self.info = ModelInfo(
-            model_id=m["model_id"], hidden_size=m["hidden_size"], vocab_size=m["vocab_size"],
-            num_layers=m["num_layers"], probe_layers=tuple(m["probe_layers"]),
-            tokens_per_frame=m["tokens_per_frame"], image_size=tuple(m["image_size"]),
-            video_token_id=m["video_token_id"],
-        )
+        self._check_graphs()
+        self.table = self._npy("embeddings.npy", mmap_mode="r")  # (V, D) float16|float32
+        self.newline = self._npy("image_newline.npy").astype(np.float32)  # (D,)
         if self.table.shape != (self.info.vocab_size, self.info.hidden_size):
             raise ValueError(f"{self.bundle}/embeddings.npy has shape {self.table.shape}, the manifest says "
                              f"{(self.info.vocab_size, self.info.hidden_size)}: the bundle is damaged, re-export it")
+        if self.newline.shape != (self.info.hidden_size,):
+            raise ValueError(f"{self.bundle}/image_newline.npy has shape {self.newline.shape}, the manifest says "
+                             f"({self.info.hidden_size},): it is from another model; copy the whole bundle directory "
+                             f"from one export or re-export it")
         log.info("onnxruntime backend: bundle %s (%s), providers %s, probe layers %s",
                  self.bundle, self.info.model_id, self.decoder.get_providers(), self.info.probe_layers)
+
+    def _damaged(self, name: str, e: BaseException) -> ValueError:
+        return ValueError(f"{self.bundle}/{name} cannot be loaded ({type(e).__name__}: {str(e)[:300]}): the file is "
+                          f"damaged or truncated; copy the whole bundle directory again or re-export it")
+
+    def _session(self, name: str, opts, providers) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(str(self.bundle / name), opts, providers=providers)
+        except Exception as e:  # ORT raises its own pybind exceptions (InvalidProtobuf, Fail, ...) for a bad file
+            raise self._damaged(name, e) from None
+
+    def _npy(self, name: str, **kw) -> np.ndarray:
+        try:
+            return np.load(self.bundle / name, **kw)
+        except (ValueError, OSError, EOFError) as e:  # a truncated header or data
+            raise self._damaged(name, e) from None
+
+    def _check_graphs(self) -> None:
+        """The graphs' fixed dimensions must be the manifest's: graphs from another model's export fail here."""
+        n, h_kv, dh = self.kv_shape
+        d, v = self.info.hidden_size, self.info.vocab_size
+        (h, w), p = self.info.image_size, self.info.tokens_per_frame
+        want = {("vision.onnx", "pixel_values"): {2: h, 3: w}, ("vision.onnx", "visual_tokens"): {1: p, 2: d},
+                ("decoder.onnx", "inputs_embeds"): {2: d}, ("decoder.onnx", "logits"): {1: v},
+                ("decoder.onnx", "past_keys"): {0: n, 1: h_kv, 3: dh}}
+        for (name, io), dims in want.items():
+            sess = self.vision if name == "vision.onnx" else self.decoder
+            values = {x.name: x for x in [*sess.get_inputs(), *sess.get_outputs()]}
+            if io not in values:
+                raise ValueError(f"{self.bundle}/{name} has no {io!r} input or output: it is not an rlivs bundle "
+                                 f"graph; copy the whole bundle directory from one export or re-export it")
+            shape = values[io].shape
+            for axis, size in dims.items():
+                got = shape[axis] if axis < len(shape) else None
+                if isinstance(got, int) and got != size:
+                    raise ValueError(f"{self.bundle}/{name} {io} has size {got} on axis {axis} but the manifest says "
+                                     f"{size}: the graph is from another model; copy the whole bundle directory "
+                                     f"from one export or re-export it")
 
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(pixels, dtype=np.float32)  # (T, 3, H, W)
