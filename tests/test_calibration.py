@@ -5,11 +5,7 @@ once; the tiny model is exported once with the calibrated probe layers; int8 and
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from .no_torch import run_without_torch  # noqa: E402
 from rlivs.calibration.config import CollectConfig, LayerSearchConfig, QuantizeConfig, ReportConfig  # noqa: E402
 from rlivs.calibration.dataset import (  # noqa: E402
     CalibrationSet, Candidate, collect, heldout_positions, stratified_sample,
@@ -502,20 +499,12 @@ def test_cli_collect_layers_quantize_report(sample_video, bundle, tmp_path, tiny
 
 
 def test_calibrate_cli_module_imports_without_torch(tmp_path):
-    code = textwrap.dedent("""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'transformers'):
-                    raise ImportError('blocked: ' + name)
-        sys.meta_path.insert(0, Block())
+    out = run_without_torch("""
         import rlivs.edge_app.calibrate, rlivs.calibration.config, rlivs.calibration.dataset
         import rlivs.calibration.layers, rlivs.calibration.report
-        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
+        assert TORCH_FREE()
         print('OK')
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "RLIVS_HOME": str(tmp_path)})
+    """, tmp_path)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
 
 

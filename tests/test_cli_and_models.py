@@ -1,15 +1,12 @@
 """The `rlivs` command, model resolution (tiny, directory, local HF cache), and the torch-free runtime."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
 from typer.testing import CliRunner
 
+from .no_torch import run_without_torch
 from rlivs.edge_app.cli import app
 from rlivs.runtime.models import resolve_model
 
@@ -101,22 +98,14 @@ def test_model_name_errors(tmp_path):
 
 def test_runtime_imports_without_torch(tmp_path):
     """rlivs.runtime (all but the torch backend) imports in a process where importing torch fails."""
-    code = textwrap.dedent("""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'transformers'):
-                    raise ImportError('blocked: ' + name)
-        sys.meta_path.insert(0, Block())
+    out = run_without_torch("""
         import rlivs.runtime.pipeline, rlivs.runtime.memory, rlivs.runtime.frames, rlivs.runtime.selection
         import rlivs.runtime.retrieval, rlivs.runtime.text, rlivs.runtime.backends, rlivs.edge_app.cli
-        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
+        assert TORCH_FREE()
         try:
             rlivs.runtime.models.resolve_model('tiny')
         except ValueError as e:
             print('OK', e)
-    """)
-    env = {**os.environ, "RLIVS_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout and "torch extra" in out.stdout

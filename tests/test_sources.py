@@ -209,23 +209,12 @@ def test_missing_camera_device_is_retried_with_a_clear_error():
 
 
 def test_live_modules_import_without_torch(tmp_path):
-    import os
-    import subprocess
-    import sys
-    import textwrap
+    from .no_torch import run_without_torch
 
-    code = textwrap.dedent("""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'transformers'):
-                    raise ImportError('blocked: ' + name)
-        sys.meta_path.insert(0, Block())
+    out = run_without_torch("""
         import rlivs.runtime.sources, rlivs.runtime.scheduler, rlivs.edge_app.service, rlivs.edge_app.server
         import rlivs.edge_app.serve, rlivs.edge_app.cli
-        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
+        assert TORCH_FREE()
         print('OK')
-    """)
-    env = {**os.environ, "RLIVS_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    """, tmp_path)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
