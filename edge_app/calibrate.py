@@ -15,25 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+from rlivs.edge_app.options import console, fail as _fail, parse_layers
+
 out = Console()
 
 calibrate_app = typer.Typer(no_args_is_help=True, help="Calibrate from your own footage: collect a calibration set, "
                             "choose the probe layers, quantize a bundle, report fidelity. See docs/calibration.md.")
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
-
-
-def _layers(spec: Optional[str]):
-    if not spec:
-        return None
-    try:
-        return tuple(int(x) for x in spec.split(","))
-    except ValueError:
-        _fail(f"--probe-layers {spec!r} is not a comma-separated list of layer indices, e.g. 4,8,13,19")
 
 
 def _command(ctx: typer.Context) -> str:
@@ -112,7 +99,7 @@ def collect_cmd(
             selection=SelectionConfig(keep=keep, keep_ratio=keep_ratio),
             fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
             caption=CaptionConfig(max_new_tokens=max_caption_tokens),
-            probe=ProbeConfig(num_layers=num_probe_layers, layers=_layers(probe_layers)))
+            probe=ProbeConfig(num_layers=num_probe_layers, layers=parse_layers(probe_layers)))
         with console.status(f"loading {bundle or model} ..."):
             engine = load_engine(str(bundle) if bundle else model, backend=backend, config=pc, device=device,
                                  dtype=dtype, threads=threads)
