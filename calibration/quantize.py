@@ -159,30 +159,26 @@ class DecoderFeeds(_ReaderBase):
 
     def _feeds(self) -> Iterator[dict]:
         be = self.engine.backend
-        n, hkv, dh = be.kv_shape
-        empty = np.zeros((n, hkv, 0, dh), np.float32)  # (N, H_kv, 0, Dh)
+        empty = be.past_feed(be.new_state())  # zero-length past in the bundle's cache layout
         for it in self.items:
             visual = be.encode_frames(self.calib.pixels(it))  # (T, P, D)
             ctx, _ = self.calib.context(self.engine, it, visual)  # (S, D)
             s = len(ctx)
             state = be.new_state()
             if self.mode == "steps":
-                yield {"inputs_embeds": ctx[None], "position_ids": np.arange(s, dtype=np.int64)[None],
-                       "past_keys": empty, "past_values": empty}
+                yield {"inputs_embeds": ctx[None], "position_ids": np.arange(s, dtype=np.int64)[None], **empty}
                 be.step(ctx, state, probe_rows=0)
                 for tok in it.fed_ids()[: self.decode_steps]:
                     x = be.embed_tokens(np.array([tok]))  # (1, D)
                     yield {"inputs_embeds": x[None], "position_ids": np.array([[state.length]], dtype=np.int64),
-                           "past_keys": state.keys.numpy(), "past_values": state.values.numpy()}
+                           **be.past_feed(state)}
                     be.step(x, state, probe_rows=0)
             else:
                 be.step(ctx, state, probe_rows=0)
-                keys, values = state.keys.numpy(), state.values.numpy()  # (N, H_kv, S, Dh)
                 c = min(self.chunk, s)
                 for o in np.linspace(0, s - c, self.n_chunks).round().astype(int):
                     yield {"inputs_embeds": ctx[None, o: o + c], "position_ids": np.arange(o, o + c, dtype=np.int64)[None],
-                           "past_keys": np.ascontiguousarray(keys[:, :, :o]),
-                           "past_values": np.ascontiguousarray(values[:, :, :o])}
+                           **be.past_feed(state, upto=o)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -220,14 +220,19 @@ def export(
     embed_dtype: str = typer.Option("float16", help="Embedding table dtype: float16 | float32 (exact parity)."),
     probe_layers: Optional[str] = o.ProbeLayers, num_probe_layers: int = o.NumProbeLayers,
     check: bool = typer.Option(True, help="Compare the exported graphs with the torch reference."),
+    kv_dtype: Optional[str] = typer.Option(None, help="KV cache dtype of a tensorrt bundle: float16 (default) | "
+                                                      "float32 (exact parity with the reference)."),
+    max_context: int = typer.Option(8192, help="Cache positions preallocated per sequence (tensorrt bundles): "
+                                               "FIFO + clip + prompt + caption must fit."),
 ):
     """Export a model to a self-contained ONNX bundle for the torch-free runtime."""
     try:
         from rlivs.export.bundle import ExportConfig, export_bundle
         from rlivs.runtime.config import ProbeConfig
 
-        cfg = ExportConfig(target=target, opset=opset, embed_dtype=embed_dtype, check=check,
-                           probe=ProbeConfig(num_layers=num_probe_layers, layers=o.parse_layers(probe_layers)))
+        probe = ProbeConfig(num_layers=num_probe_layers, layers=o.parse_layers(probe_layers))
+        cfg = ExportConfig(target=target, opset=opset, embed_dtype=embed_dtype, check=check, kv_dtype=kv_dtype,
+                           max_context=max_context, probe=probe)
         with console.status(f"exporting {model} to {out} ..."):
             manifest = export_bundle(model, out, cfg)
     except (ValueError, ImportError) as e:
@@ -276,6 +281,7 @@ def demo(
 # --- subcommands that live in their own modules: each module defines `register(app)`; one line each ---
 # (keep this block in alphabetical order; a module must import torch/transformers lazily, inside commands)
 from rlivs.edge_app import calibrate; calibrate.register(app)  # noqa: E402,E702  rlivs calibrate collect|layers|quantize|report
+from rlivs.edge_app import engines; engines.register(app)  # noqa: E402,E702  rlivs build-engines
 from rlivs.edge_app import evaluate; evaluate.register(app)  # noqa: E402,E702  rlivs eval
 from rlivs.edge_app import serve; serve.register(app)  # noqa: E402,E702 - `rlivs serve`
 # --- end of subcommand registrations ---

@@ -40,15 +40,21 @@ def model_path(model: str, bundle: Optional[Path]) -> str:
 
 
 def backend_for(backend: str, bundle: Optional[Path]) -> str:
-    """With --bundle, `auto` means ONNX Runtime: a directory that is not a bundle is refused as such."""
-    return "onnxruntime" if bundle is not None and backend == "auto" else backend
+    """With --bundle, `auto` picks between TensorRT (engines built, tensorrt importable) and ONNX Runtime;
+    a directory that is not a bundle is refused as such (by the ONNX Runtime check)."""
+    if bundle is None or backend != "auto":
+        return backend
+    from rlivs.runtime.backends.bundle import is_bundle
+
+    return "auto" if is_bundle(bundle) else "onnxruntime"
 
 
 # the model and where it runs
 Model = typer.Option("tiny", "--model", "-m",
                      help="HF hub id (local cache only), HF-format directory, 'tiny' or 'random-0.5b' (random weights).")
-Bundle = typer.Option(None, "--bundle", help="Exported bundle (rlivs export): runs on ONNX Runtime, no torch.")
-Backend = typer.Option("auto", "--backend", help="auto | torch | onnxruntime")
+Bundle = typer.Option(None, "--bundle", help="Exported bundle (rlivs export): runs on ONNX Runtime, or on TensorRT "
+                                             "when engines are built (rlivs build-engines); no torch.")
+Backend = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt")
 Device = typer.Option("cpu", "--device", help="cpu | cuda")
 Dtype = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)")
 Threads = typer.Option(None, "--threads", help="CPU threads for the backend.")

@@ -1,4 +1,2 @@
-"""ONNX and TensorRT export (vision encoder + projector + pooling; decoder with probe outputs).
-
-Not built yet: the reference pipeline (rlivs.runtime with the torch backend) comes first.
-"""
+"""ONNX and TensorRT export: `bundle` (rlivs export: vision encoder + projector + pooling, decoder with the probe
+output), `tensorrt_ops` (TensorRT parser table and fusable-attention checks), `tensorrt_build` (rlivs build-engines)."""

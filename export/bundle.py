@@ -46,6 +46,9 @@ class ExportConfig:
     embed_dtype: str = "float16"  # dtype of embeddings.npy: float16 halves it; float32 for exact parity
     probe: ProbeConfig | None = None  # probe layers baked into the decoder graph (default: 4 evenly spaced)
     check: bool = True  # compare ORT with the torch reference after export
+    kv_layout: str | None = None  # stacked (ORT: cache passed past->present) | arena (appended in place); default by target
+    kv_dtype: str | None = None  # arena cache dtype: float16 (default for tensorrt) | float32 (exact parity)
+    max_context: int = 8192  # arena rows preallocated per sequence: FIFO (16 x 196) + clip (3136) + prompt + caption
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -58,6 +61,18 @@ class ExportConfig:
             raise ValueError(f"opset {self.opset} is not supported: use 17..23 (23 for ONNX Runtime)")
         if self.target == "tensorrt" and self.opset > 20:
             raise ValueError(f"TensorRT 10's ONNX parser reads opsets up to 20, not {self.opset}: use --opset 20")
+        if self.kv_layout is None:
+            self.kv_layout = "arena" if self.target == "tensorrt" else "stacked"
+        if self.kv_layout not in ("stacked", "arena"):
+            raise ValueError(f"kv_layout must be stacked or arena, got {self.kv_layout!r}")
+        if self.kv_dtype is None:
+            self.kv_dtype = "float16" if self.target == "tensorrt" else "float32"
+        if self.kv_dtype not in ("float16", "float32") or (self.kv_layout == "stacked" and self.kv_dtype != "float32"):
+            raise ValueError(f"kv_dtype {self.kv_dtype!r} is not available with the {self.kv_layout} cache: use float32, "
+                             f"or float16 with the arena cache (--target tensorrt)")
+        if not 64 <= self.max_context <= 1 << 20:
+            raise ValueError(f"max_context must be 64..{1 << 20} positions, got {self.max_context}; e.g. --max-context "
+                             f"8192 (a FIFO of 16 clips + one clip + prompt + caption is ~6.5K for the 0.5B model)")
 
 
 def _io(path: Path) -> dict:
@@ -106,7 +121,8 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     # 1. create ONNX
     t0 = time.perf_counter()
     export_vision(backend, out / "vision.onnx", config.opset)
-    export_decoder(backend, out / "decoder.onnx", config.opset, plain=config.target == "tensorrt")
+    export_decoder(backend, out / "decoder.onnx", config.opset, plain=config.target == "tensorrt",
+                   kv_layout=config.kv_layout, kv_dtype=config.kv_dtype)
     log.info("ONNX graphs written in %.1f s", time.perf_counter() - t0)
     table = backend.model.model.language_model.embed_tokens.weight.detach().float().numpy()  # (V, D)
     np.save(out / "embeddings.npy", table.astype(config.embed_dtype))
@@ -122,6 +138,7 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
         onnx.checker.check_model(str(out / name))
     n_layers, h_kv, head_dim = decoder_shapes(backend)
     info = backend.info
+    max_positions = int(backend.model.config.text_config.max_position_embeddings)
     manifest = {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_id": model_id,
@@ -129,7 +146,8 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
         "hidden_size": info.hidden_size, "vocab_size": info.vocab_size, "num_layers": info.num_layers,
         "probe_layers": list(info.probe_layers), "tokens_per_frame": info.tokens_per_frame,
         "image_size": list(info.image_size), "video_token_id": info.video_token_id,
-        "kv_cache": {"layers": n_layers, "kv_heads": h_kv, "head_dim": head_dim},
+        "kv_cache": {"layers": n_layers, "kv_heads": h_kv, "head_dim": head_dim, "layout": config.kv_layout,
+                     "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions)},
         "embeddings": {"file": "embeddings.npy", "dtype": config.embed_dtype, "shape": list(table.shape)},
         "image_newline": {"file": "image_newline.npy", "dtype": "float32", "shape": [info.hidden_size]},
         "graphs": {"vision": _io(out / "vision.onnx"), "decoder": _io(out / "decoder.onnx")},

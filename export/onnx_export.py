@@ -5,11 +5,15 @@ pooling, Qwen2 layers, and the backend's registered "rlivs_probe" attention), so
 computes what the parity tests already pin for the reference.
 
   vision.onnx   pixel_values (F, 3, H, W) f32 -> visual_tokens (F, P, D) f32           F dynamic
-  decoder.onnx  inputs_embeds (1, L, D) f32, position_ids (1, L) i64,
-                past_keys / past_values (N, H_kv, K_past, Dh) f32                     L >= 1, K_past >= 0
+  decoder.onnx  inputs_embeds (1, L, D) f32, position_ids (1, L) i64, and the past, in one of two layouts:
+    stacked     past_keys / past_values (N, H_kv, K_past, Dh) f32                     L >= 1, K_past >= 0
              -> logits (1, V) f32 (last position only),
                 present_keys / present_values (N, H_kv, K_past + L, Dh) f32,
                 probe_attn (1, K_past + L) f32: the last query row's attention, mean over heads and probe layers
+    arena       past_kv (K_past, N, 2, H_kv, Dh) f16|f32: position-major, so the cache of K positions is the
+                first K rows of one preallocated (K_max, N, 2, H_kv, Dh) buffer
+             -> logits, probe_attn as above, new_kv (L, N, 2, H_kv, Dh): only the new positions, which the
+                runtime binds to rows [K_past, K_past + L) of the same buffer (the cache is appended in place)
 """
 
 from __future__ import annotations
@@ -81,26 +85,47 @@ class _ExplicitCache:
         return k, v
 
 
+class _ArenaCache(_ExplicitCache):
+    """The same contract over a position-major past (K_past, N, 2, H_kv, Dh); collects only the new rows."""
+
+    def __init__(self, past_kv: torch.Tensor):
+        self.past = past_kv  # (K_past, N, 2, H_kv, Dh), float16 or float32
+        self.keys, self.values = [], []
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):  # (1, H_kv, L, Dh)
+        self.keys.append(key[0].transpose(0, 1))  # (L, H_kv, Dh)
+        self.values.append(value[0].transpose(0, 1))
+        past = self.past[:, layer_idx].to(key.dtype).permute(1, 2, 0, 3)[None]  # (1, 2, H_kv, K_past, Dh)
+        return torch.cat([past[:, 0], key], dim=2), torch.cat([past[:, 1], value], dim=2)  # (1, H_kv, K, Dh)
+
+    def new_rows(self, dtype: torch.dtype) -> torch.Tensor:
+        kv = torch.stack([torch.stack(self.keys, 1), torch.stack(self.values, 1)], 2)  # (L, N, 2, H_kv, Dh)
+        return kv.to(dtype)
+
+
 class DecoderGraph(nn.Module):
     """The Qwen2 decoder stack with an explicit cache; last-position logits; the probe row as an output."""
 
-    def __init__(self, backend: TorchBackend, probe: bool = True, additive_mask: bool = False):
+    def __init__(self, backend: TorchBackend, probe: bool = True, additive_mask: bool = False,
+                 arena: bool = False):
         super().__init__()
+        self.arena = arena  # past as one position-major past_kv input, new rows as new_kv (see the module doc)
         self.additive_mask = additive_mask  # float 0/-inf-like mask (plain attention) instead of bool (SDPA)
         self.lm = backend.model.model.language_model  # Qwen2Model, probe layers already hooked
         self.lm_head = backend.model.lm_head
         self.recorder = backend.recorder
         self.probe = probe  # False: no probe output (to measure what the probe rows cost)
 
-    def forward(self, inputs_embeds, position_ids, past_keys, past_values):
-        n_new, n_past = inputs_embeds.shape[1], past_keys.shape[2]
+    def forward(self, inputs_embeds, position_ids, past_keys, past_values=None):
+        n_new = inputs_embeds.shape[1]
+        n_past = past_keys.shape[0] if self.arena else past_keys.shape[2]  # arena: past_keys is past_kv
         qpos = n_past + torch.arange(n_new, device=inputs_embeds.device)  # (L,) absolute query positions
         kpos = torch.arange(n_past + n_new, device=inputs_embeds.device)  # (K,)
         mask = (kpos[None, :] <= qpos[:, None])[None, None]  # (1, 1, L, K) True = attend
         if self.additive_mask:
             zero = torch.zeros((), dtype=inputs_embeds.dtype)
             mask = torch.where(mask, zero, torch.finfo(inputs_embeds.dtype).min)  # (1, 1, L, K) additive
-        cache = _ExplicitCache(past_keys, past_values)
+        cache = _ArenaCache(past_keys) if self.arena else _ExplicitCache(past_keys, past_values)
         hidden = inputs_embeds  # (1, L, D)
         rope = self.lm.rotary_emb(hidden, position_ids)
         self.recorder.begin(1 if self.probe else 0)
@@ -108,11 +133,12 @@ class DecoderGraph(nn.Module):
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
                            past_key_values=cache, use_cache=True)
         logits = self.lm_head(self.lm.norm(hidden[:, -1]))  # (1, V)
+        kv = (cache.new_rows(past_keys.dtype),) if self.arena else (torch.stack(cache.keys), torch.stack(cache.values))
         if not self.probe:
-            return logits, torch.stack(cache.keys), torch.stack(cache.values)
+            return logits, *kv
         probe = self.recorder.total / self.recorder.n_layers  # (1, K) mean over probe layers (heads already)
         self.recorder.begin(0)
-        return logits, torch.stack(cache.keys), torch.stack(cache.values), probe
+        return logits, *kv, probe
 
 
 def _save(program, path: Path, external: bool) -> None:
@@ -136,20 +162,28 @@ def decoder_shapes(backend: TorchBackend) -> tuple[int, int, int]:
     return tc.num_hidden_layers, tc.num_key_value_heads, head_dim
 
 
-def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = True, plain: bool = False) -> None:
-    """plain=True: every layer's attention as MatMul -> Add -> Softmax -> MatMul (the TensorRT target)."""
+def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = True, plain: bool = False,
+                   kv_layout: str = "stacked", kv_dtype: str = "float32") -> None:
+    """plain=True: every layer's attention as MatMul -> Add -> Softmax -> MatMul (the TensorRT target).
+    kv_layout "arena": the position-major past_kv -> new_kv cache of the module doc, stored as kv_dtype."""
     n, hkv, dh = decoder_shapes(backend)
     d = backend.info.hidden_size
     seq, past = torch.export.Dim("seq", min=1, max=65536), torch.export.Dim("past", min=0, max=65536)
-    example = (torch.randn(1, 3, d), torch.arange(5, 8)[None], torch.randn(n, hkv, 5, dh), torch.randn(n, hkv, 5, dh))
+    if kv_layout == "arena":
+        example = (torch.randn(1, 3, d), torch.arange(5, 8)[None],
+                   torch.randn(5, n, 2, hkv, dh).to(getattr(torch, kv_dtype)))
+        names, outs, dyn = ["inputs_embeds", "position_ids", "past_kv"], ["logits", "new_kv"], ({1: seq}, {1: seq}, {0: past})
+    else:
+        example = (torch.randn(1, 3, d), torch.arange(5, 8)[None], torch.randn(n, hkv, 5, dh), torch.randn(n, hkv, 5, dh))
+        names = ["inputs_embeds", "position_ids", "past_keys", "past_values"]
+        outs, dyn = ["logits", "present_keys", "present_values"], ({1: seq}, {1: seq}, {2: past}, {2: past})
     lm = backend.model.model.language_model
     lm.set_attn_implementation(TRT_ATTN if plain else PROBE_ATTN)
     try:
         program = torch.onnx.export(
-            DecoderGraph(backend, probe, additive_mask=plain).eval(), example, dynamo=True, opset_version=opset,
-            input_names=["inputs_embeds", "position_ids", "past_keys", "past_values"],
-            output_names=["logits", "present_keys", "present_values"] + (["probe_attn"] if probe else []),
-            dynamic_shapes=({1: seq}, {1: seq}, {2: past}, {2: past}), optimize=True, verbose=False)
+            DecoderGraph(backend, probe, additive_mask=plain, arena=kv_layout == "arena").eval(), example, dynamo=True,
+            opset_version=opset, input_names=names, output_names=outs + (["probe_attn"] if probe else []),
+            dynamic_shapes=dyn, optimize=True, verbose=False)
     finally:
         lm.set_attn_implementation(PROBE_ATTN)
     _save(program, path, external=_large(backend))

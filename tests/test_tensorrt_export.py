@@ -21,7 +21,15 @@ from rlivs.runtime.pipeline import StreamIngestor, load_engine  # noqa: E402
 @pytest.fixture(scope="module")
 def trt_bundle(tmp_path_factory, tiny_dir):
     out = tmp_path_factory.mktemp("trt") / "tiny"
-    export_bundle("tiny", out, ExportConfig(target="tensorrt", embed_dtype="float32"))
+    export_bundle("tiny", out, ExportConfig(target="tensorrt", embed_dtype="float32", kv_dtype="float32"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trt_bundle_fp16(tmp_path_factory, tiny_dir):
+    """The default TensorRT-target bundle: float16 KV arena (what an FP16 engine stores)."""
+    out = tmp_path_factory.mktemp("trt16") / "tiny"
+    export_bundle("tiny", out, ExportConfig(target="tensorrt", embed_dtype="float32", check=False))
     return out
 
 
@@ -72,3 +80,61 @@ def test_tensorrt_graphs_match_the_reference_on_ort_cpu(trt_bundle, tiny_dir, sa
     ref, got = runs
     assert [r.caption for r in got] == [r.caption for r in ref]
     assert all(np.array_equal(a.kept, b.kept) for a, b in zip(got, ref))
+
+
+def _stream(where, tmp_path, db, sample_video):
+    cfg = PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),
+                         caption=CaptionConfig(max_new_tokens=12))
+    engine = load_engine(where, config=cfg)
+    with Memory(tmp_path / db, model_fingerprint=engine.model_fingerprint) as mem:
+        ing = StreamIngestor(engine, mem, "cam", str(sample_video))
+        return ing.run(ing.clips_from_file(sample_video))
+
+
+def test_the_arena_cache_is_appended_in_place(trt_bundle, tiny_dir):
+    """past_kv is bound to the arena's first K rows and new_kv to the rows after them: after a prefill and
+    decode steps the arena holds exactly the reference's keys and values, in the same buffer throughout."""
+    m = load_manifest(trt_bundle)
+    assert m["kv_cache"]["layout"] == "arena" and m["kv_cache"]["max_context"] == 8192
+    graphs = {v["name"]: v for v in m["graphs"]["decoder"]["inputs"] + m["graphs"]["decoder"]["outputs"]}
+    assert graphs["past_kv"]["shape"][1:] == [8, 2, 2, 16] and graphs["new_kv"]["shape"][1:] == [8, 2, 2, 16]
+    torch_be, ort_be = TorchBackend(tiny_dir), OrtBackend(trt_bundle)
+    rng = np.random.default_rng(1)
+    st, so = torch_be.new_state(), ort_be.new_state()
+    buffer = so.arena.handle
+    x = rng.standard_normal((37, 64)).astype(np.float32)
+    for _ in range(4):
+        torch_be.step(x, st), ort_be.step(x, so)
+        x = rng.standard_normal((1, 64)).astype(np.float32)
+    assert so.arena.handle is buffer and so.length == 40
+    rows = ort_be.arena_rows(so)  # (K, N, 2, H_kv, Dh)
+    for layer in range(8):
+        keys, values = st.cache.layers[layer].keys[0].numpy(), st.cache.layers[layer].values[0].numpy()  # (H_kv, K, Dh)
+        np.testing.assert_allclose(rows[:, layer, 0], keys.transpose(1, 0, 2), atol=5e-5, rtol=0)
+        np.testing.assert_allclose(rows[:, layer, 1], values.transpose(1, 0, 2), atol=5e-5, rtol=0)
+    del so
+    again = ort_be.new_state()  # the released arena goes to the next sequence
+    assert again.arena.handle is buffer and ort_be.pool.allocated == 1 and again.arena.uses == 2
+
+
+def test_a_context_beyond_the_arena_is_refused_before_running(trt_bundle):
+    import dataclasses
+
+    be = OrtBackend(trt_bundle)
+    be.kv = dataclasses.replace(be.kv, max_context=64)
+    state = be.new_state()
+    be.step(np.zeros((60, 64), np.float32), state)
+    with pytest.raises(ValueError, match="needs 65 cache positions but the bundle's KV cache holds 64.*--max-context"):
+        be.step(np.zeros((5, 64), np.float32), state)
+    assert state.length == 60
+
+
+def test_the_float16_arena_keeps_the_selection(trt_bundle_fp16, tiny_dir, sample_video, tmp_path):
+    """fp16 cache tolerance: selected-token overlap >= 0.95 per clip; captions compared and counted."""
+    assert load_manifest(trt_bundle_fp16)["kv_cache"]["dtype"] == "float16"
+    ref = _stream(tiny_dir, tmp_path, "t.db", sample_video)
+    got = _stream(trt_bundle_fp16, tmp_path, "h.db", sample_video)
+    same = sum(a.caption == b.caption for a, b in zip(got, ref))
+    overlap = [len(set(a.kept.tolist()) & set(b.kept.tolist())) / len(b.kept) for a, b in zip(got, ref)]
+    print(f"fp16 arena: {same}/{len(ref)} captions identical, selection overlap {overlap}")
+    assert min(overlap) >= 0.95 and same >= len(ref) / 2

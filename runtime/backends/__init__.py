@@ -4,9 +4,11 @@
 |-------------|-------------------------------------|-----------------------------------------|
 | torch       | an HF-format model directory        | the `torch` extra (the reference)       |
 | onnxruntime | an exported bundle (`rlivs export`) | onnxruntime (or onnxruntime-gpu)        |
+| tensorrt    | a bundle's engines (`rlivs build-engines`) | tensorrt (JetPack) + cuda-python, a GPU |
 
-`auto` picks by what the model path is: a bundle runs on ONNX Runtime, an HF directory on torch.
-TensorRT engines (planned) will run bundles on Jetson-class GPUs.
+`auto` picks by what the model path is: a bundle with TensorRT engines runs on TensorRT when tensorrt
+is importable, any other bundle on ONNX Runtime, an HF directory on torch. The choice and its reason
+are logged once at start-up.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ from .bundle import is_bundle, load_manifest
 
 log = logging.getLogger("rlivs.backend")
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 __all__ = ["Backend", "DecodeState", "ModelInfo", "StepOutput", "BACKENDS", "choose_backend", "load_backend"]
 
 
 def _has(*modules: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in modules)
+    def found(m: str) -> bool:
+        try:
+            return importlib.util.find_spec(m) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent package is missing
+            return False
+
+    return all(found(m) for m in modules)
 
 
 def choose_backend(name: str, model_dir: Path) -> tuple[str, str]:
@@ -35,12 +43,26 @@ def choose_backend(name: str, model_dir: Path) -> tuple[str, str]:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     bundle = is_bundle(model_dir)
+    engines = bundle and "tensorrt_engines" in load_manifest(model_dir)
     if name == "auto":
         name = "onnxruntime" if bundle else "torch"
         why = ("an exported bundle runs on ONNX Runtime" if bundle
                else "an HF-format model directory runs on the torch reference backend")
+        if engines and _has("tensorrt"):
+            name, why = "tensorrt", "the bundle has TensorRT engines and tensorrt is importable"
+        elif engines:
+            why = "the bundle has TensorRT engines but tensorrt is not importable here, so it runs on ONNX Runtime"
     else:
         why = "asked for explicitly"
+    if name == "tensorrt":
+        if not engines:
+            raise ValueError(f"{model_dir} has no TensorRT engines: export with rlivs export --target tensorrt, then "
+                             f"build them on the device with rlivs build-engines --bundle {model_dir}")
+        if not _has("tensorrt"):
+            raise ValueError("the tensorrt backend needs TensorRT's Python package (JetPack provides it on a Jetson): "
+                             "python3 -c 'import tensorrt' must work; else use --backend onnxruntime")
+        if not (_has("cuda.bindings") or _has("cuda.cudart")):
+            raise ValueError("the tensorrt backend needs cuda-python for device memory: pip install 'rlivs[tensorrt]'")
     if name == "onnxruntime":
         if not bundle:
             if (Path(model_dir) / "config.json").exists() and not any(Path(model_dir).glob("*.onnx")):
@@ -81,6 +103,10 @@ def load_backend(model_dir: Path, *, name: str = "auto", model_id: str | None = 
                          f"{list(probe.layers)}: re-export with rlivs export --probe-layers ...")
     if dtype != "float32":
         raise ValueError(f"--dtype {dtype} applies to the torch backend; a bundle's precision is set at export")
+    if chosen == "tensorrt":
+        from .tensorrt import TrtBackend
+
+        return TrtBackend(model_dir, manifest=manifest, device=int(device.partition(":")[2] or 0))
     from .onnxruntime import OrtBackend
 
     providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]

@@ -44,3 +44,54 @@ def load_manifest(bundle: str | Path) -> dict:
                          f"the manifest's): it is damaged or from another model; copy the whole bundle directory "
                          f"from one export or re-export it")
     return manifest
+
+
+def bundle_info(bundle: str | Path, manifest: dict):
+    """The ModelInfo and KV layout a bundle's manifest declares (shared by the ONNX Runtime and TensorRT backends)."""
+    from .base import ModelInfo
+    from .kv_arena import KVLayout
+
+    try:
+        kv = manifest["kv_cache"]
+        layout = KVLayout(layers=int(kv["layers"]), kv_heads=int(kv["kv_heads"]), head_dim=int(kv["head_dim"]),
+                          layout=kv.get("layout", "stacked"), dtype=kv.get("dtype", "float32"),
+                          max_context=int(kv.get("max_context", 0)))
+        info = ModelInfo(
+            model_id=manifest["model_id"], hidden_size=int(manifest["hidden_size"]),
+            vocab_size=int(manifest["vocab_size"]), num_layers=int(manifest["num_layers"]),
+            probe_layers=tuple(manifest["probe_layers"]), tokens_per_frame=int(manifest["tokens_per_frame"]),
+            image_size=tuple(manifest["image_size"]), video_token_id=int(manifest["video_token_id"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
+                         f"whole bundle directory again or re-export it") from None
+    return info, layout
+
+
+def damaged(bundle: str | Path, name: str, e: BaseException) -> ValueError:
+    return ValueError(f"{bundle}/{name} cannot be loaded ({type(e).__name__}: {str(e)[:300]}): the file is "
+                      f"damaged or truncated; copy the whole bundle directory again or re-export it")
+
+
+def load_tables(bundle: str | Path, info):
+    """-> the (V, D) embedding table (memory-mapped, float16|float32) and the (D,) float32 image newline."""
+    import numpy as np
+
+    bundle = Path(bundle)
+
+    def npy(name: str, **kw):
+        try:
+            return np.load(bundle / name, **kw)
+        except (ValueError, OSError, EOFError) as e:  # a truncated header or data
+            raise damaged(bundle, name, e) from None
+
+    table = npy("embeddings.npy", mmap_mode="r")  # (V, D)
+    newline = npy("image_newline.npy").astype(np.float32)  # (D,)
+    if table.shape != (info.vocab_size, info.hidden_size):
+        raise ValueError(f"{bundle}/embeddings.npy has shape {table.shape}, the manifest says "
+                         f"{(info.vocab_size, info.hidden_size)}: the bundle is damaged, re-export it")
+    if newline.shape != (info.hidden_size,):
+        raise ValueError(f"{bundle}/image_newline.npy has shape {newline.shape}, the manifest says "
+                         f"({info.hidden_size},): it is from another model; copy the whole bundle directory "
+                         f"from one export or re-export it")
+    return table, newline

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..base import Backend, DecodeState, ModelInfo, StepOutput
-from ..bundle import load_manifest
+from ..base import Backend, DecodeState, StepOutput
+from ..bundle import bundle_info, damaged, load_manifest, load_tables
+from ..kv_arena import Arena, ArenaPool
 
 log = logging.getLogger("rlivs.backend.onnxruntime")
 
@@ -20,8 +21,9 @@ PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 @dataclass
 class OrtState(DecodeState):
-    keys: ort.OrtValue  # (N, H_kv, K, Dh) float32, on the session's device
-    values: ort.OrtValue  # (N, H_kv, K, Dh)
+    keys: ort.OrtValue | None = None  # stacked: (N, H_kv, K, Dh) float32, on the session's device
+    values: ort.OrtValue | None = None  # stacked: (N, H_kv, K, Dh)
+    arena: Arena | None = None  # arena: (K_max, N, 2, H_kv, Dh) buffer whose first K rows are the cache
     length: int = 0  # K
 
 
@@ -44,65 +46,45 @@ class OrtBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            kv = m["kv_cache"]
-            self.kv_shape = (int(kv["layers"]), int(kv["kv_heads"]), int(kv["head_dim"]))
-            self.info = ModelInfo(
-                model_id=m["model_id"], hidden_size=int(m["hidden_size"]), vocab_size=int(m["vocab_size"]),
-                num_layers=int(m["num_layers"]), probe_layers=tuple(m["probe_layers"]),
-                tokens_per_frame=int(m["tokens_per_frame"]), image_size=tuple(m["image_size"]),
-                video_token_id=int(m["video_token_id"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{self.bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
-                             f"whole bundle directory again or re-export it") from None
+        self.info, self.kv = bundle_info(self.bundle, m)
+        self.kv_shape = (self.kv.layers, self.kv.kv_heads, self.kv.head_dim)  # (N, H_kv, Dh)
         self.vision = self._session("vision.onnx", opts, providers)
         self.decoder = self._session("decoder.onnx", opts, providers)
         self.has_probe = "probe_attn" in {o.name for o in self.decoder.get_outputs()}  # False only in benchmarks
         self.device = "cuda" if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self._check_graphs()
-        self.table = self._npy("embeddings.npy", mmap_mode="r")  # (V, D) float16|float32
-        self.newline = self._npy("image_newline.npy").astype(np.float32)  # (D,)
-        if self.table.shape != (self.info.vocab_size, self.info.hidden_size):
-            raise ValueError(f"{self.bundle}/embeddings.npy has shape {self.table.shape}, the manifest says "
-                             f"{(self.info.vocab_size, self.info.hidden_size)}: the bundle is damaged, re-export it")
-        if self.newline.shape != (self.info.hidden_size,):
-            raise ValueError(f"{self.bundle}/image_newline.npy has shape {self.newline.shape}, the manifest says "
-                             f"({self.info.hidden_size},): it is from another model; copy the whole bundle directory "
-                             f"from one export or re-export it")
-        log.info("onnxruntime backend: bundle %s (%s), providers %s, probe layers %s",
-                 self.bundle, self.info.model_id, self.decoder.get_providers(), self.info.probe_layers)
+        self.table, self.newline = load_tables(self.bundle, self.info)  # (V, D) memory-mapped, (D,)
+        self.pool = ArenaPool(self._alloc_arena, self.kv.arena_bytes) if self.kv.layout == "arena" else None
+        log.info("onnxruntime backend: bundle %s (%s), providers %s, probe layers %s, KV cache %s",
+                 self.bundle, self.info.model_id, self.decoder.get_providers(), self.info.probe_layers,
+                 f"arena of {self.kv.max_context} x {self.kv.dtype}" if self.pool else "stacked")
 
-    def _damaged(self, name: str, e: BaseException) -> ValueError:
-        return ValueError(f"{self.bundle}/{name} cannot be loaded ({type(e).__name__}: {str(e)[:300]}): the file is "
-                          f"damaged or truncated; copy the whole bundle directory again or re-export it")
+    def _alloc_arena(self, nbytes: int) -> tuple[ort.OrtValue, int]:
+        value = ort.OrtValue.ortvalue_from_shape_and_type([nbytes], np.uint8, self.device, 0)
+        return value, value.data_ptr()
 
     def _session(self, name: str, opts, providers) -> ort.InferenceSession:
         try:
             return ort.InferenceSession(str(self.bundle / name), opts, providers=providers)
         except Exception as e:  # ORT raises its own pybind exceptions (InvalidProtobuf, Fail, ...) for a bad file
-            raise self._damaged(name, e) from None
-
-    def _npy(self, name: str, **kw) -> np.ndarray:
-        try:
-            return np.load(self.bundle / name, **kw)
-        except (ValueError, OSError, EOFError) as e:  # a truncated header or data
-            raise self._damaged(name, e) from None
+            raise damaged(self.bundle, name, e) from None
 
     def _check_graphs(self) -> None:
         """The graphs' fixed dimensions must be the manifest's: graphs from another model's export fail here."""
         n, h_kv, dh = self.kv_shape
         d, v = self.info.hidden_size, self.info.vocab_size
         (h, w), p = self.info.image_size, self.info.tokens_per_frame
+        past = {("decoder.onnx", "past_kv"): {1: n, 2: 2, 3: h_kv, 4: dh}} if self.kv.layout == "arena" else \
+            {("decoder.onnx", "past_keys"): {0: n, 1: h_kv, 3: dh}}
         want = {("vision.onnx", "pixel_values"): {2: h, 3: w}, ("vision.onnx", "visual_tokens"): {1: p, 2: d},
-                ("decoder.onnx", "inputs_embeds"): {2: d}, ("decoder.onnx", "logits"): {1: v},
-                ("decoder.onnx", "past_keys"): {0: n, 1: h_kv, 3: dh}}
+                ("decoder.onnx", "inputs_embeds"): {2: d}, ("decoder.onnx", "logits"): {1: v}, **past}
         for (name, io), dims in want.items():
             sess = self.vision if name == "vision.onnx" else self.decoder
             values = {x.name: x for x in [*sess.get_inputs(), *sess.get_outputs()]}
             if io not in values:
                 raise ValueError(f"{self.bundle}/{name} has no {io!r} input or output: it is not an rlivs bundle "
-                                 f"graph; copy the whole bundle directory from one export or re-export it")
+                                 f"graph of the manifest's kind; copy the whole bundle directory from one export or "
+                                 f"re-export it")
             shape = values[io].shape
             for axis, size in dims.items():
                 got = shape[axis] if axis < len(shape) else None
@@ -122,27 +104,62 @@ class OrtBackend(Backend):
         return np.asarray(self.table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)  # (L, D)
 
     def new_state(self) -> OrtState:
-        empty = np.zeros((*self.kv_shape[:2], 0, self.kv_shape[2]), np.float32)  # (N, H_kv, 0, Dh)
-        return OrtState(ort.OrtValue.ortvalue_from_numpy(empty, self.device),
-                        ort.OrtValue.ortvalue_from_numpy(empty, self.device))
+        state = OrtState()
+        if self.pool is not None:
+            state.arena = self.pool.acquire(state)
+        else:
+            empty = np.zeros((*self.kv_shape[:2], 0, self.kv_shape[2]), np.float32)  # (N, H_kv, 0, Dh)
+            state.keys = ort.OrtValue.ortvalue_from_numpy(empty, self.device)
+            state.values = ort.OrtValue.ortvalue_from_numpy(empty, self.device)
+        return state
 
     def step(self, embeds: np.ndarray, state: OrtState, probe_rows: int = 1) -> StepOutput:
         if probe_rows > 1:
             raise ValueError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
         x = np.ascontiguousarray(embeds, dtype=np.float32)[None]  # (1, L, D)
-        pos = np.arange(state.length, state.length + x.shape[1], dtype=np.int64)[None]  # (1, L)
+        n_new = x.shape[1]
+        self.kv.check_room(state.length, n_new)
+        pos = np.arange(state.length, state.length + n_new, dtype=np.int64)[None]  # (1, L)
         io = self.decoder.io_binding()
         io.bind_cpu_input("inputs_embeds", x)
         io.bind_cpu_input("position_ids", pos)
-        io.bind_ortvalue_input("past_keys", state.keys)
-        io.bind_ortvalue_input("past_values", state.values)
         io.bind_output("logits", "cpu")
-        io.bind_output("present_keys", self.device)  # stays where the session runs
-        io.bind_output("present_values", self.device)
+        if state.arena is not None:  # past = arena rows [0, K), new rows written to [K, K + L): in place
+            past_at, new_at = self.kv.offsets(state.length)
+            dtype = np.dtype(self.kv.dtype)
+            io.bind_input("past_kv", self.device, 0, dtype, [state.length, *self.kv.row_shape], state.arena.ptr + past_at)
+            io.bind_output("new_kv", self.device, 0, dtype, [n_new, *self.kv.row_shape], state.arena.ptr + new_at)
+        else:  # the present of one step becomes the past of the next, without leaving ORT
+            io.bind_ortvalue_input("past_keys", state.keys)
+            io.bind_ortvalue_input("past_values", state.values)
+            io.bind_output("present_keys", self.device)
+            io.bind_output("present_values", self.device)
         if self.has_probe:
             io.bind_output("probe_attn", "cpu")
         self.decoder.run_with_iobinding(io)
-        logits, keys, values, *probe = io.get_outputs()
-        state.keys, state.values = keys, values
-        state.length += x.shape[1]
-        return StepOutput(logits=logits.numpy()[0], probe_attn=probe[0].numpy() if probe and probe_rows else None)
+        logits, *rest = io.get_outputs()
+        if state.arena is None:
+            state.keys, state.values, *rest = rest
+        else:
+            rest = rest[1:]  # new_kv is already in the arena
+        state.length += n_new
+        return StepOutput(logits=logits.numpy()[0], probe_attn=rest[0].numpy() if rest and probe_rows else None)
+
+    def past_feed(self, state: OrtState, upto: int | None = None) -> dict[str, np.ndarray]:
+        """The decoder's past inputs for the first `upto` cached positions as numpy (calibration feeds)."""
+        k = state.length if upto is None else upto
+        if state.arena is None:
+            keys, values = state.keys.numpy(), state.values.numpy()  # (N, H_kv, K, Dh)
+            return {"past_keys": np.ascontiguousarray(keys[:, :, :k]), "past_values": np.ascontiguousarray(values[:, :, :k])}
+        return {"past_kv": self.arena_rows(state)[:k].copy()}
+
+    def arena_rows(self, state: OrtState) -> np.ndarray:
+        """(K, N, 2, H_kv, Dh) view of a CPU arena's filled rows (tests and calibration)."""
+        if state.arena is None or self.device != "cpu":
+            raise ValueError("arena_rows reads a CPU arena cache; this state has none")
+        flat = state.arena.handle.numpy()  # (bytes,) uint8, the arena's memory
+        return flat.view(self.kv.dtype).reshape(self.kv.max_context, *self.kv.row_shape)[: state.length]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()

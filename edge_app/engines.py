@@ -1,0 +1,67 @@
+"""`rlivs build-engines`: TensorRT engines for a TensorRT-target bundle, built on the device that will run them.
+
+The command only parses flags and prints; the work is in rlivs.export.tensorrt_build (imported inside the command,
+so importing this module stays light and needs neither TensorRT nor torch). See docs/export.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from rlivs.edge_app.options import console, fail as _fail
+
+out = Console()
+
+
+def build_engines_cmd(
+    bundle: Path = typer.Option(..., "--bundle", help="A TensorRT-target bundle (rlivs export --target tensorrt)."),
+    precision: str = typer.Option("fp16", "--precision", help="fp16 | fp32 (the probe layers' scores stay fp32)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context",
+                                              help="Decoder cache positions the engines accept (default: the bundle's)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Most frames per vision call (default: 16)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache",
+                                                help="Timing cache, reused and updated (default: BUNDLE/timing.cache)."),
+    workspace: int = typer.Option(2048, "--workspace", help="TensorRT workspace limit, MiB."),
+    opt_level: int = typer.Option(3, "--opt-level", help="Builder optimization level 0..5."),
+):
+    """Build FP16 TensorRT engines into a bundle and record them in its manifest (needs TensorRT and the GPU)."""
+    try:
+        from rlivs.export.tensorrt_build import EngineBuildConfig, build_engines
+
+        cfg = EngineBuildConfig(precision=precision, max_context=max_context, max_frames=max_frames,
+                                timing_cache=timing_cache, workspace_mib=workspace, builder_optimization_level=opt_level)
+        with console.status(f"building TensorRT engines for {bundle} (minutes) ..."):
+            entry = build_engines(bundle, cfg)
+    except ValueError as e:
+        _fail(str(e))
+    t = Table("engine", "tensor", "mode", "shape", "dtype", "profiles (min / opt / max)",
+              title=f"TensorRT {entry['tensorrt_version']} engines on {entry['gpu_name']} "
+                    f"(sm {entry['compute_capability']}), {entry['precision']}")
+    for key, e in entry["engines"].items():
+        for i, io in enumerate(e["io"]):
+            shapes = "; ".join(" / ".join(str(tuple(s)) for s in p) for p in io.get("profiles", []))
+            t.add_row(f"{key} ({e['bytes'] / 1e6:.1f} MB)" if i == 0 else "", io["name"], io["mode"],
+                      str(tuple(io["shape"])), io["dtype"], shapes)
+    out.print(t)
+    f = entry["fusion"]
+    ft = Table("decoder layer", *f["profiles"], "engine layer", title="attention fusion (probe layers not counted)")
+    for r in f["layers"]:
+        ft.add_row(f"{r['layer']}{' (probe)' if r['probe'] else ''}", *(r["status"].get(p, "-") for p in f["profiles"]),
+                   escape("; ".join(str(n) for n in r["engine_layer"].values())))  # names may hold [brackets]
+    out.print(ft)
+    verdict = "fused in every non-probe layer" if f["all_fused"] else "NOT fused everywhere: " + "; ".join(
+        f["not_fused"] + f["unknown"])
+    out.print(escape(f"attention {verdict}; layer lists: {', '.join(entry['layers'].values())}; "
+                     f"K_max {entry['max_context']}, frames <= {entry['max_frames']}; timing cache {entry['timing_cache']}"
+                     + (" (reused)" if entry.get("timing_cache_reused") else "")))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `rlivs build-engines` to the CLI."""
+    app.command("build-engines")(build_engines_cmd)

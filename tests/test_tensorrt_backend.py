@@ -1,0 +1,195 @@
+"""The TensorRT backend. On CPU: how it is chosen and refused, the in-place KV arena arithmetic, and the CUDA
+wrapper's errors without a driver. Where TensorRT and a GPU exist (marked gpu; skipped in CI): parity with the
+torch reference through real engines. The engines' own build is tested in tests/test_tensorrt_build.py."""
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from rlivs.runtime.backends import choose_backend, load_backend
+from rlivs.runtime.backends.kv_arena import ALIGN, ArenaPool, KVLayout
+from rlivs.runtime.backends.tensorrt.engine_entry import write_engine_entry
+
+HALF_B = KVLayout(layers=24, kv_heads=2, head_dim=64, layout="arena", dtype="float16", max_context=8192)  # 0.5B
+
+
+def test_the_arena_layout_of_the_real_model():
+    """One row = every layer's key and value at one position; the 0.5B row keeps TensorRT's 256-byte alignment,
+    so new_kv is written straight into the arena at any length."""
+    assert HALF_B.row_shape == (24, 2, 2, 64) and HALF_B.row_bytes == 24 * 2 * 2 * 64 * 2 == 12288
+    assert HALF_B.row_bytes % ALIGN == 0 and HALF_B.arena_bytes == 8192 * 12288  # 100.7 MB per sequence
+    assert HALF_B.offsets(0) == (0, 0) and HALF_B.offsets(3136) == (0, 3136 * 12288)
+    HALF_B.check_room(8000, 192)
+    with pytest.raises(ValueError, match="needs 8193 cache positions.*holds 8192.*--max-context"):
+        HALF_B.check_room(8000, 193)
+    KVLayout(24, 2, 64, layout="stacked").check_room(10**6, 1)  # the stacked cache grows; nothing to check
+
+
+def test_the_arena_pool_reuses_released_buffers_and_checks_alignment():
+    made = []
+
+    def alloc(n):
+        made.append(bytearray(n))
+        return made[-1], 4096 * len(made)
+
+    class Owner:
+        pass
+
+    pool = ArenaPool(alloc, 1024, align=ALIGN)
+    a, b = Owner(), Owner()
+    arena_a, arena_b = pool.acquire(a), pool.acquire(b)
+    assert arena_a.ptr != arena_b.ptr and pool.allocated == 2  # two live sequences never share a cache
+    ptr = arena_a.ptr
+    del a
+    c = Owner()
+    assert pool.acquire(c).ptr == ptr and pool.allocated == 2  # the released arena went to the next sequence
+    bad = ArenaPool(lambda n: (None, 4096 + 8), 1024, align=ALIGN)
+    with pytest.raises(ValueError, match="not aligned to 256 bytes"):
+        bad.acquire(Owner())
+
+
+@pytest.fixture()
+def bundle_with_engines(bundle, tmp_path):
+    """A copy of the tiny bundle whose manifest lists engines (the files are not engines: this only exercises
+    the choice of backend, which reads the manifest and what is importable)."""
+    out = tmp_path / "b"
+    shutil.copytree(bundle, out)
+    (out / "vision.engine").write_bytes(b"x")
+    (out / "decoder.engine").write_bytes(b"x")
+    write_engine_entry(out, {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7",
+                             "precision": "fp16", "bundle_digest": "0", "max_context": 8192, "max_frames": 16,
+                             "engines": {"vision": {"file": "vision.engine"}, "decoder": {"file": "decoder.engine"}}})
+    return out
+
+
+def test_auto_runs_a_bundle_with_engines_on_onnxruntime_where_tensorrt_is_missing(bundle_with_engines, caplog):
+    pytest.importorskip("onnxruntime")
+    if choose_backend("auto", bundle_with_engines)[0] == "tensorrt":
+        pytest.skip("tensorrt is importable here")
+    name, why = choose_backend("auto", bundle_with_engines)
+    assert name == "onnxruntime" and "TensorRT engines but tensorrt is not importable" in why
+    with caplog.at_level(logging.INFO, logger="rlivs.backend"):
+        be = load_backend(bundle_with_engines)
+    assert be.name == "onnxruntime" and "tensorrt is not importable" in caplog.text
+
+
+def test_tensorrt_is_refused_with_what_to_do(bundle, bundle_with_engines):
+    with pytest.raises(ValueError, match="has no TensorRT engines.*--target tensorrt.*rlivs build-engines"):
+        choose_backend("tensorrt", bundle)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs TensorRT's Python package.*JetPack"):
+            choose_backend("tensorrt", bundle_with_engines)
+        from rlivs.runtime.backends.tensorrt import TrtBackend
+
+        with pytest.raises(ValueError, match="needs TensorRT's Python package"):
+            TrtBackend(bundle_with_engines)
+
+
+def test_the_cuda_wrapper_says_there_is_no_gpu():
+    pytest.importorskip("cuda.bindings")
+    from rlivs.runtime.backends.tensorrt.device import DeviceBuffer, device_count
+
+    try:
+        n = device_count()
+    except ValueError as e:  # this machine: cuda-python is installed, the driver is not
+        assert "no usable NVIDIA driver/GPU" in str(e) and "--backend onnxruntime" in str(e)
+        with pytest.raises(ValueError, match=r"cudaMalloc\(1024 bytes\) failed"):
+            DeviceBuffer(1024)
+    else:
+        assert n >= 1
+        buf = DeviceBuffer(1 << 20)
+        assert buf.ptr % ALIGN == 0
+        buf.free()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# With TensorRT and a GPU (never in CI; not yet run anywhere: no session has had TensorRT)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, tiny_dir):
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("cuda.bindings")
+    from rlivs.export.bundle import ExportConfig, export_bundle
+    from rlivs.export.tensorrt_build import EngineBuildConfig, build_engines
+
+    built = {}
+    for precision, kv in (("fp32", "float32"), ("fp16", "float16")):
+        out = tmp_path_factory.mktemp(f"trt-{precision}") / "tiny"
+        export_bundle("tiny", out, ExportConfig(target="tensorrt", embed_dtype="float32", kv_dtype=kv))
+        build_engines(out, EngineBuildConfig(precision=precision))
+        built[precision] = out
+    return built
+
+
+@pytest.mark.gpu
+def test_fp32_engines_match_the_reference_step_by_step(engines, tiny_dir):
+    from rlivs.runtime.backends.tensorrt import TrtBackend
+    from rlivs.runtime.backends.torch import TorchBackend
+
+    ref, be = TorchBackend(tiny_dir), TrtBackend(engines["fp32"])
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(-1, 1, (3, 3, *ref.info.image_size)).astype(np.float32)
+    np.testing.assert_allclose(be.encode_frames(pixels), ref.encode_frames(pixels), atol=1e-3, rtol=0)
+    x = np.concatenate([ref.embed_tokens(np.arange(3, 9)), rng.standard_normal((50, 64)).astype(np.float32)])
+    st, s = ref.new_state(), be.new_state()
+    for _ in range(4):
+        a, b = ref.step(x, st), be.step(x, s)
+        np.testing.assert_allclose(b.logits, a.logits, atol=1e-3, rtol=0)
+        np.testing.assert_allclose(b.probe_attn, a.probe_attn, atol=1e-4, rtol=0)
+        assert int(np.argmax(b.logits)) == int(np.argmax(a.logits))
+        x = ref.embed_tokens(np.array([int(np.argmax(a.logits))]))
+    rows = be.arena_rows(s)  # the cache, appended in place on the device, equals the reference's
+    for layer in range(ref.info.num_layers):
+        keys = st.cache.layers[layer].keys[0].numpy().transpose(1, 0, 2)  # (K, H_kv, Dh)
+        np.testing.assert_allclose(rows[:, layer, 0], keys, atol=1e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engines_keep_captions_and_selection_over_a_stream(engines, precision, tiny_dir, sample_video, tmp_path):
+    """fp32: identical captions and selections. fp16: selection overlap >= 0.95 per clip, captions counted."""
+    from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig
+    from rlivs.runtime.memory import Memory
+    from rlivs.runtime.pipeline import StreamIngestor, load_engine
+
+    runs = []
+    for where, backend in ((tiny_dir, "torch"), (engines[precision], "tensorrt")):
+        cfg = PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),
+                             caption=CaptionConfig(max_new_tokens=12))
+        engine = load_engine(where, config=cfg, backend=backend)
+        assert engine.backend.name == backend
+        with Memory(tmp_path / f"{backend}.db", model_fingerprint=engine.model_fingerprint) as mem:
+            ing = StreamIngestor(engine, mem, "cam", str(sample_video))
+            runs.append(ing.run(ing.clips_from_file(sample_video)))
+    ref, got = runs
+    same = sum(a.caption == b.caption for a, b in zip(got, ref))
+    overlap = [len(set(a.kept.tolist()) & set(b.kept.tolist())) / len(b.kept) for a, b in zip(got, ref)]
+    print(f"TensorRT {precision}: {same}/{len(ref)} captions identical, selection overlap {overlap}")
+    if precision == "fp32":
+        assert same == len(ref) and min(overlap) == 1.0
+    else:
+        assert min(overlap) >= 0.95 and same >= len(ref) / 2
+
+
+@pytest.mark.gpu
+def test_engines_from_another_build_are_refused(engines):
+    import json
+
+    from rlivs.runtime.backends.tensorrt import TrtBackend
+
+    path = engines["fp16"] / "manifest.json"
+    saved = path.read_text()
+    m = json.loads(saved)
+    m["tensorrt_engines"]["compute_capability"] = "5.0"
+    try:
+        path.write_text(json.dumps(m))
+        with pytest.raises(ValueError, match="compute capability 5.0.*rlivs build-engines"):
+            TrtBackend(engines["fp16"])
+    finally:
+        path.write_text(saved)
