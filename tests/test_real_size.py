@@ -78,3 +78,36 @@ def test_real_size_onnx_bundle_parity(engine, tmp_path_factory):
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-4, rtol=0)
     top = lambda s: set(np.argsort(-s, kind="stable")[:25].tolist())  # noqa: E731
     assert len(top(a.scores) & top(b.scores)) >= 24
+
+
+def test_real_size_tensorrt_target_bundle(engine, tmp_path_factory):
+    """The 0.5B TensorRT-target export: every op in TensorRT's parser table, 24 fusable attentions + 4 probe rows,
+    the float16 KV arena with 256-byte-aligned rows and the default profiles; on ORT CPU it keeps the selection."""
+    pytest.importorskip("onnxscript")
+    from rlivs.export.bundle import ExportConfig, export_bundle
+    from rlivs.export.tensorrt_build import profile_specs
+    from rlivs.runtime.backends.bundle import bundle_info
+
+    bundle = tmp_path_factory.mktemp("t05") / "bundle"
+    manifest = export_bundle("random-0.5b", bundle, ExportConfig(target="tensorrt", embed_dtype="float32"))
+    assert manifest["tensorrt_check"]["problems"] == []
+    assert manifest["tensorrt_check"]["decoder_attention"] == {"fusable": 24, "probe": 4, "other": 0}
+    _, kv = bundle_info(bundle, manifest)
+    assert (kv.layout, kv.dtype, kv.max_context, kv.row_bytes, kv.row_bytes % 256) == ("arena", "float16", 8192, 12288, 0)
+    specs = profile_specs(manifest)
+    assert [p["name"] for p in specs["decoder"]] == ["prefill", "decode"]
+    assert specs["decoder"][0]["shapes"]["past_kv"]["max"] == [8191, 24, 2, 2, 64]
+    trt_engine = load_engine(bundle, config=_config())
+    assert trt_engine.backend.name == "onnxruntime" and trt_engine.backend.pool is not None
+    rng = np.random.default_rng(1)
+    fifo = rng.standard_normal((196, 896)).astype(np.float32) * 0.02
+    results = []
+    for e in (engine, trt_engine):
+        vis = e.backend.encode_frames(e.preprocess(_frames(2)))
+        ctx, cols = e.caption_context(fifo, vis.reshape(-1, 896))
+        results.append(greedy(e.backend, ctx, 4, e.text.eos_ids, cols))
+    a, b = results
+    top = lambda s: set(np.argsort(-s, kind="stable")[:25].tolist())  # noqa: E731
+    print(f"0.5B TensorRT-target bundle, fp16 arena on ORT CPU: caption {'identical' if a.ids == b.ids else 'differs'}, "
+          f"top-25 overlap {len(top(a.scores) & top(b.scores))}/25, export check {manifest['export_check']}")
+    assert len(top(a.scores) & top(b.scores)) >= 24
