@@ -33,11 +33,13 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debu
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _engine(model: str, backend: str, device: str, dtype: str, threads: Optional[int], config):
+def _engine(model: str, backend: str, device: str, dtype: str, threads: Optional[int], config, kv_cache: str = "auto",
+            max_context: Optional[int] = None):
     from rlivs.runtime.pipeline import load_engine
 
     with console.status(f"loading model {model} ..."):
-        return load_engine(model, backend=backend, config=config, device=device, dtype=dtype, threads=threads)
+        return load_engine(model, backend=backend, config=config, device=device, dtype=dtype, threads=threads,
+                           kv_cache=kv_cache, max_context=max_context)
 
 
 def _open_memory(db: Path, engine=None, readonly: bool = False):
@@ -54,7 +56,8 @@ def ingest(
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
     stream: str = typer.Option("default", "--stream", help="Stream name inside the memory."),
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
-    dtype: str = o.Dtype, threads: Optional[int] = o.Threads,
+    dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
+    max_context: Optional[int] = o.MaxContext,
     fps: float = o.Fps, frames_per_clip: int = o.FramesPerClip, keep: Optional[int] = o.Keep,
     keep_ratio: float = o.KeepRatio, strategy: str = o.Strategy, fifo_clips: Optional[int] = o.FifoClips,
     fifo_tokens: Optional[int] = o.FifoTokens, probe_layers: Optional[str] = o.ProbeLayers,
@@ -80,7 +83,8 @@ def ingest(
         from rlivs.runtime.frames import VideoFileSource
         from rlivs.runtime.pipeline import StreamIngestor
 
-        engine = _engine(model_path(model, bundle), o.backend_for(backend, bundle), device, dtype, threads, config)
+        engine = _engine(model_path(model, bundle), o.backend_for(backend, bundle), device, dtype, threads, config,
+                         kv_cache, max_context)
         VideoFileSource(video, fps=config.clip.fps)  # not a readable video: refused before the memory is touched
         with _open_memory(db, engine) as memory:
             ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
@@ -150,7 +154,7 @@ def ask(
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream (default: all)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the model the memory was written with."),
     bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
-    threads: Optional[int] = o.Threads,
+    threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
     top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
     max_new_tokens: int = o.MaxAnswerTokens,
     json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
@@ -165,7 +169,7 @@ def ask(
                                    max_answer_tokens=max_new_tokens)
         from rlivs.runtime.pipeline import answer, format_time
 
-        engine = _engine(model, o.backend_for(backend, bundle), device, dtype, threads, config)
+        engine = _engine(model, o.backend_for(backend, bundle), device, dtype, threads, config, kv_cache, max_context)
         with _open_memory(db, engine, readonly=True) as memory:
             a = answer(engine, memory, question, stream=stream)
     except ValueError as e:
@@ -268,10 +272,12 @@ def demo(
         console.print(f"sample video: {video} ({seconds:.0f} s, moving shapes)")
     db = workdir / "memory.db"
     ingest(video=video, db=db, stream="default", model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
+           kv_cache="auto", max_context=None,
            threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
            fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
            max_clips=None, json_out=False)
     ask(question=question, db=db, stream=None, model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
+        kv_cache="auto", max_context=None,
         threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, json_out=False)
     if model == "tiny":
         console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "

@@ -58,6 +58,10 @@ Backend = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | t
 Device = typer.Option("cpu", "--device", help="cpu | cuda")
 Dtype = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)")
 Threads = typer.Option(None, "--threads", help="CPU threads for the backend.")
+KvCache = typer.Option("auto", "--kv-cache", help="torch backend KV cache: auto (static + CUDA graph on cuda, dynamic "
+                                                  "on cpu) | dynamic (the reference) | static")
+MaxContext = typer.Option(None, "--max-context", help="Positions per sequence of the torch static KV cache "
+                                                      "(default 8192); a bundle's is set at export.")
 
 # the method's knobs (docs/method.md)
 Fps = typer.Option(1.0, help="Frames sampled per second.")

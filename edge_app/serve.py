@@ -25,7 +25,8 @@ def serve(
              "Each is its own stream."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
-    dtype: str = o.Dtype, threads: Optional[int] = o.Threads,
+    dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
+    max_context: Optional[int] = o.MaxContext,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Anything but loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="RLIVS_TOKEN", show_default=False,
@@ -78,7 +79,7 @@ def serve(
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         with console.status(f"loading model {model} ..."):
             engine = load_engine(model_path(model, bundle), backend=o.backend_for(backend, bundle), config=config,
-                                 device=device, dtype=dtype, threads=threads)
+                                 device=device, dtype=dtype, threads=threads, kv_cache=kv_cache, max_context=max_context)
         service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
                         access_log=access_log)

@@ -81,12 +81,13 @@ class Engine:
 
 
 def load_engine(model: str | Path = "tiny", *, backend: str = "auto", config: PipelineConfig | None = None,
-                device: str = "cpu", dtype: str = "float32", threads: int | None = None) -> Engine:
+                device: str = "cpu", dtype: str = "float32", threads: int | None = None, kv_cache: str = "auto",
+                max_context: int | None = None) -> Engine:
     """Resolve the model (tiny | directory | cached hub id), choose the backend once, build the engine."""
     config = config or PipelineConfig()
     model_dir, model_id = resolve_model(model)
-    be = load_backend(model_dir, name=backend, model_id=model_id, probe=config.probe,
-                      device=device, dtype=dtype, threads=threads)
+    be = load_backend(model_dir, name=backend, model_id=model_id, probe=config.probe, device=device, dtype=dtype,
+                      threads=threads, kv_cache=kv_cache, max_context=max_context)
     return Engine(be, TextCodec(model_dir), FramePreprocessor.from_model_dir(model_dir), config)
 
 

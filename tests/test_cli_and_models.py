@@ -109,3 +109,19 @@ def test_runtime_imports_without_torch(tmp_path):
     """, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout and "torch extra" in out.stdout
+
+
+def test_the_static_kv_cache_from_the_cli_captions_like_the_reference(sample_video, tmp_path, tiny_dir, bundle):
+    """--kv-cache static (the CUDA default, here on CPU without the graph) writes the same memory as the
+    reference; a bundle refuses the torch-only cache options."""
+    out = []
+    for name, extra in (("ref", []), ("static", ["--kv-cache", "static", "--max-context", "2048"])):
+        db = tmp_path / f"{name}.db"
+        r = _run("ingest", sample_video, "--db", db, "--model", "tiny", *INGEST, "--max-clips", "2", *extra)
+        assert r.exit_code == 0, r.output
+        out.append(_run("captions", "--db", db, "--json").output)
+    assert out[0] == out[1] and len(out[0].splitlines()) == 2
+    r = _run("ingest", sample_video, "--db", tmp_path / "b.db", "--bundle", bundle, "--kv-cache", "static")
+    assert r.exit_code == 2 and "a bundle's KV cache is set at export" in " ".join(r.output.split())
+    r = _run("ingest", sample_video, "--db", tmp_path / "c.db", "--model", "tiny", "--kv-cache", "paged")
+    assert r.exit_code == 2 and "unknown KV cache 'paged'" in " ".join(r.output.split())

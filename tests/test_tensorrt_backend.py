@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlivs.runtime.backends import choose_backend, load_backend
-from rlivs.runtime.backends.kv_arena import ALIGN, ArenaPool, KVLayout
+from rlivs.runtime.backends.kv_arena import ALIGN, Arena, ArenaPool, KVLayout
 from rlivs.runtime.backends.tensorrt.engine_entry import write_engine_entry
 
 HALF_B = KVLayout(layers=24, kv_heads=2, head_dim=64, layout="arena", dtype="float16", max_context=8192)  # 0.5B
@@ -37,7 +37,7 @@ def test_the_arena_pool_reuses_released_buffers_and_checks_alignment():
     class Owner:
         pass
 
-    pool = ArenaPool(alloc, 1024, align=ALIGN)
+    pool = ArenaPool(lambda: Arena.allocate(alloc, 1024, ALIGN), free=lambda a: made.remove(a.handle))
     a, b = Owner(), Owner()
     arena_a, arena_b = pool.acquire(a), pool.acquire(b)
     assert arena_a.ptr != arena_b.ptr and pool.allocated == 2  # two live sequences never share a cache
@@ -45,7 +45,10 @@ def test_the_arena_pool_reuses_released_buffers_and_checks_alignment():
     del a
     c = Owner()
     assert pool.acquire(c).ptr == ptr and pool.allocated == 2  # the released arena went to the next sequence
-    bad = ArenaPool(lambda n: (None, 4096 + 8), 1024, align=ALIGN)
+    del b
+    pool.close()  # idle arenas are freed, live ones kept
+    assert len(made) == 1 and pool.idle == []
+    bad = ArenaPool(lambda: Arena.allocate(lambda n: (None, 4096 + 8), 1024, ALIGN))
     with pytest.raises(ValueError, match="not aligned to 256 bytes"):
         bad.acquire(Owner())
 

@@ -85,9 +85,16 @@ def choose_backend(name: str, model_dir: Path) -> tuple[str, str]:
     return name, why
 
 
+KV_CACHES = ("auto", "dynamic", "static")
+
+
 def load_backend(model_dir: Path, *, name: str = "auto", model_id: str | None = None,
                  probe: ProbeConfig | None = None, device: str = "cpu", dtype: str = "float32",
-                 threads: int | None = None) -> Backend:
+                 threads: int | None = None, kv_cache: str = "auto", max_context: int | None = None) -> Backend:
+    """kv_cache / max_context: the torch backend's KV cache (auto: static + CUDA graph on cuda, dynamic on cpu);
+    an exported bundle's cache is fixed at export (rlivs export --max-context)."""
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"unknown KV cache {kv_cache!r}: use one of {', '.join(KV_CACHES)}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}: pass e.g. --threads 4, or leave it out for the "
                          f"backend's default")
@@ -96,13 +103,18 @@ def load_backend(model_dir: Path, *, name: str = "auto", model_id: str | None = 
     if chosen == "torch":
         from .torch import TorchBackend
 
-        return TorchBackend(model_dir, model_id=model_id, probe=probe, device=device, dtype=dtype, threads=threads)
+        extra = {} if max_context is None else {"max_context": max_context}
+        return TorchBackend(model_dir, model_id=model_id, probe=probe, device=device, dtype=dtype, threads=threads,
+                            cache=None if kv_cache == "auto" else kv_cache, **extra)
     manifest = load_manifest(model_dir)
     if probe is not None and probe.layers is not None and tuple(sorted(probe.layers)) != tuple(manifest["probe_layers"]):
         raise ValueError(f"the bundle was exported with probe layers {manifest['probe_layers']}, not "
                          f"{list(probe.layers)}: re-export with rlivs export --probe-layers ...")
     if dtype != "float32":
         raise ValueError(f"--dtype {dtype} applies to the torch backend; a bundle's precision is set at export")
+    if kv_cache != "auto" or max_context is not None:
+        raise ValueError("--kv-cache / --max-context apply to the torch backend; a bundle's KV cache is set at export "
+                         "(rlivs export --max-context N)")
     if chosen == "tensorrt":
         from .tensorrt import TrtBackend
 

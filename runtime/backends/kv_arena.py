@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
 
 import numpy as np
 
@@ -59,44 +59,52 @@ class KVLayout:
 
 @dataclass
 class Arena:
-    handle: Any  # what keeps the memory alive (an OrtValue, a device pointer)
+    handle: Any  # what keeps the memory alive (an OrtValue, a device buffer)
     ptr: int  # address of row 0
     uses: int = 0  # sequences that have used this buffer (reuse is visible in tests)
 
+    @classmethod
+    def allocate(cls, alloc: Callable[[int], tuple[Any, int]], nbytes: int, align: int = 1) -> "Arena":
+        """alloc(nbytes) -> (handle, ptr); the address must keep `align` (TensorRT: ALIGN)."""
+        handle, ptr = alloc(nbytes)
+        if ptr % align:
+            raise ValueError(f"the KV arena allocator returned an address not aligned to {align} bytes")
+        return cls(handle, ptr)
 
-@dataclass
-class ArenaPool:
-    """Hands out arenas; a released arena goes to the next sequence. alloc(nbytes) -> (handle, ptr)."""
 
-    alloc: Callable[[int], tuple[Any, int]]  # allocate one arena of nbytes
-    nbytes: int  # bytes per arena
-    free: Callable[[Any], None] | None = None  # release a handle at close()
-    align: int = 1  # required address alignment in bytes (TensorRT: ALIGN)
-    idle: list[Arena] = field(default_factory=list)  # released arenas
-    allocated: int = 0  # arenas created so far
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+T = TypeVar("T")
 
-    def acquire(self, owner: object) -> Arena:
-        """An arena for `owner` (a decode state); returned to the pool when owner is garbage-collected."""
+
+class ArenaPool(Generic[T]):
+    """Per-sequence cache buffers, reused: a sequence's arena returns to the pool when its state object is
+    garbage-collected (weakref.finalize), and the next sequence gets it instead of a new allocation. Used by
+    the ONNX Runtime and TensorRT arenas here and by the torch backend's static cache. `make()` creates one
+    arena (anything with a `uses` counter); `free(arena)` releases an idle one at close()."""
+
+    def __init__(self, make: Callable[[], T], free: Callable[[T], None] | None = None):
+        self._make, self._free = make, free
+        self._lock = threading.Lock()  # finalizers may run on any thread
+        self.idle: list[T] = []  # released arenas
+        self.allocated = 0  # arenas created so far
+
+    def acquire(self, owner: object) -> T:
         with self._lock:
             arena = self.idle.pop() if self.idle else None
             if arena is None:
                 self.allocated += 1
         if arena is None:
-            arena = Arena(*self.alloc(self.nbytes))
-            if arena.ptr % self.align:
-                raise ValueError(f"the KV arena allocator returned an address not aligned to {self.align} bytes")
+            arena = self._make()
         arena.uses += 1
         weakref.finalize(owner, self._release, arena)
         return arena
 
-    def _release(self, arena: Arena) -> None:
+    def _release(self, arena: T) -> None:
         with self._lock:
             self.idle.append(arena)
 
     def close(self) -> None:
         with self._lock:
             idle, self.idle = self.idle, []
-        if self.free is not None:
+        if self._free is not None:
             for a in idle:
-                self.free(a.handle)
+                self._free(a)

@@ -54,7 +54,8 @@ class OrtBackend(Backend):
         self.device = "cuda" if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self._check_graphs()
         self.table, self.newline = load_tables(self.bundle, self.info)  # (V, D) memory-mapped, (D,)
-        self.pool = ArenaPool(self._alloc_arena, self.kv.arena_bytes) if self.kv.layout == "arena" else None
+        self.pool = ArenaPool(lambda: Arena.allocate(self._alloc_arena, self.kv.arena_bytes)) \
+            if self.kv.layout == "arena" else None
         log.info("onnxruntime backend: bundle %s (%s), providers %s, probe layers %s, KV cache %s",
                  self.bundle, self.info.model_id, self.decoder.get_providers(), self.info.probe_layers,
                  f"arena of {self.kv.max_context} x {self.kv.dtype}" if self.pool else "stacked")

@@ -129,13 +129,13 @@ class TrtBackend(Backend):
         self.in_place = self.kv.row_bytes % ALIGN == 0
         if not self.in_place:
             self.buf["new_kv"] = DeviceBuffer(self.max_context * self.kv.row_bytes)
-        self.pool = ArenaPool(self._alloc_arena, self.max_context * self.kv.row_bytes,
-                              free=lambda b: b.free(), align=ALIGN)
+        nbytes = self.max_context * self.kv.row_bytes
+        self.pool = ArenaPool(lambda: Arena.allocate(self._alloc_arena, nbytes, ALIGN), free=lambda a: a.handle.free())
         self.table, self.newline = load_tables(self.bundle, self.info)  # (V, D) memory-mapped, (D,)
         log.info("tensorrt backend: bundle %s (%s), TensorRT %s on %s (sm %s), %s engines, probe layers %s, KV arena "
                  "%d x %s (%.1f MB per sequence, %s)", self.bundle, self.info.model_id, trt.__version__,
                  entry["gpu_name"], entry["compute_capability"], entry["precision"], self.info.probe_layers,
-                 self.max_context, self.kv.dtype, self.pool.nbytes / 1e6, "in place" if self.in_place else "via scratch")
+                 self.max_context, self.kv.dtype, nbytes / 1e6, "in place" if self.in_place else "via scratch")
 
     @staticmethod
     def _alloc_arena(nbytes: int) -> tuple[DeviceBuffer, int]:

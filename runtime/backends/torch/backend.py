@@ -5,6 +5,13 @@ registered under the name "rlivs_probe" (with the SDPA mask): it calls SDPA for 
 and, beside it, computes the softmax probabilities of only the last R query rows (R = 1 at a
 decode step and for the last prompt token), averaged over heads into a small recorder. Nothing
 materialises a full attention matrix; non-probe layers dispatch straight to SDPA.
+
+Two KV caches (`cache=`): "dynamic", the reference (transformers' DynamicCache, the default on CPU), and
+"static" (`static.py`: a preallocated arena of `max_context` positions per live sequence, the default on
+CUDA). With the static cache a prefill runs eagerly over exactly the real keys, and a decode step (L = 1) runs
+on fixed buffers over all `max_context` positions with an explicit 4-D boolean mask (masked keys get probability
+0), so on CUDA it is captured once per arena as a CUDA graph and replayed for every later token; the probe row
+is summed in place into the arena's (1, max_context) buffer inside the graph and sliced to (1, K) afterwards.
 """
 
 from __future__ import annotations
@@ -17,40 +24,58 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AttentionInterface, LlavaOnevisionForConditionalGeneration
-from transformers.utils import logging as hf_logging
 from transformers.cache_utils import DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.utils import logging as hf_logging
 
 from ...config import ProbeConfig
 from ..base import Backend, DecodeState, ModelInfo, StepOutput
+from ..kv_arena import ArenaPool
+from .static import Arena, StaticKV, StaticState
 
 log = logging.getLogger("rlivs.backend.torch")
 
 PROBE_ATTN = "rlivs_probe"
+CACHES = ("dynamic", "static")
+DEFAULT_MAX_CONTEXT = 8192  # static cache positions per sequence: a full 0.5B clip step (~6.4K) fits, as does an answer
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ProbeRecorder:
-    """Accumulates the head-mean attention rows of the probe layers during one step."""
+    """Accumulates the head-mean attention rows of the probe layers during one step.
+
+    Reference (dynamic cache) steps sum into a fresh tensor; static-cache decode steps sum in place into a
+    preallocated (1, M) `out` buffer, so the accumulation can sit inside a captured CUDA graph.
+    """
 
     def __init__(self, n_layers: int):
         self.n_layers = n_layers  # probe layers that add to the sum each step
         self.rows = 0  # query rows to record this step (0 = record nothing)
         self.total: torch.Tensor | None = None  # (R, K) float32 sum over probe layers
+        self.out: torch.Tensor | None = None  # (1, M) float32 static buffer (static-cache decode only)
 
-    def begin(self, rows: int) -> None:
-        self.rows, self.total = rows, None
+    def begin(self, rows: int, out: torch.Tensor | None = None) -> None:
+        self.rows, self.total, self.out = rows, None, out
+        if out is not None and rows:
+            out.zero_()
 
     def add(self, rows: torch.Tensor) -> None:  # (R, K) float32, mean over heads of one layer
-        self.total = rows if self.total is None else self.total + rows
+        if self.out is not None:
+            self.out.add_(rows)  # (1, M) in place: fixed address, capture-safe
+        else:
+            self.total = rows if self.total is None else self.total + rows
 
     def end(self) -> np.ndarray | None:
         if self.rows == 0 or self.total is None:
+            self.rows, self.total, self.out = 0, None, None
             return None
         out = (self.total / self.n_layers).cpu().numpy()  # (R, K) mean over probe layers
         self.rows, self.total = 0, None
         return out
+
+    def reset(self) -> None:
+        self.rows, self.total, self.out = 0, None, None
 
 
 def probe_rows(module, query, key, attention_mask, scaling: float, rows: int) -> torch.Tensor:
@@ -101,12 +126,32 @@ class TorchBackend(Backend):
 
     def __init__(self, model_dir: str | Path | None = None, *, model: LlavaOnevisionForConditionalGeneration | None = None,
                  model_id: str | None = None, probe: ProbeConfig | None = None,
-                 device: str = "cpu", dtype: str = "float32", threads: int | None = None):
-        """Load from an HF-format `model_dir`, or wrap an already-built `model` (random-weight benchmarks)."""
+                 device: str = "cpu", dtype: str = "float32", threads: int | None = None,
+                 cache: str | None = None, max_context: int = DEFAULT_MAX_CONTEXT, cuda_graph: bool | None = None):
+        """Load from an HF-format `model_dir`, or wrap an already-built `model` (random-weight benchmarks).
+
+        cache: "dynamic" (the reference: transformers' DynamicCache, grows per step) or "static" (a preallocated
+        arena of `max_context` positions per live sequence; decode steps attend over all of it with a mask).
+        Default: static on CUDA, dynamic elsewhere. cuda_graph: capture the static decode step (L = 1) as a CUDA
+        graph per arena and replay it (default: on when the cache is static and the device is CUDA).
+        """
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not supported by the torch backend: use one of {sorted(_DTYPES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for but CUDA is not available: use --device cpu")
+        on_cuda = device.startswith("cuda")
+        cache = cache or ("static" if on_cuda else "dynamic")
+        if cache not in CACHES:
+            raise ValueError(f"cache {cache!r} is not a torch backend KV cache: use one of {', '.join(CACHES)}")
+        if cache == "static" and not (isinstance(max_context, int) and max_context >= 1):
+            raise ValueError(f"max_context must be a positive number of positions, got {max_context!r}: "
+                             f"use e.g. --max-context {DEFAULT_MAX_CONTEXT}")
+        cuda_graph = (cache == "static" and on_cuda) if cuda_graph is None else cuda_graph
+        if cuda_graph and not (cache == "static" and on_cuda):
+            raise ValueError("CUDA graphs replay the static-cache decode step on a CUDA device: use --device cuda "
+                             "with the static cache, or turn CUDA graphs off")
+        self.cache, self.max_context, self.cuda_graph = cache, max_context, cuda_graph
+        self.graph_error: str | None = None  # why CUDA graph capture failed, if it did (decode then runs eagerly)
         if threads:
             torch.set_num_threads(threads)
         self.device, self.dtype = torch.device(device), _DTYPES[dtype]
@@ -127,6 +172,7 @@ class TorchBackend(Backend):
         self.lm.set_attn_implementation(PROBE_ATTN)
         for i in layers:
             self.lm.layers[i].self_attn._rlivs_probe = self.recorder
+        self._own_probes = self._probe_signature()  # the probe attachment a captured graph bakes in
         vc = cfg.vision_config
         side = math.ceil(vc.image_size // vc.patch_size / 2)  # 2x2 bilinear pooling, ceil
         self.info = ModelInfo(
@@ -135,7 +181,16 @@ class TorchBackend(Backend):
             tokens_per_frame=side * side, image_size=(vc.image_size, vc.image_size),
             video_token_id=cfg.video_token_id,
         )
-        log.info("torch backend: %s on %s/%s, probe layers %s", self.info.model_id, device, dtype, layers)
+        self._pool: ArenaPool | None = None
+        if cache == "static":
+            if getattr(self.lm, "has_sliding_layers", False):
+                raise ValueError("the static KV cache supports full-attention decoders only; this model has "
+                                 "sliding-window layers: use the dynamic cache")
+            self._pool = ArenaPool(self._new_arena)
+            self._kpos = torch.arange(max_context, device=self.device)  # (M,) key positions, for decode masks
+            self._graph_pool = torch.cuda.graph_pool_handle() if cuda_graph else None
+        log.info("torch backend: %s on %s/%s, probe layers %s, %s KV cache%s", self.info.model_id, device, dtype,
+                 layers, cache, f" ({max_context} positions, CUDA graph: {cuda_graph})" if cache == "static" else "")
 
     @torch.inference_mode()
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
@@ -153,11 +208,19 @@ class TorchBackend(Backend):
         t = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)  # (L,)
         return self.lm.embed_tokens(t).float().cpu().numpy()  # (L, D)
 
-    def new_state(self) -> TorchState:
-        return TorchState(cache=DynamicCache(config=self.model.config.text_config))
+    def new_state(self) -> TorchState | StaticState:
+        if self._pool is None:
+            return TorchState(cache=DynamicCache(config=self.model.config.text_config))
+        # The arena is taken at the state's first step: new_state runs outside SharedBackend's lock, and a CUDA
+        # allocation there could meet another thread's graph capture.
+        return StaticState(arena=None)
 
     @torch.inference_mode()
-    def step(self, embeds: np.ndarray, state: TorchState, probe_rows: int = 1) -> StepOutput:
+    def step(self, embeds: np.ndarray, state: TorchState | StaticState, probe_rows: int = 1) -> StepOutput:
+        if self._pool is not None:
+            if not isinstance(state, StaticState):
+                raise ValueError("this torch backend runs a static KV cache: pass a state from its own new_state()")
+            return self._step_static(embeds, state, probe_rows)
         x = torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32)).to(self.device, self.dtype)[None]  # (1, L, D)
         n_new = x.shape[1]
         position_ids = torch.arange(state.length, state.length + n_new, device=self.device)[None]  # (1, L)
@@ -167,3 +230,104 @@ class TorchBackend(Backend):
         logits = self.model.lm_head(hidden[:, -1])[0]  # (V,) only the last position is ever needed
         state.length += n_new
         return StepOutput(logits=logits.float().cpu().numpy(), probe_attn=self.recorder.end())
+
+    # ---- static KV cache ------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _new_arena(self) -> Arena:
+        tc = self.model.config.text_config
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        kv = StaticKV(tc.num_hidden_layers, tc.num_key_value_heads, head_dim, self.max_context, self.dtype, self.device)
+        log.info("static KV cache: arena %d allocated (%.1f MiB)", self._pool.allocated,
+                 kv.kv.numel() * kv.kv.element_size() / 2**20)
+        return Arena(kv=kv, x=torch.zeros((1, 1, tc.hidden_size), dtype=self.dtype, device=self.device),
+                     pos=torch.zeros(1, dtype=torch.long, device=self.device),
+                     probe=torch.zeros((1, self.max_context), dtype=torch.float32, device=self.device))
+
+    def _probe_signature(self) -> tuple:
+        """Which recorder each layer reports to. A CUDA graph replays what was attached when it was captured,
+        so graphs are used only while the backend's own probes are attached (calibration swaps in others)."""
+        return tuple(id(getattr(layer.self_attn, "_rlivs_probe", None)) for layer in self.lm.layers)
+
+    def _forward(self, x: torch.Tensor, kv: StaticKV, mask: torch.Tensor | None, position_ids: torch.Tensor):
+        """(1, L, D) -> (V,) float32 logits of the last position. mask: (1, 1, L, K) bool (True = attend) or None
+        (pure causal, keys = exactly these L positions). A dict mask reaches every layer as-is: transformers'
+        mask creation (data-dependent, not capture-safe) never runs."""
+        masks = {"full_attention": mask}
+        hidden = self.lm(inputs_embeds=x, attention_mask=masks, position_ids=position_ids, past_key_values=kv,
+                         use_cache=True).last_hidden_state  # (1, L, D)
+        return self.model.lm_head(hidden[:, -1])[0].float()  # (V,)
+
+    def _decode_core(self, arena: Arena, rows: int) -> torch.Tensor:
+        """The L = 1 step on the arena's static buffers (what a CUDA graph captures): reads arena.x (1, 1, D) and
+        arena.pos (1,); writes the arena's keys/values at pos and, when rows > 0, arena.probe (1, M); -> (V,)."""
+        mask = (self._kpos <= arena.pos).view(1, 1, 1, -1)  # (1, 1, 1, M): keys 0..pos
+        arena.kv.write_at, arena.kv.read_len = arena.pos, None
+        self.recorder.begin(rows, out=arena.probe if rows else None)
+        try:
+            return self._forward(arena.x, arena.kv, mask, arena.pos.view(1, 1))
+        finally:
+            self.recorder.reset()
+
+    def _capture(self, arena: Arena, rows: int):
+        """Capture the decode step on this arena. Warm-up runs execute the very step about to be replayed (same
+        inputs, same position), so what they write is what the replay writes."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # lazy library initialisation must not happen inside the capture
+                self._decode_core(arena, rows)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # One memory pool for all of this backend's graphs: replays never overlap (steps run one at a time)
+            # and each output is read before the next replay, so graphs may share scratch memory.
+            with torch.cuda.graph(graph, pool=self._graph_pool):
+                logits = self._decode_core(arena, rows)  # (V,) float32, a fixed address replayed into
+        except RuntimeError as e:  # an op that cannot be captured: keep serving, eagerly, and say so
+            log.warning("CUDA graph capture of the decode step failed (%s): decode steps run eagerly on the "
+                        "static cache from now on", e)
+            self.cuda_graph, self.graph_error = False, str(e)
+            return None
+        arena.graphs[rows] = (graph, logits)
+        log.info("captured a CUDA graph for the decode step (probe rows %d)", rows)
+        return arena.graphs[rows]
+
+    def _step_static(self, embeds: np.ndarray, state: StaticState, probe_rows: int) -> StepOutput:
+        n_new, start = len(embeds), state.length
+        end = start + n_new  # K after this step
+        if end > self.max_context:
+            raise ValueError(f"this sequence needs {end} cache positions but the static KV cache holds "
+                             f"max_context={self.max_context}: raise --max-context to at least {end} (TorchBackend "
+                             f"max_context), lower the FIFO (--fifo-clips / --fifo-tokens) or the caption/answer "
+                             f"length, or use the dynamic cache")
+        if state.arena is None:
+            state.arena = self._pool.acquire(state)  # back to the pool when `state` is garbage-collected
+        arena = state.arena
+        x = torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32))  # (L, D) on the host
+        rows = 1 if probe_rows > 0 else 0
+        if n_new == 1:  # decode: the fixed-shape step (a CUDA graph replay on CUDA)
+            arena.x.copy_(x.view(1, 1, -1))
+            arena.pos.fill_(start)
+            graphable = self.cuda_graph and self._probe_signature() == self._own_probes
+            entry = (arena.graphs.get(rows) or self._capture(arena, rows)) if graphable else None
+            if entry is not None:
+                graph, logits = entry
+                graph.replay()  # after the input copies on the same stream; writes logits and arena.probe
+            else:
+                logits = self._decode_core(arena, rows)
+            probe = (arena.probe[:, :end] / self.recorder.n_layers).cpu().numpy() if rows else None  # (1, K)
+        else:  # prefill: eager, over exactly the K = end real keys
+            pos = torch.arange(start, end, device=self.device)  # (L,)
+            arena.kv.write_at, arena.kv.read_len = pos, end
+            mask = None if start == 0 else (self._kpos[:end][None, :] <= pos[:, None]).view(1, 1, n_new, end)
+            self.recorder.begin(probe_rows)
+            logits = self._forward(x.to(self.device, self.dtype)[None], arena.kv, mask, pos[None])
+            probe = self.recorder.end()  # (R, K)
+        state.length = end
+        return StepOutput(logits=logits.cpu().numpy(), probe_attn=probe)
+
+    def close(self) -> None:
+        """Drop idle arenas and captured graphs (a live state keeps its own arena until it is dropped)."""
+        if self._pool is not None:
+            self._pool.close()
