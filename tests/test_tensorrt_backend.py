@@ -110,6 +110,101 @@ def test_the_cuda_wrapper_says_there_is_no_gpu():
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The backend's own code on CPU, TensorRT's runtime API emulated by ONNX Runtime (tests/trt_emulator.py): proves
+# rlivs' side of the boundary (bindings, arena addresses, profiles, copies), not TensorRT.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trt_fp32_bundle(tmp_path_factory, tiny_dir):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from rlivs.export.bundle import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("trt-emu") / "tiny"
+    export_bundle("tiny", out, ExportConfig(target="tensorrt", embed_dtype="float32", kv_dtype="float32", check=False))
+    return out
+
+
+@pytest.fixture()
+def emulated(monkeypatch, trt_fp32_bundle):
+    from tests import trt_emulator
+
+    trt_emulator.install(monkeypatch, trt_fp32_bundle)
+    return trt_fp32_bundle
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["new_kv-into-arena", "via-scratch"])
+def test_backend_steps_equal_the_reference_with_the_api_emulated(emulated, tiny_dir, monkeypatch, in_place):
+    from rlivs.runtime.backends.tensorrt import TrtBackend
+    from rlivs.runtime.backends.tensorrt import backend as trt_backend
+    from rlivs.runtime.backends.torch import TorchBackend
+    from tests.trt_emulator import HostBuffer, HostStream
+
+    if not in_place:  # tiny's 2048-byte rows miss a 3072-byte alignment: new_kv goes via the scratch buffer
+        monkeypatch.setattr(trt_backend, "ALIGN", 3 * 1024)
+        monkeypatch.setattr(HostBuffer, "align", 3 * 1024)
+    ref, be = TorchBackend(tiny_dir), TrtBackend(emulated)
+    assert be.in_place is in_place
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(-1, 1, (3, 3, *ref.info.image_size)).astype(np.float32)
+    np.testing.assert_allclose(be.encode_frames(pixels), ref.encode_frames(pixels), atol=1e-4, rtol=0)
+    x = np.concatenate([ref.embed_tokens(np.arange(3, 9)), rng.standard_normal((50, 64)).astype(np.float32)])
+    st, s = ref.new_state(), be.new_state()
+    context = be.decoder.context
+    for i in range(4):
+        before = HostStream.copies
+        a, b = ref.step(x, st), be.step(x, s)
+        np.testing.assert_allclose(b.logits, a.logits, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(b.probe_attn, a.probe_attn, atol=1e-5, rtol=0)
+        profile, shapes = context.log[-1]
+        assert profile == (0 if i == 0 else 1)  # prefill, then the decode profile
+        assert shapes["past_kv"] == (s.length - len(x), 8, 2, 2, 16)
+        if i:  # a decode step moves the token's embedding and position up, logits and the probe row down: no cache
+            assert HostStream.copies - before == 64 * 4 + 8 + ref.info.vocab_size * 4 + s.length * 4
+        x = ref.embed_tokens(np.array([int(np.argmax(a.logits))]))
+    rows = be.arena_rows(s)  # (K, N, 2, H_kv, Dh): written in place by the steps
+    for layer in range(8):
+        keys = st.cache.layers[layer].keys[0].numpy().transpose(1, 0, 2)  # (K, H_kv, Dh)
+        values = st.cache.layers[layer].values[0].numpy().transpose(1, 0, 2)
+        np.testing.assert_allclose(rows[:, layer, 0], keys, atol=5e-5, rtol=0)
+        np.testing.assert_allclose(rows[:, layer, 1], values, atol=5e-5, rtol=0)
+    with pytest.raises(ValueError, match="only"):
+        be.step(x, s, probe_rows=2)
+
+
+def test_a_stream_through_the_emulated_backend_equals_the_reference(emulated, tiny_dir, sample_video, tmp_path, caplog):
+    from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig
+    from rlivs.runtime.memory import Memory
+    from rlivs.runtime.pipeline import StreamIngestor, load_engine
+
+    runs = []
+    with caplog.at_level(logging.INFO, logger="rlivs.backend"):
+        for where in (tiny_dir, emulated):
+            cfg = PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),
+                                 caption=CaptionConfig(max_new_tokens=12))
+            engine = load_engine(where, config=cfg)  # auto: the bundle has engines and "tensorrt" imports
+            with Memory(tmp_path / f"{engine.backend.name}.db", model_fingerprint=engine.model_fingerprint) as mem:
+                ing = StreamIngestor(engine, mem, "cam", str(sample_video))
+                runs.append((engine.backend.name, ing.run(ing.clips_from_file(sample_video))))
+    assert [name for name, _ in runs] == ["torch", "tensorrt"]
+    assert "the bundle has TensorRT engines and tensorrt is importable" in caplog.text
+    (_, ref), (_, got) = runs
+    assert [r.caption for r in got] == [r.caption for r in ref]
+    assert all(np.array_equal(a.kept, b.kept) for a, b in zip(got, ref))
+
+
+def test_the_emulated_backend_refuses_engines_from_another_gpu(emulated, monkeypatch):
+    from rlivs.runtime.backends.tensorrt import TrtBackend
+    from rlivs.runtime.backends.tensorrt import backend as trt_backend
+
+    monkeypatch.setattr(trt_backend, "current_env", lambda version, device=0: {
+        "tensorrt_version": version, "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+    with pytest.raises(ValueError, match="built on GPU 'Emulated Orin'.*rlivs build-engines --bundle"):
+        TrtBackend(emulated)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # With TensorRT and a GPU (never in CI; not yet run anywhere: no session has had TensorRT)
 # --------------------------------------------------------------------------------------------------------------------
 
