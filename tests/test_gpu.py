@@ -181,34 +181,16 @@ def test_cuda_graph_replay_equals_eager_static_decode(tiny_dir, cpu_ref, monkeyp
         assert first.ids == greedy(eager, ctx, CAPTION_TOKENS, eos, cols).ids
 
 
-class _AllLayers:
-    """A recorder of the probe protocol (`.rows`, `.add`) on one layer, as calibration attaches to every layer."""
-
-    def __init__(self):
-        self.rows, self.row = 1, None
-
-    def add(self, rows):
-        self.row = rows
-
-
 def _all_layer_rows(backend, steps):
-    """Per step, every layer's head-mean last row over the step's K keys: [(N, K)]."""
-    layers = backend.lm.layers
-    saved = [getattr(layer.self_attn, "_rlivs_probe", None) for layer in layers]
-    recs = [_AllLayers() for _ in layers]
-    try:
-        for layer, rec in zip(layers, recs):
-            layer.self_attn._rlivs_probe = rec
+    """Per step, every layer's head-mean last row over the step's K keys, with calibration's recorders on every
+    layer (rlivs.calibration.layers.record_all_layers): [(N, K)]."""
+    from rlivs.calibration.layers import record_all_layers
+
+    with record_all_layers(backend) as recs:
         state, out = backend.new_state(), []
         for x in steps:
             backend.step(x, state, probe_rows=1)
             out.append(np.stack([r.row[0, : state.length].float().cpu().numpy() for r in recs]))
-    finally:
-        for layer, old in zip(layers, saved):
-            if old is None:
-                del layer.self_attn._rlivs_probe
-            else:
-                layer.self_attn._rlivs_probe = old
     return out
 
 
