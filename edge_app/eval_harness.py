@@ -801,6 +801,8 @@ class EvalConfig:
     device: str = "cpu"  # cpu | cuda
     dtype: str = "float32"  # float32 | float16 | bfloat16
     threads: int | None = None  # CPU threads for the backend (None = its default)
+    kv_cache: str = "auto"  # torch backend KV cache: auto (static + CUDA graph on cuda) | dynamic | static
+    max_context: int | None = None  # positions of the torch static KV cache (None = the backend's default)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # every method setting (the ablation flags)
     data: AnnotationConfig = field(default_factory=AnnotationConfig)  # how annotations and videos are read
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # the pinned judge
@@ -844,7 +846,7 @@ class Runner:
 
         c = self.cfg
         self.engine = load_engine(c.model, backend=c.backend, config=c.pipeline, device=c.device, dtype=c.dtype,
-                                  threads=c.threads)
+                                  threads=c.threads, kv_cache=c.kv_cache, max_context=c.max_context)
         self.judge = make_judge(c.judge, c, self.engine)
 
     def _existing_rows(self) -> list[dict]:

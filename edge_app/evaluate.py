@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
                                               "that does not exist as given, or <video_id>.mp4 / folder / .npy)."),
         out_dir: Path = typer.Option(..., "--out", "-o", help="Results folder (created)."),
         model: str = o.Model, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
-        threads: Optional[int] = o.Threads,
+        threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
         # --- ablations: every one is recorded in run.json / summary.json / results.md
         strategy: str = typer.Option("attention",
                                      help="Token selection: attention | uniform | meanpool | kmeans | random"),
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
                                   timeout_s=judge_timeout)
             cfg = h.EvalConfig(
                 annotations=files, out=out_dir, model=model, backend=backend, device=device, dtype=dtype,
-                threads=threads, pipeline=pipeline,
+                threads=threads, kv_cache=kv_cache, max_context=max_context, pipeline=pipeline,
                 data=h.AnnotationConfig(videos_dir=videos, frames_fps=frames_fps, vstream_times=vstream_times,
                                         shot_seconds=shot_seconds, clip_window=clip_window, max_videos=max_videos),
                 judge=judge, resume=resume, rescore=rescore, max_questions=max_questions)
