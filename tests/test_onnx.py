@@ -55,8 +55,20 @@ def test_probe_attention_only_reduced_rows_leave_the_graph(bundle):
     assert [o.name for o in g.output] == ["logits", "present_keys", "present_values", "probe_attn"]
 
 
-def test_decoder_and_vision_parity_over_prefill_and_decode(pair):
-    torch_be, ort_be = pair
+@pytest.fixture(scope="module")
+def arena_pair(tmp_path_factory, tiny_dir):
+    """The ONNX Runtime target (fused Attention, opset 23) with the in-place KV arena instead of past -> present."""
+    from rlivs.export.bundle import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("arena") / "tiny"
+    export_bundle("tiny", out, ExportConfig(embed_dtype="float32", kv_layout="arena", kv_dtype="float32", check=False))
+    return TorchBackend(tiny_dir), OrtBackend(out)
+
+
+@pytest.mark.parametrize("layout", ["stacked", "arena"])
+def test_decoder_and_vision_parity_over_prefill_and_decode(request, layout):
+    torch_be, ort_be = request.getfixturevalue("pair" if layout == "stacked" else "arena_pair")
+    assert ort_be.kv.layout == layout
     rng = np.random.default_rng(0)
     pixels = rng.uniform(-1, 1, (3, 3, 126, 126)).astype(np.float32)
     vt, vo = torch_be.encode_frames(pixels), ort_be.encode_frames(pixels)
