@@ -1,12 +1,15 @@
 """Shared fixtures. Nothing here touches the network: the tiny model and videos are built locally."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Before anything imports huggingface_hub: never reach a hub, and keep the tiny-model cache per session.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RLIVS_HOME", tempfile.mkdtemp(prefix="rlivs-test-home-"))
+_OWN_HOME = None  # the per-session model cache this conftest made (removed at the end: random-0.5b is 3.4 GB)
+if "RLIVS_HOME" not in os.environ:
+    _OWN_HOME = os.environ["RLIVS_HOME"] = tempfile.mkdtemp(prefix="rlivs-test-home-")
 
 import pytest  # noqa: E402
 
@@ -35,6 +38,11 @@ def bundle(tmp_path_factory, tiny_dir):
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     export_bundle("tiny", out, ExportConfig(embed_dtype="float32"))
     return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_HOME:
+        shutil.rmtree(_OWN_HOME, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
