@@ -11,40 +11,15 @@ processes hits both alike. Also checks that both produce the same greedy tokens.
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import time
-from pathlib import Path
 
 import numpy as np
-
-
-def run(be, ctx, n_decode) -> tuple[float, float, list[int]]:
-    """(prefill seconds, decode seconds per token, greedy tokens)."""
-    state = be.new_state()
-    t0 = time.perf_counter()
-    out = be.step(ctx, state)
-    t1 = time.perf_counter()
-    tokens = []
-    for _ in range(n_decode):
-        tokens.append(int(np.argmax(out.logits)))
-        out = be.step(be.embed_tokens(np.array(tokens[-1:])), state)
-    return t1 - t0, (time.perf_counter() - t1) / n_decode, tokens
+from clip_step import arena_bundle, ensure_bundle
+from interleave import decoder_args, interleaved, timed_greedy
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--bundle", type=Path, default=None, help="default: the bench cache (see clip_step.py)")
-    p.add_argument("--context", type=int, default=830, help="prefill length in tokens")
-    p.add_argument("--decode", type=int, default=16, help="decode steps per run")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
-
-    from clip_step import arena_bundle, ensure_bundle
-
+    args = decoder_args(__doc__)
     from rlivs.runtime.backends.onnxruntime import OrtBackend
 
     bundle = ensure_bundle(args.model, args.bundle, arena=True)
@@ -53,16 +28,8 @@ def main():
     assert backends["arena"].kv.layout == "arena" and backends["stacked"].kv.layout == "stacked"
     d = backends["stacked"].info.hidden_size
     ctx = np.random.default_rng(0).standard_normal((args.context, d)).astype(np.float32) * 0.02
-    times = {k: {"prefill": [], "decode": []} for k in backends}
-    tokens = {}
-    for be in backends.values():  # warm-up
-        run(be, ctx[:16], 2)
-    for r in range(args.repeats):
-        for k in (("stacked", "arena") if r % 2 == 0 else ("arena", "stacked")):
-            pre, dec, tokens[k] = run(backends[k], ctx, args.decode)
-            times[k]["prefill"].append(pre)
-            times[k]["decode"].append(dec)
-    med = {k: {s: statistics.median(v) for s, v in t.items()} for k, t in times.items()}
+    med, tokens = interleaved({k: (lambda c, be=be: timed_greedy(be, c, args.decode)) for k, be in backends.items()},
+                              ctx, args.repeats)
     print(json.dumps({
         "model": args.model, "context": args.context, "decode_steps": args.decode, "repeats": args.repeats,
         "median_s": med, "same_tokens": tokens["stacked"] == tokens["arena"],

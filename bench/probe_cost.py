@@ -9,41 +9,24 @@ medians are compared, so that load from other processes hits both alike. Prints 
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from clip_step import ensure_bundle
+from interleave import decoder_args, interleaved, timed_greedy
 
 
-def run(be, session, ctx, n_decode) -> tuple[float, float]:
-    """(prefill seconds, decode seconds per token) with `session` as the decoder."""
+def run(be, session, ctx, n_decode) -> tuple[float, float, list[int]]:
+    """timed_greedy with `session` as the bundle's decoder (probe rows only where it has the output)."""
     be.decoder = session
     be.has_probe = "probe_attn" in {o.name for o in session.get_outputs()}
-    state = be.new_state()
-    t0 = time.perf_counter()
-    out = be.step(ctx, state, probe_rows=1 if be.has_probe else 0)
-    t1 = time.perf_counter()
-    for _ in range(n_decode):
-        out = be.step(be.embed_tokens(np.array([int(np.argmax(out.logits))])), state,
-                      probe_rows=1 if be.has_probe else 0)
-    return t1 - t0, (time.perf_counter() - t1) / n_decode
+    return timed_greedy(be, ctx, n_decode, probe_rows=1 if be.has_probe else 0)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--bundle", type=Path, default=None, help="default: the bench cache (see clip_step.py)")
-    p.add_argument("--context", type=int, default=830, help="prefill length in tokens")
-    p.add_argument("--decode", type=int, default=16, help="decode steps per run")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
-
+    args = decoder_args(__doc__)
     import onnxruntime as ort
-    from clip_step import ensure_bundle
 
     from rlivs.runtime.backends.onnxruntime import OrtBackend
 
@@ -53,18 +36,11 @@ def main():
     if args.threads:
         opts.intra_op_num_threads = args.threads
     sessions = {"probe": be.decoder,
-                "noprobe": ort.InferenceSession(str(bundle / "decoder_noprobe.onnx"), opts, providers=be.decoder.get_providers())}
+                "noprobe": ort.InferenceSession(str(Path(bundle) / "decoder_noprobe.onnx"), opts,
+                                                providers=be.decoder.get_providers())}
     ctx = np.random.default_rng(0).standard_normal((args.context, be.info.hidden_size)).astype(np.float32) * 0.02
-    times = {k: {"prefill": [], "decode": []} for k in sessions}
-    run(be, sessions["probe"], ctx[:16], 2)  # warm-up both
-    run(be, sessions["noprobe"], ctx[:16], 2)
-    for r in range(args.repeats):
-        order = ("probe", "noprobe") if r % 2 == 0 else ("noprobe", "probe")
-        for k in order:
-            pre, dec = run(be, sessions[k], ctx, args.decode)
-            times[k]["prefill"].append(pre)
-            times[k]["decode"].append(dec)
-    med = {k: {s: statistics.median(v) for s, v in t.items()} for k, t in times.items()}
+    med, _ = interleaved({k: (lambda c, s=s: run(be, s, c, args.decode)) for k, s in sessions.items()}, ctx,
+                         args.repeats)
     print(json.dumps({
         "model": args.model, "context": args.context, "decode_steps": args.decode, "repeats": args.repeats,
         "median_s": med,

@@ -30,6 +30,7 @@ from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.pipeline import Engine  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
+from tests.probe_helpers import all_layer_rows  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -181,19 +182,6 @@ def test_cuda_graph_replay_equals_eager_static_decode(tiny_dir, cpu_ref, monkeyp
         assert first.ids == greedy(eager, ctx, CAPTION_TOKENS, eos, cols).ids
 
 
-def _all_layer_rows(backend, steps):
-    """Per step, every layer's head-mean last row over the step's K keys, with calibration's recorders on every
-    layer (rlivs.calibration.layers.record_all_layers): [(N, K)]."""
-    from rlivs.calibration.layers import record_all_layers
-
-    with record_all_layers(backend) as recs:
-        state, out = backend.new_state(), []
-        for x in steps:
-            backend.step(x, state, probe_rows=1)
-            out.append(np.stack([r.row[0, : state.length].float().cpu().numpy() for r in recs]))
-    return out
-
-
 def test_cuda_graphs_are_bypassed_while_other_recorders_are_attached(tiny_dir, cpu_ref):
     """A graph replays the probe attachment it was captured with: calibration's per-layer recorders must get
     eager decode steps, and the backend's own probe must still be right afterwards."""
@@ -207,7 +195,7 @@ def test_cuda_graphs_are_bypassed_while_other_recorders_are_attached(tiny_dir, c
     del state
     gc.collect()
     steps = [ctx] + [graph.embed_tokens(np.array([t])) for t in (60, 61, 62)]
-    for got, want in zip(_all_layer_rows(graph, steps), _all_layer_rows(eager, steps)):
+    for got, want in zip(all_layer_rows(graph, steps), all_layer_rows(eager, steps)):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     eos = _engine(tiny_dir, graph).text.eos_ids
     got, want = greedy(graph, ctx, CAPTION_TOKENS, eos, cols), greedy(eager, ctx, CAPTION_TOKENS, eos, cols)

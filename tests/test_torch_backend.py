@@ -7,12 +7,12 @@ torch = pytest.importorskip("torch")
 from transformers import LlavaOnevisionForConditionalGeneration  # noqa: E402
 
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
-from rlivs.runtime.backends.torch import backend as torch_backend  # noqa: E402
 from rlivs.runtime.config import PipelineConfig, ProbeConfig  # noqa: E402
 from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.pipeline import Engine  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
+from tests.probe_helpers import spy_probe_rows  # noqa: E402
 
 ATTN_TOL = 1e-5
 
@@ -101,14 +101,7 @@ def test_logits_equal_unmodified_model_with_and_without_cache(backend, sdpa):
 
 
 def test_only_probe_layers_compute_probabilities(backend, monkeypatch):
-    calls = []
-    real = torch_backend.probe_rows
-
-    def spy(module, *a, **kw):
-        calls.append(module.layer_idx)
-        return real(module, *a, **kw)
-
-    monkeypatch.setattr(torch_backend, "probe_rows", spy)
+    calls = spy_probe_rows(monkeypatch)
     state = backend.new_state()
     backend.step(_context(backend), state, probe_rows=1)
     assert calls == list(backend.info.probe_layers)

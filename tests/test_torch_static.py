@@ -16,7 +16,6 @@ torch = pytest.importorskip("torch")
 from transformers.models.qwen2 import modeling_qwen2  # noqa: E402
 
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
-from rlivs.runtime.backends.torch import backend as torch_backend  # noqa: E402
 from rlivs.runtime.backends.torch.static import StaticState  # noqa: E402
 from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
 from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
@@ -24,6 +23,7 @@ from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.memory import Memory  # noqa: E402
 from rlivs.runtime.pipeline import Engine, StreamIngestor, answer  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
+from tests.probe_helpers import all_layer_rows, spy_probe_rows  # noqa: E402
 
 PROBE_TOL = 1e-6
 LOGIT_TOL = 1e-4
@@ -124,14 +124,7 @@ def test_half_precision_static_equals_half_precision_reference(tiny_dir, dtype):
 def test_probe_row_is_a_distribution_over_real_keys_only(static, monkeypatch):
     """Masked positions (past the sequence, stale or zero) get probability exactly 0, and only the probe layers
     compute probabilities in the static path too."""
-    calls = []
-    real = torch_backend.probe_rows
-
-    def spy(module, *a, **kw):
-        calls.append(module.layer_idx)
-        return real(module, *a, **kw)
-
-    monkeypatch.setattr(torch_backend, "probe_rows", spy)
+    calls = spy_probe_rows(monkeypatch)
     state = static.new_state()
     rng = np.random.default_rng(7)
     static.step(rng.standard_normal((40, 64)).astype(np.float32), state, probe_rows=1)
@@ -149,25 +142,12 @@ def test_probe_row_is_a_distribution_over_real_keys_only(static, monkeypatch):
     assert torch.all(summed[:, 42:] == 0) and torch.all(summed[:, :42] > 0)
 
 
-def _all_layer_rows(backend, steps):
-    """Per step, every layer's head-mean last row over the step's K keys, with calibration's recorders on every
-    layer (rlivs.calibration.layers.record_all_layers): [(N, K)]."""
-    from rlivs.calibration.layers import record_all_layers
-
-    with record_all_layers(backend) as recs:
-        state, out = backend.new_state(), []
-        for x in steps:
-            backend.step(x, state, probe_rows=1)
-            out.append(np.stack([r.row[0, : state.length].float().numpy() for r in recs]))
-    return out
-
-
 def test_foreign_recorders_on_every_layer_see_the_reference_rows(ref, static):
     """Calibration swaps its own recorder into every layer: the static path must feed them the same rows (a
     decode row spans all max_context positions, zero past K), and never through a graph captured without them."""
     x = np.random.default_rng(13).standard_normal((50, 64)).astype(np.float32)
     steps = [x] + [static.embed_tokens(np.array([t])) for t in (60, 61, 62)]
-    for got, want in zip(_all_layer_rows(static, steps), _all_layer_rows(ref, steps)):
+    for got, want in zip(all_layer_rows(static, steps), all_layer_rows(ref, steps)):
         np.testing.assert_allclose(got, want, atol=PROBE_TOL, rtol=0)
     assert static._probe_signature() == static._own_probes  # the backend's own probes are back
 

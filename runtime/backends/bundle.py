@@ -1,10 +1,15 @@
-"""The bundle format: what `rlivs export` writes and the ONNX Runtime backend reads (no onnxruntime import here)."""
+"""The bundle format: what `rlivs export` writes and the ONNX Runtime and TensorRT backends read (numpy only)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+
+import numpy as np
+
+from .base import ModelInfo
+from .kv_arena import KVLayout
 
 BUNDLE_FORMAT = "rlivs-bundle"
 BUNDLE_VERSION = 1
@@ -48,9 +53,6 @@ def load_manifest(bundle: str | Path) -> dict:
 
 def bundle_info(bundle: str | Path, manifest: dict):
     """The ModelInfo and KV layout a bundle's manifest declares (shared by the ONNX Runtime and TensorRT backends)."""
-    from .base import ModelInfo
-    from .kv_arena import KVLayout
-
     try:
         kv = manifest["kv_cache"]
         layout = KVLayout(layers=int(kv["layers"]), kv_heads=int(kv["kv_heads"]), head_dim=int(kv["head_dim"]),
@@ -75,8 +77,6 @@ def damaged(bundle: str | Path, name: str, e: BaseException) -> ValueError:
 
 def load_tables(bundle: str | Path, info):
     """-> the (V, D) embedding table (memory-mapped, float16|float32) and the (D,) float32 image newline."""
-    import numpy as np
-
     bundle = Path(bundle)
 
     def npy(name: str, **kw):

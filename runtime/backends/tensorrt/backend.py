@@ -88,7 +88,7 @@ class _Engine:
 
 @dataclass
 class TrtState(DecodeState):
-    arena: Arena  # (max_context, N, 2, H_kv, Dh) on the device; the first `length` rows are the cache
+    arena: Arena | None = None  # (max_context, N, 2, H_kv, Dh) on the device; the first `length` rows are the cache
     length: int = 0  # K
 
 
@@ -161,7 +161,7 @@ class TrtBackend(Backend):
         return np.asarray(self.table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)  # (L, D)
 
     def new_state(self) -> TrtState:
-        state = TrtState(arena=None)  # type: ignore[arg-type]
+        state = TrtState()
         state.arena = self.pool.acquire(state)
         return state
 
