@@ -9,7 +9,7 @@ path); `cache="dynamic"` is the reference computation on the GPU. Tolerances:
   (the reference caption's tokens fed back); captions identical on at least half of the clips (count printed).
 - float16 / bfloat16 vs the CPU float32 reference, same caption: overlap >= 0.95 (float16) / >= 0.85 (bfloat16)
   on every clip; identical captions are counted and printed, not asserted. Why: the same static-cache code run on
-  CPU in half precision (no graph) gave, over these 6 clips, identical captions vs float32 on only 2 (float16) and
+  CPU in half precision (no graph; a one-off run of these tests with "cuda" replaced by "cpu", not kept) gave, over these 6 clips, identical captions vs float32 on only 2 (float16) and
   1 (bfloat16) of 6, with the same counts for the dynamic reference in half precision: the tiny random model's
   greedy captions ride near-tied logits, so half precision alone flips them. Same-caption overlap there was
   >= 0.96 (float16) and >= 0.88 (bfloat16); against the same-precision reference: 6 and 5 of 6 captions
