@@ -44,6 +44,8 @@ def _naive_scores(engine, ctx, cols, n_new, t, sync):
     """transformers eager with every layer's attention probabilities returned."""
     import torch
 
+    from rlivs.runtime.backends.torch.hf_compat import cache_kwargs, output_cache
+
     be = engine.backend
     lm = be.model.model.language_model
     lm.set_attn_implementation("eager")
@@ -56,13 +58,13 @@ def _naive_scores(engine, ctx, cols, n_new, t, sync):
         t["prefill"] = time.perf_counter() - t0
         probe = lambda r: torch.stack([r.attentions[i][0, :, -1].float().mean(0) for i in layers]).mean(0)  # noqa: E731
         scores = probe(r)[cols].double().cpu().numpy()
-        cache, logits = r.past_key_values, be.model.lm_head(r.last_hidden_state[:, -1])
+        cache, logits = output_cache(r), be.model.lm_head(r.last_hidden_state[:, -1])
         del r
         t0 = time.perf_counter()
         for _ in range(n_new):
-            r = lm(input_ids=logits.argmax(-1)[None], past_key_values=cache, output_attentions=True, use_cache=True)
+            r = lm(input_ids=logits.argmax(-1)[None], **cache_kwargs(cache), output_attentions=True, use_cache=True)
             scores += probe(r)[cols].double().cpu().numpy()
-            cache, logits = r.past_key_values, be.model.lm_head(r.last_hidden_state[:, -1])
+            cache, logits = output_cache(r), be.model.lm_head(r.last_hidden_state[:, -1])
         sync()
         t["decode_per_token"] = (time.perf_counter() - t0) / n_new
     return scores

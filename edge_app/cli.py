@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlivs.edge_app import options as o
-from rlivs.edge_app.options import console, fail as _fail, model_path
+from rlivs.edge_app.options import console, debug_enabled, fail as _fail, internal_error_line, model_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rlivs: streaming video question answering, on the device.")
@@ -26,7 +27,11 @@ log = logging.getLogger("rlivs")
 
 
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")):
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
+           debug: bool = typer.Option(False, "--debug", help="On an internal error, show the full traceback "
+                                                             "(also: RLIVS_DEBUG=1).")):
+    if debug:
+        os.environ["RLIVS_DEBUG"] = "1"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
     for noisy in ("httpx", "huggingface_hub", "transformers"):
@@ -294,7 +299,13 @@ from rlivs.edge_app import serve; serve.register(app)  # noqa: E402,E702 - `rliv
 
 
 def main() -> None:
-    app(prog_name="rlivs")
+    try:
+        app(prog_name="rlivs")
+    except Exception as e:  # noqa: BLE001 - refusals exit 2 inside the commands; anything reaching here is a bug
+        if debug_enabled():
+            raise
+        console.print(internal_error_line(e))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and the one place flags become a PipelineConfig."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -23,6 +24,37 @@ def fail(msg: str) -> NoReturn:
 
     console.print(f"[bold red]error:[/] {escape(msg)}")  # escaped: a message may hold [brackets] of its own
     raise typer.Exit(2)
+
+
+def debug_enabled() -> bool:
+    """`rlivs --debug ...` or RLIVS_DEBUG=1: internal errors show their traceback."""
+    return os.environ.get("RLIVS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def failed_component(exc: BaseException) -> str:
+    """What failed, from where the exception was raised: 'the torch backend', 'the memory', ... or 'rlivs'."""
+    import traceback
+
+    names = {"runtime/backends/torch": "the torch backend", "runtime/backends/onnxruntime": "the ONNX Runtime backend",
+             "runtime/backends/tensorrt": "the TensorRT backend", "export/": "the exporter",
+             "calibration/": "calibration", "runtime/memory": "the memory", "runtime/frames": "the video reader",
+             "runtime/sources": "the video source"}
+    frames = [f.filename.replace(os.sep, "/") for f in traceback.extract_tb(exc.__traceback__)]
+    for filename in reversed(frames):  # the innermost rlivs frame names the component
+        for key, name in names.items():
+            if key in filename:
+                return name
+    return "rlivs"
+
+
+def internal_error_line(exc: BaseException) -> str:
+    """One line for an unexpected exception: what failed, that it is a bug, and what to do."""
+    from rich.markup import escape
+
+    msg = " ".join(str(exc).split())[:300]
+    return (f"[bold red]internal error:[/] {escape(failed_component(exc))} failed: {type(exc).__name__}: "
+            f"{escape(msg)}. This is a bug in rlivs, not your input: rerun with `rlivs --debug ...` (or RLIVS_DEBUG=1) "
+            f"for the traceback and report it with `pip list` output; nothing committed to the memory is lost")
 
 
 def parse_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:

@@ -195,7 +195,12 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
         log.exception("request %s %s failed", request.method, request.url.path)
-        return _json_error(500, f"internal error ({type(exc).__name__}): see the server log")
+        from rlivs.edge_app.options import failed_component
+
+        msg = " ".join(str(exc).split())[:200]
+        return _json_error(500, f"internal error: {failed_component(exc)} failed ({type(exc).__name__}: {msg}). "
+                                "This is a bug in rlivs, not your request: the traceback is in the server log; "
+                                "the memory is intact")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():

@@ -25,11 +25,13 @@ import torch
 from torch import nn
 
 from transformers import AttentionInterface
+from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from rlivs.runtime.backends.torch import TorchBackend
 from rlivs.runtime.backends.torch.backend import PROBE_ATTN, probe_rows
+from rlivs.runtime.backends.torch.hf_compat import layer_cache_kwargs
 
 log = logging.getLogger("rlivs.export")
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision missing" noise
@@ -69,38 +71,59 @@ class VisionGraph(nn.Module):
         return pooled[0, :-1].reshape(pixel_values.shape[0], self.tokens_per_frame, -1)  # (F, P, D)
 
 
-class _ExplicitCache:
-    """The `update` contract Qwen2Attention uses, over explicit stacked past tensors."""
+class _ConcatLayer(CacheLayerMixin):
+    """One layer of an explicit past: `update` returns past ++ new (what the exported graph computes) and keeps
+    the new rows for the graph's outputs. transformers' per-layer cache contract (`CacheLayerMixin`)."""
+
+    def __init__(self, past_keys: torch.Tensor, past_values: torch.Tensor):  # (1, H_kv, K_past, Dh) each
+        super().__init__()
+        self.past_keys, self.past_values = past_keys, past_values
+        self.new_keys: torch.Tensor | None = None  # (1, H_kv, L, Dh) after update
+        self.new_values: torch.Tensor | None = None
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        return None  # the past is given
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.new_keys, self.new_values = key_states, value_states  # (1, H_kv, L, Dh)
+        self.keys = torch.cat([self.past_keys.to(key_states.dtype), key_states], dim=2)  # (1, H_kv, K, Dh)
+        self.values = torch.cat([self.past_values.to(value_states.dtype), value_states], dim=2)
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.past_keys.shape[2] + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.past_keys.shape[2]
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class _ExplicitCache(Cache):
+    """A transformers `Cache` over explicit stacked past tensors (N, H_kv, K_past, Dh)."""
 
     def __init__(self, past_keys: torch.Tensor, past_values: torch.Tensor):
-        self.past_keys, self.past_values = past_keys, past_values  # (N, H_kv, K_past, Dh)
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        super().__init__(layers=[_ConcatLayer(past_keys[i][None], past_values[i][None])
+                                 for i in range(past_keys.shape[0])])
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):  # (1, H_kv, L, Dh)
-        k = torch.cat([self.past_keys[layer_idx][None], key], dim=2)  # (1, H_kv, K, Dh)
-        v = torch.cat([self.past_values[layer_idx][None], value], dim=2)
-        self.keys.append(k[0])
-        self.values.append(v[0])
-        return k, v
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's full keys and values: (N, H_kv, K, Dh) each."""
+        return torch.stack([l.keys[0] for l in self.layers]), torch.stack([l.values[0] for l in self.layers])
 
 
-class _ArenaCache(_ExplicitCache):
-    """The same contract over a position-major past (K_past, N, 2, H_kv, Dh); collects only the new rows."""
+class _ArenaCache(Cache):
+    """The same over a position-major past (K_past, N, 2, H_kv, Dh); the graph outputs only the new rows."""
 
     def __init__(self, past_kv: torch.Tensor):
-        self.past = past_kv  # (K_past, N, 2, H_kv, Dh), float16 or float32
-        self.keys, self.values = [], []
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):  # (1, H_kv, L, Dh)
-        self.keys.append(key[0].transpose(0, 1))  # (L, H_kv, Dh)
-        self.values.append(value[0].transpose(0, 1))
-        past = self.past[:, layer_idx].to(key.dtype).permute(1, 2, 0, 3)[None]  # (1, 2, H_kv, K_past, Dh)
-        return torch.cat([past[:, 0], key], dim=2), torch.cat([past[:, 1], value], dim=2)  # (1, H_kv, K, Dh)
+        past = past_kv.permute(1, 2, 3, 0, 4)  # (N, 2, H_kv, K_past, Dh)
+        super().__init__(layers=[_ConcatLayer(past[i, 0][None], past[i, 1][None]) for i in range(past.shape[0])])
 
     def new_rows(self, dtype: torch.dtype) -> torch.Tensor:
-        kv = torch.stack([torch.stack(self.keys, 1), torch.stack(self.values, 1)], 2)  # (L, N, 2, H_kv, Dh)
-        return kv.to(dtype)
+        keys = torch.stack([l.new_keys[0].transpose(0, 1) for l in self.layers], 1)  # (L, N, H_kv, Dh)
+        values = torch.stack([l.new_values[0].transpose(0, 1) for l in self.layers], 1)
+        return torch.stack([keys, values], 2).to(dtype)  # (L, N, 2, H_kv, Dh)
 
 
 class DecoderGraph(nn.Module):
@@ -131,9 +154,9 @@ class DecoderGraph(nn.Module):
         self.recorder.begin(1 if self.probe else 0)
         for layer in self.lm.layers[: self.lm.config.num_hidden_layers]:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
-                           past_key_values=cache, use_cache=True)
+                           **layer_cache_kwargs(cache), use_cache=True)
         logits = self.lm_head(self.lm.norm(hidden[:, -1]))  # (1, V)
-        kv = (cache.new_rows(past_keys.dtype),) if self.arena else (torch.stack(cache.keys), torch.stack(cache.values))
+        kv = (cache.new_rows(past_keys.dtype),) if self.arena else cache.stacked()
         if not self.probe:
             return logits, *kv
         probe = self.recorder.total / self.recorder.n_layers  # (1, K) mean over probe layers (heads already)

@@ -320,3 +320,35 @@ def test_file_at_full_speed_and_changed_settings_refused(tmp_path, tiny_dir):
                                                   caption=CaptionConfig(max_new_tokens=8)))
     with pytest.raises(ValueError, match="ingested with other settings"):
         EdgeService(other, tmp_path / "m.db", parse_sources([str(video)]))
+
+
+def test_a_backend_failure_is_a_json_500_that_names_it(tmp_path, tiny_dir, monkeypatch):
+    """A bug inside the backend (here: transformers rejecting the cache call) is a 500 whose JSON detail says which
+    component failed and that it is a bug; the server keeps serving and the memory is untouched."""
+    engine = tiny_engine()
+    db = tmp_path / "m.db"
+    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
+        mem.open_stream("cam", "x.mp4", engine.backend.info.model_id, engine.config.ingest_fingerprint())
+        ids = engine.text.encode("a person opens the door")
+        mem.commit_clip(ClipRecord("cam", 0, 0.0, 2.0, "a person opens the door", len(ids), engine.vector(ids)), None)
+    service = EdgeService(engine, db)
+    server = Server(service, port=0).start()
+    try:
+        from rlivs.runtime.backends.torch import backend as torch_backend
+
+        def broken(cache):
+            raise TypeError("update() got an unexpected keyword argument 'kwargs'")
+
+        monkeypatch.setattr(torch_backend, "cache_kwargs", broken)
+        r = httpx.post(server.url + "/v1/ask", json={"question": "who opened the door?"}, timeout=60)
+        assert r.status_code == 500
+        detail = r.json()["detail"]
+        assert "the torch backend failed (TypeError: update() got an unexpected keyword argument" in detail
+        assert "bug in rlivs" in detail
+        monkeypatch.undo()
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        r = httpx.post(server.url + "/v1/ask", json={"question": "who opened the door?"}, timeout=60)
+        assert r.status_code == 200 and r.json()["captions"][0]["caption"] == "a person opens the door"
+    finally:
+        server.stop()
+        service.stop()

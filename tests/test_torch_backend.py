@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 from transformers import LlavaOnevisionForConditionalGeneration  # noqa: E402
 
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
+from rlivs.runtime.backends.torch.hf_compat import cache_kwargs, output_cache  # noqa: E402
 from rlivs.runtime.config import PipelineConfig, ProbeConfig  # noqa: E402
 from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
@@ -64,14 +65,14 @@ def test_probe_attention_equals_eager_at_prefill_and_decode(backend, eager):
     np.testing.assert_allclose(out.probe_attn, want, atol=ATTN_TOL, rtol=0)
     np.testing.assert_allclose(out.probe_attn.sum(-1), 1.0, atol=1e-5)  # rows are distributions
     assert np.all(out.probe_attn[:-1, -1] == 0)  # causal: an earlier row never sees the last key
-    cache = ref.past_key_values
+    cache = output_cache(ref)
     for tok in (21, 22, 23):  # decode steps: one query row over all keys so far
         emb = backend.embed_tokens(np.array([tok]))
         out = backend.step(emb, state)
         with torch.no_grad():
-            ref = eager.model.language_model(inputs_embeds=torch.from_numpy(emb)[None], past_key_values=cache,
+            ref = eager.model.language_model(inputs_embeds=torch.from_numpy(emb)[None], **cache_kwargs(cache),
                                              output_attentions=True, use_cache=True)
-        cache = ref.past_key_values
+        cache = output_cache(ref)
         assert out.probe_attn.shape == (1, state.length)
         np.testing.assert_allclose(out.probe_attn, _eager_probe(ref.attentions, backend.info.probe_layers),
                                    atol=ATTN_TOL, rtol=0)
@@ -90,8 +91,8 @@ def test_logits_equal_unmodified_model_with_and_without_cache(backend, sdpa):
     lm, cache = sdpa.model.language_model, None
     with torch.no_grad():
         for out, x in zip(steps, fed):
-            r = lm(inputs_embeds=torch.from_numpy(x)[None], past_key_values=cache, use_cache=True)
-            cache = r.past_key_values
+            r = lm(inputs_embeds=torch.from_numpy(x)[None], **cache_kwargs(cache), use_cache=True)
+            cache = output_cache(r)
             np.testing.assert_allclose(out.logits, sdpa.lm_head(r.last_hidden_state[:, -1])[0].numpy(), atol=1e-6, rtol=0)
         # and one pass without a cache over everything: equal up to fp32 summation order
         full = torch.from_numpy(np.concatenate(fed))[None]  # (1, S+2, D)

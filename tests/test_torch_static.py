@@ -261,3 +261,27 @@ def test_options_are_checked(tiny_dir, ref):
     assert isinstance(static.new_state(), StaticState)
     with pytest.raises(ValueError, match="static KV cache: pass a state from its own new_state"):
         static.step(np.zeros((2, 64), np.float32), ref.new_state())
+
+
+def test_static_cache_is_a_transformers_cache_and_takes_any_update_arguments():
+    """StaticKV is built on transformers' public cache classes (Cache of CacheLayerMixin layers), and its update takes
+    whatever extra arguments a transformers release passes along (5.23: none; 5.24: kwargs=...; older: a dict)."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    from rlivs.runtime.backends.torch.static import StaticKV
+
+    kv = StaticKV(n_layers=2, kv_heads=2, head_dim=4, max_context=8, dtype=torch.float32, device=torch.device("cpu"))
+    assert isinstance(kv, Cache) and all(isinstance(layer, CacheLayerMixin) for layer in kv.layers)
+    k = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)  # (1, H_kv, L=3, Dh)
+    v = -k
+    kv.write_at, kv.read_len = torch.tensor([2, 3, 4]), 5
+    for call in ({}, {"kwargs": {"position_ids": None}}, {"cache_kwargs": {"sin": None}}):
+        keys, values = kv.update(k, v, 1, **call)
+        assert keys.shape == (1, 2, 5, 4) and torch.equal(keys[:, :, 2:5], k) and torch.equal(values[:, :, 2:5], v)
+    keys, _ = kv.update(k, v, 1, {"positional": "dict"})
+    assert keys.shape == (1, 2, 5, 4)
+    assert kv.layers[1].get_mask_sizes(3) == (5, 0) and kv.layers[1].get_max_length() == 8
+    assert torch.count_nonzero(kv.kv[0]) == 0  # layer 0 untouched: each layer writes its own view of the arena
+    kv.write_at, kv.read_len = torch.tensor([5]), None  # decode: every position, at fixed addresses
+    keys, _ = kv.update(k[:, :, :1], v[:, :, :1], 0)
+    assert keys.shape == (1, 2, 8, 4) and keys.data_ptr() == kv.kv[0, 0].data_ptr()

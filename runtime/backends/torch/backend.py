@@ -32,6 +32,7 @@ from transformers.utils import logging as hf_logging
 from ...config import ProbeConfig
 from ..base import Backend, DecodeState, ModelInfo, StepOutput
 from ..kv_arena import ArenaPool
+from .hf_compat import cache_kwargs
 from .static import Arena, StaticKV, StaticState
 
 log = logging.getLogger("rlivs.backend.torch")
@@ -225,7 +226,7 @@ class TorchBackend(Backend):
         n_new = x.shape[1]
         position_ids = torch.arange(state.length, state.length + n_new, device=self.device)[None]  # (1, L)
         self.recorder.begin(probe_rows)
-        hidden = self.lm(inputs_embeds=x, past_key_values=state.cache, use_cache=True,
+        hidden = self.lm(inputs_embeds=x, **cache_kwargs(state.cache), use_cache=True,
                          position_ids=position_ids).last_hidden_state  # (1, L, D)
         logits = self.model.lm_head(hidden[:, -1])[0]  # (V,) only the last position is ever needed
         state.length += n_new
@@ -254,7 +255,7 @@ class TorchBackend(Backend):
         (pure causal, keys = exactly these L positions). A dict mask reaches every layer as-is: transformers'
         mask creation (data-dependent, not capture-safe) never runs."""
         masks = {"full_attention": mask}
-        hidden = self.lm(inputs_embeds=x, attention_mask=masks, position_ids=position_ids, past_key_values=kv,
+        hidden = self.lm(inputs_embeds=x, attention_mask=masks, position_ids=position_ids, **cache_kwargs(kv),
                          use_cache=True).last_hidden_state  # (1, L, D)
         return self.model.lm_head(hidden[:, -1])[0].float()  # (V,)
 

@@ -11,8 +11,8 @@ One arena holds everything a sequence's decode step touches, at fixed addresses:
     graphs {rows: (graph, logits)} CUDA graphs captured on this arena, with their (V,) float32 output
 
 so a decode step captured once per arena (and per probe on/off) replays for every token of every sequence that
-later uses the arena. `StaticKV` implements the one cache method Qwen2Attention calls,
-`update(key, value, layer_idx, cache_kwargs)`: it writes the new keys/values with index_copy_ at `write_at` and
+later uses the arena. `StaticKV` is a transformers `Cache` whose layers (`ArenaLayer`, a `CacheLayerMixin`) are
+views into the arena: `update(key, value, ...)` writes the new keys/values with index_copy_ at `write_at` and
 returns either the first `read_len` positions (eager prefill: exactly the real keys) or all M (decode: positions
 past the sequence are masked out by the caller's 4-D boolean mask, so their probability is exactly 0).
 
@@ -26,30 +26,89 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..base import DecodeState
 
 log = logging.getLogger("rlivs.backend.torch")
 
 
-class StaticKV:
-    """Preallocated keys/values of every layer; the `update` contract of a transformers Cache, nothing else."""
+class ArenaCursor:
+    """Where the next update writes and how many keys it returns; one per arena, shared by all its layers."""
+
+    def __init__(self):
+        self.write_at: torch.Tensor | None = None  # (L,) int64: positions the next update writes
+        self.read_len: int | None = None  # keys returned: the first read_len (eager), or all M when None
+
+
+class ArenaLayer(CacheLayerMixin):
+    """One decoder layer's keys and values: fixed-address views into the arena, written in place.
+
+    transformers' documented per-layer cache contract (`CacheLayerMixin`): `update(key_states, value_states,
+    *args, **kwargs)` returns the keys/values attention should use; `get_mask_sizes`, `get_seq_length` and
+    `get_max_length` describe them. The storage is preallocated, so `lazy_initialization` has nothing to do.
+    """
+
+    is_compileable = True  # fixed addresses: safe under torch.compile / CUDA graphs
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, cursor: ArenaCursor):
+        super().__init__()
+        self.keys, self.values = keys, values  # (1, H_kv, M, Dh) views into the arena
+        self.cursor, self.max_cache_len = cursor, keys.shape[2]
+        self.device, self.is_initialized = keys.device, True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        return None  # preallocated by the arena
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """key/value_states (1, H_kv, L, Dh) -> this layer's (1, H_kv, K, Dh) keys and values, K = read_len or M.
+        Extra positional or keyword arguments (transformers passes its attention kwargs) are not needed."""
+        c = self.cursor
+        self.keys.index_copy_(2, c.write_at, key_states)
+        self.values.index_copy_(2, c.write_at, value_states)
+        if c.read_len is None:
+            return self.keys, self.values
+        return self.keys[:, :, : c.read_len], self.values[:, :, : c.read_len]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return (self.max_cache_len if self.cursor.read_len is None else self.cursor.read_len), 0
+
+    def get_seq_length(self) -> int:
+        return self.max_cache_len if self.cursor.read_len is None else self.cursor.read_len
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+
+class StaticKV(Cache):
+    """Preallocated keys/values of every layer, as a transformers `Cache` of `ArenaLayer`s.
+
+    Qwen2Attention calls `Cache.update(key, value, layer_idx, ...)`, which dispatches to the layer: only the
+    public cache interface is used, so a change in the arguments transformers passes along does not matter.
+    """
 
     def __init__(self, n_layers: int, kv_heads: int, head_dim: int, max_context: int, dtype: torch.dtype,
                  device: torch.device):
         self.max_context = max_context  # M
         self.kv = torch.zeros((n_layers, 2, 1, kv_heads, max_context, head_dim), dtype=dtype, device=device)
-        self.write_at: torch.Tensor | None = None  # (L,) int64: positions the next update writes
-        self.read_len: int | None = None  # keys returned: the first read_len (eager), or all M when None
+        self.cursor = ArenaCursor()
+        super().__init__(layers=[ArenaLayer(self.kv[i, 0], self.kv[i, 1], self.cursor) for i in range(n_layers)])
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, cache_kwargs=None):
-        """key/value_states (1, H_kv, L, Dh) -> this layer's (1, H_kv, K, Dh) keys and values, K = read_len or M."""
-        keys, values = self.kv[layer_idx, 0], self.kv[layer_idx, 1]  # (1, H_kv, M, Dh) views, fixed addresses
-        keys.index_copy_(2, self.write_at, key_states)
-        values.index_copy_(2, self.write_at, value_states)
-        if self.read_len is None:
-            return keys, values
-        return keys[:, :, : self.read_len], values[:, :, : self.read_len]
+    @property
+    def write_at(self) -> torch.Tensor | None:
+        return self.cursor.write_at
+
+    @write_at.setter
+    def write_at(self, value: torch.Tensor) -> None:
+        self.cursor.write_at = value
+
+    @property
+    def read_len(self) -> int | None:
+        return self.cursor.read_len
+
+    @read_len.setter
+    def read_len(self, value: int | None) -> None:
+        self.cursor.read_len = value
 
 
 @dataclass(eq=False)
