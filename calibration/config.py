@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from rlivs.runtime.errors import UserError
 
 PRECISIONS = ("int8", "int4")
 TOOLS = ("ort", "modelopt")
@@ -20,15 +21,15 @@ class CollectConfig:
 
     def __post_init__(self):
         if self.n_calib < 1:
-            raise ValueError(f"n_calib must be >= 1 clip, got {self.n_calib}; e.g. --clips 16")
+            raise UserError(f"n_calib must be >= 1 clip, got {self.n_calib}; e.g. --clips 16")
         if self.n_heldout < 0:
-            raise ValueError(f"n_heldout must be >= 0, got {self.n_heldout}; e.g. --heldout 4")
+            raise UserError(f"n_heldout must be >= 0, got {self.n_heldout}; e.g. --heldout 4")
         if not 0.0 <= self.dedup_threshold < 1.0:
-            raise ValueError(f"dedup_threshold must be in [0, 1), got {self.dedup_threshold}; e.g. --dedup 0.005")
+            raise UserError(f"dedup_threshold must be in [0, 1), got {self.dedup_threshold}; e.g. --dedup 0.005")
         if self.warmup_clips is not None and self.warmup_clips < 0:
-            raise ValueError(f"warmup_clips must be >= 0 (or None for the whole video), got {self.warmup_clips}")
+            raise UserError(f"warmup_clips must be >= 0 (or None for the whole video), got {self.warmup_clips}")
         if self.thumb_side < 2 or self.thumb_segments < 1:
-            raise ValueError(f"thumb_side must be >= 2 and thumb_segments >= 1, got {self.thumb_side}, {self.thumb_segments}")
+            raise UserError(f"thumb_side must be >= 2 and thumb_segments >= 1, got {self.thumb_side}, {self.thumb_segments}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,9 +43,9 @@ class LayerSearchConfig:
 
     def __post_init__(self):
         if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}; e.g. --num-layers 4")
+            raise UserError(f"num_layers must be >= 1, got {self.num_layers}; e.g. --num-layers 4")
         if self.max_exhaustive < 1:
-            raise ValueError(f"max_exhaustive must be >= 1, got {self.max_exhaustive}")
+            raise UserError(f"max_exhaustive must be >= 1, got {self.max_exhaustive}")
 
 
 @dataclass
@@ -65,19 +66,19 @@ class QuantizeConfig:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.tool not in TOOLS:
-            raise ValueError(f"tool must be one of {', '.join(TOOLS)}, got {self.tool!r}")
+            raise UserError(f"tool must be one of {', '.join(TOOLS)}, got {self.tool!r}")
         if self.format not in ("qdq", "qoperator"):
-            raise ValueError(f"format must be qdq or qoperator, got {self.format!r}")
+            raise UserError(f"format must be qdq or qoperator, got {self.format!r}")
         if self.calibrate_method not in ("minmax", "entropy", "percentile"):
-            raise ValueError(f"calibrate_method must be minmax, entropy or percentile, got {self.calibrate_method!r}")
+            raise UserError(f"calibrate_method must be minmax, entropy or percentile, got {self.calibrate_method!r}")
         if self.decode_steps < 0:
-            raise ValueError(f"decode_steps must be >= 0, got {self.decode_steps}")
+            raise UserError(f"decode_steps must be >= 0, got {self.decode_steps}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ValueError(f"block_size must be a power of two >= 16, got {self.block_size}; e.g. --block-size 32")
+            raise UserError(f"block_size must be a power of two >= 16, got {self.block_size}; e.g. --block-size 32")
         if self.awq_chunk < 1 or self.awq_chunks_per_clip < 1:
-            raise ValueError(f"awq_chunk and awq_chunks_per_clip must be >= 1, got {self.awq_chunk}, {self.awq_chunks_per_clip}")
+            raise UserError(f"awq_chunk and awq_chunks_per_clip must be >= 1, got {self.awq_chunk}, {self.awq_chunks_per_clip}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,4 +92,4 @@ class ReportConfig:
 
     def __post_init__(self):
         if self.retrieval_k < 1:
-            raise ValueError(f"retrieval_k must be >= 1, got {self.retrieval_k}")
+            raise UserError(f"retrieval_k must be >= 1, got {self.retrieval_k}")

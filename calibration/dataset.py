@@ -42,6 +42,7 @@ from rlivs.runtime.generate import greedy
 from rlivs.runtime.selection import get_strategy
 
 from .config import CollectConfig
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.calibration")
 
@@ -89,7 +90,7 @@ def stratified_sample(candidates: Sequence[Candidate], n: int, threshold: float,
     Returns (picked candidate indices in time order, number of candidates rejected as duplicates).
     """
     if n < 1:
-        raise ValueError(f"asked for {n} clips: ask for at least 1")
+        raise UserError(f"asked for {n} clips: ask for at least 1")
     rng = np.random.default_rng(seed)
     picked: list[int] = []
     rejected = 0
@@ -140,16 +141,16 @@ class CalibrationSet:
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not mpath.is_file():
-            raise ValueError(f"{self.path} is not a calibration set (no {MANIFEST}): create one with "
-                             f"rlivs calibrate collect --video VIDEO --out {self.path}")
+            raise UserError(f"{self.path} is not a calibration set (no {MANIFEST}): create one with "
+                            f"rlivs calibrate collect --video VIDEO --out {self.path}")
         try:
             self.manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{mpath} is not valid JSON ({e}): re-run rlivs calibrate collect") from e
+            raise UserError(f"{mpath} is not valid JSON ({e}): re-run rlivs calibrate collect") from e
         if self.manifest.get("format") != SET_FORMAT or self.manifest.get("version") != SET_VERSION:
-            raise ValueError(f"{mpath} is not a version {SET_VERSION} calibration set manifest "
-                             f"(format {self.manifest.get('format')!r}, version {self.manifest.get('version')!r}): "
-                             "re-run rlivs calibrate collect with this rlivs")
+            raise UserError(f"{mpath} is not a version {SET_VERSION} calibration set manifest "
+                            f"(format {self.manifest.get('format')!r}, version {self.manifest.get('version')!r}): "
+                            "re-run rlivs calibrate collect with this rlivs")
         self.items = [CalibItem(**it) for it in self.manifest["items"]]
         self.pipeline = self.manifest["pipeline"]  # the PipelineConfig dict the set was collected with
         pre = self.manifest["preprocess"]
@@ -158,9 +159,9 @@ class CalibrationSet:
             for it in self.items:
                 f = self.item_path(it)
                 if not f.is_file():
-                    raise ValueError(f"{f} is missing: copy the whole calibration directory or re-run collect")
+                    raise UserError(f"{f} is missing: copy the whole calibration directory or re-run collect")
                 if _sha256(f) != it.sha256:
-                    raise ValueError(f"{f} changed since it was collected: re-run rlivs calibrate collect")
+                    raise UserError(f"{f} changed since it was collected: re-run rlivs calibrate collect")
 
     @property
     def sha256(self) -> str:
@@ -199,13 +200,13 @@ class CalibrationSet:
         """Refuse an engine whose embedding space or prompt differs from the one the set was collected with."""
         want, have = self.manifest["model_fingerprint"], engine.model_fingerprint
         if want != have:
-            raise ValueError(f"the calibration set {self.path} was collected with model {self.manifest['model_id']} "
-                             f"(fingerprint {want}); this model's is {have}: re-collect with this model "
-                             "(rlivs calibrate collect --model ...)")
+            raise UserError(f"the calibration set {self.path} was collected with model {self.manifest['model_id']} "
+                            f"(fingerprint {want}); this model's is {have}: re-collect with this model "
+                            "(rlivs calibrate collect --model ...)")
         prefix = engine.text.caption_prompt(self.prompt["text"])
         if list(map(int, prefix.prefix)) != self.prompt["prefix_ids"] or list(map(int, prefix.suffix)) != self.prompt["suffix_ids"]:
-            raise ValueError(f"the caption prompt ids differ from the calibration set's ({self.path}): "
-                             "the tokenizer or chat template changed; re-collect the set")
+            raise UserError(f"the caption prompt ids differ from the calibration set's ({self.path}): "
+                            "the tokenizer or chat template changed; re-collect the set")
 
     def context(self, engine, item: CalibItem, visual: np.ndarray) -> tuple[np.ndarray, slice]:
         """The caption context (S, D) and clip columns the pipeline builds for `item` from its visual tokens (T, P, D)."""
@@ -279,13 +280,13 @@ def collect(videos: Sequence[str | Path], out: str | Path, engine, config: Colle
     pc: PipelineConfig = engine.config
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise ValueError(f"{out} exists and is not a calibration set: choose an empty or new --out directory")
+        raise UserError(f"{out} exists and is not a calibration set: choose an empty or new --out directory")
     paths = [Path(v) for v in videos]
     if not paths:
-        raise ValueError("no video given: pass at least one --video FILE")
+        raise UserError("no video given: pass at least one --video FILE")
     for p in paths:
         if not p.is_file():
-            raise ValueError(f"{p} does not exist: pass a video file with --video")
+            raise UserError(f"{p} does not exist: pass a video file with --video")
 
     # pass 1: signatures of every clip, then the stratified, deduplicated choice
     t0 = time.perf_counter()
@@ -300,9 +301,9 @@ def collect(videos: Sequence[str | Path], out: str | Path, engine, config: Colle
     n_want = cfg.n_calib + cfg.n_heldout
     picked, rejected = stratified_sample(candidates, n_want, cfg.dedup_threshold, cfg.seed)
     if len(picked) < cfg.n_heldout + 1:
-        raise ValueError(f"the footage gives only {len(picked)} distinct full clips of {pc.clip.frames_per_clip} frames "
-                         f"({len(candidates)} full clips, {rejected} rejected as duplicates); at least "
-                         f"{cfg.n_heldout + 1} are needed: give more or longer footage, or lower --heldout/--dedup")
+        raise UserError(f"the footage gives only {len(picked)} distinct full clips of {pc.clip.frames_per_clip} frames "
+                        f"({len(candidates)} full clips, {rejected} rejected as duplicates); at least "
+                        f"{cfg.n_heldout + 1} are needed: give more or longer footage, or lower --heldout/--dedup")
     held = heldout_positions(len(picked), cfg.n_heldout)
     log.info("calibration clips: %d of %d full clips picked (%d duplicates skipped), %d held out",
              len(picked), len(candidates), rejected, len(held))

@@ -34,6 +34,7 @@ from rlivs.runtime.config import ProbeConfig, SelectionConfig
 
 from .config import LayerSearchConfig
 from .dataset import CalibItem, CalibrationSet
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.calibration")
 
@@ -58,8 +59,8 @@ class _LayerRow:
 
 def _require_torch(backend) -> None:
     if getattr(backend, "name", None) != "torch":
-        raise ValueError("probe-layer calibration needs the torch reference backend (all layers' attention): pass the "
-                         "HF-format model (--model tiny | DIR | hub id), not an exported bundle")
+        raise UserError("probe-layer calibration needs the torch reference backend (all layers' attention): pass the "
+                        "HF-format model (--model tiny | DIR | hub id), not an exported bundle")
 
 
 @contextlib.contextmanager
@@ -210,11 +211,11 @@ def search_layers(clips: Sequence[ClipScores], config: LayerSearchConfig | None 
     """The K-subset of layers whose averaged scores best reproduce the all-layer top-N selection."""
     cfg = config or LayerSearchConfig()
     if not clips:
-        raise ValueError("no calibration clips to search on: collect a calibration set with --clips >= 1")
+        raise UserError("no calibration clips to search on: collect a calibration set with --clips >= 1")
     n_layers = clips[0].layers.shape[0]
     k = cfg.num_layers
     if k > n_layers:
-        raise ValueError(f"cannot choose {k} probe layers from a {n_layers}-layer decoder: lower --num-layers")
+        raise UserError(f"cannot choose {k} probe layers from a {n_layers}-layer decoder: lower --num-layers")
     if math.comb(n_layers, k) <= cfg.max_exhaustive:
         subsets = np.array(list(itertools.combinations(range(n_layers), k)), dtype=np.int64)  # (C(L,K), K)
         overlap, _ = evaluate_subsets(clips, subsets, spearman=False)
@@ -308,7 +309,7 @@ def load_layers(path: str | Path) -> dict:
     if path.is_dir():
         path = path / LAYERS_FILE
     if not path.is_file():
-        raise ValueError(f"{path} not found: run rlivs calibrate layers --calib DIR first")
+        raise UserError(f"{path} not found: run rlivs calibrate layers --calib DIR first")
     return json.loads(path.read_text())
 
 

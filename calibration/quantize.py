@@ -41,6 +41,7 @@ from rlivs.runtime.backends.bundle import MANIFEST, load_manifest
 
 from .config import QuantizeConfig
 from .dataset import CalibrationSet
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.calibration")
 
@@ -101,11 +102,11 @@ def float_nodes(model, probe_layers) -> FloatNodes:
         elif m[2] in ("q_proj", "k_proj"):
             out.probe_qk.append(n.name)
     if not seen_scope:
-        raise ValueError("decoder.onnx carries no torch module scopes, so the probe layers' nodes cannot be found: "
-                         "re-export the bundle with this rlivs (rlivs export)")
+        raise UserError("decoder.onnx carries no torch module scopes, so the probe layers' nodes cannot be found: "
+                        "re-export the bundle with this rlivs (rlivs export)")
     if not all(softmax.values()):
-        raise ValueError(f"no probe Softmax found in probe layers {[i for i, c in softmax.items() if not c]} of "
-                         "decoder.onnx: the manifest and the graph disagree; re-export the bundle")
+        raise UserError(f"no probe Softmax found in probe layers {[i for i, c in softmax.items() if not c]} of "
+                        "decoder.onnx: the manifest and the graph disagree; re-export the bundle")
     return out
 
 
@@ -132,11 +133,11 @@ class DecoderFeeds(_ReaderBase):
     def __init__(self, engine, calib: CalibrationSet, split: str = "calib", mode: str = "steps",
                  decode_steps: int = 3, chunk: int = 32, n_chunks: int = 4):
         if mode not in ("steps", "chunks"):
-            raise ValueError(f"mode must be steps or chunks, got {mode!r}")
+            raise UserError(f"mode must be steps or chunks, got {mode!r}")
         self.engine, self.calib, self.mode = engine, calib, mode
         self.items = calib.split(split)
         if not self.items:
-            raise ValueError(f"the calibration set {calib.path} has no {split!r} clips: re-collect with --clips >= 1")
+            raise UserError(f"the calibration set {calib.path} has no {split!r} clips: re-collect with --clips >= 1")
         self.decode_steps, self.chunk, self.n_chunks = decode_steps, chunk, n_chunks
         self._first = None
         self.rewind()
@@ -223,8 +224,8 @@ def _ort_int8(src: Path, dst: Path, reader: DecoderFeeds, excluded: list[str], c
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if "modelopt.onnx.quantization.ort_patching" in sys.modules:
-        raise ValueError("NVIDIA ModelOpt has patched onnxruntime.quantization in this process (it does so when it "
-                         "quantizes), which breaks --tool ort: run the ort quantization in a fresh process")
+        raise UserError("NVIDIA ModelOpt has patched onnxruntime.quantization in this process (it does so when it "
+                        "quantizes), which breaks --tool ort: run the ort quantization in a fresh process")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
     ops = ["MatMul", "Gemm"]
@@ -294,8 +295,8 @@ def _modelopt(src: Path, dst: Path, reader: DecoderFeeds, excluded: list[str], c
     try:
         from modelopt.onnx.quantization import quantize as mo_quantize
     except ImportError as e:
-        raise ValueError(f"tool modelopt needs NVIDIA ModelOpt ({e}); see docs/calibration.md for installing it "
-                         "next to the CPU onnxruntime, or use --tool ort") from e
+        raise UserError(f"tool modelopt needs NVIDIA ModelOpt ({e}); see docs/calibration.md for installing it "
+                        "next to the CPU onnxruntime, or use --tool ort") from e
     exclude = [f"^{re.escape(n)}$" for n in excluded]
     if cfg.precision == "int4":  # ModelOpt's blocked int4 DQ on a Gemm does not load in ORT: keep the LM head float
         exclude += [f"^{re.escape(n)}$" for n in gemm_nodes]
@@ -330,12 +331,12 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
     bundle, out = Path(bundle), Path(out)
     src_manifest = load_manifest(bundle)
     if src_manifest.get("precision", {}).get("decoder", "float32") != "float32":
-        raise ValueError(f"{bundle} is already quantized ({src_manifest['precision']['decoder']}): quantize the "
-                         "float32 bundle that rlivs export wrote")
+        raise UserError(f"{bundle} is already quantized ({src_manifest['precision']['decoder']}): quantize the "
+                        "float32 bundle that rlivs export wrote")
     if out.resolve() == bundle.resolve():
-        raise ValueError("--out must be a new directory, not the float32 bundle itself")
+        raise UserError("--out must be a new directory, not the float32 bundle itself")
     if out.exists() and any(out.iterdir()) and not ((out / MANIFEST).exists() or (out / _PARTIAL).exists()):
-        raise ValueError(f"{out} exists and is not an rlivs bundle: choose an empty or new --out directory")
+        raise UserError(f"{out} exists and is not an rlivs bundle: choose an empty or new --out directory")
     engine = load_engine(bundle, backend="onnxruntime", config=calib.pipeline_config(), threads=threads)
     calib.check_engine(engine)
     src = bundle / "decoder.onnx"

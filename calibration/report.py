@@ -33,6 +33,7 @@ import numpy as np
 
 from .config import ReportConfig
 from .dataset import CalibrationSet
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.calibration")
 
@@ -58,7 +59,7 @@ def run_bundle(bundle: str, calib_path: str, threads: int | None) -> dict:
     be = engine.backend
     held = calib.split("heldout")
     if not held:
-        raise ValueError(f"the calibration set {calib.path} has no held-out clips: re-collect with --heldout >= 1")
+        raise UserError(f"the calibration set {calib.path} has no held-out clips: re-collect with --heldout >= 1")
     eos, max_new = engine.text.eos_ids, pc.caption.max_new_tokens
     # warm-up: one clip, untimed (session arenas, first-run allocations)
     visual = be.encode_frames(calib.pixels(held[0]))
@@ -165,13 +166,13 @@ def fidelity_report(calib: CalibrationSet, reference: str | Path, candidates: di
     reference = Path(reference)
     ref_manifest = load_manifest(reference)
     if ref_manifest.get("precision", {}).get("decoder", "float32") != "float32":
-        raise ValueError(f"the reference {reference} is a {ref_manifest['precision']['decoder']} bundle: pass the "
-                         "float32 bundle as --reference")
+        raise UserError(f"the reference {reference} is a {ref_manifest['precision']['decoder']} bundle: pass the "
+                        "float32 bundle as --reference")
     for name, path in candidates.items():
         m = load_manifest(path)
         if m["probe_layers"] != ref_manifest["probe_layers"] or m["model_id"] != ref_manifest["model_id"]:
-            raise ValueError(f"{name} ({path}) was made from another model or probe layers than the reference "
-                             f"{reference}: compare bundles quantized from the reference (rlivs calibrate quantize)")
+            raise UserError(f"{name} ({path}) was made from another model or probe layers than the reference "
+                            f"{reference}: compare bundles quantized from the reference (rlivs calibrate quantize)")
     lam = calib.pipeline["retrieval"]["mmr_lambda"]
     ref_run = _run(reference, calib, cfg)
     rows = [{"precision": "fp32", "bundle": str(reference), "decoder_mb": round(_bytes(reference, "decoder.onnx") / 1e6, 3),

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlivs.edge_app.options import console, fail as _fail, parse_layers
+from rlivs.runtime.errors import UserError
 
 out = Console()
 
@@ -106,7 +107,7 @@ def collect_cmd(
         bar, update = _progress("collect")
         with bar:
             m = collect(video, out_dir, engine, cfg, on_clip=update)
-    except ValueError as e:
+    except UserError as e:
         _fail(str(e))
     split = {s: sum(it["split"] == s for it in m["items"]) for s in ("calib", "heldout")}
     console.print(f"{len(m['items'])} clips ({split['calib']} calib, {split['heldout']} held out) of "
@@ -150,7 +151,7 @@ def layers_cmd(
             with console.status(f"exporting {model} with probe layers {res['chosen']['layers']} to {export_to} ..."):
                 export_with_layers(model, export_to, res, ExportConfig(target=target, opset=opset, embed_dtype=embed_dtype,
                                                                        check=check))
-    except (ValueError, ImportError) as e:
+    except (UserError, ImportError) as e:
         _fail(str(e))
     if json_out:
         typer.echo(json.dumps(res, indent=2))
@@ -196,7 +197,7 @@ def quantize_cmd(
                              block_size=block_size, mha_int8=mha_int8)
         with console.status(f"quantizing {bundle} to {precision} ..."):
             m = quantize_bundle(bundle, CalibrationSet(calib), out_dir, cfg, threads=threads)
-    except (ValueError, ImportError) as e:
+    except (UserError, ImportError) as e:
         _fail(str(e))
     p = m["precision"]
     c = p["check"]
@@ -240,7 +241,7 @@ def report_cmd(
         md = write_report(rep, out_json, markdown, title)
         if doc:
             update_doc(doc, section, md)
-    except (ValueError, RuntimeError) as e:
+    except (UserError, RuntimeError) as e:
         _fail(str(e))
     out.print(md)
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from rlivs.edge_app import options as o
 from rlivs.edge_app.options import console, debug_enabled, fail as _fail, internal_error_line, model_path
+from rlivs.runtime.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rlivs: streaming video question answering, on the device.")
@@ -95,7 +96,7 @@ def ingest(
             ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
             clips = ing.clips_from_file(video)
             _run_ingest(ing, clips, video, config, max_clips, json_out)
-    except ValueError as e:
+    except UserError as e:
         where = ""
         if ing is not None:  # stopped mid-stream: say what is safe (every clip before next_index is committed)
             where = (f" (stream {stream!r} in {db} holds clips 0..{ing.next_index - 1}, all committed; a new run "
@@ -177,7 +178,7 @@ def ask(
         engine = _engine(model, o.backend_for(backend, bundle), device, dtype, threads, config, kv_cache, max_context)
         with _open_memory(db, engine, readonly=True) as memory:
             a = answer(engine, memory, question, stream=stream)
-    except ValueError as e:
+    except UserError as e:
         _fail(str(e))
     if json_out:
         typer.echo(json.dumps({
@@ -207,7 +208,7 @@ def captions(
     try:
         with _open_memory(db, readonly=True) as memory:
             rows = memory.clips(stream, t_from, t_to, limit=limit)
-    except ValueError as e:
+    except UserError as e:
         _fail(str(e))
     if json_out:
         for r in rows:
@@ -244,7 +245,7 @@ def export(
                            max_context=max_context, probe=probe)
         with console.status(f"exporting {model} to {out} ..."):
             manifest = export_bundle(model, out, cfg)
-    except (ValueError, ImportError) as e:
+    except (UserError, ImportError) as e:
         _fail(str(e))
     table = Table("graph", "io", "name", "shape", "dtype", title=f"bundle {out}")
     for g in manifest["graphs"].values():

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from rlivs.runtime.errors import UserError
 
 SCHEMA_VERSION = 1
 
@@ -89,7 +90,7 @@ class EdgeStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if self.path.is_dir():
-            raise ValueError(f"{self.path} is a directory: the service keeps its watches in a file there")
+            raise UserError(f"{self.path} is a directory: the service keeps its watches in a file there")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
@@ -100,12 +101,12 @@ class EdgeStore:
             self._conn.executescript(_SCHEMA)
             row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as e:
-            raise ValueError(f"{self.path} is not an rlivs service database ({e}): move it away or delete it") from e
+            raise UserError(f"{self.path} is not an rlivs service database ({e}): move it away or delete it") from e
         if row is None:
             self._conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
-            raise ValueError(f"{self.path} has service schema {row[0]}, newer than this rlivs reads "
-                             f"({SCHEMA_VERSION}): upgrade rlivs")
+            raise UserError(f"{self.path} has service schema {row[0]}, newer than this rlivs reads "
+                            f"({SCHEMA_VERSION}): upgrade rlivs")
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rlivs.edge_app.options import console, fail as _fail
+from rlivs.runtime.errors import UserError
 
 out = Console()
 
@@ -38,7 +39,7 @@ def build_engines_cmd(
                                 timing_cache=timing_cache, workspace_mib=workspace, builder_optimization_level=opt_level)
         with console.status(f"building TensorRT engines for {bundle} (minutes) ..."):
             entry = build_engines(bundle, cfg)
-    except ValueError as e:
+    except UserError as e:
         _fail(str(e))
     t = Table("engine", "tensor", "mode", "shape", "dtype", "profiles (min / opt / max)",
               title=f"TensorRT {entry['tensorrt_version']} engines on {entry['gpu_name']} "

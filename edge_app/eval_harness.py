@@ -35,6 +35,7 @@ import numpy as np
 from rlivs.runtime.config import PipelineConfig
 from rlivs.runtime.frames import Frame, VideoFileSource, clip_start_time, iter_clips
 from rlivs.runtime.memory import ClipRecord, Memory
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.eval")
 
@@ -132,22 +133,22 @@ class AnnotationConfig:
 
     def __post_init__(self):
         if self.vstream_times not in ("clip", "original"):
-            raise ValueError(f"vstream_times must be 'clip' or 'original', got {self.vstream_times!r}")
+            raise UserError(f"vstream_times must be 'clip' or 'original', got {self.vstream_times!r}")
         if self.clip_window not in ("auto", "apply", "ignore"):
-            raise ValueError(f"clip_window must be 'auto', 'apply' or 'ignore', got {self.clip_window!r}")
+            raise UserError(f"clip_window must be 'auto', 'apply' or 'ignore', got {self.clip_window!r}")
         if not self.frames_fps > 0:
-            raise ValueError(f"frames_fps must be > 0, got {self.frames_fps}; e.g. --frames-fps 1")
+            raise UserError(f"frames_fps must be > 0, got {self.frames_fps}; e.g. --frames-fps 1")
         if not self.shot_seconds > 0:
-            raise ValueError(f"shot_seconds must be > 0, got {self.shot_seconds}; e.g. --shot-seconds 1")
+            raise UserError(f"shot_seconds must be > 0, got {self.shot_seconds}; e.g. --shot-seconds 1")
         if self.max_videos is not None and self.max_videos < 1:
-            raise ValueError(f"max_videos must be >= 1, got {self.max_videos}")
+            raise UserError(f"max_videos must be >= 1, got {self.max_videos}")
 
 
 def read_records(path: Path) -> list:
     """A .json list or a .jsonl file (one record per line) -> list of records. Clear errors for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"annotation file {path} does not exist; pass an existing .json/.jsonl file to --annotations")
+        raise UserError(f"annotation file {path} does not exist; pass an existing .json/.jsonl file to --annotations")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         records = []
@@ -156,27 +157,27 @@ def read_records(path: Path) -> list:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+                    raise UserError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it") from None
         return records
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                         f"fix the file (RVS/VStream annotation files are JSON lists)") from None
+        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                        f"fix the file (RVS/VStream annotation files are JSON lists)") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got a JSON {type(data).__name__}; RVS/VStream "
-                         f"annotation files are lists ([{{...}}, ...])")
+        raise UserError(f"{path}: expected a JSON list of records, got a JSON {type(data).__name__}; RVS/VStream "
+                        f"annotation files are lists ([{{...}}, ...])")
     return data
 
 
 def detect_format(path: Path, records: list) -> str:
     """'streaming' | 'vstream-questions' | 'vstream-clips', from the keys of the records."""
     if not records:
-        raise ValueError(f"{path} holds no records; pass a non-empty annotation file")
+        raise UserError(f"{path} holds no records; pass a non-empty annotation file")
     for i, r in enumerate(records):
         if not isinstance(r, dict):
-            raise ValueError(f"{path}: record {i} is a JSON {type(r).__name__}, not an object; every record must be "
-                             f"an object like {{\"video_id\": ..., ...}}")
+            raise UserError(f"{path}: record {i} is a JSON {type(r).__name__}, not an object; every record must be "
+                            f"an object like {{\"video_id\": ..., ...}}")
     keys = set().union(*(r.keys() for r in records))
     if "conversations" in keys:
         return "streaming"
@@ -185,7 +186,7 @@ def detect_format(path: Path, records: list) -> str:
     clip_keys = {"start_shot", "end_shot", "original_video"} & keys or {"start_time", "end_time"} <= keys
     if "video_id" in keys and clip_keys:
         return "vstream-clips"
-    raise ValueError(
+    raise UserError(
         f"cannot tell the format of {path} (keys seen: {sorted(keys)[:12]}): expected the streaming list (records "
         f"with video_id, video_path, conversations), a VStream-QA question file (id, video_id, question, answer, "
         f"start_time, end_time) or a VStream-QA clip file (video_id, start_time/end_time or start_shot/end_shot)")
@@ -195,8 +196,8 @@ def _need(path: Path, where: str, rec: dict, keys: Iterable[str]) -> None:
     missing = [k for k in keys if k not in rec or rec[k] is None]
     if missing:
         have = ", ".join(sorted(rec)) or "none"
-        raise ValueError(f"{path}: {where} is missing required key(s) {', '.join(map(repr, missing))} "
-                         f"(keys present: {have}); add them or fix the record")
+        raise UserError(f"{path}: {where} is missing required key(s) {', '.join(map(repr, missing))} "
+                        f"(keys present: {have}); add them or fix the record")
 
 
 def _number(path: Path, where: str, rec: dict, key: str) -> float | None:
@@ -206,9 +207,9 @@ def _number(path: Path, where: str, rec: dict, key: str) -> float | None:
     try:
         x = float(v)
     except (TypeError, ValueError):
-        raise ValueError(f"{path}: {where} has {key}={v!r}, which is not a number of seconds; fix the record") from None
+        raise UserError(f"{path}: {where} has {key}={v!r}, which is not a number of seconds; fix the record") from None
     if not math.isfinite(x) or x < 0:
-        raise ValueError(f"{path}: {where} has {key}={v!r}; times must be finite and >= 0")
+        raise UserError(f"{path}: {where} has {key}={v!r}; times must be finite and >= 0")
     return x
 
 
@@ -217,7 +218,7 @@ def _text(path: Path, where: str, rec: dict, key: str) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = str(v)  # numeric answers ("3") appear as numbers in some files
     if not isinstance(v, str) or not v.strip():
-        raise ValueError(f"{path}: {where} has an empty or non-text {key!r} ({v!r}); fix the record")
+        raise UserError(f"{path}: {where} has an empty or non-text {key!r} ({v!r}); fix the record")
     return v.strip()
 
 
@@ -245,8 +246,8 @@ def resolve_video(hint: str | None, video_id: str, videos_dir: Path | None, wher
         if loose:
             return loose[0]
     shown = ", ".join(str(p) for p in tried[:6]) or "(no candidates: give --videos)"
-    raise ValueError(f"{where}: video {video_id!r} not found (tried {shown}); put it under --videos as "
-                     f"<video_id>.mp4, a folder of frames or <video_id>.npy, or fix video_path")
+    raise UserError(f"{where}: video {video_id!r} not found (tried {shown}); put it under --videos as "
+                    f"<video_id>.mp4, a folder of frames or <video_id>.npy, or fix video_path")
 
 
 def glob_escape(s: str) -> str:
@@ -260,17 +261,17 @@ def _streaming(path: Path, records: list, cfg: AnnotationConfig) -> Benchmark:
         where = f"record {i}" + (f" (video_id {vid!r})" if vid else "")
         _need(path, where, rec, ("video_id", "video_path", "conversations"))
         if vid in seen:
-            raise ValueError(f"{path}: {where} repeats video_id {vid!r}; give each video one record")
+            raise UserError(f"{path}: {where} repeats video_id {vid!r}; give each video one record")
         seen.add(vid)
         convs = rec["conversations"]
         if not isinstance(convs, list) or not convs:
-            raise ValueError(f"{path}: {where} has 'conversations' = {type(convs).__name__}; expected a non-empty "
-                             f"list of {{question, answer, start_time, end_time}}")
+            raise UserError(f"{path}: {where} has 'conversations' = {type(convs).__name__}; expected a non-empty "
+                            f"list of {{question, answer, start_time, end_time}}")
         video = resolve_video(str(rec["video_path"]), vid, cfg.videos_dir, f"{path}: {where}")
         _check_source(video, cfg.frames_fps)
         c0, c1 = _number(path, where, rec, "clip_start_time"), _number(path, where, rec, "clip_end_time")
         if c0 is not None and c1 is not None and c1 <= c0:
-            raise ValueError(f"{path}: {where} has clip_end_time {c1} <= clip_start_time {c0}")
+            raise UserError(f"{path}: {where} has clip_end_time {c1} <= clip_start_time {c0}")
         apply = False
         if c0 is not None or c1 is not None:
             if cfg.clip_window == "apply":
@@ -286,11 +287,11 @@ def _streaming(path: Path, records: list, cfg: AnnotationConfig) -> Benchmark:
         for j, conv in enumerate(convs):
             cw = f"{where} conversation {j}"
             if not isinstance(conv, dict):
-                raise ValueError(f"{path}: {cw} is not an object")
+                raise UserError(f"{path}: {cw} is not an object")
             _need(path, cw, conv, ("question", "answer", "end_time"))
             s, e = _number(path, cw, conv, "start_time"), _number(path, cw, conv, "end_time")
             if s is not None and e < s:
-                raise ValueError(f"{path}: {cw} has end_time {e} < start_time {s}; fix the record")
+                raise UserError(f"{path}: {cw} has end_time {e} < start_time {s}; fix the record")
             task.questions.append(Question(f"{vid}#{j}", vid, _text(path, cw, conv, "question"),
                                            _text(path, cw, conv, "answer"), s, e, shift + e,
                                            conv.get("answer_type"), i))
@@ -319,11 +320,11 @@ def _vstream_clips(path: Path, records: list, cfg: AnnotationConfig, table: dict
             _need(path, where, rec, ("start_time", "end_time"))
             a, b, unit = _number(path, where, rec, "start_time"), _number(path, where, rec, "end_time"), 1.0
         if b < a:
-            raise ValueError(f"{path}: {where} ends before it starts ({a} > {b}); fix the record")
+            raise UserError(f"{path}: {where} ends before it starts ({a} > {b}); fix the record")
         info = _ClipInfo(a, b - a, unit, path)
         old = table.get(vid)
         if old is not None and (old.origin, old.length, old.unit) != (info.origin, info.length, info.unit):
-            raise ValueError(f"{path}: {where}: video_id {vid!r} is also described, differently, in {old.file}")
+            raise UserError(f"{path}: {where}: video_id {vid!r} is also described, differently, in {old.file}")
         table[vid] = info
 
 
@@ -335,23 +336,23 @@ def _vstream_questions(path: Path, records: list, cfg: AnnotationConfig, clips: 
         where = f"record {i}" + (f" (id {qid!r})" if qid else "")
         _need(path, where, rec, ("id", "video_id", "question", "answer", "end_time"))
         if qid in seen:
-            raise ValueError(f"{path}: {where} repeats id {qid!r}; question ids must be unique")
+            raise UserError(f"{path}: {where} repeats id {qid!r}; question ids must be unique")
         seen.add(qid)
         vid = str(rec["video_id"]).strip()
         s, e = _number(path, where, rec, "start_time"), _number(path, where, rec, "end_time")
         if s is not None and e < s:
-            raise ValueError(f"{path}: {where} has end_time {e} < start_time {s}; fix the record")
+            raise UserError(f"{path}: {where} has end_time {e} < start_time {s}; fix the record")
         info = clips.get(vid)
         origin = info.origin if (info and cfg.vstream_times == "original") else 0.0
         unit = info.unit if info else 1.0
         if e < origin:
-            raise ValueError(f"{path}: {where} has end_time {e}, before its clip starts ({origin} in the source "
-                             f"video): with --vstream-times original the times must be on the source video's axis")
+            raise UserError(f"{path}: {where} has end_time {e}, before its clip starts ({origin} in the source "
+                            f"video): with --vstream-times original the times must be on the source video's axis")
         if info is not None and e - origin > info.length + 1.0:
             hint = ("pass --vstream-times original if the times are on the source video's axis"
                     if cfg.vstream_times == "clip" else "check the clip file and the question file belong together")
-            raise ValueError(f"{path}: {where} has end_time {e}, beyond its clip's length {info.length:g} "
-                             f"(from {info.file}); {hint}")
+            raise UserError(f"{path}: {where} has end_time {e}, beyond its clip's length {info.length:g} "
+                            f"(from {info.file}); {hint}")
         if vid not in by_video:
             video = resolve_video(None, vid, cfg.videos_dir, f"{path}: {where}")
             _check_source(video, cfg.frames_fps)
@@ -367,8 +368,8 @@ def read_annotations(files: list[Path], cfg: AnnotationConfig) -> list[Benchmark
     the VStream question files look their videos up in (by video_id); each question file or streaming list is a
     benchmark named after its file stem."""
     if not files:
-        raise ValueError("no annotation files: pass --annotations FILE (a streaming list, or a VStream-QA clip file "
-                         "and question file)")
+        raise UserError("no annotation files: pass --annotations FILE (a streaming list, or a VStream-QA clip file "
+                        "and question file)")
     parsed = []
     for f in files:
         f = Path(f)
@@ -385,13 +386,13 @@ def read_annotations(files: list[Path], cfg: AnnotationConfig) -> list[Benchmark
         elif kind == "vstream-questions":
             benches.append(_vstream_questions(f, recs, cfg, clips))
     if not benches:
-        raise ValueError(f"{', '.join(str(f) for f, _, _ in parsed)}: only VStream-QA clip files were given; add "
-                         f"the question file (e.g. test_qa_ego4d.json) to --annotations")
+        raise UserError(f"{', '.join(str(f) for f, _, _ in parsed)}: only VStream-QA clip files were given; add "
+                        f"the question file (e.g. test_qa_ego4d.json) to --annotations")
     names = Counter(b.name for b in benches)
     dup = [n for n, c in names.items() if c > 1]
     if dup:
-        raise ValueError(f"two annotation files are both named {dup[0]!r}; rename one (benchmarks are named after "
-                         f"their file stem)")
+        raise UserError(f"two annotation files are both named {dup[0]!r}; rename one (benchmarks are named after "
+                        f"their file stem)")
     if cfg.max_videos is not None:
         for b in benches:
             b.videos = b.videos[: cfg.max_videos]
@@ -436,8 +437,8 @@ class ImageFolderSource:
         self.folder, self.fps, self.start, self.end, self.native = Path(folder), fps, start_time, end_time, frames_fps
         self.files = _list_images(self.folder)
         if not self.files:
-            raise ValueError(f"{folder} holds no frames ({', '.join(IMAGE_EXTENSIONS)}); give a video file, a folder "
-                             f"of frames or a .npy array")
+            raise UserError(f"{folder} holds no frames ({', '.join(IMAGE_EXTENSIONS)}); give a video file, a folder "
+                            f"of frames or a .npy array")
 
     @property
     def duration(self) -> float:
@@ -450,7 +451,7 @@ class ImageFolderSource:
             with Image.open(self.files[i]) as img:
                 return np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
         except OSError as e:
-            raise ValueError(f"{self.files[i]} is not a readable image ({e}); replace or remove it") from None
+            raise UserError(f"{self.files[i]} is not a readable image ({e}); replace or remove it") from None
 
     def __iter__(self) -> Iterator[Frame]:
         return _sampled(len(self.files), self.native, self.fps, self.start, self.end, self._get)
@@ -465,11 +466,11 @@ class NpyFrameSource:
         try:
             self.array = np.load(self.path, mmap_mode="r")  # (N, H, W, 3) uint8
         except (ValueError, OSError) as e:
-            raise ValueError(f"{path} is not a readable .npy array ({e}); save frames with np.save") from None
+            raise UserError(f"{path} is not a readable .npy array ({e}); save frames with np.save") from None
         a = self.array
         if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or len(a) == 0:
-            raise ValueError(f"{path} holds an array of shape {a.shape} dtype {a.dtype}; expected (N, H, W, 3) uint8 "
-                             f"RGB frames with N >= 1")
+            raise UserError(f"{path} holds an array of shape {a.shape} dtype {a.dtype}; expected (N, H, W, 3) uint8 "
+                            f"RGB frames with N >= 1")
 
     @property
     def duration(self) -> float:
@@ -693,11 +694,11 @@ class OpenAIJudge:
         try:
             import httpx
         except ImportError as e:
-            raise ValueError(f"the endpoint judge needs httpx ({e}); install it with: pip install httpx") from e
+            raise UserError(f"the endpoint judge needs httpx ({e}); install it with: pip install httpx") from e
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"--judge-url {url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
+            raise UserError(f"--judge-url {url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
         if not model:
-            raise ValueError("the endpoint judge needs a model name: pass --judge-model (e.g. the name vLLM serves)")
+            raise UserError("the endpoint judge needs a model name: pass --judge-model (e.g. the name vLLM serves)")
         base = url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else (
             base + "/chat/completions" if base.endswith("/v1") else base + "/v1/chat/completions")
@@ -740,8 +741,8 @@ class OpenAIJudge:
         try:
             self._call(*judge_messages("What colour is a clear daytime sky?", "blue", "blue"))
         except RuntimeError as e:
-            raise ValueError(f"the judge endpoint {self.url} did not answer ({e}); start the server or fix "
-                             f"--judge-url / --judge-model") from None
+            raise UserError(f"the judge endpoint {self.url} did not answer ({e}); start the server or fix "
+                            f"--judge-url / --judge-model") from None
 
     def judge(self, question: str, reference: str, prediction: str) -> Verdict:
         try:
@@ -783,13 +784,13 @@ class JudgeConfig:
 
     def __post_init__(self):
         if self.kind not in ("none", "local", "openai"):
-            raise ValueError(f"judge kind must be none, local or openai, got {self.kind!r}")
+            raise UserError(f"judge kind must be none, local or openai, got {self.kind!r}")
         if self.kind == "local" and not self.model:
-            raise ValueError("the local judge needs a model: pass --judge-local DIR")
+            raise UserError("the local judge needs a model: pass --judge-local DIR")
         if self.kind == "openai" and not (self.url and self.model):
-            raise ValueError("the endpoint judge needs --judge-url URL and --judge-model NAME")
+            raise UserError("the endpoint judge needs --judge-url URL and --judge-model NAME")
         if self.max_new_tokens < 1:
-            raise ValueError(f"judge max tokens must be >= 1, got {self.max_new_tokens}")
+            raise UserError(f"judge max tokens must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -861,11 +862,11 @@ class Runner:
         if c.rescore:
             return self.rescore(benches, prior)
         if prior and not c.resume:
-            raise ValueError(f"{self.out} already holds {len(prior)} answered questions: pass --resume to continue "
-                             f"that run, --rescore to re-judge it, or choose a new --out")
+            raise UserError(f"{self.out} already holds {len(prior)} answered questions: pass --resume to continue "
+                            f"that run, --rescore to re-judge it, or choose a new --out")
         self.out.mkdir(parents=True, exist_ok=True)
         if not c.resume and (self.out / MEMORY).exists():
-            raise ValueError(f"{self.out / MEMORY} exists from an earlier run: pass --resume or choose a new --out")
+            raise UserError(f"{self.out / MEMORY} exists from an earlier run: pass --resume or choose a new --out")
         t0 = time.perf_counter()
         self._load()
         ident = json.loads(json.dumps({**c.identity(self.engine.backend.info.model_id), "judge": self.judge.identity(),
@@ -906,9 +907,9 @@ class Runner:
                     old.get("judge", {}).get(k) != ident["judge"].get(k) for k in ("model", "url", "fingerprint")):
                 diff.append("judge")
             if diff:
-                raise ValueError(f"--resume with other settings than the run in {self.out} (differs in: "
-                                 f"{', '.join(diff)}); use the same flags, --rescore to change only the judge, "
-                                 f"or a new --out")
+                raise UserError(f"--resume with other settings than the run in {self.out} (differs in: "
+                                f"{', '.join(diff)}); use the same flags, --rescore to change only the judge, "
+                                f"or a new --out")
             return
         path.write_text(json.dumps(ident, indent=2, sort_keys=True))
 
@@ -995,9 +996,9 @@ class Runner:
 
     def rescore(self, benches: list[Benchmark], rows: list[dict]) -> dict:
         if not rows:
-            raise ValueError(f"{self.out} holds no answered questions to re-judge; run rlivs eval first")
+            raise UserError(f"{self.out} holds no answered questions to re-judge; run rlivs eval first")
         if self.cfg.judge.kind == "none":
-            raise ValueError("--rescore needs a judge: pass --judge-url/--judge-model or --judge-local")
+            raise UserError("--rescore needs a judge: pass --judge-url/--judge-model or --judge-local")
         t0 = time.perf_counter()
         engine = None
         if self.cfg.judge.kind == "local":
@@ -1070,8 +1071,8 @@ def read_predictions(path: Path) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            raise ValueError(f"{path}: line {n} is not valid JSON; the results file is damaged (restore it or start "
-                             f"a new --out)") from None
+            raise UserError(f"{path}: line {n} is not valid JSON; the results file is damaged (restore it or start "
+                            f"a new --out)") from None
     return rows
 
 

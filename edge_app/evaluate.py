@@ -16,6 +16,7 @@ from rich.table import Table
 
 from rlivs.edge_app import options as o
 from rlivs.edge_app.options import console, fail as _fail
+from rlivs.runtime.errors import UserError
 
 out = Console()
 
@@ -106,7 +107,7 @@ def register(app: typer.Typer) -> None:
 
             get_strategy(strategy)  # an unknown strategy fails here, before any video is read
             if max_questions is not None and max_questions < 1:
-                raise ValueError(f"--max-questions must be >= 1, got {max_questions}")
+                raise UserError(f"--max-questions must be >= 1, got {max_questions}")
             judge = h.JudgeConfig(kind="openai" if judge_url else "local" if judge_local else "none",
                                   model=judge_model if judge_url else judge_local, url=judge_url,
                                   api_key_env=judge_api_key_env, max_new_tokens=judge_max_tokens,
@@ -119,7 +120,7 @@ def register(app: typer.Typer) -> None:
                 judge=judge, resume=resume, rescore=rescore, max_questions=max_questions)
             with _Bar() as bar:
                 summary = h.run_eval(cfg, progress=bar.update)
-        except ValueError as e:
+        except UserError as e:
             _fail(str(e))
         _print_summary(summary, out_dir)
 

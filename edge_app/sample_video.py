@@ -18,6 +18,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from rlivs.runtime.errors import UserError
 
 
 def make_sample_video(
@@ -31,12 +32,12 @@ def make_sample_video(
     path = Path(path)
     width, height = int(size[0]), int(size[1])
     if width < 16 or height < 16 or width % 2 or height % 2:
-        raise ValueError(f"size must be (width, height), both even and >= 16 (yuv420p), got {size}; e.g. (320, 240)")
+        raise UserError(f"size must be (width, height), both even and >= 16 (yuv420p), got {size}; e.g. (320, 240)")
     if not (isinstance(fps, int) and fps >= 1):
-        raise ValueError(f"fps must be a whole number >= 1, got {fps!r}; e.g. fps=8")
+        raise UserError(f"fps must be a whole number >= 1, got {fps!r}; e.g. fps=8")
     n_frames = int(round(seconds * fps))
     if n_frames < 1:
-        raise ValueError(f"seconds={seconds} at fps={fps} gives no frames; use seconds >= 1 / fps")
+        raise UserError(f"seconds={seconds} at fps={fps} gives no frames; use seconds >= 1 / fps")
     path.parent.mkdir(parents=True, exist_ok=True)
 
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ import typer
 
 from rlivs.edge_app import options as o
 from rlivs.edge_app.options import console, fail as _fail, model_path
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.serve")
 
@@ -83,7 +84,7 @@ def serve(
         service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
                         access_log=access_log)
-    except ValueError as e:
+    except UserError as e:
         _fail(str(e))
     names = ", ".join(f"{s.name} ({s.url})" for s in specs) or "none (answering from the memory only)"
     console.print(f"rlivs serve: sources {names}; memory {db}")

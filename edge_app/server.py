@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .metrics import CONTENT_TYPE
 from .service import EdgeService, NotFound, NotReady
 from .web_page import PAGE
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.serve")
 
@@ -72,7 +73,7 @@ def _check_webhook(v: Optional[str]) -> Optional[str]:
         return v
     parts = urlsplit(v)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("webhook must be an http:// or https:// URL with a host, e.g. http://10.0.0.5:9000/hook")
+        raise UserError("webhook must be an http:// or https:// URL with a host, e.g. http://10.0.0.5:9000/hook")
     return v
 
 
@@ -188,8 +189,8 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     async def _not_ready(request: Request, exc: NotReady):
         return _json_error(409, str(exc))
 
-    @app.exception_handler(ValueError)
-    async def _bad(request: Request, exc: ValueError):
+    @app.exception_handler(UserError)
+    async def _bad(request: Request, exc: UserError):
         return _json_error(400, str(exc))
 
     @app.exception_handler(Exception)
@@ -229,7 +230,7 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
                  t_to: Optional[float] = Query(None, alias="to", ge=0, allow_inf_nan=False),
                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_ID)):
         if t_from is not None and t_to is not None and t_from > t_to:
-            raise ValueError(f"from={t_from} is after to={t_to}: pass from <= to (seconds of stream time)")
+            raise UserError(f"from={t_from} is after to={t_to}: pass from <= to (seconds of stream time)")
         return service.captions(stream, t_from, t_to, limit, offset)
 
     @app.get("/v1/thumbnails/{stream:path}/{clip}.jpg")
@@ -330,8 +331,8 @@ class Server:
     def __init__(self, service: EdgeService, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
                  log_level: str = "warning", access_log: bool = False):
         if not is_loopback(host) and not token:
-            raise ValueError(f"refusing to bind {host}: any address but loopback exposes the API to the network, so "
-                             f"it needs a token: pass --token T (or set RLIVS_TOKEN), or bind 127.0.0.1")
+            raise UserError(f"refusing to bind {host}: any address but loopback exposes the API to the network, so "
+                            f"it needs a token: pass --token T (or set RLIVS_TOKEN), or bind 127.0.0.1")
         self.service, self.host, self.port = service, host, port
         self.app = create_app(service, token)
         config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, access_log=access_log,

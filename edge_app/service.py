@@ -40,6 +40,7 @@ from rlivs.runtime.sources import LiveSource, SourceConfig, SourceSpec
 from .edge_store import EdgeStore, Match, Watch, edge_db_path
 from .events import EventHub
 from .metrics import Metrics
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.serve")
 
@@ -68,11 +69,11 @@ class ServiceConfig:
 
     def __post_init__(self):
         if not 16 <= self.thumbnail_width <= 1024:
-            raise ValueError(f"thumbnail_width must be in 16..1024 pixels, got {self.thumbnail_width}")
+            raise UserError(f"thumbnail_width must be in 16..1024 pixels, got {self.thumbnail_width}")
         if not 1 <= self.thumbnail_quality <= 95:
-            raise ValueError(f"thumbnail_quality must be in 1..95, got {self.thumbnail_quality}")
+            raise UserError(f"thumbnail_quality must be in 1..95, got {self.thumbnail_quality}")
         if not 0 < self.default_watch_ratio <= 1:
-            raise ValueError(f"default_watch_ratio must be in (0, 1], got {self.default_watch_ratio}")
+            raise UserError(f"default_watch_ratio must be in (0, 1], got {self.default_watch_ratio}")
 
 
 def make_thumbnail(image: np.ndarray, width: int = 160, quality: int = 70) -> tuple[bytes, int, int]:
@@ -360,7 +361,7 @@ class EdgeService:
                   webhook: str | None = None) -> dict:
         query = query.strip()
         if not query:
-            raise ValueError("the watch query is empty: describe what to watch for, e.g. 'a person at the door'")
+            raise UserError("the watch query is empty: describe what to watch for, e.g. 'a person at the door'")
         probe = self._entry(Watch(0, query, 0.0, stream, webhook, 0.0))
         if threshold is None:
             threshold = round(self.config.default_watch_ratio * probe.self_score, 6)
@@ -418,7 +419,7 @@ class EdgeService:
                                    f"event on GET /v1/events and ask again")
                 with self.question_backend.reserve():  # ingest waits at its next step boundary until we are done
                     a = answer(self.question_engine, mem, question, stream=stream)
-        except (NotFound, NotReady, ValueError):
+        except (NotFound, NotReady, UserError):
             self.metrics.inc("rlivs_questions_total", outcome="rejected")
             raise
         except Exception:
@@ -432,7 +433,7 @@ class EdgeService:
         have = {s: self.store.thumbnail_clips(s, idx) for s, idx in thumbs.items()}
         return {"question": a.question, "answer": a.text, "latency_s": a.latency_s, "prompt_tokens": a.prompt_tokens,
                 "captions": [{**caption_json(r, r.index in have.get(r.stream, ())), "relevance": s}
-                             for r, s in a.used]}
+                            for r, s in a.used]}
 
     def captions(self, stream: str | None = None, t_from: float | None = None, t_to: float | None = None,
                  limit: int = 50, offset: int = 0) -> dict:

@@ -28,6 +28,7 @@ import numpy as np
 from rlivs.runtime.backends.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
 from rlivs.runtime.config import ProbeConfig
 from rlivs.runtime.models import resolve_model
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.export")
 
@@ -52,27 +53,27 @@ class ExportConfig:
 
     def __post_init__(self):
         if self.target not in TARGETS:
-            raise ValueError(f"unknown export target {self.target!r}: use one of {', '.join(TARGETS)}")
+            raise UserError(f"unknown export target {self.target!r}: use one of {', '.join(TARGETS)}")
         if self.embed_dtype not in ("float16", "float32"):
-            raise ValueError(f"embed_dtype must be float16 or float32, got {self.embed_dtype!r}")
+            raise UserError(f"embed_dtype must be float16 or float32, got {self.embed_dtype!r}")
         if self.opset is None:
             self.opset = 20 if self.target == "tensorrt" else 23
         if not 17 <= self.opset <= 23:
-            raise ValueError(f"opset {self.opset} is not supported: use 17..23 (23 for ONNX Runtime)")
+            raise UserError(f"opset {self.opset} is not supported: use 17..23 (23 for ONNX Runtime)")
         if self.target == "tensorrt" and self.opset > 20:
-            raise ValueError(f"TensorRT 10's ONNX parser reads opsets up to 20, not {self.opset}: use --opset 20")
+            raise UserError(f"TensorRT 10's ONNX parser reads opsets up to 20, not {self.opset}: use --opset 20")
         if self.kv_layout is None:
             self.kv_layout = "arena" if self.target == "tensorrt" else "stacked"
         if self.kv_layout not in ("stacked", "arena"):
-            raise ValueError(f"kv_layout must be stacked or arena, got {self.kv_layout!r}")
+            raise UserError(f"kv_layout must be stacked or arena, got {self.kv_layout!r}")
         if self.kv_dtype is None:
             self.kv_dtype = "float16" if self.target == "tensorrt" else "float32"
         if self.kv_dtype not in ("float16", "float32") or (self.kv_layout == "stacked" and self.kv_dtype != "float32"):
-            raise ValueError(f"kv_dtype {self.kv_dtype!r} is not available with the {self.kv_layout} cache: use float32, "
-                             f"or float16 with the arena cache (--target tensorrt)")
+            raise UserError(f"kv_dtype {self.kv_dtype!r} is not available with the {self.kv_layout} cache: use float32, "
+                            f"or float16 with the arena cache (--target tensorrt)")
         if not 64 <= self.max_context <= 1 << 20:
-            raise ValueError(f"max_context must be 64..{1 << 20} positions, got {self.max_context}; e.g. --max-context "
-                             f"8192 (a FIFO of 16 clips + one clip + prompt + caption is ~6.5K for the 0.5B model)")
+            raise UserError(f"max_context must be 64..{1 << 20} positions, got {self.max_context}; e.g. --max-context "
+                            f"8192 (a FIFO of 16 clips + one clip + prompt + caption is ~6.5K for the 0.5B model)")
 
 
 def _io(path: Path) -> dict:
@@ -112,7 +113,7 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     config = config or ExportConfig()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise ValueError(f"{out} exists and is not an rlivs bundle: choose an empty or new --out directory")
+        raise UserError(f"{out} exists and is not an rlivs bundle: choose an empty or new --out directory")
     model_dir, model_id = resolve_model(model)
     backend = TorchBackend(model_dir, model_id=model_id, probe=config.probe)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,7 @@ def tensorrt_check(bundle: Path, n_probe: int, n_layers: int) -> dict:
     if patterns["fusable"] != n_layers or patterns["probe"] != n_probe or patterns["other"]:
         problems.append(f"decoder attention pattern {patterns}: expected {n_layers} fusable and {n_probe} probe rows")
     if problems:
-        raise ValueError("the TensorRT-target graphs would not parse or fuse: " + "; ".join(problems))
+        raise UserError("the TensorRT-target graphs would not parse or fuse: " + "; ".join(problems))
     return {"operator_table": TENSORRT_TABLE_SOURCE, "problems": [], "decoder_attention": patterns}
 
 

@@ -40,6 +40,7 @@ from rlivs.runtime.backends.tensorrt.engine_entry import (
     ENTRY_SCHEMA, bundle_digest, cuda_device, write_engine_entry,
 )
 from rlivs.runtime.config import PipelineConfig
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.export")
 
@@ -68,17 +69,17 @@ class EngineBuildConfig:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be fp16 or fp32, got {self.precision!r}: use --precision fp16")
+            raise UserError(f"precision must be fp16 or fp32, got {self.precision!r}: use --precision fp16")
         if self.max_context is not None and self.max_context < 2:
-            raise ValueError(f"max_context must be >= 2 cache positions, got {self.max_context}; e.g. --max-context 8192")
+            raise UserError(f"max_context must be >= 2 cache positions, got {self.max_context}; e.g. --max-context 8192")
         if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}; e.g. --max-frames 16")
+            raise UserError(f"max_frames must be >= 1, got {self.max_frames}; e.g. --max-frames 16")
         if self.workspace_mib < 64:
-            raise ValueError(f"the workspace limit must be >= 64 MiB, got {self.workspace_mib}")
+            raise UserError(f"the workspace limit must be >= 64 MiB, got {self.workspace_mib}")
         if not 0 <= self.builder_optimization_level <= 5:
-            raise ValueError(f"builder_optimization_level must be 0..5, got {self.builder_optimization_level}")
+            raise UserError(f"builder_optimization_level must be 0..5, got {self.builder_optimization_level}")
         if self.prompt_tokens < 0:
-            raise ValueError(f"prompt_tokens must be >= 0, got {self.prompt_tokens}")
+            raise UserError(f"prompt_tokens must be >= 0, got {self.prompt_tokens}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -93,8 +94,8 @@ def context_budget(tokens_per_frame: int, pipeline: PipelineConfig, prompt_token
     keep = pipeline.selection.n_keep(clip)  # tokens a clip leaves in the FIFO
     cap_c, cap_t = pipeline.fifo.capacity_clips, pipeline.fifo.capacity_tokens
     if cap_c is None and cap_t is None:
-        raise ValueError("the pipeline's FIFO is unbounded (no capacity in clips or tokens), so the context the engines "
-                         "must hold cannot be derived: give it a capacity (FifoConfig capacity_clips or capacity_tokens)")
+        raise UserError("the pipeline's FIFO is unbounded (no capacity in clips or tokens), so the context the engines "
+                        "must hold cannot be derived: give it a capacity (FifoConfig capacity_clips or capacity_tokens)")
     fifo = min(x for x in (None if cap_c is None else cap_c * keep, cap_t) if x is not None)
     prefill = prompt_tokens + fifo + clip + 1  # + 1: the image newline after the clip
     caption = prefill + pipeline.caption.max_new_tokens
@@ -112,9 +113,9 @@ def _shape(shape: list, dims: dict, which: int, graph: str, name: str) -> list[i
         elif d in dims:
             out.append(int(dims[d][which]))
         else:
-            raise ValueError(f"{graph} input {name} has a dynamic dimension {d!r} that no profile sets (known: "
-                             f"{', '.join(dims)}): the bundle is from another rlivs; re-export it with rlivs export "
-                             f"--target tensorrt")
+            raise UserError(f"{graph} input {name} has a dynamic dimension {d!r} that no profile sets (known: "
+                            f"{', '.join(dims)}): the bundle is from another rlivs; re-export it with rlivs export "
+                            f"--target tensorrt")
     return out
 
 
@@ -132,18 +133,18 @@ def profile_specs(manifest: dict, config: EngineBuildConfig | None = None) -> di
     """
     cfg = config or EngineBuildConfig()
     if manifest.get("target") != "tensorrt":
-        raise ValueError(f"this bundle was exported for {manifest.get('target', 'onnxruntime')}, not TensorRT: re-export "
-                         f"with rlivs export --target tensorrt")
+        raise UserError(f"this bundle was exported for {manifest.get('target', 'onnxruntime')}, not TensorRT: re-export "
+                        f"with rlivs export --target tensorrt")
     kv = manifest.get("kv_cache") or {}
     arena = int(kv.get("max_context") or 0)
     if kv.get("layout") != "arena" or arena < 2:
-        raise ValueError("this bundle's decoder has no in-place (arena) KV cache with a max_context: it is from an "
-                         "older rlivs; re-export with rlivs export --target tensorrt")
+        raise UserError("this bundle's decoder has no in-place (arena) KV cache with a max_context: it is from an "
+                        "older rlivs; re-export with rlivs export --target tensorrt")
     k_max = cfg.max_context or arena
     if k_max > arena:
-        raise ValueError(f"--max-context {k_max} is larger than the bundle's KV cache ({arena} positions, the arena "
-                         f"the runtime allocates): re-export with rlivs export --target tensorrt --max-context {k_max}, "
-                         f"or build with --max-context <= {arena}")
+        raise UserError(f"--max-context {k_max} is larger than the bundle's KV cache ({arena} positions, the arena "
+                        f"the runtime allocates): re-export with rlivs export --target tensorrt --max-context {k_max}, "
+                        f"or build with --max-context <= {arena}")
     budget = context_budget(int(manifest["tokens_per_frame"]), cfg.pipeline, cfg.prompt_tokens)
     budget["fits"] = budget["needed"] <= k_max
     if not budget["fits"]:
@@ -201,8 +202,8 @@ def probe_row_nodes(model, probe_layers) -> list[str]:
                 break
             node = producer.get(node.input[0])
         if node is None or node.op_type != "MatMul":
-            raise ValueError(f"decoder.onnx probe row {softmax.name} (layer {a['layer']}) is not MatMul -> scale -> mask "
-                             f"-> Softmax: re-export the bundle with this rlivs (rlivs export --target tensorrt)")
+            raise UserError(f"decoder.onnx probe row {softmax.name} (layer {a['layer']}) is not MatMul -> scale -> mask "
+                            f"-> Softmax: re-export the bundle with this rlivs (rlivs export --target tensorrt)")
     return out
 
 
@@ -228,8 +229,8 @@ def attention_nodes(model, probe_layers) -> list[dict]:
             continue
         m = _LAYER_SCOPE.match(node_module(n) or "")
         if m is None:
-            raise ValueError(f"decoder.onnx Softmax {n.name} carries no decoder-layer scope, so the fusion report cannot "
-                             f"place it: re-export the bundle with this rlivs (rlivs export --target tensorrt)")
+            raise UserError(f"decoder.onnx Softmax {n.name} carries no decoder-layer scope, so the fusion report cannot "
+                            f"place it: re-export the bundle with this rlivs (rlivs export --target tensorrt)")
         src, uses = producer.get(n.input[0]), consumers.get(n.output[0], [])
         if src is not None and src.op_type == "Add" and uses and all(u.op_type == "MatMul" for u in uses):
             role, value = "attention", uses[0].name
@@ -254,8 +255,8 @@ def _engine_layers(info: dict) -> list[tuple[int, str, set[str], str]]:
     its Name (node names joined by " + ", "PWN(...)", "||", "{ForeignNode[a...b]}", or "<node>_myl3_6")."""
     layers = info.get("Layers") if isinstance(info, dict) else None
     if not isinstance(layers, list):
-        raise ValueError("not engine-inspector JSON (no \"Layers\" list): save it with "
-                         "IEngineInspector.get_engine_information(LayerInformationFormat.JSON)")
+        raise UserError("not engine-inspector JSON (no \"Layers\" list): save it with "
+                        "IEngineInspector.get_engine_information(LayerInformationFormat.JSON)")
     out = []
     for layer in layers:
         name = layer if isinstance(layer, str) else str(layer.get("Name", ""))
@@ -333,7 +334,7 @@ def _import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise ValueError(f"{TENSORRT_MISSING} ({e})") from None
+        raise UserError(f"{TENSORRT_MISSING} ({e})") from None
     return trt
 
 
@@ -404,9 +405,9 @@ def _pin_fp32(trt, network, nodes: set[str]) -> dict:
             layer.set_output_type(j, trt.float32)
         pinned += 1
     if nodes and not matched:
-        raise ValueError(f"none of the probe layers' {len(nodes)} score-path nodes matched a TensorRT layer (this "
-                         f"TensorRT's ONNX parser names layers differently), so they cannot be kept fp32: build with "
-                         f"--precision fp32, and report the TensorRT version")
+        raise UserError(f"none of the probe layers' {len(nodes)} score-path nodes matched a TensorRT layer (this "
+                        f"TensorRT's ONNX parser names layers differently), so they cannot be kept fp32: build with "
+                        f"--precision fp32, and report the TensorRT version")
     return {"nodes": len(nodes), "nodes_matched": len(matched), "layers_pinned": pinned}
 
 
@@ -455,8 +456,8 @@ def _build_one(trt, logger, bundle: Path, key: str, profiles: list[dict], fp32_n
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # reads external weights beside the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ValueError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}: re-export with rlivs export "
-                         f"--target tensorrt (its tensorrt_check lists the ops TensorRT reads)")
+        raise UserError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}: re-export with rlivs export "
+                        f"--target tensorrt (its tensorrt_check lists the ops TensorRT reads)")
     for kind, n, get in (("input", network.num_inputs, network.get_input), ("output", network.num_outputs,
                                                                              network.get_output)):
         for i in range(n):
@@ -464,8 +465,8 @@ def _build_one(trt, logger, bundle: Path, key: str, profiles: list[dict], fp32_n
             log.info("%s network %-6s %-14s %-22s %s", key, kind, t.name, _dims(t.shape), _dtype(trt, t.dtype))
     names = {network.get_input(i).name for i in range(network.num_inputs)}
     if names != set(profiles[0]["shapes"]):
-        raise ValueError(f"{onnx_path} has inputs {sorted(names)}, the manifest lists {sorted(profiles[0]['shapes'])}: "
-                         f"the bundle is inconsistent; re-export it")
+        raise UserError(f"{onnx_path} has inputs {sorted(names)}, the manifest lists {sorted(profiles[0]['shapes'])}: "
+                        f"the bundle is inconsistent; re-export it")
     # 2. configure
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
@@ -489,27 +490,27 @@ def _build_one(trt, logger, bundle: Path, key: str, profiles: list[dict], fp32_n
             try:
                 prof.set_shape(name, s["min"], s["opt"], s["max"])
             except RuntimeError as e:  # the bindings raise RuntimeError for inconsistent min/opt/max
-                raise ValueError(f"TensorRT refused the {key} profile {p['name']} shapes for {name} {s} ({e}): lower "
-                                 f"--max-context / --max-frames, and report it if a zero-length past is the cause") \
+                raise UserError(f"TensorRT refused the {key} profile {p['name']} shapes for {name} {s} ({e}): lower "
+                                f"--max-context / --max-frames, and report it if a zero-length past is the cause") \
                     from None
         index = config.add_optimization_profile(prof)
         if index != p["index"]:
-            raise ValueError(f"TensorRT refused the {key} optimization profile {p['name']} {p['shapes']} (index "
-                             f"{index}): lower --max-context / --max-frames")
+            raise UserError(f"TensorRT refused the {key} optimization profile {p['name']} {p['shapes']} (index "
+                            f"{index}): lower --max-context / --max-frames")
     cache.attach(config)
     # 3. build
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
     if serialized is None:
-        raise ValueError(f"TensorRT could not build the {key} engine (its errors are logged above): try --precision "
-                         f"fp32, a lower --max-context, or a larger workspace")
+        raise UserError(f"TensorRT could not build the {key} engine (its errors are logged above): try --precision "
+                        f"fp32, a lower --max-context, or a larger workspace")
     cache.save(config)
     # 4. inspect
     runtime = trt.Runtime(logger)  # outlives the engine below
     engine = runtime.deserialize_cuda_engine(serialized)
     if engine is None:
-        raise ValueError(f"the {key} engine TensorRT just built does not deserialize (its errors are logged above)")
+        raise UserError(f"the {key} engine TensorRT just built does not deserialize (its errors are logged above)")
     io = _engine_io(trt, engine, key)
     text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     try:
@@ -536,8 +537,8 @@ def build_engines(bundle: str | Path, config: EngineBuildConfig | None = None) -
     try:
         import onnx
     except ImportError:
-        raise ValueError("the engine builder reads decoder.onnx with the onnx package to find the probe layers' nodes: "
-                         "pip install onnx") from None
+        raise UserError("the engine builder reads decoder.onnx with the onnx package to find the probe layers' nodes: "
+                        "pip install onnx") from None
     env = {"tensorrt_version": trt.__version__, **cuda_device(0)}
     log.info("building TensorRT %s engines for %s (compute capability %s), %s, K_max %d, frames <= %d",
              env["tensorrt_version"], env["gpu_name"], env["compute_capability"], cfg.precision, specs["max_context"],

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from rlivs.runtime.errors import UserError
 
 CAPTION_PROMPT = "Describe what's happening in this video."
 
@@ -17,9 +18,9 @@ class ClipConfig:
 
     def __post_init__(self):
         if not (self.fps > 0 and math.isfinite(self.fps)):
-            raise ValueError(f"fps must be > 0 and finite, got {self.fps}; use e.g. --fps 1")
+            raise UserError(f"fps must be > 0 and finite, got {self.fps}; use e.g. --fps 1")
         if self.frames_per_clip < 1:
-            raise ValueError(f"frames_per_clip must be >= 1, got {self.frames_per_clip}; use e.g. --frames-per-clip 16")
+            raise UserError(f"frames_per_clip must be >= 1, got {self.frames_per_clip}; use e.g. --frames-per-clip 16")
         self.clip_seconds = self.frames_per_clip / self.fps  # derived: video seconds covered by one clip
 
 
@@ -32,14 +33,14 @@ class SelectionConfig:
 
     def __post_init__(self):
         if not 0 < self.keep_ratio <= 1:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}; e.g. --keep-ratio 0.0625")
+            raise UserError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}; e.g. --keep-ratio 0.0625")
         if self.keep is not None and self.keep < 1:
-            raise ValueError(f"keep must be >= 1 token per clip, got {self.keep}; e.g. --keep 196")
+            raise UserError(f"keep must be >= 1 token per clip, got {self.keep}; e.g. --keep 196")
 
     def validate(self, full_clip_tokens: int) -> None:
         """Refuse settings that cannot be met by a full clip of `full_clip_tokens` visual tokens."""
         if self.keep is not None and self.keep > full_clip_tokens:
-            raise ValueError(
+            raise UserError(
                 f"cannot keep {self.keep} tokens per clip: a full clip has only {full_clip_tokens} visual "
                 f"tokens; lower --keep or use --keep-ratio"
             )
@@ -59,11 +60,11 @@ class FifoConfig:
 
     def __post_init__(self):
         if self.capacity_clips is not None and self.capacity_clips < 0:
-            raise ValueError(f"capacity_clips must be >= 0, got {self.capacity_clips}; e.g. --fifo-clips 16 "
-                             f"(0 = no recurrence)")
+            raise UserError(f"capacity_clips must be >= 0, got {self.capacity_clips}; e.g. --fifo-clips 16 "
+                            f"(0 = no recurrence)")
         if self.capacity_tokens is not None and self.capacity_tokens < 0:
-            raise ValueError(f"capacity_tokens must be >= 0, got {self.capacity_tokens}; e.g. --fifo-tokens 3136 "
-                             f"(or leave it out)")
+            raise UserError(f"capacity_tokens must be >= 0, got {self.capacity_tokens}; e.g. --fifo-tokens 3136 "
+                            f"(or leave it out)")
 
 
 @dataclass
@@ -73,8 +74,8 @@ class CaptionConfig:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"caption max_new_tokens must be >= 1, got {self.max_new_tokens}; e.g. "
-                             f"--max-caption-tokens 128")
+            raise UserError(f"caption max_new_tokens must be >= 1, got {self.max_new_tokens}; e.g. "
+                            f"--max-caption-tokens 128")
 
 
 @dataclass
@@ -87,14 +88,14 @@ class ProbeConfig:
         if self.layers is not None:
             bad = [i for i in self.layers if not 0 <= i < n_decoder_layers]
             if bad or not self.layers:
-                raise ValueError(
+                raise UserError(
                     f"probe layers {list(self.layers)} are not valid for a {n_decoder_layers}-layer decoder; "
                     f"give indices in 0..{n_decoder_layers - 1}"
                 )
             return tuple(sorted(set(self.layers)))
         k = min(self.num_layers, n_decoder_layers)
         if k < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+            raise UserError(f"num_layers must be >= 1, got {self.num_layers}")
         # k interior points of an even split of [0, L-1]: 24 layers -> (5, 9, 14, 18)
         step = (n_decoder_layers - 1) / (k + 1)
         layers = sorted({min(n_decoder_layers - 1, round(step * (i + 1))) for i in range(k)})
@@ -109,12 +110,12 @@ class RetrievalConfig:
 
     def __post_init__(self):
         if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}; e.g. --top-k 8")
+            raise UserError(f"top_k must be >= 1, got {self.top_k}; e.g. --top-k 8")
         if self.token_budget < 1:
-            raise ValueError(f"token_budget must be >= 1 caption token, got {self.token_budget}; "
-                             f"e.g. --token-budget 2048")
+            raise UserError(f"token_budget must be >= 1 caption token, got {self.token_budget}; "
+                            f"e.g. --token-budget 2048")
         if not 0.0 <= self.mmr_lambda <= 1.0:
-            raise ValueError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
+            raise UserError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
 
 
 @dataclass
@@ -123,8 +124,8 @@ class AnswerConfig:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"the answer length bound must be >= 1 token, got {self.max_new_tokens}; e.g. 256 "
-                             f"(--max-new-tokens of rlivs ask, --max-answer-tokens of rlivs serve)")
+            raise UserError(f"the answer length bound must be >= 1 token, got {self.max_new_tokens}; e.g. 256 "
+                            f"(--max-new-tokens of rlivs ask, --max-answer-tokens of rlivs serve)")
 
 
 @dataclass

@@ -7,6 +7,7 @@ from collections import deque
 import numpy as np
 
 from .config import FifoConfig
+from rlivs.runtime.errors import UserError
 
 
 class TokenFifo:
@@ -57,7 +58,7 @@ class TokenFifo:
     def push(self, index: int, tokens: np.ndarray) -> list[int]:
         """Add a clip's (n, D) tokens; returns the clip indices evicted."""
         if tokens.ndim != 2 or tokens.shape[1] != self.dim:
-            raise ValueError(f"FIFO tokens must be (n, {self.dim}), got {tokens.shape}")
+            raise UserError(f"FIFO tokens must be (n, {self.dim}), got {tokens.shape}")
         evicted = self.evictions(len(tokens))
         for _ in evicted:
             self._clips.popleft()

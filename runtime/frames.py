@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 import av
 import numpy as np
 from PIL import Image
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.frames")
 
@@ -61,16 +62,16 @@ class FramePreprocessor:
 
     def __post_init__(self):
         if int(self.height) < 1 or int(self.width) < 1:
-            raise ValueError(f"height and width must be >= 1, got {self.height}x{self.width}")
+            raise UserError(f"height and width must be >= 1, got {self.height}x{self.width}")
         self.height, self.width = int(self.height), int(self.width)
         self.image_mean = _three_floats(self.image_mean, "image_mean")
         self.image_std = _three_floats(self.image_std, "image_std")
         if any(s == 0 for s in self.image_std):
-            raise ValueError(f"image_std must be non-zero in every channel, got {self.image_std}")
+            raise UserError(f"image_std must be non-zero in every channel, got {self.image_std}")
         try:
             Image.Resampling(int(self.resample))
         except ValueError:
-            raise ValueError(
+            raise UserError(
                 f"resample={self.resample!r} is not a PIL resampling code; use 3 (BICUBIC), 2 (BILINEAR) or 0 (NEAREST)"
             ) from None
         self.resample = int(self.resample)
@@ -84,7 +85,7 @@ class FramePreprocessor:
         missing resample to 3 (BICUBIC); size, image_mean and image_std are required.
         """
         if not isinstance(cfg, dict):
-            raise ValueError(f"expected a preprocessor config dict, got {type(cfg).__name__}")
+            raise UserError(f"expected a preprocessor config dict, got {type(cfg).__name__}")
         size = cfg.get("size")
         if isinstance(size, dict) and "height" in size and "width" in size:
             height, width = int(size["height"]), int(size["width"])
@@ -93,13 +94,13 @@ class FramePreprocessor:
         elif isinstance(size, int):
             height = width = int(size)
         else:
-            raise ValueError(
+            raise UserError(
                 f"preprocessor config has size={size!r}; expected {{'height': h, 'width': w}} or "
                 f"{{'shortest_edge': n}} (for LLaVA-OneVision 0.5B: {{'height': 384, 'width': 384}})"
             )
         for key in ("image_mean", "image_std"):
             if cfg.get(key) is None:
-                raise ValueError(f"preprocessor config has no {key!r}; add it (LLaVA-OneVision uses [0.5, 0.5, 0.5])")
+                raise UserError(f"preprocessor config has no {key!r}; add it (LLaVA-OneVision uses [0.5, 0.5, 0.5])")
         return cls(
             height=height,
             width=width,
@@ -124,7 +125,7 @@ class FramePreprocessor:
         try:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path} is not valid JSON ({e}); re-download the model snapshot") from None
+            raise UserError(f"{cfg_path} is not valid JSON ({e}); re-download the model snapshot") from None
         return cls.from_dict(cfg)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -133,14 +134,14 @@ class FramePreprocessor:
         if frames.ndim == 3:
             frames = frames[None]  # (1, H, W, 3)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(
+            raise UserError(
                 f"expected uint8 RGB frames of shape (T, H, W, 3) or (H, W, 3), got dtype {frames.dtype} shape "
                 f"{frames.shape}; decode with VideoFileSource or convert with np.asarray(img.convert('RGB'))"
             )
         if frames.shape[1] < 1 or frames.shape[2] < 1:
-            raise ValueError(f"frames have an empty spatial size {frames.shape[1:3]}; expected (T, H, W, 3), H, W >= 1")
+            raise UserError(f"frames have an empty spatial size {frames.shape[1:3]}; expected (T, H, W, 3), H, W >= 1")
         if not self.do_resize and frames.shape[1:3] != (self.height, self.width):
-            raise ValueError(
+            raise UserError(
                 f"do_resize is False but frames are {frames.shape[1]}x{frames.shape[2]}, not "
                 f"{self.height}x{self.width}; resize them first or set do_resize=True"
             )
@@ -167,7 +168,7 @@ def _three_floats(values, name: str) -> tuple[float, float, float]:
         values = (values,) * 3
     values = tuple(float(v) for v in values)
     if len(values) != 3:
-        raise ValueError(f"{name} must have 3 values (R, G, B), got {values}")
+        raise UserError(f"{name} must have 3 values (R, G, B), got {values}")
     return values
 
 
@@ -215,9 +216,9 @@ def clip_start_time(index: int, frames_per_clip: int, fps: float) -> float:
 def iter_clips(source: Iterable[Frame], frames_per_clip: int, fps: float, first_index: int = 0) -> Iterator[Clip]:
     """Group frames into clips of `frames_per_clip`; a final partial clip (>= 1 frame) is yielded as is, unpadded."""
     if frames_per_clip < 1:
-        raise ValueError(f"frames_per_clip must be >= 1, got {frames_per_clip}; use e.g. --frames-per-clip 16")
+        raise UserError(f"frames_per_clip must be >= 1, got {frames_per_clip}; use e.g. --frames-per-clip 16")
     if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}; use e.g. --fps 1")
+        raise UserError(f"fps must be > 0, got {fps}; use e.g. --fps 1")
     index = first_index
     buffer: list[Frame] = []
 
@@ -264,9 +265,9 @@ class VideoFileSource:
     def __init__(self, path: str | os.PathLike, fps: float = 1.0, start_time: float = 0.0):
         self.path = Path(path)
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-            raise ValueError(f"fps must be a finite number > 0, got {fps!r}; use e.g. fps=1.0")
+            raise UserError(f"fps must be a finite number > 0, got {fps!r}; use e.g. fps=1.0")
         if not (isinstance(start_time, (int, float)) and math.isfinite(start_time) and start_time >= 0):
-            raise ValueError(f"start_time must be a finite number of seconds >= 0, got {start_time!r}")
+            raise UserError(f"start_time must be a finite number of seconds >= 0, got {start_time!r}")
         self.fps = float(fps)
         self.start_time = float(start_time)
         self.decode_errors = 0  # packets the decoder rejected in the current (last) pass; their frames are skipped
@@ -300,8 +301,8 @@ class VideoFileSource:
 
     # -- internals ----------------------------------------------------------------------------------------------------
 
-    def _unreadable(self, reason: str) -> ValueError:
-        return ValueError(f"{self.path} is not a readable video: {reason}; check the file with ffprobe")
+    def _unreadable(self, reason: str) -> UserError:
+        return UserError(f"{self.path} is not a readable video: {reason}; check the file with ffprobe")
 
     def _open(self):
         try:
@@ -368,7 +369,7 @@ class VideoFileSource:
         if declared is not None and prev_t is not None:
             slack = _TRUNCATION_SLACK_S + 2 * _frame_interval(stream)
             if prev_t + slack < declared:
-                raise ValueError(
+                raise UserError(
                     f"{self.path} ends at {prev_t:.1f} s but the file declares {declared:.1f} s of video: it is "
                     f"truncated (or was still being written){self._errors_note()}; the frames before {prev_t:.1f} s "
                     f"were read; copy or record the file again, or wait until it is complete, then run again "

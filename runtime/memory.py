@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlite_utils import Database
+from rlivs.runtime.errors import UserError
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _DTYPES = ("float32", "float16")  # dtypes an array may be stored in
@@ -123,15 +124,15 @@ class StreamState:
 def _to_blob(arr: np.ndarray, what: str, ndim: int) -> tuple[bytes, str]:
     """Validate an array and return (little-endian bytes, dtype name)."""
     if not isinstance(arr, np.ndarray):
-        raise ValueError(
+        raise UserError(
             f"{what} must be a numpy array, got {type(arr).__name__}: pass np.asarray(x, dtype=np.float32)"
         )
     if arr.ndim != ndim:
         want = "(D,)" if ndim == 1 else "(n, D)"
-        raise ValueError(f"{what} must be {ndim}-D {want}, got shape {arr.shape}: reshape it to {want}")
+        raise UserError(f"{what} must be {ndim}-D {want}, got shape {arr.shape}: reshape it to {want}")
     name = arr.dtype.name
     if arr.dtype.kind != "f" or name not in _DTYPES:
-        raise ValueError(
+        raise UserError(
             f"{what} has dtype {arr.dtype}; memory stores float32 or float16 only: convert with .astype(np.float32)"
         )
     little = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
@@ -148,11 +149,11 @@ def _normalize_fingerprint(fp: dict | None) -> dict | None:
     if fp is None:
         return None
     if not isinstance(fp, dict):
-        raise ValueError(f"model_fingerprint must be a dict or None, got {type(fp).__name__}")
+        raise UserError(f"model_fingerprint must be a dict or None, got {type(fp).__name__}")
     try:
         return json.loads(json.dumps(fp, sort_keys=True))
     except (TypeError, ValueError) as e:
-        raise ValueError(
+        raise UserError(
             f"model_fingerprint must be JSON-serializable ({e}): use str/int/float/list/dict values"
         ) from e
 
@@ -182,7 +183,7 @@ class Memory:
             else:
                 conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
         except sqlite3.Error as e:
-            raise ValueError(f"cannot open {self.path} ({e}): check the path and its permissions") from e
+            raise UserError(f"cannot open {self.path} ({e}): check the path and its permissions") from e
         self._conn = conn
         try:
             self._db = Database(conn)
@@ -193,7 +194,7 @@ class Memory:
             problem = _storage_problem(e)
             if problem is None:
                 raise
-            raise ValueError(f"cannot open {self.path}: {problem[0]} ({e}); {problem[1]}") from e
+            raise UserError(f"cannot open {self.path}: {problem[0]} ({e}); {problem[1]}") from e
         except BaseException:
             self._conn = None
             conn.close()
@@ -201,8 +202,8 @@ class Memory:
 
     # ------------------------------------------------------------------ opening
 
-    def _not_rlivs(self, why: str) -> ValueError:
-        return ValueError(
+    def _not_rlivs(self, why: str) -> UserError:
+        return UserError(
             f"{self.path} is not an rlivs memory database: {why}; pass a memory.db written by rlivs or a new path"
         )
 
@@ -210,14 +211,14 @@ class Memory:
         """Refuse paths SQLite would reject, before opening (so nothing is ever written to them)."""
         p = self.path
         if p.is_dir():
-            raise ValueError(f"{p} is a directory: pass a file path such as {p / 'memory.db'}")
+            raise UserError(f"{p} is a directory: pass a file path such as {p / 'memory.db'}")
         if p.exists():
             with open(p, "rb") as f:
                 head = f.read(len(_SQLITE_HEADER))
             if head and head != _SQLITE_HEADER:
                 raise self._not_rlivs(f"the file does not start with the SQLite header (starts with {head[:16]!r})")
         elif self.readonly:
-            raise ValueError(f"no memory database at {p}: run `rlivs ingest` first or check the --db path")
+            raise UserError(f"no memory database at {p}: run `rlivs ingest` first or check the --db path")
         else:
             p.parent.mkdir(parents=True, exist_ok=True)
 
@@ -236,7 +237,7 @@ class Memory:
             self._check_schema(tables)
             stored = self.model_fingerprint()
             if stored is not None and given is not None and stored != given:
-                raise ValueError(
+                raise UserError(
                     f"{self.path} was written by a model with {stored}; this model has {given}: "
                     f"use a new --db or the same model"
                 )
@@ -261,7 +262,7 @@ class Memory:
         if not isinstance(version, int):
             raise self._not_rlivs("its `meta` table has no schema_version")
         if version > self.SCHEMA_VERSION:
-            raise ValueError(
+            raise UserError(
                 f"{self.path} has memory schema version {version}, newer than this rlivs reads "
                 f"({self.SCHEMA_VERSION}): upgrade rlivs or use a new --db"
             )
@@ -318,12 +319,12 @@ class Memory:
 
     def _live(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise ValueError(f"memory {self.path} is closed: open a new Memory({str(self.path)!r})")
+            raise UserError(f"memory {self.path} is closed: open a new Memory({str(self.path)!r})")
         return self._conn
 
     def _refuse_readonly(self, what: str) -> None:
         if self.readonly:
-            raise ValueError(
+            raise UserError(
                 f"cannot {what}: {self.path} is opened read-only (readonly=True, e.g. by `rlivs ask`); "
                 f"open it without readonly to write"
             )
@@ -341,8 +342,8 @@ class Memory:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
             problem = _storage_problem(e) or ("the write transaction could not start", "check the --db path")
-            raise ValueError(f"cannot {what} in {self.path}: {problem[0]} ({e}); nothing was written: "
-                             f"{problem[1]}{then}") from e
+            raise UserError(f"cannot {what} in {self.path}: {problem[0]} ({e}); nothing was written: "
+                            f"{problem[1]}{then}") from e
         try:
             result = body()
             conn.execute("COMMIT")
@@ -355,8 +356,8 @@ class Memory:
             problem = _storage_problem(e)
             if problem is None:
                 raise
-            raise ValueError(f"cannot {what} in {self.path}: {problem[0]} ({e}); nothing of it was written and "
-                             f"everything committed before is intact: {problem[1]}{then}") from e
+            raise UserError(f"cannot {what} in {self.path}: {problem[0]} ({e}); nothing of it was written and "
+                            f"everything committed before is intact: {problem[1]}{then}") from e
         return result
 
     def _read(self, body: Callable[[], object]) -> object:
@@ -399,10 +400,10 @@ class Memory:
     def open_stream(self, stream: str, source: str, model_id: str, config_hash: str) -> StreamState:
         """Register a new stream (next_index 0, empty FIFO) or return an existing one's resume state."""
         if not isinstance(stream, str) or not stream:
-            raise ValueError(f"stream name must be a non-empty string, got {stream!r}: pass e.g. --stream cam0")
+            raise UserError(f"stream name must be a non-empty string, got {stream!r}: pass e.g. --stream cam0")
         for name, value in (("source", source), ("model_id", model_id), ("config_hash", config_hash)):
             if not isinstance(value, str):
-                raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+                raise UserError(f"{name} must be a string, got {type(value).__name__}")
 
         def body() -> StreamState:
             row = self._stream_row(stream)
@@ -415,7 +416,7 @@ class Memory:
                     tuple(row.values()),
                 )
             elif row["config_hash"] != config_hash:
-                raise ValueError(
+                raise UserError(
                     f"stream {stream!r} in {self.path} was ingested with other settings "
                     f"(config hash {row['config_hash']}, now {config_hash}): use the same settings to resume it "
                     f"or a new stream name"
@@ -449,20 +450,20 @@ class Memory:
         self._live()
         self._refuse_readonly(f"commit clip {getattr(record, 'index', '?')}")
         if not isinstance(record, ClipRecord):
-            raise ValueError(f"commit_clip takes a ClipRecord, got {type(record).__name__}")
+            raise UserError(f"commit_clip takes a ClipRecord, got {type(record).__name__}")
         try:
             index = operator.index(record.index)
             n_tokens = operator.index(record.n_tokens)
             evict_ids = sorted({operator.index(i) for i in evict})
         except TypeError as e:
-            raise ValueError(f"clip index, n_tokens and evict must be integers ({e})") from e
+            raise UserError(f"clip index, n_tokens and evict must be integers ({e})") from e
         t_start, t_end = float(record.t_start), float(record.t_end)
         if not (math.isfinite(t_start) and math.isfinite(t_end) and t_start <= t_end):
-            raise ValueError(f"clip {index} has times [{t_start}, {t_end}]: they must be finite with t_start <= t_end")
+            raise UserError(f"clip {index} has times [{t_start}, {t_end}]: they must be finite with t_start <= t_end")
         if n_tokens < 0:
-            raise ValueError(f"clip {index} has n_tokens {n_tokens}: it must be >= 0")
+            raise UserError(f"clip {index} has n_tokens {n_tokens}: it must be >= 0")
         if not isinstance(record.caption, str):
-            raise ValueError(f"clip {index} caption must be a string, got {type(record.caption).__name__}")
+            raise UserError(f"clip {index} caption must be a string, got {type(record.caption).__name__}")
         vec_blob, vec_dtype = _to_blob(record.vector, f"clip {index} vector", 1)
         dim = int(record.vector.shape[0])
         fifo_row = None
@@ -475,17 +476,17 @@ class Memory:
 
         def body() -> None:
             if self._stream_row(stream) is None:
-                raise ValueError(f"unknown stream {stream!r} in {self.path}: call open_stream({stream!r}, ...) first")
+                raise UserError(f"unknown stream {stream!r} in {self.path}: call open_stream({stream!r}, ...) first")
             expected = self._next_index(stream)
             if index != expected:
                 kind = "already committed" if index < expected else "a gap"
-                raise ValueError(
+                raise UserError(
                     f"clip {index} of stream {stream!r} is {kind}: the next clip to commit is {expected} "
                     f"(resume from open_stream(...).next_index)"
                 )
             row = conn.execute("SELECT dim FROM clips LIMIT 1").fetchone()
             if row is not None and row[0] != dim:
-                raise ValueError(
+                raise UserError(
                     f"clip {index} vector has dim {dim} but the clips in {self.path} have dim {row[0]}: "
                     f"use the same retrieval vectors or a new --db"
                 )
@@ -493,14 +494,14 @@ class Memory:
             if fifo_row is not None:
                 dims = set(in_fifo.values())
                 if dims and dims != {fifo_row[1]}:
-                    raise ValueError(
+                    raise UserError(
                         f"fifo_tokens of clip {index} have dim {fifo_row[1]} but the FIFO of stream {stream!r} "
                         f"holds dim {sorted(dims)[0]}: pass tokens from the same model"
                     )
                 in_fifo[index] = fifo_row[1]
             unknown = [i for i in evict_ids if i not in in_fifo]
             if unknown:
-                raise ValueError(
+                raise UserError(
                     f"cannot evict clips {unknown} of stream {stream!r}: they are not in its FIFO "
                     f"(it holds {sorted(in_fifo)}); evict only clips whose tokens were committed"
                 )
@@ -553,7 +554,7 @@ class Memory:
             where.append("stream = ?")
             args.append(stream)
         if t_from is not None and t_to is not None and t_from > t_to:
-            raise ValueError(f"time window [{t_from}, {t_to}] is empty: pass t_from <= t_to")
+            raise UserError(f"time window [{t_from}, {t_to}] is empty: pass t_from <= t_to")
         if t_to is not None:
             where.append("t_start <= ?")
             args.append(float(t_to))
@@ -561,9 +562,9 @@ class Memory:
             where.append("(t_end > ? OR t_start >= ?)")
             args += [float(t_from), float(t_from)]
         if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+            raise UserError(f"limit must be >= 0 or None, got {limit}")
         if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
+            raise UserError(f"offset must be >= 0, got {offset}")
         rows = self._db["clips"].rows_where(
             where=" AND ".join(where) or None,
             where_args=args,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.models")
 
@@ -22,7 +23,7 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
         try:
             from rlivs.runtime.backends.torch.tiny import ensure_random_model
         except ImportError as e:
-            raise ValueError(
+            raise UserError(
                 f"building the {name} model needs the torch extra ({e}); install it with: "
                 "pip install torch==2.13.0 && pip install 'rlivs[torch]'"
             ) from e
@@ -32,12 +33,12 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
         if (path / "manifest.json").exists():  # an exported bundle: validated by its backend
             return path.resolve(), str(path.resolve())
         if not (path / "config.json").exists():
-            raise ValueError(f"{path} is a directory but has no config.json: point --model at an HF-format model directory")
+            raise UserError(f"{path} is a directory but has no config.json: point --model at an HF-format model directory")
         return path.resolve(), str(path.resolve())
     if path.exists():
-        raise ValueError(f"--model {name} is a file; give an HF-format model directory, a hub id, or 'tiny'")
+        raise UserError(f"--model {name} is a file; give an HF-format model directory, a hub id, or 'tiny'")
     if name.count("/") != 1 or name.startswith((".", "/")):
-        raise ValueError(f"model {name!r} is neither a directory nor a hub id (org/name) nor 'tiny'")
+        raise UserError(f"model {name!r} is neither a directory nor a hub id (org/name) nor 'tiny'")
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -45,7 +46,7 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
     try:
         snap = Path(snapshot_download(name, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as e:
-        raise ValueError(
+        raise UserError(
             f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}); rlivs never downloads. "
             f"On a connected machine run `huggingface-cli download {name}` and copy the cache here (or set HF_HOME), "
             f"or pass a local model directory with --model"

@@ -25,6 +25,7 @@ from .models import resolve_model
 from .retrieval import mmr, similarity, text_vector
 from .selection import get_strategy
 from .text import TextCodec
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.pipeline")
 
@@ -58,7 +59,7 @@ class Engine:
         self.config.selection.validate(full_clip)  # fails early on an impossible --keep
         n_text = self.text.tokenizer.get_vocab_size(with_added_tokens=True)
         if n_text > self.backend.info.vocab_size:  # a tokenizer.json from another model: its ids overflow the table
-            raise ValueError(
+            raise UserError(
                 f"the tokenizer has {n_text} tokens but the model's embedding table has "
                 f"{self.backend.info.vocab_size} rows: tokenizer.json is from another model; copy the model "
                 f"directory (or bundle) whole, or re-export it"
@@ -127,7 +128,7 @@ class StreamIngestor:
     def step(self, clip: Clip) -> ClipResult:
         e, t = self.engine, {}
         if clip.index != self.next_index:
-            raise ValueError(f"clip {clip.index} given but stream {self.stream!r} is at clip {self.next_index}")
+            raise UserError(f"clip {clip.index} given but stream {self.stream!r} is at clip {self.next_index}")
         # 1. encode: frames -> visual tokens in the LLM's input space
         t0 = time.perf_counter()
         visual = e.backend.encode_frames(e.preprocess(clip.frames))  # (T, P, D)
@@ -195,13 +196,13 @@ def build_answer_prompt(engine: Engine, question: str, records: list[ClipRecord]
 def check_question(question: str) -> str:
     """The question stripped, or ValueError: not text, empty, longer than MAX_QUESTION_CHARS, not valid UTF-8."""
     if not isinstance(question, str):
-        raise ValueError(f"the question must be text, got {type(question).__name__}")
+        raise UserError(f"the question must be text, got {type(question).__name__}")
     question = question.strip()
     if not question:
-        raise ValueError("the question is empty: ask something, e.g. rlivs ask 'what moved left?'")
+        raise UserError("the question is empty: ask something, e.g. rlivs ask 'what moved left?'")
     if len(question) > MAX_QUESTION_CHARS:
-        raise ValueError(f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS} are "
-                         f"accepted: shorten it")
+        raise UserError(f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS} are "
+                        f"accepted: shorten it")
     try:
         question.encode("utf-8")
     except UnicodeEncodeError as e:  # lone surrogates: bytes that were not UTF-8 (argv) or a broken \ud800 escape
@@ -210,8 +211,8 @@ def check_question(question: str) -> str:
             what = "bytes " + bad.encode("utf-8", "surrogateescape").hex(" ")  # how Python keeps undecodable argv
         except UnicodeEncodeError:
             what = " ".join(f"U+{ord(c):04X}" for c in bad) + " (a lone surrogate)"
-        raise ValueError(f"the question is not valid UTF-8 text ({what} at character {e.start}): pass the "
-                         f"question as UTF-8") from None
+        raise UserError(f"the question is not valid UTF-8 text ({what} at character {e.start}): pass the "
+                        f"question as UTF-8") from None
     return question
 
 
@@ -222,7 +223,7 @@ def answer(engine: Engine, memory: Memory, question: str, stream: str | None = N
     records, matrix = memory.vectors(stream)  # (N, D)
     if not records:
         where = f"stream {stream!r}" if stream else "this memory"
-        raise ValueError(f"{where} holds no captions yet: ingest a video first (rlivs ingest VIDEO --db ...)")
+        raise UserError(f"{where} holds no captions yet: ingest a video first (rlivs ingest VIDEO --db ...)")
     rc = engine.config.retrieval
     q = engine.vector(engine.text.encode(question))  # (D,)
     costs = np.array([r.n_tokens for r in records], dtype=np.float64)

@@ -32,6 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from .backends.base import Backend, DecodeState, StepOutput
+from rlivs.runtime.errors import UserError
 
 QUESTION = 0  # served first
 INGEST = 1  # served when no question waits and no answer holds a reservation
@@ -134,7 +135,7 @@ class SharedBackend(Backend):
         if isinstance(inner, SharedBackend):
             inner, lock = inner.inner, lock or inner.lock
         if priority not in PRIORITY_NAMES:
-            raise ValueError(f"priority must be QUESTION ({QUESTION}) or INGEST ({INGEST}), got {priority!r}")
+            raise UserError(f"priority must be QUESTION ({QUESTION}) or INGEST ({INGEST}), got {priority!r}")
         self.inner = inner  # the backend that runs the model
         self.lock = lock or lock_for(inner)  # shared by every view of `inner`
         self.priority = priority

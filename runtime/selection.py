@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from rlivs.runtime.errors import UserError
 
 
 @dataclass
@@ -23,8 +24,8 @@ def select_attention(tokens: np.ndarray, scores: np.ndarray, n: int, rng: np.ran
     """Top-N by attention score (ties broken toward earlier tokens), kept in temporal order."""
     flat = tokens.reshape(-1, tokens.shape[-1])  # (T*P, D)
     if scores is None or scores.shape != (flat.shape[0],):
-        raise ValueError(f"attention selection needs one score per visual token ({flat.shape[0]}), got "
-                         f"{None if scores is None else scores.shape}")
+        raise UserError(f"attention selection needs one score per visual token ({flat.shape[0]}), got "
+                        f"{None if scores is None else scores.shape}")
     order = np.argsort(-scores, kind="stable")[:n]
     idx = np.sort(order)
     return Selection(flat[idx], idx)
@@ -98,5 +99,5 @@ STRATEGIES: dict[str, Strategy] = {
 
 def get_strategy(name: str) -> Strategy:
     if name not in STRATEGIES:
-        raise ValueError(f"unknown selection strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown selection strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]

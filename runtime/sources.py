@@ -39,6 +39,7 @@ import av
 import numpy as np
 
 from .frames import Frame, _frame_interval
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.sources")
 
@@ -62,14 +63,14 @@ class ReconnectConfig:
 
     def __post_init__(self):
         if not (self.initial_s > 0 and self.max_s >= self.initial_s):
-            raise ValueError(f"reconnect delays must satisfy 0 < initial_s <= max_s, got {self.initial_s}, "
-                             f"{self.max_s}; e.g. initial_s=0.5, max_s=30")
+            raise UserError(f"reconnect delays must satisfy 0 < initial_s <= max_s, got {self.initial_s}, "
+                            f"{self.max_s}; e.g. initial_s=0.5, max_s=30")
         if self.factor < 1:
-            raise ValueError(f"reconnect factor must be >= 1, got {self.factor}; e.g. 2.0")
+            raise UserError(f"reconnect factor must be >= 1, got {self.factor}; e.g. 2.0")
         if not 0 <= self.jitter < 1:
-            raise ValueError(f"reconnect jitter must be in [0, 1), got {self.jitter}; e.g. 0.25")
+            raise UserError(f"reconnect jitter must be in [0, 1), got {self.jitter}; e.g. 0.25")
         if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1 or None (retry forever), got {self.max_attempts}")
+            raise UserError(f"max_attempts must be >= 1 or None (retry forever), got {self.max_attempts}")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number `attempt` (1-based): initial * factor**(attempt-1), capped, jittered."""
@@ -91,16 +92,16 @@ class SourceConfig:
 
     def __post_init__(self):
         if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
-            raise ValueError(f"fps must be a finite number > 0, got {self.fps!r}; use e.g. --fps 1")
+            raise UserError(f"fps must be a finite number > 0, got {self.fps!r}; use e.g. --fps 1")
         if not (math.isfinite(self.replay_speed) and self.replay_speed > 0):
-            raise ValueError(f"replay_speed must be > 0, got {self.replay_speed}; 1.0 replays at real speed")
+            raise UserError(f"replay_speed must be > 0, got {self.replay_speed}; 1.0 replays at real speed")
         if not (math.isfinite(self.start_time) and self.start_time >= 0):
-            raise ValueError(f"start_time must be a finite number of seconds >= 0, got {self.start_time}")
+            raise UserError(f"start_time must be a finite number of seconds >= 0, got {self.start_time}")
         if self.open_timeout_s <= 0 or self.read_timeout_s <= 0:
-            raise ValueError(f"timeouts must be > 0 seconds, got open {self.open_timeout_s}, "
-                             f"read {self.read_timeout_s}")
+            raise UserError(f"timeouts must be > 0 seconds, got open {self.open_timeout_s}, "
+                            f"read {self.read_timeout_s}")
         if self.max_decode_errors_in_a_row < 1:
-            raise ValueError(f"max_decode_errors_in_a_row must be >= 1, got {self.max_decode_errors_in_a_row}")
+            raise UserError(f"max_decode_errors_in_a_row must be >= 1, got {self.max_decode_errors_in_a_row}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -132,8 +133,8 @@ def source_kind(url: str) -> str:
     if scheme == "file":
         return "file"
     if "://" in url:
-        raise ValueError(f"source {url!r} has the scheme {scheme!r}, which rlivs does not read: use a file path, "
-                         f"/dev/videoN, or one of {', '.join(s + '://' for s in NETWORK_SCHEMES)}")
+        raise UserError(f"source {url!r} has the scheme {scheme!r}, which rlivs does not read: use a file path, "
+                        f"/dev/videoN, or one of {', '.join(s + '://' for s in NETWORK_SCHEMES)}")
     return "file"
 
 
@@ -155,15 +156,15 @@ def derive_name(url: str) -> str:
 def parse_source(spec: str) -> SourceSpec:
     """`[name=]URL` -> SourceSpec. A name is 1-64 of A-Z a-z 0-9 _ . -; without one it is derived from the URL."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("a source is empty: pass --source video.mp4, --source /dev/video0 or --source cam=rtsp://...")
+        raise UserError("a source is empty: pass --source video.mp4, --source /dev/video0 or --source cam=rtsp://...")
     spec = spec.strip()
     name, url = None, spec
     head, sep, tail = spec.partition("=")
     if sep and _NAME_RE.match(head) and tail and not Path(spec).exists():
         name, url = head, tail
     elif sep and "/" not in head and ":" not in head and not Path(spec).exists():
-        raise ValueError(f"source name {head!r} in {spec!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
-                         f"e.g. --source cam0={tail}")
+        raise UserError(f"source name {head!r} in {spec!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
+                        f"e.g. --source cam0={tail}")
     kind = source_kind(url)
     return SourceSpec(name or derive_name(url), url, kind)
 
@@ -174,8 +175,8 @@ def parse_sources(specs: list[str]) -> list[SourceSpec]:
     seen: dict[str, str] = {}
     for s in out:
         if s.name in seen:
-            raise ValueError(f"sources {seen[s.name]!r} and {s.url!r} would both be stream {s.name!r}: name them, "
-                             f"e.g. --source {s.name}1={seen[s.name]} --source {s.name}2={s.url}")
+            raise UserError(f"sources {seen[s.name]!r} and {s.url!r} would both be stream {s.name!r}: name them, "
+                            f"e.g. --source {s.name}1={seen[s.name]} --source {s.name}2={s.url}")
         seen[s.name] = s.url
     return out
 
@@ -399,7 +400,7 @@ class LiveSource:
                             timeout=(c.open_timeout_s, c.read_timeout_s))
         if not container.streams.video:
             container.close()
-            raise ValueError(f"{spec.url} has no video stream")
+            raise UserError(f"{spec.url} has no video stream")
         return container
 
     def _run(self) -> None:

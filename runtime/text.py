@@ -16,6 +16,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
+from rlivs.runtime.errors import UserError
 
 
 class _GenerationTag(Extension):
@@ -40,7 +41,7 @@ def _find_chat_template(model_dir: Path) -> str:
         tpl = _read_json(model_dir / name).get("chat_template")
         if isinstance(tpl, str):
             return tpl
-    raise ValueError(
+    raise UserError(
         f"{model_dir} has no chat template (looked for chat_template.jinja, chat_template.json, "
         f"tokenizer_config.json): copy the model's chat template into the directory"
     )
@@ -58,18 +59,18 @@ class TextCodec:
     def __init__(self, model_dir: str | Path):
         model_dir = Path(model_dir)
         if not (model_dir / "tokenizer.json").exists():
-            raise ValueError(f"{model_dir} has no tokenizer.json: rlivs needs the fast tokenizer file next to the weights")
+            raise UserError(f"{model_dir} has no tokenizer.json: rlivs needs the fast tokenizer file next to the weights")
         try:
             self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
-            raise ValueError(f"{model_dir}/tokenizer.json cannot be read ({str(e)[:200]}): it is damaged or truncated; "
-                             f"copy the model directory (or bundle) again") from None
+            raise UserError(f"{model_dir}/tokenizer.json cannot be read ({str(e)[:200]}): it is damaged or truncated; "
+                            f"copy the model directory (or bundle) again") from None
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag])
         self.template = env.from_string(_find_chat_template(model_dir))
         config = _read_json(model_dir / "config.json")
         self.video_token_id = config.get("video_token_id", config.get("video_token_index"))
         if self.video_token_id is None:
-            raise ValueError(f"{model_dir}/config.json has no video_token_id: is this a LLaVA-OneVision model?")
+            raise UserError(f"{model_dir}/config.json has no video_token_id: is this a LLaVA-OneVision model?")
         self.eos_ids = self._eos_ids(model_dir)
 
     def _eos_ids(self, model_dir: Path) -> frozenset[int]:
@@ -79,7 +80,7 @@ class TextCodec:
             tok = tok.get("content") if isinstance(tok, dict) else tok
             eos = self.tokenizer.token_to_id(tok) if tok else None
         if eos is None:
-            raise ValueError(f"{model_dir}: no eos token in generation_config.json or tokenizer_config.json")
+            raise UserError(f"{model_dir}: no eos token in generation_config.json or tokenizer_config.json")
         ids = set(eos if isinstance(eos, list) else [eos])
         for extra in ("<|im_end|>", "<|endoftext|>"):  # chat turns end here even where the config names one only
             tid = self.tokenizer.token_to_id(extra)
@@ -102,7 +103,7 @@ class TextCodec:
         ids = self.encode(text)
         where = np.flatnonzero(ids == self.video_token_id)
         if len(where) != 1:
-            raise ValueError(f"the chat template produced {len(where)} video placeholders, expected 1")
+            raise UserError(f"the chat template produced {len(where)} video placeholders, expected 1")
         return CaptionPrompt(prefix=ids[: where[0]], suffix=ids[where[0] + 1 :])
 
     def chat_ids(self, system: str | None, user: str) -> np.ndarray:

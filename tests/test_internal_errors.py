@@ -54,6 +54,16 @@ def test_debug_shows_the_traceback(tmp_path, broken_args, how):
     assert "internal error:" not in r.stderr
 
 
+def test_a_numpy_style_value_error_is_a_bug_not_the_users_mistake(tmp_path, broken_args):
+    """Only UserError means "your input": a plain ValueError from inside (a shape bug) is an internal error, exit 1."""
+    code = BROKEN_STEP.replace('raise TypeError("StaticKV.update() got an unexpected keyword argument \'kwargs\'")',
+                               'raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")')
+    r = subprocess.run([sys.executable, "-c", code, *map(str, broken_args)], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path, env={**os.environ, "COLUMNS": "400"})
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 1 and "internal error: the torch backend failed: ValueError: operands could not" in err
+
+
 def test_a_refusal_is_still_exit_2_not_an_internal_error(tmp_path, sample_video, tiny_dir):
     r = _rlivs_broken(tmp_path, "ingest", sample_video, "--db", tmp_path / "x.db", "--fps", "-1")
     assert r.returncode == 2 and "fps must be > 0" in r.stderr and "internal error" not in r.stderr

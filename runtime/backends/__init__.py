@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config import ProbeConfig
 from .base import Backend, DecodeState, ModelInfo, StepOutput
 from .bundle import is_bundle, load_manifest
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.backend")
 
@@ -41,7 +42,7 @@ def _has(*modules: str) -> bool:
 def choose_backend(name: str, model_dir: Path) -> tuple[str, str]:
     """-> (backend name, the reason it was chosen). Errors say what to install or export."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     bundle = is_bundle(model_dir)
     engines = bundle and "tensorrt_engines" in load_manifest(model_dir)
     if name == "auto":
@@ -56,32 +57,32 @@ def choose_backend(name: str, model_dir: Path) -> tuple[str, str]:
         why = "asked for explicitly"
     if name == "tensorrt":
         if not engines:
-            raise ValueError(f"{model_dir} has no TensorRT engines: export with rlivs export --target tensorrt, then "
-                             f"build them on the device with rlivs build-engines --bundle {model_dir}")
+            raise UserError(f"{model_dir} has no TensorRT engines: export with rlivs export --target tensorrt, then "
+                            f"build them on the device with rlivs build-engines --bundle {model_dir}")
         if not _has("tensorrt"):
-            raise ValueError("the tensorrt backend needs TensorRT's Python package (JetPack provides it on a Jetson): "
-                             "python3 -c 'import tensorrt' must work; else use --backend onnxruntime")
+            raise UserError("the tensorrt backend needs TensorRT's Python package (JetPack provides it on a Jetson): "
+                            "python3 -c 'import tensorrt' must work; else use --backend onnxruntime")
         if not (_has("cuda.bindings") or _has("cuda.cudart")):
-            raise ValueError("the tensorrt backend needs cuda-python for device memory: pip install 'rlivs[tensorrt]'")
+            raise UserError("the tensorrt backend needs cuda-python for device memory: pip install 'rlivs[tensorrt]'")
     if name == "onnxruntime":
         if not bundle:
             if (Path(model_dir) / "config.json").exists() and not any(Path(model_dir).glob("*.onnx")):
-                raise ValueError(f"{model_dir} is not an exported bundle: run rlivs export --model {model_dir} --out "
-                                 "BUNDLE and pass --bundle BUNDLE (or use --backend torch)")
+                raise UserError(f"{model_dir} is not an exported bundle: run rlivs export --model {model_dir} --out "
+                                "BUNDLE and pass --bundle BUNDLE (or use --backend torch)")
             load_manifest(model_dir)  # raises: "... is not an rlivs bundle (no manifest.json): create one with ..."
         if not _has("onnxruntime"):
-            raise ValueError("the onnxruntime backend needs onnxruntime: pip install 'rlivs[ort]' "
-                             "(onnxruntime-gpu on a CUDA device)")
+            raise UserError("the onnxruntime backend needs onnxruntime: pip install 'rlivs[ort]' "
+                            "(onnxruntime-gpu on a CUDA device)")
     if name == "torch":
         if bundle:
-            raise ValueError(f"{model_dir} is an exported bundle; the torch backend runs HF-format model directories: "
-                             "use --backend onnxruntime (or auto)")
+            raise UserError(f"{model_dir} is an exported bundle; the torch backend runs HF-format model directories: "
+                            "use --backend onnxruntime (or auto)")
         if not (model_dir / "config.json").exists():
-            raise ValueError(f"{model_dir} is not an HF-format model directory (no config.json)")
+            raise UserError(f"{model_dir} is not an HF-format model directory (no config.json)")
         if not _has("torch", "transformers"):
-            raise ValueError(f"{model_dir} is an HF-format model and only the torch backend runs those, but torch/"
-                             "transformers are not installed: pip install torch==2.13.0 && pip install 'rlivs[torch]', "
-                             "or export a bundle on another machine (rlivs export) and run it with --bundle")
+            raise UserError(f"{model_dir} is an HF-format model and only the torch backend runs those, but torch/"
+                            "transformers are not installed: pip install torch==2.13.0 && pip install 'rlivs[torch]', "
+                            "or export a bundle on another machine (rlivs export) and run it with --bundle")
     return name, why
 
 
@@ -94,10 +95,10 @@ def load_backend(model_dir: Path, *, name: str = "auto", model_id: str | None = 
     """kv_cache / max_context: the torch backend's KV cache (auto: static + CUDA graph on cuda, dynamic on cpu);
     an exported bundle's cache is fixed at export (rlivs export --max-context)."""
     if kv_cache not in KV_CACHES:
-        raise ValueError(f"unknown KV cache {kv_cache!r}: use one of {', '.join(KV_CACHES)}")
+        raise UserError(f"unknown KV cache {kv_cache!r}: use one of {', '.join(KV_CACHES)}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}: pass e.g. --threads 4, or leave it out for the "
-                         f"backend's default")
+        raise UserError(f"threads must be >= 1, got {threads}: pass e.g. --threads 4, or leave it out for the "
+                        f"backend's default")
     chosen, why = choose_backend(name, Path(model_dir))
     log.info("backend: %s (%s)", chosen, why)
     if chosen == "torch":
@@ -108,13 +109,13 @@ def load_backend(model_dir: Path, *, name: str = "auto", model_id: str | None = 
                             cache=None if kv_cache == "auto" else kv_cache, **extra)
     manifest = load_manifest(model_dir)
     if probe is not None and probe.layers is not None and tuple(sorted(probe.layers)) != tuple(manifest["probe_layers"]):
-        raise ValueError(f"the bundle was exported with probe layers {manifest['probe_layers']}, not "
-                         f"{list(probe.layers)}: re-export with rlivs export --probe-layers ...")
+        raise UserError(f"the bundle was exported with probe layers {manifest['probe_layers']}, not "
+                        f"{list(probe.layers)}: re-export with rlivs export --probe-layers ...")
     if dtype != "float32":
-        raise ValueError(f"--dtype {dtype} applies to the torch backend; a bundle's precision is set at export")
+        raise UserError(f"--dtype {dtype} applies to the torch backend; a bundle's precision is set at export")
     if kv_cache != "auto" or max_context is not None:
-        raise ValueError("--kv-cache / --max-context apply to the torch backend; a bundle's KV cache is set at export "
-                         "(rlivs export --max-context N)")
+        raise UserError("--kv-cache / --max-context apply to the torch backend; a bundle's KV cache is set at export "
+                        "(rlivs export --max-context N)")
     if chosen == "tensorrt":
         from .tensorrt import TrtBackend
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from .base import ModelInfo
 from .kv_arena import KVLayout
+from rlivs.runtime.errors import UserError
 
 BUNDLE_FORMAT = "rlivs-bundle"
 BUNDLE_VERSION = 1
@@ -27,27 +28,27 @@ def load_manifest(bundle: str | Path) -> dict:
     bundle = Path(bundle)
     path = bundle / MANIFEST
     if not path.is_file():
-        raise ValueError(f"{bundle} is not an rlivs bundle (no {MANIFEST}): create one with rlivs export --model M --out {bundle}")
+        raise UserError(f"{bundle} is not an rlivs bundle (no {MANIFEST}): create one with rlivs export --model M --out {bundle}")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): re-run rlivs export") from e
+        raise UserError(f"{path} is not valid JSON ({e}): re-run rlivs export") from e
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path} is not an rlivs bundle manifest (a JSON {type(manifest).__name__}, not an object): "
-                         f"re-run rlivs export")
+        raise UserError(f"{path} is not an rlivs bundle manifest (a JSON {type(manifest).__name__}, not an object): "
+                        f"re-run rlivs export")
     if manifest.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{path} is not an rlivs bundle manifest (format {manifest.get('format')!r})")
+        raise UserError(f"{path} is not an rlivs bundle manifest (format {manifest.get('format')!r})")
     if manifest.get("version") != BUNDLE_VERSION:
-        raise ValueError(f"{bundle} is bundle version {manifest.get('version')}; this rlivs reads version "
-                         f"{BUNDLE_VERSION}: re-export it with this rlivs (rlivs export)")
+        raise UserError(f"{bundle} is bundle version {manifest.get('version')}; this rlivs reads version "
+                        f"{BUNDLE_VERSION}: re-export it with this rlivs (rlivs export)")
     missing = [f for f in REQUIRED if not (bundle / f).is_file()]
     if missing:
-        raise ValueError(f"bundle {bundle} is missing {', '.join(missing)}: copy the whole bundle directory or re-export it")
+        raise UserError(f"bundle {bundle} is missing {', '.join(missing)}: copy the whole bundle directory or re-export it")
     want = manifest.get("config_sha256")
     if want and hashlib.sha256((bundle / "config.json").read_bytes()).hexdigest() != want:
-        raise ValueError(f"{bundle}/config.json is not the one this bundle was exported with (its sha256 differs from "
-                         f"the manifest's): it is damaged or from another model; copy the whole bundle directory "
-                         f"from one export or re-export it")
+        raise UserError(f"{bundle}/config.json is not the one this bundle was exported with (its sha256 differs from "
+                        f"the manifest's): it is damaged or from another model; copy the whole bundle directory "
+                        f"from one export or re-export it")
     return manifest
 
 
@@ -65,14 +66,14 @@ def bundle_info(bundle: str | Path, manifest: dict):
             image_size=tuple(manifest["image_size"]), video_token_id=int(manifest["video_token_id"]),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
-                         f"whole bundle directory again or re-export it") from None
+        raise UserError(f"{bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
+                        f"whole bundle directory again or re-export it") from None
     return info, layout
 
 
-def damaged(bundle: str | Path, name: str, e: BaseException) -> ValueError:
-    return ValueError(f"{bundle}/{name} cannot be loaded ({type(e).__name__}: {str(e)[:300]}): the file is "
-                      f"damaged or truncated; copy the whole bundle directory again or re-export it")
+def damaged(bundle: str | Path, name: str, e: BaseException) -> UserError:
+    return UserError(f"{bundle}/{name} cannot be loaded ({type(e).__name__}: {str(e)[:300]}): the file is "
+                     f"damaged or truncated; copy the whole bundle directory again or re-export it")
 
 
 def load_tables(bundle: str | Path, info):
@@ -88,10 +89,10 @@ def load_tables(bundle: str | Path, info):
     table = npy("embeddings.npy", mmap_mode="r")  # (V, D)
     newline = npy("image_newline.npy").astype(np.float32)  # (D,)
     if table.shape != (info.vocab_size, info.hidden_size):
-        raise ValueError(f"{bundle}/embeddings.npy has shape {table.shape}, the manifest says "
-                         f"{(info.vocab_size, info.hidden_size)}: the bundle is damaged, re-export it")
+        raise UserError(f"{bundle}/embeddings.npy has shape {table.shape}, the manifest says "
+                        f"{(info.vocab_size, info.hidden_size)}: the bundle is damaged, re-export it")
     if newline.shape != (info.hidden_size,):
-        raise ValueError(f"{bundle}/image_newline.npy has shape {newline.shape}, the manifest says "
-                         f"({info.hidden_size},): it is from another model; copy the whole bundle directory "
-                         f"from one export or re-export it")
+        raise UserError(f"{bundle}/image_newline.npy has shape {newline.shape}, the manifest says "
+                        f"({info.hidden_size},): it is from another model; copy the whole bundle directory "
+                        f"from one export or re-export it")
     return table, newline

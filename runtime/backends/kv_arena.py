@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 import numpy as np
+from rlivs.runtime.errors import UserError
 
 ALIGN = 256  # bytes: TensorRT wants I/O tensor addresses aligned to 256 bytes
 
@@ -48,9 +49,9 @@ class KVLayout:
     def check_room(self, length: int, n_new: int) -> None:
         """A step may not run past the arena: say what to change."""
         if self.layout == "arena" and length + n_new > self.max_context:
-            raise ValueError(f"this sequence needs {length + n_new} cache positions but the bundle's KV cache holds "
-                             f"{self.max_context}: lower the FIFO (--fifo-clips / --fifo-tokens), the caption or answer "
-                             f"length, or re-export with a larger --max-context")
+            raise UserError(f"this sequence needs {length + n_new} cache positions but the bundle's KV cache holds "
+                            f"{self.max_context}: lower the FIFO (--fifo-clips / --fifo-tokens), the caption or answer "
+                            f"length, or re-export with a larger --max-context")
 
     def offsets(self, length: int) -> tuple[int, int]:
         """Byte offsets into an arena of past_kv (rows [0, length)) and new_kv (rows from length)."""
@@ -68,7 +69,7 @@ class Arena:
         """alloc(nbytes) -> (handle, ptr); the address must keep `align` (TensorRT: ALIGN)."""
         handle, ptr = alloc(nbytes)
         if ptr % align:
-            raise ValueError(f"the KV arena allocator returned an address not aligned to {align} bytes")
+            raise UserError(f"the KV arena allocator returned an address not aligned to {align} bytes")
         return cls(handle, ptr)
 
 

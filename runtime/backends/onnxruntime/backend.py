@@ -13,6 +13,7 @@ import onnxruntime as ort
 from ..base import Backend, DecodeState, StepOutput
 from ..bundle import bundle_info, damaged, load_manifest, load_tables
 from ..kv_arena import Arena, ArenaPool
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.backend.onnxruntime")
 
@@ -38,8 +39,8 @@ class OrtBackend(Backend):
         if providers:
             missing = [p for p in providers if p not in available]
             if missing:
-                raise ValueError(f"ONNX Runtime providers {missing} are not available here (have {available}); "
-                                 "install onnxruntime-gpu for CUDA/TensorRT")
+                raise UserError(f"ONNX Runtime providers {missing} are not available here (have {available}); "
+                                "install onnxruntime-gpu for CUDA/TensorRT")
         else:
             providers = [p for p in PREFERRED_PROVIDERS if p in available]
         opts = ort.SessionOptions()
@@ -83,16 +84,16 @@ class OrtBackend(Backend):
             sess = self.vision if name == "vision.onnx" else self.decoder
             values = {x.name: x for x in [*sess.get_inputs(), *sess.get_outputs()]}
             if io not in values:
-                raise ValueError(f"{self.bundle}/{name} has no {io!r} input or output: it is not an rlivs bundle "
-                                 f"graph of the manifest's kind; copy the whole bundle directory from one export or "
-                                 f"re-export it")
+                raise UserError(f"{self.bundle}/{name} has no {io!r} input or output: it is not an rlivs bundle "
+                                f"graph of the manifest's kind; copy the whole bundle directory from one export or "
+                                f"re-export it")
             shape = values[io].shape
             for axis, size in dims.items():
                 got = shape[axis] if axis < len(shape) else None
                 if isinstance(got, int) and got != size:
-                    raise ValueError(f"{self.bundle}/{name} {io} has size {got} on axis {axis} but the manifest says "
-                                     f"{size}: the graph is from another model; copy the whole bundle directory "
-                                     f"from one export or re-export it")
+                    raise UserError(f"{self.bundle}/{name} {io} has size {got} on axis {axis} but the manifest says "
+                                    f"{size}: the graph is from another model; copy the whole bundle directory "
+                                    f"from one export or re-export it")
 
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(pixels, dtype=np.float32)  # (T, 3, H, W)
@@ -116,7 +117,7 @@ class OrtBackend(Backend):
 
     def step(self, embeds: np.ndarray, state: OrtState, probe_rows: int = 1) -> StepOutput:
         if probe_rows > 1:
-            raise ValueError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
+            raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
         x = np.ascontiguousarray(embeds, dtype=np.float32)[None]  # (1, L, D)
         n_new = x.shape[1]
         self.kv.check_room(state.length, n_new)
@@ -157,7 +158,7 @@ class OrtBackend(Backend):
     def arena_rows(self, state: OrtState) -> np.ndarray:
         """(K, N, 2, H_kv, Dh) view of a CPU arena's filled rows (tests and calibration)."""
         if state.arena is None or self.device != "cpu":
-            raise ValueError("arena_rows reads a CPU arena cache; this state has none")
+            raise UserError("arena_rows reads a CPU arena cache; this state has none")
         flat = state.arena.handle.numpy()  # (bytes,) uint8, the arena's memory
         return flat.view(self.kv.dtype).reshape(self.kv.max_context, *self.kv.row_shape)[: state.length]
 

@@ -30,6 +30,7 @@ from ..bundle import bundle_info, load_manifest, load_tables
 from ..kv_arena import ALIGN, Arena, ArenaPool
 from .device import DeviceBuffer, Stream
 from .engine_entry import check_engine_entry, current_env
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.backend.tensorrt")
 
@@ -42,8 +43,8 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise ValueError("the TensorRT backend needs TensorRT's Python package: it comes with JetPack on a Jetson "
-                         "(python3 -c 'import tensorrt'); elsewhere use --backend onnxruntime") from None
+        raise UserError("the TensorRT backend needs TensorRT's Python package: it comes with JetPack on a Jetson "
+                        "(python3 -c 'import tensorrt'); elsewhere use --backend onnxruntime") from None
     return tensorrt
 
 
@@ -54,7 +55,7 @@ class _Engine:
         self.trt = trt
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise ValueError(f"TensorRT could not deserialize {path} (see the TensorRT log above): {fix}")
+            raise UserError(f"TensorRT could not deserialize {path} (see the TensorRT log above): {fix}")
         self.context = self.engine.create_execution_context()
         self.inputs, self.dtypes = set(), {}
         for i in range(self.engine.num_io_tensors):
@@ -67,8 +68,8 @@ class _Engine:
                      tuple(self.engine.get_tensor_shape(name)), self.dtypes[name])
         wrong = {k: (v, self.dtypes.get(k)) for k, v in want.items() if self.dtypes.get(k) != v}
         if wrong:
-            raise ValueError(f"{path} does not have the I/O the runtime binds ({{name: (wanted, found)}} {wrong}): "
-                             f"it was built from another graph; {fix}")
+            raise UserError(f"{path} does not have the I/O the runtime binds ({{name: (wanted, found)}} {wrong}): "
+                            f"it was built from another graph; {fix}")
         self.profile = 0
         self.profiles = {}  # name -> index, from the manifest entry
 
@@ -78,8 +79,8 @@ class _Engine:
             self.profile = profile
         for name, shape in shapes.items():
             if not self.context.set_input_shape(name, shape):
-                raise ValueError(f"input {name} of shape {shape} is outside the engine's optimization profile "
-                                 f"{profile}: rebuild the engines with larger --max-context / --max-frames")
+                raise UserError(f"input {name} of shape {shape} is outside the engine's optimization profile "
+                                f"{profile}: rebuild the engines with larger --max-context / --max-frames")
         for name, ptr in addresses.items():
             self.context.set_tensor_address(name, ptr)
         if not self.context.execute_async_v3(stream.ptr):
@@ -101,8 +102,8 @@ class TrtBackend(Backend):
         m = manifest or load_manifest(self.bundle)
         self.info, self.kv = bundle_info(self.bundle, m)
         if self.kv.layout != "arena":
-            raise ValueError(f"{self.bundle} was not exported for TensorRT (its KV cache layout is {self.kv.layout}): "
-                             f"re-export with rlivs export --target tensorrt, then rlivs build-engines")
+            raise UserError(f"{self.bundle} was not exported for TensorRT (its KV cache layout is {self.kv.layout}): "
+                            f"re-export with rlivs export --target tensorrt, then rlivs build-engines")
         entry = check_engine_entry(self.bundle, m, current_env(trt.__version__, device))  # else: rebuild
         fix = f"rebuild the engines with rlivs build-engines --bundle {self.bundle}"
         self.max_context = min(int(entry["max_context"]), self.kv.max_context)
@@ -167,7 +168,7 @@ class TrtBackend(Backend):
 
     def step(self, embeds: np.ndarray, state: TrtState, probe_rows: int = 1) -> StepOutput:
         if probe_rows > 1:
-            raise ValueError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
+            raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
         x = np.ascontiguousarray(embeds, dtype=np.float32)[None]  # (1, L, D)
         n_new, k = x.shape[1], state.length
         self.kv.check_room(k, n_new)

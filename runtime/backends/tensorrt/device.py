@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from rlivs.runtime.errors import UserError
 
 
 def cudart():
@@ -19,8 +20,8 @@ def cudart():
         try:
             from cuda import cudart as runtime
         except ImportError:
-            raise ValueError("the TensorRT backend needs cuda-python for device memory: pip install 'rlivs[tensorrt]' "
-                             "(cuda-python); TensorRT itself comes with JetPack on a Jetson") from None
+            raise UserError("the TensorRT backend needs cuda-python for device memory: pip install 'rlivs[tensorrt]' "
+                            "(cuda-python); TensorRT itself comes with JetPack on a Jetson") from None
     return runtime
 
 
@@ -32,7 +33,7 @@ def _check(result, what: str):
         name = name.decode() if isinstance(name, bytes) else str(err)
         hint = (" (no usable NVIDIA driver/GPU in this process: run on the Jetson/GPU, or use --backend onnxruntime)"
                 if name in ("cudaErrorInsufficientDriver", "cudaErrorNoDevice") else "")
-        raise ValueError(f"CUDA {what} failed: {name}{hint}")
+        raise UserError(f"CUDA {what} failed: {name}{hint}")
     return values[0] if len(values) == 1 else tuple(values) if values else None
 
 

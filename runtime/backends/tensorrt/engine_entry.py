@@ -35,6 +35,7 @@ import tempfile
 from pathlib import Path
 
 from ..bundle import MANIFEST
+from rlivs.runtime.errors import UserError
 
 ENTRY = "tensorrt_engines"
 ENTRY_SCHEMA = 1
@@ -125,13 +126,13 @@ def cuda_device(index: int = 0) -> dict:
         except OSError:
             continue
     if lib is None:
-        raise ValueError("no CUDA driver (libcuda) on this machine: TensorRT engines need an NVIDIA GPU and its "
-                         "driver (on a Jetson: JetPack)")
+        raise UserError("no CUDA driver (libcuda) on this machine: TensorRT engines need an NVIDIA GPU and its "
+                        "driver (on a Jetson: JetPack)")
 
     def check(rc: int, what: str) -> None:
         if rc != 0:
-            raise ValueError(f"the CUDA driver failed in {what} (CUresult {rc}): is the GPU visible to this process "
-                             f"(CUDA_VISIBLE_DEVICES, container --gpus / --runtime nvidia)?")
+            raise UserError(f"the CUDA driver failed in {what} (CUresult {rc}): is the GPU visible to this process "
+                            f"(CUDA_VISIBLE_DEVICES, container --gpus / --runtime nvidia)?")
 
     dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
     raw = ctypes.create_string_buffer(256)
@@ -167,13 +168,13 @@ def check_engine_entry(bundle: str | Path, manifest: dict, runtime_env: dict) ->
     fix = rebuild_hint(bundle)
     entry = manifest.get(ENTRY)
     if entry is None:
-        raise ValueError(f"{bundle} has no TensorRT engines (no {ENTRY!r} in its manifest): {fix}")
+        raise UserError(f"{bundle} has no TensorRT engines (no {ENTRY!r} in its manifest): {fix}")
     missing = [k for k in _REQUIRED if k not in entry] if isinstance(entry, dict) else list(_REQUIRED)
     engines = entry.get("engines") if isinstance(entry, dict) else None
     if missing or not isinstance(engines, dict) or any(not isinstance(engines.get(k), dict) or "file" not in engines[k]
                                                        for k in ENGINES):
-        raise ValueError(f"{bundle}/{MANIFEST}: the {ENTRY!r} entry is damaged (missing "
-                         f"{', '.join(missing) or 'engine files'}): {fix}")
+        raise UserError(f"{bundle}/{MANIFEST}: the {ENTRY!r} entry is damaged (missing "
+                        f"{', '.join(missing) or 'engine files'}): {fix}")
     differ = []
     if str(entry["tensorrt_version"]) != str(runtime_env.get("tensorrt_version")):
         differ.append(f"TensorRT {entry['tensorrt_version']} built them, this device runs TensorRT "
@@ -184,20 +185,20 @@ def check_engine_entry(bundle: str | Path, manifest: dict, runtime_env: dict) ->
         differ.append(f"they were built for compute capability {entry['compute_capability']}, this GPU has "
                       f"{runtime_env.get('compute_capability')}")
     if differ:
-        raise ValueError(f"the TensorRT engines in {bundle} cannot run here: {'; '.join(differ)} (an engine runs "
-                         f"only on the GPU model and TensorRT version it was built with): {fix}")
+        raise UserError(f"the TensorRT engines in {bundle} cannot run here: {'; '.join(differ)} (an engine runs "
+                        f"only on the GPU model and TensorRT version it was built with): {fix}")
     for key in ENGINES:
         e = engines[key]
         path = bundle / e["file"]
         if not path.is_file():
-            raise ValueError(f"the {key} engine {path} is missing (the manifest lists it): {fix}")
+            raise UserError(f"the {key} engine {path} is missing (the manifest lists it): {fix}")
         if "bytes" in e and path.stat().st_size != int(e["bytes"]):
-            raise ValueError(f"the {key} engine {path} has {path.stat().st_size} bytes, the build wrote "
-                             f"{e['bytes']}: it is truncated or from another build; {fix}")
+            raise UserError(f"the {key} engine {path} has {path.stat().st_size} bytes, the build wrote "
+                            f"{e['bytes']}: it is truncated or from another build; {fix}")
     digest = bundle_digest(bundle, manifest)
     if digest != entry["bundle_digest"]:
-        raise ValueError(f"{bundle} was re-exported (or its ONNX graphs changed) since its TensorRT engines were "
-                         f"built: the engines no longer match the graphs; {fix}")
+        raise UserError(f"{bundle} was re-exported (or its ONNX graphs changed) since its TensorRT engines were "
+                        f"built: the engines no longer match the graphs; {fix}")
     return entry
 
 
@@ -210,13 +211,13 @@ def write_engine_entry(bundle: str | Path, entry: dict | None) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{bundle} is not an rlivs bundle (no {MANIFEST}): export one with rlivs export "
-                         f"--target tensorrt") from None
+        raise UserError(f"{bundle} is not an rlivs bundle (no {MANIFEST}): export one with rlivs export "
+                        f"--target tensorrt") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): re-export the bundle (rlivs export --target tensorrt)") \
+        raise UserError(f"{path} is not valid JSON ({e}): re-export the bundle (rlivs export --target tensorrt)") \
             from None
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path} is not an rlivs bundle manifest: re-export the bundle")
+        raise UserError(f"{path} is not an rlivs bundle manifest: re-export the bundle")
     if entry is None:
         manifest.pop(ENTRY, None)
     else:

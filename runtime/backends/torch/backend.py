@@ -34,6 +34,7 @@ from ..base import Backend, DecodeState, ModelInfo, StepOutput
 from ..kv_arena import ArenaPool
 from .hf_compat import cache_kwargs
 from .static import Arena, StaticKV, StaticState
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.backend.torch")
 
@@ -137,20 +138,20 @@ class TorchBackend(Backend):
         graph per arena and replay it (default: on when the cache is static and the device is CUDA).
         """
         if dtype not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported by the torch backend: use one of {sorted(_DTYPES)}")
+            raise UserError(f"dtype {dtype!r} is not supported by the torch backend: use one of {sorted(_DTYPES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for but CUDA is not available: use --device cpu")
+            raise UserError(f"device {device!r} asked for but CUDA is not available: use --device cpu")
         on_cuda = device.startswith("cuda")
         cache = cache or ("static" if on_cuda else "dynamic")
         if cache not in CACHES:
-            raise ValueError(f"cache {cache!r} is not a torch backend KV cache: use one of {', '.join(CACHES)}")
+            raise UserError(f"cache {cache!r} is not a torch backend KV cache: use one of {', '.join(CACHES)}")
         if cache == "static" and not (isinstance(max_context, int) and max_context >= 1):
-            raise ValueError(f"max_context must be a positive number of positions, got {max_context!r}: "
-                             f"use e.g. --max-context {DEFAULT_MAX_CONTEXT}")
+            raise UserError(f"max_context must be a positive number of positions, got {max_context!r}: "
+                            f"use e.g. --max-context {DEFAULT_MAX_CONTEXT}")
         cuda_graph = (cache == "static" and on_cuda) if cuda_graph is None else cuda_graph
         if cuda_graph and not (cache == "static" and on_cuda):
-            raise ValueError("CUDA graphs replay the static-cache decode step on a CUDA device: use --device cuda "
-                             "with the static cache, or turn CUDA graphs off")
+            raise UserError("CUDA graphs replay the static-cache decode step on a CUDA device: use --device cuda "
+                            "with the static cache, or turn CUDA graphs off")
         self.cache, self.max_context, self.cuda_graph = cache, max_context, cuda_graph
         self.graph_error: str | None = None  # why CUDA graph capture failed, if it did (decode then runs eagerly)
         if threads:
@@ -158,7 +159,7 @@ class TorchBackend(Backend):
         self.device, self.dtype = torch.device(device), _DTYPES[dtype]
         hf_logging.disable_progress_bar()
         if (model_dir is None) == (model is None):
-            raise ValueError("give the torch backend either model_dir or model")
+            raise UserError("give the torch backend either model_dir or model")
         if model is None:
             model = LlavaOnevisionForConditionalGeneration.from_pretrained(
                 str(model_dir), dtype=self.dtype, attn_implementation="sdpa")
@@ -185,8 +186,8 @@ class TorchBackend(Backend):
         self._pool: ArenaPool | None = None
         if cache == "static":
             if getattr(self.lm, "has_sliding_layers", False):
-                raise ValueError("the static KV cache supports full-attention decoders only; this model has "
-                                 "sliding-window layers: use the dynamic cache")
+                raise UserError("the static KV cache supports full-attention decoders only; this model has "
+                                "sliding-window layers: use the dynamic cache")
             self._pool = ArenaPool(self._new_arena)
             self._kpos = torch.arange(max_context, device=self.device)  # (M,) key positions, for decode masks
             self._graph_pool = torch.cuda.graph_pool_handle() if cuda_graph else None
@@ -220,7 +221,7 @@ class TorchBackend(Backend):
     def step(self, embeds: np.ndarray, state: TorchState | StaticState, probe_rows: int = 1) -> StepOutput:
         if self._pool is not None:
             if not isinstance(state, StaticState):
-                raise ValueError("this torch backend runs a static KV cache: pass a state from its own new_state()")
+                raise UserError("this torch backend runs a static KV cache: pass a state from its own new_state()")
             return self._step_static(embeds, state, probe_rows)
         x = torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32)).to(self.device, self.dtype)[None]  # (1, L, D)
         n_new = x.shape[1]
@@ -298,10 +299,10 @@ class TorchBackend(Backend):
         n_new, start = len(embeds), state.length
         end = start + n_new  # K after this step
         if end > self.max_context:
-            raise ValueError(f"this sequence needs {end} cache positions but the static KV cache holds "
-                             f"max_context={self.max_context}: raise --max-context to at least {end} (TorchBackend "
-                             f"max_context), lower the FIFO (--fifo-clips / --fifo-tokens) or the caption/answer "
-                             f"length, or use the dynamic cache")
+            raise UserError(f"this sequence needs {end} cache positions but the static KV cache holds "
+                            f"max_context={self.max_context}: raise --max-context to at least {end} (TorchBackend "
+                            f"max_context), lower the FIFO (--fifo-clips / --fifo-tokens) or the caption/answer "
+                            f"length, or use the dynamic cache")
         if state.arena is None:
             state.arena = self._pool.acquire(state)  # back to the pool when `state` is garbage-collected
         arena = state.arena

@@ -29,6 +29,7 @@ from transformers import (
     Qwen2Config,
     SiglipVisionConfig,
 )
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.tiny")
 
@@ -136,7 +137,7 @@ def build_model_dir(out: Path, seed: int = 0, size: str = "tiny") -> Path:
     elif size == "0.5b":
         config = real_size_config(ids["<image>"], ids["<video>"])
     else:
-        raise ValueError(f"unknown random model size {size!r}: use 'tiny' or '0.5b'")
+        raise UserError(f"unknown random model size {size!r}: use 'tiny' or '0.5b'")
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     if size == "tiny":  # the real newline is O(1); the default init is tiny
