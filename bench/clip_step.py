@@ -113,7 +113,10 @@ def _load(args):
 
 
 def _clip(engine, args, sync) -> tuple[dict, list, int]:
-    """One clip step, stage by stage -> (stages_s, selected indices, context tokens)."""
+    """One clip step, stage by stage -> (stages_s, selected indices, context tokens). The method's variants run the
+    pipeline's own clip step (`Engine.caption_clip`); `naive` and `ort_noprobe` score the same context their own way
+    (what the method is compared with). Random weights need not stop: captions are exactly --caption-tokens long."""
+    from rlivs.runtime.config import CaptionConfig
     from rlivs.runtime.memory import ClipRecord, Memory
     from rlivs.runtime.selection import select_attention
 
@@ -122,26 +125,41 @@ def _clip(engine, args, sync) -> tuple[dict, list, int]:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (args.frames, 240, 320, 3), dtype=np.uint8)
     fifo = rng.standard_normal((args.fifo_tokens, d)).astype(np.float32) * 0.02
+    eos, caption = engine.text.eos_ids, engine.config.caption
+    engine.text.eos_ids = frozenset()  # fixed-length captions (the answer stage after this keeps its EOS)
+    engine.config.caption = CaptionConfig(max_new_tokens=args.caption_tokens)
     t = {}
-    t0 = time.perf_counter()
-    vis = be.encode_frames(engine.preprocess(frames))  # (T, P, D)
-    sync()
-    t["encode"] = time.perf_counter() - t0
-    ctx, cols = engine.caption_context(fifo, vis.reshape(-1, d))
-    if args.variant == "naive":
-        scores = _naive_scores(engine, ctx, cols, args.caption_tokens, t, sync)
+    if args.variant in ("naive", "ort_noprobe"):
+        t0 = time.perf_counter()
+        vis = be.encode_frames(engine.preprocess(frames))  # (T, P, D)
+        sync()
+        t["encode"] = time.perf_counter() - t0
+        ctx, cols = engine.caption_context(fifo, vis.reshape(-1, d))
+        if args.variant == "naive":
+            scores = _naive_scores(engine, ctx, cols, args.caption_tokens, t, sync)
+        else:
+            scores = _backend_scores(engine, ctx, cols, args.caption_tokens, t, sync, probe=False)
+        t0 = time.perf_counter()
+        sel = select_attention(vis, scores.astype(np.float32), engine.config.selection.n_keep(len(scores)), rng)
+        t["select"] = time.perf_counter() - t0
+        n_ctx = len(ctx)
+        engine.text.eos_ids, engine.config.caption = eos, caption
     else:
-        scores = _backend_scores(engine, ctx, cols, args.caption_tokens, t, sync, probe=args.variant != "ort_noprobe")
-    t0 = time.perf_counter()
-    sel = select_attention(vis, scores.astype(np.float32), engine.config.selection.n_keep(len(scores)), rng)
-    t["select"] = time.perf_counter() - t0
+        try:
+            step = engine.caption_clip(frames, fifo, 0)  # the pipeline's clip step: encode, caption + score, select
+            sync()
+        finally:
+            engine.text.eos_ids, engine.config.caption = eos, caption
+        sel, n_ctx = step.selection, step.context_tokens
+        t.update({k: step.timings[k] for k in ("encode", "prefill", "select")})
+        t["decode_per_token"] = step.timings["decode"] / max(1, step.steps - 1)
     with tempfile.TemporaryDirectory() as tmp, Memory(f"{tmp}/m.db") as mem:
         mem.open_stream("s", "bench", "bench", "x")
         t0 = time.perf_counter()
         mem.commit_clip(ClipRecord("s", 0, 0.0, 16.0, "caption " * 20, 40, engine.vector([5, 6, 7])), sel.tokens)
         t["store"] = time.perf_counter() - t0
     t["clip"] = sum(v for k, v in t.items() if k != "decode_per_token") + t["decode_per_token"] * args.caption_tokens
-    return t, sel.indices.tolist(), len(ctx)
+    return t, sel.indices.tolist(), n_ctx
 
 
 def _answer(engine, args, sync) -> dict:

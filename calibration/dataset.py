@@ -38,8 +38,6 @@ from rlivs.runtime.config import (
 )
 from rlivs.runtime.fifo import TokenFifo
 from rlivs.runtime.frames import Clip, FramePreprocessor, VideoFileSource, clip_start_time, iter_clips
-from rlivs.runtime.generate import greedy
-from rlivs.runtime.selection import get_strategy
 
 from .config import CollectConfig
 from rlivs.runtime.errors import UserError
@@ -312,7 +310,6 @@ def collect(videos: Sequence[str | Path], out: str | Path, engine, config: Colle
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # valid only once the manifest is written, last
     (out / "items").mkdir(exist_ok=True)
-    strategy = get_strategy(pc.selection.strategy)
     items: list[dict] = []
     order = {(candidates[i].video, candidates[i].clip): pos for pos, i in enumerate(picked)}
     n_run = sum(b - a + 1 for vi in range(len(paths))
@@ -328,13 +325,8 @@ def collect(videos: Sequence[str | Path], out: str | Path, engine, config: Colle
                     break
                 pos = order.get((vi, clip.index))
                 prefix, prefix_clips = fifo.tokens(), fifo.clip_indices  # (F, D) before this clip enters
-                visual = engine.backend.encode_frames(engine.preprocess(clip.frames))  # (T, P, D)
-                ctx, cols = engine.caption_context(prefix, visual.reshape(-1, visual.shape[-1]))
-                gen = greedy(engine.backend, ctx, pc.caption.max_new_tokens, engine.text.eos_ids, cols)
-                rng = np.random.default_rng([pc.selection.seed, clip.index])
-                sel = strategy(visual, gen.scores, pc.selection.n_keep(visual.shape[0] * visual.shape[1]), rng)
-                if fifo.admits(len(sel.tokens)):
-                    fifo.push(clip.index, sel.tokens)
+                step = engine.caption_clip(clip.frames, prefix, clip.index)  # the pipeline's own clip step
+                fifo.push(clip.index, step.selection.tokens)
                 if pos is not None:
                     item_id = f"c{pos:03d}"
                     f = out / "items" / f"{item_id}.npz"
@@ -342,8 +334,8 @@ def collect(videos: Sequence[str | Path], out: str | Path, engine, config: Colle
                     np.savez(f, frames=frames, fifo=prefix.astype(np.float32))
                     items.append({"id": item_id, "split": "heldout" if pos in held else "calib", "video": vi,
                                   "clip": clip.index, "t_start": clip.t_start, "t_end": clip.t_end,
-                                  "fifo_clips": [int(i) for i in prefix_clips], "caption_ids": [int(i) for i in gen.ids],
-                                  "scored_rows": gen.steps, "sha256": _sha256(f)})
+                                  "fifo_clips": [int(i) for i in prefix_clips], "caption_ids": [int(i) for i in step.caption_ids],
+                                  "scored_rows": step.steps, "sha256": _sha256(f)})
                 done += 1
                 if on_clip:
                     on_clip("run", done, n_run)

@@ -21,7 +21,6 @@ reused when present.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
@@ -37,6 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
+from rlivs.export.graph import graph_io, node_module
 from rlivs.runtime.backends.bundle import MANIFEST, load_manifest
 
 from .config import QuantizeConfig
@@ -45,7 +45,6 @@ from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.calibration")
 
-_SCOPE = "pkg.torch.onnx.name_scopes"
 _PARTIAL = ".rlivs-partial"
 _ATTN = re.compile(r"^lm\.layers\.(\d+)\.self_attn(?:\.(\w+))?$")
 
@@ -53,19 +52,6 @@ _ATTN = re.compile(r"^lm\.layers\.(\d+)\.self_attn(?:\.(\w+))?$")
 # ---------------------------------------------------------------------------------------------------------------------
 # Which nodes stay float32
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def node_module(node) -> str | None:
-    """The deepest torch module a node was exported from (e.g. 'lm.layers.3.self_attn.q_proj'), or None."""
-    for p in node.metadata_props:
-        if p.key == _SCOPE:
-            try:
-                scopes = ast.literal_eval(p.value)
-            except (ValueError, SyntaxError):
-                return None
-            mods = [s for s in scopes if s.startswith(("lm.", "lm_head"))]
-            return mods[-1] if mods else None
-    return None
 
 
 @dataclass
@@ -324,7 +310,6 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
     """Write `out`: the float32 `bundle` with its decoder quantized as `config` says. Returns the new manifest."""
     import onnx
 
-    from rlivs.export.bundle import _io
     from rlivs.runtime.pipeline import load_engine
 
     cfg = config or QuantizeConfig()
@@ -373,7 +358,7 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
     onnx.checker.check_model(str(dst))
 
     manifest = json.loads(json.dumps(src_manifest))
-    manifest["graphs"]["decoder"] = _io(dst)
+    manifest["graphs"]["decoder"] = graph_io(dst)
     manifest["precision"] = {
         "decoder": cfg.precision, "vision": "float32", **how, "config": cfg.to_dict(),
         "float_nodes": {"probe_path": len(fl.probe_path), "probe_qk": len(fl.probe_qk) if cfg.keep_probe_qk else 0,

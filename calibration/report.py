@@ -46,37 +46,26 @@ def _peak_rss_mb() -> float:
 
 def run_bundle(bundle: str, calib_path: str, threads: int | None) -> dict:
     """Run the held-out clips through one bundle (the function a report's worker process runs)."""
-    from rlivs.runtime.generate import greedy
-    from rlivs.runtime.pipeline import load_engine
-    from rlivs.runtime.selection import select_attention
+    from rlivs.runtime.config import EngineConfig
+    from rlivs.runtime.engine import load_engine
 
     calib = CalibrationSet(calib_path, verify=False)
     base = _peak_rss_mb()
     t0 = time.perf_counter()
     pc = calib.pipeline_config()
-    engine = load_engine(bundle, backend="onnxruntime", config=pc, threads=threads)
+    engine = load_engine(EngineConfig(model=bundle, backend="onnxruntime", threads=threads), pc)
     load_s = time.perf_counter() - t0
-    be = engine.backend
     held = calib.split("heldout")
     if not held:
         raise UserError(f"the calibration set {calib.path} has no held-out clips: re-collect with --heldout >= 1")
-    eos, max_new = engine.text.eos_ids, pc.caption.max_new_tokens
-    # warm-up: one clip, untimed (session arenas, first-run allocations)
-    visual = be.encode_frames(calib.pixels(held[0]))
-    greedy(be, calib.context(engine, held[0], visual)[0], 2, eos)
+    engine.caption_clip(calib.pixels(held[0]), calib.fifo(held[0]), held[0].clip, preprocessed=True)  # warm-up, untimed
     rows = []
     for it in held:
-        pixels = calib.pixels(it)
-        t = time.perf_counter()
-        visual = be.encode_frames(pixels)  # (T, P, D)
-        vision_s = time.perf_counter() - t
-        ctx, cols = calib.context(engine, it, visual)  # (S, D)
-        gen = greedy(be, ctx, max_new, eos, cols)
-        n_keep = pc.selection.n_keep(cols.stop - cols.start)
-        kept = select_attention(visual, gen.scores, n_keep, np.random.default_rng(0)).indices  # (N,)
-        rows.append({"id": it.id, "ids": list(gen.ids), "kept": kept.tolist(), "vision_s": vision_s,
-                     "prefill_s": gen.prefill_s, "decode_s": gen.decode_s, "steps": gen.steps, "context": len(ctx),
-                     "vector": engine.vector(gen.ids).tolist()})
+        step = engine.caption_clip(calib.pixels(it), calib.fifo(it), it.clip, preprocessed=True)  # the clip step
+        rows.append({"id": it.id, "ids": step.caption_ids, "kept": step.selection.indices.tolist(),
+                     "vision_s": step.timings["encode"], "prefill_s": step.timings["prefill"],
+                     "decode_s": step.timings["decode"], "steps": step.steps, "context": step.context_tokens,
+                     "vector": step.vector.tolist()})
     queries = [engine.vector(it.caption_ids).tolist() for it in calib.split("calib") if it.caption_ids]
     return {"bundle": bundle, "rows": rows, "queries": queries, "load_s": load_s,
             "peak_rss_mb": _peak_rss_mb(), "base_rss_mb": base}

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from rlivs.runtime.backends.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+
+from .graph import graph_io
 from rlivs.runtime.config import ProbeConfig
 from rlivs.runtime.models import resolve_model
 from rlivs.runtime.errors import UserError
@@ -74,24 +76,6 @@ class ExportConfig:
         if not 64 <= self.max_context <= 1 << 20:
             raise UserError(f"max_context must be 64..{1 << 20} positions, got {self.max_context}; e.g. --max-context "
                             f"8192 (a FIFO of 16 clips + one clip + prompt + caption is ~6.5K for the 0.5B model)")
-
-
-def _io(path: Path) -> dict:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-
-    def describe(values):
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name})
-        return out
-
-    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return {"file": path.name, "inputs": describe(model.graph.input), "outputs": describe(model.graph.output),
-            "opset": opset, "nodes": len(model.graph.node)}
 
 
 def _versions() -> dict:
@@ -151,7 +135,7 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
                      "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions)},
         "embeddings": {"file": "embeddings.npy", "dtype": config.embed_dtype, "shape": list(table.shape)},
         "image_newline": {"file": "image_newline.npy", "dtype": "float32", "shape": [info.hidden_size]},
-        "graphs": {"vision": _io(out / "vision.onnx"), "decoder": _io(out / "decoder.onnx")},
+        "graphs": {"vision": graph_io(out / "vision.onnx"), "decoder": graph_io(out / "decoder.onnx")},
         "opset": config.opset, "target": config.target, "tools": _versions(),
     }
     if config.target == "tensorrt":

@@ -214,7 +214,7 @@ def attention_nodes(model, probe_layers) -> list[dict]:
     MatMul); "probe_row": a probe layer's last-row Softmax feeding the head mean (stays unfused by design).
     Layers come from the torch module scopes the exporter writes (as for calibration.quantize.float_nodes).
     """
-    from rlivs.calibration.quantize import node_module
+    from .graph import node_module
 
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}

@@ -128,6 +128,26 @@ class AnswerConfig:
                             f"(--max-new-tokens of rlivs ask, --max-answer-tokens of rlivs serve)")
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which model runs where and how: the engine-loading choices, built once from options (edge_app/options.py)
+    and passed whole to `load_engine`. Method settings live in PipelineConfig."""
+
+    model: str = "tiny"  # tiny | random-0.5b | HF-format directory | hub id in the local HF cache
+    bundle: str | None = None  # an exported bundle (rlivs export): wins over `model`; no torch needed
+    backend: str = "auto"  # auto | torch | onnxruntime | tensorrt (see backends/__init__.py)
+    device: str = "cpu"  # cpu | cuda[:N]
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (torch backend)
+    threads: int | None = None  # CPU threads for the backend (None: its default)
+    kv_cache: str = "auto"  # auto | dynamic | static (torch backend)
+    max_context: int | None = None  # static KV cache positions per sequence (torch backend)
+
+    @property
+    def source(self) -> str:
+        """The path or name the backend loads: the bundle when one is given, else the model."""
+        return str(self.bundle) if self.bundle else str(self.model)
+
+
 @dataclass
 class PipelineConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)

@@ -40,9 +40,22 @@ def bundle(tmp_path_factory, tiny_dir):
     return out
 
 
+_OWN_BASETEMP = None  # this session's own temp root (removed at the end, like every tmp_path: retention "none")
+
+
+def pytest_configure(config):
+    # A temp root of the session's own: pytest's shared /tmp/pytest-of-USER/pytest-N numbering lets concurrent runs
+    # delete each other's directories (a second run cleans up "old" numbered dirs the first is still using).
+    global _OWN_BASETEMP
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        _OWN_BASETEMP = config.option.basetemp = tempfile.mkdtemp(prefix="rlivs-pytest-")
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_HOME:
         shutil.rmtree(_OWN_HOME, ignore_errors=True)
+    if _OWN_BASETEMP:
+        shutil.rmtree(_OWN_BASETEMP, ignore_errors=True)
 
 
 # Skips CI accepts under RLIVS_STRICT_SKIPS=1 (set by .ci/run): what no CPU machine of ours can have. Any other skip

@@ -290,7 +290,7 @@ def _producers(graph) -> dict:
 def test_int8_graph_keeps_the_probe_path_float(int8, bundle):
     import onnx
 
-    from rlivs.calibration.quantize import node_module
+    from rlivs.export.graph import node_module
     from rlivs.runtime.backends.onnxruntime import load_manifest
 
     m = load_manifest(int8)

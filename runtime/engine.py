@@ -1,0 +1,117 @@
+"""The engine: a model ready to caption and answer, and the method's clip step.
+
+`Engine.caption_clip` is the one home of the rLiVS clip step: encode -> caption + score -> select. It is pure (no
+I/O, no memory, no FIFO state of its own), so ingest, calibration, evaluation and benchmarks call it rather than
+copy it. `StreamIngestor` (ingest.py) adds what a stream needs around it: the FIFO and the per-clip commit.
+
+Shapes: T frames per clip, P tokens per frame, N_V = T*P clip tokens, F FIFO tokens, D LLM width,
+A/B prompt ids before/after the video placeholder, S context tokens, N kept tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend, load_backend
+from .config import EngineConfig, PipelineConfig
+from .errors import UserError
+from .frames import FramePreprocessor
+from .generate import greedy
+from .models import resolve_model
+from .retrieval import text_vector
+from .selection import Selection, get_strategy
+from .text import TextCodec
+
+
+@dataclass
+class ClipOutput:
+    """What the clip step produced for one clip; nothing has been stored."""
+
+    index: int  # the clip's index in its stream
+    caption: str  # decoded greedy caption
+    caption_ids: list[int]  # (C,) its token ids, EOS excluded
+    vector: np.ndarray  # (D,) retrieval vector of the caption
+    visual: np.ndarray  # (T, P, D) the clip's visual tokens
+    scores: np.ndarray | None  # (N_V,) probe attention summed over the caption's steps (None: no probe)
+    selection: Selection  # (N, D) tokens for the FIFO and their (N,) flat indices
+    context_tokens: int  # S: length of the captioning context
+    steps: int  # decoder steps run (1 prefill + decode steps): the scored query rows
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, prefill, decode, select
+
+
+@dataclass
+class Engine:
+    """A model ready to caption and answer: backend + text codec + frame preprocessing + settings."""
+
+    backend: Backend
+    text: TextCodec
+    preprocess: FramePreprocessor
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def __post_init__(self):
+        prompt = self.text.caption_prompt(self.config.caption.prompt)
+        self.caption_prefix = self.backend.embed_tokens(prompt.prefix)  # (A, D)
+        self.caption_suffix = self.backend.embed_tokens(prompt.suffix)  # (B, D)
+        self.newline = self.backend.image_newline()[None]  # (1, D)
+        full_clip = self.config.clip.frames_per_clip * self.backend.info.tokens_per_frame
+        self.config.selection.validate(full_clip)  # fails early on an impossible --keep
+        self.strategy = get_strategy(self.config.selection.strategy)
+        n_text = self.text.tokenizer.get_vocab_size(with_added_tokens=True)
+        if n_text > self.backend.info.vocab_size:  # a tokenizer.json from another model: its ids overflow the table
+            raise UserError(
+                f"the tokenizer has {n_text} tokens but the model's embedding table has "
+                f"{self.backend.info.vocab_size} rows: tokenizer.json is from another model; copy the model "
+                f"directory (or bundle) whole, or re-export it"
+            )
+
+    @property
+    def model_fingerprint(self) -> dict:
+        tok = hashlib.sha256(self.text.tokenizer.to_str().encode()).hexdigest()[:16]
+        return {**self.backend.info.fingerprint(), "tokenizer": tok}
+
+    def caption_context(self, fifo_tokens: np.ndarray, clip_tokens: np.ndarray) -> tuple[np.ndarray, slice]:
+        """[prompt prefix][FIFO (F, D)][clip (N_V, D)][newline][prompt suffix] -> (S, D), clip columns."""
+        start = len(self.caption_prefix) + len(fifo_tokens)
+        ctx = np.concatenate([self.caption_prefix, fifo_tokens, clip_tokens, self.newline, self.caption_suffix])
+        return ctx.astype(np.float32, copy=False), slice(start, start + len(clip_tokens))
+
+    def vector(self, ids) -> np.ndarray:
+        """(D,) retrieval vector of a token sequence."""
+        return text_vector(self.backend.embed_tokens(np.asarray(ids, dtype=np.int64)))
+
+    def caption_clip(self, frames: np.ndarray, fifo_tokens: np.ndarray, index: int, *,
+                     preprocessed: bool = False) -> ClipOutput:
+        """The clip step: (T, H, W, 3) uint8 frames (or (T, 3, H', W') model pixels when `preprocessed`) and the
+        (F, D) FIFO in front of them -> caption, scores and the tokens selected for the FIFO. Pure: no I/O."""
+        c, t = self.config, {}
+        # 1. encode: frames -> visual tokens in the LLM's input space
+        t0 = time.perf_counter()
+        visual = self.backend.encode_frames(frames if preprocessed else self.preprocess(frames))  # (T, P, D)
+        flat = visual.reshape(-1, visual.shape[-1])  # (N_V, D)
+        t["encode"] = time.perf_counter() - t0
+        # 2. caption + score: greedy caption; probe attention to the clip's columns accumulates per step
+        context, columns = self.caption_context(fifo_tokens, flat)  # (S, D), N_V columns
+        gen = greedy(self.backend, context, c.caption.max_new_tokens, self.text.eos_ids, columns)
+        t["prefill"], t["decode"] = gen.prefill_s, gen.decode_s
+        # 3. select: N tokens of this clip in temporal order; the RNG is per clip, so a resumed stream draws the same
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([c.selection.seed, index])
+        sel = self.strategy(visual, gen.scores, c.selection.n_keep(len(flat)), rng)  # (N, D)
+        t["select"] = time.perf_counter() - t0
+        return ClipOutput(index, self.text.decode(gen.ids), list(gen.ids), self.vector(gen.ids), visual, gen.scores,
+                          sel, len(context), gen.steps, t)
+
+
+def load_engine(engine: EngineConfig | str | Path = "tiny", config: PipelineConfig | None = None) -> Engine:
+    """Resolve the model (tiny | directory | cached hub id | bundle), choose the backend once, build the engine.
+    A plain string or path means EngineConfig(model=it) with every other choice at its default."""
+    ec = engine if isinstance(engine, EngineConfig) else EngineConfig(model=str(engine))
+    config = config or PipelineConfig()
+    model_dir, model_id = resolve_model(ec.source)
+    be = load_backend(model_dir, ec, model_id=model_id, probe=config.probe)
+    return Engine(be, TextCodec(model_dir), FramePreprocessor.from_model_dir(model_dir), config)

@@ -1,0 +1,93 @@
+"""A stream's ingest: the clip step (`Engine.caption_clip`), then the FIFO plan, one SQLite transaction, FIFO apply.
+
+The stream's FIFO lives in memory and in the database; a restart resumes both at the next clip.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .engine import Engine
+from .errors import UserError
+from .fifo import TokenFifo
+from .frames import Clip, VideoFileSource, clip_start_time, iter_clips
+from .memory import ClipRecord, Memory
+
+log = logging.getLogger("rlivs.ingest")
+
+
+@dataclass
+class ClipResult:
+    index: int
+    t_start: float
+    t_end: float
+    caption: str
+    kept: np.ndarray | None  # (N,) flat indices of the kept clip tokens (None for pooled strategies)
+    context_tokens: int  # S: length of the captioning context
+    fifo_tokens: int  # F after this clip entered
+    timings: dict[str, float]  # seconds: encode, prefill, decode, select, store
+    record: ClipRecord | None = None  # the row committed to the memory (committed_at set)
+
+
+class StreamIngestor:
+    """Owns one stream's FIFO and position in memory; `step` processes one clip."""
+
+    def __init__(self, engine: Engine, memory: Memory, stream: str = "default", source: str = ""):
+        self.engine, self.memory, self.stream = engine, memory, stream
+        cfg = engine.config
+        state = memory.open_stream(stream, source, engine.backend.info.model_id, cfg.ingest_fingerprint())
+        self.next_index = state.next_index  # the clip the stream resumes at
+        self.source: VideoFileSource | None = None  # set by clips_from_file
+        self.fifo = TokenFifo(cfg.fifo, engine.backend.info.hidden_size)
+        self.fifo.restore(state.fifo)
+        if self.next_index:
+            log.info("stream %r resumes at clip %d with %d FIFO clips", stream, self.next_index, len(self.fifo))
+            if state.model_id != engine.backend.info.model_id:
+                log.warning("stream %r was ingested with model %s; resuming it with %s",
+                            stream, state.model_id, engine.backend.info.model_id)
+            if source and state.source and source != state.source:
+                log.warning("stream %r was ingested from %s; resuming it from %s at clip %d",
+                            stream, state.source, source, self.next_index)
+
+    def step(self, clip: Clip) -> ClipResult:
+        if clip.index != self.next_index:
+            raise UserError(f"clip {clip.index} given but stream {self.stream!r} is at clip {self.next_index}")
+        # 1-3. the clip step: encode, caption + score, select (pure)
+        out = self.engine.caption_clip(clip.frames, self.fifo.tokens(), clip.index)
+        # 4. remember: caption, its vector and the FIFO change in one transaction, then the in-memory FIFO
+        t0 = time.perf_counter()
+        tokens = out.selection.tokens  # (N, D)
+        record = ClipRecord(self.stream, clip.index, float(clip.t_start), float(clip.t_end), out.caption,
+                            len(out.caption_ids), out.vector)
+        kept = tokens if self.fifo.admits(len(tokens)) else None
+        self.memory.commit_clip(record, kept, evict=self.fifo.evictions(len(tokens)))
+        self.fifo.push(clip.index, tokens)
+        self.next_index = clip.index + 1
+        timings = {**out.timings, "store": time.perf_counter() - t0}
+        return ClipResult(clip.index, record.t_start, record.t_end, out.caption, out.selection.indices,
+                          out.context_tokens, self.fifo.n_tokens, timings, record)
+
+    def run(self, clips: Iterable[Clip], on_clip: Callable[[ClipResult], None] | None = None,
+            max_clips: int | None = None) -> list[ClipResult]:
+        results = []
+        for clip in clips:
+            if max_clips is not None and len(results) >= max_clips:
+                break
+            results.append(self.step(clip))
+            if on_clip:
+                on_clip(results[-1])
+        return results
+
+    def clips_from_file(self, path: str | Path) -> Iterator[Clip]:
+        """The clips of a video file from where this stream left off."""
+        c = self.engine.config.clip
+        start = clip_start_time(self.next_index, c.frames_per_clip, c.fps)
+        source = VideoFileSource(path, fps=c.fps, start_time=start)
+        self.source = source  # the file being read: source.decode_errors counts the packets it had to skip
+        return iter_clips(source, c.frames_per_clip, c.fps, first_index=self.next_index)
