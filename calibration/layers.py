@@ -303,16 +303,6 @@ def calibrate_layers(engine, calib: CalibrationSet, config: LayerSearchConfig | 
     return out
 
 
-def load_layers(path: str | Path) -> dict:
-    """Read a layers.json (or the calibration directory holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / LAYERS_FILE
-    if not path.is_file():
-        raise UserError(f"{path} not found: run rlivs calibrate layers --calib DIR first")
-    return json.loads(path.read_text())
-
-
 def export_with_layers(model: str | Path, out: str | Path, layers: dict, export_config=None) -> dict:
     """Export a bundle whose decoder probes the calibrated layers; its manifest records where they came from."""
     from dataclasses import replace

@@ -25,13 +25,6 @@ def similarity(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return matrix.astype(np.float64) @ query.astype(np.float64)
 
 
-def cosine(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """(D,), (N, D) -> (N,) cosine similarities (0 where a vector is zero)."""
-    q = query / max(float(np.linalg.norm(query)), 1e-12)
-    m = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    return m @ q
-
-
 def mmr(query: np.ndarray, matrix: np.ndarray, k: int, lam: float = 0.5,
         costs: np.ndarray | None = None, budget: float | None = None) -> list[int]:
     """Maximal marginal relevance: repeatedly take argmax  lam*sim(q, d) - (1-lam)*max_{s in S} sim(d, s),

@@ -1,9 +1,9 @@
-"""Caption vectors, cosine and MMR against hand-computed cases."""
+"""Caption vectors, relevance and MMR against hand-computed cases."""
 
 import numpy as np
 import pytest
 
-from rlivs.runtime.retrieval import cosine, mmr, similarity, text_vector
+from rlivs.runtime.retrieval import mmr, similarity, text_vector
 
 
 def test_mean_of_unit_vectors_identity():
@@ -20,11 +20,6 @@ def test_text_vector_ignores_token_norms_and_handles_empty():
     e = np.array([[3.0, 0.0], [0.0, 0.5]])
     np.testing.assert_allclose(text_vector(e), [0.5, 0.5])
     np.testing.assert_array_equal(text_vector(np.zeros((0, 4))), np.zeros(4))
-
-
-def test_cosine():
-    np.testing.assert_allclose(cosine(np.array([1.0, 0]), np.array([[2.0, 0], [0, 3.0], [1, 1], [0, 0]])),
-                               [1.0, 0.0, np.sqrt(0.5), 0.0], atol=1e-12)
 
 
 def test_mmr_hand_computed():
