@@ -303,25 +303,15 @@ def calibrate_layers(engine, calib: CalibrationSet, config: LayerSearchConfig | 
     return out
 
 
-def export_with_layers(model: str | Path, out: str | Path, layers: dict, export_config=None) -> dict:
+def export_with_layers(model: str | Path, out: str | Path, layers: dict, export_config=None):
     """Export a bundle whose decoder probes the calibrated layers; its manifest records where they came from."""
     from dataclasses import replace
 
     from rlivs.export.bundle import ExportConfig, export_bundle
 
     cfg = replace(export_config or ExportConfig(), probe=ProbeConfig(layers=tuple(layers["chosen"]["layers"])))
-    manifest = export_bundle(model, out, cfg)
-    manifest["calibration"] = {"probe_layers": {
+    manifest = export_bundle(model, out, cfg).with_(calibration={"probe_layers": {
         "source": "rlivs calibrate layers", "set_sha256": layers["set_sha256"], "layers": layers["chosen"]["layers"],
-        "chosen": layers["chosen"], "evenly_spaced": layers["evenly_spaced"], "search": layers["search"]}}
-    write_manifest(Path(out), manifest)
+        "chosen": layers["chosen"], "evenly_spaced": layers["evenly_spaced"], "search": layers["search"]}})
+    manifest.save(out)
     return manifest
-
-
-def write_manifest(bundle: Path, manifest: dict) -> None:
-    """Replace a bundle's manifest atomically (the bundle stays valid at every moment)."""
-    from rlivs.runtime.backends.bundle import MANIFEST
-
-    tmp = bundle / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(bundle / MANIFEST)

@@ -37,7 +37,7 @@ from typing import Iterator
 import numpy as np
 
 from rlivs.export.graph import graph_io, node_module
-from rlivs.runtime.backends.bundle import MANIFEST, load_manifest
+from rlivs.runtime.backends.bundle import MANIFEST, Manifest, load_manifest
 
 from .config import QuantizeConfig
 from .dataset import CalibrationSet
@@ -306,7 +306,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, config: QuantizeConfig | None = None,
-                    threads: int | None = None) -> dict:
+                    threads: int | None = None) -> Manifest:
     """Write `out`: the float32 `bundle` with its decoder quantized as `config` says. Returns the new manifest."""
     import onnx
 
@@ -315,8 +315,8 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
     cfg = config or QuantizeConfig()
     bundle, out = Path(bundle), Path(out)
     src_manifest = load_manifest(bundle)
-    if src_manifest.get("precision", {}).get("decoder", "float32") != "float32":
-        raise UserError(f"{bundle} is already quantized ({src_manifest['precision']['decoder']}): quantize the "
+    if (src_manifest.precision or {}).get("decoder", "float32") != "float32":
+        raise UserError(f"{bundle} is already quantized ({src_manifest.precision['decoder']}): quantize the "
                         "float32 bundle that rlivs export wrote")
     if out.resolve() == bundle.resolve():
         raise UserError("--out must be a new directory, not the float32 bundle itself")
@@ -326,7 +326,7 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
     calib.check_engine(engine)
     src = bundle / "decoder.onnx"
     graph = onnx.load(str(src), load_external_data=False)
-    fl = float_nodes(graph, src_manifest["probe_layers"])
+    fl = float_nodes(graph, src_manifest.probe_layers)
     excluded = fl.excluded(cfg)
     gemm = [n.name for n in graph.graph.node if n.op_type == "Gemm"]
     del graph
@@ -357,9 +357,7 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
     seconds = time.perf_counter() - t0
     onnx.checker.check_model(str(dst))
 
-    manifest = json.loads(json.dumps(src_manifest))
-    manifest["graphs"]["decoder"] = graph_io(dst)
-    manifest["precision"] = {
+    precision = {
         "decoder": cfg.precision, "vision": "float32", **how, "config": cfg.to_dict(),
         "float_nodes": {"probe_path": len(fl.probe_path), "probe_qk": len(fl.probe_qk) if cfg.keep_probe_qk else 0,
                         "lm_head": 0 if cfg.quantize_lm_head else len(fl.lm_head), "names": excluded},
@@ -368,11 +366,12 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
         "decoder_bytes": sum(p.stat().st_size for p in out.glob("decoder.onnx*")),
         "source_decoder_bytes": sum(p.stat().st_size for p in bundle.glob("decoder.onnx*")),
     }
-    manifest["precision"]["check"] = decoder_check(bundle, out, DecoderFeeds(engine, calib, decode_steps=1), threads)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    precision["check"] = decoder_check(bundle, out, DecoderFeeds(engine, calib, decode_steps=1), threads)
+    manifest = src_manifest.with_(graphs={**src_manifest.graphs, "decoder": graph_io(dst)}, precision=precision)
+    manifest.save(out)
     (out / _PARTIAL).unlink()
     log.info("%s decoder written to %s in %.1f s (%s); check vs float32: %s", cfg.precision, out, seconds, how["tool"],
-             manifest["precision"]["check"])
+             precision["check"])
     return manifest
 
 

@@ -154,12 +154,12 @@ def fidelity_report(calib: CalibrationSet, reference: str | Path, candidates: di
     cfg = config or ReportConfig()
     reference = Path(reference)
     ref_manifest = load_manifest(reference)
-    if ref_manifest.get("precision", {}).get("decoder", "float32") != "float32":
-        raise UserError(f"the reference {reference} is a {ref_manifest['precision']['decoder']} bundle: pass the "
+    if (ref_manifest.precision or {}).get("decoder", "float32") != "float32":
+        raise UserError(f"the reference {reference} is a {ref_manifest.precision['decoder']} bundle: pass the "
                         "float32 bundle as --reference")
     for name, path in candidates.items():
         m = load_manifest(path)
-        if m["probe_layers"] != ref_manifest["probe_layers"] or m["model_id"] != ref_manifest["model_id"]:
+        if m.probe_layers != ref_manifest.probe_layers or m.model_id != ref_manifest.model_id:
             raise UserError(f"{name} ({path}) was made from another model or probe layers than the reference "
                             f"{reference}: compare bundles quantized from the reference (rlivs calibrate quantize)")
     lam = calib.pipeline["retrieval"]["mmr_lambda"]
@@ -170,17 +170,17 @@ def fidelity_report(calib: CalibrationSet, reference: str | Path, candidates: di
         m = load_manifest(path)
         run = _run(Path(path), calib, cfg)
         rows.append({"precision": name, "bundle": str(path), "decoder_mb": round(_bytes(Path(path), "decoder.onnx") / 1e6, 3),
-                     "quantization": {k: m.get("precision", {}).get(k) for k in ("decoder", "format", "weights", "activations", "tool")},
+                     "quantization": {k: (m.precision or {}).get(k) for k in ("decoder", "format", "weights", "activations", "tool")},
                      **compare(ref_run, run, cfg.retrieval_k, lam)})
     pc = calib.pipeline
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
-        "model_id": ref_manifest["model_id"], "probe_layers": ref_manifest["probe_layers"],
+        "model_id": ref_manifest.model_id, "probe_layers": ref_manifest.probe_layers,
         "calibration_set": calib.sha256, "heldout_clips": len(calib.split("heldout")),
         "pipeline": {"fps": pc["clip"]["fps"], "frames_per_clip": pc["clip"]["frames_per_clip"],
                      "keep_ratio": pc["selection"]["keep_ratio"], "keep": pc["selection"]["keep"],
                      "fifo_clips": pc["fifo"]["capacity_clips"], "max_caption_tokens": pc["caption"]["max_new_tokens"]},
-        "threads": cfg.threads, "reference_export_check": ref_manifest.get("export_check"),
+        "threads": cfg.threads, "reference_export_check": ref_manifest.extra.get("export_check"),
         "rows": rows,
     }
 

@@ -199,7 +199,7 @@ def quantize_cmd(
             m = quantize_bundle(bundle, CalibrationSet(calib), out_dir, cfg, threads=threads)
     except (UserError, ImportError) as e:
         _fail(str(e))
-    p = m["precision"]
+    p = m.precision
     c = p["check"]
     out.print(f"{out_dir}: decoder {p['decoder']} ({p['format']}; {p['tool']}), {p['decoder_bytes'] / 1e6:.1f} MB "
               f"(float32 {p['source_decoder_bytes'] / 1e6:.1f} MB), {len(p['float_nodes']['names'])} nodes kept float32, "

@@ -248,17 +248,18 @@ def export(
     except (UserError, ImportError) as e:
         _fail(str(e))
     table = Table("graph", "io", "name", "shape", "dtype", title=f"bundle {out}")
-    for g in manifest["graphs"].values():
+    for g in manifest.graphs.values():
         for io in ("inputs", "outputs"):
             for v in g[io]:
                 table.add_row(g["file"], io[:-1], v["name"], str(v["shape"]), v["dtype"])
     out_console = Console()
     out_console.print(table)
-    if "tensorrt_check" in manifest:
-        out_console.print(f"TensorRT check: all ops in {manifest['tensorrt_check']['operator_table']}; "
-                          f"decoder attention {manifest['tensorrt_check']['decoder_attention']}")
-    if "export_check" in manifest:
-        out_console.print("max |ORT - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in manifest["export_check"].items()))
+    if "tensorrt_check" in manifest.extra:
+        trt_check = manifest.extra["tensorrt_check"]
+        out_console.print(f"TensorRT check: all ops in {trt_check['operator_table']}; "
+                          f"decoder attention {trt_check['decoder_attention']}")
+    if "export_check" in manifest.extra:
+        out_console.print("max |ORT - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in manifest.extra["export_check"].items()))
 
 
 @app.command()

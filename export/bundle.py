@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlivs.runtime.backends.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+from rlivs.runtime.backends.bundle import MANIFEST, Manifest
 
 from .graph import graph_io
 from rlivs.runtime.config import ProbeConfig
@@ -88,7 +88,7 @@ def _versions() -> dict:
     return out
 
 
-def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | None = None) -> dict:
+def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | None = None) -> Manifest:
     """Export `model` (tiny | HF directory | cached hub id) into the bundle directory `out`. Returns the manifest."""
     from rlivs.runtime.backends.torch import TorchBackend
 
@@ -124,30 +124,29 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     n_layers, h_kv, head_dim = decoder_shapes(backend)
     info = backend.info
     max_positions = int(backend.model.config.text_config.max_position_embeddings)
-    manifest = {
-        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model_id": model_id,
-        "config_sha256": hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
-        "hidden_size": info.hidden_size, "vocab_size": info.vocab_size, "num_layers": info.num_layers,
-        "probe_layers": list(info.probe_layers), "tokens_per_frame": info.tokens_per_frame,
-        "image_size": list(info.image_size), "video_token_id": info.video_token_id,
-        "kv_cache": {"layers": n_layers, "kv_heads": h_kv, "head_dim": head_dim, "layout": config.kv_layout,
-                     "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions)},
-        "embeddings": {"file": "embeddings.npy", "dtype": config.embed_dtype, "shape": list(table.shape)},
-        "image_newline": {"file": "image_newline.npy", "dtype": "float32", "shape": [info.hidden_size]},
-        "graphs": {"vision": graph_io(out / "vision.onnx"), "decoder": graph_io(out / "decoder.onnx")},
-        "opset": config.opset, "target": config.target, "tools": _versions(),
-    }
+    manifest = Manifest(
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model_id=model_id,
+        config_sha256=hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
+        hidden_size=info.hidden_size, vocab_size=info.vocab_size, num_layers=info.num_layers,
+        probe_layers=list(info.probe_layers), tokens_per_frame=info.tokens_per_frame,
+        image_size=list(info.image_size), video_token_id=info.video_token_id,
+        kv_cache={"layers": n_layers, "kv_heads": h_kv, "head_dim": head_dim, "layout": config.kv_layout,
+                  "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions)},
+        embeddings={"file": "embeddings.npy", "dtype": config.embed_dtype, "shape": list(table.shape)},
+        image_newline={"file": "image_newline.npy", "dtype": "float32", "shape": [info.hidden_size]},
+        graphs={"vision": graph_io(out / "vision.onnx"), "decoder": graph_io(out / "decoder.onnx")},
+        opset=config.opset, target=config.target, tools=_versions(),
+    )
     if config.target == "tensorrt":
-        manifest["tensorrt_check"] = tensorrt_check(out, len(info.probe_layers), info.num_layers)
-    for g in manifest["graphs"].values():
+        manifest = manifest.with_(tensorrt_check=tensorrt_check(out, len(info.probe_layers), info.num_layers))
+    for g in manifest.graphs.values():
         for io in ("inputs", "outputs"):
             for v in g[io]:
                 log.info("%s %s %-15s %-28s %s", g["file"], io[:-1], v["name"], v["shape"], v["dtype"])
     if config.check:
-        manifest["export_check"] = compare_with_reference(backend, out, manifest)
-        log.info("export check vs torch: %s", manifest["export_check"])
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        manifest = manifest.with_(export_check=compare_with_reference(backend, out, manifest))
+        log.info("export check vs torch: %s", manifest.extra["export_check"])
+    manifest.save(out)  # last: the bundle is valid only once its manifest is written
     return manifest
 
 
@@ -164,7 +163,7 @@ def tensorrt_check(bundle: Path, n_probe: int, n_layers: int) -> dict:
     return {"operator_table": TENSORRT_TABLE_SOURCE, "problems": [], "decoder_attention": patterns}
 
 
-def compare_with_reference(backend, bundle: Path, manifest: dict, n_frames: int = 2, n_decode: int = 3) -> dict:
+def compare_with_reference(backend, bundle: Path, manifest: Manifest, n_frames: int = 2, n_decode: int = 3) -> dict:
     """Max abs differences ORT vs torch on random frames and a short greedy continuation."""
     from rlivs.runtime.backends.onnxruntime import OrtBackend
 

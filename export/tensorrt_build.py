@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlivs.runtime.backends.bundle import load_manifest
+from rlivs.runtime.backends.bundle import Manifest, load_manifest
 from rlivs.runtime.backends.tensorrt.engine_entry import (
     ENTRY_SCHEMA, bundle_digest, cuda_device, write_engine_entry,
 )
@@ -125,17 +125,17 @@ def _profile(graph: str, index: int, name: str, dims: dict, inputs: list[dict]) 
     return {"name": name, "index": index, "dims": {k: list(v) for k, v in dims.items()}, "shapes": shapes}
 
 
-def profile_specs(manifest: dict, config: EngineBuildConfig | None = None) -> dict:
+def profile_specs(manifest: Manifest, config: EngineBuildConfig | None = None) -> dict:
     """The optimization profiles for a TensorRT-target bundle's manifest. ValueError for any other bundle.
 
     -> {"max_context", "max_frames", "budget", "vision": [profile], "decoder": [prefill, decode]}; a profile is
     {"name", "index", "dims": {symbol: [min, opt, max]}, "shapes": {input: {"min", "opt", "max"}}}.
     """
     cfg = config or EngineBuildConfig()
-    if manifest.get("target") != "tensorrt":
-        raise UserError(f"this bundle was exported for {manifest.get('target', 'onnxruntime')}, not TensorRT: re-export "
+    if manifest.target != "tensorrt":
+        raise UserError(f"this bundle was exported for {manifest.target}, not TensorRT: re-export "
                         f"with rlivs export --target tensorrt")
-    kv = manifest.get("kv_cache") or {}
+    kv = manifest.kv_cache or {}
     arena = int(kv.get("max_context") or 0)
     if kv.get("layout") != "arena" or arena < 2:
         raise UserError("this bundle's decoder has no in-place (arena) KV cache with a max_context: it is from an "
@@ -145,14 +145,14 @@ def profile_specs(manifest: dict, config: EngineBuildConfig | None = None) -> di
         raise UserError(f"--max-context {k_max} is larger than the bundle's KV cache ({arena} positions, the arena "
                         f"the runtime allocates): re-export with rlivs export --target tensorrt --max-context {k_max}, "
                         f"or build with --max-context <= {arena}")
-    budget = context_budget(int(manifest["tokens_per_frame"]), cfg.pipeline, cfg.prompt_tokens)
+    budget = context_budget(int(manifest.tokens_per_frame), cfg.pipeline, cfg.prompt_tokens)
     budget["fits"] = budget["needed"] <= k_max
     if not budget["fits"]:
         log.warning("the pipeline defaults need up to %d cache positions (caption %d, answer %d) but the engines will "
                     "accept %d: long contexts will be refused at run time", budget["needed"], budget["caption_context"],
                     budget["answer_context"], k_max)
     frames = cfg.max_frames or cfg.pipeline.clip.frames_per_clip
-    graphs = manifest["graphs"]
+    graphs = manifest.graphs
     prefill_opt = min(budget["prefill_tokens"], k_max)  # steady state: a full FIFO + one clip + the prompt
     decode_opt = min(budget["prefill_tokens"] + cfg.pipeline.caption.max_new_tokens // 2, k_max - 1)
     dec_in = graphs["decoder"]["inputs"]  # inputs_embeds (1, seq, D), position_ids (1, seq),
@@ -545,7 +545,7 @@ def build_engines(bundle: str | Path, config: EngineBuildConfig | None = None) -
              specs["max_frames"])
     digest = bundle_digest(bundle, manifest)
     graph = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False)
-    probe = manifest["probe_layers"]
+    probe = manifest.probe_layers
     fp32 = set(probe_row_nodes(graph, probe))
     attention = attention_nodes(graph, probe)
     del graph

@@ -7,6 +7,9 @@ from pathlib import Path
 
 # Before anything imports huggingface_hub: never reach a hub, and keep the tiny-model cache per session.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Rich wraps CLI output at the terminal width (80 without a terminal): a long temp path would split the words the
+# tests look for, differently under CI's longer temp dirs. A wide "terminal" keeps each message on one line.
+os.environ.setdefault("COLUMNS", "240")
 _OWN_HOME = None  # the per-session model cache this conftest made (removed at the end: random-0.5b is 3.4 GB)
 if "RLIVS_HOME" not in os.environ:
     _OWN_HOME = os.environ["RLIVS_HOME"] = tempfile.mkdtemp(prefix="rlivs-test-home-")

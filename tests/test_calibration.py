@@ -265,7 +265,7 @@ def test_export_uses_the_chosen_layers(bundle, layers, calib, engine):
     from rlivs.runtime.generate import greedy
     from rlivs.runtime.pipeline import load_engine
 
-    m = load_manifest(bundle)
+    m = load_manifest(bundle).to_dict()
     assert m["probe_layers"] == layers["chosen"]["layers"]
     assert m["calibration"]["probe_layers"]["set_sha256"] == calib.sha256
     ort_engine = load_engine(bundle, config=calib.pipeline_config())
@@ -293,7 +293,7 @@ def test_int8_graph_keeps_the_probe_path_float(int8, bundle):
     from rlivs.export.graph import node_module
     from rlivs.runtime.backends.onnxruntime import load_manifest
 
-    m = load_manifest(int8)
+    m = load_manifest(int8).to_dict()
     assert m["precision"]["decoder"] == "int8" and m["precision"]["format"] == "QDQ"
     g = onnx.load(str(int8 / "decoder.onnx")).graph
     prod = _producers(g)
@@ -341,9 +341,9 @@ def test_calibration_cache_is_reused(int8, bundle, calib, tmp_path):
     from rlivs.runtime.backends.onnxruntime import load_manifest
     from rlivs.runtime.pipeline import load_engine
 
-    first = load_manifest(int8)["precision"]
+    first = load_manifest(int8).precision
     assert not first["calibration_cache_reused"] and Path(first["calibration_cache"]).is_file()
-    again = quantize_bundle(bundle, calib, tmp_path / "again", QuantizeConfig(precision="int8"))["precision"]
+    again = quantize_bundle(bundle, calib, tmp_path / "again", QuantizeConfig(precision="int8")).precision
     assert again["calibration_cache_reused"] and again["calibration_cache"] == first["calibration_cache"]
     feed = DecoderFeeds(load_engine(bundle, config=calib.pipeline_config()), calib).get_first()
     a = ort.InferenceSession(str(int8 / "decoder.onnx")).run(None, feed)
@@ -360,7 +360,7 @@ def test_int8_qoperator_fuses_every_quantized_matmul(int8, bundle, calib, tmp_pa
     from rlivs.calibration.quantize import quantize_bundle
     from rlivs.runtime.pipeline import load_engine
 
-    m = quantize_bundle(bundle, calib, tmp_path / "qop", QuantizeConfig(precision="int8", format="qoperator"))
+    m = quantize_bundle(bundle, calib, tmp_path / "qop", QuantizeConfig(precision="int8", format="qoperator")).to_dict()
     assert m["precision"]["calibration_cache_reused"] and m["precision"]["format"].startswith("QOperator")
     ops = [n.op_type for n in onnx.load(str(tmp_path / "qop" / "decoder.onnx")).graph.node]
     probe_qk = 2 * len(m["probe_layers"])
@@ -379,7 +379,7 @@ def test_int4_weight_only_bundle_loads_and_runs(int4, calib):
     from rlivs.runtime.generate import greedy
     from rlivs.runtime.pipeline import load_engine
 
-    m = load_manifest(int4)
+    m = load_manifest(int4).to_dict()
     ops = [n.op_type for n in onnx.load(str(int4 / "decoder.onnx")).graph.node]
     probe_qk = 2 * len(m["probe_layers"])
     assert ops.count("MatMulNBits") == 7 * 8 - probe_qk  # q, k, v, o, gate, up, down per layer, probe q/k excepted
@@ -519,7 +519,7 @@ def test_modelopt_qdq_runs_on_ort_cpu(bundle, calib, tmp_path, precision):
     from rlivs.runtime.generate import greedy
     from rlivs.runtime.pipeline import load_engine
 
-    m = quantize_bundle(bundle, calib, tmp_path / "mo", QuantizeConfig(precision=precision, tool="modelopt"))
+    m = quantize_bundle(bundle, calib, tmp_path / "mo", QuantizeConfig(precision=precision, tool="modelopt")).to_dict()
     assert m["precision"]["tool"].startswith("nvidia-modelopt")
     g = onnx.load(str(tmp_path / "mo" / "decoder.onnx")).graph
     prod = _producers(g)

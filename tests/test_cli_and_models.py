@@ -61,9 +61,9 @@ def test_ingest_bad_parameters_fail_clearly(sample_video, tmp_path, tiny_dir, ar
 
 def test_missing_inputs_fail_clearly(tmp_path, tiny_dir):
     r = _run("ingest", tmp_path / "nope.mp4", "--db", tmp_path / "x.db")
-    assert r.exit_code == 2 and "does not exist" in r.output
+    assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
     r = _run("ask", "q?", "--db", tmp_path / "none.db")
-    assert r.exit_code == 2 and "ingest a video first" in r.output
+    assert r.exit_code == 2 and "ingest a video first" in " ".join(r.output.split())
     r = _run("ingest", tmp_path, "--db", tmp_path / "x.db", "--model", "org/not-cached")
     assert r.exit_code == 2 and "huggingface-cli download org/not-cached" in " ".join(r.output.split())
 

@@ -30,7 +30,7 @@ def pair(bundle, tiny_dir):
 
 
 def test_manifest_describes_every_graph_io(bundle, pair):
-    m = load_manifest(bundle)
+    m = load_manifest(bundle).to_dict()
     torch_be, _ = pair
     assert m["probe_layers"] == list(torch_be.info.probe_layers) and m["opset"] == 23
     dec = {v["name"]: v for v in m["graphs"]["decoder"]["inputs"] + m["graphs"]["decoder"]["outputs"]}

@@ -62,7 +62,7 @@ def test_real_size_onnx_bundle_parity(engine, tmp_path_factory):
     from rlivs.export.bundle import ExportConfig, export_bundle
 
     bundle = tmp_path_factory.mktemp("b05") / "bundle"
-    manifest = export_bundle("random-0.5b", bundle, ExportConfig(embed_dtype="float32"))
+    manifest = export_bundle("random-0.5b", bundle, ExportConfig(embed_dtype="float32")).to_dict()
     assert (bundle / "decoder.onnx.data").stat().st_size > 1e9  # external data at full size
     check = manifest["export_check"]
     assert check["logits"] < 1e-3 and check["probe_attn"] < 1e-5 and check["vision"] < 1e-3
@@ -86,15 +86,15 @@ def test_real_size_tensorrt_target_bundle(engine, tmp_path_factory):
     pytest.importorskip("onnxscript")
     from rlivs.export.bundle import ExportConfig, export_bundle
     from rlivs.export.tensorrt_build import profile_specs
-    from rlivs.runtime.backends.bundle import bundle_info
 
     bundle = tmp_path_factory.mktemp("t05") / "bundle"
-    manifest = export_bundle("random-0.5b", bundle, ExportConfig(target="tensorrt", embed_dtype="float32"))
+    written = export_bundle("random-0.5b", bundle, ExportConfig(target="tensorrt", embed_dtype="float32"))
+    manifest = written.to_dict()
     assert manifest["tensorrt_check"]["problems"] == []
     assert manifest["tensorrt_check"]["decoder_attention"] == {"fusable": 24, "probe": 4, "other": 0}
-    _, kv = bundle_info(bundle, manifest)
+    _, kv = written.info(bundle)
     assert (kv.layout, kv.dtype, kv.max_context, kv.row_bytes, kv.row_bytes % 256) == ("arena", "float16", 8192, 12288, 0)
-    specs = profile_specs(manifest)
+    specs = profile_specs(written)
     assert [p["name"] for p in specs["decoder"]] == ["prefill", "decode"]
     assert specs["decoder"][0]["shapes"]["past_kv"]["max"] == [8191, 24, 2, 2, 64]
     trt_engine = load_engine(bundle, config=_config())

@@ -17,7 +17,7 @@ import pytest
 from rlivs.export.tensorrt_build import (
     TENSORRT_MISSING, EngineBuildConfig, attention_nodes, context_budget, fusion_report, profile_specs,
 )
-from rlivs.runtime.backends.bundle import REQUIRED
+from rlivs.runtime.backends.bundle import REQUIRED, Manifest
 from rlivs.runtime.backends.tensorrt.engine_entry import (
     ENTRY, bundle_digest, check_engine_entry, write_engine_entry,
 )
@@ -32,7 +32,7 @@ def manifest_for(tokens_per_frame, hidden, layers, kv_heads, head_dim, image, vo
                  target="tensorrt", layout="arena"):
     """The fields of a TensorRT-target manifest the builder reads, as rlivs export writes them."""
     kv = ["past", layers, 2, kv_heads, head_dim]
-    return {
+    return Manifest.from_dict({
         "format": "rlivs-bundle", "version": 1, "created": "2025-01-01T00:00:00Z", "model_id": "test",
         "hidden_size": hidden, "vocab_size": vocab, "num_layers": layers, "probe_layers": [1, 3],
         "tokens_per_frame": tokens_per_frame, "image_size": [image, image], "video_token_id": 4, "target": target,
@@ -46,7 +46,7 @@ def manifest_for(tokens_per_frame, hidden, layers, kv_heads, head_dim, image, vo
                 {"name": "position_ids", "shape": [1, "seq"], "dtype": "int64"},
                 {"name": "past_kv", "shape": kv, "dtype": "float16"}]},
         },
-    }
+    })
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_profiles_refuse_other_bundles():
     with pytest.raises(ValueError, match="--max-context 9000"):
         profile_specs(manifest_for(**TINY), EngineBuildConfig(max_context=9000))
     m = manifest_for(**TINY)
-    m["graphs"]["decoder"]["inputs"][2]["shape"][0] = "past_len"
+    m.graphs["decoder"]["inputs"][2]["shape"][0] = "past_len"
     with pytest.raises(ValueError, match="'past_len'"):
         profile_specs(m)
     for bad in (dict(precision="int8"), dict(max_frames=0), dict(builder_optimization_level=6)):
@@ -126,9 +126,8 @@ def fake_bundle(path, **kw):
     for name in REQUIRED:
         (path / name).write_bytes(f"placeholder {name}".encode())
     (path / "decoder.onnx.data").write_bytes(b"\x01" * 3_000_000)  # external weights: sampled, not read whole
-    m = manifest_for(**TINY, **kw)
-    m["config_sha256"] = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
-    (path / "manifest.json").write_text(json.dumps(m))
+    m = manifest_for(**TINY, **kw).with_(config_sha256=hashlib.sha256((path / "config.json").read_bytes()).hexdigest())
+    (path / "manifest.json").write_text(json.dumps(m.to_dict()))
     return m
 
 
@@ -148,7 +147,7 @@ def test_a_matching_entry_passes_and_survives_a_copy(tmp_path):
     m = with_engines(tmp_path / "b", m)
     assert check_engine_entry(tmp_path / "b", m, ENV)["gpu_name"] == "Orin"
     shutil.copytree(tmp_path / "b", tmp_path / "copy")  # a copied bundle keeps its digest (no paths, no mtimes)
-    assert check_engine_entry(tmp_path / "copy", json.loads((tmp_path / "copy/manifest.json").read_text()), ENV)
+    assert check_engine_entry(tmp_path / "copy", Manifest.from_dict(json.loads((tmp_path / "copy/manifest.json").read_text())), ENV)
 
 
 @pytest.mark.parametrize("key, value, says", [
@@ -175,7 +174,7 @@ def test_every_difference_is_named_at_once(tmp_path):
 def test_a_reexported_or_changed_bundle_is_refused(tmp_path):
     bundle = tmp_path / "b"
     m = with_engines(bundle, fake_bundle(bundle))
-    again = {**m, "created": "2025-02-02T00:00:00Z"}  # what a re-export rewrites even for the same model
+    again = m.with_(created="2025-02-02T00:00:00Z")  # what a re-export rewrites even for the same model
     with pytest.raises(ValueError, match="re-exported .*rlivs build-engines --bundle"):
         check_engine_entry(bundle, again, ENV)
     (bundle / "decoder.onnx").write_bytes(b"another graph")
@@ -195,7 +194,7 @@ def test_changed_external_weights_change_the_digest(tmp_path):
     assert len({d0, d1, bundle_digest(bundle, m)}) == 3
     (bundle / "decoder.engine").write_bytes(b"x")  # engines and layer lists are not part of the digest
     (bundle / "decoder.layers.json").write_text("{}")
-    assert bundle_digest(bundle, {**m, ENTRY: {"anything": 1}}) == bundle_digest(bundle, m)
+    assert bundle_digest(bundle, m.with_(**{ENTRY: {"anything": 1}})) == bundle_digest(bundle, m)
 
 
 def test_missing_or_truncated_engine_files_and_missing_entries_are_refused(tmp_path):
@@ -204,7 +203,7 @@ def test_missing_or_truncated_engine_files_and_missing_entries_are_refused(tmp_p
     with pytest.raises(ValueError, match="has no TensorRT engines .*rlivs build-engines --bundle"):
         check_engine_entry(bundle, m, ENV)
     with pytest.raises(ValueError, match="damaged"):
-        check_engine_entry(bundle, {**m, ENTRY: {"gpu_name": "Orin"}}, ENV)
+        check_engine_entry(bundle, m.with_(**{ENTRY: {"gpu_name": "Orin"}}), ENV)
     m = with_engines(bundle, m)
     (bundle / "decoder.engine").write_bytes(b"plan")
     with pytest.raises(ValueError, match="truncated or from another build"):
@@ -220,9 +219,9 @@ def test_write_engine_entry_keeps_the_other_keys_atomically(tmp_path):
     write_engine_entry(bundle, {"first": 1})
     after = write_engine_entry(bundle, {"second": 2})  # replaces the entry, keeps everything else
     on_disk = json.loads((bundle / "manifest.json").read_text())
-    assert on_disk == after == {**before, ENTRY: {"second": 2}}
+    assert on_disk == after.to_dict() == {**before.to_dict(), ENTRY: {"second": 2}}
     assert not [p for p in bundle.iterdir() if p.name.startswith(".manifest")]  # no temp file left
-    assert write_engine_entry(bundle, None) == before  # a rebuild first removes the old entry
+    assert write_engine_entry(bundle, None).to_dict() == before.to_dict()  # a rebuild first removes the old entry
     with pytest.raises(ValueError, match="not an rlivs bundle"):
         write_engine_entry(tmp_path, {})
 
@@ -409,8 +408,8 @@ def test_the_exported_graphs_fit_the_builder(trt_tiny):
     from rlivs.export.tensorrt_ops import attention_patterns
     from rlivs.runtime.backends.bundle import load_manifest
 
-    m = load_manifest(trt_tiny)
-    s = profile_specs(m)
+    manifest = load_manifest(trt_tiny)
+    s, m = profile_specs(manifest), manifest.to_dict()
     assert set(s["decoder"][0]["shapes"]) == {i["name"] for i in m["graphs"]["decoder"]["inputs"]}
     assert s["decoder"][1]["shapes"]["inputs_embeds"]["max"] == [1, 1, m["hidden_size"]]
     found = attention_nodes(onnx.load(str(trt_tiny / "decoder.onnx"), load_external_data=False), m["probe_layers"])
@@ -431,9 +430,10 @@ def test_build_engines_on_a_gpu(trt_tiny):
     from rlivs.runtime.backends.tensorrt.engine_entry import current_env
 
     entry = build_engines(trt_tiny, EngineBuildConfig(max_context=1024))
-    m = load_manifest(trt_tiny)
+    manifest = load_manifest(trt_tiny)
+    m = manifest.to_dict()
     assert m[ENTRY] == json.loads(json.dumps(entry)) and entry["tensorrt_version"] == trt.__version__
-    assert check_engine_entry(trt_tiny, m, current_env(trt.__version__)) is not None
+    assert check_engine_entry(trt_tiny, manifest, current_env(trt.__version__)) is not None
     for key in ("vision", "decoder"):
         assert (trt_tiny / entry["engines"][key]["file"]).stat().st_size == entry["engines"][key]["bytes"]
         assert isinstance(json.loads((trt_tiny / entry["layers"][key]).read_text())["Layers"], list)
@@ -453,7 +453,7 @@ def test_only_the_probe_rows_score_path_is_pinned_to_fp32(trt_tiny):
     from rlivs.runtime.backends.bundle import load_manifest
 
     g = onnx.load(str(trt_tiny / "decoder.onnx"), load_external_data=False)
-    m = load_manifest(trt_tiny)
+    m = load_manifest(trt_tiny).to_dict()
     pinned = probe_row_nodes(g, m["probe_layers"])
     ops = {n.name: n.op_type for n in g.graph.node}
     assert sorted(ops[n] for n in pinned) == sorted(["MatMul", "Mul", "Add", "Softmax", "ReduceMean"] * len(m["probe_layers"]))

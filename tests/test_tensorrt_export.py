@@ -36,7 +36,7 @@ def trt_bundle_fp16(tmp_path_factory, tiny_dir):
 def test_every_op_is_in_the_tensorrt_parser_table(trt_bundle):
     import onnx
 
-    m = load_manifest(trt_bundle)
+    m = load_manifest(trt_bundle).to_dict()
     assert m["target"] == "tensorrt" and m["opset"] == 20
     assert m["tensorrt_check"]["problems"] == []
     for name in ("vision.onnx", "decoder.onnx"):
@@ -94,7 +94,7 @@ def _stream(where, tmp_path, db, sample_video):
 def test_the_arena_cache_is_appended_in_place(trt_bundle, tiny_dir):
     """past_kv is bound to the arena's first K rows and new_kv to the rows after them: after a prefill and
     decode steps the arena holds exactly the reference's keys and values, in the same buffer throughout."""
-    m = load_manifest(trt_bundle)
+    m = load_manifest(trt_bundle).to_dict()
     assert m["kv_cache"]["layout"] == "arena" and m["kv_cache"]["max_context"] == 8192
     graphs = {v["name"]: v for v in m["graphs"]["decoder"]["inputs"] + m["graphs"]["decoder"]["outputs"]}
     assert graphs["past_kv"]["shape"][1:] == [8, 2, 2, 16] and graphs["new_kv"]["shape"][1:] == [8, 2, 2, 16]
@@ -131,7 +131,7 @@ def test_a_context_beyond_the_arena_is_refused_before_running(trt_bundle):
 
 def test_the_float16_arena_keeps_the_selection(trt_bundle_fp16, tiny_dir, sample_video, tmp_path):
     """fp16 cache tolerance: selected-token overlap >= 0.95 per clip; captions compared and counted."""
-    assert load_manifest(trt_bundle_fp16)["kv_cache"]["dtype"] == "float16"
+    assert load_manifest(trt_bundle_fp16).kv_cache["dtype"] == "float16"
     ref = _stream(tiny_dir, tmp_path, "t.db", sample_video)
     got = _stream(trt_bundle_fp16, tmp_path, "h.db", sample_video)
     same = sum(a.caption == b.caption for a, b in zip(got, ref))

@@ -23,7 +23,7 @@ from typing import Callable
 from ..config import EngineConfig, ProbeConfig
 from ..errors import UserError
 from .base import Backend, DecodeState, ModelInfo, StepOutput
-from .bundle import is_bundle, load_manifest
+from .bundle import Manifest, is_bundle, load_manifest
 
 log = logging.getLogger("rlivs.backend")
 
@@ -46,17 +46,17 @@ def _has(*modules: str) -> bool:
 @dataclass(frozen=True)
 class BackendEntry:
     name: str
-    why: Callable[[Path, dict | None], str]  # why `auto` picked it for this model (for the log)
-    refusal: Callable[[Path, dict | None], str | None]  # None when it runs this model dir (manifest or None)
+    why: Callable[[Path, Manifest | None], str]  # why `auto` picked it for this model (for the log)
+    refusal: Callable[[Path, Manifest | None], str | None]  # None when it runs this model dir (manifest or None)
     missing: Callable[[Path], str | None]  # None when its packages import here, else what to install
-    build: Callable[[Path, EngineConfig, str, ProbeConfig | None, dict | None], Backend]
+    build: Callable[[Path, EngineConfig, str, ProbeConfig | None, Manifest | None], Backend]
     auto_needs: tuple[str, ...] = ()  # modules without which `auto` passes it over (others: chosen, then refused)
 
 
 # ---- tensorrt -------------------------------------------------------------------------------------------------------
 
-def _trt_refusal(path: Path, manifest: dict | None) -> str | None:
-    if manifest is None or "tensorrt_engines" not in manifest:
+def _trt_refusal(path: Path, manifest: Manifest | None) -> str | None:
+    if manifest is None or manifest.tensorrt_engines is None:
         return (f"{path} has no TensorRT engines: export with rlivs export --target tensorrt, then build them on the "
                 f"device with rlivs build-engines --bundle {path}")
     return None
@@ -71,10 +71,10 @@ def _trt_missing(path: Path) -> str | None:
     return None
 
 
-def _bundle_checks(manifest: dict, ec: EngineConfig, probe: ProbeConfig | None) -> None:
+def _bundle_checks(manifest: Manifest, ec: EngineConfig, probe: ProbeConfig | None) -> None:
     """Options that a bundle fixed at export cannot take at run time."""
-    if probe is not None and probe.layers is not None and tuple(sorted(probe.layers)) != tuple(manifest["probe_layers"]):
-        raise UserError(f"the bundle was exported with probe layers {manifest['probe_layers']}, not "
+    if probe is not None and probe.layers is not None and tuple(sorted(probe.layers)) != tuple(manifest.probe_layers):
+        raise UserError(f"the bundle was exported with probe layers {manifest.probe_layers}, not "
                         f"{list(probe.layers)}: re-export with rlivs export --probe-layers ...")
     if ec.dtype != "float32":
         raise UserError(f"--dtype {ec.dtype} applies to the torch backend; a bundle's precision is set at export")
@@ -83,7 +83,7 @@ def _bundle_checks(manifest: dict, ec: EngineConfig, probe: ProbeConfig | None) 
                         "(rlivs export --max-context N)")
 
 
-def _build_trt(path: Path, ec: EngineConfig, model_id: str, probe: ProbeConfig | None, manifest: dict | None):
+def _build_trt(path: Path, ec: EngineConfig, model_id: str, probe: ProbeConfig | None, manifest: Manifest | None):
     from .tensorrt import TrtBackend
 
     _bundle_checks(manifest, ec, probe)
@@ -92,7 +92,7 @@ def _build_trt(path: Path, ec: EngineConfig, model_id: str, probe: ProbeConfig |
 
 # ---- onnxruntime ----------------------------------------------------------------------------------------------------
 
-def _ort_refusal(path: Path, manifest: dict | None) -> str | None:
+def _ort_refusal(path: Path, manifest: Manifest | None) -> str | None:
     if manifest is None:
         if (path / "config.json").exists() and not any(path.glob("*.onnx")):
             return (f"{path} is not an exported bundle: run rlivs export --model {path} --out BUNDLE and pass "
@@ -110,13 +110,13 @@ def _ort_missing(path: Path) -> str | None:
     return None
 
 
-def _ort_why(path: Path, manifest: dict | None) -> str:
-    if manifest is not None and "tensorrt_engines" in manifest:
+def _ort_why(path: Path, manifest: Manifest | None) -> str:
+    if manifest is not None and manifest.tensorrt_engines is not None:
         return "the bundle has TensorRT engines but tensorrt is not importable here, so it runs on ONNX Runtime"
     return "an exported bundle runs on ONNX Runtime"
 
 
-def _build_ort(path: Path, ec: EngineConfig, model_id: str, probe: ProbeConfig | None, manifest: dict | None):
+def _build_ort(path: Path, ec: EngineConfig, model_id: str, probe: ProbeConfig | None, manifest: Manifest | None):
     from .onnxruntime import OrtBackend
 
     _bundle_checks(manifest, ec, probe)
@@ -126,7 +126,7 @@ def _build_ort(path: Path, ec: EngineConfig, model_id: str, probe: ProbeConfig |
 
 # ---- torch ----------------------------------------------------------------------------------------------------------
 
-def _torch_refusal(path: Path, manifest: dict | None) -> str | None:
+def _torch_refusal(path: Path, manifest: Manifest | None) -> str | None:
     if manifest is not None:
         return (f"{path} is an exported bundle; the torch backend runs HF-format model directories: use --backend "
                 "onnxruntime (or auto)")
@@ -143,7 +143,7 @@ def _torch_missing(path: Path) -> str | None:
     return None
 
 
-def _build_torch(path: Path, ec: EngineConfig, model_id: str, probe: ProbeConfig | None, manifest: dict | None):
+def _build_torch(path: Path, ec: EngineConfig, model_id: str, probe: ProbeConfig | None, manifest: Manifest | None):
     from .torch import TorchBackend
 
     extra = {} if ec.max_context is None else {"max_context": ec.max_context}

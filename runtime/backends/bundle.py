@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +26,98 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def load_manifest(bundle: str | Path) -> dict:
-    """Read and validate a bundle's manifest; ValueError saying how to fix a broken or foreign bundle."""
+@dataclass(frozen=True)
+class Manifest:
+    """A bundle's manifest.json: what `rlivs export` writes, `rlivs build-engines` and calibration extend, and every
+    reader (backends, builder, calibration, CLI) uses. Field names are the JSON keys; keys this class does not name
+    are kept in `extra` and written back unchanged, so an older or newer rlivs's additions survive a rewrite."""
+
+    format: str = BUNDLE_FORMAT
+    version: int = BUNDLE_VERSION
+    created: str | None = None  # UTC time of the export
+    model_id: str | None = None  # where the weights came from
+    config_sha256: str | None = None  # sha256 of the exported config.json
+    hidden_size: int | None = None  # D
+    vocab_size: int | None = None  # V
+    num_layers: int | None = None  # decoder layers
+    probe_layers: list[int] = field(default_factory=list)  # decoder layers whose attention the graph outputs
+    tokens_per_frame: int | None = None  # P
+    image_size: list[int] | None = None  # [H, W]
+    video_token_id: int | None = None
+    kv_cache: dict = field(default_factory=dict)  # {layers, kv_heads, head_dim, layout, dtype, max_context}
+    embeddings: dict | None = None  # {file, dtype, shape}
+    image_newline: dict | None = None  # {file, dtype, shape}
+    graphs: dict = field(default_factory=dict)  # {"vision"|"decoder": export.graph.graph_io(...)}
+    opset: int | None = None
+    target: str = "onnxruntime"  # onnxruntime | tensorrt
+    tools: dict | None = None  # package versions of the export
+    precision: dict | None = None  # calibration: how the decoder was quantized (absent: float32)
+    tensorrt_engines: dict | None = None  # rlivs build-engines: the engines built into the bundle
+    extra: dict = field(default_factory=dict)  # every other key (export_check, tensorrt_check, calibration, ...)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
+
+    def to_dict(self) -> dict:
+        """The JSON object (None-valued optional keys left out, as export writes them)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        out = {k: v for k, v in out.items() if v is not None or k in _ALWAYS}
+        return {**out, **self.extra}
+
+    def with_(self, **changes) -> Manifest:
+        """A copy with fields (or extra keys) changed; a value of None removes an optional key."""
+        named = {f.name for f in fields(self)}
+        extra = {**self.extra, **{k: v for k, v in changes.items() if k not in named}}
+        return replace(self, **{k: v for k, v in changes.items() if k in named},
+                       extra={k: v for k, v in extra.items() if v is not None})
+
+    def info(self, bundle: str | Path):
+        """The ModelInfo and KV layout the manifest declares (shared by the ONNX Runtime and TensorRT backends)."""
+        try:
+            kv = self.kv_cache
+            layout = KVLayout(layers=int(kv["layers"]), kv_heads=int(kv["kv_heads"]), head_dim=int(kv["head_dim"]),
+                              layout=kv.get("layout", "stacked"), dtype=kv.get("dtype", "float32"),
+                              max_context=int(kv.get("max_context", 0)))
+            need = {k: getattr(self, k) for k in ("model_id", "hidden_size", "vocab_size", "num_layers",
+                                                  "tokens_per_frame", "image_size", "video_token_id")}
+            missing = [k for k, v in need.items() if v is None]
+            if missing or not self.probe_layers:
+                raise KeyError(", ".join(missing) or "probe_layers")
+            info = ModelInfo(
+                model_id=self.model_id, hidden_size=int(self.hidden_size), vocab_size=int(self.vocab_size),
+                num_layers=int(self.num_layers), probe_layers=tuple(self.probe_layers),
+                tokens_per_frame=int(self.tokens_per_frame), image_size=tuple(self.image_size),
+                video_token_id=int(self.video_token_id),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
+                            f"whole bundle directory again or re-export it") from None
+        return info, layout
+
+    def save(self, bundle: str | Path) -> None:
+        """Write BUNDLE/manifest.json atomically (temp file + fsync + os.replace): a reader sees the old manifest or
+        the new one, never a partial one."""
+        bundle = Path(bundle)
+        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, bundle / MANIFEST)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+_ALWAYS = {"format", "version", "probe_layers", "kv_cache", "graphs", "target"}
+
+
+def read_manifest_json(bundle: str | Path) -> dict:
+    """The raw JSON object of BUNDLE/manifest.json; UserError saying how to fix a missing or broken one."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
     if not path.is_file():
@@ -36,6 +129,14 @@ def load_manifest(bundle: str | Path) -> dict:
     if not isinstance(manifest, dict):
         raise UserError(f"{path} is not an rlivs bundle manifest (a JSON {type(manifest).__name__}, not an object): "
                         f"re-run rlivs export")
+    return manifest
+
+
+def load_manifest(bundle: str | Path) -> Manifest:
+    """Read and validate a bundle's manifest; UserError saying how to fix a broken or foreign bundle."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    manifest = read_manifest_json(bundle)
     if manifest.get("format") != BUNDLE_FORMAT:
         raise UserError(f"{path} is not an rlivs bundle manifest (format {manifest.get('format')!r})")
     if manifest.get("version") != BUNDLE_VERSION:
@@ -49,26 +150,7 @@ def load_manifest(bundle: str | Path) -> dict:
         raise UserError(f"{bundle}/config.json is not the one this bundle was exported with (its sha256 differs from "
                         f"the manifest's): it is damaged or from another model; copy the whole bundle directory "
                         f"from one export or re-export it")
-    return manifest
-
-
-def bundle_info(bundle: str | Path, manifest: dict):
-    """The ModelInfo and KV layout a bundle's manifest declares (shared by the ONNX Runtime and TensorRT backends)."""
-    try:
-        kv = manifest["kv_cache"]
-        layout = KVLayout(layers=int(kv["layers"]), kv_heads=int(kv["kv_heads"]), head_dim=int(kv["head_dim"]),
-                          layout=kv.get("layout", "stacked"), dtype=kv.get("dtype", "float32"),
-                          max_context=int(kv.get("max_context", 0)))
-        info = ModelInfo(
-            model_id=manifest["model_id"], hidden_size=int(manifest["hidden_size"]),
-            vocab_size=int(manifest["vocab_size"]), num_layers=int(manifest["num_layers"]),
-            probe_layers=tuple(manifest["probe_layers"]), tokens_per_frame=int(manifest["tokens_per_frame"]),
-            image_size=tuple(manifest["image_size"]), video_token_id=int(manifest["video_token_id"]),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
-                        f"whole bundle directory again or re-export it") from None
-    return info, layout
+    return Manifest.from_dict(manifest)
 
 
 def damaged(bundle: str | Path, name: str, e: BaseException) -> UserError:
@@ -76,7 +158,7 @@ def damaged(bundle: str | Path, name: str, e: BaseException) -> UserError:
                      f"damaged or truncated; copy the whole bundle directory again or re-export it")
 
 
-def load_tables(bundle: str | Path, info):
+def load_tables(bundle: str | Path, info: ModelInfo):
     """-> the (V, D) embedding table (memory-mapped, float16|float32) and the (D,) float32 image newline."""
     bundle = Path(bundle)
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..base import Backend, DecodeState, StepOutput
-from ..bundle import bundle_info, damaged, load_manifest, load_tables
+from ..bundle import Manifest, damaged, load_manifest, load_tables
 from ..kv_arena import Arena, ArenaPool
 from rlivs.runtime.errors import UserError
 
@@ -32,7 +32,7 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-                 manifest: dict | None = None):
+                 manifest: Manifest | None = None):
         self.bundle = Path(bundle)
         m = manifest or load_manifest(self.bundle)
         available = ort.get_available_providers()
@@ -47,7 +47,7 @@ class OrtBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.info, self.kv = bundle_info(self.bundle, m)
+        self.info, self.kv = m.info(self.bundle)
         self.kv_shape = (self.kv.layers, self.kv.kv_heads, self.kv.head_dim)  # (N, H_kv, Dh)
         self.vision = self._session("vision.onnx", opts, providers)
         self.decoder = self._session("decoder.onnx", opts, providers)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base import Backend, DecodeState, StepOutput
-from ..bundle import bundle_info, load_manifest, load_tables
+from ..bundle import Manifest, load_manifest, load_tables
 from ..kv_arena import ALIGN, Arena, ArenaPool
 from .device import DeviceBuffer, Stream
 from .engine_entry import check_engine_entry, current_env
@@ -96,11 +96,11 @@ class TrtState(DecodeState):
 class TrtBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, bundle: str | Path, *, manifest: dict | None = None, device: int = 0):
+    def __init__(self, bundle: str | Path, *, manifest: Manifest | None = None, device: int = 0):
         trt = import_tensorrt()
         self.bundle = Path(bundle)
         m = manifest or load_manifest(self.bundle)
-        self.info, self.kv = bundle_info(self.bundle, m)
+        self.info, self.kv = m.info(self.bundle)
         if self.kv.layout != "arena":
             raise UserError(f"{self.bundle} was not exported for TensorRT (its KV cache layout is {self.kv.layout}): "
                             f"re-export with rlivs export --target tensorrt, then rlivs build-engines")

@@ -34,7 +34,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..bundle import MANIFEST
+from ..bundle import MANIFEST, Manifest, read_manifest_json
 from rlivs.runtime.errors import UserError
 
 ENTRY = "tensorrt_engines"
@@ -69,18 +69,18 @@ def _sampled(h, path: Path, size: int) -> None:
         h.update(f.read(_SAMPLE))
 
 
-def graph_files(bundle: str | Path, manifest: dict) -> list[Path]:
+def graph_files(bundle: str | Path, manifest: Manifest) -> list[Path]:
     """The ONNX graphs the manifest names, each followed by its external-data files (`decoder.onnx.data`, ...)."""
     bundle = Path(bundle)
     out = []
     for key in ENGINES:
-        name = (manifest.get("graphs") or {}).get(key, {}).get("file", f"{key}.onnx")
+        name = (manifest.graphs or {}).get(key, {}).get("file", f"{key}.onnx")
         out.append(bundle / name)
         out += sorted(p for p in bundle.glob(name + "*") if p.name != name and p.is_file())
     return out
 
 
-def bundle_digest(bundle: str | Path, manifest: dict | None = None) -> str:
+def bundle_digest(bundle: str | Path, manifest: Manifest | None = None) -> str:
     """sha256 over the ONNX graphs the engines are built from and the manifest fields they depend on.
 
     Cheap for multi-GB bundles: a graph file is hashed whole up to 64 MiB (graphs with external weights are
@@ -90,9 +90,10 @@ def bundle_digest(bundle: str | Path, manifest: dict | None = None) -> str:
     """
     bundle = Path(bundle)
     if manifest is None:
-        manifest = json.loads((bundle / MANIFEST).read_text())
+        manifest = Manifest.from_dict(read_manifest_json(bundle))
+    fields = manifest.to_dict()
     h = hashlib.sha256()
-    h.update(json.dumps({k: manifest.get(k) for k in DIGEST_FIELDS}, sort_keys=True, default=str).encode())
+    h.update(json.dumps({k: fields.get(k) for k in DIGEST_FIELDS}, sort_keys=True, default=str).encode())
     for path in graph_files(bundle, manifest):
         try:
             size = path.stat().st_size
@@ -157,7 +158,7 @@ _REQUIRED = ("tensorrt_version", "gpu_name", "compute_capability", "precision", 
              "max_frames", "engines")
 
 
-def check_engine_entry(bundle: str | Path, manifest: dict, runtime_env: dict) -> dict:
+def check_engine_entry(bundle: str | Path, manifest: Manifest, runtime_env: dict) -> dict:
     """The manifest's engine entry, when its engines can run here; else ValueError naming what differs.
 
     runtime_env = {"tensorrt_version", "gpu_name", "compute_capability"} of this process (see current_env).
@@ -166,7 +167,7 @@ def check_engine_entry(bundle: str | Path, manifest: dict, runtime_env: dict) ->
     """
     bundle = Path(bundle)
     fix = rebuild_hint(bundle)
-    entry = manifest.get(ENTRY)
+    entry = manifest.tensorrt_engines
     if entry is None:
         raise UserError(f"{bundle} has no TensorRT engines (no {ENTRY!r} in its manifest): {fix}")
     missing = [k for k in _REQUIRED if k not in entry] if isinstance(entry, dict) else list(_REQUIRED)
@@ -202,35 +203,14 @@ def check_engine_entry(bundle: str | Path, manifest: dict, runtime_env: dict) ->
     return entry
 
 
-def write_engine_entry(bundle: str | Path, entry: dict | None) -> dict:
+def write_engine_entry(bundle: str | Path, entry: dict | None) -> Manifest:
     """Put `entry` into BUNDLE/manifest.json as "tensorrt_engines" (None: remove it), keeping every other key;
-    atomic (temp file + os.replace), so a reader sees the old manifest or the new one, never a partial one.
+    atomic (Manifest.save), so a reader sees the old manifest or the new one, never a partial one.
     Returns the manifest."""
     bundle = Path(bundle)
-    path = bundle / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not (bundle / MANIFEST).is_file():
         raise UserError(f"{bundle} is not an rlivs bundle (no {MANIFEST}): export one with rlivs export "
-                        f"--target tensorrt") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}): re-export the bundle (rlivs export --target tensorrt)") \
-            from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path} is not an rlivs bundle manifest: re-export the bundle")
-    if entry is None:
-        manifest.pop(ENTRY, None)
-    else:
-        manifest[ENTRY] = entry
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=bundle)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                        f"--target tensorrt")
+    manifest = Manifest.from_dict(read_manifest_json(bundle)).with_(tensorrt_engines=entry)
+    manifest.save(bundle)
     return manifest
