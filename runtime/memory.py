@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from sqlite_utils import Database
@@ -156,6 +157,15 @@ def _normalize_fingerprint(fp: dict | None) -> dict | None:
         raise UserError(
             f"model_fingerprint must be JSON-serializable ({e}): use str/int/float/list/dict values"
         ) from e
+
+
+class CaptionIndex(Protocol):
+    """What answering a question reads from a memory: the captioned clips and their retrieval vectors. `Memory`
+    has it; so does a view of a memory that hides some clips (e.g. those after a question's time)."""
+
+    def vectors(self, stream: str | None = None) -> tuple[list[ClipRecord], np.ndarray]:
+        """The clip records of `stream` (None: every stream) and their vectors as one (N, D) float32 matrix, in the
+        same order."""
 
 
 class Memory:

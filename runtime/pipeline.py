@@ -18,12 +18,14 @@ import numpy as np
 from .backends import Backend, load_backend
 from .config import PipelineConfig
 from .fifo import TokenFifo
-from .frames import Clip, FramePreprocessor, VideoFileSource, clip_start_time, iter_clips
+from .frames import Clip, FramePreprocessor, iter_clips
 from .generate import greedy
-from .memory import ClipRecord, Memory
+from .memory import CaptionIndex, ClipRecord, Memory
 from .models import resolve_model
 from .retrieval import mmr, similarity, text_vector
 from .selection import get_strategy
+from .sources import FrameSource, resume_time
+from .sources.file import VideoFileSource
 from .text import TextCodec
 from rlivs.runtime.errors import UserError
 
@@ -113,7 +115,7 @@ class StreamIngestor:
         self.strategy = get_strategy(cfg.selection.strategy)
         state = memory.open_stream(stream, source, engine.backend.info.model_id, cfg.ingest_fingerprint())
         self.next_index = state.next_index  # the clip the stream resumes at
-        self.source: VideoFileSource | None = None  # set by clips_from_file
+        self.source: FrameSource | None = None  # the source being read (set by clips): its decode_errors count
         self.fifo = TokenFifo(cfg.fifo, engine.backend.info.hidden_size)
         self.fifo.restore(state.fifo)
         if self.next_index:
@@ -167,13 +169,19 @@ class StreamIngestor:
                 on_clip(results[-1])
         return results
 
-    def clips_from_file(self, path: str | Path) -> Iterator[Clip]:
-        """The clips of a video file from where this stream left off."""
+    def clips(self, source: FrameSource) -> Iterator[Clip]:
+        """The clips of `source` (sampled at the clip fps) from where this stream left off: it is read from
+        resume_time(next_index) without being opened again; `self.source` is the one read."""
         c = self.engine.config.clip
-        start = clip_start_time(self.next_index, c.frames_per_clip, c.fps)
-        source = VideoFileSource(path, fps=c.fps, start_time=start)
-        self.source = source  # the file being read: source.decode_errors counts the packets it had to skip
-        return iter_clips(source, c.frames_per_clip, c.fps, first_index=self.next_index)
+        if source.fps != c.fps:
+            raise UserError(f"the source samples {source.fps:g} frames per second but the pipeline's clips are "
+                            f"{c.fps:g} fps; open the source with fps={c.fps:g}")
+        self.source = source.starting_at(resume_time(self.next_index, c.frames_per_clip, c.fps))
+        return iter_clips(self.source, c.frames_per_clip, c.fps, first_index=self.next_index)
+
+    def clips_from_file(self, path: str | Path) -> Iterator[Clip]:
+        """The clips of a video file from where this stream left off (the file is opened once)."""
+        return self.clips(VideoFileSource(path, fps=self.engine.config.clip.fps))
 
 
 @dataclass
@@ -216,8 +224,9 @@ def check_question(question: str) -> str:
     return question
 
 
-def answer(engine: Engine, memory: Memory, question: str, stream: str | None = None) -> Answer:
-    """Retrieve captions by cosine + MMR, then answer from text only (no visual tokens)."""
+def answer(engine: Engine, memory: CaptionIndex, question: str, stream: str | None = None) -> Answer:
+    """Retrieve captions by cosine + MMR, then answer from text only (no visual tokens). `memory` is read only
+    through `vectors(stream)` (a `Memory`, or any other `CaptionIndex` such as a time-limited view of one)."""
     question = check_question(question)
     t0 = time.perf_counter()
     records, matrix = memory.vectors(stream)  # (N, D)
