@@ -32,6 +32,13 @@ def check_start_time(start_time) -> float:
     return float(start_time)
 
 
+def with_start_time(source, start_time: float):
+    """A shallow copy of `source` that reads from `start_time`: what was opened or probed is shared, not redone."""
+    other = copy.copy(source)
+    other.start_time = check_start_time(start_time)
+    return other
+
+
 def frame_interval(stream) -> float:
     """Nominal seconds between two frames of a PyAV video stream (1/30 when it declares no rate)."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -41,18 +48,15 @@ def frame_interval(stream) -> float:
 class IndexedFrameSource:
     """A source whose frame i is at i / frames_fps seconds, sampled at `fps` from `start_time`: sample k is the first
     frame at or after start_time + k / fps (VideoFileSource's rule); it stops before `end_time` or the last frame.
-    Subclasses give `n_frames` and `_get(i) -> (H, W, 3) uint8`."""
+    Subclasses set `n_frames` and give `_get(i) -> (H, W, 3) uint8`."""
 
     decode_errors = 0  # frames are read whole or refused: nothing is ever skipped
+    n_frames: int  # frames in the source (set by the subclass)
 
     def __init__(self, fps: float, start_time: float = 0.0, end_time: float | None = None,
                  frames_fps: float = 1.0):
         self.fps, self.start_time = check_fps(fps), check_start_time(start_time)
         self.end_time, self.frames_fps = end_time, frames_fps
-
-    @property
-    def n_frames(self) -> int:
-        raise NotImplementedError
 
     def _get(self, i: int) -> np.ndarray:
         raise NotImplementedError
@@ -63,9 +67,7 @@ class IndexedFrameSource:
 
     def starting_at(self, start_time: float):
         """The same frames read from `start_time` (nothing is opened again)."""
-        other = copy.copy(self)
-        other.start_time = check_start_time(start_time)
-        return other
+        return with_start_time(self, start_time)
 
     def __iter__(self) -> Iterator[Frame]:
         n, k = self.n_frames, 0

@@ -8,7 +8,6 @@ No torch and no transformers here: this module runs on the device.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ import numpy as np
 
 from rlivs.runtime.errors import UserError
 from rlivs.runtime.frames import Frame
-from rlivs.runtime.sources._shared import TIME_EPS, check_fps, check_start_time, frame_interval
+from rlivs.runtime.sources._shared import TIME_EPS, check_fps, check_start_time, frame_interval, with_start_time
 
 log = logging.getLogger("rlivs.sources.file")
 
@@ -77,9 +76,7 @@ class VideoFileSource:
 
     def starting_at(self, start_time: float) -> VideoFileSource:
         """The same file read from `start_time` (the file is not probed again)."""
-        other = copy.copy(self)
-        other.start_time = check_start_time(start_time)
-        return other
+        return with_start_time(self, start_time)
 
     def __iter__(self) -> Iterator[Frame]:
         with self._open() as container:

@@ -34,13 +34,10 @@ class ImageFolderSource(IndexedFrameSource):
         super().__init__(fps, start_time, end_time, frames_fps)
         self.folder = Path(folder)
         self.files = list_images(self.folder)
+        self.n_frames = len(self.files)
         if not self.files:
             raise UserError(f"{folder} holds no frames ({', '.join(IMAGE_EXTENSIONS)}); give a video file, a folder "
                             f"of frames or a .npy array")
-
-    @property
-    def n_frames(self) -> int:
-        return len(self.files)
 
     def _get(self, i: int) -> np.ndarray:
         from PIL import Image

@@ -28,10 +28,7 @@ class NpyFrameSource(IndexedFrameSource):
         if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or len(a) == 0:
             raise UserError(f"{path} holds an array of shape {a.shape} dtype {a.dtype}; expected (N, H, W, 3) uint8 "
                             f"RGB frames with N >= 1")
-
-    @property
-    def n_frames(self) -> int:
-        return len(self.array)
+        self.n_frames = len(a)
 
     def _get(self, i: int) -> np.ndarray:
         return np.ascontiguousarray(self.array[i])  # (H, W, 3) uint8
