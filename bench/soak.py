@@ -82,7 +82,7 @@ class LoopedVideo:
     """A video file replayed end to end forever as one stream: frames sampled at `fps`, stream time continuing."""
 
     def __init__(self, path: Path, fps: float):
-        from rlivs.runtime.frames import VideoFileSource
+        from rlivs.runtime.sources.file import VideoFileSource
 
         self.path, self.fps = path, fps
         probe = VideoFileSource(path, fps=fps)
@@ -90,7 +90,8 @@ class LoopedVideo:
         self.passes = 0
 
     def __iter__(self):
-        from rlivs.runtime.frames import Frame, VideoFileSource
+        from rlivs.runtime.frames import Frame
+        from rlivs.runtime.sources.file import VideoFileSource
 
         while True:
             offset = self.passes * self.period

@@ -37,7 +37,9 @@ from rlivs.runtime.config import (
     AnswerConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig, SelectionConfig,
 )
 from rlivs.runtime.fifo import TokenFifo
-from rlivs.runtime.frames import Clip, FramePreprocessor, VideoFileSource, clip_start_time, iter_clips
+from rlivs.runtime.frames import Clip, FramePreprocessor, iter_clips
+from rlivs.runtime.sources import resume_time
+from rlivs.runtime.sources.file import VideoFileSource
 
 from .config import CollectConfig
 from rlivs.runtime.errors import UserError
@@ -263,7 +265,7 @@ def _ranges(targets: list[int], warmup: int | None) -> list[tuple[int, int]]:
 
 def _clips(path: Path, pc: PipelineConfig, first: int) -> Iterator[Clip]:
     c = pc.clip
-    source = VideoFileSource(path, fps=c.fps, start_time=clip_start_time(first, c.frames_per_clip, c.fps))
+    source = VideoFileSource(path, fps=c.fps, start_time=resume_time(first, c.frames_per_clip, c.fps))
     return iter_clips(source, c.frames_per_clip, c.fps, first_index=first)
 
 

@@ -86,16 +86,16 @@ def ingest(
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens)
-        from rlivs.runtime.frames import VideoFileSource
         from rlivs.runtime.pipeline import StreamIngestor
+        from rlivs.runtime.sources.file import VideoFileSource
 
         engine = _engine(model_path(model, bundle), o.backend_for(backend, bundle), device, dtype, threads, config,
                          kv_cache, max_context)
-        VideoFileSource(video, fps=config.clip.fps)  # not a readable video: refused before the memory is touched
+        source = VideoFileSource(video, fps=config.clip.fps)  # unreadable: refused before the memory is touched
         with _open_memory(db, engine) as memory:
             ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
-            clips = ing.clips_from_file(video)
-            _run_ingest(ing, clips, video, config, max_clips, json_out)
+            clips = ing.clips(source)  # the same opened file, read from where the stream left off
+            _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
     except UserError as e:
         where = ""
         if ing is not None:  # stopped mid-stream: say what is safe (every clip before next_index is committed)
@@ -110,10 +110,7 @@ def ingest(
         raise typer.Exit(3)
 
 
-def _run_ingest(ing, clips, video: Path, config, max_clips, json_out: bool) -> None:
-    from rlivs.runtime.frames import VideoFileSource
-
-    dur = VideoFileSource(video, fps=config.clip.fps).duration
+def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool) -> None:
     total = math.ceil(dur / config.clip.clip_seconds) if dur else None
     if total is not None and max_clips is not None:
         total = min(total, ing.next_index + max_clips)

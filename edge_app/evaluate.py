@@ -1,6 +1,6 @@
 """`rlivs eval`: the streaming QA benchmarks (RVS-Ego / RVS-Movie protocol) with a pinned judge and ablation flags.
 
-The command only parses flags and draws the progress bar; the work is in `eval_harness` (imported inside the
+The command only parses flags and draws the progress bar; the work is in the `eval` package (imported inside the
 command, so importing this module stays light and torch-free).
 """
 
@@ -84,7 +84,9 @@ def register(app: typer.Typer) -> None:
         max_questions: Optional[int] = typer.Option(None,
                                                     help="Stop after this many questions (continue with --resume)."),
     ):
-        from rlivs.edge_app import eval_harness as h
+        from rlivs.edge_app.eval.annotations import AnnotationConfig
+        from rlivs.edge_app.eval.judges import JudgeConfig
+        from rlivs.edge_app.eval.runner import EvalConfig, run_eval
 
         extra = list(ctx.args)
         bad = [a for a in extra if a.startswith("-")]
@@ -108,18 +110,18 @@ def register(app: typer.Typer) -> None:
             get_strategy(strategy)  # an unknown strategy fails here, before any video is read
             if max_questions is not None and max_questions < 1:
                 raise UserError(f"--max-questions must be >= 1, got {max_questions}")
-            judge = h.JudgeConfig(kind="openai" if judge_url else "local" if judge_local else "none",
-                                  model=judge_model if judge_url else judge_local, url=judge_url,
-                                  api_key_env=judge_api_key_env, max_new_tokens=judge_max_tokens,
-                                  timeout_s=judge_timeout)
-            cfg = h.EvalConfig(
+            judge = JudgeConfig(kind="openai" if judge_url else "local" if judge_local else "none",
+                                model=judge_model if judge_url else judge_local, url=judge_url,
+                                api_key_env=judge_api_key_env, max_new_tokens=judge_max_tokens,
+                                timeout_s=judge_timeout)
+            cfg = EvalConfig(
                 annotations=files, out=out_dir, model=model, backend=backend, device=device, dtype=dtype,
                 threads=threads, kv_cache=kv_cache, max_context=max_context, pipeline=pipeline,
-                data=h.AnnotationConfig(videos_dir=videos, frames_fps=frames_fps, vstream_times=vstream_times,
-                                        shot_seconds=shot_seconds, clip_window=clip_window, max_videos=max_videos),
+                data=AnnotationConfig(videos_dir=videos, frames_fps=frames_fps, vstream_times=vstream_times,
+                                      shot_seconds=shot_seconds, clip_window=clip_window, max_videos=max_videos),
                 judge=judge, resume=resume, rescore=rescore, max_questions=max_questions)
             with _Bar() as bar:
-                summary = h.run_eval(cfg, progress=bar.update)
+                summary = run_eval(cfg, progress=bar.update)
         except UserError as e:
             _fail(str(e))
         _print_summary(summary, out_dir)
@@ -168,7 +170,7 @@ class _Bar:
 
 
 def _print_summary(summary: dict, out_dir: Path) -> None:
-    from rlivs.edge_app.eval_harness import _num, _pct, judge_line
+    from rlivs.edge_app.eval.outputs import fmt_num as _num, fmt_pct as _pct, judge_line
 
     t = Table("benchmark", "questions", "no context", "EM %", "F1 %", "judge acc %", "judge score", "judge errors",
               "latency s", title=f"rlivs eval -> {out_dir}" + ("" if summary["complete"] else " (incomplete)"))

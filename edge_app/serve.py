@@ -62,7 +62,8 @@ def serve(
     try:
         from rlivs.edge_app.service import EdgeService, ServiceConfig
         from rlivs.runtime.pipeline import load_engine
-        from rlivs.runtime.sources import ReconnectConfig, SourceConfig, parse_sources
+        from rlivs.edge_app.source_specs import parse_sources
+        from rlivs.runtime.sources.live import ReconnectConfig, SourceConfig
 
         specs = parse_sources(source)
         for s in specs:

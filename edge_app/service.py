@@ -35,7 +35,8 @@ from rlivs.runtime.memory import ClipRecord, Memory
 from rlivs.runtime.pipeline import ClipResult, Engine, StreamIngestor, answer, format_time
 from rlivs.runtime.retrieval import similarity
 from rlivs.runtime.scheduler import INGEST, PRIORITY_NAMES, QUESTION, SharedBackend
-from rlivs.runtime.sources import LiveSource, SourceConfig, SourceSpec
+from rlivs.runtime.sources.live import LiveSource, SourceConfig
+from rlivs.runtime.sources.spec import SourceSpec
 
 from .edge_store import EdgeStore, Match, Watch, edge_db_path
 from .events import EventHub

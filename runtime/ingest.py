@@ -16,7 +16,9 @@ import numpy as np
 from .engine import Engine
 from .errors import UserError
 from .fifo import TokenFifo
-from .frames import Clip, VideoFileSource, clip_start_time, iter_clips
+from .frames import Clip, iter_clips
+from .sources import FrameSource, resume_time
+from .sources.file import VideoFileSource
 from .memory import ClipRecord, Memory
 
 log = logging.getLogger("rlivs.ingest")
@@ -43,7 +45,7 @@ class StreamIngestor:
         cfg = engine.config
         state = memory.open_stream(stream, source, engine.backend.info.model_id, cfg.ingest_fingerprint())
         self.next_index = state.next_index  # the clip the stream resumes at
-        self.source: VideoFileSource | None = None  # set by clips_from_file
+        self.source: FrameSource | None = None  # the source being read (set by clips): its decode_errors count
         self.fifo = TokenFifo(cfg.fifo, engine.backend.info.hidden_size)
         self.fifo.restore(state.fifo)
         if self.next_index:
@@ -84,10 +86,16 @@ class StreamIngestor:
                 on_clip(results[-1])
         return results
 
-    def clips_from_file(self, path: str | Path) -> Iterator[Clip]:
-        """The clips of a video file from where this stream left off."""
+    def clips(self, source: FrameSource) -> Iterator[Clip]:
+        """The clips of `source` (sampled at the clip fps) from where this stream left off: it is read from
+        resume_time(next_index) without being opened again; `self.source` is the one read."""
         c = self.engine.config.clip
-        start = clip_start_time(self.next_index, c.frames_per_clip, c.fps)
-        source = VideoFileSource(path, fps=c.fps, start_time=start)
-        self.source = source  # the file being read: source.decode_errors counts the packets it had to skip
-        return iter_clips(source, c.frames_per_clip, c.fps, first_index=self.next_index)
+        if source.fps != c.fps:
+            raise UserError(f"the source samples {source.fps:g} frames per second but the pipeline's clips are "
+                            f"{c.fps:g} fps; open the source with fps={c.fps:g}")
+        self.source = source.starting_at(resume_time(self.next_index, c.frames_per_clip, c.fps))
+        return iter_clips(self.source, c.frames_per_clip, c.fps, first_index=self.next_index)
+
+    def clips_from_file(self, path: str | Path) -> Iterator[Clip]:
+        """The clips of a video file from where this stream left off (the file is opened once)."""
+        return self.clips(VideoFileSource(path, fps=self.engine.config.clip.fps))

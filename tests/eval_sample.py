@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rlivs.edge_app.eval_harness import NO_CONTEXT_ANSWER as _NO_CONTEXT  # one reference equals it
+from rlivs.edge_app.eval.runner import NO_CONTEXT_ANSWER as _NO_CONTEXT  # one reference equals it
 
 STREAMING = [
     {"video_id": "ego_a", "video_path": "ego_a.mp4", "duration": 12, "unknown_key": "ignored", "conversations": [

@@ -41,7 +41,8 @@ def server(tmp_path_factory, bundle):
     from rlivs.edge_app.service import EdgeService, ServiceConfig
     from rlivs.runtime.memory import ClipRecord, Memory
     from rlivs.runtime.pipeline import load_engine
-    from rlivs.runtime.sources import SourceConfig, parse_sources
+    from rlivs.edge_app.source_specs import parse_sources
+    from rlivs.runtime.sources.live import SourceConfig
 
     work = tmp_path_factory.mktemp("fuzz")
     cfg = pipeline_config(fps=2.0, frames_per_clip=4, max_caption_tokens=6, max_answer_tokens=6)

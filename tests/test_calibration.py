@@ -112,7 +112,8 @@ def test_stratified_sample_one_per_stretch_and_no_duplicates():
 
 def test_collect_stores_exactly_what_the_pipeline_builds(calib, engine, sample_video, tmp_path):
     """Frames normalise to the pipeline's pixels bit for bit; each FIFO prefix and caption equals an ingest's."""
-    from rlivs.runtime.frames import VideoFileSource, iter_clips
+    from rlivs.runtime.frames import iter_clips
+    from rlivs.runtime.sources.file import VideoFileSource
     from rlivs.runtime.memory import Memory
     from rlivs.runtime.pipeline import StreamIngestor
 

@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from rlivs.edge_app import eval_harness as h
+from rlivs.edge_app.eval.annotations import AnnotationConfig, read_annotations
+from rlivs.edge_app.eval.judges import (
+    JUDGE_PROMPT_SHA256, JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, JUDGE_USER, OpenAIJudge, judge_messages, parse_verdict,
+)
+from rlivs.edge_app.eval.runner import NO_CONTEXT_ANSWER, CausalView
+from rlivs.edge_app.eval.scoring import exact_match, normalize_answer, token_f1
+from rlivs.runtime.sources import open_source
 from rlivs.edge_app.cli import app
 from tests.eval_sample import STREAMING, VS_QUESTIONS, make_benchmark
 from tests.fake_judge import SERVED_MODEL, FakeJudge
@@ -86,7 +92,7 @@ def test_both_formats_end_to_end(full_run):
     assert set(summary["benchmarks"]["test_qa_movie"]["by_answer_type"]) == {"person", "place", "object"}
     md = (out / "results.md").read_text()
     assert "| rvs_ego | 6 | 2 |" in md and "| test_qa_movie | 3 | 0 |" in md
-    assert "4 frames per clip" in md and h.JUDGE_PROMPT_SHA256[:16] in md
+    assert "4 frames per clip" in md and JUDGE_PROMPT_SHA256[:16] in md
 
 
 def test_causal_rule_no_clip_after_end_time(full_run):
@@ -104,7 +110,7 @@ def test_causal_rule_no_clip_after_end_time(full_run):
         assert r["stream_t"] == (ends[visible[-1]] if visible else None), r
         assert r["no_context"] == (not visible)
     by = {r["qid"]: r for r in rows}
-    assert by["ego_a#0"]["answer"] == h.NO_CONTEXT_ANSWER and by["ego_b#1"]["answer"] == h.NO_CONTEXT_ANSWER
+    assert by["ego_a#0"]["answer"] == NO_CONTEXT_ANSWER and by["ego_b#1"]["answer"] == NO_CONTEXT_ANSWER
     assert by["ego_a#1"]["stream_t"] == 4.0  # E = 6: clip [4, 8) straddles it, so only clip 0 was seen
     assert by["ego_a#3"]["stream_t"] == 12.0  # E = 30 after the video's end: everything
 
@@ -115,9 +121,9 @@ def test_causal_view_hides_later_clips(full_run):
 
     with Memory(out / "memory.db", readonly=True) as mem:
         assert [r.t_end for r in mem.clips("rvs_ego/ego_a")] == [4.0, 8.0, 12.0]
-        recs, mat = h.CausalView(mem, 7.99).vectors("rvs_ego/ego_a")
+        recs, mat = CausalView(mem, 7.99).vectors("rvs_ego/ego_a")
         assert [r.index for r in recs] == [0] and mat.shape[0] == 1
-        recs, _ = h.CausalView(mem, 8.0).vectors("rvs_ego/ego_a")
+        recs, _ = CausalView(mem, 8.0).vectors("rvs_ego/ego_a")
         assert [r.index for r in recs] == [0, 1]
 
 
@@ -145,12 +151,12 @@ def test_metrics_and_pinned_judge(full_run, judge_server):
     assert summary["judge"] == {"kind": "openai", "url": judge_server.url + "/chat/completions",
                                 "model": "fake-judge", "served_model": SERVED_MODEL, "temperature": 0,
                                 "max_tokens": 64}
-    pinned = "\n\x00\n".join([h.JUDGE_PROMPT_VERSION, h.JUDGE_SYSTEM, h.JUDGE_USER])
+    pinned = "\n\x00\n".join([JUDGE_PROMPT_VERSION, JUDGE_SYSTEM, JUDGE_USER])
     assert summary["judge_prompt_sha256"] == hashlib.sha256(pinned.encode()).hexdigest()
     req = next(b for b in judge_server.requests if "red square" in b["messages"][1]["content"])
-    assert req["messages"][0] == {"role": "system", "content": h.JUDGE_SYSTEM}
+    assert req["messages"][0] == {"role": "system", "content": JUDGE_SYSTEM}
     assert req["temperature"] == 0 and req["model"] == "fake-judge"
-    assert req["messages"][1]["content"] == h.judge_messages("what is red?", "red square", by["ego_a#1"]["answer"])[1]
+    assert req["messages"][1]["content"] == judge_messages("what is red?", "red square", by["ego_a#1"]["answer"])[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -267,45 +273,45 @@ def _write(path, obj):
 
 
 def test_time_conventions(bench, tmp_path):
-    cfg = h.AnnotationConfig(videos_dir=bench / "videos", shot_seconds=2.0)
-    (b,) = h.read_annotations([bench / "rvs_movie.json", bench / "test_qa_movie.json"], cfg)
+    cfg = AnnotationConfig(videos_dir=bench / "videos", shot_seconds=2.0)
+    (b,) = read_annotations([bench / "rvs_movie.json", bench / "test_qa_movie.json"], cfg)
     assert {q.qid: q.stream_end_time for v in b.videos for q in v.questions} == {"1": 8.0, "2": 24.0, "3": 7.0}
     assert [v.path.name for v in b.videos] == ["m1", "m2.npy"]
     # times on the source video's axis: shifted by the clip's start (shots for m1, seconds for m2)
     qs = _write(tmp_path / "q.json", [dict(VS_QUESTIONS[0], end_time=14), dict(VS_QUESTIONS[2], end_time=107)])
-    (b,) = h.read_annotations([bench / "rvs_movie.json", qs], h.AnnotationConfig(
+    (b,) = read_annotations([bench / "rvs_movie.json", qs], AnnotationConfig(
         videos_dir=bench / "videos", vstream_times="original"))
     assert [q.stream_end_time for v in b.videos for q in v.questions] == [4.0, 7.0]
     # clip-relative times beyond the clip's length point at the other convention
     with pytest.raises(ValueError, match="--vstream-times original"):
-        h.read_annotations([bench / "rvs_movie.json", qs], h.AnnotationConfig(videos_dir=bench / "videos"))
+        read_annotations([bench / "rvs_movie.json", qs], AnnotationConfig(videos_dir=bench / "videos"))
     # streaming list: a clip window on an uncut file applies (times from the window's start) unless ignored
     rec = [dict(STREAMING[0], clip_start_time=4, clip_end_time=12)]
     f = _write(tmp_path / "win.json", rec)
-    (b,) = h.read_annotations([f], h.AnnotationConfig(videos_dir=bench / "videos"))
+    (b,) = read_annotations([f], AnnotationConfig(videos_dir=bench / "videos"))
     v = b.videos[0]
     assert (v.window_applied, v.start, v.end, v.questions[1].stream_end_time) == (True, 4.0, 12.0, 10.0)
-    (b,) = h.read_annotations([f], h.AnnotationConfig(videos_dir=bench / "videos", clip_window="ignore"))
+    (b,) = read_annotations([f], AnnotationConfig(videos_dir=bench / "videos", clip_window="ignore"))
     assert (b.videos[0].window_applied, b.videos[0].questions[1].stream_end_time) == (False, 6.0)
     # a window the (already cut) file cannot hold is source-video metadata: auto ignores it
     f2 = _write(tmp_path / "cut.json", [dict(STREAMING[0], clip_start_time=2430, clip_end_time=2442)])
-    (b,) = h.read_annotations([f2], h.AnnotationConfig(videos_dir=bench / "videos"))
+    (b,) = read_annotations([f2], AnnotationConfig(videos_dir=bench / "videos"))
     assert b.videos[0].window_applied is False
 
 
 def test_frame_sources_sample_like_video_files(tmp_path, bench):
     arr = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((6, 2, 2, 3), np.uint8)  # frame i has value i
     np.save(tmp_path / "a.npy", arr)
-    frames = list(h.open_frames(tmp_path / "a.npy", fps=2.0))  # faster than the array's 1 fps: frames repeat
+    frames = list(open_source(tmp_path / "a.npy", fps=2.0))  # faster than the array's 1 fps: frames repeat
     assert [(int(f.image[0, 0, 0]), f.t) for f in frames] == [(0, 0.0), (1, 1.0), (1, 1.0), (2, 2.0), (2, 2.0),
                                                               (3, 3.0), (3, 3.0), (4, 4.0), (4, 4.0), (5, 5.0),
                                                               (5, 5.0)]
-    frames = list(h.open_frames(tmp_path / "a.npy", fps=0.5, start_time=1.0, end_time=5.0))
+    frames = list(open_source(tmp_path / "a.npy", fps=0.5, start_time=1.0, end_time=5.0))
     assert [int(f.image[0, 0, 0]) for f in frames] == [1, 3]
-    folder = list(h.open_frames(bench / "videos" / "m1", fps=1.0))
+    folder = list(open_source(bench / "videos" / "m1", fps=1.0))
     first = np.asarray(Image.open(bench / "videos" / "m1" / "frame_2.png").convert("RGB"))
     assert len(folder) == 12 and np.array_equal(folder[1].image, first)  # natural order: frame_2 before frame_10
-    video = list(h.open_frames(bench / "videos" / "ego_a.mp4", fps=1.0, start_time=4.0, end_time=8.0))
+    video = list(open_source(bench / "videos" / "ego_a.mp4", fps=1.0, start_time=4.0, end_time=8.0))
     assert [f.t for f in video] == [4.0, 5.0, 6.0, 7.0]
 
 
@@ -335,7 +341,7 @@ def test_frame_sources_sample_like_video_files(tmp_path, bench):
 def test_malformed_annotations_fail_clearly(tmp_path, bench, content, message):
     f = _write(tmp_path / "bad.json", content)
     with pytest.raises(ValueError, match=message):
-        h.read_annotations([f], h.AnnotationConfig(videos_dir=bench / "videos"))
+        read_annotations([f], AnnotationConfig(videos_dir=bench / "videos"))
 
 
 def test_cli_reports_annotation_errors(tmp_path, bench):
@@ -359,10 +365,10 @@ def test_cli_reports_annotation_errors(tmp_path, bench):
 
 
 def test_judge_free_metrics():
-    assert h.normalize_answer("The Red  square!") == "red square"
-    assert h.exact_match("The red square.", "red square") == 1.0 and h.exact_match("a red box", "red square") == 0.0
-    assert h.token_f1("red square moved", "the red square") == pytest.approx(0.8)  # P 2/3, R 1
-    assert h.token_f1("blue", "red square") == 0.0 and h.token_f1("", "") == 1.0
+    assert normalize_answer("The Red  square!") == "red square"
+    assert exact_match("The red square.", "red square") == 1.0 and exact_match("a red box", "red square") == 0.0
+    assert token_f1("red square moved", "the red square") == pytest.approx(0.8)  # P 2/3, R 1
+    assert token_f1("blue", "red square") == 0.0 and token_f1("", "") == 1.0
 
 
 @pytest.mark.parametrize("text, pred, score", [
@@ -377,23 +383,23 @@ def test_judge_free_metrics():
     ("the prediction is fine", None, None),
 ])
 def test_parse_verdict(text, pred, score):
-    v = h.parse_verdict(text)
+    v = parse_verdict(text)
     assert (v.pred, v.score, v.raw) == (pred, score, text)
     assert (v.error is None) == (pred is not None and score is not None)
 
 
 def test_endpoint_judge_client(judge_server):
-    j = h.OpenAIJudge(judge_server.url + "/", "fake-judge")
+    j = OpenAIJudge(judge_server.url + "/", "fake-judge")
     assert j.url == judge_server.url + "/chat/completions"
     assert (j.judge("what?", "red square", "A red square moved.").pred, j.served_model) == ("yes", SERVED_MODEL)
     v = j.judge("what?", "flaky answer", "something else")  # HTTP 500 once, then the retry succeeds
     assert (v.pred, v.score, v.error) == ("no", 1.0, None)
     j.close()
     with pytest.raises(ValueError, match="did not answer"):
-        dead = h.OpenAIJudge("http://127.0.0.1:9/v1", "m", timeout_s=2)  # port 9 (discard): nothing listens
+        dead = OpenAIJudge("http://127.0.0.1:9/v1", "m", timeout_s=2)  # port 9 (discard): nothing listens
         dead.check()
     with pytest.raises(ValueError, match="not an http"):
-        h.OpenAIJudge("127.0.0.1:8000", "m")
+        OpenAIJudge("127.0.0.1:8000", "m")
 
 
 def test_eval_help_lists_every_ablation_flag():

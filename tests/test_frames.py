@@ -1,4 +1,5 @@
-"""Decoding, sampling, clipping and preprocessing of video frames (rlivs.runtime.frames) and the sample video."""
+"""Decoding, sampling, clipping and preprocessing of video frames (rlivs.runtime.frames, rlivs.runtime.sources.file)
+and the sample video."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from rlivs.runtime.frames import (
     Clip,
     Frame,
     FramePreprocessor,
-    VideoFileSource,
-    clip_start_time,
     iter_clips,
 )
+from rlivs.runtime.sources import resume_time
+from rlivs.runtime.sources.file import VideoFileSource
 
 VIDEO_FPS = 8
 VIDEO_SECONDS = 6.0
@@ -158,7 +159,7 @@ def test_resumed_stream_gives_the_same_clips(video):
     fps, fpc = 2.0, 3
     straight = list(iter_clips(VideoFileSource(video, fps=fps), fpc, fps))
     for index in (1, 2, 3):
-        src = VideoFileSource(video, fps=fps, start_time=clip_start_time(index, fpc, fps))
+        src = VideoFileSource(video, fps=fps, start_time=resume_time(index, fpc, fps))
         resumed = list(iter_clips(src, fpc, fps, first_index=index))
         assert [c.index for c in resumed] == [c.index for c in straight[index:]]
         for a, b in zip(straight[index:], resumed):
@@ -187,7 +188,7 @@ def test_iter_clips_groups_and_keeps_the_short_tail():
         assert c.frames[0, 0, 0, 0] == first
         assert c.t_start == pytest.approx(first / fps)
         assert c.t_end == pytest.approx((first + len(c) - 1) / fps + 1 / fps)
-    assert clips[1].t_start == pytest.approx(clip_start_time(1, 4, fps))
+    assert clips[1].t_start == pytest.approx(resume_time(1, 4, fps))
     assert list(iter_clips([], 4, fps)) == []
     with pytest.raises(ValueError, match="frames_per_clip"):
         list(iter_clips(frames, 0, fps))

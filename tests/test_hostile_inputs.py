@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from rlivs.edge_app.cli import app
 from rlivs.edge_app.sample_video import make_sample_video
-from rlivs.runtime.frames import VideoFileSource
+from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.memory import Memory
 
 FPC = 4  # frames per clip (1 fps): the 20 s sample video is 5 clips
@@ -464,7 +464,7 @@ def test_service_keeps_answering_when_the_disk_fills_during_ingest(bundle, long_
     from rlivs.edge_app.server import Server
     from rlivs.edge_app.service import EdgeService, ServiceConfig
     from rlivs.runtime.pipeline import load_engine
-    from rlivs.runtime.sources import parse_sources
+    from rlivs.edge_app.source_specs import parse_sources
     from tests.serve_helpers import wait_for
 
     cfg = pipeline_config(frames_per_clip=16, max_caption_tokens=6, max_answer_tokens=6)

@@ -16,7 +16,8 @@ from rlivs.edge_app.sample_video import make_sample_video
 from rlivs.edge_app.server import Server
 from rlivs.edge_app.service import EdgeService, ServiceConfig
 from rlivs.runtime.memory import ClipRecord, Memory
-from rlivs.runtime.sources import SourceConfig, parse_sources
+from rlivs.edge_app.source_specs import parse_sources
+from rlivs.runtime.sources.live import SourceConfig
 from tests.serve_helpers import tiny_engine, wait_for
 
 CHROMIUM = os.environ.get("RLIVS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

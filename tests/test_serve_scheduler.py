@@ -9,7 +9,8 @@ import numpy as np
 
 from rlivs.runtime.backends.base import Backend
 from rlivs.runtime.config import AnswerConfig, CaptionConfig, ClipConfig, PipelineConfig
-from rlivs.runtime.frames import VideoFileSource, iter_clips
+from rlivs.runtime.frames import iter_clips
+from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.memory import Memory
 from rlivs.runtime.pipeline import StreamIngestor, answer
 from rlivs.runtime.scheduler import INGEST, QUESTION, PriorityLock, SharedBackend

@@ -1,4 +1,4 @@
-"""Live sources (runtime/sources.py): naming, replayed files as live input, the one-slot buffer and fps sampler,
+"""Live sources (runtime/sources/live.py, spec.py): naming, replayed files as live input, the one-slot buffer and fps sampler,
 reconnects (a file that disappears and comes back, an HTTP camera that goes down and up), decode-error counting."""
 
 import random
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from rlivs.edge_app.sample_video import make_sample_video
-from rlivs.runtime.sources import (
-    LatestFrameSlot, LiveSource, ReconnectConfig, SourceConfig, SourceSpec, parse_source, parse_sources,
-)
+from rlivs.edge_app.source_specs import parse_sources
+from rlivs.runtime.sources.live import LatestFrameSlot, LiveSource, ReconnectConfig, SourceConfig
+from rlivs.runtime.sources.spec import SourceSpec, parse_source
 from tests.serve_helpers import LiveStreamServer, wait_for
 
 
@@ -58,7 +58,7 @@ def test_backoff_grows_is_bounded_and_jittered():
 
 
 def test_slot_keeps_only_the_newest_frame():
-    from rlivs.runtime.sources import _Decoded
+    from rlivs.runtime.sources.live import _Decoded
 
     slot = LatestFrameSlot()
     for i in range(100):
@@ -212,7 +212,7 @@ def test_live_modules_import_without_torch(tmp_path):
     from .no_torch import run_without_torch
 
     out = run_without_torch("""
-        import rlivs.runtime.sources, rlivs.runtime.scheduler, rlivs.edge_app.service, rlivs.edge_app.server
+        import rlivs.runtime.sources.live, rlivs.runtime.scheduler, rlivs.edge_app.service, rlivs.edge_app.server
         import rlivs.edge_app.serve, rlivs.edge_app.cli
         assert TORCH_FREE()
         print('OK')

@@ -6,7 +6,7 @@ stream time, blocking on a Condition until a frame at or after its next target e
 captioning loop) is slower than the stream, the sampler hands out the newest frame and counts the sample times it
 skipped as dropped frames; nothing queues up.
 
-    LiveSource(SourceSpec or url, SourceConfig) -> iterator of Frame   image (H, W, 3) uint8 RGB, t seconds
+    LiveSource(SourceSpec or "[name=]URL", SourceConfig) -> iterator of Frame   image (H, W, 3) uint8 RGB, t seconds
 
 Time: `t` is seconds of stream time. Within one connection it is the frame's PTS relative to the first frame of that
 connection (or the wall clock since that frame when the stream has no PTS). After a reconnect, or when a replayed file
@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -38,14 +37,12 @@ from urllib.parse import parse_qsl, urlsplit
 import av
 import numpy as np
 
-from .frames import Frame, _frame_interval
 from rlivs.runtime.errors import UserError
+from rlivs.runtime.frames import Frame
+from rlivs.runtime.sources._shared import TIME_EPS, frame_interval
+from rlivs.runtime.sources.spec import SourceSpec, parse_source
 
 log = logging.getLogger("rlivs.sources")
-
-_TIME_EPS = 1e-6  # a frame this close below a sample target still counts as at the target (float round-off)
-NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -102,83 +99,6 @@ class SourceConfig:
                             f"read {self.read_timeout_s}")
         if self.max_decode_errors_in_a_row < 1:
             raise UserError(f"max_decode_errors_in_a_row must be >= 1, got {self.max_decode_errors_in_a_row}")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# What a source is
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """One video source as named on the command line (`--source [name=]URL`)."""
-
-    name: str  # stream name in the memory
-    url: str  # the path, device or URL as given
-    kind: str  # "file" (a video file), "device" (V4L2 /dev/videoN) or "network" (rtsp://, http://, ...)
-
-    @property
-    def live(self) -> bool:
-        """Devices and network streams are live; a file is live only when replayed."""
-        return self.kind != "file"
-
-
-def source_kind(url: str) -> str:
-    """"device" for /dev/video*, "network" for a URL with a streaming scheme, else "file"."""
-    if url.startswith("/dev/video") or url.startswith("v4l2://"):
-        return "device"
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in NETWORK_SCHEMES:
-        return "network"
-    if scheme == "file":
-        return "file"
-    if "://" in url:
-        raise UserError(f"source {url!r} has the scheme {scheme!r}, which rlivs does not read: use a file path, "
-                        f"/dev/videoN, or one of {', '.join(s + '://' for s in NETWORK_SCHEMES)}")
-    return "file"
-
-
-def derive_name(url: str) -> str:
-    """A stream name from a source: the file's stem, the device's name, or the URL's host and last path segment."""
-    kind = source_kind(url)
-    if kind == "device":
-        base = url.removeprefix("v4l2://").partition("?")[0].rstrip("/").split("/")[-1]
-    elif kind == "file":
-        base = Path(url.removeprefix("file://")).stem
-    else:
-        parts = urlsplit(url)
-        last = [p for p in parts.path.split("/") if p]
-        base = (parts.hostname or "stream") + ("-" + Path(last[-1]).stem if last else "")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.")[:64]
-    return name or "stream"
-
-
-def parse_source(spec: str) -> SourceSpec:
-    """`[name=]URL` -> SourceSpec. A name is 1-64 of A-Z a-z 0-9 _ . -; without one it is derived from the URL."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UserError("a source is empty: pass --source video.mp4, --source /dev/video0 or --source cam=rtsp://...")
-    spec = spec.strip()
-    name, url = None, spec
-    head, sep, tail = spec.partition("=")
-    if sep and _NAME_RE.match(head) and tail and not Path(spec).exists():
-        name, url = head, tail
-    elif sep and "/" not in head and ":" not in head and not Path(spec).exists():
-        raise UserError(f"source name {head!r} in {spec!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
-                        f"e.g. --source cam0={tail}")
-    kind = source_kind(url)
-    return SourceSpec(name or derive_name(url), url, kind)
-
-
-def parse_sources(specs: list[str]) -> list[SourceSpec]:
-    """Parse several `--source` values; two sources may not share a stream name."""
-    out = [parse_source(s) for s in specs]
-    seen: dict[str, str] = {}
-    for s in out:
-        if s.name in seen:
-            raise UserError(f"sources {seen[s.name]!r} and {s.url!r} would both be stream {s.name!r}: name them, "
-                            f"e.g. --source {s.name}1={seen[s.name]} --source {s.name}2={s.url}")
-        seen[s.name] = s.url
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -353,7 +273,7 @@ class LiveSource:
         segment: int | None = None
 
         def accept(item: _Decoded) -> bool:
-            return target is None or item.segment != segment or item.t >= target - _TIME_EPS
+            return target is None or item.segment != segment or item.t >= target - TIME_EPS
 
         while not self._stop.is_set():
             item = self._slot.take(accept)  # blocks on a Condition; never spins
@@ -362,7 +282,7 @@ class LiveSource:
             if target is None or item.segment != segment:  # first frame, or a new connection: restart the schedule
                 target, segment, missed = item.t, item.segment, 0
             else:  # every sample time in [target, item.t] is served by this one frame; all but one were missed
-                missed = int(math.floor((item.t - target) * self.config.fps + _TIME_EPS))
+                missed = int(math.floor((item.t - target) * self.config.fps + TIME_EPS))
             target = target + (missed + 1) * interval
             image = np.ascontiguousarray(item.frame.to_ndarray(format="rgb24"))  # (H, W, 3) uint8
             now = time.time()
@@ -500,13 +420,13 @@ class LiveSource:
                         self._t0_wall = now_mono
                     elif self._last_t is not None:
                         gap = (now_mono - self._t0_wall) * speed + c.start_time
-                        offset = max(self._last_t + _frame_interval(stream), gap)
+                        offset = max(self._last_t + frame_interval(stream), gap)
                     origin_pts = frame.pts
                 if frame.pts is not None and origin_pts is not None and time_base is not None:
                     rel = float((frame.pts - origin_pts) * time_base)
                     if prev_rel is not None and rel < prev_rel - 0.5:  # PTS jumped back (a looped or spliced stream)
                         self._count(pts_resets=1)
-                        offset += prev_rel + _frame_interval(stream)
+                        offset += prev_rel + frame_interval(stream)
                         origin_pts, rel = frame.pts, 0.0
                         if replay:
                             seg_wall0 = now_mono

@@ -1,0 +1,58 @@
+"""Frame sources: where sampled frames come from.
+
+    open_source(path, fps, start_time, end_time) -> FrameSource   a video file, a folder of frames or a .npy array
+    iterating a FrameSource                        -> Frame         image (H, W, 3) uint8 RGB, t seconds
+    LiveSource(SourceSpec or url, SourceConfig)    -> Frame         a camera, a network stream, a file replayed live
+
+Modules: `file` (VideoFileSource, PyAV), `images` (ImageFolderSource), `npy` (NpyFrameSource), `live` (LiveSource
+and its settings, buffer and statistics), `spec` (SourceSpec: what a source is, from its URL). Every source samples
+by one rule: sample k is the first frame at or after start_time + k / fps. A stream resumes at
+`resume_time(next_index, frames_per_clip, fps)`, the time of its next clip's first sample.
+
+No torch and no transformers here: this package runs on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from rlivs.runtime.frames import Frame
+from rlivs.runtime.sources.file import VideoFileSource
+from rlivs.runtime.sources.images import ImageFolderSource
+from rlivs.runtime.sources.npy import NpyFrameSource
+
+
+class FrameSource(Protocol):
+    """Frames of one input sampled at `fps` from `start_time`; iterate it for `Frame`s in time order."""
+
+    fps: float  # samples per second of stream time
+    start_time: float  # stream time (s) of the first sample target
+    decode_errors: int  # parts of the input that could not be decoded in the current (last) pass, their frames skipped
+
+    @property
+    def duration(self) -> float | None:
+        """Length of the input in seconds, or None when it does not say."""
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def starting_at(self, start_time: float) -> FrameSource:
+        """The same input read from `start_time`, without opening or probing it again."""
+
+
+def resume_time(next_index: int, frames_per_clip: int, fps: float) -> float:
+    """Stream time (seconds) of clip `next_index`'s first sample: a stream resumed at clip `next_index` starts its
+    source there (`open_source(..., start_time=...)` or `source.starting_at(...)`)."""
+    return next_index * frames_per_clip / fps
+
+
+def open_source(path: str | Path, fps: float, start_time: float = 0.0, end_time: float | None = None,
+                frames_fps: float = 1.0) -> FrameSource:
+    """The frame source of `path`, chosen by what it is: a folder of frames, a .npy (N, H, W, 3) uint8 array (both
+    with frame i at i / frames_fps s), else a video file. It yields `Frame`s with t < end_time (None: to the end)."""
+    path = Path(path)
+    if path.is_dir():
+        return ImageFolderSource(path, fps, start_time, end_time, frames_fps)
+    if path.suffix.lower() == ".npy":
+        return NpyFrameSource(path, fps, start_time, end_time, frames_fps)
+    return VideoFileSource(path, fps=fps, start_time=start_time, end_time=end_time)
