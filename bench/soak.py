@@ -102,10 +102,10 @@ class LoopedVideo:
 
 def soak(bundle: Path, work: Path, hours: float, checkpoint: int, frames_per_clip: int = 16, fps: float = 1.0,
          caption_tokens: int = 16, answer_tokens: int = 16, log=print, trace_heap: bool = False) -> dict:
-    from rlivs.edge_app.edge_store import edge_db_path
+    from rlivs.edge_app.service.store import edge_db_path
     from rlivs.edge_app.options import pipeline_config
     from rlivs.edge_app.sample_video import make_sample_video
-    from rlivs.edge_app.service import EdgeService
+    from rlivs.edge_app.service.core import EdgeService
     from rlivs.runtime.frames import iter_clips
     from rlivs.runtime.memory import Memory
     from rlivs.runtime.pipeline import StreamIngestor, load_engine

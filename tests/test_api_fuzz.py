@@ -37,8 +37,8 @@ ALLOWED_4XX = {400, 401, 404, 409, 411, 413, 422}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, bundle):
     from rlivs.edge_app.options import pipeline_config
-    from rlivs.edge_app.server import Server
-    from rlivs.edge_app.service import EdgeService, ServiceConfig
+    from rlivs.edge_app.service.app import Server
+    from rlivs.edge_app.service.core import EdgeService, ServiceConfig
     from rlivs.runtime.memory import ClipRecord, Memory
     from rlivs.runtime.pipeline import load_engine
     from rlivs.edge_app.source_specs import parse_sources

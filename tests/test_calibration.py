@@ -501,7 +501,7 @@ def test_cli_collect_layers_quantize_report(sample_video, bundle, tmp_path, tiny
 
 def test_calibrate_cli_module_imports_without_torch(tmp_path):
     out = run_without_torch("""
-        import rlivs.edge_app.calibrate, rlivs.calibration.config, rlivs.calibration.dataset
+        import rlivs.edge_app.commands.calibrate, rlivs.calibration.config, rlivs.calibration.dataset
         import rlivs.calibration.layers, rlivs.calibration.report
         assert TORCH_FREE()
         print('OK')

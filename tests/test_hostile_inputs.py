@@ -461,8 +461,8 @@ def test_service_keeps_answering_when_the_disk_fills_during_ingest(bundle, long_
     import httpx
 
     from rlivs.edge_app.options import pipeline_config
-    from rlivs.edge_app.server import Server
-    from rlivs.edge_app.service import EdgeService, ServiceConfig
+    from rlivs.edge_app.service.app import Server
+    from rlivs.edge_app.service.core import EdgeService, ServiceConfig
     from rlivs.runtime.pipeline import load_engine
     from rlivs.edge_app.source_specs import parse_sources
     from tests.serve_helpers import wait_for
@@ -580,8 +580,8 @@ def test_bad_questions_over_the_api_are_4xx_and_the_service_keeps_answering(bund
     import httpx
 
     from rlivs.edge_app.options import pipeline_config
-    from rlivs.edge_app.server import Server
-    from rlivs.edge_app.service import EdgeService
+    from rlivs.edge_app.service.app import Server
+    from rlivs.edge_app.service.core import EdgeService
     from rlivs.runtime.pipeline import load_engine
 
     engine = load_engine(bundle, config=pipeline_config(frames_per_clip=FPC, max_caption_tokens=6,

@@ -9,10 +9,10 @@ import time
 import httpx
 import pytest
 
-from rlivs.edge_app.edge_store import edge_db_path
+from rlivs.edge_app.service.store import edge_db_path
 from rlivs.edge_app.sample_video import make_sample_video
-from rlivs.edge_app.server import Server
-from rlivs.edge_app.service import EdgeService, ServiceConfig
+from rlivs.edge_app.service.app import Server
+from rlivs.edge_app.service.core import EdgeService, ServiceConfig
 from rlivs.runtime.memory import ClipRecord, Memory
 from rlivs.edge_app.source_specs import parse_sources
 from rlivs.runtime.sources.live import SourceConfig

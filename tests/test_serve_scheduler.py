@@ -1,4 +1,4 @@
-"""One model for ingest and questions (runtime/scheduler.py): a question gets the model at the next decoder-step
+"""One model for ingest and questions (runtime/backends/shared.py): a question gets the model at the next decoder-step
 boundary of a caption being generated, and its answer runs to the end before the caption continues."""
 
 import threading
@@ -13,7 +13,7 @@ from rlivs.runtime.frames import iter_clips
 from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.memory import Memory
 from rlivs.runtime.pipeline import StreamIngestor, answer
-from rlivs.runtime.scheduler import INGEST, QUESTION, PriorityLock, SharedBackend
+from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from tests.serve_helpers import wait_for
 
 

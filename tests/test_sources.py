@@ -212,8 +212,9 @@ def test_live_modules_import_without_torch(tmp_path):
     from .no_torch import run_without_torch
 
     out = run_without_torch("""
-        import rlivs.runtime.sources.live, rlivs.runtime.scheduler, rlivs.edge_app.service, rlivs.edge_app.server
-        import rlivs.edge_app.serve, rlivs.edge_app.cli
+        import rlivs.runtime.sources, rlivs.runtime.sources.live, rlivs.runtime.backends.shared
+        import rlivs.edge_app.service.core, rlivs.edge_app.service.app
+        import rlivs.edge_app.commands.serve, rlivs.edge_app.cli
         assert TORCH_FREE()
         print('OK')
     """, tmp_path)

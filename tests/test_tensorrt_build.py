@@ -379,7 +379,7 @@ def test_builder_cli_and_entry_import_without_torch_or_tensorrt(tmp_path):
     from .no_torch import run_without_torch
 
     out = run_without_torch("""
-        import rlivs.edge_app.engines, rlivs.export.tensorrt_build, rlivs.runtime.backends.tensorrt.engine_entry
+        import rlivs.edge_app.commands.export, rlivs.export.tensorrt_build, rlivs.runtime.backends.tensorrt.engine_entry
         assert TORCH_FREE() and 'tensorrt' not in sys.modules and 'onnx' not in sys.modules
         print('OK')
     """, tmp_path)

@@ -1,6 +1,6 @@
 """The causal runner of `rlivs eval` (RVS-Ego / RVS-Movie protocol): each video is ingested once, in time order,
 into a per-run memory (one stream per video), and every question is answered at its time. Library code: no argv
-here (`rlivs eval` lives in `edge_app/evaluate.py`).
+here (`rlivs eval` lives in `edge_app/commands/eval.py`).
 
 Protocol (docs/evaluation.md): a clip covers [t_start, t_end). A question with end time E is answered as soon as the
 next clip would end after E, i.e. after the last clip with t_end <= E has been committed and before any later clip

@@ -1,7 +1,8 @@
-"""`rlivs build-engines`: TensorRT engines for a TensorRT-target bundle, built on the device that will run them.
+"""`rlivs export` (a model to a self-contained ONNX bundle) and `rlivs build-engines` (TensorRT engines for a
+TensorRT-target bundle, built on the device that will run them).
 
-The command only parses flags and prints; the work is in rlivs.export.tensorrt_build (imported inside the command,
-so importing this module stays light and needs neither TensorRT nor torch). See docs/export.md.
+The commands only parse flags and print; the work is in rlivs.export.bundle and rlivs.export.tensorrt_build (imported
+inside the commands, so importing this module stays light and needs neither TensorRT nor torch). See docs/export.md.
 """
 
 from __future__ import annotations
@@ -14,10 +15,51 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rlivs.edge_app import options as o
 from rlivs.edge_app.options import console, fail as _fail
 from rlivs.runtime.errors import UserError
 
 out = Console()
+
+
+def export(
+    model: str = o.Model,
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
+    target: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt (opset <= 20, attention TensorRT fuses)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default 23 for onnxruntime, 20 for tensorrt)."),
+    embed_dtype: str = typer.Option("float16", help="Embedding table dtype: float16 | float32 (exact parity)."),
+    probe_layers: Optional[str] = o.ProbeLayers, num_probe_layers: int = o.NumProbeLayers,
+    check: bool = typer.Option(True, help="Compare the exported graphs with the torch reference."),
+    kv_dtype: Optional[str] = typer.Option(None, help="KV cache dtype of a tensorrt bundle: float16 (default) | "
+                                                      "float32 (exact parity with the reference)."),
+    max_context: int = typer.Option(8192, help="Cache positions preallocated per sequence (tensorrt bundles): "
+                                               "FIFO + clip + prompt + caption must fit."),
+):
+    """Export a model to a self-contained ONNX bundle for the torch-free runtime."""
+    try:
+        from rlivs.export.bundle import ExportConfig, export_bundle
+        from rlivs.runtime.config import ProbeConfig
+
+        probe = ProbeConfig(num_layers=num_probe_layers, layers=o.parse_layers(probe_layers))
+        cfg = ExportConfig(target=target, opset=opset, embed_dtype=embed_dtype, check=check, kv_dtype=kv_dtype,
+                           max_context=max_context, probe=probe)
+        with console.status(f"exporting {model} to {out} ..."):
+            manifest = export_bundle(model, out, cfg)
+    except (UserError, ImportError) as e:
+        _fail(str(e))
+    table = Table("graph", "io", "name", "shape", "dtype", title=f"bundle {out}")
+    for g in manifest.graphs.values():
+        for io in ("inputs", "outputs"):
+            for v in g[io]:
+                table.add_row(g["file"], io[:-1], v["name"], str(v["shape"]), v["dtype"])
+    out_console = Console()
+    out_console.print(table)
+    if "tensorrt_check" in manifest.extra:
+        trt_check = manifest.extra["tensorrt_check"]
+        out_console.print(f"TensorRT check: all ops in {trt_check['operator_table']}; "
+                          f"decoder attention {trt_check['decoder_attention']}")
+    if "export_check" in manifest.extra:
+        out_console.print("max |ORT - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in manifest.extra["export_check"].items()))
 
 
 def build_engines_cmd(
@@ -64,5 +106,6 @@ def build_engines_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `rlivs build-engines` to the CLI."""
+    """Add `rlivs export` and `rlivs build-engines` to the CLI."""
+    app.command("export")(export)
     app.command("build-engines")(build_engines_cmd)

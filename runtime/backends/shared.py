@@ -10,8 +10,9 @@ step boundary, not after the clip.
 answer's steps run back to back instead of alternating with the caption's (the caption continues afterwards from its
 own KV state; separate `DecodeState`s are independent sequences).
 
-    shared = SharedBackend(backend)                 # ingest's view (priority INGEST)
-    questions = shared.with_priority(QUESTION)      # the same model and lock, question priority
+    lock = PriorityLock()                           # owned by the caller: one per model
+    shared = SharedBackend(backend, INGEST, lock)   # ingest's view
+    questions = SharedBackend(backend, QUESTION, lock)  # the same model and lock, question priority
     with questions.reserve():
         answer(Engine(questions, ...), memory, "what moved?")
 
@@ -24,14 +25,13 @@ import heapq
 import itertools
 import threading
 import time
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
-from .backends.base import Backend, DecodeState, StepOutput
+from .base import Backend, DecodeState, StepOutput
 from rlivs.runtime.errors import UserError
 
 QUESTION = 0  # served first
@@ -115,21 +115,11 @@ class PriorityLock:
             return len(self._queue)
 
 
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one PriorityLock per model, however many views
-_LOCKS_GUARD = threading.Lock()
-
-
-def lock_for(backend: Backend) -> PriorityLock:
-    """The PriorityLock of this backend object (created on first use): every SharedBackend of it shares it."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(backend)
-        if lock is None:
-            lock = _LOCKS[backend] = PriorityLock()
-        return lock
-
-
 class SharedBackend(Backend):
-    """A view of one backend whose calls go through the model's PriorityLock at this view's priority."""
+    """A view of one backend whose calls go through `lock` at this view's priority.
+
+    The caller owns the lock: every view of one model must be given the same PriorityLock (`with_priority` passes it
+    on). Without one, the view gets a new lock of its own."""
 
     def __init__(self, inner: Backend, priority: int = INGEST, lock: PriorityLock | None = None):
         if isinstance(inner, SharedBackend):
@@ -137,7 +127,7 @@ class SharedBackend(Backend):
         if priority not in PRIORITY_NAMES:
             raise UserError(f"priority must be QUESTION ({QUESTION}) or INGEST ({INGEST}), got {priority!r}")
         self.inner = inner  # the backend that runs the model
-        self.lock = lock or lock_for(inner)  # shared by every view of `inner`
+        self.lock = lock if lock is not None else PriorityLock()  # the caller's, shared by every view of `inner`
         self.priority = priority
         self.name = inner.name  # reports as the backend it wraps
         self.info = inner.info

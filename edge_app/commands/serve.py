@@ -1,7 +1,7 @@
 """`rlivs serve`: ingest live sources in the background and serve the API and the web page.
 
 Registered on the `rlivs` app by `register(app)` (edge_app/cli.py). Imports nothing heavy at module level: the
-service, FastAPI and the model are imported when the command runs.
+service (edge_app/service/), FastAPI and the model are imported when the command runs.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
 ):
     """Ingest live sources in the background and serve the API and the web page (http://HOST:PORT/)."""
-    from rlivs.edge_app.server import Server, is_loopback
+    from rlivs.edge_app.service.app import Server, is_loopback
 
     if not is_loopback(host) and not token:
         _fail(f"refusing to bind {host} without a token: any address but loopback exposes the API to the network. "
@@ -60,7 +60,7 @@ def serve(
     if not 0 < port < 65536:
         _fail(f"--port {port} is not a TCP port: use 1-65535, e.g. --port 8000")
     try:
-        from rlivs.edge_app.service import EdgeService, ServiceConfig
+        from rlivs.edge_app.service.core import EdgeService, ServiceConfig
         from rlivs.runtime.pipeline import load_engine
         from rlivs.edge_app.source_specs import parse_sources
         from rlivs.runtime.sources.live import ReconnectConfig, SourceConfig
@@ -100,4 +100,5 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
+    """Add `rlivs serve` to the CLI."""
     app.command("serve")(serve)

@@ -1,9 +1,11 @@
-"""What `rlivs serve` runs: ingest workers (one thread per source), questions, watches, events, thumbnails, metrics.
+"""What `rlivs serve` runs: ingest workers (one thread per source, workers.py), questions, watches, events,
+thumbnails, metrics (telemetry.py).
 
-One model serves everything: the engine's backend is wrapped in a `SharedBackend`; ingest calls it at INGEST
-priority, questions at QUESTION priority inside a reservation, so a question gets the model at the next decoder-step
-boundary of whatever caption is being generated (runtime/scheduler.py). Questions are answered from what the memory
-has committed (a read-only connection per request; SQLite WAL lets it read while ingest writes).
+One model serves everything: the service owns one `PriorityLock` and wraps the engine's backend in two `SharedBackend`
+views of it; ingest calls the model at INGEST priority, questions at QUESTION priority inside a reservation, so a
+question gets the model at the next decoder-step boundary of whatever caption is being generated
+(runtime/backends/shared.py). Questions are answered from what the memory has committed (a read-only connection per
+request; SQLite WAL lets it read while ingest writes).
 
 Every committed caption goes through `publish_clip`: thumbnail stored, metrics updated, a `caption` event published,
 the caption scored against every watch (the retrieval relevance `retrieval.similarity` between the watch query's
@@ -14,36 +16,29 @@ published as a `watch` event and, when the watch has a webhook, POSTed to it fro
 from __future__ import annotations
 
 import io
-import json
-import logging
 import math
-import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
 
-from rlivs.runtime.frames import Clip, iter_clips
+from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from rlivs.runtime.memory import ClipRecord, Memory
-from rlivs.runtime.pipeline import ClipResult, Engine, StreamIngestor, answer, format_time
+from rlivs.runtime.pipeline import ClipResult, Engine, answer, format_time
 from rlivs.runtime.retrieval import similarity
-from rlivs.runtime.scheduler import INGEST, PRIORITY_NAMES, QUESTION, SharedBackend
-from rlivs.runtime.sources.live import LiveSource, SourceConfig
+from rlivs.runtime.sources.live import SourceConfig
 from rlivs.runtime.sources.spec import SourceSpec
 
-from .edge_store import EdgeStore, Match, Watch, edge_db_path
+from . import telemetry
 from .events import EventHub
 from .metrics import Metrics
+from .store import EdgeStore, Match, Watch, edge_db_path
+from .workers import StreamWorker, WebhookSender
 from rlivs.runtime.errors import UserError
-
-log = logging.getLogger("rlivs.serve")
 
 STAGES = ("encode", "prefill", "decode", "select", "store")  # ClipResult.timings keys
 
@@ -100,133 +95,6 @@ def caption_json(r: ClipRecord, has_thumbnail: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Webhooks
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class WebhookSender:
-    """POSTs JSON to webhook URLs from one background thread, so a slow receiver never holds up ingest."""
-
-    def __init__(self, metrics: Metrics, timeout_s: float, size: int):
-        self.metrics, self.timeout_s = metrics, timeout_s
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._thread = threading.Thread(target=self._run, name="rlivs-webhooks", daemon=True)
-        self._thread.start()
-
-    def send(self, url: str, payload: dict) -> None:
-        try:
-            self._queue.put_nowait((url, payload))
-        except queue.Full:
-            self.metrics.inc("rlivs_webhook_deliveries_total", outcome="dropped")
-            log.warning("webhook queue full: dropped a delivery to %s", url)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()  # blocks
-            if item is None:
-                return
-            url, payload = item
-            body = json.dumps(payload).encode()
-            req = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "User-Agent": "rlivs"})
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    resp.read(1024)
-                self.metrics.inc("rlivs_webhook_deliveries_total", outcome="ok")
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                self.metrics.inc("rlivs_webhook_deliveries_total", outcome="failed")
-                log.warning("webhook POST to %s failed: %s", url, e)
-
-    def stop(self, timeout: float = 2.0) -> None:
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Ingest workers
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class StreamWorker:
-    """Ingests one source into its stream, in a background thread."""
-
-    def __init__(self, service: EdgeService, spec: SourceSpec):
-        self.service, self.spec = service, spec
-        self.live = spec.live or service.config.replay_files  # paced as a live source (vs a file at full speed)
-        self.state = "starting"  # starting | running | finished | stopped | failed
-        self.error: str | None = None  # why it failed
-        self.source: LiveSource | None = None
-        self.clips = 0  # clips committed by this run
-        self.frames = 0  # frames that went into those clips
-        self.behind_live_s: float | None = None  # last clip: seconds from its last frame's capture to its commit
-        self.last_clip_at: float | None = None  # unix time of the last commit
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"rlivs-ingest-{spec.name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.source is not None:
-            self.source.stop(timeout=0)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def _clips(self, ing: StreamIngestor, mem: Memory) -> Iterator[Clip]:
-        svc, spec = self.service, self.spec
-        cc = svc.engine.config.clip
-        if not self.live:
-            return ing.clips_from_file(spec.url.removeprefix("file://"))  # resumes at the next clip's time
-        prev = next((s for s in mem.streams() if s["name"] == spec.name), None)
-        start = float(prev["t_end"]) if prev and prev["t_end"] is not None else 0.0  # continue the timeline
-        self.source = LiveSource(spec, replace(svc.config.source, fps=cc.fps, start_time=start))
-        if self._stop.is_set():
-            self.source.stop(timeout=0)
-        return iter_clips(self.source, cc.frames_per_clip, cc.fps, first_index=ing.next_index)
-
-    def _run(self) -> None:
-        svc, spec = self.service, self.spec
-        try:
-            with Memory(svc.db, model_fingerprint=svc.engine.model_fingerprint) as mem:
-                ing = StreamIngestor(svc.ingest_engine, mem, stream=spec.name, source=spec.url)
-                self.state = "running"
-                for clip in self._clips(ing, mem):
-                    if self._stop.is_set():
-                        break  # a partial clip handed out at shutdown is not captioned
-                    result = ing.step(clip)
-                    record = mem.clips(spec.name, limit=1, offset=result.index)[0]  # indices are 0..n-1 per stream
-                    behind = None
-                    if self.source is not None and self.source.last_wall is not None:
-                        behind = max(0.0, time.time() - self.source.last_wall)
-                    self.clips += 1
-                    self.frames += len(clip)
-                    self.behind_live_s, self.last_clip_at = behind, time.time()
-                    svc.publish_clip(record, result, middle_frame=clip.frames[len(clip) // 2], behind_live_s=behind)
-            self.state = "stopped" if self._stop.is_set() else "finished"
-            log.info("stream %s: %s after %d clips", spec.name, self.state, self.clips)
-        except Exception as e:  # recorded and shown in /v1/streams and /healthz; the service keeps serving
-            self.state, self.error = "failed", f"{type(e).__name__}: {e}"
-            log.exception("stream %s: ingest failed", spec.name)
-        finally:
-            if self.source is not None:
-                self.source.stop(timeout=1.0)
-
-    def status(self) -> dict:
-        st = self.source.stats().as_dict() if self.source is not None else None
-        state = self.state
-        if state == "running" and st is not None and st["state"] in ("connecting", "reconnecting", "failed"):
-            state = st["state"]
-        return {"worker": self.state, "state": state, "kind": self.spec.kind, "live": self.live, "url": self.spec.url,
-                "error": self.error, "clips_this_run": self.clips, "frames_this_run": self.frames,
-                "seconds_behind_live": self.behind_live_s, "last_clip_at": self.last_clip_at, "source_stats": st}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -247,10 +115,10 @@ class EdgeService:
         self.db = Path(db)
         self.config = config or ServiceConfig()
         self.specs = list(sources)
-        shared = SharedBackend(engine.backend, INGEST)
-        self.shared = shared
-        self.ingest_engine = replace(engine, backend=shared)  # same text codec, preprocessing and settings
-        self.question_backend = shared.with_priority(QUESTION)
+        self.model_lock = PriorityLock()  # the one model, handed out call by call to ingest and questions
+        ingest_backend = SharedBackend(engine.backend, INGEST, self.model_lock)
+        self.ingest_engine = replace(engine, backend=ingest_backend)  # same text codec, preprocessing and settings
+        self.question_backend = SharedBackend(engine.backend, QUESTION, self.model_lock)
         self.question_engine = replace(engine, backend=self.question_backend)
         info = engine.backend.info
         # Create/check the memory and every stream now, so a wrong model or changed settings fail before serving.
@@ -260,7 +128,7 @@ class EdgeService:
         self.store = EdgeStore(edge_db_path(self.db))
         self.events = EventHub(self.config.event_keep, self.config.event_queue)
         self.metrics = Metrics()
-        self._declare_metrics()
+        telemetry.declare(self.metrics)
         self.webhooks = WebhookSender(self.metrics, self.config.webhook_timeout_s, self.config.webhook_queue)
         self._watch_lock = threading.Lock()
         self._watches: dict[int, _WatchEntry] = {}
@@ -482,63 +350,6 @@ class EdgeService:
                 "sources": len(states), "sources_ok": len(states) - len(bad),
                 "backend": self.engine.backend.name}
 
-    def _declare_metrics(self) -> None:
-        m = self.metrics
-        m.declare("rlivs_clips_total", "counter", "Clips captioned and committed to the memory.")
-        m.declare("rlivs_clip_stage_seconds", "histogram", "Per-clip latency by stage (encode, prefill, decode, "
-                  "select, store, total).")
-        m.declare("rlivs_seconds_behind_live", "gauge", "Last clip: seconds from its last frame's capture to its "
-                  "commit.")
-        m.declare("rlivs_stream_time_seconds", "gauge", "Stream time of the end of the last committed clip.")
-        m.declare("rlivs_questions_total", "counter", "Questions by outcome (answered, rejected, failed).")
-        m.declare("rlivs_question_seconds", "histogram", "Question latency (retrieval + answer), seconds.")
-        m.declare("rlivs_watch_matches_total", "counter", "Watch matches by watch id.")
-        m.declare("rlivs_webhook_deliveries_total", "counter", "Webhook POSTs by outcome (ok, failed, dropped).")
-
     def render_metrics(self) -> str:
-        per_source = {
-            "rlivs_frames_decoded_total": ("counter", "Frames decoded from the source.", "frames_decoded"),
-            "rlivs_frames_sampled_total": ("counter", "Frames handed to ingest at the sampling rate.",
-                                           "frames_sampled"),
-            "rlivs_frames_dropped_total": ("counter", "Sample times skipped because ingest was busy (never queued).",
-                                           "frames_dropped"),
-            "rlivs_decode_errors_total": ("counter", "Packets the decoder rejected.", "decode_errors"),
-            "rlivs_source_reconnects_total": ("counter", "Successful reopens of a source (reconnects, loops).",
-                                              "reconnects"),
-            "rlivs_source_open_failures_total": ("counter", "Failed attempts to open a source.", "open_failures"),
-            "rlivs_source_disconnects_total": ("counter", "Connections lost (error, stall, end of a live stream).",
-                                               "disconnects"),
-        }
-        extra: list = []
-        samples: dict[str, list] = {k: [] for k in per_source}
-        up, lag = [], []
-        for w in self.workers:
-            st = w.source.stats() if w.source is not None else None
-            lab = {"stream": w.spec.name}
-            for name, (_, _, attr) in per_source.items():
-                value = getattr(st, attr) if st else (w.frames if attr == "frames_sampled" else 0)
-                samples[name].append((lab, value))
-            state = w.status()["state"]
-            up.append((lab, 1.0 if state in ("running", "live") else 0.0))
-            if st is not None and st.last_frame_at is not None:
-                lag.append((lab, max(0.0, time.time() - st.last_frame_at)))
-        for name, (kind, help_, _) in per_source.items():
-            extra.append((name, kind, help_, samples[name]))
-        extra.append(("rlivs_source_up", "gauge", "1 while a source delivers frames (or a file is being ingested).",
-                      up))
-        extra.append(("rlivs_source_last_frame_age_seconds", "gauge", "Seconds since the source's newest frame.", lag))
-        stats = self.shared.lock.stats
-        for name, attr, help_ in (("rlivs_model_calls_total", "calls", "Backend calls granted, by priority."),
-                                  ("rlivs_model_wait_seconds_total", "wait_s", "Seconds callers waited for the model."),
-                                  ("rlivs_model_busy_seconds_total", "busy_s", "Seconds the model ran, by priority.")):
-            extra.append((name, "counter", help_,
-                          [({"priority": PRIORITY_NAMES[p]}, v) for p, v in sorted(getattr(stats, attr).items())]))
-        extra.append(("rlivs_events_published_total", "counter", "Events published (captions and watch matches).",
-                      [({}, self.events.published)]))
-        extra.append(("rlivs_events_dropped_total", "counter", "Events a slow SSE client lost.",
-                      [({}, self.events.dropped)]))
-        extra.append(("rlivs_event_subscribers", "gauge", "Open /v1/events streams.", [({}, self.events.subscribers)]))
-        extra.append(("rlivs_watches", "gauge", "Standing queries.", [({}, len(self._watches))]))
-        extra.append(("rlivs_uptime_seconds", "gauge", "Seconds since the service started.",
-                      [({}, time.time() - self.started_at)]))
+        extra = telemetry.scrape(self.workers, self.model_lock.stats, self.events, len(self._watches), self.started_at)
         return self.metrics.render(extra)

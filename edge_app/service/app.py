@@ -42,9 +42,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .core import EdgeService, NotFound, NotReady
 from .metrics import CONTENT_TYPE
-from .service import EdgeService, NotFound, NotReady
-from .web_page import PAGE
+from .page import PAGE
 from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.serve")

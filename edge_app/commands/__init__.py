@@ -1,0 +1,12 @@
+"""The `rlivs` commands, one module per family; each exposes `register(app)` (edge_app/cli.py calls them in order).
+
+| module         | commands                                |
+|----------------|-----------------------------------------|
+| `ingest.py`    | `ingest`, `ask`, `captions`, `demo`     |
+| `export.py`    | `export`, `build-engines`               |
+| `eval.py`      | `eval`                                  |
+| `serve.py`     | `serve`                                 |
+| `calibrate.py` | `calibrate collect|layers|quantize|report` |
+
+Shared options, the error exit and flags -> PipelineConfig are in edge_app/options.py.
+"""

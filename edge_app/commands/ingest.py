@@ -1,0 +1,233 @@
+"""`rlivs ingest`, `ask`, `captions` and `demo`: a video into an on-device memory, questions and the caption timeline
+from it, and the whole job on the embedded default. torch and the model load inside the commands."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rlivs.edge_app import options as o
+from rlivs.edge_app.options import console, fail as _fail, model_path
+from rlivs.runtime.errors import UserError
+
+out = Console()
+
+
+def _engine(model: str, backend: str, device: str, dtype: str, threads: Optional[int], config, kv_cache: str = "auto",
+            max_context: Optional[int] = None):
+    from rlivs.runtime.pipeline import load_engine
+
+    with console.status(f"loading model {model} ..."):
+        return load_engine(model, backend=backend, config=config, device=device, dtype=dtype, threads=threads,
+                           kv_cache=kv_cache, max_context=max_context)
+
+
+def _open_memory(db: Path, engine=None, readonly: bool = False):
+    from rlivs.runtime.memory import Memory
+
+    if readonly and not db.exists():
+        _fail(f"{db} does not exist: ingest a video first with rlivs ingest VIDEO --db {db}")
+    return Memory(db, model_fingerprint=engine.model_fingerprint if engine else None, readonly=readonly)
+
+
+def ingest(
+    video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes)."),
+    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
+    stream: str = typer.Option("default", "--stream", help="Stream name inside the memory."),
+    model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
+    dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
+    max_context: Optional[int] = o.MaxContext,
+    fps: float = o.Fps, frames_per_clip: int = o.FramesPerClip, keep: Optional[int] = o.Keep,
+    keep_ratio: float = o.KeepRatio, strategy: str = o.Strategy, fifo_clips: Optional[int] = o.FifoClips,
+    fifo_tokens: Optional[int] = o.FifoTokens, probe_layers: Optional[str] = o.ProbeLayers,
+    num_probe_layers: int = o.NumProbeLayers, max_caption_tokens: int = o.MaxCaptionTokens,
+    max_clips: Optional[int] = typer.Option(None, help="Stop after this many clips (this run)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON line per clip."),
+):
+    """Caption a video clip by clip into the memory; resumes where a previous run stopped.
+
+    Exit status: 0 done; 2 refused or stopped by an error (what was committed before it stays committed); 3 done,
+    but some packets of the video could not be decoded and their frames were skipped.
+    """
+    if not video.exists():
+        _fail(f"{video} does not exist")
+    if max_clips is not None and max_clips < 1:
+        _fail(f"--max-clips must be >= 1, got {max_clips}; leave it out to ingest the whole video")
+    ing = None
+    try:
+        config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
+                                   strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
+                                   probe_layers=probe_layers, num_probe_layers=num_probe_layers,
+                                   max_caption_tokens=max_caption_tokens)
+        from rlivs.runtime.pipeline import StreamIngestor
+        from rlivs.runtime.sources.file import VideoFileSource
+
+        engine = _engine(model_path(model, bundle), o.backend_for(backend, bundle), device, dtype, threads, config,
+                         kv_cache, max_context)
+        source = VideoFileSource(video, fps=config.clip.fps)  # unreadable: refused before the memory is touched
+        with _open_memory(db, engine) as memory:
+            ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
+            clips = ing.clips(source)  # the same opened file, read from where the stream left off
+            _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
+    except UserError as e:
+        where = ""
+        if ing is not None:  # stopped mid-stream: say what is safe (every clip before next_index is committed)
+            where = (f" (stream {stream!r} in {db} holds clips 0..{ing.next_index - 1}, all committed; a new run "
+                     f"resumes at clip {ing.next_index})" if ing.next_index else f" (stream {stream!r} holds no clips yet)")
+        _fail(str(e) + where)
+    skipped = ing.source.decode_errors if ing is not None and ing.source is not None else 0
+    if skipped:
+        console.print(f"[bold yellow]damaged input:[/] {video}: {skipped} packets could not be decoded and their "
+                      f"frames were skipped (first after {ing.source.decode_error_times[0]:.1f} s); every clip was "
+                      f"stored from the frames that could be decoded. Check the file with ffprobe; exit status 3")
+        raise typer.Exit(3)
+
+
+def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool) -> None:
+    total = math.ceil(dur / config.clip.clip_seconds) if dur else None
+    if total is not None and max_clips is not None:
+        total = min(total, ing.next_index + max_clips)
+    start, t0 = ing.next_index, time.perf_counter()
+    columns = [TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=json_out) as bar:
+        task = bar.add_task("clips", total=total, completed=start, rate="")
+
+        seen = [0.0]  # video seconds ingested this run
+
+        def on_clip(r):
+            seen[0] += r.t_end - r.t_start
+            rate = seen[0] / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, completed=r.index + 1, rate=f"{rate:.2f} video s / wall s")
+            if json_out:
+                typer.echo(json.dumps({"clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                                           "caption": r.caption, "fifo_tokens": r.fifo_tokens,
+                                           "decode_errors": ing.source.decode_errors if ing.source else 0,
+                                           "timings": r.timings}))
+            else:
+                bar.console.print(f"[dim][{r.index}] {r.t_start:7.1f}-{r.t_end:7.1f}s[/] {r.caption}")
+
+        results = ing.run(clips, on_clip=on_clip, max_clips=max_clips)
+    wall = time.perf_counter() - t0
+    video_s = sum(r.t_end - r.t_start for r in results)
+    console.print(f"{len(results)} clips ({video_s:.0f} s of video) in {wall:.1f} s: "
+                  f"{video_s / max(wall, 1e-9):.2f} video s per wall s; stream at clip {ing.next_index}")
+
+
+def _model_for_db(db: Path, stream: Optional[str]) -> str:
+    """The model a memory was written with (ask/captions default to it)."""
+    with _open_memory(db, readonly=True) as memory:
+        models = {s["model_id"] for s in memory.streams() if stream is None or s["name"] == stream}
+    if len(models) != 1:
+        _fail(f"{db} holds streams from {sorted(models) or 'no'} models: pass --model")
+    return models.pop()
+
+
+def ask(
+    question: str = typer.Argument(..., help="The question."),
+    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory to answer from."),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream (default: all)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the model the memory was written with."),
+    bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
+    threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
+    top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
+    max_new_tokens: int = o.MaxAnswerTokens,
+    json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
+):
+    """Answer a question from the captions in memory (text only)."""
+    try:
+        from rlivs.runtime.pipeline import check_question
+
+        check_question(question)  # empty, huge or not UTF-8: refused before anything is loaded
+        model = str(bundle) if bundle else (model or _model_for_db(db, stream))
+        config = o.pipeline_config(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda,
+                                   max_answer_tokens=max_new_tokens)
+        from rlivs.runtime.pipeline import answer, format_time
+
+        engine = _engine(model, o.backend_for(backend, bundle), device, dtype, threads, config, kv_cache, max_context)
+        with _open_memory(db, engine, readonly=True) as memory:
+            a = answer(engine, memory, question, stream=stream)
+    except UserError as e:
+        _fail(str(e))
+    if json_out:
+        typer.echo(json.dumps({
+            "question": a.question, "answer": a.text, "latency_s": a.latency_s,
+            "captions": [{"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                          "caption": r.caption, "relevance": s} for r, s in a.used]}))
+        return
+    out.print(f"[bold]Q:[/] {a.question}\n[bold]A:[/] {a.text}")
+    table = Table("stream", "clip", "time", "relevance", "caption", title=f"captions used ({a.latency_s:.2f} s)")
+    for r, s in a.used:
+        table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", f"{s:.3f}", r.caption)
+    out.print(table)
+
+
+def captions(
+    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory."),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream."),
+    t_from: Optional[float] = typer.Option(None, "--from", help="From this time (s)."),
+    t_to: Optional[float] = typer.Option(None, "--to", help="Up to this time (s)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines."),
+):
+    """List the caption timeline."""
+    from rlivs.runtime.pipeline import format_time
+
+    try:
+        with _open_memory(db, readonly=True) as memory:
+            rows = memory.clips(stream, t_from, t_to, limit=limit)
+    except UserError as e:
+        _fail(str(e))
+    if json_out:
+        for r in rows:
+            typer.echo(json.dumps({"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                                  "caption": r.caption}))
+        return
+    table = Table("stream", "clip", "time", "caption", title=f"{len(rows)} captions in {db}")
+    for r in rows:
+        table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", r.caption)
+    out.print(table)
+
+
+def demo(
+    workdir: Path = typer.Option(Path("rlivs-demo"), help="Where the sample video and memory go."),
+    model: str = o.Model,
+    question: str = typer.Option("What moved across the scene?", help="The question asked at the end."),
+    seconds: float = typer.Option(48.0, help="Length of the generated sample video."),
+):
+    """The main job on the embedded default: build the tiny model, make a sample video, ingest it, ask."""
+    from rlivs.edge_app.sample_video import make_sample_video
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    video = workdir / "sample.mp4"
+    if not video.exists():
+        make_sample_video(video, seconds=seconds)
+        console.print(f"sample video: {video} ({seconds:.0f} s, moving shapes)")
+    db = workdir / "memory.db"
+    ingest(video=video, db=db, stream="default", model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
+           kv_cache="auto", max_context=None,
+           threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
+           fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
+           max_clips=None, json_out=False)
+    ask(question=question, db=db, stream=None, model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
+        kv_cache="auto", max_context=None,
+        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, json_out=False)
+    if model == "tiny":
+        console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "
+                      "Pass --model with LLaVA-OneVision weights for real captions.[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `rlivs ingest`, `ask`, `captions` and `demo` to the CLI."""
+    app.command("ingest")(ingest)
+    app.command("ask")(ask)
+    app.command("captions")(captions)
+    app.command("demo")(demo)

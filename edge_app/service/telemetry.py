@@ -1,0 +1,86 @@
+"""What `GET /metrics` of `rlivs serve` shows: the families the service updates as it goes (declared once at start)
+and those read at scrape time from the ingest workers, the model's priority lock and the event hub."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from rlivs.runtime.backends.shared import PRIORITY_NAMES, LockStats
+
+from .events import EventHub
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .workers import StreamWorker
+
+# updated by the service: name -> (kind, help)
+UPDATED = {
+    "rlivs_clips_total": ("counter", "Clips captioned and committed to the memory."),
+    "rlivs_clip_stage_seconds": ("histogram", "Per-clip latency by stage (encode, prefill, decode, select, store, "
+                                              "total)."),
+    "rlivs_seconds_behind_live": ("gauge", "Last clip: seconds from its last frame's capture to its commit."),
+    "rlivs_stream_time_seconds": ("gauge", "Stream time of the end of the last committed clip."),
+    "rlivs_questions_total": ("counter", "Questions by outcome (answered, rejected, failed)."),
+    "rlivs_question_seconds": ("histogram", "Question latency (retrieval + answer), seconds."),
+    "rlivs_watch_matches_total": ("counter", "Watch matches by watch id."),
+    "rlivs_webhook_deliveries_total": ("counter", "Webhook POSTs by outcome (ok, failed, dropped)."),
+}
+
+# read from each worker's source statistics at scrape time: name -> (kind, help, SourceStats attribute)
+PER_SOURCE = {
+    "rlivs_frames_decoded_total": ("counter", "Frames decoded from the source.", "frames_decoded"),
+    "rlivs_frames_sampled_total": ("counter", "Frames handed to ingest at the sampling rate.", "frames_sampled"),
+    "rlivs_frames_dropped_total": ("counter", "Sample times skipped because ingest was busy (never queued).",
+                                   "frames_dropped"),
+    "rlivs_decode_errors_total": ("counter", "Packets the decoder rejected.", "decode_errors"),
+    "rlivs_source_reconnects_total": ("counter", "Successful reopens of a source (reconnects, loops).", "reconnects"),
+    "rlivs_source_open_failures_total": ("counter", "Failed attempts to open a source.", "open_failures"),
+    "rlivs_source_disconnects_total": ("counter", "Connections lost (error, stall, end of a live stream).",
+                                       "disconnects"),
+}
+
+# read from the model's LockStats at scrape time, by priority: name -> (LockStats attribute, help)
+MODEL_LOCK = {
+    "rlivs_model_calls_total": ("calls", "Backend calls granted, by priority."),
+    "rlivs_model_wait_seconds_total": ("wait_s", "Seconds callers waited for the model."),
+    "rlivs_model_busy_seconds_total": ("busy_s", "Seconds the model ran, by priority."),
+}
+
+
+def declare(metrics: Metrics) -> None:
+    for name, (kind, help_) in UPDATED.items():
+        metrics.declare(name, kind, help_)
+
+
+def scrape(workers: list[StreamWorker], lock: LockStats, events: EventHub, watches: int,
+           started_at: float) -> list[tuple[str, str, str, list[tuple[dict, float]]]]:
+    """The families read now, as `Metrics.render(extra)` takes them."""
+    extra: list = []
+    samples: dict[str, list] = {k: [] for k in PER_SOURCE}
+    up, lag = [], []
+    for w in workers:
+        st = w.source.stats() if w.source is not None else None
+        lab = {"stream": w.spec.name}
+        for name, (_, _, attr) in PER_SOURCE.items():
+            value = getattr(st, attr) if st else (w.frames if attr == "frames_sampled" else 0)
+            samples[name].append((lab, value))
+        state = w.status()["state"]
+        up.append((lab, 1.0 if state in ("running", "live") else 0.0))
+        if st is not None and st.last_frame_at is not None:
+            lag.append((lab, max(0.0, time.time() - st.last_frame_at)))
+    for name, (kind, help_, _) in PER_SOURCE.items():
+        extra.append((name, kind, help_, samples[name]))
+    extra.append(("rlivs_source_up", "gauge", "1 while a source delivers frames (or a file is being ingested).", up))
+    extra.append(("rlivs_source_last_frame_age_seconds", "gauge", "Seconds since the source's newest frame.", lag))
+    for name, (attr, help_) in MODEL_LOCK.items():
+        extra.append((name, "counter", help_,
+                      [({"priority": PRIORITY_NAMES[p]}, v) for p, v in sorted(getattr(lock, attr).items())]))
+    extra.append(("rlivs_events_published_total", "counter", "Events published (captions and watch matches).",
+                  [({}, events.published)]))
+    extra.append(("rlivs_events_dropped_total", "counter", "Events a slow SSE client lost.", [({}, events.dropped)]))
+    extra.append(("rlivs_event_subscribers", "gauge", "Open /v1/events streams.", [({}, events.subscribers)]))
+    extra.append(("rlivs_watches", "gauge", "Standing queries.", [({}, watches)]))
+    extra.append(("rlivs_uptime_seconds", "gauge", "Seconds since the service started.",
+                  [({}, time.time() - started_at)]))
+    return extra
