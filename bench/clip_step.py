@@ -93,15 +93,16 @@ def _load(args):
     """The engine of a variant. Torch variants build the backend explicitly: on CUDA the backend's default cache
     is the static one, and `torch` must stay the dynamic reference."""
     from rlivs.runtime.config import PipelineConfig
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
+    from rlivs.runtime.config import EngineConfig
 
     if args.variant not in TORCH_VARIANTS:
         bundle = arena_bundle(args.bundle) if args.variant == "ort_arena" else args.bundle
-        return load_engine(bundle, config=PipelineConfig(), device=args.device, threads=args.threads)
+        return load_engine(EngineConfig(model=str(bundle), device=args.device, threads=args.threads), PipelineConfig())
     from rlivs.runtime.backends.torch import TorchBackend
     from rlivs.runtime.frames import FramePreprocessor
     from rlivs.runtime.models import resolve_model
-    from rlivs.runtime.pipeline import Engine
+    from rlivs.runtime.engine import Engine
     from rlivs.runtime.text import TextCodec
 
     model_dir, model_id = resolve_model(args.model)
@@ -167,7 +168,7 @@ def _answer(engine, args, sync) -> dict:
     greedy with at most --answer-tokens new tokens), and the same prompt forced to exactly --answer-tokens tokens."""
     from rlivs.runtime.config import AnswerConfig
     from rlivs.runtime.memory import ClipRecord, Memory
-    from rlivs.runtime.pipeline import answer, build_answer_prompt
+    from rlivs.runtime.answer import answer, build_answer_prompt
 
     be, n_new = engine.backend, args.answer_tokens
     engine.config.answer = AnswerConfig(max_new_tokens=n_new)

@@ -108,7 +108,9 @@ def soak(bundle: Path, work: Path, hours: float, checkpoint: int, frames_per_cli
     from rlivs.edge_app.service.core import EdgeService
     from rlivs.runtime.frames import iter_clips
     from rlivs.runtime.memory import Memory
-    from rlivs.runtime.pipeline import StreamIngestor, load_engine
+    from rlivs.runtime.engine import load_engine
+    from rlivs.runtime.config import EngineConfig
+    from rlivs.runtime.ingest import StreamIngestor
     from rlivs.runtime.retrieval import mmr
 
     work.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,7 @@ def soak(bundle: Path, work: Path, hours: float, checkpoint: int, frames_per_cli
         tracemalloc.start()
     cfg = pipeline_config(fps=fps, frames_per_clip=frames_per_clip, max_caption_tokens=caption_tokens,
                           max_answer_tokens=answer_tokens)
-    engine = load_engine(bundle, config=cfg, threads=1)
+    engine = load_engine(EngineConfig(model=str(bundle), threads=1), cfg)
     video = make_sample_video(work / "camera.mp4", seconds=64.0)  # 8 fps, 320x240: 4 clips per pass at 1 fps
     n_clips = int(round(hours * 3600 * fps / frames_per_clip))
     db = work / "memory.db"

@@ -310,7 +310,8 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
     """Write `out`: the float32 `bundle` with its decoder quantized as `config` says. Returns the new manifest."""
     import onnx
 
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.config import EngineConfig
+    from rlivs.runtime.engine import load_engine
 
     cfg = config or QuantizeConfig()
     bundle, out = Path(bundle), Path(out)
@@ -322,7 +323,7 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
         raise UserError("--out must be a new directory, not the float32 bundle itself")
     if out.exists() and any(out.iterdir()) and not ((out / MANIFEST).exists() or (out / _PARTIAL).exists()):
         raise UserError(f"{out} exists and is not an rlivs bundle: choose an empty or new --out directory")
-    engine = load_engine(bundle, backend="onnxruntime", config=calib.pipeline_config(), threads=threads)
+    engine = load_engine(EngineConfig(model=str(bundle), backend="onnxruntime", threads=threads), calib.pipeline_config())
     calib.check_engine(engine)
     src = bundle / "decoder.onnx"
     graph = onnx.load(str(src), load_external_data=False)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from rlivs.runtime.config import (
-    AnswerConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig,
+    AnswerConfig, EngineConfig, CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig, RetrievalConfig,
     SelectionConfig,
 )
 
@@ -66,19 +66,13 @@ def parse_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:
         fail(f"--probe-layers {spec!r} is not a comma-separated list of layer indices, e.g. 4,8,13,19")
 
 
-def model_path(model: str, bundle: Optional[Path]) -> str:
-    """--bundle wins over --model: an exported bundle runs on ONNX Runtime."""
-    return str(bundle) if bundle else model
-
-
-def backend_for(backend: str, bundle: Optional[Path]) -> str:
-    """With --bundle, `auto` picks between TensorRT (engines built, tensorrt importable) and ONNX Runtime;
-    a directory that is not a bundle is refused as such (by the ONNX Runtime check)."""
-    if bundle is None or backend != "auto":
-        return backend
-    from rlivs.runtime.backends.bundle import is_bundle
-
-    return "auto" if is_bundle(bundle) else "onnxruntime"
+def engine_config(model: str = "tiny", bundle: Optional[Path] = None, backend: str = "auto", device: str = "cpu",
+                  dtype: str = "float32", threads: Optional[int] = None, kv_cache: str = "auto",
+                  max_context: Optional[int] = None) -> EngineConfig:
+    """The engine-loading flags -> the one EngineConfig every command passes to load_engine. --bundle wins over
+    --model; under `auto` a bundle runs on TensorRT (engines built, tensorrt importable) or ONNX Runtime."""
+    return EngineConfig(model=str(model), bundle=str(bundle) if bundle else None, backend=backend, device=device,
+                        dtype=dtype, threads=threads, kv_cache=kv_cache, max_context=max_context)
 
 
 # the model and where it runs

@@ -15,7 +15,6 @@ Order: create ONNX -> check the graphs -> compare with the torch reference -> wr
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time

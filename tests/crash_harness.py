@@ -139,7 +139,7 @@ class Reference:
 
 def reference_run(engine, video: Path, db: Path) -> Reference:
     from rlivs.runtime.memory import Memory
-    from rlivs.runtime.pipeline import StreamIngestor
+    from rlivs.runtime.ingest import StreamIngestor
 
     snapshots, t0 = [], time.perf_counter()
     with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
@@ -249,7 +249,7 @@ def check_after_kill(ref: Reference, db: Path, known: dict[int, Row], snapshot: 
                      clips_before: int, engine, source: str) -> int:
     """Every check of one kill. Returns the number of clips stored."""
     from rlivs.runtime.memory import Memory
-    from rlivs.runtime.pipeline import StreamIngestor
+    from rlivs.runtime.ingest import StreamIngestor
 
     check, rows, fifo = read_state(db)
     assert check == "ok", f"integrity_check: {check}"
@@ -282,13 +282,14 @@ def _wait_for_marker(marker: Path, lines: int, child: Child, timeout: float) -> 
 
 def run_harness(bundle: Path, work: Path, trials: int = 24, seed: int = 7, log=print) -> HarnessResult:
     from rlivs.edge_app.sample_video import make_sample_video
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
+    from rlivs.runtime.config import EngineConfig
 
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
     video = make_sample_video(work / "stream.mp4", **VIDEO)
-    engine = load_engine(bundle, config=config(), threads=1)
+    engine = load_engine(EngineConfig(model=str(bundle), threads=1), config())
     ref = reference_run(engine, video, work / "reference.db")
     result = HarnessResult(clips_total=len(ref.rows), reference_s_per_clip=ref.seconds_per_clip)
     log(f"reference: {len(ref.rows)} clips, {ref.seconds_per_clip * 1000:.1f} ms per clip")

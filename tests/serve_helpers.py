@@ -23,7 +23,7 @@ ANSWER_TOKENS = 8
 def tiny_engine():
     """One tiny-model engine per test session (loading it costs seconds). Small clips, short captions."""
     from rlivs.runtime.config import AnswerConfig, CaptionConfig, ClipConfig, PipelineConfig
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
 
     cfg = PipelineConfig(clip=ClipConfig(fps=FPS, frames_per_clip=FRAMES_PER_CLIP),
                          caption=CaptionConfig(max_new_tokens=CAPTION_TOKENS),

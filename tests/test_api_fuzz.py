@@ -40,13 +40,14 @@ def server(tmp_path_factory, bundle):
     from rlivs.edge_app.service.app import Server
     from rlivs.edge_app.service.core import EdgeService, ServiceConfig
     from rlivs.runtime.memory import ClipRecord, Memory
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
+    from rlivs.runtime.config import EngineConfig
     from rlivs.edge_app.source_specs import parse_sources
     from rlivs.runtime.sources.live import SourceConfig
 
     work = tmp_path_factory.mktemp("fuzz")
     cfg = pipeline_config(fps=2.0, frames_per_clip=4, max_caption_tokens=6, max_answer_tokens=6)
-    engine = load_engine(bundle, config=cfg, threads=1)
+    engine = load_engine(EngineConfig(model=str(bundle), threads=1), cfg)
     db = work / "memory.db"
     with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:  # a stored stream: answers work at once
         mem.open_stream("stored", "earlier.mp4", engine.backend.info.model_id, "planted")

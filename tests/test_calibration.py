@@ -36,7 +36,7 @@ def _pc() -> PipelineConfig:
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir):
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
 
     return load_engine("tiny", config=_pc())
 
@@ -115,7 +115,7 @@ def test_collect_stores_exactly_what_the_pipeline_builds(calib, engine, sample_v
     from rlivs.runtime.frames import iter_clips
     from rlivs.runtime.sources.file import VideoFileSource
     from rlivs.runtime.memory import Memory
-    from rlivs.runtime.pipeline import StreamIngestor
+    from rlivs.runtime.ingest import StreamIngestor
 
     items = calib.items
     assert len(calib.split("calib")) == N_CALIB and len(calib.split("heldout")) == N_HELD
@@ -264,7 +264,7 @@ def test_export_uses_the_chosen_layers(bundle, layers, calib, engine):
     """The bundle probes the chosen layers: its scores equal the mean of those layers' reference scores."""
     from rlivs.runtime.backends.onnxruntime import load_manifest
     from rlivs.runtime.generate import greedy
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
 
     m = load_manifest(bundle).to_dict()
     assert m["probe_layers"] == layers["chosen"]["layers"]
@@ -322,7 +322,11 @@ def test_int8_graph_keeps_the_probe_path_float(int8, bundle):
 
 def test_int8_bundle_runs_the_pipeline(int8, sample_video, tmp_path, calib):
     from rlivs.runtime.memory import Memory
-    from rlivs.runtime.pipeline import StreamIngestor, answer, load_engine
+    from rlivs.runtime.answer import answer
+
+    from rlivs.runtime.engine import load_engine
+
+    from rlivs.runtime.ingest import StreamIngestor
 
     engine = load_engine(int8, config=calib.pipeline_config())
     assert engine.backend.name == "onnxruntime"
@@ -340,7 +344,7 @@ def test_calibration_cache_is_reused(int8, bundle, calib, tmp_path):
 
     from rlivs.calibration.quantize import DecoderFeeds, quantize_bundle
     from rlivs.runtime.backends.onnxruntime import load_manifest
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
 
     first = load_manifest(int8).precision
     assert not first["calibration_cache_reused"] and Path(first["calibration_cache"]).is_file()
@@ -359,7 +363,7 @@ def test_int8_qoperator_fuses_every_quantized_matmul(int8, bundle, calib, tmp_pa
     import onnx
 
     from rlivs.calibration.quantize import quantize_bundle
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
 
     m = quantize_bundle(bundle, calib, tmp_path / "qop", QuantizeConfig(precision="int8", format="qoperator")).to_dict()
     assert m["precision"]["calibration_cache_reused"] and m["precision"]["format"].startswith("QOperator")
@@ -378,7 +382,7 @@ def test_int4_weight_only_bundle_loads_and_runs(int4, calib):
 
     from rlivs.runtime.backends.onnxruntime import load_manifest
     from rlivs.runtime.generate import greedy
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
 
     m = load_manifest(int4).to_dict()
     ops = [n.op_type for n in onnx.load(str(int4 / "decoder.onnx")).graph.node]
@@ -403,7 +407,7 @@ def test_bad_inputs_fail_with_a_fix(int8, calib, tmp_path, engine):
     with pytest.raises(ValueError, match="not a calibration set"):
         CalibrationSet(tmp_path)
     with pytest.raises(ValueError, match="torch reference"):
-        from rlivs.runtime.pipeline import load_engine
+        from rlivs.runtime.engine import load_engine
 
         calibrate_layers(load_engine(int8, config=calib.pipeline_config()), calib)
 
@@ -518,7 +522,7 @@ def test_modelopt_qdq_runs_on_ort_cpu(bundle, calib, tmp_path, precision):
 
     from rlivs.calibration.quantize import quantize_bundle
     from rlivs.runtime.generate import greedy
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
 
     m = quantize_bundle(bundle, calib, tmp_path / "mo", QuantizeConfig(precision=precision, tool="modelopt")).to_dict()
     assert m["precision"]["tool"].startswith("nvidia-modelopt")

@@ -28,7 +28,7 @@ from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
 from rlivs.runtime.config import PipelineConfig  # noqa: E402
 from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
-from rlivs.runtime.pipeline import Engine  # noqa: E402
+from rlivs.runtime.engine import Engine  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
 from tests.probe_helpers import all_layer_rows  # noqa: E402
 

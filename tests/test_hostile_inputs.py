@@ -422,10 +422,13 @@ def test_full_disk_at_commit_leaves_ingestor_and_memory_as_before_and_the_clip_c
     """The library view: the failing commit rolls back, the in-memory FIFO and position do not move, and the same
     clip goes in once space is back, giving exactly the uninterrupted run's clips."""
     from rlivs.edge_app.options import pipeline_config
-    from rlivs.runtime.pipeline import StreamIngestor, load_engine
+    from rlivs.runtime.engine import load_engine
+    from rlivs.runtime.config import EngineConfig
+
+    from rlivs.runtime.ingest import StreamIngestor
 
     cfg = pipeline_config(frames_per_clip=FPC, max_caption_tokens=6)
-    engine = load_engine(bundle, config=cfg, threads=1)
+    engine = load_engine(EngineConfig(model=str(bundle), threads=1), cfg)
     with Memory(tmp_path / "m.db", model_fingerprint=engine.model_fingerprint) as mem:
         ing = StreamIngestor(engine, mem, stream="cam", source=str(sample_video))
         clips = ing.clips_from_file(sample_video)
@@ -463,12 +466,13 @@ def test_service_keeps_answering_when_the_disk_fills_during_ingest(bundle, long_
     from rlivs.edge_app.options import pipeline_config
     from rlivs.edge_app.service.app import Server
     from rlivs.edge_app.service.core import EdgeService, ServiceConfig
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
+    from rlivs.runtime.config import EngineConfig
     from rlivs.edge_app.source_specs import parse_sources
     from tests.serve_helpers import wait_for
 
     cfg = pipeline_config(frames_per_clip=16, max_caption_tokens=6, max_answer_tokens=6)
-    engine = load_engine(bundle, config=cfg, threads=1)
+    engine = load_engine(EngineConfig(model=str(bundle), threads=1), cfg)
     _fail_storage_at(monkeypatch, 1, "full")
     service = EdgeService(engine, tmp_path / "m.db", parse_sources([f"cam={long_video}"]),
                           ServiceConfig(replay_files=False))
@@ -582,10 +586,11 @@ def test_bad_questions_over_the_api_are_4xx_and_the_service_keeps_answering(bund
     from rlivs.edge_app.options import pipeline_config
     from rlivs.edge_app.service.app import Server
     from rlivs.edge_app.service.core import EdgeService
-    from rlivs.runtime.pipeline import load_engine
+    from rlivs.runtime.engine import load_engine
+    from rlivs.runtime.config import EngineConfig
 
-    engine = load_engine(bundle, config=pipeline_config(frames_per_clip=FPC, max_caption_tokens=6,
-                                                        max_answer_tokens=6), threads=1)
+    engine = load_engine(EngineConfig(model=str(bundle), threads=1), pipeline_config(frames_per_clip=FPC, max_caption_tokens=6,
+                                                        max_answer_tokens=6))
     service = EdgeService(engine, db)
     server = Server(service, port=0).start()
 

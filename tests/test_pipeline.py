@@ -7,7 +7,9 @@ pytest.importorskip("torch")
 
 from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
 from rlivs.runtime.memory import Memory  # noqa: E402
-from rlivs.runtime.pipeline import StreamIngestor, answer, build_answer_prompt, load_engine  # noqa: E402
+from rlivs.runtime.answer import answer, build_answer_prompt  # noqa: E402
+from rlivs.runtime.engine import load_engine  # noqa: E402
+from rlivs.runtime.ingest import StreamIngestor  # noqa: E402
 
 FPC = 4  # frames per clip: a 20 s video at 1 fps gives 5 clips
 

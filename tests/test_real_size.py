@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
-from rlivs.runtime.pipeline import load_engine  # noqa: E402
+from rlivs.runtime.engine import load_engine  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

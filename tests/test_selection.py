@@ -89,7 +89,8 @@ def test_planted_tokens_are_selected_through_a_clip_step(tmp_path, tiny_dir):
     even when the (more salient) FIFO tokens sit in front of the clip in the context."""
     from rlivs.runtime.memory import Memory
     from rlivs.runtime.frames import Clip
-    from rlivs.runtime.pipeline import Engine, StreamIngestor
+    from rlivs.runtime.engine import Engine
+    from rlivs.runtime.ingest import StreamIngestor
     from rlivs.runtime.text import TextCodec
 
     text = TextCodec(tiny_dir)

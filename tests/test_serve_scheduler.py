@@ -12,7 +12,8 @@ from rlivs.runtime.config import AnswerConfig, CaptionConfig, ClipConfig, Pipeli
 from rlivs.runtime.frames import iter_clips
 from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.memory import Memory
-from rlivs.runtime.pipeline import StreamIngestor, answer
+from rlivs.runtime.answer import answer
+from rlivs.runtime.ingest import StreamIngestor
 from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from tests.serve_helpers import wait_for
 

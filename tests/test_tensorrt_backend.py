@@ -176,7 +176,9 @@ def test_backend_steps_equal_the_reference_with_the_api_emulated(emulated, tiny_
 def test_a_stream_through_the_emulated_backend_equals_the_reference(emulated, tiny_dir, sample_video, tmp_path, caplog):
     from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig
     from rlivs.runtime.memory import Memory
-    from rlivs.runtime.pipeline import StreamIngestor, load_engine
+    from rlivs.runtime.engine import load_engine
+
+    from rlivs.runtime.ingest import StreamIngestor
 
     runs = []
     with caplog.at_level(logging.INFO, logger="rlivs.backend"):
@@ -254,13 +256,16 @@ def test_engines_keep_captions_and_selection_over_a_stream(engines, precision, t
     """fp32: identical captions and selections. fp16: selection overlap >= 0.95 per clip, captions counted."""
     from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig
     from rlivs.runtime.memory import Memory
-    from rlivs.runtime.pipeline import StreamIngestor, load_engine
+    from rlivs.runtime.engine import load_engine
+    from rlivs.runtime.config import EngineConfig
+
+    from rlivs.runtime.ingest import StreamIngestor
 
     runs = []
     for where, backend in ((tiny_dir, "torch"), (engines[precision], "tensorrt")):
         cfg = PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),
                              caption=CaptionConfig(max_new_tokens=12))
-        engine = load_engine(where, config=cfg, backend=backend)
+        engine = load_engine(EngineConfig(model=str(where), backend=backend), cfg)
         assert engine.backend.name == backend
         with Memory(tmp_path / f"{backend}.db", model_fingerprint=engine.model_fingerprint) as mem:
             ing = StreamIngestor(engine, mem, "cam", str(sample_video))

@@ -15,7 +15,8 @@ from rlivs.runtime.backends.onnxruntime import OrtBackend, load_manifest  # noqa
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
 from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
 from rlivs.runtime.memory import Memory  # noqa: E402
-from rlivs.runtime.pipeline import StreamIngestor, load_engine  # noqa: E402
+from rlivs.runtime.engine import load_engine  # noqa: E402
+from rlivs.runtime.ingest import StreamIngestor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from rlivs.runtime.backends.torch.hf_compat import cache_kwargs, output_cache  #
 from rlivs.runtime.config import PipelineConfig, ProbeConfig  # noqa: E402
 from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
-from rlivs.runtime.pipeline import Engine  # noqa: E402
+from rlivs.runtime.engine import Engine  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
 from tests.probe_helpers import spy_probe_rows  # noqa: E402
 

@@ -21,7 +21,9 @@ from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, Pipeline
 from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.memory import Memory  # noqa: E402
-from rlivs.runtime.pipeline import Engine, StreamIngestor, answer  # noqa: E402
+from rlivs.runtime.answer import answer  # noqa: E402
+from rlivs.runtime.engine import Engine  # noqa: E402
+from rlivs.runtime.ingest import StreamIngestor  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
 from tests.probe_helpers import all_layer_rows, spy_probe_rows  # noqa: E402
 

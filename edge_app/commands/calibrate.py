@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rlivs.edge_app.options import console, fail as _fail, parse_layers
+from rlivs.edge_app.options import console, engine_config, fail as _fail, parse_layers
 from rlivs.runtime.errors import UserError
 
 out = Console()
@@ -91,7 +91,7 @@ def collect_cmd(
     try:
         from rlivs.calibration.config import CollectConfig
         from rlivs.calibration.dataset import collect
-        from rlivs.runtime.pipeline import load_engine
+        from rlivs.runtime.engine import load_engine
 
         cfg = CollectConfig(n_calib=clips, n_heldout=heldout, dedup_threshold=dedup,
                             warmup_clips=None if from_start else warmup, seed=seed)
@@ -102,8 +102,7 @@ def collect_cmd(
             caption=CaptionConfig(max_new_tokens=max_caption_tokens),
             probe=ProbeConfig(num_layers=num_probe_layers, layers=parse_layers(probe_layers)))
         with console.status(f"loading {bundle or model} ..."):
-            engine = load_engine(str(bundle) if bundle else model, backend=backend, config=pc, device=device,
-                                 dtype=dtype, threads=threads)
+            engine = load_engine(engine_config(model, bundle, backend, device, dtype, threads), pc)
         bar, update = _progress("collect")
         with bar:
             m = collect(video, out_dir, engine, cfg, on_clip=update)
@@ -136,11 +135,12 @@ def layers_cmd(
         from rlivs.calibration.config import LayerSearchConfig
         from rlivs.calibration.dataset import CalibrationSet
         from rlivs.calibration.layers import calibrate_layers, export_with_layers
-        from rlivs.runtime.pipeline import load_engine
+        from rlivs.runtime.engine import load_engine
 
         cs = CalibrationSet(calib)
         with console.status(f"loading {model} ..."):
-            engine = load_engine(model, backend="torch", config=cs.pipeline_config(), device=device, threads=threads)
+            engine = load_engine(engine_config(model, backend="torch", device=device, threads=threads),
+                                 cs.pipeline_config())
         bar, update = _progress("per-layer scores")
         with bar:
             res = calibrate_layers(engine, cs, LayerSearchConfig(num_layers=num_layers, max_exhaustive=max_exhaustive),

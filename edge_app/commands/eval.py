@@ -115,8 +115,8 @@ def register(app: typer.Typer) -> None:
                                 api_key_env=judge_api_key_env, max_new_tokens=judge_max_tokens,
                                 timeout_s=judge_timeout)
             cfg = EvalConfig(
-                annotations=files, out=out_dir, model=model, backend=backend, device=device, dtype=dtype,
-                threads=threads, kv_cache=kv_cache, max_context=max_context, pipeline=pipeline,
+                annotations=files, out=out_dir, pipeline=pipeline,
+                engine=o.engine_config(model, None, backend, device, dtype, threads, kv_cache, max_context),
                 data=AnnotationConfig(videos_dir=videos, frames_fps=frames_fps, vstream_times=vstream_times,
                                       shot_seconds=shot_seconds, clip_window=clip_window, max_videos=max_videos),
                 judge=judge, resume=resume, rescore=rescore, max_questions=max_questions)

@@ -15,19 +15,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlivs.edge_app import options as o
-from rlivs.edge_app.options import console, fail as _fail, model_path
+from rlivs.edge_app.options import console, fail as _fail
+from rlivs.runtime.config import EngineConfig
 from rlivs.runtime.errors import UserError
 
 out = Console()
 
 
-def _engine(model: str, backend: str, device: str, dtype: str, threads: Optional[int], config, kv_cache: str = "auto",
-            max_context: Optional[int] = None):
-    from rlivs.runtime.pipeline import load_engine
+def _engine(engine: EngineConfig, config):
+    from rlivs.runtime.engine import load_engine
 
-    with console.status(f"loading model {model} ..."):
-        return load_engine(model, backend=backend, config=config, device=device, dtype=dtype, threads=threads,
-                           kv_cache=kv_cache, max_context=max_context)
+    with console.status(f"loading model {engine.source} ..."):
+        return load_engine(engine, config)
 
 
 def _open_memory(db: Path, engine=None, readonly: bool = False):
@@ -67,11 +66,10 @@ def ingest(
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens)
-        from rlivs.runtime.pipeline import StreamIngestor
+        from rlivs.runtime.ingest import StreamIngestor
         from rlivs.runtime.sources.file import VideoFileSource
 
-        engine = _engine(model_path(model, bundle), o.backend_for(backend, bundle), device, dtype, threads, config,
-                         kv_cache, max_context)
+        engine = _engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context), config)
         source = VideoFileSource(video, fps=config.clip.fps)  # unreadable: refused before the memory is touched
         with _open_memory(db, engine) as memory:
             ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
@@ -144,15 +142,15 @@ def ask(
 ):
     """Answer a question from the captions in memory (text only)."""
     try:
-        from rlivs.runtime.pipeline import check_question
+        from rlivs.runtime.answer import check_question
 
         check_question(question)  # empty, huge or not UTF-8: refused before anything is loaded
-        model = str(bundle) if bundle else (model or _model_for_db(db, stream))
+        model = model or ("tiny" if bundle else _model_for_db(db, stream))  # --bundle wins over --model
         config = o.pipeline_config(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda,
                                    max_answer_tokens=max_new_tokens)
-        from rlivs.runtime.pipeline import answer, format_time
+        from rlivs.runtime.answer import answer, format_time
 
-        engine = _engine(model, o.backend_for(backend, bundle), device, dtype, threads, config, kv_cache, max_context)
+        engine = _engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context), config)
         with _open_memory(db, engine, readonly=True) as memory:
             a = answer(engine, memory, question, stream=stream)
     except UserError as e:
@@ -179,7 +177,7 @@ def captions(
     json_out: bool = typer.Option(False, "--json", help="JSON lines."),
 ):
     """List the caption timeline."""
-    from rlivs.runtime.pipeline import format_time
+    from rlivs.runtime.answer import format_time
 
     try:
         with _open_memory(db, readonly=True) as memory:

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from rlivs.edge_app import options as o
-from rlivs.edge_app.options import console, fail as _fail, model_path
+from rlivs.edge_app.options import console, fail as _fail
 from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.serve")
@@ -61,7 +61,7 @@ def serve(
         _fail(f"--port {port} is not a TCP port: use 1-65535, e.g. --port 8000")
     try:
         from rlivs.edge_app.service.core import EdgeService, ServiceConfig
-        from rlivs.runtime.pipeline import load_engine
+        from rlivs.runtime.engine import load_engine
         from rlivs.edge_app.source_specs import parse_sources
         from rlivs.runtime.sources.live import ReconnectConfig, SourceConfig
 
@@ -80,8 +80,8 @@ def serve(
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         with console.status(f"loading model {model} ..."):
-            engine = load_engine(model_path(model, bundle), backend=o.backend_for(backend, bundle), config=config,
-                                 device=device, dtype=dtype, threads=threads, kv_cache=kv_cache, max_context=max_context)
+            engine = load_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context),
+                                 config)
         service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
                         access_log=access_log)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlivs.runtime.config import EngineConfig
 from rlivs.runtime.errors import UserError
 
 if TYPE_CHECKING:
@@ -268,6 +269,12 @@ class JudgeConfig:
             raise UserError(f"judge max tokens must be >= 1, got {self.max_new_tokens}")
 
 
+def judge_engine(jc: JudgeConfig, system: EngineConfig) -> EngineConfig:
+    """A local judge runs on the system under test's backend, device, dtype and threads (default KV cache)."""
+    return EngineConfig(model=jc.model, backend=system.backend, device=system.device, dtype=system.dtype,
+                        threads=system.threads)
+
+
 def make_judge(jc: JudgeConfig, cfg: EvalConfig, engine=None):
     """The judge of a run; a local judge on the same model as the system under test shares its engine."""
     if jc.kind == "none":
@@ -276,8 +283,8 @@ def make_judge(jc: JudgeConfig, cfg: EvalConfig, engine=None):
         j = OpenAIJudge(jc.url, jc.model, os.environ.get(jc.api_key_env) or None, jc.max_new_tokens, jc.timeout_s)
         j.check()
         return j
-    if engine is None or jc.model != cfg.model:
-        from rlivs.runtime.pipeline import load_engine
+    if engine is None or jc.model != cfg.engine.source:
+        from rlivs.runtime.engine import load_engine
 
-        engine = load_engine(jc.model, backend=cfg.backend, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
+        engine = load_engine(judge_engine(jc, cfg.engine))
     return LocalJudge(engine, jc.model, jc.max_new_tokens)

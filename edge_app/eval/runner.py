@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 
 from rlivs.edge_app.eval.annotations import AnnotationConfig, Benchmark, Question, VideoTask, read_annotations
-from rlivs.edge_app.eval.judges import JUDGE_PROMPT_SHA256, JudgeConfig, NoJudge, make_judge
+from rlivs.edge_app.eval.judges import JUDGE_PROMPT_SHA256, JudgeConfig, NoJudge, judge_engine, make_judge
 from rlivs.edge_app.eval.outputs import MEMORY, PREDICTIONS, RUN, read_predictions, write_outputs
 from rlivs.edge_app.eval.scoring import exact_match, summarize, token_f1
-from rlivs.runtime.config import PipelineConfig
+from rlivs.runtime.config import EngineConfig, PipelineConfig
 from rlivs.runtime.errors import UserError
 from rlivs.runtime.frames import iter_clips
 from rlivs.runtime.answer import CaptionIndex
@@ -57,13 +57,8 @@ class CausalView(CaptionIndex):
 class EvalConfig:
     annotations: list[Path]  # annotation files (streaming lists, VStream-QA clip + question files)
     out: Path  # results folder: predictions.jsonl, summary.json, results.md, run.json, memory.db
-    model: str = "tiny"  # the system under test: HF id (local cache), HF-format directory, or "tiny"
-    backend: str = "auto"  # backend of the model (and of a local judge)
-    device: str = "cpu"  # cpu | cuda
-    dtype: str = "float32"  # float32 | float16 | bfloat16
-    threads: int | None = None  # CPU threads for the backend (None = its default)
-    kv_cache: str = "auto"  # torch backend KV cache: auto (static + CUDA graph on cuda) | dynamic | static
-    max_context: int | None = None  # positions of the torch static KV cache (None = the backend's default)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # the system under test, and where it runs (a local
+    #                                                              judge runs on the same backend, device and dtype)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # every method setting (the ablation flags)
     data: AnnotationConfig = field(default_factory=AnnotationConfig)  # how annotations and videos are read
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # the pinned judge
@@ -73,8 +68,9 @@ class EvalConfig:
 
     def identity(self, model_id: str) -> dict:
         """What must not change between an interrupted run and its resume."""
-        return {"model": self.model, "model_id": model_id, "backend": self.backend, "device": self.device,
-                "dtype": self.dtype, "pipeline": self.pipeline.to_dict(),
+        e = self.engine
+        return {"model": e.source, "model_id": model_id, "backend": e.backend, "device": e.device,
+                "dtype": e.dtype, "pipeline": self.pipeline.to_dict(),
                 "data": {k: v for k, v in asdict(self.data).items() if k != "videos_dir"},
                 "annotations": [{"file": str(Path(a)), "sha256": _sha256(Path(a))} for a in self.annotations]}
 
@@ -103,11 +99,10 @@ class Runner:
     # -- set-up ----------------------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        from rlivs.runtime.pipeline import load_engine
+        from rlivs.runtime.engine import load_engine
 
         c = self.cfg
-        self.engine = load_engine(c.model, backend=c.backend, config=c.pipeline, device=c.device, dtype=c.dtype,
-                                  threads=c.threads, kv_cache=c.kv_cache, max_context=c.max_context)
+        self.engine = load_engine(c.engine, c.pipeline)
         self.judge = make_judge(c.judge, c, self.engine)
 
     def _existing_rows(self) -> list[dict]:
@@ -190,7 +185,7 @@ class Runner:
 
     def _run_video(self, memory: Memory, sink, bench: Benchmark, video: VideoTask, pending: list[Question],
                    answered_before: int) -> int:
-        from rlivs.runtime.pipeline import StreamIngestor
+        from rlivs.runtime.ingest import StreamIngestor
 
         e = self.engine
         cc = e.config.clip
@@ -228,7 +223,7 @@ class Runner:
         return n
 
     def _answer(self, memory: Memory, bench: Benchmark, video: VideoTask, q: Question, stream_t: float | None) -> dict:
-        from rlivs.runtime.pipeline import answer
+        from rlivs.runtime.answer import answer
 
         view = CausalView(memory, q.stream_end_time)
         records, _ = view.vectors(video.stream)
@@ -262,10 +257,9 @@ class Runner:
         t0 = time.perf_counter()
         engine = None
         if self.cfg.judge.kind == "local":
-            from rlivs.runtime.pipeline import load_engine
+            from rlivs.runtime.engine import load_engine
 
-            engine = load_engine(self.cfg.judge.model, backend=self.cfg.backend, device=self.cfg.device,
-                                 dtype=self.cfg.dtype, threads=self.cfg.threads)
+            engine = load_engine(judge_engine(self.cfg.judge, self.cfg.engine))
         self.judge = make_judge(self.cfg.judge, self.cfg, engine)
         self.progress({"kind": "start", "questions": len(rows), "done": 0, "stream_seconds": 0.0})
         try:

@@ -28,7 +28,9 @@ from PIL import Image
 
 from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from rlivs.runtime.memory import ClipRecord, Memory
-from rlivs.runtime.pipeline import ClipResult, Engine, answer, format_time
+from rlivs.runtime.answer import answer, format_time
+from rlivs.runtime.engine import Engine
+from rlivs.runtime.ingest import ClipResult
 from rlivs.runtime.retrieval import similarity
 from rlivs.runtime.sources.live import SourceConfig
 from rlivs.runtime.sources.spec import SourceSpec

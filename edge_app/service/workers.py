@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from rlivs.runtime.frames import Clip, iter_clips
 from rlivs.runtime.memory import Memory
-from rlivs.runtime.pipeline import StreamIngestor
+from rlivs.runtime.ingest import StreamIngestor
 from rlivs.runtime.sources.live import LiveSource
 from rlivs.runtime.sources.spec import SourceSpec
 

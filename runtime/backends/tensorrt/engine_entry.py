@@ -30,8 +30,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..bundle import MANIFEST, Manifest, read_manifest_json
