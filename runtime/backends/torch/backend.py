@@ -33,7 +33,7 @@ from ...config import ProbeConfig
 from ..base import Backend, DecodeState, ModelInfo, StepOutput
 from ..kv_arena import ArenaPool
 from .hf_compat import cache_kwargs
-from .static import Arena, StaticKV, StaticState
+from .static import StaticArena, StaticKV, StaticState
 from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.backend.torch")
@@ -236,13 +236,13 @@ class TorchBackend(Backend):
     # ---- static KV cache ------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _new_arena(self) -> Arena:
+    def _new_arena(self) -> StaticArena:
         tc = self.model.config.text_config
         head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
         kv = StaticKV(tc.num_hidden_layers, tc.num_key_value_heads, head_dim, self.max_context, self.dtype, self.device)
         log.info("static KV cache: arena %d allocated (%.1f MiB)", self._pool.allocated,
                  kv.kv.numel() * kv.kv.element_size() / 2**20)
-        return Arena(kv=kv, x=torch.zeros((1, 1, tc.hidden_size), dtype=self.dtype, device=self.device),
+        return StaticArena(kv=kv, x=torch.zeros((1, 1, tc.hidden_size), dtype=self.dtype, device=self.device),
                      pos=torch.zeros(1, dtype=torch.long, device=self.device),
                      probe=torch.zeros((1, self.max_context), dtype=torch.float32, device=self.device))
 
@@ -260,7 +260,7 @@ class TorchBackend(Backend):
                          use_cache=True).last_hidden_state  # (1, L, D)
         return self.model.lm_head(hidden[:, -1])[0].float()  # (V,)
 
-    def _decode_core(self, arena: Arena, rows: int) -> torch.Tensor:
+    def _decode_core(self, arena: StaticArena, rows: int) -> torch.Tensor:
         """The L = 1 step on the arena's static buffers (what a CUDA graph captures): reads arena.x (1, 1, D) and
         arena.pos (1,); writes the arena's keys/values at pos and, when rows > 0, arena.probe (1, M); -> (V,)."""
         mask = (self._kpos <= arena.pos).view(1, 1, 1, -1)  # (1, 1, 1, M): keys 0..pos
@@ -271,7 +271,7 @@ class TorchBackend(Backend):
         finally:
             self.recorder.reset()
 
-    def _capture(self, arena: Arena, rows: int):
+    def _capture(self, arena: StaticArena, rows: int):
         """Capture the decode step on this arena. Warm-up runs execute the very step about to be replayed (same
         inputs, same position), so what they write is what the replay writes."""
         stream = torch.cuda.Stream(self.device)

@@ -112,7 +112,7 @@ class StaticKV(Cache):
 
 
 @dataclass(eq=False)
-class Arena:
+class StaticArena:
     kv: StaticKV
     x: torch.Tensor  # (1, 1, D) decode input, model dtype
     pos: torch.Tensor  # (1,) int64 decode position
@@ -123,5 +123,5 @@ class Arena:
 
 @dataclass(eq=False)
 class StaticState(DecodeState):
-    arena: Arena | None  # taken at the first step, owned while this state lives, back to the pool when it dies
+    arena: StaticArena | None  # taken at the first step, owned while this state lives, back to the pool when it dies
     length: int = 0  # K: positions written to the arena
