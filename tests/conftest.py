@@ -79,7 +79,19 @@ def pytest_runtest_makereport(item, call):
                            f".ci/run installs everything the tests need (README, pyproject extras, apt packages)")
 
 
+TIERS = Path(__file__).resolve().parent
+FOLDER_MARKERS = {"slow": pytest.mark.slow, "gpu": pytest.mark.gpu}  # the marker is the folder: tests/slow/, tests/gpu/
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        try:
+            folder = Path(str(item.path)).resolve().relative_to(TIERS).parts[0]
+        except ValueError:
+            continue
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
     try:
         import torch
 

@@ -3,7 +3,7 @@
 It checks *our* side of the TensorRT boundary (tensor names, dtypes, shapes, profile choice, the addresses bound
 into the KV arena, the copies to and from "device" buffers, the probe slicing) by executing
 `runtime/backends/tensorrt/backend.py` line for line. It says nothing about TensorRT itself: engine building,
-kernels, fusion and fp16 numerics stay unproven until a TensorRT device runs tests/test_tensorrt_*.py.
+kernels, fusion and fp16 numerics stay unproven until a TensorRT device runs tests/parity/test_tensorrt_*.py.
 
   install(monkeypatch, bundle)   fake `tensorrt` module, host-memory DeviceBuffer/Stream, this "GPU" = the
                                  manifest entry's GPU; engine files name the ONNX graph they stand for.

@@ -7,7 +7,7 @@ from rlivs.runtime.config import FifoConfig, PipelineConfig, SelectionConfig
 from rlivs.runtime.fifo import TokenFifo
 from rlivs.runtime.selection import STRATEGIES, get_strategy, select_attention, select_meanpool
 
-from .fakes import PlantedBackend
+from tests.helpers.fakes import PlantedBackend
 
 RNG = np.random.default_rng(0)
 

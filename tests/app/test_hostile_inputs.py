@@ -469,7 +469,7 @@ def test_service_keeps_answering_when_the_disk_fills_during_ingest(bundle, long_
     from rlivs.runtime.engine import load_engine
     from rlivs.runtime.config import EngineConfig
     from rlivs.edge_app.source_specs import parse_sources
-    from tests.serve_helpers import wait_for
+    from tests.helpers.serve_helpers import wait_for
 
     cfg = pipeline_config(frames_per_clip=16, max_caption_tokens=6, max_answer_tokens=6)
     engine = load_engine(EngineConfig(model=str(bundle), threads=1), cfg)

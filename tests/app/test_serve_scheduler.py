@@ -15,7 +15,7 @@ from rlivs.runtime.memory import Memory
 from rlivs.runtime.answer import answer
 from rlivs.runtime.ingest import StreamIngestor
 from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
-from tests.serve_helpers import wait_for
+from tests.helpers.serve_helpers import wait_for
 
 
 def test_priority_lock_serves_questions_first_and_fifo_within_a_priority():
@@ -85,7 +85,7 @@ class SlowRecordingBackend(Backend):
 
 
 def test_question_is_answered_at_the_next_step_boundary_not_after_the_clip(tmp_path, sample_video):
-    from tests.serve_helpers import tiny_engine
+    from tests.helpers.serve_helpers import tiny_engine
 
     base = tiny_engine()
     slow = SlowRecordingBackend(base.backend, base.text.eos_ids)

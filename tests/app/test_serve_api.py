@@ -16,7 +16,7 @@ from rlivs.edge_app.service.core import EdgeService, ServiceConfig
 from rlivs.runtime.memory import ClipRecord, Memory
 from rlivs.edge_app.source_specs import parse_sources
 from rlivs.runtime.sources.live import SourceConfig
-from tests.serve_helpers import WebhookSink, tiny_engine, wait_for
+from tests.helpers.serve_helpers import WebhookSink, tiny_engine, wait_for
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

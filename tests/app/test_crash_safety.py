@@ -1,5 +1,5 @@
 """`rlivs ingest` survives SIGKILL at random moments: 24 seeded kills, each followed by integrity, no-loss, resume and
-FIFO checks against an uninterrupted run (tests/crash_harness.py says exactly what is checked)."""
+FIFO checks against an uninterrupted run (tests/helpers/crash_harness.py says exactly what is checked)."""
 
 import json
 import signal
@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from tests.crash_harness import run_harness
+from tests.helpers.crash_harness import run_harness
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 

@@ -13,7 +13,7 @@ from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.engine import Engine  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
-from tests.probe_helpers import spy_probe_rows  # noqa: E402
+from tests.helpers.probe_helpers import spy_probe_rows  # noqa: E402
 
 ATTN_TOL = 1e-5
 

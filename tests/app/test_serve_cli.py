@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rlivs.edge_app.cli import app
-from tests.serve_helpers import free_port, wait_for
+from tests.helpers.serve_helpers import free_port, wait_for
 
 FLAGS = ["--model", "tiny", "--fps", "2", "--frames-per-clip", "4", "--max-caption-tokens", "8",
          "--max-answer-tokens", "8", "--replay-speed", "4"]

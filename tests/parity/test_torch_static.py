@@ -25,7 +25,7 @@ from rlivs.runtime.answer import answer  # noqa: E402
 from rlivs.runtime.engine import Engine  # noqa: E402
 from rlivs.runtime.ingest import StreamIngestor  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
-from tests.probe_helpers import all_layer_rows, spy_probe_rows  # noqa: E402
+from tests.helpers.probe_helpers import all_layer_rows, spy_probe_rows  # noqa: E402
 
 PROBE_TOL = 1e-6
 LOGIT_TOL = 1e-4

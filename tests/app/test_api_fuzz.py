@@ -1,13 +1,13 @@
 """Fuzzing every endpoint of the `rlivs serve` API from its own OpenAPI schema (hypothesis, seeded, bounded).
 
 A real uvicorn server on 127.0.0.1 with the tiny model's bundle, a token, a stored stream and a file replayed as a live
-camera (ingest runs while the fuzzer hits the API). Requests are drawn from /openapi.json (tests/openapi_fuzz.py):
+camera (ingest runs while the fuzzer hits the API). Requests are drawn from /openapi.json (tests/helpers/openapi_fuzz.py):
 schema-valid ones and hostile ones (wrong types, out-of-range numbers, odd text, raw bodies that are not UTF-8 or
 not JSON, ...), with a right, wrong or missing token. For every response: no 5xx, an answer within the client
 timeout (no hang), a JSON `detail` on every error, 401 exactly when the token is wrong. Afterwards the service still
 answers, ingest did not fail, no question failed, and what was stored is unchanged.
 
-    RLIVS_FUZZ_EXAMPLES=2000 python -m pytest -q -s tests/test_api_fuzz.py     # a longer run; prints the figures
+    RLIVS_FUZZ_EXAMPLES=2000 python -m pytest -q -s tests/app/test_api_fuzz.py     # a longer run; prints the figures
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlivs.edge_app.sample_video import make_sample_video
-from tests.openapi_fuzz import Request, operations, requests
-from tests.serve_helpers import WebhookSink, wait_for
+from tests.helpers.openapi_fuzz import Request, operations, requests
+from tests.helpers.serve_helpers import WebhookSink, wait_for
 
 TOKEN = "fuzz-token-0123456789abcdef"
 EXAMPLES = int(os.environ.get("RLIVS_FUZZ_EXAMPLES", "400"))

@@ -18,8 +18,8 @@ from rlivs.edge_app.eval.runner import NO_CONTEXT_ANSWER, CausalView
 from rlivs.edge_app.eval.scoring import exact_match, normalize_answer, token_f1
 from rlivs.runtime.sources import open_source
 from rlivs.edge_app.cli import app
-from tests.eval_sample import STREAMING, VS_QUESTIONS, make_benchmark
-from tests.fake_judge import SERVED_MODEL, FakeJudge
+from tests.helpers.eval_sample import STREAMING, VS_QUESTIONS, make_benchmark
+from tests.helpers.fake_judge import SERVED_MODEL, FakeJudge
 
 runner = CliRunner()
 TINY = ["--model", "tiny", "--frames-per-clip", "4", "--max-caption-tokens", "8", "--max-new-tokens", "8"]
@@ -41,7 +41,7 @@ def _said(r) -> str:
 
 # video -> clip ends (s) at 4 frames per clip, 1 fps: ego_a 12 s, ego_b 8 s (mp4); m1 12 frames (folder); m2 8 (.npy)
 CLIP_ENDS = {"ego_a": [4, 8, 12], "ego_b": [4, 8], "m1": [4, 8, 12], "m2": [4, 8]}
-# judge replies follow the fake server's rule (tests/fake_judge.py): (pred, score) per question, None = unreadable
+# judge replies follow the fake server's rule (tests/helpers/fake_judge.py): (pred, score) per question, None = unreadable
 JUDGED = {"ego_a#0": ("yes", 5), "ego_a#1": ("no", 1), "ego_a#2": ("no", 2), "ego_a#3": None,
           "ego_b#0": ("no", 1), "ego_b#1": ("yes", 5), "1": ("no", 1), "2": ("no", 1), "3": ("no", 2)}
 

@@ -7,7 +7,7 @@ Reply rule, from the user message's "Correct answer:" and "Predicted answer:" li
   - else                                                         -> "```json\n{'pred': 'no', 'score': 1}\n```"
 A reference starting with "flaky" fails with HTTP 500 on its first request (a retry then succeeds).
 
-Standalone (for the plumbing check in docs/evaluation.md): python -m tests.fake_judge PORT
+Standalone (for the plumbing check in docs/evaluation.md): python -m tests.helpers.fake_judge PORT
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """A small generated streaming-QA benchmark in both published formats, for tests and for the plumbing check in
 docs/evaluation.md:
 
-    python -m tests.eval_sample DIR        # writes DIR/rvs_ego.json, DIR/rvs_movie.json, DIR/test_qa_movie.json,
+    python -m tests.helpers.eval_sample DIR        # writes DIR/rvs_ego.json, DIR/rvs_movie.json, DIR/test_qa_movie.json,
                                            # DIR/videos/{ego_a.mp4, m1/, m2.npy} and DIR/elsewhere_b.mp4
 
 - rvs_ego.json: the streaming list (ReKV layout): ego_a (12 s mp4, looked up under --videos by its video_path),
   ego_b (8 s mp4 given by an absolute video_path); 6 questions, two of them before the first clip ends.
 - rvs_movie.json + test_qa_movie.json: a VStream-QA clip file and question file: m1 (shot-indexed, a folder of
   12 frames at 1 fps), m2 (seconds, a .npy of 8 frames); 3 questions with answer types.
-The references are chosen so that the fake judge (tests/fake_judge.py) answers in each of its formats.
+The references are chosen so that the fake judge (tests/helpers/fake_judge.py) answers in each of its formats.
 """
 
 from __future__ import annotations
@@ -66,5 +66,5 @@ def make_benchmark(root: str | Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m tests.eval_sample DIR")
+        sys.exit("usage: python -m tests.helpers.eval_sample DIR")
     print(make_benchmark(sys.argv[1]))

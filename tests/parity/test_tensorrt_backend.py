@@ -1,6 +1,6 @@
 """The TensorRT backend. On CPU: how it is chosen and refused, the in-place KV arena arithmetic, and the CUDA
 wrapper's errors without a driver. Where TensorRT and a GPU exist (marked gpu; skipped in CI): parity with the
-torch reference through real engines. The engines' own build is tested in tests/test_tensorrt_build.py."""
+torch reference through real engines. The engines' own build is tested in tests/unit/test_tensorrt_build.py."""
 
 import logging
 import shutil
@@ -110,7 +110,7 @@ def test_the_cuda_wrapper_says_there_is_no_gpu():
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The backend's own code on CPU, TensorRT's runtime API emulated by ONNX Runtime (tests/trt_emulator.py): proves
+# The backend's own code on CPU, TensorRT's runtime API emulated by ONNX Runtime (tests/helpers/trt_emulator.py): proves
 # rlivs' side of the boundary (bindings, arena addresses, profiles, copies), not TensorRT.
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ def trt_fp32_bundle(tmp_path_factory, tiny_dir):
 
 @pytest.fixture()
 def emulated(monkeypatch, trt_fp32_bundle):
-    from tests import trt_emulator
+    from tests.helpers import trt_emulator
 
     trt_emulator.install(monkeypatch, trt_fp32_bundle)
     return trt_fp32_bundle
@@ -139,7 +139,7 @@ def test_backend_steps_equal_the_reference_with_the_api_emulated(emulated, tiny_
     from rlivs.runtime.backends.tensorrt import TrtBackend
     from rlivs.runtime.backends.tensorrt import backend as trt_backend
     from rlivs.runtime.backends.torch import TorchBackend
-    from tests.trt_emulator import HostBuffer, HostStream
+    from tests.helpers.trt_emulator import HostBuffer, HostStream
 
     if not in_place:  # tiny's 2048-byte rows miss a 3072-byte alignment: new_kv goes via the scratch buffer
         monkeypatch.setattr(trt_backend, "ALIGN", 3 * 1024)

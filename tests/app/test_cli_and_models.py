@@ -6,7 +6,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from .no_torch import run_without_torch
+from tests.helpers.no_torch import run_without_torch
 from rlivs.edge_app.cli import app
 from rlivs.runtime.models import resolve_model
 
@@ -98,7 +98,7 @@ def test_model_name_errors(tmp_path):
 
 def test_tiny_without_torch_says_what_to_install(tmp_path):
     """Where torch cannot be imported, `tiny` is refused with the install command (every torch-free module importing
-    without torch is tests/test_architecture.py's walk)."""
+    without torch is tests/unit/test_architecture.py's walk)."""
     out = run_without_torch("""
         import rlivs.runtime.models, rlivs.edge_app.cli
         assert TORCH_FREE()

@@ -376,7 +376,7 @@ def test_cli_refuses_bundles_that_are_not_tensorrt_target(tmp_path, monkeypatch)
 
 
 def test_builder_cli_and_entry_import_without_torch_or_tensorrt(tmp_path):
-    from .no_torch import run_without_torch
+    from tests.helpers.no_torch import run_without_torch
 
     out = run_without_torch("""
         import rlivs.edge_app.commands.export, rlivs.export.tensorrt_build, rlivs.runtime.backends.tensorrt.engine_entry

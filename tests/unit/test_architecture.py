@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from .no_torch import run_without_torch
+from tests.helpers.no_torch import run_without_torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = {"runtime": 0, "export": 1, "calibration": 2, "edge_app": 3}  # a layer imports only layers <= its own
 TORCH_HOME = ("runtime", "backends", "torch")
 

@@ -30,9 +30,8 @@ from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.engine import Engine  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
-from tests.probe_helpers import all_layer_rows  # noqa: E402
+from tests.helpers.probe_helpers import all_layer_rows  # noqa: E402
 
-pytestmark = pytest.mark.gpu
 
 N_KEEP = 25  # tokens kept at 6.25% of a 16-frame tiny clip (400)
 CAPTION_TOKENS = 16

@@ -13,7 +13,7 @@ from rlivs.edge_app.sample_video import make_sample_video
 from rlivs.edge_app.source_specs import parse_sources
 from rlivs.runtime.sources.live import LatestFrameSlot, LiveSource, ReconnectConfig, SourceConfig
 from rlivs.runtime.sources.spec import SourceSpec, parse_source
-from tests.serve_helpers import LiveStreamServer, wait_for
+from tests.helpers.serve_helpers import LiveStreamServer, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_missing_camera_device_is_retried_with_a_clear_error():
 
 
 def test_live_modules_import_without_torch(tmp_path):
-    from .no_torch import run_without_torch
+    from tests.helpers.no_torch import run_without_torch
 
     out = run_without_torch("""
         import rlivs.runtime.sources, rlivs.runtime.sources.live, rlivs.runtime.backends.shared

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from .no_torch import run_without_torch  # noqa: E402
+from tests.helpers.no_torch import run_without_torch  # noqa: E402
 from rlivs.calibration.config import CollectConfig, LayerSearchConfig, QuantizeConfig, ReportConfig  # noqa: E402
 from rlivs.calibration.dataset import (  # noqa: E402
     CalibrationSet, Candidate, collect, heldout_positions, stratified_sample,

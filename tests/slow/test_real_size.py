@@ -10,8 +10,6 @@ from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, Pipeline
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.engine import load_engine  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 
 def _config():
     return PipelineConfig(clip=ClipConfig(frames_per_clip=2), fifo=FifoConfig(capacity_clips=2),

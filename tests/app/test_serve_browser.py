@@ -18,7 +18,7 @@ from rlivs.edge_app.service.core import EdgeService, ServiceConfig
 from rlivs.runtime.memory import ClipRecord, Memory
 from rlivs.edge_app.source_specs import parse_sources
 from rlivs.runtime.sources.live import SourceConfig
-from tests.serve_helpers import tiny_engine, wait_for
+from tests.helpers.serve_helpers import tiny_engine, wait_for
 
 CHROMIUM = os.environ.get("RLIVS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

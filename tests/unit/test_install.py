@@ -13,7 +13,7 @@ from packaging.utils import canonicalize_name
 
 import rlivs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Modules that need what no CPU machine of ours has (TensorRT comes with JetPack). Each still imports without it:
 # tensorrt is imported inside functions only. The list is here so that a new exception is a visible decision.
 NEEDS_DEVICE: set[str] = set()

@@ -23,9 +23,9 @@ What one run does (all on loopback-free local files; every wait is bounded):
    - the next child's first clip is n (checked when it starts).
 4. A last child runs to the end; the memory then equals the reference exactly.
 
-    python -m tests.crash_harness --trials 40 --seed 7        # prints one JSON object as its last line
+    python -m tests.helpers.crash_harness --trials 40 --seed 7        # prints one JSON object as its last line
 
-`run_harness` is what tests/test_crash_safety.py runs in CI (24 trials).
+`run_harness` is what tests/app/test_crash_safety.py runs in CI (24 trials).
 """
 
 from __future__ import annotations
@@ -378,7 +378,7 @@ def main() -> None:
         export_bundle("tiny", bundle, ExportConfig(embed_dtype="float32"))
     t0 = time.monotonic()
     result = run_harness(bundle, work, a.trials, a.seed, log=lambda s: print(s, file=sys.stderr))
-    out = {"command": " ".join(["python -m tests.crash_harness", *sys.argv[1:]]), "seed": a.seed,
+    out = {"command": " ".join(["python -m tests.helpers.crash_harness", *sys.argv[1:]]), "seed": a.seed,
            **result.summary(), "wall_s": round(time.monotonic() - t0, 1),
            "trials_detail": [t.__dict__ for t in result.trials]}
     print(json.dumps(out))
