@@ -4,18 +4,11 @@ import json
 import shutil
 
 import pytest
-from typer.testing import CliRunner
-
+from tests.helpers.cli import run_cli as _run
 from tests.helpers.no_torch import run_without_torch
-from rlivs.edge_app.cli import app
 from rlivs.runtime.models import resolve_model
 
-runner = CliRunner()
 INGEST = ["--frames-per-clip", "4", "--max-caption-tokens", "8"]
-
-
-def _run(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_ingest_ask_captions_with_tiny(sample_video, tmp_path, tiny_dir):

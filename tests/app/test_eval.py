@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from rlivs.edge_app.eval.annotations import AnnotationConfig, read_annotations
 from rlivs.edge_app.eval.judges import (
@@ -17,17 +16,16 @@ from rlivs.edge_app.eval.judges import (
 from rlivs.edge_app.eval.runner import NO_CONTEXT_ANSWER, CausalView
 from rlivs.edge_app.eval.scoring import exact_match, normalize_answer, token_f1
 from rlivs.runtime.sources import open_source
-from rlivs.edge_app.cli import app
+from tests.helpers.cli import run_cli
 from tests.helpers.eval_sample import STREAMING, VS_QUESTIONS, make_benchmark
 from tests.helpers.fake_judge import SERVED_MODEL, FakeJudge
 
-runner = CliRunner()
 TINY = ["--model", "tiny", "--frames-per-clip", "4", "--max-caption-tokens", "8", "--max-new-tokens", "8"]
 CLIP_S = 4.0  # 4 frames per clip at 1 fps
 
 
 def _eval(*args):
-    return runner.invoke(app, ["eval", *[str(a) for a in args]], catch_exceptions=False)
+    return run_cli("eval", *args)
 
 
 def _said(r) -> str:
@@ -403,7 +401,7 @@ def test_endpoint_judge_client(judge_server):
 
 
 def test_eval_help_lists_every_ablation_flag():
-    r = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"})
+    r = run_cli("eval", "--help", catch_exceptions=True, env={"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"})
     assert r.exit_code == 0
     for flag in ("--strategy", "--fifo-clips", "--keep", "--keep-ratio", "--probe-layers", "--top-k",
                  "--token-budget", "--mmr-lambda", "--frames-per-clip", "--fps", "--resume", "--judge-url",

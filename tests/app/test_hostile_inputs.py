@@ -22,19 +22,18 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from rlivs.edge_app.cli import app
 from rlivs.edge_app.sample_video import make_sample_video
 from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.memory import Memory
+from tests.helpers.cli import run_cli
 
 FPC = 4  # frames per clip (1 fps): the 20 s sample video is 5 clips
 SETTINGS = ["--frames-per-clip", str(FPC), "--max-caption-tokens", "6", "--threads", "1"]
 
 
 def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return run_cli(*args)
 
 
 def said(r) -> str:

@@ -8,9 +8,8 @@ import sys
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from rlivs.edge_app.cli import app
+from tests.helpers.cli import run_cli
 from tests.helpers.serve_helpers import free_port, wait_for
 
 FLAGS = ["--model", "tiny", "--fps", "2", "--frames-per-clip", "4", "--max-caption-tokens", "8",
@@ -28,7 +27,7 @@ FLAGS = ["--model", "tiny", "--fps", "2", "--frames-per-clip", "4", "--max-capti
 ])
 def test_serve_refuses_bad_settings_before_loading_anything(args, message, monkeypatch):
     monkeypatch.delenv("RLIVS_TOKEN", raising=False)
-    r = CliRunner().invoke(app, ["serve", *args])
+    r = run_cli("serve", *args, catch_exceptions=True)
     assert r.exit_code == 2, r.output
     assert message in " ".join(r.output.split())
 

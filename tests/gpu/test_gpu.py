@@ -30,6 +30,7 @@ from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.engine import Engine  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
+from tests.helpers.parity import assert_steps_close  # noqa: E402
 from tests.helpers.probe_helpers import all_layer_rows  # noqa: E402
 
 
@@ -158,14 +159,7 @@ def test_cuda_graph_replay_equals_eager_static_decode(tiny_dir, cpu_ref, monkeyp
     want, _ = run(eager, interleave=False)
     got, (arena_a, arena_b) = run(graph, interleave=True)
     assert set(arena_a.graphs) == {1} and set(arena_b.graphs) == {0}  # captured per arena, per probe on/off
-    for k, (g, w) in enumerate(zip(got, want)):
-        np.testing.assert_allclose(g.logits, w.logits, atol=tol * max(1.0, np.abs(w.logits).max()), rtol=0,
-                                   err_msg=f"step {k}")
-        if w.probe_attn is None:
-            assert g.probe_attn is None
-        else:
-            assert g.probe_attn.shape == w.probe_attn.shape
-            np.testing.assert_allclose(g.probe_attn, w.probe_attn, atol=tol, rtol=0, err_msg=f"step {k}")
+    assert_steps_close(got, want, logits_atol=lambda w: tol * max(1.0, np.abs(w).max()), probe_atol=tol)
     # the states are gone: their arenas (and graphs) serve the next sequences, nothing is allocated again
     gc.collect()
     assert graph._pool.allocated == 2 and len(graph._pool.idle) == 2

@@ -22,12 +22,12 @@ ANSWER_TOKENS = 8
 @functools.lru_cache(maxsize=None)
 def tiny_engine():
     """One tiny-model engine per test session (loading it costs seconds). Small clips, short captions."""
-    from rlivs.runtime.config import AnswerConfig, CaptionConfig, ClipConfig, PipelineConfig
+    from rlivs.runtime.config import AnswerConfig
     from rlivs.runtime.engine import load_engine
+    from tests.helpers.configs import DEFAULT_FIFO_CLIPS, small_config
 
-    cfg = PipelineConfig(clip=ClipConfig(fps=FPS, frames_per_clip=FRAMES_PER_CLIP),
-                         caption=CaptionConfig(max_new_tokens=CAPTION_TOKENS),
-                         answer=AnswerConfig(max_new_tokens=ANSWER_TOKENS))
+    cfg = small_config(FRAMES_PER_CLIP, CAPTION_TOKENS, fps=FPS, fifo_clips=DEFAULT_FIFO_CLIPS,
+                       answer=AnswerConfig(max_new_tokens=ANSWER_TOKENS))
     return load_engine("tiny", config=cfg)
 
 

@@ -24,14 +24,15 @@ from rlivs.calibration.dataset import (  # noqa: E402
 from rlivs.calibration.layers import (  # noqa: E402
     ClipScores, calibrate_layers, evaluate_subsets, item_layer_scores, layer_scores, search_layers,
 )
-from rlivs.runtime.config import CaptionConfig, ClipConfig, PipelineConfig, ProbeConfig, SelectionConfig  # noqa: E402
+from rlivs.runtime.config import PipelineConfig, ProbeConfig, SelectionConfig  # noqa: E402
+from tests.helpers.configs import DEFAULT_FIFO_CLIPS, small_config  # noqa: E402
 
 N_CALIB, N_HELD = 6, 3
 
 
 def _pc() -> PipelineConfig:
-    return PipelineConfig(clip=ClipConfig(fps=2.0, frames_per_clip=4), selection=SelectionConfig(keep_ratio=0.25),
-                          caption=CaptionConfig(max_new_tokens=8))
+    return small_config(caption_tokens=8, fps=2.0, fifo_clips=DEFAULT_FIFO_CLIPS,
+                        selection=SelectionConfig(keep_ratio=0.25))
 
 
 @pytest.fixture(scope="module")
@@ -472,14 +473,10 @@ def test_report_on_tiny_precisions(calib, bundle, int8, int4, tmp_path):
 
 
 def test_cli_collect_layers_quantize_report(sample_video, bundle, tmp_path, tiny_dir):
-    from typer.testing import CliRunner
-
-    from rlivs.edge_app.cli import app
-
-    runner = CliRunner()
+    from tests.helpers.cli import run_cli
 
     def run(*args):
-        r = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        r = run_cli(*args)
         assert r.exit_code == 0, r.output
         return r.stdout
 
@@ -498,8 +495,8 @@ def test_cli_collect_layers_quantize_report(sample_video, bundle, tmp_path, tiny
     assert json.loads((tmp_path / "rep.json").read_text())["command"] == (
         f"rlivs calibrate report --calib {cal} --reference {bundle} --candidate int8={tmp_path / 'q8'} --out "
         f"{tmp_path / 'rep.json'} --doc {doc} --section cli --threads 1 --no-isolate")
-    r = runner.invoke(app, ["calibrate", "report", "--calib", str(cal), "--reference", str(bundle), "--candidate", "oops",
-                            "--out", str(tmp_path / "x.json")])
+    r = run_cli("calibrate", "report", "--calib", cal, "--reference", bundle, "--candidate", "oops",
+                "--out", tmp_path / "x.json", catch_exceptions=True)
     assert r.exit_code == 2 and "NAME=BUNDLE" in r.output
 
 

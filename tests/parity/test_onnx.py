@@ -17,10 +17,10 @@ pytest.importorskip("onnxscript")
 from rlivs.runtime.backends import choose_backend, load_backend  # noqa: E402
 from rlivs.runtime.backends.onnxruntime import OrtBackend, load_manifest  # noqa: E402
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
-from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig, ProbeConfig  # noqa: E402
-from rlivs.runtime.memory import Memory  # noqa: E402
+from rlivs.runtime.config import ProbeConfig  # noqa: E402
 from rlivs.runtime.engine import load_engine  # noqa: E402
-from rlivs.runtime.ingest import StreamIngestor  # noqa: E402
+from tests.helpers.configs import small_config  # noqa: E402
+from tests.helpers.parity import step_parity, stream_parity  # noqa: E402
 
 LOGITS_TOL, ATTN_TOL = 1e-4, 1e-5
 
@@ -77,33 +77,22 @@ def test_decoder_and_vision_parity_over_prefill_and_decode(request, layout):
     ctx = np.concatenate([torch_be.embed_tokens(np.arange(5, 12)), rng.standard_normal((30, 64)).astype(np.float32),
                           vt.reshape(-1, 64)])
     np.testing.assert_array_equal(ort_be.embed_tokens(np.arange(5, 12)), torch_be.embed_tokens(np.arange(5, 12)))
-    st, so = torch_be.new_state(), ort_be.new_state()
-    x = ctx
-    for _ in range(4):  # prefill + 3 decode steps
-        a, b = torch_be.step(x, st), ort_be.step(x, so)
-        np.testing.assert_allclose(b.logits, a.logits, atol=LOGITS_TOL, rtol=0)
-        np.testing.assert_allclose(b.probe_attn, a.probe_attn, atol=ATTN_TOL, rtol=0)
+    def same_length(i, a, b, x, st, so):
         assert so.length == st.length
-        x = torch_be.embed_tokens(np.array([int(np.argmax(a.logits))]))
+
+    run = step_parity(torch_be, ort_be, ctx, steps=4, logits_atol=LOGITS_TOL, probe_atol=ATTN_TOL,  # prefill + 3 decode
+                      on_step=same_length)
     with pytest.raises(ValueError, match="last query row only"):
-        ort_be.step(x, so, probe_rows=2)
-
-
-def _stream(engine, db, video):
-    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
-        ing = StreamIngestor(engine, mem, "cam", str(video))
-        return ing.run(ing.clips_from_file(video))
+        ort_be.step(run.next_input, run.state, probe_rows=2)
 
 
 def test_multi_clip_stream_same_captions_and_selection(bundle, tiny_dir, sample_video, tmp_path):
-    cfg = lambda: PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),  # noqa: E731
-                                 caption=CaptionConfig(max_new_tokens=16))
-    ref = _stream(load_engine(tiny_dir, config=cfg()), tmp_path / "t.db", sample_video)
-    got = _stream(load_engine(bundle, config=cfg()), tmp_path / "o.db", sample_video)
+    cfg = lambda: small_config(caption_tokens=16)  # noqa: E731
+    run = stream_parity(load_engine(tiny_dir, config=cfg()), load_engine(bundle, config=cfg()), tmp_path, sample_video)
+    ref, got = run.ref, run.got
     assert len(ref) == len(got) == 5
     assert [r.caption for r in got] == [r.caption for r in ref]
-    for a, b in zip(got, ref):
-        overlap = len(set(a.kept.tolist()) & set(b.kept.tolist())) / len(b.kept)
+    for overlap in run.overlap:
         assert overlap >= 0.99
 
 

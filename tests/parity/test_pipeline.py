@@ -5,18 +5,17 @@ import pytest
 
 pytest.importorskip("torch")
 
-from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
 from rlivs.runtime.memory import Memory  # noqa: E402
 from rlivs.runtime.answer import answer, build_answer_prompt  # noqa: E402
 from rlivs.runtime.engine import load_engine  # noqa: E402
-from rlivs.runtime.ingest import StreamIngestor  # noqa: E402
+from tests.helpers.configs import small_config  # noqa: E402
+from tests.helpers.parity import run_stream  # noqa: E402
 
 FPC = 4  # frames per clip: a 20 s video at 1 fps gives 5 clips
 
 
 def _config(fifo=2):
-    return PipelineConfig(clip=ClipConfig(fps=1.0, frames_per_clip=FPC), fifo=FifoConfig(capacity_clips=fifo),
-                          caption=CaptionConfig(max_new_tokens=12))
+    return small_config(frames_per_clip=FPC, caption_tokens=12, fifo_clips=fifo, fps=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +24,7 @@ def engine(tiny_dir):
 
 
 def _ingest(engine, db, video, max_clips=None):
-    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
-        ing = StreamIngestor(engine, mem, "cam", str(video))
-        results = ing.run(ing.clips_from_file(video), max_clips=max_clips)
-        return results, ing.fifo.entries()
+    return run_stream(engine, db, video, max_clips=max_clips, after=lambda engine, mem, ing: ing.fifo.entries())
 
 
 def test_end_to_end_clips_captions_fifo_answer(engine, sample_video, tmp_path):

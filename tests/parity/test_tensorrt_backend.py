@@ -11,6 +11,8 @@ import pytest
 from rlivs.runtime.backends import choose_backend, load_backend
 from rlivs.runtime.backends.kv_arena import ALIGN, Arena, ArenaPool, KVLayout
 from rlivs.runtime.backends.tensorrt.engine_entry import write_engine_entry
+from tests.helpers.configs import small_config
+from tests.helpers.parity import step_parity, stream_parity
 
 HALF_B = KVLayout(layers=24, kv_heads=2, head_dim=64, layout="arena", dtype="float16", max_context=8192)  # 0.5B
 
@@ -150,19 +152,19 @@ def test_backend_steps_equal_the_reference_with_the_api_emulated(emulated, tiny_
     pixels = rng.uniform(-1, 1, (3, 3, *ref.info.image_size)).astype(np.float32)
     np.testing.assert_allclose(be.encode_frames(pixels), ref.encode_frames(pixels), atol=1e-4, rtol=0)
     x = np.concatenate([ref.embed_tokens(np.arange(3, 9)), rng.standard_normal((50, 64)).astype(np.float32)])
-    st, s = ref.new_state(), be.new_state()
     context = be.decoder.context
-    for i in range(4):
-        before = HostStream.copies
-        a, b = ref.step(x, st), be.step(x, s)
-        np.testing.assert_allclose(b.logits, a.logits, atol=1e-4, rtol=0)
-        np.testing.assert_allclose(b.probe_attn, a.probe_attn, atol=1e-5, rtol=0)
+    copies = [HostStream.copies]  # before each step
+
+    def profile_and_copies(i, a, b, x, st, s):
         profile, shapes = context.log[-1]
         assert profile == (0 if i == 0 else 1)  # prefill, then the decode profile
         assert shapes["past_kv"] == (s.length - len(x), 8, 2, 2, 16)
         if i:  # a decode step moves the token's embedding and position up, logits and the probe row down: no cache
-            assert HostStream.copies - before == 64 * 4 + 8 + ref.info.vocab_size * 4 + s.length * 4
-        x = ref.embed_tokens(np.array([int(np.argmax(a.logits))]))
+            assert HostStream.copies - copies[-1] == 64 * 4 + 8 + ref.info.vocab_size * 4 + s.length * 4
+        copies.append(HostStream.copies)
+
+    run = step_parity(ref, be, x, steps=4, logits_atol=1e-4, probe_atol=1e-5, on_step=profile_and_copies)
+    st, s, x = run.ref_state, run.state, run.next_input
     rows = be.arena_rows(s)  # (K, N, 2, H_kv, Dh): written in place by the steps
     for layer in range(8):
         keys = st.cache.layers[layer].keys[0].numpy().transpose(1, 0, 2)  # (K, H_kv, Dh)
@@ -174,26 +176,16 @@ def test_backend_steps_equal_the_reference_with_the_api_emulated(emulated, tiny_
 
 
 def test_a_stream_through_the_emulated_backend_equals_the_reference(emulated, tiny_dir, sample_video, tmp_path, caplog):
-    from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig
-    from rlivs.runtime.memory import Memory
     from rlivs.runtime.engine import load_engine
 
-    from rlivs.runtime.ingest import StreamIngestor
-
-    runs = []
     with caplog.at_level(logging.INFO, logger="rlivs.backend"):
-        for where in (tiny_dir, emulated):
-            cfg = PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),
-                                 caption=CaptionConfig(max_new_tokens=12))
-            engine = load_engine(where, config=cfg)  # auto: the bundle has engines and "tensorrt" imports
-            with Memory(tmp_path / f"{engine.backend.name}.db", model_fingerprint=engine.model_fingerprint) as mem:
-                ing = StreamIngestor(engine, mem, "cam", str(sample_video))
-                runs.append((engine.backend.name, ing.run(ing.clips_from_file(sample_video))))
-    assert [name for name, _ in runs] == ["torch", "tensorrt"]
+        # auto: the bundle has engines and "tensorrt" imports
+        engines = [load_engine(where, config=small_config()) for where in (tiny_dir, emulated)]
+        run = stream_parity(*engines, tmp_path, sample_video)
+    assert [e.backend.name for e in engines] == ["torch", "tensorrt"]
     assert "the bundle has TensorRT engines and tensorrt is importable" in caplog.text
-    (_, ref), (_, got) = runs
-    assert [r.caption for r in got] == [r.caption for r in ref]
-    assert all(np.array_equal(a.kept, b.kept) for a, b in zip(got, ref))
+    assert run.captions_equal
+    assert run.kept_equal
 
 
 def test_the_emulated_backend_refuses_engines_from_another_gpu(emulated, monkeypatch):
@@ -237,13 +229,8 @@ def test_fp32_engines_match_the_reference_step_by_step(engines, tiny_dir):
     pixels = rng.uniform(-1, 1, (3, 3, *ref.info.image_size)).astype(np.float32)
     np.testing.assert_allclose(be.encode_frames(pixels), ref.encode_frames(pixels), atol=1e-3, rtol=0)
     x = np.concatenate([ref.embed_tokens(np.arange(3, 9)), rng.standard_normal((50, 64)).astype(np.float32)])
-    st, s = ref.new_state(), be.new_state()
-    for _ in range(4):
-        a, b = ref.step(x, st), be.step(x, s)
-        np.testing.assert_allclose(b.logits, a.logits, atol=1e-3, rtol=0)
-        np.testing.assert_allclose(b.probe_attn, a.probe_attn, atol=1e-4, rtol=0)
-        assert int(np.argmax(b.logits)) == int(np.argmax(a.logits))
-        x = ref.embed_tokens(np.array([int(np.argmax(a.logits))]))
+    run = step_parity(ref, be, x, steps=4, logits_atol=1e-3, probe_atol=1e-4, argmax=True)
+    st, s = run.ref_state, run.state
     rows = be.arena_rows(s)  # the cache, appended in place on the device, equals the reference's
     for layer in range(ref.info.num_layers):
         keys = st.cache.layers[layer].keys[0].numpy().transpose(1, 0, 2)  # (K, H_kv, Dh)
@@ -254,25 +241,16 @@ def test_fp32_engines_match_the_reference_step_by_step(engines, tiny_dir):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engines_keep_captions_and_selection_over_a_stream(engines, precision, tiny_dir, sample_video, tmp_path):
     """fp32: identical captions and selections. fp16: selection overlap >= 0.95 per clip, captions counted."""
-    from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig
-    from rlivs.runtime.memory import Memory
     from rlivs.runtime.engine import load_engine
     from rlivs.runtime.config import EngineConfig
 
-    from rlivs.runtime.ingest import StreamIngestor
-
-    runs = []
+    pair = []
     for where, backend in ((tiny_dir, "torch"), (engines[precision], "tensorrt")):
-        cfg = PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),
-                             caption=CaptionConfig(max_new_tokens=12))
-        engine = load_engine(EngineConfig(model=str(where), backend=backend), cfg)
+        engine = load_engine(EngineConfig(model=str(where), backend=backend), small_config())
         assert engine.backend.name == backend
-        with Memory(tmp_path / f"{backend}.db", model_fingerprint=engine.model_fingerprint) as mem:
-            ing = StreamIngestor(engine, mem, "cam", str(sample_video))
-            runs.append(ing.run(ing.clips_from_file(sample_video)))
-    ref, got = runs
-    same = sum(a.caption == b.caption for a, b in zip(got, ref))
-    overlap = [len(set(a.kept.tolist()) & set(b.kept.tolist())) / len(b.kept) for a, b in zip(got, ref)]
+        pair.append(engine)
+    run = stream_parity(*pair, tmp_path, sample_video)
+    ref, same, overlap = run.ref, run.same_captions, run.overlap
     print(f"TensorRT {precision}: {same}/{len(ref)} captions identical, selection overlap {overlap}")
     if precision == "fp32":
         assert same == len(ref) and min(overlap) == 1.0

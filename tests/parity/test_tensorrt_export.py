@@ -13,10 +13,9 @@ from rlivs.export.bundle import ExportConfig, export_bundle  # noqa: E402
 from rlivs.export.tensorrt_ops import TENSORRT_SUPPORTED_OPS, attention_patterns, check_tensorrt_graph  # noqa: E402
 from rlivs.runtime.backends.onnxruntime import OrtBackend, load_manifest  # noqa: E402
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
-from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
-from rlivs.runtime.memory import Memory  # noqa: E402
 from rlivs.runtime.engine import load_engine  # noqa: E402
-from rlivs.runtime.ingest import StreamIngestor  # noqa: E402
+from tests.helpers.configs import small_config  # noqa: E402
+from tests.helpers.parity import step_parity, stream_parity  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,32 +63,15 @@ def test_tensorrt_graphs_match_the_reference_on_ort_cpu(trt_bundle, tiny_dir, sa
     torch_be, ort_be = TorchBackend(tiny_dir), OrtBackend(trt_bundle)
     rng = np.random.default_rng(0)
     ctx = np.concatenate([torch_be.embed_tokens(np.arange(3, 9)), rng.standard_normal((50, 64)).astype(np.float32)])
-    st, so, x = torch_be.new_state(), ort_be.new_state(), ctx
-    for _ in range(4):
-        a, b = torch_be.step(x, st), ort_be.step(x, so)
-        np.testing.assert_allclose(b.logits, a.logits, atol=1e-4, rtol=0)
-        np.testing.assert_allclose(b.probe_attn, a.probe_attn, atol=1e-5, rtol=0)
-        x = torch_be.embed_tokens(np.array([int(np.argmax(a.logits))]))
-    cfg = lambda: PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),  # noqa: E731
-                                 caption=CaptionConfig(max_new_tokens=12))
-    runs = []
-    for where, db in ((tiny_dir, "t.db"), (trt_bundle, "r.db")):
-        engine = load_engine(where, config=cfg())
-        with Memory(tmp_path / db, model_fingerprint=engine.model_fingerprint) as mem:
-            ing = StreamIngestor(engine, mem, "cam", str(sample_video))
-            runs.append(ing.run(ing.clips_from_file(sample_video)))
-    ref, got = runs
-    assert [r.caption for r in got] == [r.caption for r in ref]
-    assert all(np.array_equal(a.kept, b.kept) for a, b in zip(got, ref))
+    step_parity(torch_be, ort_be, ctx, steps=4, logits_atol=1e-4, probe_atol=1e-5)
+    run = _stream(tiny_dir, trt_bundle, tmp_path, sample_video)
+    assert run.captions_equal
+    assert run.kept_equal
 
 
-def _stream(where, tmp_path, db, sample_video):
-    cfg = PipelineConfig(clip=ClipConfig(frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),
-                         caption=CaptionConfig(max_new_tokens=12))
-    engine = load_engine(where, config=cfg)
-    with Memory(tmp_path / db, model_fingerprint=engine.model_fingerprint) as mem:
-        ing = StreamIngestor(engine, mem, "cam", str(sample_video))
-        return ing.run(ing.clips_from_file(sample_video))
+def _stream(ref, got, tmp_path, sample_video):
+    return stream_parity(load_engine(ref, config=small_config()), load_engine(got, config=small_config()), tmp_path,
+                         sample_video)
 
 
 def test_the_arena_cache_is_appended_in_place(trt_bundle, tiny_dir):
@@ -133,9 +115,7 @@ def test_a_context_beyond_the_arena_is_refused_before_running(trt_bundle):
 def test_the_float16_arena_keeps_the_selection(trt_bundle_fp16, tiny_dir, sample_video, tmp_path):
     """fp16 cache tolerance: selected-token overlap >= 0.95 per clip; captions compared and counted."""
     assert load_manifest(trt_bundle_fp16).kv_cache["dtype"] == "float16"
-    ref = _stream(tiny_dir, tmp_path, "t.db", sample_video)
-    got = _stream(trt_bundle_fp16, tmp_path, "h.db", sample_video)
-    same = sum(a.caption == b.caption for a, b in zip(got, ref))
-    overlap = [len(set(a.kept.tolist()) & set(b.kept.tolist())) / len(b.kept) for a, b in zip(got, ref)]
+    run = _stream(tiny_dir, trt_bundle_fp16, tmp_path, sample_video)
+    ref, same, overlap = run.ref, run.same_captions, run.overlap
     print(f"fp16 arena: {same}/{len(ref)} captions identical, selection overlap {overlap}")
     assert min(overlap) >= 0.95 and same >= len(ref) / 2

@@ -17,14 +17,14 @@ from transformers.models.qwen2 import modeling_qwen2  # noqa: E402
 
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
 from rlivs.runtime.backends.torch.static import StaticState  # noqa: E402
-from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
+from rlivs.runtime.config import PipelineConfig  # noqa: E402
 from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
-from rlivs.runtime.memory import Memory  # noqa: E402
 from rlivs.runtime.answer import answer  # noqa: E402
 from rlivs.runtime.engine import Engine  # noqa: E402
-from rlivs.runtime.ingest import StreamIngestor  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
+from tests.helpers.configs import small_config  # noqa: E402
+from tests.helpers.parity import assert_steps_close, run_steps as _run, stream_parity  # noqa: E402
 from tests.helpers.probe_helpers import all_layer_rows, spy_probe_rows  # noqa: E402
 
 PROBE_TOL = 1e-6
@@ -57,21 +57,8 @@ def _clip_context(engine, seed, fifo_tokens):
     return engine.caption_context(fifo, vis.reshape(-1, be.info.hidden_size))
 
 
-def _run(backend, steps):
-    """steps: [(embeds (L, D), probe_rows)] on one fresh state -> [StepOutput]."""
-    state = backend.new_state()
-    return [backend.step(x, state, probe_rows=r) for x, r in steps]
-
-
 def _assert_same(got, want):
-    for k, (g, w) in enumerate(zip(got, want)):
-        np.testing.assert_allclose(g.logits, w.logits, atol=LOGIT_TOL, rtol=0, err_msg=f"step {k}")
-        assert int(np.argmax(g.logits)) == int(np.argmax(w.logits)), f"step {k}"
-        if w.probe_attn is None:
-            assert g.probe_attn is None, f"step {k}"
-        else:
-            assert g.probe_attn.shape == w.probe_attn.shape, f"step {k}"
-            np.testing.assert_allclose(g.probe_attn, w.probe_attn, atol=PROBE_TOL, rtol=0, err_msg=f"step {k}")
+    assert_steps_close(got, want, logits_atol=LOGIT_TOL, probe_atol=PROBE_TOL, argmax=True)
 
 
 def test_steps_equal_reference_prefill_decode_and_continuation(tiny_dir, ref, static):
@@ -234,16 +221,11 @@ def test_released_arena_is_reused_and_stale_contents_do_not_matter(tiny_dir, ref
 
 def test_pipeline_on_static_cache_equals_reference(tiny_dir, sample_video, tmp_path):
     """Captions, kept tokens and an answer through StreamIngestor/answer (FIFO recurrence) on both caches."""
-    out = []
-    for be in (TorchBackend(tiny_dir), TorchBackend(tiny_dir, cache="static", max_context=1024)):
-        cfg = PipelineConfig(clip=ClipConfig(fps=1.0, frames_per_clip=4), fifo=FifoConfig(capacity_clips=2),
-                             caption=CaptionConfig(max_new_tokens=12))
-        engine = _engine(tiny_dir, be, cfg)
-        with Memory(tmp_path / f"{be.cache}.db", model_fingerprint=engine.model_fingerprint) as mem:
-            ing = StreamIngestor(engine, mem, "cam", str(sample_video))
-            results = ing.run(ing.clips_from_file(sample_video), max_clips=3)  # clip 2 sees a full FIFO
-            out.append((results, answer(engine, mem, "what moved left?").text))
-    (ref_res, ref_ans), (st_res, st_ans) = out
+    ref_e, st_e = (_engine(tiny_dir, be, small_config(fps=1.0)) for be in (
+        TorchBackend(tiny_dir), TorchBackend(tiny_dir, cache="static", max_context=1024)))
+    run = stream_parity(ref_e, st_e, tmp_path, sample_video, max_clips=3,  # clip 2 sees a full FIFO
+                        after=lambda engine, mem, ing: answer(engine, mem, "what moved left?").text)
+    ref_res, st_res, (ref_ans, st_ans) = run.ref, run.got, run.extra
     assert len(ref_res) == 3 and ref_res[2].context_tokens > ref_res[1].context_tokens > ref_res[0].context_tokens
     assert [r.caption for r in st_res] == [r.caption for r in ref_res]
     for a, b in zip(st_res, ref_res):

@@ -6,14 +6,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rlivs.runtime.config import CaptionConfig, ClipConfig, FifoConfig, PipelineConfig  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.engine import load_engine  # noqa: E402
+from tests.helpers.configs import small_config  # noqa: E402
+from tests.helpers.parity import caption_parity  # noqa: E402
 
 
 def _config():
-    return PipelineConfig(clip=ClipConfig(frames_per_clip=2), fifo=FifoConfig(capacity_clips=2),
-                          caption=CaptionConfig(max_new_tokens=4))
+    return small_config(frames_per_clip=2, caption_tokens=4)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +67,7 @@ def test_real_size_onnx_bundle_parity(engine, tmp_path_factory):
     ort_engine = load_engine(bundle, config=_config())
     rng = np.random.default_rng(1)
     fifo = rng.standard_normal((196, 896)).astype(np.float32) * 0.02  # one clip's worth of FIFO in front
-    for e in (engine, ort_engine):
-        vis = e.backend.encode_frames(e.preprocess(_frames(2)))
-        ctx, cols = e.caption_context(fifo, vis.reshape(-1, 896))
-        e.result = greedy(e.backend, ctx, 4, e.text.eos_ids, cols)
-    a, b = engine.result, ort_engine.result
+    a, b = caption_parity((engine, ort_engine), _frames(2), fifo, 4)
     assert a.ids == b.ids
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-4, rtol=0)
     top = lambda s: set(np.argsort(-s, kind="stable")[:25].tolist())  # noqa: E731
@@ -99,12 +95,7 @@ def test_real_size_tensorrt_target_bundle(engine, tmp_path_factory):
     assert trt_engine.backend.name == "onnxruntime" and trt_engine.backend.pool is not None
     rng = np.random.default_rng(1)
     fifo = rng.standard_normal((196, 896)).astype(np.float32) * 0.02
-    results = []
-    for e in (engine, trt_engine):
-        vis = e.backend.encode_frames(e.preprocess(_frames(2)))
-        ctx, cols = e.caption_context(fifo, vis.reshape(-1, 896))
-        results.append(greedy(e.backend, ctx, 4, e.text.eos_ids, cols))
-    a, b = results
+    a, b = caption_parity((engine, trt_engine), _frames(2), fifo, 4)
     top = lambda s: set(np.argsort(-s, kind="stable")[:25].tolist())  # noqa: E731
     print(f"0.5B TensorRT-target bundle, fp16 arena on ORT CPU: caption {'identical' if a.ids == b.ids else 'differs'}, "
           f"top-25 overlap {len(top(a.scores) & top(b.scores))}/25, export check {manifest['export_check']}")

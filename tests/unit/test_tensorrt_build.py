@@ -349,11 +349,9 @@ def test_attention_nodes_by_role_and_layer():
 
 
 def cli(*args):
-    from typer.testing import CliRunner
+    from tests.helpers.cli import run_cli
 
-    from rlivs.edge_app.cli import app
-
-    r = CliRunner().invoke(app, [str(a) for a in args])
+    r = run_cli(*args, catch_exceptions=True)
     return r.exit_code, " ".join(r.output.split())
 
 
