@@ -16,7 +16,7 @@ Then it fits: database bytes per clip (and how linear), retrieval seconds per st
 trend of the non-retrieval part, and resident memory over the second half.
 
     python bench/soak.py --hours 24                     # the full day at 1 fps, 16-frame clips: 5400 clips
-    python bench/soak.py --hours 0.4 --checkpoint 10     # what CI runs (tests/test_soak.py), well under a minute
+    python bench/soak.py --hours 0.4 --checkpoint 10     # what CI runs (tests/app/test_soak.py), well under a minute
     python bench/soak.py --hours 5.34 --tracemalloc     # also the Python heap at each checkpoint (about 2x slower)
 
 Prints one JSON object as its last line.

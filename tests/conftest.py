@@ -66,10 +66,8 @@ def pytest_sessionfinish(session, exitstatus):
 ALLOWED_SKIPS = ("needs a CUDA GPU", "tensorrt", "TensorRT", "ModelOpt")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
+def _strict(report) -> None:
+    """Under RLIVS_STRICT_SKIPS, turn a skip that CI does not accept into a failure that says why."""
     if not report.skipped or os.environ.get("RLIVS_STRICT_SKIPS", "") in ("", "0") or hasattr(report, "wasxfail"):
         return
     reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
@@ -79,7 +77,31 @@ def pytest_runtest_makereport(item, call):
                            f".ci/run installs everything the tests need (README, pyproject extras, apt packages)")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _strict(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level importorskip skips the whole file here, before any test runs
+    _strict(outcome.get_result())
+
+
+TIERS = Path(__file__).resolve().parent
+FOLDER_MARKERS = {"slow": pytest.mark.slow, "gpu": pytest.mark.gpu}  # the marker is the folder: tests/slow/, tests/gpu/
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        try:
+            folder = Path(str(item.path)).resolve().relative_to(TIERS).parts[0]
+        except ValueError:
+            continue
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
     try:
         import torch
 

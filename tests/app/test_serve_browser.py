@@ -1,0 +1,99 @@
+"""The web page end to end in headless Chromium (Debian's /usr/bin/chromium through Playwright): it asks for the
+token, loads the timeline, answers a question with links to the captions used, adds a watch whose match shows up
+live, and shows a caption that is ingested while the page is open.
+
+Set RLIVS_DOCS_SCREENSHOT=docs/edge_app.png to also save the screenshot used in docs/edge_app.md.
+"""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from rlivs.edge_app.sample_video import make_sample_video
+from rlivs.edge_app.service.app import Server
+from rlivs.edge_app.service.core import EdgeService, ServiceConfig
+from rlivs.runtime.memory import ClipRecord, Memory
+from rlivs.edge_app.source_specs import parse_sources
+from rlivs.runtime.sources.live import SourceConfig
+from tests.helpers.serve_helpers import tiny_engine, wait_for
+
+CHROMIUM = os.environ.get("RLIVS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+TOKEN = "browser-test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's (apt-get install chromium; .ci/run does) "
+                    f"or set RLIVS_CHROMIUM")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_page_loads_answers_and_updates_live(browser, tmp_path, tiny_dir):
+    video = make_sample_video(tmp_path / "cam.mp4", seconds=40.0)
+    engine = tiny_engine()
+    service = EdgeService(engine, tmp_path / "memory.db", parse_sources([f"cam={video}"]),
+                          ServiceConfig(source=SourceConfig(fps=2.0, replay_speed=1.0)))  # a clip every 2 s
+    server = Server(service, port=0, token=TOKEN).start()
+    service.start()
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        wait_for(lambda: service.workers[0].clips >= 1, 30, "the first caption")
+        page.goto(server.url + "/")
+        # the service has a token: the page asks for it, then loads everything with it
+        page.wait_for_selector("#token-box", state="visible", timeout=10_000)
+        page.fill("#token-input", TOKEN)
+        page.click("#token-form button")
+        page.wait_for_selector('.caption-card[data-stream="cam"]', timeout=15_000)
+        page.wait_for_selector('.caption-card img[src^="/v1/thumbnails/cam/"]', timeout=5_000)
+        page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=10_000)
+        seen = max(int(x) for x in page.eval_on_selector_all(".caption-card", "els => els.map(e => e.dataset.clip)"))
+
+        # a question gets an answer, with links to the captions it used
+        page.fill("#ask-input", "What moved across the scene?")
+        page.click("#ask-button")
+        page.wait_for_selector("#answer-sources li a.source-link", timeout=30_000)
+        assert page.locator("#answer-text").inner_text().strip() != ""
+        page.locator("#answer-sources a.source-link").first.click()
+        page.wait_for_selector(".caption-card.hl", timeout=5_000)
+
+        # a watch added on the page; a caption that matches it shows up in the matches, live
+        page.fill("#watch-query", "the red box is picked up")
+        page.click("#watch-button")
+        page.wait_for_selector("#watches .watch", timeout=5_000)
+        with Memory(tmp_path / "memory.db", model_fingerprint=engine.model_fingerprint) as mem:
+            mem.open_stream("door", "planted", engine.backend.info.model_id, "planted")
+            ids = engine.text.encode("someone picks up the red box")
+            rec = ClipRecord("door", 0, 4.0, 6.0, "someone picks up the red box", len(ids), engine.vector(ids))
+            mem.commit_clip(rec, None)
+        assert service.publish_clip(rec)  # the path every ingested caption takes
+        page.wait_for_selector("#matches .match >> text=someone picks up the red box", timeout=10_000)
+        page.wait_for_selector('.caption-card[data-stream="door"]', timeout=5_000)
+
+        # a caption ingested while the page is open appears without a reload (EventSource)
+        page.wait_for_function(
+            "n => [...document.querySelectorAll('.caption-card[data-stream=\"cam\"]')]"
+            ".some(e => Number(e.dataset.clip) > n)", arg=seen, timeout=20_000)
+        assert page.locator("#conn").inner_text() == "live"
+        page.wait_for_selector("#health-rows tr >> text=cam", timeout=10_000)
+        shot = os.environ.get("RLIVS_DOCS_SCREENSHOT")
+        if shot:
+            time.sleep(2.5)  # let the highlight animation settle and the health row refresh
+            page.evaluate("() => document.querySelectorAll('.caption-card.hl').forEach(e => e.classList.remove('hl'))")
+            page.screenshot(path=shot, type="png", full_page=False)
+        assert not errors, errors
+    finally:
+        page.close()
+        server.stop()
+        service.stop()
