@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.logging import RichHandler
 
-from rlivs.edge_app.commands import calibrate, eval as evaluate, export, ingest, serve
+from rlivs.edge_app.commands import calibrate, doctor, eval as evaluate, export, ingest, serve
 from rlivs.edge_app.options import console, debug_enabled, internal_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -26,6 +26,7 @@ COMMANDS = (
     evaluate,  # rlivs eval
     serve,  # rlivs serve
     calibrate,  # rlivs calibrate collect | layers | quantize | report
+    doctor,  # rlivs doctor
 )
 
 
