@@ -107,8 +107,17 @@ class RetrievalConfig:
     top_k: int = 8  # at most this many captions go into the answer prompt
     token_budget: int = 2048  # ... and at most this many caption tokens
     mmr_lambda: float = 0.5  # relevance vs diversity (1.0 = relevance only)
+    mode: str = "hybrid"  # "hybrid" (keywords + vectors, fused), "paper" (the paper's vector ranking), "lexical"
+    shortlist: int = 64  # clips the index hands to MMR (docs/edge_app.md: agreement with MMR over every clip)
 
     def __post_init__(self):
+        from .memory.search import MODES
+
+        if self.mode not in MODES:
+            raise UserError(f"retrieval mode {self.mode!r} is unknown: use one of {', '.join(MODES)} "
+                            f"(e.g. --retrieval paper for the paper's ranking)")
+        if self.shortlist < self.top_k:
+            raise UserError(f"shortlist ({self.shortlist}) must be >= top_k ({self.top_k})")
         if self.top_k < 1:
             raise UserError(f"top_k must be >= 1, got {self.top_k}; e.g. --top-k 8")
         if self.token_budget < 1:
