@@ -268,11 +268,11 @@ _RULES = [
     ("clock", _rx(rf"(?:\b(?:at|around|about|approximately|circa|near|round)\s+(?:(?:around|about)\s+)?)?"
                   rf"(?<![\d:.])(?P<a>{_CLOCK})")),
     ("part", _rx(rf"\b(?:(?:in|during)\s+the\s+(?P<p1>morning|afternoon|evening)|at\s+night)\b")),
-    ("day", _rx(rf"\b(?:(?P<rel>since|after|before|until|till)\s+)?(?:on\s+)?"
-                rf"(?P<day>the\s+day\s+before\s+yesterday|today|yesterday|tonight|last\s+night|"
-                rf"this\s+{_PART}|(?:(?:last|this\s+past|past)\s+)?{_WEEKDAY}|"
-                rf"\d{{4}}-\d{{2}}-\d{{2}}|(?:the\s+)?{_DOM}(?:\s+of)?\s+{_MONTH}{_YEAR}|{_MONTH}\s+(?:the\s+)?{_DOM}{_YEAR}|"
-                rf"(?P<n>{_NUM})\s+(?P<unit>days?|weeks?)\s+ago)"
+    ("day", _rx(rf"\b(?:(?P<rel>since|after|before|until|till)\s+)?"
+                rf"(?P<day>the\s+day\s+before\s+yesterday|today|yesterday|tonight|last\s+night|this\s+{_PART}|"
+                rf"(?P<n>{_NUM})\s+(?P<unit>days?|weeks?)\s+ago|"
+                rf"(?:on\s+)?(?:(?:(?:last|this\s+past|past)\s+)?{_WEEKDAY}|\d{{4}}-\d{{2}}-\d{{2}}|"
+                rf"(?:the\s+)?{_DOM}(?:\s+of)?\s+{_MONTH}{_YEAR}|{_MONTH}\s+(?:the\s+)?{_DOM}{_YEAR}))"
                 rf"(?:\s+(?:in\s+the\s+)?(?P<part>{_PART}))?\b")),
 ]
 
@@ -321,7 +321,7 @@ def _accept(kind: str, m: re.Match, question: str) -> bool:
     if kind == "day" and m["day"]:
         words = re.findall(r"[a-z]+", m["day"].lower())
         if any(w in _AMBIGUOUS_MONTHS for w in words) and not re.search(r"\d(st|nd|rd|th)|\d{4}", m["day"], re.I):
-            before = re.findall(r"[a-z]+", question[: m.start("day")].lower())[-1:]
+            before = (words[:1] if words[0] == "on" else []) or re.findall(r"[a-z]+", question[: m.start()].lower())[-1:]
             return bool(before) and before[0] in _DATE_PREPOSITIONS
     if kind in ("clock", "relation", "range"):
         a = m["a"]
@@ -360,7 +360,7 @@ class _TimeOfDay:
 
 def _read_day(m: re.Match, now: datetime, tz: tzinfo) -> _Day | None:
     today = now.astimezone(tz).date()
-    text = re.sub(r"\s+", " ", m["day"].lower())
+    text = re.sub(r"^on ", "", re.sub(r"\s+", " ", m["day"].lower()))
     part = m["part"].lower() if m["part"] else None
     rel = m["rel"].lower() if m["rel"] else None
     if text == "today":
