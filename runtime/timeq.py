@@ -527,6 +527,26 @@ def _remove(question: str, spans: list[tuple[int, int]]) -> str:
     return re.sub(r"^[,;:]\s*", "", text).strip()
 
 
+_DAY_RANGE_FROM = _rx(r"\b(?:between|from)\s+$")
+_DAY_RANGE_TO = _rx(r"\s*(?:and|to|until|till|through|-|–)\s*")
+
+
+def _day_range(question: str, matches: list[_Match], now: datetime, tz: tzinfo):
+    """(window, [one match over the whole phrase]) for two day expressions joined as a range or a list
+    ("between Monday and Wednesday", "from Nov 3 to Nov 5", "on Monday and Tuesday"): from the earlier one's start
+    to the later one's end, both days included."""
+    for x, y in zip(matches, matches[1:]):
+        if x.kind == y.kind == "day" and _DAY_RANGE_TO.fullmatch(question[x.end:y.start]):
+            a, b = _read_day(x.m, now, tz), _read_day(y.m, now, tz)
+            if a and b and not (a.rel or b.rel):
+                wa, wb = _day_window(a, tz), _day_window(b, tz)
+                lead = _DAY_RANGE_FROM.search(question[: x.start])
+                start = lead.start() if lead else x.start
+                return (TimeWindow(min(wa.start, wb.start), max(wa.end, wb.end)),
+                        [_Match(start, y.end, "day", y.m)])
+    return None
+
+
 def parse_question(question: str, now: datetime, tz: tzinfo | str | None) -> TimeQuery:
     """The time window, the phrase it came from, the intent and the question without the phrase.
 
@@ -546,7 +566,10 @@ def parse_question(question: str, now: datetime, tz: tzinfo | str | None) -> Tim
     day = _read_day(day_m.m, now, tz) if day_m else None
     if day is None:
         day_m = None
-    if alone_m and (not (day_m or tod_m) or alone_m.start < min(x.start for x in (day_m, tod_m) if x)):
+    span = _day_range(question, matches, now, tz)
+    if span is not None:  # "between Monday and Wednesday", "from Nov 3 to Nov 5": both days included
+        window, used = span
+    elif alone_m and (not (day_m or tod_m) or alone_m.start < min(x.start for x in (day_m, tod_m) if x)):
         window, used = _standalone(alone_m, now, tz), [alone_m]
     elif day_m and tod_m and day.days == 1 and not day.rel and not (day.part and tod_m.kind == "part"):
         t = _read_time_of_day(tod_m)

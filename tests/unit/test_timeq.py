@@ -108,6 +108,15 @@ WINDOWS = [
     ("who came since Monday", w(b(2026, 11, 30), None), "since Monday", "who came"),
     ("what happened before yesterday", w(None, b(2026, 12, 1)), "before yesterday", "what happened"),
     ("what happened after yesterday", w(b(2026, 12, 2), None), "after yesterday", "what happened"),
+    # two days joined: from the earlier start to the later end
+    ("what happened between Monday and yesterday?", w(b(2026, 11, 30), b(2026, 12, 2)),
+     "between Monday and yesterday", "what happened?"),
+    ("from Nov 3 to Nov 5, who came", w(b(2026, 11, 3), b(2026, 11, 6)), "from Nov 3 to Nov 5", "who came"),
+    ("who came on Monday and Tuesday", w(b(2026, 11, 30), b(2026, 12, 2)), "on Monday and Tuesday", "who came"),
+    ("from monday morning to tuesday evening?", w(b(2026, 11, 30, 6), b(2026, 12, 2)),
+     "from monday morning to tuesday evening", "?"),
+    ("what happened on Monday and how was Tuesday", w(b(2026, 11, 30), b(2026, 12, 1)), "on Monday",
+     "what happened and how was Tuesday"),  # not joined: the first one counts
     # "ago"
     ("what happened 2 hours ago", w(b(2026, 12, 2, 14), b(2026, 12, 2, 15)), "2 hours ago", "what happened"),
     ("what did I say an hour ago", w(b(2026, 12, 2, 15), b(2026, 12, 2, 16)), "an hour ago", "what did I say"),
