@@ -10,9 +10,11 @@ Per library and expression:
   window  it returned the expected window itself: a range equal to it (ends within a minute). Only ctparse and
           timeq return ranges at all.
 And: import time (fresh process, median of 3), the first read (loads tables), the median read over all questions.
-Libraries that are not installed are skipped (pip install dateparser parsedatetime ctparse to compare all).
+Libraries that are not installed are skipped. rlivs depends on dateparser only; ctparse 0.3.6 requires
+python-dateutil<3 (rlivs pins 4.0), so compare all four in a scratch environment:
 
-    python bench/timeq_libraries.py
+    python -m venv /tmp/tq && /tmp/tq/bin/python -m pip install dateparser==1.5.0 parsedatetime==2.6 ctparse==0.3.6 \
+        tzlocal==5.4.5 && PYTHONPATH=. /tmp/tq/bin/python bench/timeq_libraries.py
 """
 
 from __future__ import annotations
