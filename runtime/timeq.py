@@ -318,6 +318,8 @@ def _meridiem(s: str) -> str | None:
 
 def _accept(kind: str, m: re.Match, question: str) -> bool:
     """Guards against false positives that the regexes cannot express."""
+    if kind == "day" and re.search(r"\b(?:next|coming|upcoming|tomorrow)\W+$", question[: m.start()], re.I):
+        return False  # the future: "next Monday" is not last Monday
     if kind == "day" and m["day"]:
         words = re.findall(r"[a-z]+", m["day"].lower())
         if any(w in _AMBIGUOUS_MONTHS for w in words) and not re.search(r"\d(st|nd|rd|th)|\d{4}", m["day"], re.I):

@@ -72,7 +72,13 @@ WINDOWS = [
     ("who left before noon", w(b(2026, 12, 2), b(2026, 12, 2, 12)), "before noon", "who left"),
     ("what moved since 9am", w(b(2026, 12, 2, 9), None), "since 9am", "what moved"),
     ("who left until 1 pm", w(b(2026, 12, 2), b(2026, 12, 2, 13)), "until 1 pm", "who left"),
+    ("what happened at night", w(b(2026, 12, 1, 18), b(2026, 12, 2, 6)), "at night", "what happened"),
+    ("who rang at noon", w(b(2026, 12, 2, 11, 30), b(2026, 12, 2, 12, 30)), "at noon", "who rang"),
+    ("who rang 3 pm", w(b(2026, 12, 2, 14, 30), b(2026, 12, 2, 15, 30)), "3 pm", "who rang"),
+    ("who came from 3 pm", w(b(2026, 12, 2, 15), None), "from 3 pm", "who came"),
     # rolling windows: elapsed time before now, open up to now
+    ("what happened the past hour", w(NOW - timedelta(hours=1), None), "the past hour", "what happened"),
+    ("who came in the last week", w(NOW - timedelta(weeks=1), None), "in the last week", "who came"),
     ("what happened in the last 10 minutes", w(NOW - timedelta(minutes=10), None), "in the last 10 minutes",
      "what happened"),
     ("anything in the past 2 hours?", w(NOW - timedelta(hours=2), None), "in the past 2 hours", "anything?"),
@@ -96,6 +102,9 @@ WINDOWS = [
     ("what did the robot do this week", w(b(2026, 11, 30), b(2026, 12, 7)), "this week", "what did the robot do"),
     ("how was this month", w(b(2026, 12, 1), b(2027, 1, 1)), "this month", "how was"),
     ("how was last month", w(b(2026, 11, 1), b(2026, 12, 1)), "last month", "how was"),
+    ("how was this year", w(b(2026, 1, 1), b(2027, 1, 1)), "this year", "how was"),
+    ("how was last year", w(b(2025, 1, 1), b(2026, 1, 1)), "last year", "how was"),
+    ("what happened until yesterday", w(None, b(2026, 12, 2)), "until yesterday", "what happened"),
     ("what happened on 2026-11-30", w(b(2026, 11, 30), b(2026, 12, 1)), "on 2026-11-30", "what happened"),
     ("what happened on November 30?", w(b(2026, 11, 30), b(2026, 12, 1)), "on November 30", "what happened?"),
     ("what happened on 30 November?", w(b(2026, 11, 30), b(2026, 12, 1)), "on 30 November", "what happened?"),
@@ -153,6 +162,9 @@ WINDOWS = [
     ("what did the last 3 visitors carry", None, None, "what did the last 3 visitors carry"),
     ("who was on the last day of the trip", None, None, "who was on the last day of the trip"),
     ("is the first hour free", None, None, "is the first hour free"),
+    ("what happens next Monday", None, None, "what happens next Monday"),
+    ("who comes tomorrow", None, None, "who comes tomorrow"),
+    ("what is planned for the coming Friday", None, None, "what is planned for the coming Friday"),
 ]
 
 
