@@ -162,7 +162,8 @@ def score(case, got):
     if isinstance(point, datetime):
         ok_anchor = _close(point, anchor) if anchor is not None else (s <= point and (e is None or point < e))
     elif isinstance(point, date) and anchor is None:
-        ok_anchor = s.date() <= point and (e is None or point < e.date() or (point == e.date() and e.time() != e.min.time()))
+        last_day = None if e is None else (e.date() if e.time() != e.min.time() else e.date() - timedelta(days=1))
+        ok_anchor = s.date() <= point and (last_day is None or point <= last_day)
     ok_window = rng is not None and _close(rng[0], s) and _close(rng[1], e)
     return {"found": found, "anchor": ok_anchor, "window": ok_window}
 

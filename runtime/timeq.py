@@ -323,8 +323,9 @@ def _accept(kind: str, m: re.Match, question: str) -> bool:
     if kind == "day" and m["day"]:
         words = re.findall(r"[a-z]+", m["day"].lower())
         if any(w in _AMBIGUOUS_MONTHS for w in words) and not re.search(r"\d(st|nd|rd|th)|\d{4}", m["day"], re.I):
-            before = (words[:1] if words[0] == "on" else []) or re.findall(r"[a-z]+", question[: m.start()].lower())[-1:]
-            return bool(before) and before[0] in _DATE_PREPOSITIONS
+            earlier = re.findall(r"[a-z]+", question[: m.start()].lower()) or [""]
+            before = words[0] if words[0] == "on" else earlier[-1]
+            return before in _DATE_PREPOSITIONS
     if kind in ("clock", "relation", "range"):
         a = m["a"]
         b = m.groupdict().get("b")
