@@ -196,7 +196,7 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
         tq = parse_question(question, now, tz)
         intent, text = tq.intent, (tq.text or question)
         if window is None and tq.window is not None:
-            window, window_text = tq.window.as_unix(), tq.window.describe(tz)
+            window, window_text = tq.window.as_unix(), tq.window.describe(tz, now)
             window_from_question = True
     streams = None if stream is None else [stream]
     wall_from, wall_to = window if window is not None else (None, None)
