@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -78,8 +78,10 @@ def check_question(question: str) -> str:
     return question
 
 
-def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | None = None) -> Answer:
-    """Retrieve captions by cosine + MMR, then answer from text only (no visual tokens)."""
+def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | None = None,
+           on_token: Callable[[str], None] | None = None) -> Answer:
+    """Retrieve captions by cosine + MMR, then answer from text only (no visual tokens). `on_token(text)` receives
+    the answer as it is generated, piece by piece (joined, the pieces are `Answer.text`)."""
     question = check_question(question)
     t0 = time.perf_counter()
     records, matrix = index.vectors(stream)  # (N, D)
@@ -93,6 +95,7 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
     rel = similarity(q, matrix[picked])  # (K,) mean pairwise token cosine
     used = sorted(zip([records[i] for i in picked], rel.tolist()), key=lambda x: (x[0].t_start, x[0].stream))
     ids = build_answer_prompt(engine, question, [r for r, _ in used])
+    piece = engine.text.stream_decoder() if on_token else None
     gen = greedy(engine.backend, engine.backend.embed_tokens(ids), engine.config.answer.max_new_tokens,
-                 engine.text.eos_ids)
+                 engine.text.eos_ids, on_token=(lambda t: (p := piece(t)) and on_token(p)) if on_token else None)
     return Answer(question, engine.text.decode(gen.ids), used, time.perf_counter() - t0, len(ids))
