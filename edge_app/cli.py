@@ -57,8 +57,8 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v",
                                          help="Print the rlivs version and exit.")):
     if debug:
         os.environ["RLIVS_DEBUG"] = "1"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.basicConfig(format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # warnings go through logging: hidden below, shown with -v
     for noisy in LIBRARY_LOGS:  # quiet by default: one line per stage from rlivs itself; -v shows everything
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)

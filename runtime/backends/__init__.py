@@ -190,10 +190,11 @@ def load_backend(model_dir: Path, engine: EngineConfig | None = None, *, model_i
     ec = check_engine_config(engine or EngineConfig())
     model_dir = Path(model_dir)
     chosen, why = choose_backend(ec.backend, model_dir, bundle_given=ec.bundle is not None)
+    threads = ""
     if ec.threads is None and not ec.device.startswith("cuda"):
         ec = replace(ec, threads=default_threads())
-        why += f"; {ec.threads} CPU threads (the physical cores this process may use; --threads N to change)"
-    log.info("backend: %s (%s)", chosen, why)
+        threads = f"; {ec.threads} CPU threads: the physical cores this process may use (--threads N to change)"
+    log.info("backend: %s (%s)%s", chosen, why, threads)
     manifest = load_manifest(model_dir) if chosen != "torch" else None
     return REGISTRY[chosen].build(model_dir, ec, model_id or str(model_dir), probe, manifest)
 
