@@ -142,12 +142,12 @@ def build_answer_prompt(engine: Engine, question: str, records: list[ClipRecord]
 
 
 def _generate(engine: Engine, ids: np.ndarray, on_token: Callable[[str], None] | None = None) -> str:
+    """Greedy text for prompt `ids`; `on_token(text)` receives it piece by piece as it is generated (joined, the
+    pieces are the returned text)."""
+    piece = engine.text.stream_decoder() if on_token else None
     gen = greedy(engine.backend, engine.backend.embed_tokens(ids), engine.config.answer.max_new_tokens,
-                 engine.text.eos_ids)
-    text = engine.text.decode(gen.ids)
-    if on_token is not None:
-        on_token(text)
-    return text
+                 engine.text.eos_ids, on_token=(lambda t: (p := piece(t)) and on_token(p)) if on_token else None)
+    return engine.text.decode(gen.ids)
 
 
 def _summarise(engine: Engine, records: list[ClipRecord], tz: tzinfo | None, notes: list[str]) -> list[str]:

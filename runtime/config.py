@@ -32,6 +32,9 @@ class SelectionConfig:
     seed: int = 0  # seeds the random strategy (per clip, so a resumed stream draws the same)
 
     def __post_init__(self):
+        from .selection import get_strategy
+
+        get_strategy(self.strategy)  # an unknown strategy is refused here, before any model loads
         if not 0 < self.keep_ratio <= 1:
             raise UserError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}; e.g. --keep-ratio 0.0625")
         if self.keep is not None and self.keep < 1:
