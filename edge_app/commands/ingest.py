@@ -61,6 +61,16 @@ def _already_ingested(db: Path, stream: str, video: Path, total: int | None, con
     return row["n_clips"] if row["n_clips"] >= total else None
 
 
+def _say_clock(source) -> None:
+    from rlivs.runtime.answer import format_wall
+
+    if source.clock_origin is None:
+        console.print(f"[dim]no clock time for {source.path.name} (no creation-time tag): captions carry stream time "
+                      f"only; pass --start-time 2026-12-01T15:00 to give them wall-clock times[/]")
+    else:
+        console.print(f"[dim]clock: {format_wall(source.clock_origin)} local at 0 s ({source.clock_kind})[/]")
+
+
 def _say_complete(db: Path, stream: str, video: Path, n: int) -> None:
     console.print(f"already ingested up to clip {n - 1}: stream {stream!r} in {db} holds all {n} clips of {video}; "
                   f"nothing to do (rlivs ask \"...\" --db {db} asks about it; another --stream name ingests it again)")
@@ -78,6 +88,7 @@ def ingest(
     fifo_tokens: Optional[int] = o.FifoTokens, probe_layers: Optional[str] = o.ProbeLayers,
     num_probe_layers: int = o.NumProbeLayers, max_caption_tokens: int = o.MaxCaptionTokens,
     max_clips: Optional[int] = typer.Option(None, help="Stop after this many clips (this run)."),
+    start_time: Optional[str] = o.StartTime,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per clip."),
 ):
     """Caption a video clip by clip into the memory; resumes where a previous run stopped.
@@ -99,10 +110,14 @@ def ingest(
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
+        origin = o.start_clock(start_time)
         from rlivs.runtime.ingest import StreamIngestor
         from rlivs.runtime.sources.file import VideoFileSource
 
         source = VideoFileSource(video, fps=config.clip.fps)  # not a video: refused before the model loads
+        if origin is not None:
+            source.clock_origin, source.clock_kind = origin, "--start-time"
+        _say_clock(source)
         total = math.ceil(source.duration / config.clip.clip_seconds) if source.duration else None
         done = _already_ingested(db, stream, video, total, config)
         if done is not None:
@@ -181,7 +196,8 @@ def ask(
     bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
     threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
     top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
-    max_new_tokens: int = o.MaxAnswerTokens,
+    max_new_tokens: int = o.MaxAnswerTokens, retrieval: str = o.Retrieval,
+    from_: Optional[str] = o.FromTime, to: Optional[str] = o.ToTime,
     json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON (at the end; no streaming)."),
 ):
     """Answer a question from the captions in memory (text only). The answer streams to the terminal as it is
@@ -191,32 +207,35 @@ def ask(
 
         check_question(question)  # empty, huge or not UTF-8: refused before anything is loaded
         config = o.pipeline_config(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda,
-                                   max_answer_tokens=max_new_tokens)
+                                   max_answer_tokens=max_new_tokens, retrieval=retrieval)
+        window = o.wall_window(from_, to)
         if not db.exists():
             _fail(f"{db} does not exist: ingest a video first with rlivs ingest VIDEO --db {db}")
         streams = _refuse_unknown_stream(db, stream)
         model = model or ("tiny" if bundle else _model_for_db(db, streams, stream))  # --bundle wins over --model
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
-        from rlivs.runtime.answer import answer, format_time
+        from rlivs.runtime.answer import answer, answer_json, clip_label
 
         engine = _engine(ec, config)
+        span = dict(window=None if window is None else window.as_unix(),
+                    window_text=None if window is None else window.describe(None))
         with _open_memory(db, engine, readonly=True) as memory:
             if json_out:
-                a = answer(engine, memory, question, stream=stream)
+                a = answer(engine, memory, question, stream=stream, **span)
             else:
                 with _Streamed(question) as shown:
-                    a = answer(engine, memory, question, stream=stream, on_token=shown.piece)
+                    a = answer(engine, memory, question, stream=stream, on_token=shown.piece, **span)
     except UserError as e:
         _fail(str(e))
     if json_out:
-        typer.echo(json.dumps({
-            "question": a.question, "answer": a.text, "latency_s": a.latency_s,
-            "captions": [{"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-                          "caption": r.caption, "relevance": s} for r, s in a.used]}))
+        typer.echo(json.dumps(answer_json(a)))
         return
+    for line in ([f"time window: {a.window}"] if a.window else []) + \
+            ([f"matching clips: {a.matches}"] if a.matches is not None else []) + [f"note: {n}" for n in a.notes]:
+        out.print(f"[dim]{escape(line)}[/]")
     table = Table("stream", "clip", "time", "relevance", "caption", title=f"captions used ({a.latency_s:.2f} s)")
     for r, s in a.used:
-        table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", f"{s:.3f}", r.caption)
+        table.add_row(r.stream, str(r.index), clip_label(r), f"{s:.3f}", r.caption)
     out.print(table)
 
 
@@ -250,29 +269,42 @@ class _Streamed:
 def captions(
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory."),
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream."),
-    t_from: Optional[float] = typer.Option(None, "--from", help="From this time (s)."),
-    t_to: Optional[float] = typer.Option(None, "--to", help="Up to this time (s)."),
+    t_from: Optional[str] = o.FromTime,
+    t_to: Optional[str] = o.ToTime,
     limit: Optional[int] = typer.Option(None, help="At most this many."),
     json_out: bool = typer.Option(False, "--json", help="JSON lines."),
 ):
-    """List the caption timeline."""
-    from rlivs.runtime.answer import format_time
+    """List the caption timeline (times in local wall-clock time where the stream has a clock)."""
+    from rlivs.runtime.answer import clip_json, clip_label
 
     try:
+        numbers = [_seconds(v) for v in (t_from, t_to)]
+        if all(v is None or n is not None for v, n in zip((t_from, t_to), numbers)):  # stream seconds (or none)
+            where = dict(t_from=numbers[0], t_to=numbers[1])
+        else:
+            w = o.wall_window(t_from, t_to)
+            where = dict(zip(("wall_from", "wall_to"), w.as_unix()), by_time=True)
         _refuse_unknown_stream(db, stream)
         with _open_memory(db, readonly=True) as memory:
-            rows = memory.clips(stream, t_from, t_to, limit=limit)
+            rows = memory.clips(stream, limit=limit, **where)
     except UserError as e:
         _fail(str(e))
     if json_out:
         for r in rows:
-            typer.echo(json.dumps({"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-                                  "caption": r.caption}))
+            typer.echo(json.dumps(clip_json(r)))
         return
     table = Table("stream", "clip", "time", "caption", title=f"{len(rows)} captions in {db}")
     for r in rows:
-        table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", r.caption)
+        table.add_row(r.stream, str(r.index), clip_label(r), r.caption)
     out.print(table)
+
+
+def _seconds(value: Optional[str]) -> Optional[float]:
+    """A --from/--to value that is a plain number: seconds of stream time; else None."""
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 def demo(
@@ -294,10 +326,11 @@ def demo(
            kv_cache="auto", max_context=None,
            threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
            fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
-           max_clips=None, json_out=False)
+           max_clips=None, start_time=None, json_out=False)
     ask(question=question, db=db, stream=None, model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
         kv_cache="auto", max_context=None,
-        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, json_out=False)
+        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, retrieval="hybrid",
+        from_=None, to=None, json_out=False)
     if model == "tiny":
         console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "
                       "Pass --model with LLaVA-OneVision weights for real captions.[/]")
