@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.logging import RichHandler
 
-from rlivs.edge_app.commands import calibrate, doctor, eval as evaluate, export, ingest, serve
+from rlivs.edge_app.commands import calibrate, doctor, eval as evaluate, export, ingest, memory, serve
 from rlivs.edge_app.options import console, debug_enabled, exit_code_help, internal_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -22,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 COMMANDS = (
     ingest,  # rlivs ingest | ask | captions | demo
+    memory,  # rlivs memory info | export | import, forget, reindex
     export,  # rlivs export | build-engines
     evaluate,  # rlivs eval
     serve,  # rlivs serve

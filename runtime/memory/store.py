@@ -614,9 +614,11 @@ class Memory:
 
     # ------------------------------------------------------------------ housekeeping
 
-    def import_clips(self, records: Iterable[ClipRecord], batch: int = 5000, source: str = "import") -> int:
+    def import_clips(self, records: Iterable[ClipRecord], batch: int = 5000, source: str = "import",
+                     model_id: str = "import") -> int:
         """Bulk-load clips, `batch` per transaction (a crash keeps whole batches); streams that do not exist are
-        created with `source`. Each stream's clips must continue its indices. Returns the number stored."""
+        created with `source` and `model_id` (the model that computed the vectors). Each stream's clips must
+        continue its indices. Returns the number stored."""
         self._refuse_readonly("import clips")
         stored, pending = 0, []
 
@@ -632,7 +634,7 @@ class Memory:
                     if self._stream_row(r.stream) is None:
                         self._conn.execute(
                             "INSERT INTO streams (name, source, model_id, config_hash, created_at, next_idx) "
-                            "VALUES (?, ?, 'import', 'import', ?, 0)", (r.stream, source, now))
+                            "VALUES (?, ?, ?, 'import', ?, 0)", (r.stream, source, model_id, now))
                     expected = self._next_index(r.stream)
                     if r.index != expected:
                         raise UserError(f"imported clip {r.index} of stream {r.stream!r} does not continue it (its "
