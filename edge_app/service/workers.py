@@ -1,20 +1,15 @@
-"""The background threads of `rlivs serve`: one ingest worker per source, and the webhook sender.
+"""The ingest threads of `rlivs serve`: one worker per source (the webhook senders are in webhooks.py).
 
 A `StreamWorker` ingests its source into its stream (a live source paced in real time, or a file at full speed) on the
 service's ingest-priority engine, and hands every committed clip to `EdgeService.publish_clip`. A failure is recorded
-in its status (shown by /v1/streams and /healthz); the service keeps serving. `WebhookSender` POSTs watch matches
-from its own thread so that a slow receiver never holds up ingest.
+in its status (shown by /v1/streams and /healthz); the service keeps serving.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
@@ -24,58 +19,11 @@ from rlivs.runtime.ingest import StreamIngestor
 from rlivs.runtime.sources.live import LiveSource
 from rlivs.runtime.sources.spec import SourceSpec
 
-from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .core import EdgeService
 
 log = logging.getLogger("rlivs.serve")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Webhooks
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class WebhookSender:
-    """POSTs JSON to webhook URLs from one background thread, so a slow receiver never holds up ingest."""
-
-    def __init__(self, metrics: Metrics, timeout_s: float, size: int):
-        self.metrics, self.timeout_s = metrics, timeout_s
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._thread = threading.Thread(target=self._run, name="rlivs-webhooks", daemon=True)
-        self._thread.start()
-
-    def send(self, url: str, payload: dict) -> None:
-        try:
-            self._queue.put_nowait((url, payload))
-        except queue.Full:
-            self.metrics.inc("rlivs_webhook_deliveries_total", outcome="dropped")
-            log.warning("webhook queue full: dropped a delivery to %s", url)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()  # blocks
-            if item is None:
-                return
-            url, payload = item
-            body = json.dumps(payload).encode()
-            req = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "User-Agent": "rlivs"})
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    resp.read(1024)
-                self.metrics.inc("rlivs_webhook_deliveries_total", outcome="ok")
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                self.metrics.inc("rlivs_webhook_deliveries_total", outcome="failed")
-                log.warning("webhook POST to %s failed: %s", url, e)
-
-    def stop(self, timeout: float = 2.0) -> None:
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
