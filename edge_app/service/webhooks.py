@@ -180,7 +180,8 @@ def post_json(url: str, payload: dict, policy: WebhookPolicy, deadline_s: float)
     port = parts.port or (443 if tls else 80)
     cls = _PinnedTLSConnection if tls else _PinnedConnection
     conn = cls(parts.hostname, port, policy, timeout=deadline_s)
-    timer = threading.Timer(deadline_s, _cut, args=(conn,))  # a receiver that trickles bytes is cut off here
+    fired = threading.Event()
+    timer = threading.Timer(deadline_s, _cut, args=(conn, fired))  # a receiver that trickles bytes is cut off here
     timer.daemon = True
     timer.start()
     try:
@@ -193,12 +194,14 @@ def post_json(url: str, payload: dict, policy: WebhookPolicy, deadline_s: float)
         resp.read(1024)
         status = resp.status
     except (OSError, http.client.HTTPException) as e:
-        if not timer.is_alive():
+        if fired.is_set():
             raise TimeoutError(f"no complete answer within the {deadline_s:g} s delivery deadline") from None
         raise OSError(f"{type(e).__name__}: {e}") from None
     finally:
         timer.cancel()
         conn.close()
+    if fired.is_set():  # cut off mid-answer: what was read is not a complete answer
+        raise TimeoutError(f"no complete answer within the {deadline_s:g} s delivery deadline")
     if 300 <= status < 400:
         raise ValueError(f"answered {status} (a redirect): redirects are not followed; give the final URL")
     if not 200 <= status < 300:
@@ -206,7 +209,8 @@ def post_json(url: str, payload: dict, policy: WebhookPolicy, deadline_s: float)
     return status
 
 
-def _cut(conn: http.client.HTTPConnection) -> None:
+def _cut(conn: http.client.HTTPConnection, fired: threading.Event) -> None:
+    fired.set()
     sock = conn.sock
     if sock is not None:
         try:
