@@ -69,6 +69,9 @@ def serve(
               f"Pass --token T (or set RLIVS_TOKEN), or bind --host 127.0.0.1")
     if token is not None and not token.strip():
         _fail("--token is empty: pass a long random string, e.g. --token $(openssl rand -hex 16)")
+    if token and not token.isascii():
+        _fail("--token holds non-ASCII characters, which HTTP headers cannot carry reliably: use e.g. "
+              "--token $(openssl rand -hex 16)")
     if token and len(token) < 16:
         console.print("[yellow]warning:[/] the token is shorter than 16 characters; use e.g. $(openssl rand -hex 16)")
     if not 0 < port < 65536:
@@ -82,6 +85,8 @@ def serve(
         specs = parse_sources(source)
         for s in specs:
             path = s.url.removeprefix("file://")
+            if s.kind == "file" and Path(path).is_dir():
+                _fail(f"{path} is a directory: give a video file in it, e.g. --source {Path(path) / 'cam.mp4'}")
             if s.kind == "file" and not Path(path).is_file():
                 if not replay:
                     _fail(f"{path} does not exist: check the path (with --replay a missing file is retried)")

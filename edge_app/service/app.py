@@ -40,6 +40,7 @@ import resource
 import secrets
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -268,6 +269,16 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     async def _subscribers(request: Request, exc: TooManySubscribers):
         service.metrics.inc("rlivs_http_rejected_total", reason="subscribers")
         return _json_error(503, str(exc), {"Retry-After": "5"})
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _storage(request: Request, exc: sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "full" in text or "readonly" in text or "read-only" in text:
+            what = "full" if "full" in text else "read-only"
+            return _json_error(507, f"the service could not store this: its database's disk is {what} ({exc}); "
+                                    f"nothing was stored and everything before is intact: free space on the device "
+                                    f"and try again", {"Retry-After": "30"})
+        return await _crash(request, exc)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):

@@ -99,6 +99,8 @@ class ServiceConfig:
     keep_matches: int = 1000  # newest matches kept per watch (older ones are pruned)
     question_queue: int = 8  # questions waiting for the model; more get 429 with Retry-After
     ingest_share: float = 0.5  # least share of the model kept for ingest while questions flood it (0 = none)
+    max_question_tokens: int = 256  # a question longer than this in the model's tokens is refused (400)
+    retry_s: tuple[float, float] = (5.0, 60.0)  # a failed ingest worker retries after 5, 10, 20 ... 60 s
 
     def __post_init__(self):
         if not 16 <= self.thumbnail_width <= 1024:
@@ -479,6 +481,10 @@ class EdgeService:
     def ask(self, question: str, stream: str | None = None) -> dict:
         t0 = time.perf_counter()
         try:
+            n = len(self.engine.text.encode(question))
+            if n > self.config.max_question_tokens:
+                raise UserError(f"the question is {n} tokens for this model, at most {self.config.max_question_tokens}"
+                                f": shorten it")
             with self._read() as mem:
                 if stream is not None and stream not in {s["name"] for s in mem.streams()}:
                     raise NotFound(f"no stream {stream!r}: GET /v1/streams lists them (or leave stream out for all)")

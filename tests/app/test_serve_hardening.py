@@ -460,3 +460,56 @@ def test_watch_events_never_evict_captions_from_replay_and_gaps_are_reported():
         assert [e.kind for e in recent] == ["watch"]  # nothing lost after that id: no gap
     finally:
         loop.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 9. Smaller ones
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_bad_watch_and_question_inputs_are_refused(stored):
+    service, server = stored["serve"]()
+    for body, status, message in [
+        ({"query": "door\u0000open"}, 422, "control characters"),
+        ({"query": "door", "threshold": "0.5"}, 422, "threshold: Input should be a valid number"),
+        ({"query": "door", "stream": "nope"}, 404, "no stream 'nope'"),
+    ]:
+        r = httpx.post(server.url + "/v1/watches", json=body)
+        assert r.status_code == status and message in r.json()["detail"], (body, r.status_code, r.text)
+    assert httpx.post(server.url + "/v1/watches", json={"query": "door", "threshold": 0.5}).status_code == 201
+    r = httpx.post(server.url + "/v1/ask", json={"question": "\U0001f642" * 600}, timeout=30)
+    assert r.status_code == 400 and "tokens for this model, at most 256" in r.json()["detail"]
+
+
+def test_a_read_only_service_database_is_507_not_500(stored):
+    service, server = stored["serve"]()
+    service.store._conn.execute("PRAGMA query_only = ON")  # what a read-only or full file does to every write
+    r = httpx.post(server.url + "/v1/watches", json={"query": "door"})
+    assert r.status_code == 507 and "nothing was stored" in r.json()["detail"], r.text
+    service.store._conn.execute("PRAGMA query_only = OFF")
+    assert httpx.post(server.url + "/v1/watches", json={"query": "door"}).status_code == 201
+
+
+def test_a_failed_worker_retries_and_resumes_when_the_disk_has_space_again(tmp_path, tiny_dir, monkeypatch):
+    video = make_sample_video(tmp_path / "cam.mp4", seconds=8.0)
+    real = Memory.commit_clip
+    full = {"on": True}
+
+    def commit(self, record, *a, **kw):
+        if record.index >= 1 and full["on"]:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, record, *a, **kw)
+
+    monkeypatch.setattr(Memory, "commit_clip", commit)
+    service = EdgeService(tiny_engine(), tmp_path / "m.db", parse_sources([str(video)]),
+                          ServiceConfig(replay_files=False, retry_s=(0.3, 1.0)))
+    service.start()
+    try:
+        w = service.workers[0]
+        wait_for(lambda: w.state == "failed" and w.retry_at is not None, 30, "the worker to fail")
+        assert "disk is full" in w.error and service.health()["status"] == "degraded"
+        full["on"] = False  # space is back
+        wait_for(lambda: w.state == "finished", 30, "the worker to resume and finish")
+        assert w.error is None and service.streams()[0]["clips"] == 4  # 8 s, 4 frames at 2 fps: every clip once
+    finally:
+        service.stop()
