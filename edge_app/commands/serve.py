@@ -46,15 +46,32 @@ def serve(
     reconnect_max: float = typer.Option(30.0, help="Longest wait between reconnect attempts, seconds."),
     read_timeout: float = typer.Option(10.0, help="A source silent this long is reconnected, seconds."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
+    allow_host: List[str] = typer.Option(
+        [], "--allow-host", help="A host name this device is reached by (repeatable). Requests whose Host header "
+                                 "names anything but the bound address, 127.0.0.1, localhost, [::1] or these get 421."),
+    webhook_allow: List[str] = typer.Option(
+        [], "--webhook-allow", help="A non-public address or network webhooks may reach (repeatable), e.g. "
+                                    "10.0.0.5 or 192.168.1.0/24. Loopback, private, link-local and unspecified "
+                                    "addresses are refused otherwise."),
+    max_connections: int = typer.Option(256, help="Open HTTP connections at most; more get 503."),
+    header_timeout: float = typer.Option(10.0, help="Seconds a connection may take to send a request head."),
+    max_subscribers: int = typer.Option(32, help="Open /v1/events streams at most; more get 503."),
+    question_queue: int = typer.Option(8, help="Questions waiting for the model at most; more get 429."),
+    ingest_share: float = typer.Option(0.5, help="Least share of the model ingest keeps while questions flood it, "
+                                                 "in [0, 1)."),
+    max_watches: int = typer.Option(100, help="Watches at most; more get 409."),
 ):
     """Ingest live sources in the background and serve the API and the web page (http://HOST:PORT/)."""
-    from rlivs.edge_app.service.app import Server, is_loopback
+    from rlivs.edge_app.service.app import Limits, Server, is_loopback
 
     if not is_loopback(host) and not token:
         _fail(f"refusing to bind {host} without a token: any address but loopback exposes the API to the network. "
               f"Pass --token T (or set RLIVS_TOKEN), or bind --host 127.0.0.1")
     if token is not None and not token.strip():
         _fail("--token is empty: pass a long random string, e.g. --token $(openssl rand -hex 16)")
+    if token and not token.isascii():
+        _fail("--token holds non-ASCII characters, which HTTP headers cannot carry reliably: use e.g. "
+              "--token $(openssl rand -hex 16)")
     if token and len(token) < 16:
         console.print("[yellow]warning:[/] the token is shorter than 16 characters; use e.g. $(openssl rand -hex 16)")
     if not 0 < port < 65536:
@@ -69,6 +86,8 @@ def serve(
         specs = parse_sources(source)
         for s in specs:
             path = s.url.removeprefix("file://")
+            if s.kind == "file" and Path(path).is_dir():
+                _fail(f"{path} is a directory: give a video file in it, e.g. --source {Path(path) / 'cam.mp4'}")
             if s.kind == "file" and not Path(path).is_file():
                 if not replay:
                     _fail(f"{path} does not exist: check the path (with --replay a missing file is retried)")
@@ -80,12 +99,16 @@ def serve(
                                    mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens)
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
+        svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
+                                max_subscribers=max_subscribers, question_queue=question_queue,
+                                ingest_share=ingest_share, max_watches=max_watches)
+        limits = Limits(max_connections=max_connections, header_timeout_s=header_timeout)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         with console.status(f"loading model {ec.source} ..."):
             engine = load_engine(ec, config)
-        service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
+        service = EdgeService(engine, db, specs, svc_cfg)
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
-                        access_log=access_log)
+                        access_log=access_log, allow_hosts=allow_host, limits=limits)
     except UserError as e:
         _fail(str(e))
     names = ", ".join(f"{s.name} ({s.url})" for s in specs) or "none (answering from the memory only)"

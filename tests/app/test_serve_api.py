@@ -28,7 +28,8 @@ def live(tmp_path_factory, tiny_dir):
     work = tmp_path_factory.mktemp("serve")
     video = make_sample_video(work / "cam.mp4", seconds=VIDEO_SECONDS)
     engine = tiny_engine()
-    cfg = ServiceConfig(source=SourceConfig(fps=2.0, replay_speed=2.0))  # replayed at 2x real speed, as a camera
+    cfg = ServiceConfig(source=SourceConfig(fps=2.0, replay_speed=2.0),  # replayed at 2x real speed, as a camera
+                        webhook_allow=("127.0.0.1",))  # the test's webhook sink is on loopback
     service = EdgeService(engine, work / "memory.db", parse_sources([f"cam={video}"]), cfg)
     server = Server(service, host="127.0.0.1", port=0, token=TOKEN).start()
     service.start()
@@ -182,6 +183,10 @@ def test_watch_fires_on_a_planted_caption_and_not_on_others(live):
     try:
         w = c.post("/v1/watches", json={"query": "the red box is picked up", "webhook": sink.url}).json()
         assert w["threshold"] == pytest.approx(0.5 * w["self_score"], abs=1e-5)  # the documented default
+        r = c.post("/v1/watches", json={"query": "the red box is picked up", "stream": "garage"})
+        assert r.status_code == 404 and "no stream 'garage'" in r.json()["detail"]  # an unknown stream is refused
+        with Memory(live["db"], model_fingerprint=engine.model_fingerprint) as mem:
+            mem.open_stream("garage", "test", engine.backend.info.model_id, "planted")
         other = c.post("/v1/watches", json={"query": "the red box is picked up", "stream": "garage",
                                             "threshold": 0.0}).json()  # another stream only: must never fire here
         events, ready = [], threading.Event()

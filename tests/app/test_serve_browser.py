@@ -1,6 +1,7 @@
 """The web page end to end in headless Chromium (Debian's /usr/bin/chromium through Playwright): it asks for the
 token, loads the timeline, answers a question with links to the captions used, adds a watch whose match shows up
-live, and shows a caption that is ingested while the page is open.
+live, and shows a caption that is ingested while the page is open. A page from another site whose name resolves to
+127.0.0.1 (DNS rebinding) reads nothing and changes nothing.
 
 Set RLIVS_DOCS_SCREENSHOT=docs/edge_app.png to also save the screenshot used in docs/edge_app.md.
 """
@@ -22,7 +23,11 @@ from tests.helpers.serve_helpers import tiny_engine, wait_for
 
 CHROMIUM = os.environ.get("RLIVS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--host-resolver-rules=MAP evil.example 127.0.0.1",  # a rebinding attacker's name, already flipped
+        # the server must not rely on the browser's Private Network Access checks (older and other browsers have none)
+        "--disable-features=BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights,"
+        "PrivateNetworkAccessRespectPreflightResults,LocalNetworkAccessChecks"]
 TOKEN = "browser-test-token-0123456789"
 
 
@@ -233,6 +238,40 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
         if shot:
             page.screenshot(path=shot, type="png", full_page=False)
         assert not errors, errors
+
+
+def test_dns_rebinding_page_reads_nothing_and_creates_no_watch(browser, tmp_path, tiny_dir):
+    """The attacker's page is first served by the attacker (here: Playwright answers the navigation), then its name
+    resolves to 127.0.0.1 (Chromium's resolver rule): its same-origin requests reach rlivs with Host evil.example."""
+    engine = tiny_engine()
+    with Memory(tmp_path / "memory.db", model_fingerprint=engine.model_fingerprint) as mem:
+        mem.open_stream("cam", "secret/path/cam.mp4", engine.backend.info.model_id, "planted")
+        ids = engine.text.encode("a private caption")
+        mem.commit_clip(ClipRecord("cam", 0, 0.0, 2.0, "a private caption", len(ids), engine.vector(ids)), None)
+    service = EdgeService(engine, tmp_path / "memory.db")
+    server = Server(service, port=0).start()  # the default: loopback, no token
+    page = browser.new_page()
+    try:
+        origin = f"http://evil.example:{server.port}"
+        page.route(origin + "/", lambda route: route.fulfill(status=200, content_type="text/html",
+                                                               body="<html><body>innocent</body></html>"))
+        page.goto(origin + "/")
+        got = page.evaluate("""async () => {
+            const out = {};
+            for (const p of ['/v1/captions', '/v1/streams', '/v1/thumbnails/cam/0.jpg', '/healthz']) {
+                const r = await fetch(p); out[p] = [r.status, await r.text()];
+            }
+            const w = await fetch('/v1/watches', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                  body: JSON.stringify({query: 'x', webhook: 'https://exfil.example/h'})});
+            out.watch = [w.status, await w.text()];
+            return out;
+        }""")
+        for path, (status, body) in got.items():
+            assert status == 421, (path, status)
+            assert "private caption" not in body and "secret/path" not in body
+        assert service.watches() == []
+        # the same browser at the real address is served
+        assert page.goto(server.url + "/healthz").status == 200
     finally:
         page.close()
         server.stop()
