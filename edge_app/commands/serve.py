@@ -60,6 +60,9 @@ def serve(
     ingest_share: float = typer.Option(0.5, help="Least share of the model ingest keeps while questions flood it, "
                                                  "in [0, 1)."),
     max_watches: int = typer.Option(100, help="Watches at most; more get 409."),
+    start_time: Optional[str] = o.StartTime,
+    retain_days: Optional[float] = typer.Option(None, help="Forget captions of clips that ended more than this many "
+                                                           "days ago (checked every 10 minutes while ingesting)."),
 ):
     """Ingest live sources in the background and serve the API and the web page (http://HOST:PORT/)."""
     from rlivs.edge_app.service.app import Limits, Server, is_loopback
@@ -101,7 +104,8 @@ def serve(
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
                                 max_subscribers=max_subscribers, question_queue=question_queue,
-                                ingest_share=ingest_share, max_watches=max_watches)
+                                ingest_share=ingest_share, max_watches=max_watches,
+                                start_time=o.start_clock(start_time), retain_days=retain_days)
         limits = Limits(max_connections=max_connections, header_timeout_s=header_timeout)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         with console.status(f"loading model {ec.source} ..."):

@@ -6,7 +6,8 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /healthz                   liveness and a health summary (no token needed; no stream names or URLs)
     GET    /metrics                   Prometheus text format
     GET    /v1/streams                every stream: clips, state, source statistics
-    POST   /v1/ask                    {"question", "stream"?} -> answer, the captions used (stream, times), latency
+    POST   /v1/ask                    {"question", "stream"?, "from"?, "to"?} -> answer, its time window, the captions
+                                      used (stream and wall-clock times), latency
     GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
     GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
     GET    /v1/events                 server-sent events: `caption` and `watch`
@@ -83,6 +84,9 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     question: str = Field(..., min_length=1, max_length=MAX_QUESTION, description="The question.")
     stream: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME, description="Only this stream.")
+    from_: Optional[str] = Field(None, alias="from", min_length=1, max_length=64,
+                                 description="Only captions from this wall-clock time: ISO 8601, -2h, yesterday, ...")
+    to: Optional[str] = Field(None, min_length=1, max_length=64, description="... and up to this time.")
 
 
 def _check_webhook(v: Optional[str]) -> Optional[str]:
@@ -308,7 +312,7 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
 
     @app.post("/v1/ask")
     def ask(body: AskRequest):
-        return service.ask(body.question, body.stream)
+        return service.ask(body.question, body.stream, body.from_, body.to)
 
     @app.get("/v1/captions")
     def captions(stream: Optional[str] = Query(None, min_length=1, max_length=MAX_NAME),

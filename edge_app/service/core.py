@@ -41,7 +41,7 @@ from PIL import Image
 
 from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from rlivs.runtime.memory import ClipRecord, Memory
-from rlivs.runtime.answer import answer, format_time
+from rlivs.runtime.answer import answer, answer_json, clip_json, clip_label, format_time
 from rlivs.runtime.engine import Engine
 from rlivs.runtime.ingest import ClipResult
 from rlivs.runtime.retrieval import similarity
@@ -101,6 +101,9 @@ class ServiceConfig:
     ingest_share: float = 0.5  # least share of the model kept for ingest while questions flood it (0 = none)
     max_question_tokens: int = 256  # a question longer than this in the model's tokens is refused (400)
     retry_s: tuple[float, float] = (5.0, 60.0)  # a failed ingest worker retries after 5, 10, 20 ... 60 s
+    start_time: float | None = None  # UTC unix seconds of a file source's first frame (--start-time)
+    retain_days: float | None = None  # captions whose clip ended longer ago are forgotten (--retain-days)
+    retain_every_s: float = 600.0  # how often retention runs while ingesting
 
     def __post_init__(self):
         if not 16 <= self.thumbnail_width <= 1024:
@@ -116,6 +119,8 @@ class ServiceConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.question_queue < 0:
             raise UserError(f"question_queue must be >= 0, got {self.question_queue}")
+        if self.retain_days is not None and not self.retain_days > 0:
+            raise UserError(f"--retain-days must be > 0, got {self.retain_days}: e.g. --retain-days 30")
         self.webhook_policy = WebhookPolicy(parse_networks(self.webhook_allow))
 
 
@@ -136,9 +141,10 @@ def thumbnail_url(stream: str, clip: int) -> str:
 
 
 def caption_json(r: ClipRecord, has_thumbnail: bool) -> dict:
-    return {"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-            "time": f"{format_time(r.t_start)}-{format_time(r.t_end)}", "caption": r.caption,
-            "committed_at": r.committed_at, "thumbnail": thumbnail_url(r.stream, r.index) if has_thumbnail else None}
+    """A clip in the API: stream and wall-clock times (ISO 8601 with the device's offset, null without a clock),
+    `time` as people read it (local wall-clock time, else stream time), the caption and its thumbnail."""
+    return {**clip_json(r), "time": clip_label(r), "committed_at": r.committed_at,
+            "thumbnail": thumbnail_url(r.stream, r.index) if has_thumbnail else None}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -251,6 +257,8 @@ class EdgeService:
                                       lambda: any(w.state == "running" for w in self.workers))
         self.started_at = time.time()
         self._stopped = False
+        self._retained_at = 0.0  # when retention last ran
+        self._retain_lock = threading.Lock()
 
     # -- lifetime -----------------------------------------------------------------------------------------------------
 
@@ -478,9 +486,38 @@ class EdgeService:
     def _read(self) -> Memory:
         return Memory(self.db, readonly=True)
 
-    def ask(self, question: str, stream: str | None = None) -> dict:
+    def retain(self, mem: Memory, now: float | None = None) -> int:
+        """Forget the captions older than `retain_days` (at most once every `retain_every_s`); their thumbnails go
+        too. Called by the ingest workers with their writable memory. Returns the number of clips forgotten."""
+        days = self.config.retain_days
+        now = time.time() if now is None else now
+        if days is None or not self._retain_lock.acquire(blocking=False):
+            return 0
+        try:
+            if now - self._retained_at < self.config.retain_every_s:
+                return 0
+            self._retained_at = now
+            n = mem.forget(before=now - days * 86400.0)
+            if n:
+                for s in mem.info()["streams"]:
+                    first = mem.clips(s["name"], limit=1)
+                    self.store.drop_thumbnails_before(s["name"], first[0].index if first else s["next_idx"])
+                log.info("retention: forgot %d clips that ended more than %g days ago", n, days)
+                self.metrics.inc("rlivs_clips_forgotten_total", n)
+            return n
+        finally:
+            self._retain_lock.release()
+
+    def ask(self, question: str, stream: str | None = None, from_: str | None = None,
+            to: str | None = None) -> dict:
+        """Answer from the memory; `from_`/`to` restrict it to a wall-clock window (ISO 8601 or -2h, ...)."""
         t0 = time.perf_counter()
         try:
+            from datetime import datetime, timezone
+
+            from rlivs.runtime.timeq import window_from_args
+
+            window = window_from_args(from_, to, datetime.now(timezone.utc), None, names=("from", "to"))
             n = len(self.engine.text.encode(question))
             if n > self.config.max_question_tokens:
                 raise UserError(f"the question is {n} tokens for this model, at most {self.config.max_question_tokens}"
@@ -493,8 +530,9 @@ class EdgeService:
                     raise NotReady(f"{where} holds no captions yet: ingest commits the first one after "
                                    f"{self.engine.config.clip.clip_seconds:g} s of video; wait for a caption "
                                    f"event on GET /v1/events and ask again")
+                span = {} if window is None else dict(window=window.as_unix(), window_text=window.describe(None))
                 with self.questions.turn(), self.question_backend.reserve():  # ingest waits at its next step
-                    a = answer(self.question_engine, mem, question, stream=stream)  # boundary until we are done
+                    a = answer(self.question_engine, mem, question, stream=stream, **span)  # boundary until done
         except (NotFound, NotReady, UserError, Busy):
             self.metrics.inc("rlivs_questions_total", outcome="rejected")
             raise
@@ -507,9 +545,9 @@ class EdgeService:
         for r, _ in a.used:
             thumbs.setdefault(r.stream, []).append(r.index)
         have = {s: self.store.thumbnail_clips(s, idx) for s, idx in thumbs.items()}
-        return {"question": a.question, "answer": a.text, "latency_s": a.latency_s, "prompt_tokens": a.prompt_tokens,
+        return {**answer_json(a), "prompt_tokens": a.prompt_tokens,
                 "captions": [{**caption_json(r, r.index in have.get(r.stream, ())), "relevance": s}
-                            for r, s in a.used]}
+                             for r, s in a.used]}
 
     def captions(self, stream: str | None = None, t_from: float | None = None, t_to: float | None = None,
                  limit: int = 50, offset: int = 0) -> dict:

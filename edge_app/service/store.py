@@ -296,6 +296,12 @@ class EdgeStore:
                                      (stream, int(clip))).fetchone()
         return None if row is None else bytes(row[0])
 
+    def drop_thumbnails_before(self, stream: str, clip: int) -> int:
+        """Delete the thumbnails of `stream`'s clips before `clip` (their captions were forgotten)."""
+        with self._lock:
+            return self._conn.execute("DELETE FROM thumbnails WHERE stream = ? AND clip < ?",
+                                      (stream, int(clip))).rowcount
+
     def thumbnail_clips(self, stream: str, clips: list[int]) -> set[int]:
         """Which of these clips of `stream` have a thumbnail."""
         if not clips:

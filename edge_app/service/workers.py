@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 from rlivs.runtime.frames import Clip, iter_clips
 from rlivs.runtime.memory import Memory
 from rlivs.runtime.ingest import StreamIngestor
+from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.sources.live import LiveSource
 from rlivs.runtime.sources.spec import SourceSpec
 
@@ -63,11 +64,16 @@ class StreamWorker:
     def _clips(self, ing: StreamIngestor, mem: Memory) -> Iterator[Clip]:
         svc, spec = self.service, self.spec
         cc = svc.engine.config.clip
+        origin = svc.config.start_time if spec.kind == "file" else None  # --start-time: a file's first frame
         if not self.live:
-            return ing.clips_from_file(spec.url.removeprefix("file://"))  # resumes at the next clip's time
+            source = VideoFileSource(spec.url.removeprefix("file://"), fps=cc.fps)
+            if origin is not None:
+                source.clock_origin, source.clock_kind = origin, "--start-time"
+            return ing.clips(source)  # resumes at the next clip's time
         prev = next((s for s in mem.streams() if s["name"] == spec.name), None)
         start = float(prev["t_end"]) if prev and prev["t_end"] is not None else 0.0  # continue the timeline
         self.source = LiveSource(spec, replace(svc.config.source, fps=cc.fps, start_time=start))
+        self.source.clock_origin = origin
         if self._stop.is_set():
             self.source.stop(timeout=0)
         return iter_clips(self.source, cc.frames_per_clip, cc.fps, first_index=ing.next_index)
@@ -105,6 +111,7 @@ class StreamWorker:
                     self.frames += len(clip)
                     self.behind_live_s, self.last_clip_at = behind, time.time()
                     svc.publish_clip(record, result, middle_frame=clip.frames[len(clip) // 2], behind_live_s=behind)
+                    svc.retain(mem)
             self.state = "stopped" if self._stop.is_set() else "finished"
             log.info("stream %s: %s after %d clips", spec.name, self.state, self.clips)
             return True
