@@ -174,7 +174,7 @@ class ColumnCache:
             keep &= np.isin(self.stream.view, codes)
         wall = self.wall.view
         if wall_to is not None:
-            keep &= wall[:, 0] <= wall_to  # NaN (no clock) compares False: a clip without a clock is outside
+            keep &= wall[:, 0] < wall_to  # half-open window; NaN (no clock) compares False: outside
         if wall_from is not None:
             keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
         return np.flatnonzero(keep)
@@ -221,7 +221,7 @@ def lexical(conn: sqlite3.Connection, query: str, streams: list[str] | None, wal
         where.append(f"c.stream IN ({', '.join('?' * len(streams))})")
         args += streams
     if wall_to is not None:
-        where.append("c.wall_start <= ?")
+        where.append("c.wall_start < ?")
         args.append(wall_to)
     if wall_from is not None:
         where.append("(c.wall_end > ? OR c.wall_start >= ?)")
@@ -329,7 +329,7 @@ def keyword_matches(conn: sqlite3.Connection, text: str, streams: list[str] | No
         where.append(f"c.stream IN ({', '.join('?' * len(streams))})")
         args += streams
     if wall_to is not None:
-        where.append("c.wall_start <= ?")
+        where.append("c.wall_start < ?")
         args.append(wall_to)
     if wall_from is not None:
         where.append("(c.wall_end > ? OR c.wall_start >= ?)")

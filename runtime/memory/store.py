@@ -476,8 +476,8 @@ class Memory:
         by_time: bool = False,
     ) -> list[ClipRecord]:
         """Clips ordered by stream then index (or by wall-clock start with `by_time`), optionally of one stream and
-        overlapping [t_from, t_to] in stream time and [wall_from, wall_to] in wall-clock time (UTC unix seconds;
-        a clip without a clock is outside any wall-clock window).
+        overlapping [t_from, t_to] in stream time and [wall_from, wall_to) in wall-clock time (UTC unix seconds,
+        half-open like every time window; a clip without a clock is outside any wall-clock window).
 
         A clip covers [t_start, t_end) in stream time: it overlaps the window when it starts inside
         it, or the window starts inside the clip (so a clip ending exactly at t_from is excluded).
@@ -498,7 +498,7 @@ class Memory:
         if wall_from is not None and wall_to is not None and wall_from > wall_to:
             raise UserError(f"wall-clock window [{wall_from}, {wall_to}] is empty: pass a start before the end")
         if wall_to is not None:
-            where.append("wall_start <= ?")
+            where.append("wall_start < ?")
             args.append(float(wall_to))
         if wall_from is not None:
             where.append("(wall_end > ? OR wall_start >= ?)")
