@@ -10,6 +10,7 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
                                       used (stream and wall-clock times), latency
     GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
     GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
+    GET    /v1/kept/{stream}/{clip}   which visual tokens selection kept (flat indices, tokens per frame, grid)
     GET    /v1/events                 server-sent events: `caption` and `watch`
     POST   /v1/watches                {"query", "threshold"?, "stream"?, "webhook"?} -> the watch (201)
     GET    /v1/watches                the watches with match counts
@@ -328,6 +329,10 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     def thumbnail(stream: str = Path(..., max_length=MAX_NAME), clip: int = Path(..., ge=0, le=MAX_ID)):
         return Response(service.thumbnail(stream, clip), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400, immutable"})
+
+    @app.get("/v1/kept/{stream:path}/{clip}")
+    def kept(stream: str = Path(..., max_length=MAX_NAME), clip: int = Path(..., ge=0, le=MAX_ID)):
+        return service.kept(stream, clip)
 
     @app.get("/v1/events")
     async def events(request: Request, last_event_id: Optional[str] = Header(None)):

@@ -595,6 +595,12 @@ class Memory:
 
         return self._read(body)
 
+    def clip(self, stream: str, index: int) -> ClipRecord | None:
+        """One clip (with its kept token indices), or None."""
+        rows = list(self._live() and self._db.query("SELECT * FROM clips WHERE stream = ? AND idx = ?",
+                                                    [stream, int(index)]))
+        return self._record(rows[0]) if rows else None
+
     def count_clips(self, stream: str | None = None, stream_until: float | None = None) -> int:
         """How many clips (of `stream`; with a stream-time end at or before `stream_until`)."""
         sql, args = "SELECT COUNT(*) FROM clips WHERE 1", []

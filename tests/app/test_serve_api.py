@@ -142,6 +142,15 @@ def test_ask_returns_answer_with_the_captions_used(live):
     assert [x["t_start"] for x in a["captions"]] == sorted(x["t_start"] for x in a["captions"])  # time order
     r = c.post("/v1/ask", json={"question": "anything?", "stream": "garage"})
     assert r.status_code == 404 and "no stream 'garage'" in r.json()["detail"]
+    # the kept tokens of a captioned clip: as many as selection keeps, inside the clip's frames x tokens grid
+    first = a["captions"][0]
+    k = c.get(f"/v1/kept/cam/{first['clip']}").json()
+    engine = live["service"].engine
+    n_flat = k["frames"] * k["tokens_per_frame"]
+    assert k["tokens_per_frame"] == engine.backend.info.tokens_per_frame
+    assert len(k["kept"]) == engine.config.selection.n_keep(n_flat) and sorted(set(k["kept"])) == k["kept"]
+    assert 0 <= k["kept"][0] and k["kept"][-1] < n_flat
+    assert c.get("/v1/kept/cam/99999").status_code == 404
 
 
 @pytest.mark.parametrize("method, path, body, status, message", [
