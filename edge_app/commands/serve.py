@@ -61,6 +61,7 @@ def serve(
                                                  "in [0, 1)."),
     max_watches: int = typer.Option(100, help="Watches at most; more get 409."),
     start_time: Optional[str] = o.StartTime,
+    retrieval: str = o.Retrieval,
     retain_days: Optional[float] = typer.Option(None, help="Forget captions of clips that ended more than this many "
                                                            "days ago (checked every 10 minutes while ingesting)."),
 ):
@@ -99,7 +100,7 @@ def serve(
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens, top_k=top_k, token_budget=token_budget,
-                                   mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens)
+                                   mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens, retrieval=retrieval)
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
