@@ -24,6 +24,8 @@ def serve(
         [], "--source", "-s",
         help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://... "
              "Each is its own stream."),
+    topic: List[str] = typer.Option([], "--topic", help="Image topic of the robot recordings among the sources "
+                                                        "(ROS bag, MCAP), repeatable: each is a stream."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
     dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
@@ -65,10 +67,10 @@ def serve(
         from rlivs.edge_app.source_specs import parse_sources
         from rlivs.runtime.sources.live import ReconnectConfig, SourceConfig
 
-        specs = parse_sources(source)
+        specs = parse_sources(source, topic)  # a recording: one stream per image topic
         for s in specs:
             path = s.url.removeprefix("file://")
-            if s.kind == "file" and not Path(path).is_file():
+            if s.kind == "file" and not Path(path).is_file() and s.topic is None:
                 if not replay:
                     _fail(f"{path} does not exist: check the path (with --replay a missing file is retried)")
                 console.print(f"[yellow]warning:[/] {path} does not exist (yet); stream {s.name} retries until it does")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 from rlivs.runtime.frames import Clip, iter_clips
 from rlivs.runtime.memory import Memory
 from rlivs.runtime.ingest import StreamIngestor
+from rlivs.runtime.sources.bag import BagSource
 from rlivs.runtime.sources.live import LiveSource
 from rlivs.runtime.sources.spec import SourceSpec
 
@@ -113,6 +114,9 @@ class StreamWorker:
     def _clips(self, ing: StreamIngestor, mem: Memory) -> Iterator[Clip]:
         svc, spec = self.service, self.spec
         cc = svc.engine.config.clip
+        if spec.topic is not None:  # a robot recording: replayed at its recorded speed, or read as fast as it decodes
+            speed = svc.config.source.replay_speed if self.live else None
+            return ing.clips(BagSource(spec.url, spec.topic, cc.fps, replay_speed=speed, stop=self._stop))
         if not self.live:
             return ing.clips_from_file(spec.url.removeprefix("file://"))  # resumes at the next clip's time
         prev = next((s for s in mem.streams() if s["name"] == spec.name), None)

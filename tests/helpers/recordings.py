@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-T0 = 1_700_000_000.25  # unix time of the first frame's header stamp
+T0_NS = 1_700_000_000_250_000_000  # unix time of the first frame's header stamp, ns
+T0 = T0_NS / 1e9
 H, W = 16, 24  # frame size
 
 
@@ -44,7 +45,7 @@ def raw_pixels(v: int, encoding: str) -> tuple[bytes, int]:
 
 
 def _stamp(i: int, rate: float) -> int:
-    return int(round((T0 + i / rate) * 1e9))
+    return T0_NS + round(i * 1e9 / rate)
 
 
 def _ros_msg(ts, ros1: bool, i: int, rate: float, compressed: bool, encoding: str, bad: set[int]):
