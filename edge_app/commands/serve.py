@@ -22,8 +22,8 @@ log = logging.getLogger("rlivs.serve")
 def serve(
     source: List[str] = typer.Option(
         [], "--source", "-s",
-        help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://... "
-             "Each is its own stream."),
+        help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://..., a robot "
+             "recording (ROS bag, MCAP; see --topic). Each is its own stream."),
     topic: List[str] = typer.Option([], "--topic", help="Image topic of the robot recordings among the sources "
                                                         "(ROS bag, MCAP), repeatable: each is a stream."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
@@ -48,6 +48,19 @@ def serve(
     reconnect_max: float = typer.Option(30.0, help="Longest wait between reconnect attempts, seconds."),
     read_timeout: float = typer.Option(10.0, help="A source silent this long is reconnected, seconds."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish every caption and watch match to this MQTT "
+                                                            "broker: mqtt://host:1883 (mqtts:// for TLS)."),
+    mqtt_prefix: str = typer.Option("rlivs", "--mqtt-prefix", help="MQTT topic prefix: PREFIX/status, "
+                                                                   "PREFIX/captions/STREAM, PREFIX/watches/ID."),
+    mqtt_client_id: Optional[str] = typer.Option(None, "--mqtt-client-id", help="MQTT client id [default: "
+                                                                                "rlivs-HOST-PID]."),
+    mqtt_username: Optional[str] = typer.Option(None, "--mqtt-username", help="MQTT username."),
+    mqtt_password: Optional[str] = typer.Option(None, "--mqtt-password", envvar="RLIVS_MQTT_PASSWORD",
+                                                show_default=False, help="MQTT password (env RLIVS_MQTT_PASSWORD)."),
+    mqtt_ca: Optional[Path] = typer.Option(None, "--mqtt-ca", help="PEM CA file for an mqtts:// broker [default: the "
+                                                                   "system's CAs]."),
+    mqtt_buffer: int = typer.Option(1000, "--mqtt-buffer", help="Messages kept while the broker is away (the "
+                                                                "oldest dropped first)."),
 ):
     """Ingest live sources in the background and serve the API and the web page (http://HOST:PORT/)."""
     from rlivs.edge_app.service.app import Server, is_loopback
@@ -79,12 +92,23 @@ def serve(
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens, top_k=top_k, token_budget=token_budget,
                                    mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens)
+        mqtt_cfg = None
+        if mqtt is not None:
+            import socket
+
+            from rlivs.edge_app.service.mqtt import MqttConfig
+
+            public = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()  # where thumbnails are
+            mqtt_cfg = MqttConfig.from_url(mqtt, topic_prefix=mqtt_prefix, client_id=mqtt_client_id,
+                                           username=mqtt_username, password=mqtt_password,
+                                           ca_file=str(mqtt_ca) if mqtt_ca else None, buffer=mqtt_buffer,
+                                           public_url=f"http://{'[' + public + ']' if ':' in public else public}:{port}")
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         with console.status(f"loading model {model} ..."):
             engine = load_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context),
                                  config)
-        service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
+        service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg, mqtt=mqtt_cfg))
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
                         access_log=access_log)
     except UserError as e:

@@ -38,6 +38,7 @@ from rlivs.runtime.sources.spec import SourceSpec
 from . import telemetry
 from .events import EventHub
 from .metrics import Metrics
+from .mqtt import MqttConfig
 from .store import EdgeStore, Match, Watch, edge_db_path
 from .workers import StreamWorker, WebhookSender
 from rlivs.runtime.errors import UserError
@@ -64,6 +65,7 @@ class ServiceConfig:
     webhook_queue: int = 100  # webhook deliveries waiting; when full, new ones are dropped (counted, logged)
     event_keep: int = 256  # recent events kept for SSE clients that reconnect with Last-Event-ID
     event_queue: int = 256  # events buffered per SSE client; a slower client loses its oldest (counted)
+    mqtt: MqttConfig | None = None  # publish captions and watch matches to this MQTT broker (mqtt.py); None: don't
 
     def __post_init__(self):
         if not 16 <= self.thumbnail_width <= 1024:
@@ -93,7 +95,13 @@ def thumbnail_url(stream: str, clip: int) -> str:
 def caption_json(r: ClipRecord, has_thumbnail: bool) -> dict:
     return {"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
             "time": f"{format_time(r.t_start)}-{format_time(r.t_end)}", "caption": r.caption,
-            "committed_at": r.committed_at, "thumbnail": thumbnail_url(r.stream, r.index) if has_thumbnail else None}
+            "committed_at": r.committed_at, "thumbnail": thumbnail_url(r.stream, r.index) if has_thumbnail else None,
+            **wall_times(r)}
+
+
+def wall_times(r: ClipRecord) -> dict:
+    """The clip's clock time (UTC unix seconds; None when its source has no clock)."""
+    return {"wall_start": getattr(r, "wall_start", None), "wall_end": getattr(r, "wall_end", None)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -132,6 +140,12 @@ class EdgeService:
         self.metrics = Metrics()
         telemetry.declare(self.metrics)
         self.webhooks = WebhookSender(self.metrics, self.config.webhook_timeout_s, self.config.webhook_queue)
+        self.mqtt = None  # MQTT out: every caption and watch event, published from the thread that made it
+        if self.config.mqtt is not None:
+            from .mqtt import MqttPublisher
+
+            self.mqtt = MqttPublisher(self.config.mqtt, self.metrics)
+            self.events.add_listener(self.mqtt.on_event)
         self._watch_lock = threading.Lock()
         self._watches: dict[int, _WatchEntry] = {}
         for w in self.store.watches():
@@ -143,6 +157,8 @@ class EdgeService:
     # -- lifetime -----------------------------------------------------------------------------------------------------
 
     def start(self) -> EdgeService:
+        if self.mqtt is not None:
+            self.mqtt.start()
         for w in self.workers:
             w.start()
         return self
@@ -159,6 +175,8 @@ class EdgeService:
         for w in self.workers:
             w.join(max(0.0, deadline - time.monotonic()))
         self.webhooks.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
 
     # -- the path of every committed caption ----------------------------------------------------------------------
 
@@ -202,7 +220,7 @@ class EdgeService:
                 continue  # already matched (or deleted meanwhile)
             out.append(match)
             self.metrics.inc("rlivs_watch_matches_total", watch=str(e.watch.id))
-            payload = self.match_json(match, e.watch)
+            payload = {**self.match_json(match, e.watch), **wall_times(record)}
             self.events.publish("watch", payload)
             if e.watch.webhook:
                 self.webhooks.send(e.watch.webhook, {"event": "watch", **payload})

@@ -3,12 +3,14 @@
 Publishers are plain threads; subscribers are asyncio tasks (one per open `GET /v1/events`). Each subscriber has a
 bounded queue: a client that does not read fast enough loses its oldest events (counted), it never slows ingest.
 The last `keep` events stay in a ring so a reconnecting client (`Last-Event-ID`) gets what it missed.
+Listeners (`add_listener`, e.g. MQTT out) get every event in the publisher's thread; one that raises is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ class Event:
 
 
 _CLOSED = object()  # sentinel that ends a subscriber's stream
+log = logging.getLogger("rlivs.serve")
 
 
 class Subscription:
@@ -66,6 +69,7 @@ class EventHub:
         self._closed = False
         self.dropped = 0  # events a slow subscriber lost
         self.published = 0  # events published
+        self._listeners: list = []  # callables (Event) -> None, called in the publisher's thread
 
     def count_dropped(self) -> None:
         with self._lock:
@@ -80,7 +84,17 @@ class EventHub:
             subs = list(self._subs)
         for s in subs:
             self._send(s, ev)
+        for fn in self._listeners:
+            try:
+                fn(ev)
+            except Exception:  # noqa: BLE001 - a listener's failure must not stop ingest
+                log.exception("event listener %r failed on event %d", fn, ev.id)
         return ev
+
+    def add_listener(self, fn) -> None:
+        """Call `fn(event)` for every event published from now on (in the publisher's thread: keep it quick)."""
+        with self._lock:
+            self._listeners = [*self._listeners, fn]
 
     def _send(self, sub: Subscription, item) -> None:
         try:

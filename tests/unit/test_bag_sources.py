@@ -155,3 +155,20 @@ def test_a_truncated_ros1_bag_and_non_recordings_are_refused(tmp_path):
     fake.write_bytes(b"hello world, not mcap")
     with pytest.raises(UserError, match="not an MCAP file"):
         BagSource(fake)
+
+
+def test_a_paced_replay_keeps_the_recorded_speed_and_stops_at_once(tmp_path):
+    import threading
+    import time
+
+    path, topic = _make("protobuf", tmp_path)  # 12 messages at 4 Hz: 2.75 s recorded
+    t0 = time.monotonic()
+    frames = list(BagSource(path, topic, fps=RATE, replay_speed=5.0))
+    took = time.monotonic() - t0
+    assert len(frames) == N and took >= 2.75 / 5.0  # not before the recorded time allows
+    stop = threading.Event()
+    paced = iter(BagSource(path, topic, fps=RATE, replay_speed=0.1, stop=stop))  # 10x slower than recorded
+    next(paced)
+    stop.set()
+    t0 = time.monotonic()
+    assert list(paced) == [] and time.monotonic() - t0 < 2.0  # the 2.5 s wait for the next frame ends on stop
