@@ -171,3 +171,39 @@ def test_serve_refuses_a_bad_mqtt_url_before_loading_the_model(tmp_path):
     assert r.exit_code == 2 and "must start with one of mqtt://" in " ".join(r.output.split())
     r = run_cli("serve", "--mqtt", "mqtt://broker", "--mqtt-prefix", "/bad", "--model", "no-such-model")
     assert r.exit_code == 2 and "topic prefix '/bad' is not valid" in " ".join(r.output.split())
+
+
+def test_rlivs_serve_with_a_recording_and_mqtt_as_a_user_runs_it(tmp_path, tiny_dir):
+    """`rlivs serve --source run=run.mcap --topic ... --mqtt ...` as a subprocess, stopped with Ctrl-C."""
+    pytest.importorskip("rosbags")
+    import os
+    import signal
+
+    import httpx
+
+    from tests.helpers.recordings import write_ros_bag
+    from tests.helpers.serve_helpers import free_port
+
+    bag = write_ros_bag(tmp_path / "run", "mcap", {"/front/image_raw": {"n": 16, "rate": 4.0}})
+    with MosquittoBroker(tmp_path / "broker") as broker:
+        sub = Subscriber(broker.port, "robot1/#")
+        port = free_port()
+        cmd = [sys.executable, "-m", "rlivs.edge_app.cli", "serve", "--source", f"run={bag}", "--topic",
+               "/front/image_raw", "--db", str(tmp_path / "m.db"), "--port", str(port), "--model", "tiny",
+               "--fps", "2", "--frames-per-clip", "4", "--max-caption-tokens", "6", "--replay-speed", "4",
+               "--mqtt", f"mqtt://127.0.0.1:{broker.port}", "--mqtt-prefix", "robot1"]
+        env = {k: v for k, v in os.environ.items() if k != "RLIVS_TOKEN"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            caps = [json.loads(p) for _, p, _ in sub.wait("robot1/captions/run", 2, timeout=120)]
+            assert [c["clip"] for c in caps] == [0, 1] and [c["t_start"] for c in caps] == [0.0, 2.0]
+            assert caps[0]["thumbnail"] == f"http://127.0.0.1:{port}/v1/thumbnails/run/0.jpg"
+            jpg = httpx.get(caps[0]["thumbnail"], timeout=10)
+            assert jpg.status_code == 200 and jpg.content[:2] == b"\xff\xd8"  # the URL serves the clip's thumbnail
+            assert retained(broker.port, "robot1/status") == b"online"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert retained(broker.port, "robot1/status") == b"offline"
+        sub.close()
