@@ -16,7 +16,7 @@ from rlivs.edge_app.service.events import EventHub  # noqa: E402
 from rlivs.edge_app.service.metrics import Metrics  # noqa: E402
 from rlivs.edge_app.service.mqtt import MqttConfig, MqttPublisher  # noqa: E402
 from rlivs.runtime.errors import UserError  # noqa: E402
-from tests.helpers.mqtt_broker import MosquittoBroker, Subscriber, retained  # noqa: E402
+from tests.helpers.mqtt_broker import MosquittoBroker, Subscriber, retained, self_signed_tls  # noqa: E402
 from tests.helpers.serve_helpers import wait_for  # noqa: E402
 
 
@@ -72,6 +72,33 @@ def test_captions_and_matches_arrive_as_json_with_a_retained_status(tmp_path):
         pub.stop()
         assert retained(broker.port, "rlivs/status") == b"offline"  # said on a clean stop
         sub.close()
+
+
+def test_tls_with_a_password_and_a_wrong_password(tmp_path):
+    ca, cert, key = self_signed_tls(tmp_path / "pki")
+    with MosquittoBroker(tmp_path / "broker", users={"robot1": "s3cret", "reader": "r3ad"},
+                         tls=(ca, cert, key)) as broker:
+        how = {"ca": ca, "auth": ("reader", "r3ad")}
+        sub = Subscriber(broker.port, "rlivs/#", **how)
+        metrics, bad_metrics = Metrics(), Metrics()
+        good = MqttPublisher(MqttConfig.from_url(f"mqtts://robot1:s3cret@127.0.0.1:{broker.port}", ca_file=str(ca),
+                                                 client_id="rlivs-good"), metrics).start()
+        bad = MqttPublisher(MqttConfig.from_url(f"mqtts://127.0.0.1:{broker.port}", username="robot1",
+                                                password="wrong", ca_file=str(ca), client_id="rlivs-bad"),
+                            bad_metrics).start()
+        try:
+            wait_for(lambda: good.connected, 10, "the publisher to connect over TLS with its password")
+            good.publish("rlivs/captions/cam", _caption(0))
+            [(_, body, _)] = sub.wait("rlivs/captions/cam", 1)
+            assert json.loads(body)["caption"] == "caption 0"
+            assert retained(broker.port, "rlivs/status", **how) == b"online"
+            assert not bad.connected and _metric(bad_metrics, "rlivs_mqtt_connects_total") is None  # refused
+            bad.publish("rlivs/captions/cam", _caption(1))  # buffered, never delivered
+            assert _metric(bad_metrics, "rlivs_mqtt_buffered") == 1 and len(sub.on("rlivs/captions/cam")) == 1
+        finally:
+            good.stop()
+            bad.stop()
+            sub.close()
 
 
 def test_buffered_across_a_broker_restart_bounded_and_counted(tmp_path):

@@ -8,6 +8,7 @@ config and persistence folder (so that a subscriber's session survives a broker 
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import signal
@@ -28,9 +29,11 @@ def mosquitto_binary() -> str | None:
 
 
 class MosquittoBroker:
-    """mosquitto on 127.0.0.1:<free port>, anonymous, persistent sessions in `folder`; stop/start/restart at will."""
+    """mosquitto on 127.0.0.1:<free port>, persistent sessions in `folder`; stop/start/restart at will. Anonymous
+    unless `users` ({name: password}, hashed with mosquitto_passwd) is given; TLS with `tls` = (CA, cert, key) PEMs."""
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, users: dict[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None):
         binary = mosquitto_binary()
         if binary is None:
             pytest.skip("the mosquitto binary is absent: apt-get install mosquitto (.ci/run installs it)")
@@ -38,8 +41,22 @@ class MosquittoBroker:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.conf = self.folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {self.folder}/\nlog_dest file {self.folder}/mosquitto.log\n")
+        # started as root, mosquitto would switch to the user "mosquitto", who cannot write the test's folder
+        lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "persistence true",
+                 f"persistence_location {self.folder}/",
+                 f"log_dest file {self.folder}/mosquitto.log"]
+        if users:
+            pw = self.folder / "passwords"
+            pw.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
+            passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"  # Debian's mosquitto has it
+            subprocess.run([passwd, "-U", str(pw)], check=True)  # hash the plain-text file in place
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            lines.append("allow_anonymous true")
+        if tls:
+            ca, cert, key = tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+        self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> MosquittoBroker:
@@ -84,7 +101,8 @@ class Subscriber:
     """A paho client that collects what arrives on `topic` (persistent session, QoS 1: it misses nothing across a
     broker restart). `messages` holds (topic, payload bytes, retained) in arrival order."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "rlivs-test-sub", clean: bool = False):
+    def __init__(self, port: int, topic: str, client_id: str = "rlivs-test-sub", clean: bool = False,
+                 ca: Path | None = None, auth: tuple[str, str] | None = None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool]] = []
@@ -92,6 +110,10 @@ class Subscriber:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
                                   protocol=mqtt.MQTTv311)
         self.client.reconnect_delay_set(0.1, 0.5)
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.subscribed = threading.Event()
 
         def on_connect(client, userdata, flags, reason_code, properties=None):
@@ -125,9 +147,10 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def retained(port: int, topic: str, timeout: float = 5.0) -> bytes | None:
-    """The retained message on `topic` as a brand-new subscriber sees it (None when nothing is retained)."""
-    sub = Subscriber(port, topic, client_id=f"rlivs-test-probe-{time.monotonic_ns()}", clean=True)
+def retained(port: int, topic: str, timeout: float = 5.0, **how) -> bytes | None:
+    """The retained message on `topic` as a brand-new subscriber sees it (None when nothing is retained); `how`:
+    Subscriber's ca and auth."""
+    sub = Subscriber(port, topic, client_id=f"rlivs-test-probe-{time.monotonic_ns()}", clean=True, **how)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -138,3 +161,24 @@ def retained(port: int, topic: str, timeout: float = 5.0) -> bytes | None:
         return None
     finally:
         sub.close()
+
+
+def self_signed_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """(CA, server cert, server key) PEMs for 127.0.0.1, made with the openssl command (skips without it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is absent: apt-get install openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key, cert, key, csr = (folder / n for n in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr"))
+    ext = folder / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args):
+        subprocess.run([openssl, *map(str, args)], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rlivs test CA", "-keyout", ca_key,
+        "-out", ca)
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", csr)
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2", "-out", cert,
+        "-extfile", ext)
+    return ca, cert, key
