@@ -151,7 +151,8 @@ def test_the_last_will_says_offline_when_the_service_dies(tmp_path):
             proc.kill()
 
 
-def test_serve_publishes_every_caption_and_match_of_a_replayed_recording(tmp_path, tiny_dir):
+@pytest.mark.parametrize("replay", [True, False], ids=["replayed", "full-speed"])
+def test_serve_publishes_every_caption_and_match_of_a_recording(replay, tmp_path, tiny_dir):
     pytest.importorskip("rosbags")
     from rlivs.edge_app.service.core import EdgeService, ServiceConfig
     from rlivs.edge_app.source_specs import parse_sources
@@ -164,7 +165,7 @@ def test_serve_publishes_every_caption_and_match_of_a_replayed_recording(tmp_pat
                                                    "/rear/compressed": {"n": 8, "rate": 2.0, "compressed": True}})
     with MosquittoBroker(tmp_path / "broker") as broker:
         sub = Subscriber(broker.port, "robot1/#")
-        cfg = ServiceConfig(source=SourceConfig(fps=FPS, replay_speed=4.0),  # replayed at 4x the recorded speed
+        cfg = ServiceConfig(replay_files=replay, source=SourceConfig(fps=FPS, replay_speed=4.0),  # 4x recorded speed
                             mqtt=MqttConfig("127.0.0.1", broker.port, client_id="rlivs-serve", topic_prefix="robot1"))
         specs = parse_sources([f"run={bag}"], ["/front/image_raw", "/rear/compressed"])
         service = EdgeService(tiny_engine(), tmp_path / "m.db", specs, cfg)
