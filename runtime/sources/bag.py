@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ class ImageTopic:
     topic: str
     msgtype: str  # e.g. sensor_msgs/msg/CompressedImage
     count: int  # messages on the topic
-    rate_hz: float | None  # average message rate over the recording's span (None: fewer than 2 messages)
+    rate_hz: float | None  # messages per second over the topic's own span (None: fewer than 2 messages)
 
     def describe(self) -> str:
         rate = f", {self.rate_hz:.1f} Hz" if self.rate_hz else ""
@@ -217,6 +218,12 @@ class _RosbagsRecording:
     def span_ns(self) -> tuple[int, int]:
         return self.reader.start_time, self.reader.end_time
 
+    def log_times(self, topic: str) -> Iterator[int]:
+        """The log times (ns) of a topic's messages, nothing decoded."""
+        conns = [c for c in self.reader.connections if c.topic == topic]
+        for _, log_ns, _ in self.reader.messages(connections=conns):
+            yield log_ns
+
     def messages(self, topic: str, start_ns: int | None = None) -> Iterator[tuple[int, str, object]]:
         """(log time ns, msgtype, deserialized message or the exception that stopped it) in recording order."""
         conns = [c for c in self.reader.connections if c.topic == topic]
@@ -293,6 +300,14 @@ class _McapRecording:
             pass
         return out
 
+    def log_times(self, topic: str) -> Iterator[int]:
+        """The log times (ns) of a topic's messages, nothing decoded (up to the cut of a truncated file)."""
+        try:
+            for _, _, m in self._stream(topic=topic):
+                yield m.log_time
+        except _Truncated:
+            return
+
     def span_ns(self) -> tuple[int, int]:
         st = self.summary.statistics if self.summary is not None else None
         if st is not None:
@@ -358,15 +373,24 @@ def _open(path: Path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _rate(rec, topic: str) -> float | None:
+    """Messages per second over the topic's own span (its first to its last message); reads the topic once."""
+    first = last = None
+    n = 0
+    for t in rec.log_times(topic):
+        first = t if first is None else min(first, t)
+        last = t if last is None else max(last, t)
+        n += 1
+    return (n - 1) / ((last - first) / 1e9) if n > 1 and last > first else None
+
+
 def _image_topics(rec) -> list[ImageTopic]:
-    start, end = rec.span_ns()
-    span = (end - start) / 1e9
-    return [ImageTopic(t, ty, n, (n - 1) / span if n > 1 and span > 0 else None)
-            for t, (ty, n) in sorted(rec.topics().items()) if ty in IMAGE_TYPES]
+    return [ImageTopic(t, ty, n, _rate(rec, t)) for t, (ty, n) in sorted(rec.topics().items()) if ty in IMAGE_TYPES]
 
 
 def list_image_topics(path: str | Path) -> list[ImageTopic]:
-    """The image topics of a recording with their message counts and average rates, by topic name."""
+    """The image topics of a recording with their message counts and average rates (over each topic's own span,
+    which reads the topics once), by topic name."""
     rec = _open(Path(path))
     try:
         return _image_topics(rec)
@@ -377,11 +401,14 @@ def list_image_topics(path: str | Path) -> list[ImageTopic]:
 def _pick_topic(path: Path, rec, topic: str | None) -> tuple[str, bool]:
     """(the topic to read, whether its messages are compressed); refuses with the image topics listed."""
     topics = rec.topics()
-    images = _image_topics(rec)
+    names = [t for t, (ty, _) in sorted(topics.items()) if ty in IMAGE_TYPES]
+    if topic is None and len(names) == 1:
+        return names[0], IMAGE_TYPES[topics[names[0]][0]]
+    if topic in names and topics[topic][1] > 0:
+        return topic, IMAGE_TYPES[topics[topic][0]]
+    images = _image_topics(rec)  # refused: list the image topics with counts and rates (reads them once)
     listing = "; ".join(t.describe() for t in images)
     if topic is None:
-        if len(images) == 1:
-            return images[0].topic, IMAGE_TYPES[images[0].msgtype]
         if not images:
             others = ", ".join(f"{t} ({ty})" for t, (ty, _) in sorted(topics.items())) or "no topics at all"
             raise UserError(f"{path} holds no image topics (sensor_msgs/Image, sensor_msgs/CompressedImage, "
@@ -394,15 +421,11 @@ def _pick_topic(path: Path, rec, topic: str | None) -> tuple[str, bool]:
     if ty not in IMAGE_TYPES:
         raise UserError(f"topic {topic!r} in {path} carries {ty or 'messages without a schema'}, not images; its "
                         f"image topics are: {listing or 'none'}")
-    if topics[topic][1] == 0:
-        raise UserError(f"topic {topic!r} in {path} holds no messages; its image topics are: {listing}")
-    return topic, IMAGE_TYPES[ty]
+    raise UserError(f"topic {topic!r} in {path} holds no messages; its image topics are: {listing}")
 
 
 def topic_stream_name(topic: str) -> str:
     """A stream name from a topic: /cam_front/image_raw/compressed -> cam_front.image_raw.compressed."""
-    import re
-
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", topic.strip("/").replace("/", ".")).strip("-.")[:64]
     return name or "topic"
 
