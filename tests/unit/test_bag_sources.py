@@ -73,6 +73,32 @@ def test_bgr_is_turned_into_rgb(tmp_path):
     assert np.array_equal(decode_image(_ImageMsg(0, False, "bgr8", 2, 2, 8, False, padded.tobytes())), out)
 
 
+def test_every_raw_encoding_against_a_known_answer():
+    from rlivs.runtime.sources.bag import _ImageMsg, decode_image
+
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [128, 128, 128]]], np.uint8)  # (2, 2, 3)
+    alpha = np.concatenate([rgb, np.full((2, 2, 1), 7, np.uint8)], axis=2)
+    grey = np.array([[10, 200], [90, 255]], np.uint8)
+    cases = {
+        "rgb8": (rgb.tobytes(), 6, False, rgb), "bgr8": (rgb[..., ::-1].tobytes(), 6, False, rgb),
+        "rgba8": (alpha.tobytes(), 8, False, rgb), "bgra8": (alpha[..., [2, 1, 0, 3]].tobytes(), 8, False, rgb),
+        "mono8": (grey.tobytes(), 2, False, np.repeat(grey[..., None], 3, 2)),
+        "mono16": ((grey.astype(np.uint16) << 8).astype("<u2").tobytes(), 4, False, np.repeat(grey[..., None], 3, 2)),
+        "16UC1": ((grey.astype(np.uint16) << 8).astype(">u2").tobytes(), 4, True, np.repeat(grey[..., None], 3, 2)),
+    }
+    for enc, (data, step, big, want) in cases.items():
+        assert np.array_equal(decode_image(_ImageMsg(0, False, enc, 2, 2, step, big, data)), want), enc
+    # YUV 4:2:2 of a flat grey (Y = 126 limited range, U = V = 128) is grey in both byte orders
+    uyvy = np.tile(np.array([128, 126], np.uint8), 4).tobytes()
+    yuyv = np.tile(np.array([126, 128], np.uint8), 4).tobytes()
+    for enc, data in (("yuv422", uyvy), ("uyvy", uyvy), ("yuv422_yuy2", yuyv), ("yuyv", yuyv)):
+        out = decode_image(_ImageMsg(0, False, enc, 2, 2, 4, False, data))
+        assert out.shape == (2, 2, 3) and np.abs(out.astype(int) - 128).max() <= 2, enc
+    for enc, data, message in (("32FC1", b"\0" * 16, "not supported"), ("rgb8", b"\0" * 5, "needs 12 bytes")):
+        with pytest.raises(ValueError, match=message):
+            decode_image(_ImageMsg(0, False, enc, 2, 2, 0, False, data))
+
+
 def test_resuming_gives_the_frames_of_a_straight_read(tmp_path):
     path, topic = _make("mcap", tmp_path)
     src = BagSource(path, topic, fps=2.0)
@@ -101,10 +127,11 @@ def test_topics_are_listed_with_counts_and_rates(tmp_path):
     assert is_recording(path) and is_recording(path.with_suffix(".mcap")) and not is_recording(tmp_path / "a.mp4")
 
 
-def test_a_rosbag2_folder_and_the_only_image_topic(tmp_path):
-    path, _ = _make("db3", tmp_path)
-    src = open_source(path.parent, fps=1.0)  # the folder with metadata.yaml; its only image topic is picked
-    assert src.topic == "/cam/image" and len(list(src)) == 3
+@pytest.mark.parametrize("kind", ["db3", "mcap"])
+def test_a_rosbag2_folder_and_the_only_image_topic(kind, tmp_path):
+    path, _ = _make(kind, tmp_path)
+    src = open_source(path.parent, fps=1.0)  # the folder with metadata.yaml (rosbags); its only image topic
+    assert src.topic == "/cam/image" and [f.t for f in src] == pytest.approx([0.0, 1.0, 2.0], abs=1e-6)
     with pytest.raises(UserError, match="--topic /cam/image given, but .* is not a robot recording"):
         open_source(tmp_path / "clip.npy", fps=1.0, topic="/cam/image")
 
