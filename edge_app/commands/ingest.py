@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -61,14 +61,14 @@ def _already_ingested(db: Path, stream: str, video: Path, total: int | None, con
     return row["n_clips"] if row["n_clips"] >= total else None
 
 
-def _say_clock(source) -> None:
+def _say_clock(source, video: Path) -> None:
     from rlivs.runtime.answer import format_wall
 
-    if source.clock_origin is None:
-        console.print(f"[dim]no clock time for {source.path.name} (no creation-time tag): captions carry stream time "
+    if getattr(source, "clock_origin", None) is None:
+        console.print(f"[dim]no clock time for {video.name} (no creation-time tag): captions carry stream time "
                       f"only; pass --start-time 2026-12-01T15:00 to give them wall-clock times[/]")
     else:
-        console.print(f"[dim]clock: {format_wall(source.clock_origin)} local at 0 s ({source.clock_kind})[/]")
+        console.print(f"[dim]clock: {format_wall(source.clock_origin)} local at 0 s ({getattr(source, 'clock_kind', None) or 'recording'})[/]")
 
 
 def _say_complete(db: Path, stream: str, video: Path, n: int) -> None:
@@ -77,9 +77,14 @@ def _say_complete(db: Path, stream: str, video: Path, n: int) -> None:
 
 
 def ingest(
-    video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes)."),
+    video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes), or a robot recording: "
+                                           "a ROS 1 .bag, a ROS 2 .db3/.mcap or rosbag2 folder, a plain .mcap."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
-    stream: str = typer.Option("default", "--stream", help="Stream name inside the memory."),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Stream name inside the memory [default: default; "
+                                                                 "for a recording, the file's name]."),
+    topic: List[str] = typer.Option([], "--topic", help="Image topic of a recording, repeatable: each is a stream "
+                                                        "(STREAM.TOPIC). Left out: the only image topic, or a list "
+                                                        "of them to pick from."),
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
     dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
     max_context: Optional[int] = o.MaxContext,
@@ -98,11 +103,13 @@ def ingest(
     """
     if not video.exists():
         _fail(f"{video} does not exist: check the path")
-    if video.is_dir():
+    from rlivs.runtime.sources.bag import is_recording
+
+    if video.is_dir() and not is_recording(video):
         _fail(f"{video} is a directory: pass a video file (rlivs serve --source takes a folder of images)")
     if max_clips is not None and max_clips < 1:
         _fail(f"--max-clips must be >= 1, got {max_clips}; leave it out to ingest the whole video")
-    ing = None
+    ing, done = None, []
     try:
         # everything that can be refused without the model is checked first: flags, the video, the memory's stream
         config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
@@ -111,36 +118,60 @@ def ingest(
                                    max_caption_tokens=max_caption_tokens)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         origin = o.start_clock(start_time)
+        from rlivs.edge_app.source_specs import with_topics
         from rlivs.runtime.ingest import StreamIngestor
+        from rlivs.runtime.sources import open_source
         from rlivs.runtime.sources.file import VideoFileSource
+        from rlivs.runtime.sources.spec import SourceSpec
 
-        source = VideoFileSource(video, fps=config.clip.fps)  # not a video: refused before the model loads
-        if origin is not None:
-            source.clock_origin, source.clock_kind = origin, "--start-time"
-        _say_clock(source)
-        total = math.ceil(source.duration / config.clip.clip_seconds) if source.duration else None
-        done = _already_ingested(db, stream, video, total, config)
-        if done is not None:
-            _say_complete(db, stream, video, done)
+        # a recording: one stream per image topic, checked before the model loads
+        from rlivs.runtime.sources.bag import is_recording
+        from rlivs.runtime.sources.spec import derive_name
+
+        stream = stream or (derive_name(str(video)) if is_recording(video) else "default")
+        specs = with_topics([SourceSpec(stream, str(video), "file")], topic)
+        # not a video, unreadable: refused before the model loads and before the memory is touched
+        sources = [(s, open_source(video, fps=config.clip.fps, topic=s.topic) if s.topic else
+                    VideoFileSource(video, fps=config.clip.fps)) for s in specs]
+        todo = []
+        for spec, source in sources:
+            if origin is not None:
+                source.clock_origin, source.clock_kind = origin, "--start-time"
+            _say_clock(source, video)
+            total = math.ceil(source.duration / config.clip.clip_seconds) if source.duration else None
+            complete = _already_ingested(db, spec.name, video, total, config)
+            if complete is not None:
+                _say_complete(db, spec.name, video, complete)
+            else:
+                todo.append((spec, source))
+        if not todo:
             return
         engine = _engine(ec, config)
         with _open_memory(db, engine) as memory:
-            ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
-            clips = ing.clips(source)  # the same opened file, read from where the stream left off
-            results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
-        if not results and ing.next_index:
-            _say_complete(db, stream, video, ing.next_index)
+            for spec, source in todo:
+                stream = spec.name
+                if spec.topic:
+                    console.print(f"stream {stream}: topic {spec.topic} of {video}")
+                ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
+                clips = ing.clips(source)  # the same opened file, read from where the stream left off
+                results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
+                done.append(ing)
+                if not results and ing.next_index:
+                    _say_complete(db, stream, video, ing.next_index)
     except UserError as e:
         where = ""
         if ing is not None:  # stopped mid-stream: say what is safe (every clip before next_index is committed)
             where = (f" (stream {stream!r} in {db} holds clips 0..{ing.next_index - 1}, all committed; a new run "
                      f"resumes at clip {ing.next_index})" if ing.next_index else f" (stream {stream!r} holds no clips yet)")
         _fail(str(e) + where)
-    skipped = ing.source.decode_errors if ing is not None and ing.source is not None else 0
-    if skipped:
-        console.print(f"[bold yellow]damaged input:[/] {video}: {skipped} packets could not be decoded and their "
-                      f"frames were skipped (first after {ing.source.decode_error_times[0]:.1f} s); every clip was "
-                      f"stored from the frames that could be decoded. Check the file with ffprobe; exit status 3")
+    damaged = [i for i in done if i.source is not None and i.source.decode_errors]
+    for ing in damaged:
+        topic = getattr(ing.source, "topic", None)  # a recording's messages, or a video's packets
+        what, check = (f"messages of {topic}", "its encoding") if topic else ("packets", "the file with ffprobe")
+        console.print(f"[bold yellow]damaged input:[/] {video}: {ing.source.decode_errors} {what} could not be decoded "
+                      f"and their frames were skipped (first after {ing.source.decode_error_times[0]:.1f} s); every "
+                      f"clip was stored from the frames that could be decoded. Check {check}; exit status 3")
+    if damaged:
         raise typer.Exit(3)
 
 
@@ -322,7 +353,7 @@ def demo(
         make_sample_video(video, seconds=seconds)
         console.print(f"sample video: {video} ({seconds:.0f} s, moving shapes)")
     db = workdir / "memory.db"
-    ingest(video=video, db=db, stream="default", model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
+    ingest(video=video, db=db, stream="default", topic=[], model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
            kv_cache="auto", max_context=None,
            threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
            fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,

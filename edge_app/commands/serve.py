@@ -22,8 +22,10 @@ log = logging.getLogger("rlivs.serve")
 def serve(
     source: List[str] = typer.Option(
         [], "--source", "-s",
-        help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://... "
-             "Each is its own stream."),
+        help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://..., a robot "
+             "recording (ROS bag, MCAP; see --topic). Each is its own stream."),
+    topic: List[str] = typer.Option([], "--topic", help="Image topic of the robot recordings among the sources "
+                                                        "(ROS bag, MCAP), repeatable: each is a stream."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
     dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
@@ -64,6 +66,19 @@ def serve(
     retrieval: str = o.Retrieval,
     retain_days: Optional[float] = typer.Option(None, help="Forget captions of clips that ended more than this many "
                                                            "days ago (checked every 10 minutes while ingesting)."),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish every caption and watch match to this MQTT "
+                                                            "broker: mqtt://host:1883 (mqtts:// for TLS)."),
+    mqtt_prefix: str = typer.Option("rlivs", "--mqtt-prefix", help="MQTT topic prefix: PREFIX/status, "
+                                                                   "PREFIX/captions/STREAM, PREFIX/watches/ID."),
+    mqtt_client_id: Optional[str] = typer.Option(None, "--mqtt-client-id", help="MQTT client id [default: "
+                                                                                "rlivs-HOST-PID]."),
+    mqtt_username: Optional[str] = typer.Option(None, "--mqtt-username", help="MQTT username."),
+    mqtt_password: Optional[str] = typer.Option(None, "--mqtt-password", envvar="RLIVS_MQTT_PASSWORD",
+                                                show_default=False, help="MQTT password (env RLIVS_MQTT_PASSWORD)."),
+    mqtt_ca: Optional[Path] = typer.Option(None, "--mqtt-ca", help="PEM CA file for an mqtts:// broker [default: the "
+                                                                   "system's CAs]."),
+    mqtt_buffer: int = typer.Option(1000, "--mqtt-buffer", help="Messages kept while the broker is away (the "
+                                                                "oldest dropped first)."),
 ):
     """Ingest live sources in the background and serve the API and the web page (http://HOST:PORT/)."""
     from rlivs.edge_app.service.app import Limits, Server, is_loopback
@@ -87,12 +102,12 @@ def serve(
         from rlivs.edge_app.source_specs import parse_sources
         from rlivs.runtime.sources.live import ReconnectConfig, SourceConfig
 
-        specs = parse_sources(source)
+        specs = parse_sources(source, topic)  # a recording: one stream per image topic
         for s in specs:
             path = s.url.removeprefix("file://")
-            if s.kind == "file" and Path(path).is_dir():
+            if s.kind == "file" and Path(path).is_dir() and s.topic is None:
                 _fail(f"{path} is a directory: give a video file in it, e.g. --source {Path(path) / 'cam.mp4'}")
-            if s.kind == "file" and not Path(path).is_file():
+            if s.kind == "file" and not Path(path).is_file() and s.topic is None:
                 if not replay:
                     _fail(f"{path} does not exist: check the path (with --replay a missing file is retried)")
                 console.print(f"[yellow]warning:[/] {path} does not exist (yet); stream {s.name} retries until it does")
@@ -101,12 +116,23 @@ def serve(
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens, top_k=top_k, token_budget=token_budget,
                                    mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens, retrieval=retrieval)
+        mqtt_cfg = None
+        if mqtt is not None:
+            import socket
+
+            from rlivs.edge_app.service.mqtt import MqttConfig
+
+            public = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()  # where thumbnails are
+            mqtt_cfg = MqttConfig.from_url(mqtt, topic_prefix=mqtt_prefix, client_id=mqtt_client_id,
+                                           username=mqtt_username, password=mqtt_password,
+                                           ca_file=str(mqtt_ca) if mqtt_ca else None, buffer=mqtt_buffer,
+                                           public_url=f"http://{'[' + public + ']' if ':' in public else public}:{port}")
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
                                 max_subscribers=max_subscribers, question_queue=question_queue,
                                 ingest_share=ingest_share, max_watches=max_watches,
-                                start_time=o.start_clock(start_time), retain_days=retain_days)
+                                start_time=o.start_clock(start_time), retain_days=retain_days, mqtt=mqtt_cfg)
         limits = Limits(max_connections=max_connections, header_timeout_s=header_timeout)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         with console.status(f"loading model {ec.source} ..."):

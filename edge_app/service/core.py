@@ -41,7 +41,7 @@ from PIL import Image
 
 from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from rlivs.runtime.memory import ClipRecord, Memory
-from rlivs.runtime.answer import answer, answer_json, clip_json, clip_label, format_time
+from rlivs.runtime.answer import answer, answer_json, clip_json, clip_label, format_time, wall_iso
 from rlivs.runtime.engine import Engine
 from rlivs.runtime.ingest import ClipResult
 from rlivs.runtime.retrieval import similarity
@@ -51,6 +51,7 @@ from rlivs.runtime.sources.spec import SourceSpec
 from . import telemetry
 from .events import EventHub
 from .metrics import Metrics
+from .mqtt import MqttConfig
 from .store import Delivery, EdgeStore, Match, NewMatch, Watch, edge_db_path
 from .webhooks import SenderConfig, WebhookPolicy, WebhookSender, parse_networks
 from .workers import StreamWorker
@@ -104,6 +105,7 @@ class ServiceConfig:
     start_time: float | None = None  # UTC unix seconds of a file source's first frame (--start-time)
     retain_days: float | None = None  # captions whose clip ended longer ago are forgotten (--retain-days)
     retain_every_s: float = 600.0  # how often retention runs while ingesting
+    mqtt: MqttConfig | None = None  # publish captions and watch matches to this MQTT broker (mqtt.py); None: don't
 
     def __post_init__(self):
         if not 16 <= self.thumbnail_width <= 1024:
@@ -241,6 +243,12 @@ class EdgeService:
         self.webhooks = WebhookSender(self.store, self.metrics,
                                       SenderConfig(deadline_s=c.webhook_timeout_s, senders=c.webhook_senders,
                                                    policy=c.webhook_policy), self._delivery_payload)
+        self.mqtt = None  # MQTT out: every caption and watch event, published from the thread that made it
+        if self.config.mqtt is not None:
+            from .mqtt import MqttPublisher
+
+            self.mqtt = MqttPublisher(self.config.mqtt, self.metrics)
+            self.events.add_listener(self.mqtt.on_event)
         self._watch_lock = threading.Lock()  # guards _watches
         self._match_lock = threading.Lock()  # one clip matched at a time; guards _marks
         self._watches: dict[int, _WatchEntry] = {}
@@ -266,6 +274,8 @@ class EdgeService:
         """Match what was committed but not matched (a crash, a failed write), then start ingest and webhooks."""
         self.catch_up()
         self.webhooks.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
         for w in self.workers:
             w.start()
         return self
@@ -282,6 +292,8 @@ class EdgeService:
         for w in self.workers:
             w.join(max(0.0, deadline - time.monotonic()))
         self.webhooks.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
 
     # -- the path of every committed caption ----------------------------------------------------------------------
 
@@ -379,7 +391,8 @@ class EdgeService:
         for match in stored:
             w = by_id[match.watch_id].watch
             self.metrics.inc("rlivs_watch_matches_total", watch=str(w.id))
-            self.events.publish("watch", self.match_json(match, w))
+            self.events.publish("watch", {**self.match_json(match, w), "wall_start": wall_iso(record.wall_start),
+                                          "wall_end": wall_iso(record.wall_end)})
             hooks = hooks or bool(w.webhook)
         if hooks:
             dropped = self.store.drop_deliveries_over(self.config.webhook_queue)

@@ -6,12 +6,14 @@ The last `keep` events of each kind stay in a ring of their own (so a burst of w
 and a reconnecting client (`Last-Event-ID`) gets what it missed; when some of what it missed was evicted, it gets a
 `gap` event first, naming the kinds and the oldest event id still kept. At most `max_subscribers` streams are open at
 once (`subscribe` raises `TooManySubscribers` beyond).
+Listeners (`add_listener`, e.g. MQTT out) get every event in the publisher's thread; one that raises is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ class Event:
 
 
 _CLOSED = object()  # sentinel that ends a subscriber's stream
+log = logging.getLogger("rlivs.serve")
 
 
 class TooManySubscribers(RuntimeError):
@@ -77,6 +80,7 @@ class EventHub:
         self._closed = False
         self.dropped = 0  # events a slow subscriber lost
         self.published = 0  # events published
+        self._listeners: list = []  # callables (Event) -> None, called in the publisher's thread
 
     def count_dropped(self) -> None:
         with self._lock:
@@ -94,7 +98,17 @@ class EventHub:
             subs = list(self._subs)
         for s in subs:
             self._send(s, ev)
+        for fn in self._listeners:
+            try:
+                fn(ev)
+            except Exception:  # noqa: BLE001 - a listener's failure must not stop ingest
+                log.exception("event listener %r failed on event %d", fn, ev.id)
         return ev
+
+    def add_listener(self, fn) -> None:
+        """Call `fn(event)` for every event published from now on (in the publisher's thread: keep it quick)."""
+        with self._lock:
+            self._listeners = [*self._listeners, fn]
 
     def _send(self, sub: Subscription, item) -> None:
         try:

@@ -18,6 +18,7 @@ from rlivs.runtime.frames import Clip, iter_clips
 from rlivs.runtime.memory import Memory
 from rlivs.runtime.ingest import StreamIngestor
 from rlivs.runtime.sources.file import VideoFileSource
+from rlivs.runtime.sources.bag import BagSource
 from rlivs.runtime.sources.live import LiveSource
 from rlivs.runtime.sources.spec import SourceSpec
 
@@ -64,6 +65,9 @@ class StreamWorker:
     def _clips(self, ing: StreamIngestor, mem: Memory) -> Iterator[Clip]:
         svc, spec = self.service, self.spec
         cc = svc.engine.config.clip
+        if spec.topic is not None:  # a robot recording: replayed at its recorded speed, or read as fast as it decodes
+            speed = svc.config.source.replay_speed if self.live else None
+            return ing.clips(BagSource(spec.url, spec.topic, cc.fps, replay_speed=speed, stop=self._stop))
         origin = svc.config.start_time if spec.kind == "file" else None  # --start-time: a file's first frame
         if not self.live:
             source = VideoFileSource(spec.url.removeprefix("file://"), fps=cc.fps)
