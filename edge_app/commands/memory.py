@@ -97,7 +97,11 @@ def _export_mcap(db: Path, out_path: Path, stream: Optional[str]) -> int:
         raise UserError(f"MCAP export needs the robotics extra ({e}): pip install 'rlivs[robotics]'") from None
     if str(out_path) == "-":
         raise UserError("MCAP is binary: pass a file name, e.g. captions.mcap")
-    return write_mcap(db, out_path, streams=None if stream is None else [stream])
+    report = write_mcap(db, out_path, streams=None if stream is None else [stream], thumbnails=True)
+    if report.guessed_times:
+        console.print(f"[dim]{report.guessed_times} clips had no clock time: placed at their stream's creation time "
+                      f"plus stream time[/]")
+    return report.clips
 
 
 @memory_app.command("import")

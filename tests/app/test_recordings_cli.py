@@ -3,6 +3,7 @@ topic, clips timed by the header stamps), the topic listing when no topic is giv
 recording (replayed at its recorded speed, or as fast as it decodes) into a memory that answers over HTTP."""
 
 import json
+from datetime import datetime
 
 import pytest
 
@@ -35,10 +36,14 @@ def test_ingest_a_ros2_mcap_two_topics_two_streams(two_cameras, tmp_path, tiny_d
     assert sorted(by) == ["run.front.image_raw", "run.rear.compressed"]
     assert [x["t_start"] for x in by["run.front.image_raw"]] == pytest.approx([0.0, 2.0, 4.0], abs=1e-6)
     assert [x["t_start"] for x in by["run.rear.compressed"]] == pytest.approx([0.0, 2.0, 4.0], abs=1e-6)
+    # the robot's clock: wall-clock times from the header stamps (stream time 0 = the first message's stamp)
+    for x in rows:
+        since = datetime.fromisoformat(x["wall_start"]) - datetime.fromisoformat(rows[0]["wall_start"])
+        assert since.total_seconds() == pytest.approx(x["t_start"] - rows[0]["t_start"], abs=1e-3)
     # resumable like a video: a second run has nothing left to add
     r = run_cli("ingest", two_cameras, "--db", db, *INGEST, "--topic", "/front/image_raw", "--topic",
                 "/rear/compressed")
-    assert r.exit_code == 0 and "0 clips" in r.output, r.output
+    assert r.exit_code == 0 and r.output.count("already ingested up to clip 2") == 2, r.output
 
 
 def test_ingest_without_a_topic_lists_them_and_a_bad_topic_is_named(two_cameras, tmp_path, sample_video):

@@ -121,6 +121,13 @@ def test_cli_ask_window_forget_export_import(memory_db, tmp_path):
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == 90 and rows[5]["caption"] == caption(5)
+    r = run_cli("memory", "export", str(tmp_path / "out.mcap"), "--db", str(db), "--format", "mcap")
+    assert r.exit_code == 0 and "90 clips written" in r.output, r.output
+    from mcap.reader import make_reader
+
+    with open(tmp_path / "out.mcap", "rb") as f:  # read back: one log message per clip, at the clip's clock time
+        logs = [m for _, ch, m in make_reader(f).iter_messages() if ch.topic == "/rlivs/home/captions"]
+    assert len(logs) == 90 and min(m.log_time for m in logs) == int(DAY0.timestamp() * 1e9)
     r = run_cli("forget", "--db", str(db), "--before", "2026-12-01T00:00+01:00", "--yes")
     assert r.exit_code == 0 and "forgot 48 clips" in r.output, r.output
     with Memory(db, readonly=True) as m:

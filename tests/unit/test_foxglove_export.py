@@ -11,7 +11,7 @@ from mcap.reader import make_reader  # noqa: E402
 from mcap_protobuf.decoder import DecoderFactory  # noqa: E402
 
 from rlivs.edge_app.foxglove import write_mcap  # noqa: E402
-from rlivs.edge_app.service.store import EdgeStore, edge_db_path  # noqa: E402
+from rlivs.edge_app.service.store import EdgeStore, NewMatch, edge_db_path  # noqa: E402
 from rlivs.runtime.errors import UserError  # noqa: E402
 from rlivs.runtime.memory import ClipRecord, Memory  # noqa: E402
 from tests.helpers.recordings import jpeg  # noqa: E402
@@ -30,7 +30,7 @@ def memory(tmp_path):
         created = {s["name"]: s["created_at"] for s in m.streams()}
     store = EdgeStore(edge_db_path(db))
     w = store.add_watch("a person", 0.4, None, None)
-    store.add_match(w.id, "front", 2, 16.0, 24.0, CAPTIONS["front"][2], 0.71)
+    store.record_clip("front", 2, 16.0, 24.0, CAPTIONS["front"][2], [NewMatch(w.id, 0.71, None)], keep_matches=10)
     store.put_thumbnail("front", 1, jpeg(120, (9, 16)), 16, 9)
     store.close()
     return db, created, w.id
