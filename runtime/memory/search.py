@@ -210,22 +210,32 @@ def fts_query(conn: sqlite3.Connection, text: str, n_clips: int) -> str | None:
     return " OR ".join(kept) if kept else None
 
 
+def filter_sql(col: str = "", streams: list[str] | None = None, wall_from: float | None = None,
+               wall_to: float | None = None, stream_until: float | None = None) -> tuple[list[str], list]:
+    """SQL conditions (and their arguments) for the filters every query shares; `col` prefixes the column names
+    (e.g. "c."). A clip overlaps the half-open window [wall_from, wall_to) when it starts before its end and ends
+    after its start (or starts at it)."""
+    where, args = [], []
+    if stream_until is not None:
+        where.append(f"{col}t_end <= ?")
+        args.append(float(stream_until))
+    if streams is not None:
+        where.append(f"{col}stream IN ({', '.join('?' * len(streams))})")
+        args += list(streams)
+    if wall_to is not None:
+        where.append(f"{col}wall_start < ?")
+        args.append(float(wall_to))
+    if wall_from is not None:
+        where.append(f"({col}wall_end > ? OR {col}wall_start >= ?)")
+        args += [float(wall_from), float(wall_from)]
+    return where, args
+
+
 def lexical(conn: sqlite3.Connection, query: str, streams: list[str] | None, wall_from: float | None,
             wall_to: float | None, limit: int, stream_until: float | None = None) -> list[int]:
     """Clip ids matching the FTS5 query inside the filters, best BM25 first."""
-    where, args = ["clips_fts MATCH ?"], [query]
-    if stream_until is not None:
-        where.append("c.t_end <= ?")
-        args.append(stream_until)
-    if streams is not None:
-        where.append(f"c.stream IN ({', '.join('?' * len(streams))})")
-        args += streams
-    if wall_to is not None:
-        where.append("c.wall_start < ?")
-        args.append(wall_to)
-    if wall_from is not None:
-        where.append("(c.wall_end > ? OR c.wall_start >= ?)")
-        args += [wall_from, wall_from]
+    where, args = filter_sql("c.", streams, wall_from, wall_to, stream_until)
+    where, args = ["clips_fts MATCH ?", *where], [query, *args]
     sql = (f"SELECT c.id FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)} "
            f"ORDER BY bm25(clips_fts) LIMIT ?")
     return [r[0] for r in conn.execute(sql, (*args, limit))]
@@ -324,19 +334,8 @@ def keyword_matches(conn: sqlite3.Connection, text: str, streams: list[str] | No
     terms = informative_terms(text)
     if not terms:
         return 0, None, None
-    where, args = ["clips_fts MATCH ?"], [" AND ".join(f'"{w}"' for w in terms)]
-    if streams is not None:
-        where.append(f"c.stream IN ({', '.join('?' * len(streams))})")
-        args += streams
-    if wall_to is not None:
-        where.append("c.wall_start < ?")
-        args.append(wall_to)
-    if wall_from is not None:
-        where.append("(c.wall_end > ? OR c.wall_start >= ?)")
-        args += [wall_from, wall_from]
-    if stream_until is not None:
-        where.append("c.t_end <= ?")
-        args.append(stream_until)
+    where, args = filter_sql("c.", streams, wall_from, wall_to, stream_until)
+    where, args = ["clips_fts MATCH ?", *where], [" AND ".join(f'"{w}"' for w in terms), *args]
     base = f"FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)}"
     n = conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
     if not n:

@@ -44,7 +44,8 @@ from rlivs.runtime.errors import UserError
 from . import schema
 from .records import (SQLITE_HEADER, ClipRecord, StreamState, from_blob, normalize_fingerprint, storage_problem,
                       to_blob)
-from .search import SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, fetch, keyword_matches, search, signature
+from .search import (SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, fetch, filter_sql, keyword_matches, search,
+                     signature)
 
 log = logging.getLogger("rlivs.memory")
 _V1_TABLES = ("meta", "streams", "clips", "fifo")
@@ -497,12 +498,8 @@ class Memory:
             args += [float(t_from), float(t_from)]
         if wall_from is not None and wall_to is not None and wall_from > wall_to:
             raise UserError(f"wall-clock window [{wall_from}, {wall_to}] is empty: pass a start before the end")
-        if wall_to is not None:
-            where.append("wall_start < ?")
-            args.append(float(wall_to))
-        if wall_from is not None:
-            where.append("(wall_end > ? OR wall_start >= ?)")
-            args += [float(wall_from), float(wall_from)]
+        more, more_args = filter_sql("", None, wall_from, wall_to)
+        where, args = where + more, args + more_args
         if limit is not None and limit < 0:
             raise UserError(f"limit must be >= 0 or None, got {limit}")
         if offset < 0:
