@@ -57,6 +57,8 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v",
                                          help="Print the rlivs version and exit.")):
     if debug:
         os.environ["RLIVS_DEBUG"] = "1"
+    if not verbose:  # the Hugging Face libraries' own progress bars (read when they are imported, after this)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # warnings go through logging: hidden below, shown with -v

@@ -7,6 +7,8 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /metrics                   Prometheus text format
     GET    /v1/streams                every stream: clips, state, source statistics
     POST   /v1/ask                    {"question", "stream"?} -> answer, the captions used (stream, times), latency
+    POST   /v1/ask/stream             the same, as server-sent events: `token` {"text"} as the answer is generated,
+                                      then `answer` (the /v1/ask JSON) or `error` {"status", "detail"}
     GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
     GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
     GET    /v1/events                 server-sent events: `caption` and `watch`
@@ -223,6 +225,10 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     def ask(body: AskRequest):
         return service.ask(body.question, body.stream)
 
+    @app.post("/v1/ask/stream")
+    async def ask_stream(body: AskRequest):
+        return await _streamed_answer(service, body.question, body.stream)
+
     @app.get("/v1/captions")
     def captions(stream: Optional[str] = Query(None, min_length=1, max_length=MAX_NAME),
                  t_from: Optional[float] = Query(None, alias="from", ge=0, allow_inf_nan=False,
@@ -290,6 +296,43 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
 
     app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes)
     return app
+
+
+def _sse(event: str, data: dict) -> str:
+    import json
+
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def _streamed_answer(service: EdgeService, question: str, stream: str | None):
+    """POST /v1/ask/stream: `service.ask` in a worker thread, its tokens relayed as `token` events as they come. A
+    question refused before the first token (unknown stream, nothing ingested, bad question) is a plain JSON 4xx, as
+    from /v1/ask; a failure after it ends the stream with an `error` event."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    job = loop.run_in_executor(None, lambda: service.ask(question, stream, on_token=lambda text: loop.call_soon_threadsafe(
+        queue.put_nowait, text)))
+    job.add_done_callback(lambda _: queue.put_nowait(None))  # runs on the loop, after every token already queued
+    first = await queue.get()
+    if first is None:
+        job.result()  # a refusal raises here: the exception handlers answer 4xx (or 500)
+
+    async def events():
+        item = first
+        while item is not None:
+            yield _sse("token", {"text": item})
+            item = await queue.get()
+        try:
+            yield _sse("answer", job.result())
+        except (NotFound, NotReady, UserError) as e:
+            yield _sse("error", {"status": 404 if isinstance(e, NotFound) else 409 if isinstance(e, NotReady) else 400,
+                                 "detail": str(e.args[0]) if e.args else str(e)})
+        except Exception as e:  # noqa: BLE001 - reported in the stream, logged with its traceback
+            log.exception("streamed question failed")
+            yield _sse("error", {"status": 500, "detail": f"internal error: {type(e).__name__}: {e}"})
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -277,7 +277,9 @@ class EdgeService:
     def _read(self) -> Memory:
         return Memory(self.db, readonly=True)
 
-    def ask(self, question: str, stream: str | None = None) -> dict:
+    def ask(self, question: str, stream: str | None = None, on_token=None) -> dict:
+        """The answer JSON of POST /v1/ask. `on_token(text)` receives the answer as it is generated (POST
+        /v1/ask/stream)."""
         t0 = time.perf_counter()
         try:
             with self._read() as mem:
@@ -289,7 +291,7 @@ class EdgeService:
                                    f"{self.engine.config.clip.clip_seconds:g} s of video; wait for a caption "
                                    f"event on GET /v1/events and ask again")
                 with self.question_backend.reserve():  # ingest waits at its next step boundary until we are done
-                    a = answer(self.question_engine, mem, question, stream=stream)
+                    a = answer(self.question_engine, mem, question, stream=stream, on_token=on_token)
         except (NotFound, NotReady, UserError):
             self.metrics.inc("rlivs_questions_total", outcome="rejected")
             raise

@@ -138,7 +138,8 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
     """Four streams in a 1280x800 window: no horizontal scroll, every camera card on screen with its latest frame and
     several captions; a finished file is shown as finished (not live, nothing "behind"), in /v1/streams too; the
     watches say "loading" (never "no watches") until they arrive; a click on a frame opens the clip enlarged; a
-    question shows its progress while it waits, and the answer stays compact with the watches still on screen."""
+    question shows its progress while it waits, its answer appears piece by piece as it is generated, and stays
+    compact with the watches still on screen."""
     import numpy as np
 
     video = make_sample_video(tmp_path / "cam.mp4", seconds=8.0)
@@ -203,8 +204,19 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
         page.keyboard.press("Escape")
         page.wait_for_selector("#overlay", state="hidden", timeout=5_000)
 
-        # a question: progress while it waits, then a compact answer; the watches stay on screen
-        page.route("**/v1/ask", lambda route: held.setdefault("ask", route))
+        # a question: progress while it waits, the answer as it is generated (each decoder step slowed to 0.15 s
+        # so that the pieces arrive visibly apart), then a compact answer; the watches stay on screen
+        real_step = service.question_backend.step
+
+        def slow_step(*a, **kw):
+            time.sleep(0.15)
+            return real_step(*a, **kw)
+
+        service.question_backend.step = slow_step
+        page.evaluate("""() => { window.lens = []; const t = document.getElementById('answer-text');
+            new MutationObserver(() => window.lens.push(t.textContent.length))
+              .observe(t, {childList: true, characterData: true, subtree: true}); }""")
+        page.route("**/v1/ask/stream", lambda route: held.setdefault("ask", route))
         page.fill("#ask-input", "What was left at the door?")
         page.click("#ask-button")
         _until_held(page, held, "ask")
@@ -214,8 +226,11 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
         page.wait_for_function("t => document.getElementById('ask-progress').textContent !== t", arg=first,
                                timeout=5_000)  # the seconds count up
         held.pop("ask").continue_()
-        page.wait_for_selector("#answer-text", state="visible", timeout=30_000)
+        page.wait_for_selector("#answer-used summary", state="visible", timeout=30_000)
         assert page.locator("#ask-progress").is_hidden()
+        final = len(page.locator("#answer-text").text_content())
+        partial = {n for n in page.evaluate("() => window.lens") if 0 < n < final}
+        assert final and len(partial) >= 2, (final, page.evaluate("() => window.lens"))  # it grew piece by piece
         assert page.evaluate("() => document.getElementById('answer-used').open") is False  # collapsed
         assert page.locator("#answer-sources li").count() >= 1
         watches = page.locator("#watches").bounding_box()
