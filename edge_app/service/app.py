@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .core import EdgeService, NotFound, NotReady
+from .events import Event
 from .metrics import CONTENT_TYPE
 from .page import PAGE
 from rlivs.runtime.errors import UserError
@@ -298,12 +299,6 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     return app
 
 
-def _sse(event: str, data: dict) -> str:
-    import json
-
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
 async def _streamed_answer(service: EdgeService, question: str, stream: str | None):
     """POST /v1/ask/stream: `service.ask` in a worker thread, its tokens relayed as `token` events as they come. A
     question refused before the first token (unknown stream, nothing ingested, bad question) is a plain JSON 4xx, as
@@ -318,18 +313,19 @@ async def _streamed_answer(service: EdgeService, question: str, stream: str | No
         job.result()  # a refusal raises here: the exception handlers answer 4xx (or 500)
 
     async def events():
-        item = first
+        item, n = first, 0
         while item is not None:
-            yield _sse("token", {"text": item})
+            n += 1
+            yield Event(n, "token", {"text": item}).sse()
             item = await queue.get()
         try:
-            yield _sse("answer", job.result())
+            yield Event(n + 1, "answer", job.result()).sse()
         except (NotFound, NotReady, UserError) as e:
-            yield _sse("error", {"status": 404 if isinstance(e, NotFound) else 409 if isinstance(e, NotReady) else 400,
-                                 "detail": str(e.args[0]) if e.args else str(e)})
+            status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, NotReady) else 400
+            yield Event(n + 1, "error", {"status": status, "detail": str(e.args[0]) if e.args else str(e)}).sse()
         except Exception as e:  # noqa: BLE001 - reported in the stream, logged with its traceback
             log.exception("streamed question failed")
-            yield _sse("error", {"status": 500, "detail": f"internal error: {type(e).__name__}: {e}"})
+            yield Event(n + 1, "error", {"status": 500, "detail": f"internal error: {type(e).__name__}: {e}"}).sse()
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

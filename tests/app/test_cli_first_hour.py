@@ -194,3 +194,15 @@ def test_the_stream_decoder_joins_to_decode_across_split_characters(tiny_dir):
     pieces = [step(i) for i in ids]
     assert "".join(pieces) == codec.decode(ids) == text.strip()
     assert "" in pieces and len([p for p in pieces if p]) > 5  # some ids complete no character; most do
+
+
+def test_help_shows_flags_without_a_bool_value_and_positionals_by_name():
+    """What `rlivs` (the console script, main()) shows: `--json` alone, not `--json <bool>`; QUESTION, not {question}."""
+    from typer.testing import CliRunner
+
+    from rlivs.edge_app.cli import cli_command
+
+    r = CliRunner().invoke(cli_command(), ["ask", "--help"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "<bool>" not in r.output and "QUESTION" in r.output and "{question}" not in r.output
+    assert re.search(r"--json\s+Print the answer as JSON", r.output)
