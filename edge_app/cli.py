@@ -78,7 +78,8 @@ def cli_command():
     cmd = typer.main.get_command(app)
 
     def tidy(c) -> None:
-        for p in c.params:
+        help_option = c.get_help_option(c.context_class(c))  # made on demand, then cached by the command
+        for p in [*c.params, *([help_option] if help_option else [])]:
             if isinstance(p, TyperOption) and p.is_flag:
                 p.metavar = ""
             elif isinstance(p, TyperArgument) and p.metavar is None:

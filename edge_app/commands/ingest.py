@@ -184,8 +184,10 @@ def ask(
     max_new_tokens: int = o.MaxAnswerTokens,
     json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON (at the end; no streaming)."),
 ):
-    """Answer a question from the captions in memory (text only). The answer streams to the terminal as it is
-    generated, then the captions it used are listed."""
+    """Answer a question from the captions in memory (text only), streamed as it is generated.
+
+    The captions the answer used are listed after it; --json prints everything at the end instead.
+    """
     try:
         from rlivs.runtime.answer import check_question
 

@@ -198,11 +198,12 @@ def test_the_stream_decoder_joins_to_decode_across_split_characters(tiny_dir):
 
 def test_help_shows_flags_without_a_bool_value_and_positionals_by_name():
     """What `rlivs` (the console script, main()) shows: `--json` alone, not `--json <bool>`; QUESTION, not {question}."""
-    from typer.testing import CliRunner
+    import os
+    import subprocess
+    import sys
 
-    from rlivs.edge_app.cli import cli_command
-
-    r = CliRunner().invoke(cli_command(), ["ask", "--help"], terminal_width=200)
-    assert r.exit_code == 0, r.output
-    assert "<bool>" not in r.output and "QUESTION" in r.output and "{question}" not in r.output
-    assert re.search(r"--json\s+Print the answer as JSON", r.output)
+    r = subprocess.run([sys.executable, "-m", "rlivs.edge_app.cli", "ask", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "<bool>" not in r.stdout and "QUESTION" in r.stdout and "{question}" not in r.stdout
+    assert re.search(r"--json\s+Print the answer as JSON", r.stdout)
