@@ -88,7 +88,7 @@ def ingest(
     if not video.exists():
         _fail(f"{video} does not exist: check the path")
     if video.is_dir():
-        _fail(f"{video} is a directory: pass a video file (rlivs serve --source takes a folder of images)")
+        _fail(f"{video} is a directory: pass a video file (anything FFmpeg decodes: .mp4, .mkv, .ts, ...)")
     if max_clips is not None and max_clips < 1:
         _fail(f"--max-clips must be >= 1, got {max_clips}; leave it out to ingest the whole video")
     ing = None
