@@ -375,9 +375,11 @@ async function loadStreams(initial) {
 }
 
 let healthSeen = null;
-function showSummary() {  // the header pill: what the sources are doing, from /v1/streams (and /healthz's status)
+function showSummary() {  // the header: backend and models; the pill: what the sources are doing (+ /healthz status)
   const p = $("health");
   if (!healthSeen) return;
+  const models = [...new Set(streamsSeen.map((s) => s.model_id))];
+  $("sub").textContent = "backend " + healthSeen.backend + (models.length ? " · model " + models.join(", ") : "");
   const count = {};
   for (const s of streamsSeen) { const [label] = stateView(s); count[label] = (count[label] || 0) + 1; }
   const parts = Object.entries(count).map(([k, n]) => n + " " + k);
@@ -388,7 +390,6 @@ function showSummary() {  // the header pill: what the sources are doing, from /
 async function loadHealth() {
   try {
     healthSeen = await (await fetch("/healthz")).json();
-    $("sub").textContent = "backend " + healthSeen.backend;
     showSummary();
   } catch (e) { $("health").textContent = "unreachable"; $("health").className = "pill bad"; }
 }

@@ -181,6 +181,9 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
                 b = card.bounding_box()
                 assert b is not None and b["y"] + b["height"] <= 800, (name, text, b)
 
+        page.wait_for_function("() => document.getElementById('sub').textContent === 'backend torch · model tiny'",
+                               timeout=10_000)
+
         # a finished file: "finished", no "behind", and the header counts it as finished
         page.wait_for_function("() => document.querySelector('.stream[data-stream=\"cam\"] .state')"
                                ".textContent === 'finished'", timeout=10_000)
