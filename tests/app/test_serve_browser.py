@@ -253,3 +253,32 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
         page.close()
         server.stop()
         service.stop()
+
+
+def test_eight_cameras_fit_one_window(browser, tmp_path, tiny_dir):
+    """Eight stored streams: 4x2 cards, all inside a 1280x800 window, no horizontal scroll, each with its frame."""
+    import numpy as np
+
+    engine = tiny_engine()
+    service = EdgeService(engine, tmp_path / "memory.db")
+    rng = np.random.default_rng(1)
+    names = [f"cam{i}" for i in range(8)]
+    for name in names:
+        _plant(service, engine, name, FOUR["dock"], rng)
+    server = Server(service, port=0).start()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector('.stream[data-stream="cam7"] .caption-card', timeout=10_000)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+        for name in names:
+            b = page.locator(f'.stream[data-stream="{name}"]').bounding_box()
+            assert b["x"] >= 0 and b["x"] + b["width"] <= 1280 and b["y"] + b["height"] <= 800, (name, b)
+            assert page.locator(f'.stream[data-stream="{name}"] .latest img').is_visible()
+            assert page.locator(f'.stream[data-stream="{name}"] .caption-card').first.is_visible()
+        if os.environ.get("RLIVS_EIGHT_SCREENSHOT"):
+            page.screenshot(path=os.environ["RLIVS_EIGHT_SCREENSHOT"])
+    finally:
+        page.close()
+        server.stop()
+        service.stop()
