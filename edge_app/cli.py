@@ -58,6 +58,8 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v",
                                          help="Print the rlivs version and exit.")):
     if debug:
         os.environ["RLIVS_DEBUG"] = "1"
+    if not verbose:  # the Hugging Face libraries' own progress bars (read when they are imported, after this)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # warnings go through logging: hidden below, shown with -v
@@ -77,7 +79,8 @@ def cli_command():
     cmd = typer.main.get_command(app)
 
     def tidy(c) -> None:
-        for p in c.params:
+        help_option = c.get_help_option(c.context_class(c))  # made on demand, then cached by the command
+        for p in [*c.params, *([help_option] if help_option else [])]:
             if isinstance(p, TyperOption) and p.is_flag:
                 p.metavar = ""
             elif isinstance(p, TyperArgument) and p.metavar is None:

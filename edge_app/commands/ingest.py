@@ -106,7 +106,7 @@ def ingest(
     from rlivs.runtime.sources.bag import is_recording
 
     if video.is_dir() and not is_recording(video):
-        _fail(f"{video} is a directory: pass a video file (rlivs serve --source takes a folder of images)")
+        _fail(f"{video} is a directory: pass a video file (anything FFmpeg decodes: .mp4, .mkv, .ts, ...) or a robot recording")
     if max_clips is not None and max_clips < 1:
         _fail(f"--max-clips must be >= 1, got {max_clips}; leave it out to ingest the whole video")
     ing, done = None, []
@@ -231,8 +231,10 @@ def ask(
     from_: Optional[str] = o.FromTime, to: Optional[str] = o.ToTime,
     json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON (at the end; no streaming)."),
 ):
-    """Answer a question from the captions in memory (text only). The answer streams to the terminal as it is
-    generated, then the captions it used are listed."""
+    """Answer a question from the captions in memory (text only), streamed as it is generated.
+
+    The captions the answer used are listed after it; --json prints everything at the end instead.
+    """
     try:
         from rlivs.runtime.answer import check_question
 

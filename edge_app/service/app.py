@@ -8,6 +8,8 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /v1/streams                every stream: clips, state, source statistics
     POST   /v1/ask                    {"question", "stream"?, "from"?, "to"?} -> answer, its time window, the captions
                                       used (stream and wall-clock times), latency
+    POST   /v1/ask/stream             the same, as server-sent events: `token` {"text"} as the answer is generated,
+                                      then `answer` (the /v1/ask JSON) or `error` {"status", "detail"}
     GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
     GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
     GET    /v1/kept/{stream}/{clip}   which visual tokens selection kept (flat indices, tokens per frame, grid)
@@ -60,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .core import Busy, EdgeService, LimitReached, NotFound, NotReady
-from .events import TooManySubscribers
+from .events import Event, TooManySubscribers
 from .metrics import CONTENT_TYPE
 from .page import PAGE
 from .webhooks import check_syntax
@@ -315,6 +317,10 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     def ask(body: AskRequest):
         return service.ask(body.question, body.stream, body.from_, body.to)
 
+    @app.post("/v1/ask/stream")
+    async def ask_stream(body: AskRequest):
+        return await _streamed_answer(service, body)
+
     @app.get("/v1/captions")
     def captions(stream: Optional[str] = Query(None, min_length=1, max_length=MAX_NAME),
                  t_from: Optional[float] = Query(None, alias="from", ge=0, allow_inf_nan=False,
@@ -387,6 +393,39 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes,
                        hosts=hosts or HostCheck("127.0.0.1"), metrics=service.metrics)
     return app
+
+
+async def _streamed_answer(service: EdgeService, body: AskRequest):
+    """POST /v1/ask/stream: `service.ask` in a worker thread, its tokens relayed as `token` events as they come. A
+    question refused before the first token (unknown stream, nothing ingested, bad question) is a plain JSON 4xx, as
+    from /v1/ask; a failure after it ends the stream with an `error` event."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    job = loop.run_in_executor(None, lambda: service.ask(
+        body.question, body.stream, body.from_, body.to,
+        on_token=lambda text: loop.call_soon_threadsafe(queue.put_nowait, text)))
+    job.add_done_callback(lambda _: queue.put_nowait(None))  # runs on the loop, after every token already queued
+    first = await queue.get()
+    if first is None:
+        job.result()  # a refusal raises here: the exception handlers answer 4xx (or 500)
+
+    async def events():
+        item, n = first, 0
+        while item is not None:
+            n += 1
+            yield Event(n, "token", {"text": item}).sse()
+            item = await queue.get()
+        try:
+            yield Event(n + 1, "answer", job.result()).sse()
+        except (NotFound, NotReady, UserError) as e:
+            status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, NotReady) else 400
+            yield Event(n + 1, "error", {"status": status, "detail": str(e.args[0]) if e.args else str(e)}).sse()
+        except Exception as e:  # noqa: BLE001 - reported in the stream, logged with its traceback
+            log.exception("streamed question failed")
+            yield Event(n + 1, "error", {"status": 500, "detail": f"internal error: {type(e).__name__}: {e}"}).sse()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -521,9 +521,10 @@ class EdgeService:
         finally:
             self._retain_lock.release()
 
-    def ask(self, question: str, stream: str | None = None, from_: str | None = None,
-            to: str | None = None) -> dict:
-        """Answer from the memory; `from_`/`to` restrict it to a wall-clock window (ISO 8601 or -2h, ...)."""
+    def ask(self, question: str, stream: str | None = None, from_: str | None = None, to: str | None = None,
+            on_token=None) -> dict:
+        """The answer JSON of POST /v1/ask; `from_`/`to` restrict it to a wall-clock window (ISO 8601 or -2h, ...).
+        `on_token(text)` receives the answer as it is generated (POST /v1/ask/stream)."""
         t0 = time.perf_counter()
         try:
             from datetime import datetime, timezone
@@ -545,7 +546,7 @@ class EdgeService:
                                    f"event on GET /v1/events and ask again")
                 span = {} if window is None else dict(window=window.as_unix(), window_text=window.describe(None))
                 with self.questions.turn(), self.question_backend.reserve():  # ingest waits at its next step
-                    a = answer(self.question_engine, mem, question, stream=stream, **span)  # boundary until done
+                    a = answer(self.question_engine, mem, question, stream=stream, on_token=on_token, **span)
         except (NotFound, NotReady, UserError, Busy):
             self.metrics.inc("rlivs_questions_total", outcome="rejected")
             raise
