@@ -508,7 +508,9 @@ $("ask-form").addEventListener("submit", async (ev) => {
     $("answer").hidden = false;
     $("answer-text").textContent = a.answer;
     $("answer-used").hidden = false;
-    $("answer-meta").textContent = a.latency_s.toFixed(2) + " s · from " + a.captions.length + " captions";
+    $("answer-meta").textContent = a.latency_s.toFixed(2) + " s · from " + a.captions.length + " captions" +
+      (a.window ? " · window: " + a.window : "") + (a.matches != null ? " · matching clips: " + a.matches : "") +
+      (a.notes && a.notes.length ? " · " + a.notes.join("; ") : "");
     const ul = $("answer-sources"); ul.replaceChildren();
     for (const c of a.captions) {
       const li = el("li");
