@@ -254,6 +254,10 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
             page.wait_for_timeout(1600)  # the caption highlight animation settles
             page.screenshot(path=shot, type="png", full_page=False)
         assert not errors, errors
+    finally:
+        page.close()
+        server.stop()
+        service.stop()
 
 
 def test_dns_rebinding_page_reads_nothing_and_creates_no_watch(browser, tmp_path, tiny_dir):
