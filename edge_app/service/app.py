@@ -5,6 +5,7 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /                          the web page (static HTML + JS; it holds no data, the data comes from the API)
     GET    /healthz                   liveness and a health summary (no token needed; no stream names or URLs)
     GET    /metrics                   Prometheus text format
+    POST   /v1/session                with the bearer header: 204 + an HttpOnly SameSite=Strict session cookie
     GET    /v1/streams                every stream: clips, state, source statistics
     POST   /v1/ask                    {"question", "stream"?} -> answer, the captions used (stream, times), latency
     GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
@@ -26,9 +27,11 @@ descriptor), seconds to send a request's headers (then the connection is closed)
 questions (429 with Retry-After, core.QuestionGate). /healthz and /metrics run on the event loop, never behind a
 question. The asyncio "out of system resource" log line is rate-limited.
 
-Auth: `Authorization: Bearer <token>`. GET requests also accept the token in the `rlivs_token` cookie, which the
-page sets, because EventSource and <img> cannot send headers; state-changing requests (POST, DELETE) need the header,
-so a cross-site form cannot use the cookie. Errors are JSON `{"detail": "what is wrong and how to fix it"}`.
+Auth: `Authorization: Bearer <token>`. GET requests also accept a session cookie, because EventSource and <img>
+cannot send headers: `POST /v1/session` with the bearer header answers `Set-Cookie: rlivs_session=...; HttpOnly;
+SameSite=Strict` (a random session id, valid 12 h; no script, and so no page on another port of the host, can read
+it). The older `rlivs_token` cookie (the token itself) is still accepted on GET for pages that set it. State-changing
+requests (POST, DELETE) need the header, so a cross-site form cannot use a cookie. Errors are JSON `{"detail": "what is wrong and how to fix it"}`.
 """
 
 from __future__ import annotations
@@ -153,9 +156,35 @@ def _host_key(value: str) -> str:
     return v.rstrip(".")
 
 
+class Sessions:
+    """Session ids handed out by `POST /v1/session` (in memory: a restart logs the page out), each valid `ttl_s`."""
+
+    def __init__(self, ttl_s: float = 12 * 3600, most: int = 1000):
+        self.ttl_s, self.most = ttl_s, most
+        self._lock = threading.Lock()
+        self._ids: dict[str, float] = {}  # id -> expiry (monotonic)
+
+    def new(self) -> str:
+        sid = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            self._ids = {k: t for k, t in self._ids.items() if t > now}
+            while len(self._ids) >= self.most:
+                self._ids.pop(next(iter(self._ids)))  # the oldest
+            self._ids[sid] = now + self.ttl_s
+        return sid
+
+    def valid(self, sid: str) -> bool:
+        with self._lock:
+            expiry = self._ids.get(sid)
+        return expiry is not None and expiry > time.monotonic()
+
+
 class GuardMiddleware:
-    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: HostCheck, metrics=None):
+    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: HostCheck, metrics=None,
+                 sessions: Sessions | None = None):
         self.app, self.token, self.max_body, self.hosts, self.metrics = app, token, max_body_bytes, hosts, metrics
+        self.sessions = sessions or Sessions()
 
     def _authorized(self, scope) -> bool:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -169,9 +198,11 @@ class GuardMiddleware:
                 c.load(headers["cookie"])
             except Exception:  # noqa: BLE001 - a malformed cookie header is just not a token
                 return False
+            if "rlivs_session" in c and self.sessions.valid(c["rlivs_session"].value):
+                return True
             if "rlivs_token" in c:
                 given = unquote(c["rlivs_token"].value)  # the page stores it URI-encoded
-                return secrets.compare_digest(given.encode(), self.token.encode())
+                return secrets.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
         return False
 
     async def __call__(self, scope, receive, send):
@@ -231,6 +262,7 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     app = FastAPI(title="rlivs", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Streaming video question answering on the device.")
     app.state.service = service
+    sessions = Sessions()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -301,6 +333,15 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     @app.get("/metrics")
     async def metrics():
         return Response(service.render_metrics(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/session", status_code=204)
+    def session():
+        """Exchange the bearer token (checked by the middleware) for an HttpOnly, SameSite=Strict session cookie."""
+        r = Response(status_code=204)
+        if token:
+            r.set_cookie("rlivs_session", sessions.new(), max_age=int(sessions.ttl_s), path="/", httponly=True,
+                         samesite="strict")
+        return r
 
     @app.get("/v1/streams")
     def streams():
@@ -376,7 +417,7 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
         return {"matches": service.matches(None, limit, before)}
 
     app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes,
-                       hosts=hosts or HostCheck("127.0.0.1"), metrics=service.metrics)
+                       hosts=hosts or HostCheck("127.0.0.1"), metrics=service.metrics, sessions=sessions)
     return app
 
 

@@ -196,6 +196,67 @@ def test_deliveries_resolve_at_connect_time_follow_no_redirect_and_meet_their_de
         sink.close()
 
 
+class _Trickler:
+    """A real receiver that accepts every POST and then sends one header line every 0.3 s, never finishing."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/slow"
+        self.accepted = 0
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn):
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not self.stop.wait(0.3):
+                conn.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_slow_receiver_holds_one_sender_and_trips_its_breaker(stored):
+    engine, db = stored["engine"], stored["db"]
+    sink, slow = WebhookSink(), _Trickler()
+    try:
+        service, server = stored["serve"](ServiceConfig(webhook_allow=("127.0.0.1",), webhook_timeout_s=1.0))
+        service.add_watch("anything", threshold=-1.0, webhook=slow.url)
+        service.add_watch("anything too", threshold=-1.0, webhook=sink.url)
+        t0 = time.monotonic()
+        for rec in _commit(engine, db, "door", [f"caption {i}" for i in range(8)], first=2):
+            service.publish_clip(rec)
+        wait_for(lambda: len(sink.received) == 8, 10, "the fast receiver's eight deliveries")
+        assert time.monotonic() - t0 < 5.0  # not 8 x the slow receiver's 1 s deadline
+        # the slow one: one delivery at a time, each cut at 1 s; after 3 failures in a row its breaker opens
+        wait_for(lambda: 'rlivs_webhook_deliveries_total{outcome="retried"} 3' in service.render_metrics(), 15,
+                 "three failed attempts")
+        accepted = slow.accepted
+        time.sleep(2.0)
+        assert slow.accepted == accepted == 3  # skipped while the breaker is open (60 s)
+        assert service.store.pending_deliveries() == 8  # kept for their retries, none lost
+    finally:
+        slow.close()
+        sink.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 5. Watch matches across crashes
 # ---------------------------------------------------------------------------------------------------------------------
