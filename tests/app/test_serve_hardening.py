@@ -5,7 +5,6 @@ were due, the question queue, connection and event-stream caps, the header deadl
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import sqlite3
