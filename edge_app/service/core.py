@@ -31,6 +31,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -154,25 +155,29 @@ class QuestionGate:
         self.max_waiting, self.share, self.ingesting = waiting, share, ingesting
         self._cond = threading.Condition()
         self._busy = False
-        self._waiting = 0
+        self._line: deque = deque()  # waiting questions, in arrival order
         self._free_at = 0.0  # monotonic time the next question may start (the ingest share)
         self._mean_s = 1.0  # running mean of a question's turn, seconds (for Retry-After)
         self.rejected = 0
 
     @contextmanager
     def turn(self):
+        """First come, first served: a waiter goes when it is first in line, the model is free and the pause is over."""
         with self._cond:
-            if self._busy and self._waiting >= self.max_waiting:
+            if (self._busy or self._line) and len(self._line) >= self.max_waiting:
                 self.rejected += 1
-                retry = max(1, math.ceil((self._waiting + 1) * self._mean_s))
-                raise Busy(f"{self._waiting} questions are already waiting for the model (at most "
+                retry = max(1, math.ceil((len(self._line) + 1) * self._mean_s))
+                raise Busy(f"{len(self._line)} questions are already waiting for the model (at most "
                            f"{self.max_waiting}): ask again in {retry} s", retry)
-            self._waiting += 1
+            me = object()
+            self._line.append(me)
             try:
-                while self._busy or time.monotonic() < self._free_at:
-                    self._cond.wait(max(0.01, self._free_at - time.monotonic()) if not self._busy else None)
+                while self._busy or self._line[0] is not me or time.monotonic() < self._free_at:
+                    self._cond.wait(None if self._busy or self._line[0] is not me
+                                    else max(0.01, self._free_at - time.monotonic()))
             finally:
-                self._waiting -= 1
+                self._line.remove(me)
+                self._cond.notify_all()
             self._busy = True
         t0 = time.monotonic()
         try:
@@ -189,7 +194,7 @@ class QuestionGate:
     @property
     def waiting(self) -> int:
         with self._cond:
-            return self._waiting
+            return len(self._line)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -374,6 +374,38 @@ def test_question_flood_gets_429_while_healthz_metrics_and_ingest_go_on(tmp_path
     assert lock.calls[0] > 0 and lock.calls[1] > 0
 
 
+def test_questions_take_turns_in_arrival_order_and_ingest_keeps_its_share():
+    from rlivs.edge_app.service.core import Busy, QuestionGate
+
+    gate = QuestionGate(waiting=3, share=0.5, ingesting=lambda: True)
+    turns = []  # (name, start, end)
+
+    def question(name):
+        with gate.turn():
+            t0 = time.monotonic()
+            time.sleep(0.1)
+            turns.append((name, t0, time.monotonic()))
+
+    threads = []
+    with gate.turn():  # one question holds the model
+        for name in "abc":
+            threads.append(threading.Thread(target=question, args=(name,)))
+            threads[-1].start()
+            wait_for(lambda k=len(threads): gate.waiting == k, 5, f"{name} in line")
+        with pytest.raises(Busy) as full:
+            with gate.turn():
+                pass
+        assert "3 questions are already waiting" in str(full.value) and full.value.retry_after_s >= 1
+        time.sleep(0.4)
+        released = time.monotonic()
+    for t in threads:
+        t.join(10)
+    assert [n for n, _, _ in turns] == ["a", "b", "c"]  # first come, first served
+    # after a question held the model d seconds, the next waits d * 0.5 / (1 - 0.5) = d while ingest runs
+    assert turns[0][1] - released >= 0.38
+    assert turns[1][1] - turns[0][2] >= 0.09 and turns[2][1] - turns[1][2] >= 0.09
+
+
 def test_a_stuck_model_never_holds_up_healthz_metrics_or_the_queue_bound(stored):
     """The model held by a question that does not end: 60 more questions get 429 at once (beyond the 1 + 8 that wait),
     and /healthz and /metrics answer meanwhile (before: the 40 thread-pool threads all waited, /healthz timed out)."""
