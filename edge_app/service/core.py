@@ -248,8 +248,7 @@ class EdgeService:
             self._watches[w.id] = replace(self._entry(w), starts=starts.get(w.id, {}))
         if self.store.upgraded:  # schema 1 kept no marks: its watches matched live up to now, never again
             with self._read() as mem:
-                self.store.set_marks({s["name"]: s["n_clips"] - 1 for s in mem.streams()
-                                      if s["name"] not in self.store.marks()})
+                self.store.finish_upgrade({s["name"]: s["n_clips"] - 1 for s in mem.streams()})
         self._marks = self.store.marks()  # stream -> last clip matched against every watch
         self.workers = [StreamWorker(self, s) for s in self.specs]
         self.questions = QuestionGate(c.question_queue, c.ingest_share,

@@ -143,8 +143,8 @@ class EdgeStore:
         if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise UserError(f"{self.path} has service schema {row[0]}, newer than this rlivs reads "
                             f"({SCHEMA_VERSION}): upgrade rlivs")
-        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                           (str(SCHEMA_VERSION),))
+        if row is None:
+            self._conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._lock:
@@ -184,6 +184,15 @@ class EdgeStore:
         """stream -> the last clip index matched against every watch."""
         with self._lock:
             return dict(self._conn.execute("SELECT stream, clip FROM stream_marks").fetchall())
+
+    def finish_upgrade(self, marks: dict[str, int]) -> None:
+        """Schema 1 -> 2 in one transaction: the streams' marks (where matching stood) and the new version."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT OR IGNORE INTO stream_marks (stream, clip) VALUES (?, ?)",
+                                   [(s, int(c)) for s, c in marks.items()])
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        self.upgraded = False
 
     def set_marks(self, marks: dict[str, int]) -> None:
         with self._lock, self._conn:

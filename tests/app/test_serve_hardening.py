@@ -299,6 +299,25 @@ def test_clips_committed_but_not_matched_are_matched_once_on_start_and_due_deliv
         sink.close()
 
 
+def test_a_schema_1_service_database_is_upgraded_without_matching_old_clips_again(stored):
+    engine, db = stored["engine"], stored["db"]  # the memory holds clips 0 and 1 of "door"
+    edge = db.with_name("memory.edge.db")
+    with sqlite3.connect(edge) as c:  # what rlivs wrote before marks existed
+        c.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '1');
+            CREATE TABLE watches (id INTEGER PRIMARY KEY AUTOINCREMENT, query TEXT NOT NULL, threshold REAL NOT NULL,
+                                  stream TEXT, webhook TEXT, created_at REAL NOT NULL);
+            INSERT INTO watches (query, threshold, stream, webhook, created_at) VALUES ('anything', -1.0, NULL, NULL, 0);
+        """)
+    service, server = stored["serve"]()
+    assert service.matches(1) == []  # clips 0 and 1 were scored live by the old version: not again
+    (rec,) = _commit(engine, db, "door", ["a new clip"], first=2)
+    assert [m.clip for m in service.publish_clip(rec)] == [2]
+    with sqlite3.connect(edge) as c:
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+
+
 def test_a_failed_match_write_is_caught_up_with_the_next_clip(stored, monkeypatch):
     engine, db = stored["engine"], stored["db"]
     service, server = stored["serve"]()
