@@ -302,7 +302,8 @@ class EdgeService:
         self.events.publish("caption", caption_json(record, has_thumb))
         try:
             return self.score_watches(record)
-        except sqlite3.Error as e:  # e.g. the disk is full: the mark stays, the next clip or a restart catches up
+        except (sqlite3.Error, UserError) as e:  # e.g. a full disk: the mark stays; the next clip or a restart
+            # catches up (UserError: the memory's own storage errors while reading clips back)
             self.metrics.inc("rlivs_watch_match_errors_total")
             log.warning("matching clip %d of %s against the watches failed (%s): retried with the next clip",
                         record.index, record.stream, e)
