@@ -231,10 +231,11 @@ class EdgeStore:
 
     # -- webhook deliveries ---------------------------------------------------------------------------------------
 
-    def due_deliveries(self, now: float, limit: int = 64) -> list[Delivery]:
+    def due_deliveries(self, now: float, limit: int = 64, offset: int = 0) -> list[Delivery]:
+        """Deliveries due at `now`, the longest-due first."""
         with self._lock:
             rows = self._conn.execute("SELECT id, match_id, url, attempts FROM deliveries WHERE next_at <= ? "
-                                      "ORDER BY next_at, id LIMIT ?", (now, int(limit))).fetchall()
+                                      "ORDER BY next_at, id LIMIT ? OFFSET ?", (now, int(limit), int(offset))).fetchall()
         return [Delivery(*r) for r in rows]
 
     def pending_deliveries(self) -> int:

@@ -256,6 +256,28 @@ def test_a_slow_receiver_holds_one_sender_and_trips_its_breaker(stored):
         sink.close()
 
 
+def test_a_dead_destination_with_many_due_deliveries_does_not_starve_another(stored):
+    engine, db = stored["engine"], stored["db"]
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connection refused at once
+    sink = WebhookSink()
+    try:
+        service, server = stored["serve"](ServiceConfig(webhook_allow=("127.0.0.1",)))
+        service.add_watch("anything", threshold=-1.0, webhook=f"http://127.0.0.1:{dead.getsockname()[1]}/x")
+        for rec in _commit(engine, db, "door", [f"caption {i}" for i in range(70)], first=2):
+            service.publish_clip(rec)
+        wait_for(lambda: 'rlivs_webhook_deliveries_total{outcome="retried"} 3' in service.render_metrics(), 15,
+                 "the dead destination's breaker to open")
+        service.add_watch("anything too", threshold=-1.0, webhook=sink.url)
+        (rec,) = _commit(engine, db, "door", ["one more"], first=72)
+        service.publish_clip(rec)  # its delivery to the sink is due behind 67 due rows of the dead destination
+        wait_for(lambda: len(sink.received) == 1, 10, "the sink's delivery")
+        assert sink.received[0]["body"]["clip"] == 72
+    finally:
+        dead.close()
+        sink.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 5. Watch matches across crashes
 # ---------------------------------------------------------------------------------------------------------------------
