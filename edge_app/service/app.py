@@ -46,7 +46,7 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.cookies import SimpleCookie
 from typing import Optional, Sequence
 from urllib.parse import unquote
@@ -445,6 +445,7 @@ class Limits:
     max_connections: int = 256  # open HTTP connections; beyond, 503 and closed at once (lowered to fit RLIMIT_NOFILE)
     header_timeout_s: float = 10.0  # a connection that has not sent a whole request head in this time is closed
     keepalive_s: int = 5  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+    backlog: int = 128  # listen backlog, which is also how many connections asyncio accepts in one burst
     log_every_s: float = 10.0  # the asyncio "out of system resource" line at most this often
 
     def __post_init__(self):
@@ -456,7 +457,8 @@ class Limits:
 
 def fit_descriptors(wanted: int, reserve: int = 128) -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one when allowed, and return the connection cap that fits under it
-    with `reserve` descriptors left for the memory, the model, sources and webhooks."""
+    with `reserve` descriptors left (the memory, the model, sources, webhooks, and the connections accepted in one
+    burst before the cap closes them)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = wanted + reserve if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted + reserve))
@@ -567,18 +569,16 @@ class Server:
                             f"it needs a token: pass --token T (or set RLIVS_TOKEN), or bind 127.0.0.1")
         self.service, self.host, self.port = service, host, port
         self.limits = limits or Limits()
-        cap = fit_descriptors(self.limits.max_connections)
+        cap = fit_descriptors(self.limits.max_connections, reserve=128 + 2 * self.limits.backlog)
         if cap < self.limits.max_connections:
             log.warning("max connections lowered from %d to %d to fit the open-file limit (ulimit -n)",
                         self.limits.max_connections, cap)
         self.app = create_app(service, token, hosts=HostCheck(host, allow_hosts))
-        protocol = type("GuardedH11", (_GuardedH11,), {"limits": Limits(cap, self.limits.header_timeout_s,
-                                                                        self.limits.keepalive_s,
-                                                                        self.limits.log_every_s),
+        protocol = type("GuardedH11", (_GuardedH11,), {"limits": replace(self.limits, max_connections=cap),
                                                       "metrics": service.metrics})
         config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, access_log=access_log,
                                 log_config=None, timeout_graceful_shutdown=3, lifespan="off", http=protocol,
-                                timeout_keep_alive=self.limits.keepalive_s)
+                                timeout_keep_alive=self.limits.keepalive_s, backlog=self.limits.backlog)
         self._server = _Uvicorn(config, service.events.close, self.limits.log_every_s)
         self._thread: threading.Thread | None = None
 
