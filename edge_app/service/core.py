@@ -97,7 +97,7 @@ class ServiceConfig:
     event_queue: int = 256  # events buffered per SSE client; a slower client loses its oldest (counted)
     max_subscribers: int = 32  # open GET /v1/events streams; more get 503
     max_watches: int = 100  # standing queries; POST /v1/watches beyond it gets 409
-    keep_matches: int = 1000  # newest matches kept per watch (older ones are pruned)
+    keep_matches: int = 200  # newest matches kept per watch (older ones are pruned)
     question_queue: int = 8  # questions waiting for the model; more get 429 with Retry-After
     ingest_share: float = 0.5  # least share of the model kept for ingest while questions flood it (0 = none)
     max_question_tokens: int = 256  # a question longer than this in the model's tokens is refused (400)
