@@ -184,7 +184,7 @@ def main() -> None:
     out: dict = {"replay_speed": args.replay_speed, "ingest_share": args.ingest_share}
     try:
         wait_for(lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, 120, "rlivs serve")
-        wait_for(lambda: clips(url) >= 1, 60, "the first caption")
+        wait_for(lambda: clips(url) >= 3, 90, "three captions (warm-up)")
         rss = {"start": round(rss_mb(proc.pid), 1)}
         peak = [rss["start"]]
         c0, t0 = clips(url), time.monotonic()

@@ -5,6 +5,7 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /                          the web page (static HTML + JS; it holds no data, the data comes from the API)
     GET    /healthz                   liveness and a health summary (no token needed; no stream names or URLs)
     GET    /metrics                   Prometheus text format
+    POST   /v1/session                with the bearer header: 204 + an HttpOnly SameSite=Strict session cookie
     GET    /v1/streams                every stream: clips, state, source statistics
     POST   /v1/ask                    {"question", "stream"?, "from"?, "to"?} -> answer, its time window, the captions
                                       used (stream and wall-clock times), latency
@@ -30,9 +31,11 @@ descriptor), seconds to send a request's headers (then the connection is closed)
 questions (429 with Retry-After, core.QuestionGate). /healthz and /metrics run on the event loop, never behind a
 question. The asyncio "out of system resource" log line is rate-limited.
 
-Auth: `Authorization: Bearer <token>`. GET requests also accept the token in the `rlivs_token` cookie, which the
-page sets, because EventSource and <img> cannot send headers; state-changing requests (POST, DELETE) need the header,
-so a cross-site form cannot use the cookie. Errors are JSON `{"detail": "what is wrong and how to fix it"}`.
+Auth: `Authorization: Bearer <token>`. GET requests also accept a session cookie, because EventSource and <img>
+cannot send headers: `POST /v1/session` with the bearer header answers `Set-Cookie: rlivs_session=...; HttpOnly;
+SameSite=Strict` (a random session id, valid 12 h; no script, and so no page on another port of the host, can read
+it). The older `rlivs_token` cookie (the token itself) is still accepted on GET for pages that set it. State-changing
+requests (POST, DELETE) need the header, so a cross-site form cannot use a cookie. Errors are JSON `{"detail": "what is wrong and how to fix it"}`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.cookies import SimpleCookie
 from typing import Optional, Sequence
 from urllib.parse import unquote
@@ -160,9 +163,35 @@ def _host_key(value: str) -> str:
     return v.rstrip(".")
 
 
+class Sessions:
+    """Session ids handed out by `POST /v1/session` (in memory: a restart logs the page out), each valid `ttl_s`."""
+
+    def __init__(self, ttl_s: float = 12 * 3600, most: int = 1000):
+        self.ttl_s, self.most = ttl_s, most
+        self._lock = threading.Lock()
+        self._ids: dict[str, float] = {}  # id -> expiry (monotonic)
+
+    def new(self) -> str:
+        sid = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            self._ids = {k: t for k, t in self._ids.items() if t > now}
+            while len(self._ids) >= self.most:
+                self._ids.pop(next(iter(self._ids)))  # the oldest
+            self._ids[sid] = now + self.ttl_s
+        return sid
+
+    def valid(self, sid: str) -> bool:
+        with self._lock:
+            expiry = self._ids.get(sid)
+        return expiry is not None and expiry > time.monotonic()
+
+
 class GuardMiddleware:
-    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: HostCheck, metrics=None):
+    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: HostCheck, metrics=None,
+                 sessions: Sessions | None = None):
         self.app, self.token, self.max_body, self.hosts, self.metrics = app, token, max_body_bytes, hosts, metrics
+        self.sessions = sessions or Sessions()
 
     def _authorized(self, scope) -> bool:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -176,9 +205,11 @@ class GuardMiddleware:
                 c.load(headers["cookie"])
             except Exception:  # noqa: BLE001 - a malformed cookie header is just not a token
                 return False
+            if "rlivs_session" in c and self.sessions.valid(c["rlivs_session"].value):
+                return True
             if "rlivs_token" in c:
                 given = unquote(c["rlivs_token"].value)  # the page stores it URI-encoded
-                return secrets.compare_digest(given.encode(), self.token.encode())
+                return secrets.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
         return False
 
     async def __call__(self, scope, receive, send):
@@ -238,6 +269,7 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     app = FastAPI(title="rlivs", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Streaming video question answering on the device.")
     app.state.service = service
+    sessions = Sessions()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -308,6 +340,15 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     @app.get("/metrics")
     async def metrics():
         return Response(service.render_metrics(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/session", status_code=204)
+    def session():
+        """Exchange the bearer token (checked by the middleware) for an HttpOnly, SameSite=Strict session cookie."""
+        r = Response(status_code=204)
+        if token:
+            r.set_cookie("rlivs_session", sessions.new(), max_age=int(sessions.ttl_s), path="/", httponly=True,
+                         samesite="strict")
+        return r
 
     @app.get("/v1/streams")
     def streams():
@@ -391,7 +432,7 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
         return {"matches": service.matches(None, limit, before)}
 
     app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes,
-                       hosts=hosts or HostCheck("127.0.0.1"), metrics=service.metrics)
+                       hosts=hosts or HostCheck("127.0.0.1"), metrics=service.metrics, sessions=sessions)
     return app
 
 
@@ -452,6 +493,7 @@ class Limits:
     max_connections: int = 256  # open HTTP connections; beyond, 503 and closed at once (lowered to fit RLIMIT_NOFILE)
     header_timeout_s: float = 10.0  # a connection that has not sent a whole request head in this time is closed
     keepalive_s: int = 5  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+    backlog: int = 128  # listen backlog, which is also how many connections asyncio accepts in one burst
     log_every_s: float = 10.0  # the asyncio "out of system resource" line at most this often
 
     def __post_init__(self):
@@ -463,7 +505,8 @@ class Limits:
 
 def fit_descriptors(wanted: int, reserve: int = 128) -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one when allowed, and return the connection cap that fits under it
-    with `reserve` descriptors left for the memory, the model, sources and webhooks."""
+    with `reserve` descriptors left (the memory, the model, sources, webhooks, and the connections accepted in one
+    burst before the cap closes them)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = wanted + reserve if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted + reserve))
@@ -574,18 +617,16 @@ class Server:
                             f"it needs a token: pass --token T (or set RLIVS_TOKEN), or bind 127.0.0.1")
         self.service, self.host, self.port = service, host, port
         self.limits = limits or Limits()
-        cap = fit_descriptors(self.limits.max_connections)
+        cap = fit_descriptors(self.limits.max_connections, reserve=128 + 2 * self.limits.backlog)
         if cap < self.limits.max_connections:
             log.warning("max connections lowered from %d to %d to fit the open-file limit (ulimit -n)",
                         self.limits.max_connections, cap)
         self.app = create_app(service, token, hosts=HostCheck(host, allow_hosts))
-        protocol = type("GuardedH11", (_GuardedH11,), {"limits": Limits(cap, self.limits.header_timeout_s,
-                                                                        self.limits.keepalive_s,
-                                                                        self.limits.log_every_s),
+        protocol = type("GuardedH11", (_GuardedH11,), {"limits": replace(self.limits, max_connections=cap),
                                                       "metrics": service.metrics})
         config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, access_log=access_log,
                                 log_config=None, timeout_graceful_shutdown=3, lifespan="off", http=protocol,
-                                timeout_keep_alive=self.limits.keepalive_s)
+                                timeout_keep_alive=self.limits.keepalive_s, backlog=self.limits.backlog)
         self._server = _Uvicorn(config, service.events.close, self.limits.log_every_s)
         self._thread: threading.Thread | None = None
 

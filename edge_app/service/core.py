@@ -31,6 +31,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,7 +98,7 @@ class ServiceConfig:
     event_queue: int = 256  # events buffered per SSE client; a slower client loses its oldest (counted)
     max_subscribers: int = 32  # open GET /v1/events streams; more get 503
     max_watches: int = 100  # standing queries; POST /v1/watches beyond it gets 409
-    keep_matches: int = 1000  # newest matches kept per watch (older ones are pruned)
+    keep_matches: int = 200  # newest matches kept per watch (older ones are pruned)
     question_queue: int = 8  # questions waiting for the model; more get 429 with Retry-After
     ingest_share: float = 0.5  # least share of the model kept for ingest while questions flood it (0 = none)
     max_question_tokens: int = 256  # a question longer than this in the model's tokens is refused (400)
@@ -162,25 +163,29 @@ class QuestionGate:
         self.max_waiting, self.share, self.ingesting = waiting, share, ingesting
         self._cond = threading.Condition()
         self._busy = False
-        self._waiting = 0
+        self._line: deque = deque()  # waiting questions, in arrival order
         self._free_at = 0.0  # monotonic time the next question may start (the ingest share)
         self._mean_s = 1.0  # running mean of a question's turn, seconds (for Retry-After)
         self.rejected = 0
 
     @contextmanager
     def turn(self):
+        """First come, first served: a waiter goes when it is first in line, the model is free and the pause is over."""
         with self._cond:
-            if self._busy and self._waiting >= self.max_waiting:
+            if (self._busy or self._line) and len(self._line) >= self.max_waiting:
                 self.rejected += 1
-                retry = max(1, math.ceil((self._waiting + 1) * self._mean_s))
-                raise Busy(f"{self._waiting} questions are already waiting for the model (at most "
+                retry = max(1, math.ceil((len(self._line) + 1) * self._mean_s))
+                raise Busy(f"{len(self._line)} questions are already waiting for the model (at most "
                            f"{self.max_waiting}): ask again in {retry} s", retry)
-            self._waiting += 1
+            me = object()
+            self._line.append(me)
             try:
-                while self._busy or time.monotonic() < self._free_at:
-                    self._cond.wait(max(0.01, self._free_at - time.monotonic()) if not self._busy else None)
+                while self._busy or self._line[0] is not me or time.monotonic() < self._free_at:
+                    self._cond.wait(None if self._busy or self._line[0] is not me
+                                    else max(0.01, self._free_at - time.monotonic()))
             finally:
-                self._waiting -= 1
+                self._line.remove(me)
+                self._cond.notify_all()
             self._busy = True
         t0 = time.monotonic()
         try:
@@ -197,7 +202,7 @@ class QuestionGate:
     @property
     def waiting(self) -> int:
         with self._cond:
-            return self._waiting
+            return len(self._line)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -257,8 +262,7 @@ class EdgeService:
             self._watches[w.id] = replace(self._entry(w), starts=starts.get(w.id, {}))
         if self.store.upgraded:  # schema 1 kept no marks: its watches matched live up to now, never again
             with self._read() as mem:
-                self.store.set_marks({s["name"]: s["n_clips"] - 1 for s in mem.streams()
-                                      if s["name"] not in self.store.marks()})
+                self.store.finish_upgrade({s["name"]: s["n_clips"] - 1 for s in mem.streams()})
         self._marks = self.store.marks()  # stream -> last clip matched against every watch
         self.workers = [StreamWorker(self, s) for s in self.specs]
         self.questions = QuestionGate(c.question_queue, c.ingest_share,
@@ -318,7 +322,8 @@ class EdgeService:
         self.events.publish("caption", caption_json(record, has_thumb))
         try:
             return self.score_watches(record)
-        except sqlite3.Error as e:  # e.g. the disk is full: the mark stays, the next clip or a restart catches up
+        except (sqlite3.Error, UserError) as e:  # e.g. a full disk: the mark stays; the next clip or a restart
+            # catches up (UserError: the memory's own storage errors while reading clips back)
             self.metrics.inc("rlivs_watch_match_errors_total")
             log.warning("matching clip %d of %s against the watches failed (%s): retried with the next clip",
                         record.index, record.stream, e)

@@ -143,8 +143,8 @@ class EdgeStore:
         if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise UserError(f"{self.path} has service schema {row[0]}, newer than this rlivs reads "
                             f"({SCHEMA_VERSION}): upgrade rlivs")
-        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                           (str(SCHEMA_VERSION),))
+        if row is None:
+            self._conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._lock:
@@ -185,6 +185,15 @@ class EdgeStore:
         with self._lock:
             return dict(self._conn.execute("SELECT stream, clip FROM stream_marks").fetchall())
 
+    def finish_upgrade(self, marks: dict[str, int]) -> None:
+        """Schema 1 -> 2 in one transaction: the streams' marks (where matching stood) and the new version."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT OR IGNORE INTO stream_marks (stream, clip) VALUES (?, ?)",
+                                   [(s, int(c)) for s, c in marks.items()])
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        self.upgraded = False
+
     def set_marks(self, marks: dict[str, int]) -> None:
         with self._lock, self._conn:
             self._conn.executemany("INSERT OR REPLACE INTO stream_marks (stream, clip) VALUES (?, ?)",
@@ -222,10 +231,11 @@ class EdgeStore:
 
     # -- webhook deliveries ---------------------------------------------------------------------------------------
 
-    def due_deliveries(self, now: float, limit: int = 64) -> list[Delivery]:
+    def due_deliveries(self, now: float, limit: int = 64, offset: int = 0) -> list[Delivery]:
+        """Deliveries due at `now`, the longest-due first."""
         with self._lock:
             rows = self._conn.execute("SELECT id, match_id, url, attempts FROM deliveries WHERE next_at <= ? "
-                                      "ORDER BY next_at, id LIMIT ?", (now, int(limit))).fetchall()
+                                      "ORDER BY next_at, id LIMIT ? OFFSET ?", (now, int(limit), int(offset))).fetchall()
         return [Delivery(*r) for r in rows]
 
     def pending_deliveries(self) -> int:

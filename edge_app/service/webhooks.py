@@ -266,12 +266,17 @@ class WebhookSender:
         post_json(url, payload, self.config.policy, self.config.deadline_s)
 
     def _take(self) -> Delivery | None:
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         skip_dest = self._busy | {d for d, until in self._open_until.items() if until > now}
-        for d in self.store.due_deliveries(time.time(), limit=64):
-            if d.id not in self._taken and destination(d.url) not in skip_dest:
-                return d
-        return None
+        offset, page = 0, 64
+        while True:  # page past the rows of busy or broken destinations (the queue holds at most webhook_queue)
+            rows = self.store.due_deliveries(wall, limit=page, offset=offset)
+            for d in rows:
+                if d.id not in self._taken and destination(d.url) not in skip_dest:
+                    return d
+            if len(rows) < page:
+                return None
+            offset += page
 
     def _run(self) -> None:
         while True:

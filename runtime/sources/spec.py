@@ -68,12 +68,16 @@ def derive_name(url: str) -> str:
 
 
 def parse_source(spec: str) -> SourceSpec:
-    """`[name=]URL` -> SourceSpec. A name is 1-64 of A-Z a-z 0-9 _ . -; without one it is derived from the URL."""
+    """`[name=]URL` -> SourceSpec. A name is 1-64 of A-Z a-z 0-9 _ . - (not '.' or '..'); without one it is derived
+    from the URL."""
     if not isinstance(spec, str) or not spec.strip():
         raise UserError("a source is empty: pass --source video.mp4, --source /dev/video0 or --source cam=rtsp://...")
     spec = spec.strip()
     name, url = None, spec
     head, sep, tail = spec.partition("=")
+    if sep and head in (".", "..") and tail:
+        raise UserError(f"source name {head!r} is not valid: '.' and '..' are path steps in every URL that names the "
+                        f"stream (thumbnails); use e.g. --source cam0={tail}")
     if sep and _NAME_RE.match(head) and tail and not Path(spec).exists():
         name, url = head, tail
     elif sep and "/" not in head and ":" not in head and not Path(spec).exists():

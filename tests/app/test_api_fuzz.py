@@ -78,6 +78,7 @@ def server(tmp_path_factory, bundle):
 
 
 def _send(client: httpx.Client, req, auth: str) -> httpx.Response:
+    client.cookies.clear()  # the auth is what `auth` says: no session cookie kept from POST /v1/session
     headers = dict(req.headers)
     if auth == "bearer":
         headers["Authorization"] = f"Bearer {TOKEN}"

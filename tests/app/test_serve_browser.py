@@ -325,3 +325,47 @@ def test_eight_cameras_fit_one_window(browser, tmp_path, tiny_dir):
         page.close()
         server.stop()
         service.stop()
+
+
+def test_session_cookie_is_http_only_and_unreadable_from_another_port(browser, tmp_path, tiny_dir):
+    """The bearer token is exchanged for an HttpOnly, SameSite=Strict session cookie: EventSource and <img> requests
+    carry it, no script reads it, neither on the page's origin nor on a page served from another port of the host."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    class Other(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html><body>another app on this host</body></html>")
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    service = EdgeService(tiny_engine(), tmp_path / "memory.db")
+    server = Server(service, port=0, token=TOKEN).start()
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/healthz")
+        got = page.evaluate("""async (token) => {
+            const s = await fetch('/v1/session', {method: 'POST', headers: {Authorization: 'Bearer ' + token}});
+            const streams = await fetch('/v1/streams');  // no header: the cookie alone
+            const post = await fetch('/v1/watches', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                     body: JSON.stringify({query: 'x'})});
+            return {session: s.status, streams: streams.status, post: post.status, cookie: document.cookie};
+        }""", TOKEN)
+        assert got == {"session": 204, "streams": 200, "post": 401, "cookie": ""}, got
+        cookies = {c["name"]: c for c in page.context.cookies()}
+        assert cookies["rlivs_session"]["httpOnly"] and cookies["rlivs_session"]["sameSite"] == "Strict"
+        assert TOKEN not in cookies["rlivs_session"]["value"]
+        page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+        assert "rlivs_session" not in page.evaluate("document.cookie")  # cookies ignore ports; HttpOnly does not
+    finally:
+        page.close()
+        server.stop()
+        service.stop()
+        other.shutdown()
+        other.server_close()

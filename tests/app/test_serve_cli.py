@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.helpers.cli import run_cli
-from tests.helpers.serve_helpers import free_port, wait_for
+from tests.helpers.serve_helpers import free_port, healthy, wait_for
 
 FLAGS = ["--model", "tiny", "--fps", "2", "--frames-per-clip", "4", "--max-caption-tokens", "8",
          "--max-answer-tokens", "8", "--replay-speed", "4"]
@@ -43,13 +43,6 @@ def _serve(video, db, port, env):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def _up(url):
-    try:
-        return httpx.get(url + "/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _stop(proc) -> str:
     proc.send_signal(signal.SIGINT)
     try:
@@ -68,7 +61,7 @@ def test_rlivs_serve_end_to_end_and_resume(sample_video, tmp_path, tiny_dir):
     url = f"http://127.0.0.1:{port}"
     proc = _serve(sample_video, db, port, env)
     try:
-        wait_for(lambda: proc.poll() is not None or _up(url), 90, "rlivs serve to listen")
+        wait_for(lambda: proc.poll() is not None or healthy(url), 90, "rlivs serve to listen")
         assert proc.poll() is None, proc.stdout.read()
         assert httpx.get(url + "/v1/streams").status_code == 401  # RLIVS_TOKEN is in force
         caps = lambda: httpx.get(url + "/v1/captions", params={"stream": "cam"}, headers=headers).json()["captions"]
@@ -90,7 +83,7 @@ def test_rlivs_serve_end_to_end_and_resume(sample_video, tmp_path, tiny_dir):
 
     proc = _serve(sample_video, db, port, env)  # the same memory again: the stream resumes where it stopped
     try:
-        wait_for(lambda: proc.poll() is not None or _up(url), 90, "rlivs serve to listen again")
+        wait_for(lambda: proc.poll() is not None or healthy(url), 90, "rlivs serve to listen again")
         n = len(first)
         wait_for(lambda: len(httpx.get(url + "/v1/captions", params={"stream": "cam", "offset": n},
                                        headers=headers).json()["captions"]) >= 1, 60, "a caption after the restart")

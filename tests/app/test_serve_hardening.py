@@ -5,7 +5,6 @@ were due, the question queue, connection and event-stream caps, the header deadl
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import sqlite3
@@ -196,6 +195,89 @@ def test_deliveries_resolve_at_connect_time_follow_no_redirect_and_meet_their_de
         sink.close()
 
 
+class _Trickler:
+    """A real receiver that accepts every POST and then sends one header line every 0.3 s, never finishing."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/slow"
+        self.accepted = 0
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn):
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not self.stop.wait(0.3):
+                conn.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_slow_receiver_holds_one_sender_and_trips_its_breaker(stored):
+    engine, db = stored["engine"], stored["db"]
+    sink, slow = WebhookSink(), _Trickler()
+    try:
+        service, server = stored["serve"](ServiceConfig(webhook_allow=("127.0.0.1",), webhook_timeout_s=1.0))
+        service.add_watch("anything", threshold=-1.0, webhook=slow.url)
+        service.add_watch("anything too", threshold=-1.0, webhook=sink.url)
+        t0 = time.monotonic()
+        for rec in _commit(engine, db, "door", [f"caption {i}" for i in range(8)], first=2):
+            service.publish_clip(rec)
+        wait_for(lambda: len(sink.received) == 8, 10, "the fast receiver's eight deliveries")
+        assert time.monotonic() - t0 < 5.0  # not 8 x the slow receiver's 1 s deadline
+        # the slow one: one delivery at a time, each cut at 1 s; after 3 failures in a row its breaker opens
+        wait_for(lambda: 'rlivs_webhook_deliveries_total{outcome="retried"} 3' in service.render_metrics(), 15,
+                 "three failed attempts")
+        accepted = slow.accepted
+        time.sleep(2.0)
+        assert slow.accepted == accepted == 3  # skipped while the breaker is open (60 s)
+        assert service.store.pending_deliveries() == 8  # kept for their retries, none lost
+    finally:
+        slow.close()
+        sink.close()
+
+
+def test_a_dead_destination_with_many_due_deliveries_does_not_starve_another(stored):
+    engine, db = stored["engine"], stored["db"]
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connection refused at once
+    sink = WebhookSink()
+    try:
+        service, server = stored["serve"](ServiceConfig(webhook_allow=("127.0.0.1",)))
+        service.add_watch("anything", threshold=-1.0, webhook=f"http://127.0.0.1:{dead.getsockname()[1]}/x")
+        for rec in _commit(engine, db, "door", [f"caption {i}" for i in range(70)], first=2):
+            service.publish_clip(rec)
+        wait_for(lambda: 'rlivs_webhook_deliveries_total{outcome="retried"} 3' in service.render_metrics(), 15,
+                 "the dead destination's breaker to open")
+        service.add_watch("anything too", threshold=-1.0, webhook=sink.url)
+        (rec,) = _commit(engine, db, "door", ["one more"], first=72)
+        service.publish_clip(rec)  # its delivery to the sink is due behind 67 due rows of the dead destination
+        wait_for(lambda: len(sink.received) == 1, 10, "the sink's delivery")
+        assert sink.received[0]["body"]["clip"] == 72
+    finally:
+        dead.close()
+        sink.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 5. Watch matches across crashes
 # ---------------------------------------------------------------------------------------------------------------------
@@ -237,6 +319,25 @@ def test_clips_committed_but_not_matched_are_matched_once_on_start_and_due_deliv
         wait_for(lambda: len(sink.received) == 5, 15, "five webhook POSTs")
     finally:
         sink.close()
+
+
+def test_a_schema_1_service_database_is_upgraded_without_matching_old_clips_again(stored):
+    engine, db = stored["engine"], stored["db"]  # the memory holds clips 0 and 1 of "door"
+    edge = db.with_name("memory.edge.db")
+    with sqlite3.connect(edge) as c:  # what rlivs wrote before marks existed
+        c.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '1');
+            CREATE TABLE watches (id INTEGER PRIMARY KEY AUTOINCREMENT, query TEXT NOT NULL, threshold REAL NOT NULL,
+                                  stream TEXT, webhook TEXT, created_at REAL NOT NULL);
+            INSERT INTO watches (query, threshold, stream, webhook, created_at) VALUES ('anything', -1.0, NULL, NULL, 0);
+        """)
+    service, server = stored["serve"]()
+    assert service.matches(1) == []  # clips 0 and 1 were scored live by the old version: not again
+    (rec,) = _commit(engine, db, "door", ["a new clip"], first=2)
+    assert [m.clip for m in service.publish_clip(rec)] == [2]
+    with sqlite3.connect(edge) as c:
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
 
 
 def test_a_failed_match_write_is_caught_up_with_the_next_clip(stored, monkeypatch):
@@ -312,6 +413,38 @@ def test_question_flood_gets_429_while_healthz_metrics_and_ingest_go_on(tmp_path
     assert clips >= 5, clips
     lock = service.model_lock.stats
     assert lock.calls[0] > 0 and lock.calls[1] > 0
+
+
+def test_questions_take_turns_in_arrival_order_and_ingest_keeps_its_share():
+    from rlivs.edge_app.service.core import Busy, QuestionGate
+
+    gate = QuestionGate(waiting=3, share=0.5, ingesting=lambda: True)
+    turns = []  # (name, start, end)
+
+    def question(name):
+        with gate.turn():
+            t0 = time.monotonic()
+            time.sleep(0.1)
+            turns.append((name, t0, time.monotonic()))
+
+    threads = []
+    with gate.turn():  # one question holds the model
+        for name in "abc":
+            threads.append(threading.Thread(target=question, args=(name,)))
+            threads[-1].start()
+            wait_for(lambda k=len(threads): gate.waiting == k, 5, f"{name} in line")
+        with pytest.raises(Busy) as full:
+            with gate.turn():
+                pass
+        assert "3 questions are already waiting" in str(full.value) and full.value.retry_after_s >= 1
+        time.sleep(0.4)
+        released = time.monotonic()
+    for t in threads:
+        t.join(10)
+    assert [n for n, _, _ in turns] == ["a", "b", "c"]  # first come, first served
+    # after a question held the model d seconds, the next waits d * 0.5 / (1 - 0.5) = d while ingest runs
+    assert turns[0][1] - released >= 0.38
+    assert turns[1][1] - turns[0][2] >= 0.09 and turns[2][1] - turns[1][2] >= 0.09
 
 
 def test_a_stuck_model_never_holds_up_healthz_metrics_or_the_queue_bound(stored):

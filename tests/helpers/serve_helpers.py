@@ -43,6 +43,16 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def healthy(url: str) -> bool:
+    """True when `url`/healthz answers 200 (False while the server is not up yet)."""
+    import httpx
+
+    try:
+        return httpx.get(url + "/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

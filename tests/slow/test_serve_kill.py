@@ -12,7 +12,7 @@ import httpx
 
 from rlivs.edge_app.sample_video import make_sample_video
 from rlivs.runtime.memory import Memory
-from tests.helpers.serve_helpers import WebhookSink, free_port, wait_for
+from tests.helpers.serve_helpers import WebhookSink, free_port, healthy, wait_for
 
 FLAGS = ["--model", "tiny", "--fps", "2", "--frames-per-clip", "4", "--max-caption-tokens", "8",
          "--max-answer-tokens", "8", "--webhook-allow", "127.0.0.1"]
@@ -22,13 +22,6 @@ def _serve(db, port, *args):
     cmd = [sys.executable, "-m", "rlivs.edge_app.cli", "serve", "--db", str(db), "--port", str(port), *FLAGS, *args]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                             env={k: v for k, v in os.environ.items() if k != "RLIVS_TOKEN"})
-
-
-def _up(url):
-    try:
-        return httpx.get(url + "/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _clips(db) -> int:
@@ -49,7 +42,7 @@ def test_kill_9_mid_stream_loses_no_match_and_repeats_none(tmp_path, tiny_dir):
         # 1. a service without sources: the watch exists before the stream does, so it wants every clip
         p = _serve(db, port)
         procs.append(p)
-        wait_for(lambda: p.poll() is not None or _up(url), 90, "rlivs serve to listen")
+        wait_for(lambda: p.poll() is not None or healthy(url), 90, "rlivs serve to listen")
         r = httpx.post(url + "/v1/watches", json={"query": "anything", "threshold": -1.0, "webhook": sink.url})
         assert r.status_code == 201, r.text
         p.send_signal(signal.SIGINT)
@@ -67,7 +60,7 @@ def test_kill_9_mid_stream_loses_no_match_and_repeats_none(tmp_path, tiny_dir):
         # 3. restart on the same memory: ingest resumes, the watch catches up, due deliveries go out
         p = _serve(db, port, "--source", f"cam={video}", "--no-replay")
         procs.append(p)
-        wait_for(lambda: p.poll() is not None or _up(url), 90, "rlivs serve to listen again")
+        wait_for(lambda: p.poll() is not None or healthy(url), 90, "rlivs serve to listen again")
         wait_for(lambda: next(s for s in httpx.get(url + "/v1/streams").json()["streams"]
                               if s["name"] == "cam")["state"] == "finished", 180, "the file to be ingested")
         n = _clips(db)

@@ -42,6 +42,10 @@ def test_source_names_kinds_and_errors(tmp_path):
         parse_source("ftp://x/y.mp4")
     with pytest.raises(ValueError, match="source name 'bad name!'"):
         parse_source("bad name!=x.mp4")
+    for dots in (".", ".."):  # path steps: the stream's thumbnail URLs would be normalised away
+        with pytest.raises(ValueError, match=f"source name '{dots}' is not valid"):
+            parse_source(f"{dots}=x.mp4")
+    assert parse_source("...=x.mp4").name == "..."  # not a path step
     with pytest.raises(ValueError, match="fps must be"):
         SourceConfig(fps=0)
 
