@@ -34,7 +34,7 @@ question. The asyncio "out of system resource" log line is rate-limited.
 Auth: `Authorization: Bearer <token>`. GET requests also accept a session cookie, because EventSource and <img>
 cannot send headers: `POST /v1/session` with the bearer header answers `Set-Cookie: rlivs_session=...; HttpOnly;
 SameSite=Strict` (a random session id, valid 12 h; no script, and so no page on another port of the host, can read
-it). The older `rlivs_token` cookie (the token itself) is still accepted on GET for pages that set it. State-changing
+it); a cookie holding the token itself is not accepted (a script could read it). State-changing
 requests (POST, DELETE) need the header, so a cross-site form cannot use a cookie. Errors are JSON `{"detail": "what is wrong and how to fix it"}`.
 """
 
@@ -53,7 +53,6 @@ import time
 from dataclasses import dataclass, replace
 from http.cookies import SimpleCookie
 from typing import Optional, Sequence
-from urllib.parse import unquote
 
 import h11
 import uvicorn
@@ -207,9 +206,6 @@ class GuardMiddleware:
                 return False
             if "rlivs_session" in c and self.sessions.valid(c["rlivs_session"].value):
                 return True
-            if "rlivs_token" in c:
-                given = unquote(c["rlivs_token"].value)  # the page stores it URI-encoded
-                return secrets.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
         return False
 
     async def __call__(self, scope, receive, send):

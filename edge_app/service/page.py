@@ -11,8 +11,9 @@ collapsed under it and linked to the timeline.
 
 It talks only to the API: `fetch` for streams, captions, questions (their answer streamed) and watches, `EventSource` on `/v1/events` for new
 captions and watch matches. Every piece of server data is inserted with `textContent` (never as HTML). When the
-service has a token the page asks for it once, keeps it in sessionStorage, sends it as a bearer header, and sets the
-`rlivs_token` cookie (SameSite=Strict) so EventSource and thumbnails, which cannot send headers, are let in too.
+service has a token the page asks for it once, keeps it in sessionStorage, sends it as a bearer header, and trades it
+for an HttpOnly session cookie (POST /v1/session) so EventSource and thumbnails, which cannot send headers, are let
+in too; no script can read that cookie.
 """
 
 PAGE = r"""<!doctype html>
@@ -542,16 +543,22 @@ $("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   token = $("token-input").value.trim();
   sessionStorage.setItem("rlivs_token", token);
-  document.cookie = "rlivs_token=" + encodeURIComponent(token) + "; path=/; SameSite=Strict";
   $("token-box").style.display = "none";
   start();
 });
 
+// EventSource and <img> cannot send the bearer header: trade it for an HttpOnly session cookie no script can read.
+async function openSession() {
+  if (!token) return;
+  const r = await fetch("/v1/session", {method: "POST", headers: {Authorization: "Bearer " + token}});
+  if (r.status === 401) { $("token-box").style.display = "block"; throw new Error("a token is needed"); }
+}
+
 async function start() {
   $("conn").textContent = "connecting…"; $("conn").className = "pill";
-  if (token) document.cookie = "rlivs_token=" + encodeURIComponent(token) + "; path=/; SameSite=Strict";
   loadHealth();
   try {
+    await openSession();
     await loadStreams(true);
     await loadWatches();
     connectEvents();

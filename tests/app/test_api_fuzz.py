@@ -82,12 +82,15 @@ def _send(client: httpx.Client, req, auth: str) -> httpx.Response:
     headers = dict(req.headers)
     if auth == "bearer":
         headers["Authorization"] = f"Bearer {TOKEN}"
-    elif auth == "cookie":
-        headers["Cookie"] = f"rlivs_token={TOKEN}"
+    elif auth == "cookie":  # the page's way: the token traded for an HttpOnly session cookie
+        r = client.post("/v1/session", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 204, r.text
+        headers["Cookie"] = f"rlivs_session={r.cookies['rlivs_session']}"
+        client.cookies.clear()
     elif auth == "wrong":
         headers["Authorization"] = "Bearer not-the-token"
     elif auth == "junk-cookie":
-        headers["Cookie"] = 'rlivs_token="unterminated; ;;=; x'
+        headers["Cookie"] = 'rlivs_session="unterminated; ;;=; x'
     kw = {"params": req.params, "headers": headers}
     if req.raw_body is not None:
         kw["content"] = req.raw_body

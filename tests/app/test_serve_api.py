@@ -80,10 +80,14 @@ def test_auth_token_on_every_endpoint_but_healthz(live):
         r = httpx.request(method, url + path, headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
     assert httpx.get(url + "/v1/streams", headers={"Authorization": TOKEN}).status_code == 401  # scheme required
-    # the page's cookie is accepted for GET (EventSource, <img>) but never for state-changing requests
-    cookie = {"Cookie": f"rlivs_token={TOKEN}"}
+    # the page's session cookie is accepted for GET (EventSource, <img>) but never for state-changing requests; a
+    # cookie holding the token itself (which a script could read) is not accepted at all
+    s = httpx.post(url + "/v1/session", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert s.status_code == 204 and "httponly" in s.headers["set-cookie"].lower()
+    cookie = {"Cookie": f"rlivs_session={s.cookies['rlivs_session']}"}
     assert httpx.get(url + "/v1/streams", headers=cookie).status_code == 200
     assert httpx.post(url + "/v1/watches", headers=cookie, json={"query": "x"}).status_code == 401
+    assert httpx.get(url + "/v1/streams", headers={"Cookie": f"rlivs_token={TOKEN}"}).status_code == 401
 
 
 def test_non_loopback_bind_without_token_is_refused(live):
