@@ -13,7 +13,7 @@ from rlivs.runtime.errors import UserError
 log = logging.getLogger("rlivs.models")
 
 TINY = "tiny"
-RANDOM_MODELS = {"tiny": "tiny", "random-0.5b": "0.5b"}  # name -> size; random weights, built locally
+RANDOM_MODELS = {"tiny": "tiny", "tiny-gqa": "tiny-gqa", "random-0.5b": "0.5b"}  # name -> size; random weights, built locally
 
 
 def resolve_model(name: str | Path) -> tuple[Path, str]:
