@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.logging import RichHandler
 
-from rlivs.edge_app.commands import calibrate, doctor, eval as evaluate, export, ingest, serve
+from rlivs.edge_app.commands import calibrate, check, doctor, eval as evaluate, export, ingest, serve
 from rlivs.edge_app.options import console, debug_enabled, internal_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -27,6 +27,7 @@ COMMANDS = (
     serve,  # rlivs serve
     calibrate,  # rlivs calibrate collect | layers | quantize | report
     doctor,  # rlivs doctor
+    check,  # rlivs check --bundle B: the self-test on the device
 )
 
 

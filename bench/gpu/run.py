@@ -127,37 +127,11 @@ def _engine(model: str, device: str, dtype: str, cache: str, cuda_graph, caption
     return Engine(be, TextCodec(model_dir), FramePreprocessor.from_model_dir(model_dir), cfg)
 
 
-def run_clips(engine, clips: list[np.ndarray], fifo0: np.ndarray | None = None) -> list[dict]:
-    """The pipeline's clip step over `clips` (uint8 (T, H, W, 3)), the FIFO carried from clip to clip (starting from
-    `fifo0`, (F, D)) -> per clip: caption ids, scores (N_V,), selected indices, seconds."""
-    from rlivs.runtime.fifo import TokenFifo
-
-    d = engine.backend.info.hidden_size
-    fifo = TokenFifo(engine.config.fifo, d)
-    if fifo0 is not None:
-        fifo.push(-1, fifo0)
-    out = []
-    for i, frames in enumerate(clips):
-        t = time.perf_counter()
-        step = engine.caption_clip(frames, fifo.tokens(), i)
-        out.append({"ids": step.caption_ids, "scores": step.scores, "kept": step.selection.indices,
-                    "s": time.perf_counter() - t, "context": step.context_tokens})
-        fifo.push(i, step.selection.tokens)
-    return out
-
-
 def compare(ref: list[dict], got: list[dict]) -> dict:
-    """Per clip run against the reference: identical captions, the first differing caption token, the largest
-    clip-score difference (clips with the same caption), selection overlap."""
-    same = [a["ids"] == b["ids"] for a, b in zip(ref, got)]
-    first = [next((k for k, (x, y) in enumerate(zip(a["ids"], b["ids"])) if x != y), min(len(a["ids"]), len(b["ids"])))
-             for a, b in zip(ref, got)]
-    score = [float(np.abs(a["scores"] - b["scores"]).max()) for a, b, s in zip(ref, got, same) if s]
-    overlap = [len(set(a["kept"].tolist()) & set(b["kept"].tolist())) / len(a["kept"]) for a, b in zip(ref, got)]
-    return {"captions_identical": f"{sum(same)}/{len(same)}", "first_diff_token": first,
-            "max_score_diff_same_caption": max(score) if score else None,
-            "selection_overlap_min": min(overlap), "selections_identical": all(o == 1.0 for o in overlap),
-            "clip_s": [round(g["s"], 3) for g in got]}
+    """rlivs.runtime.selftest's comparison, plus the per-clip seconds of the run under test."""
+    from rlivs.runtime.selftest import compare_runs
+
+    return {**compare_runs(ref, got), "clip_s": [round(g["s"], 3) for g in got]}
 
 
 def _free() -> None:
@@ -176,13 +150,14 @@ def parity_stage(args, model: str) -> dict:
     path against the float32 reference."""
     import torch
 
+    from rlivs.runtime.selftest import SelfTestConfig, caption_clips, synthetic_clips
+
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     frames, tokens, n = PARITY_SHAPES[model]
     if args.small:
         frames, tokens = min(frames, 4), min(tokens, 8)
-    rng = np.random.default_rng(0)
-    clips = [rng.integers(0, 256, (frames, 240, 320, 3), dtype=np.uint8) for _ in range(n)]
+    clips = synthetic_clips(SelfTestConfig(clips=n, frames=frames))
     variants = {"cpu_fp32": ("cpu", "float32", "dynamic", False)}
     dev = args.device
     on_cuda = dev.startswith("cuda")
@@ -194,7 +169,7 @@ def parity_stage(args, model: str) -> dict:
     runs, info = {}, {}
     for name, (d, dt, cache, graph) in variants.items():
         e = _engine(model, d, dt, cache, graph, tokens, frames)
-        runs[name] = run_clips(e, clips)
+        runs[name] = caption_clips(e, clips)
         info[name] = {"cuda_graph": e.backend.cuda_graph, "graph_error": e.backend.graph_error}
         del e
         _free()
@@ -210,6 +185,8 @@ def parity_stage(args, model: str) -> dict:
 def full_context_parity(args) -> dict:
     """random-0.5b at the paper's context (16 frames after a full 16-clip FIFO, 128 caption tokens) on the device:
     the float32 dynamic-cache reference against each dtype on the fast path."""
+    from rlivs.runtime.selftest import caption_clips
+
     dev = args.device
     rng = np.random.default_rng(1)
     clip = [rng.integers(0, 256, (FULL["frames"], 240, 320, 3), dtype=np.uint8)]
@@ -219,14 +196,14 @@ def full_context_parity(args) -> dict:
     fifo = ref_e.backend.encode_frames(ref_e.preprocess(
         rng.integers(0, 256, (FULL["frames"], 240, 320, 3), dtype=np.uint8))).reshape(-1, ref_e.backend.info.hidden_size)
     ref_e.text.eos_ids = frozenset()  # random weights need not stop: exactly 128 caption tokens
-    ref = run_clips(ref_e, clip, fifo)
+    ref = caption_clips(ref_e, clip, fifo)
     del ref_e
     _free()
     out = {"context_tokens": ref[0]["context"], "fp32_dynamic_clip_s": round(ref[0]["s"], 3)}
     for dt in ("float32", *args.dtypes):
         e = _engine("random-0.5b", dev, dt, "static", None, FULL["caption_tokens"], FULL["frames"], FULL["fifo_clips"])
         e.text.eos_ids = frozenset()
-        out[f"{dt}_fast"] = {**compare(ref, run_clips(e, clip, fifo)), "cuda_graph": e.backend.cuda_graph,
+        out[f"{dt}_fast"] = {**compare(ref, caption_clips(e, clip, fifo)), "cuda_graph": e.backend.cuda_graph,
                              "graph_error": e.backend.graph_error}
         del e
         _free()

@@ -81,6 +81,21 @@ def train_tokenizer(seed: int = 0, vocab_size: int = 512) -> Tokenizer:
     return tok
 
 
+def _llava(vision: SiglipVisionConfig, text: Qwen2Config, image_token_id: int,
+           video_token_id: int) -> LlavaOnevisionConfig:
+    """The LLaVA-OneVision wrapper every shape shares: GELU projector with bias, full features from the last layer,
+    anyres grid pinpoints at 1x and 2x the tower's side; ties the output layer as the text config does."""
+    side = vision.image_size
+    return LlavaOnevisionConfig(
+        vision_config=vision.to_dict(), text_config=text.to_dict(),
+        image_token_index=image_token_id, video_token_index=video_token_id,
+        projector_hidden_act="gelu", vision_feature_select_strategy="full", vision_feature_layer=-1,
+        multimodal_projector_bias=True, tie_word_embeddings=text.tie_word_embeddings,
+        image_grid_pinpoints=[[side, side], [side, 2 * side], [2 * side, side], [2 * side, 2 * side]],
+        vision_aspect_ratio="anyres_max_9",
+    )
+
+
 def tiny_config(vocab_size: int, image_token_id: int, video_token_id: int) -> LlavaOnevisionConfig:
     """Toy widths, real structure: 126 px / 14 = 9x9 patches -> pooled 5x5 = 25 tokens per frame."""
     vision = SiglipVisionConfig(
@@ -95,14 +110,7 @@ def tiny_config(vocab_size: int, image_token_id: int, video_token_id: int) -> Ll
         initializer_range=0.2,  # wide init: attention is peaked and greedy output depends on the input
         use_sliding_window=False,
     )
-    return LlavaOnevisionConfig(
-        vision_config=vision.to_dict(), text_config=text.to_dict(),
-        image_token_index=image_token_id, video_token_index=video_token_id,
-        projector_hidden_act="gelu", vision_feature_select_strategy="full", vision_feature_layer=-1,
-        multimodal_projector_bias=True, tie_word_embeddings=True,
-        image_grid_pinpoints=[[126, 126], [126, 252], [252, 126], [252, 252]],
-        vision_aspect_ratio="anyres_max_9",
-    )
+    return _llava(vision, text, image_token_id, video_token_id)
 
 
 def tiny_gqa_config(vocab_size: int, image_token_id: int, video_token_id: int) -> LlavaOnevisionConfig:
@@ -122,14 +130,7 @@ def tiny_gqa_config(vocab_size: int, image_token_id: int, video_token_id: int) -
         rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
         initializer_range=0.2, use_sliding_window=False,
     )
-    return LlavaOnevisionConfig(
-        vision_config=vision.to_dict(), text_config=text.to_dict(),
-        image_token_index=image_token_id, video_token_index=video_token_id,
-        projector_hidden_act="gelu", vision_feature_select_strategy="full", vision_feature_layer=-1,
-        multimodal_projector_bias=True, tie_word_embeddings=False,
-        image_grid_pinpoints=[[112, 112], [112, 224], [224, 112], [224, 224]],
-        vision_aspect_ratio="anyres_max_9",
-    )
+    return _llava(vision, text, image_token_id, video_token_id)
 
 
 def real_size_config(image_token_id: int = 151646, video_token_id: int = 151647) -> LlavaOnevisionConfig:
@@ -144,14 +145,7 @@ def real_size_config(image_token_id: int = 151646, video_token_id: int = 151647)
         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
         rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
     )
-    return LlavaOnevisionConfig(
-        vision_config=vision.to_dict(), text_config=text.to_dict(),
-        image_token_index=image_token_id, video_token_index=video_token_id,
-        projector_hidden_act="gelu", vision_feature_select_strategy="full", vision_feature_layer=-1,
-        multimodal_projector_bias=True, tie_word_embeddings=True,
-        image_grid_pinpoints=[[384, 384], [384, 768], [768, 384], [768, 768]],
-        vision_aspect_ratio="anyres_max_9",
-    )
+    return _llava(vision, text, image_token_id, video_token_id)
 
 
 def _real_size(vocab_size: int, image_token_id: int, video_token_id: int) -> LlavaOnevisionConfig:
