@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.logging import RichHandler
 
-from rlivs.edge_app.commands import calibrate, doctor, eval as evaluate, export, ingest, memory, serve
+from rlivs.edge_app.commands import calibrate, check, doctor, eval as evaluate, export, ingest, memory, serve
 from rlivs.edge_app.options import console, debug_enabled, exit_code_help, internal_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -28,6 +28,7 @@ COMMANDS = (
     serve,  # rlivs serve
     calibrate,  # rlivs calibrate collect | layers | quantize | report
     doctor,  # rlivs doctor
+    check,  # rlivs check --bundle B: the self-test on the device
 )
 
 LIBRARY_LOGS = ("httpx", "huggingface_hub", "transformers", "onnxscript", "onnx_ir", "torch", "py.warnings")

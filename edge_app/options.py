@@ -105,7 +105,7 @@ def exit_code_help() -> str:
 
 # the model and where it runs
 Model = typer.Option("tiny", "--model", "-m",
-                     help="HF hub id (local cache only), HF-format directory, 'tiny' or 'random-0.5b' (random weights).")
+                     help="HF hub id (local cache only), HF-format directory, 'tiny', 'tiny-gqa' or 'random-0.5b' (random weights).")
 Bundle = typer.Option(None, "--bundle", help="Exported bundle (rlivs export): runs on ONNX Runtime, or on TensorRT "
                                              "when engines are built (rlivs build-engines); no torch.")
 Backend = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt")

@@ -4,7 +4,8 @@ Order: create ONNX -> check the graphs -> compare with the torch reference -> wr
 
   BUNDLE/
     vision.onnx, decoder.onnx (+ .data external weights when large)
-    embeddings.npy      (V, D) input-embedding table, float16 (default) or float32; memory-mappable
+    embeddings.npy      (V, D) input-embedding table, memory-mappable: float32 (default for onnxruntime bundles,
+                        exact parity) or float16 (default for tensorrt bundles, whose engines run in half precision)
     image_newline.npy   (D,) float32
     tokenizer.json, tokenizer_config.json, chat template, config.json, generation_config.json,
     preprocessor_config.json   (what TextCodec and FramePreprocessor read)
@@ -45,7 +46,9 @@ TARGETS = ("onnxruntime", "tensorrt")
 class ExportConfig:
     target: str = "onnxruntime"  # onnxruntime | tensorrt (opset <= 20, plain attention TensorRT can fuse)
     opset: int | None = None  # default: 23 for onnxruntime (fused Attention/RotaryEmbedding/RMSNorm), 20 for tensorrt
-    embed_dtype: str = "float16"  # dtype of embeddings.npy: float16 halves it; float32 for exact parity
+    embed_dtype: str | None = None  # dtype of embeddings.npy; default by precision: float32 where the engine runs in
+    #                                  float32 (onnxruntime: identical captions and selections), float16 where it runs
+    #                                  in half precision anyway (tensorrt with the float16 arena cache)
     probe: ProbeConfig | None = None  # probe layers baked into the decoder graph (default: 4 evenly spaced)
     check: bool = True  # compare ORT with the torch reference after export
     kv_layout: str | None = None  # stacked (ORT: cache passed past->present) | arena (appended in place); default by target
@@ -55,8 +58,6 @@ class ExportConfig:
     def __post_init__(self):
         if self.target not in TARGETS:
             raise UserError(f"unknown export target {self.target!r}: use one of {', '.join(TARGETS)}")
-        if self.embed_dtype not in ("float16", "float32"):
-            raise UserError(f"embed_dtype must be float16 or float32, got {self.embed_dtype!r}")
         if self.opset is None:
             self.opset = 20 if self.target == "tensorrt" else 23
         if not 17 <= self.opset <= 23:
@@ -72,6 +73,10 @@ class ExportConfig:
         if self.kv_dtype not in ("float16", "float32") or (self.kv_layout == "stacked" and self.kv_dtype != "float32"):
             raise UserError(f"kv_dtype {self.kv_dtype!r} is not available with the {self.kv_layout} cache: use float32, "
                             f"or float16 with the arena cache (--target tensorrt)")
+        if self.embed_dtype is None:
+            self.embed_dtype = "float16" if self.kv_dtype == "float16" else "float32"
+        if self.embed_dtype not in ("float16", "float32"):
+            raise UserError(f"embed_dtype must be float16 or float32, got {self.embed_dtype!r}")
         if not 64 <= self.max_context <= 1 << 20:
             raise UserError(f"max_context must be 64..{1 << 20} positions, got {self.max_context}; e.g. --max-context "
                             f"8192 (a FIFO of 16 clips + one clip + prompt + caption is ~6.5K for the 0.5B model)")

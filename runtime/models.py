@@ -13,7 +13,7 @@ from rlivs.runtime.errors import UserError
 log = logging.getLogger("rlivs.models")
 
 TINY = "tiny"
-RANDOM_MODELS = {"tiny": "tiny", "random-0.5b": "0.5b"}  # name -> size; random weights, built locally
+RANDOM_MODELS = {"tiny": "tiny", "tiny-gqa": "tiny-gqa", "random-0.5b": "0.5b"}  # name -> size; random weights, built locally
 
 
 VALID_MODELS = ("'tiny', 'random-0.5b' (random weights, built locally), a local HF-format directory, or a hub id "

@@ -34,12 +34,13 @@ def sample_video(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory, tiny_dir):
-    """The tiny model exported for ONNX Runtime (float32 embeddings: exact parity with the reference)."""
+    """The tiny model exported for ONNX Runtime with the default ExportConfig (float32 embeddings for this target:
+    the parity tests prove the default bundle equal to the reference)."""
     pytest.importorskip("onnxscript")
     from rlivs.export.bundle import ExportConfig, export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle("tiny", out, ExportConfig(embed_dtype="float32"))
+    export_bundle("tiny", out, ExportConfig())
     return out
 
 

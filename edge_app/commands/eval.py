@@ -25,6 +25,8 @@ HELP = """Evaluate streaming video QA on RVS-Ego / RVS-Movie style benchmarks, c
 Each video is ingested once, in time order; a question is answered when the stream reaches its end_time, from the clips that ended by then. Writes OUT/predictions.jsonl (one row per question), OUT/summary.json and OUT/results.md.
 
 Annotation files: the streaming list (video_id, video_path, duration, conversations) and/or a VStream-QA clip file plus question file. Give several after one --annotations, or repeat --annotations. See docs/evaluation.md.
+
+rlivs eval --check FILE... validates annotation files (every record) without a model or videos and prints, per file, its videos, questions, the time axis decided for its question times, and the questions outside their video.
 """
 
 def register(app: typer.Typer) -> None:
@@ -33,11 +35,14 @@ def register(app: typer.Typer) -> None:
     @app.command("eval", help=HELP, context_settings={"allow_extra_args": True})
     def eval_cmd(
         ctx: typer.Context,
-        annotations: list[Path] = typer.Option(
-            ..., "--annotations", "-a", help="Annotation file(s): streaming list, VStream-QA clip + question files."),
+        annotations: Optional[list[Path]] = typer.Option(
+            None, "--annotations", "-a", help="Annotation file(s): streaming list, VStream-QA clip + question files."),
+        check: bool = typer.Option(False, "--check", help="Only validate the annotation files (given after --check "
+                                   "or --annotations): counts per file, the time axis, questions outside their "
+                                   "video. No model, no videos."),
         videos: Optional[Path] = typer.Option(None, "--videos", help="Folder where videos are looked up (video_path "
                                               "that does not exist as given, or <video_id>.mp4 / folder / .npy)."),
-        out_dir: Path = typer.Option(..., "--out", "-o", help="Results folder (created)."),
+        out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (created)."),
         model: str = o.Model, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
         threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
         # --- ablations: every one is recorded in run.json / summary.json / results.md
@@ -60,11 +65,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the random strategy."),
         # --- how the data is read
         frames_fps: float = typer.Option(1.0, help="Rate of frame folders and .npy arrays (frame i at i/rate s)."),
-        vstream_times: str = typer.Option("clip", help="VStream-QA question times: clip (from the cut clip's start) "
-                                                       "| original (on the source video's axis)."),
+        vstream_times: str = typer.Option("auto", help="VStream-QA question times: auto (decided from the data: "
+                                                       "times inside their clip's span in the source video => "
+                                                       "original) | clip (from the cut clip's start) | original "
+                                                       "(on the source video's axis)."),
         shot_seconds: float = typer.Option(1.0, help="Seconds per shot for shot-indexed VStream-QA clips."),
-        clip_window: str = typer.Option("auto",
-                                        help="Streaming list clip_start_time/clip_end_time: auto | apply | ignore."),
+        clip_window: str = typer.Option("auto", help="Streaming list clip_start_time/clip_end_time: auto (the axis "
+                                        "of the question times decided from the data; source-axis times are "
+                                        "streamed from the file's start, as ReKV does) | apply (stream only the "
+                                        "window) | ignore (keys not read)."),
         max_videos: Optional[int] = typer.Option(None, help="Only the first N videos of each benchmark."),
         # --- judge
         judge_url: Optional[str] = typer.Option(None,
@@ -86,13 +95,24 @@ def register(app: typer.Typer) -> None:
     ):
         from rlivs.edge_app.eval.annotations import AnnotationConfig
         from rlivs.edge_app.eval.judges import JudgeConfig
-        from rlivs.edge_app.eval.runner import EvalConfig, run_eval
+        from rlivs.edge_app.eval.runner import CausalityViolation, EvalConfig, run_eval
 
         extra = list(ctx.args)
         bad = [a for a in extra if a.startswith("-")]
         if bad:
             _fail(f"unknown option(s) {' '.join(bad)}; see rlivs eval --help")
-        files = list(annotations) + [Path(a) for a in extra]
+        files = list(annotations or []) + [Path(a) for a in extra]
+        if not files:
+            _fail("no annotation files: pass --annotations FILE... (or rlivs eval --check FILE... to validate them)")
+        if check:
+            try:
+                _print_check(files, AnnotationConfig(frames_fps=frames_fps, vstream_times=vstream_times,
+                                                     shot_seconds=shot_seconds, clip_window=clip_window))
+            except UserError as e:
+                _fail(str(e))
+            return
+        if out_dir is None:
+            _fail("--out is required: the results folder to write, e.g. --out results/run1")
         if judge_url and judge_local:
             _fail("pass either --judge-url (endpoint) or --judge-local (a model run by rlivs), not both")
         if judge_model and not judge_url:
@@ -125,6 +145,11 @@ def register(app: typer.Typer) -> None:
                 summary = run_eval(cfg, progress=bar.update)
         except UserError as e:
             _fail(str(e))
+        except CausalityViolation as e:
+            from rich.markup import escape
+
+            console.print(f"[bold red]causality violation:[/] {escape(str(e))}")
+            raise typer.Exit(1)
         _print_summary(summary, out_dir)
 
 
@@ -168,6 +193,25 @@ class _Bar:
 
     def _q(self) -> str:
         return f"{self.done_q}/{self.total_q} questions"
+
+
+def _print_check(files: list[Path], cfg) -> None:
+    from rich.markup import escape
+
+    from rlivs.edge_app.eval.annotations import check_annotations
+
+    rows = check_annotations(files, cfg)
+    t = Table("file", "format", "videos", "questions", "time axis", "outside their video", title="rlivs eval --check")
+    for r in rows:
+        outside = str(r["outside"]) + (f" ({r['unknown_extent']} unknown)" if r["unknown_extent"] else "")
+        t.add_row(r["file"], r["format"], str(r["videos"]), str(r["questions"]), r["time_axis"] or "–", outside)
+    out.print(t)
+    for r in rows:
+        if r["time_axis"]:
+            console.print(escape(f"{Path(r['file']).name}: time axis {r['time_axis']}: {r['reason']}"))
+        if r.get("outside_qids"):
+            console.print(escape(f"{Path(r['file']).name}: outside their video: {', '.join(r['outside_qids'])}"))
+    console.print(f"ok: {len(rows)} file(s), {sum(r['questions'] for r in rows)} questions valid")
 
 
 def _print_summary(summary: dict, out_dir: Path) -> None:

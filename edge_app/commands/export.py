@@ -27,7 +27,11 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     target: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt (opset <= 20, attention TensorRT fuses)."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default 23 for onnxruntime, 20 for tensorrt)."),
-    embed_dtype: str = typer.Option("float16", help="Embedding table dtype: float16 | float32 (exact parity)."),
+    embed_dtype: Optional[str] = typer.Option(
+        None, help="Embedding table dtype: float32 (default for --target onnxruntime: identical captions and "
+                   "selections to the torch reference) | float16 (default for --target tensorrt, whose engines run in "
+                   "half precision; halves the table, but its rounding moves the logits: greedy captions can "
+                   "diverge where the winning margin is small, see docs/export.md)."),
     probe_layers: Optional[str] = o.ProbeLayers, num_probe_layers: int = o.NumProbeLayers,
     check: bool = typer.Option(True, help="Compare the exported graphs with the torch reference."),
     kv_dtype: Optional[str] = typer.Option(None, help="KV cache dtype of a tensorrt bundle: float16 (default) | "
@@ -63,6 +67,14 @@ def export(
         from rlivs.export.bundle import parity_summary
 
         out_console.print("ONNX Runtime vs torch: " + parity_summary(manifest.extra["export_check"]))
+    out_console.print(EMBED_NOTE[manifest.embeddings["dtype"]])
+
+
+EMBED_NOTE = {  # what the bundle's embedding table means for parity (docs/export.md, "Precision and parity")
+    "float32": "embeddings: float32: greedy captions and selections as the torch reference's",
+    "float16": "embeddings: float16: half the table, but not the reference's captions where the greedy margin is "
+               "small; re-export with --embed-dtype float32 for exact parity on ONNX Runtime",
+}
 
 
 def build_engines_cmd(

@@ -96,6 +96,9 @@ def markdown_table(summary: dict) -> str:
         f"- settings: {settings_line(summary['pipeline'])}",
         f"- judge: {judge_line(summary['judge'])}; prompt {summary['judge_prompt_version']} "
         f"sha256 `{summary['judge_prompt_sha256'][:16]}`",
+        f"- causal audit: {summary['all'].get('causal_violations', 0)} answer(s) used video from after their "
+        f"question's end time" + "".join(f"; {n}: times on the {a['axis']} axis" for n, a in
+                                          summary.get("time_axes", {}).items()),
         "",
         head + "\n".join(lines),
         "",

@@ -7,6 +7,10 @@ next clip would end after E, i.e. after the last clip with t_end <= E has been c
 is ingested; a clip that straddles E is ingested only after the question was answered, so it is never seen by it.
 Answers retrieve only captions with t_end <= E (`CausalView`), which also keeps a resumed run causal.
 
+Audit: every row records what its answer could see (`seen_until`: the latest clip end in its view) and the latest
+caption end it used (`latest_caption_end`); a row where either lies after E is a causality violation. The summary
+counts them, and a run with any fails (`CausalityViolation`, after its outputs are written).
+
 No torch here: the torch backend is loaded by `load_engine` only when the model needs it.
 """
 
@@ -40,6 +44,18 @@ TIME_EPS = 1e-6
 NO_CONTEXT_ANSWER = "No information yet: nothing of the video has been seen before this question."
 
 
+class CausalityViolation(RuntimeError):
+    """A run answered a question from video after the question's end time (counted in summary.json)."""
+
+
+def causal_audit(stream_end_time: float, seen_until: float | None, used_ends: list[float]) -> dict:
+    """The audit fields of a row: the latest stream time its answer could see, the latest caption end it used, and
+    whether both lie at or before the question's end time on the file's axis."""
+    latest = max(used_ends) if used_ends else None
+    late = [t for t in (seen_until, latest) if t is not None and t > stream_end_time + TIME_EPS]
+    return {"seen_until": seen_until, "latest_caption_end": latest, "causal": not late}
+
+
 class CausalView(CaptionIndex):
     """What a question may see: the stream's clips with t_end <= its end time. A `CaptionIndex` (what
     `answer` reads captions through) over a memory, the filter inside every index query; nothing else of a `Memory`."""
@@ -66,6 +82,10 @@ class CausalView(CaptionIndex):
 
     def has_clock(self, streams: list[str] | None = None) -> bool:
         return self.memory.has_clock(streams)
+
+    def latest_end(self, stream: str) -> float | None:
+        """The latest stream-time end among the clips of `stream` the question may see (None: none)."""
+        return self.memory.latest_end(stream, stream_until=self.until)
 
     def visible(self, stream: str) -> int:
         """How many clips of `stream` the question may see."""
@@ -170,6 +190,7 @@ class Runner:
                             judge=self.judge.identity())
         write_outputs(self.out, summary)
         self.progress({"kind": "end", "answered": answered, "complete": complete})
+        _fail_on_violations(summary, self.out)
         return summary
 
     def _check_identity(self, ident: dict) -> None:
@@ -258,7 +279,8 @@ class Runner:
             "question": q.question, "reference": q.reference, "answer": text, "answer_type": q.answer_type,
             "start_time": q.start_time, "end_time": q.end_time, "stream_end_time": q.stream_end_time,
             "stream_t": stream_t, "visible_clips": visible, "no_context": not visible,
-            "window_applied": video.window_applied,
+            "window_applied": video.window_applied, "time_axis": video.time_axis,
+            **causal_audit(q.stream_end_time, view.latest_end(video.stream), [r.t_end for r, _ in used]),
             "captions": [{"clip": r.index, "t_start": r.t_start, "t_end": r.t_end, "caption": r.caption,
                           "relevance": round(float(s), 6)} for r, s in used],
             "latency_s": latency, "prompt_tokens": prompt_tokens,
@@ -300,7 +322,16 @@ class Runner:
                             judge=self.judge.identity())
         write_outputs(self.out, summary)
         self.progress({"kind": "end", "answered": 0, "complete": summary["complete"]})
+        _fail_on_violations(summary, self.out)
         return summary
+
+
+def _fail_on_violations(summary: dict, out: Path) -> None:
+    n = summary["all"]["causal_violations"]
+    if n:
+        raise CausalityViolation(
+            f"{n} answer(s) used video from after their question's end time (e.g. {', '.join(summary['causal_violation_qids'])}"
+            f"); rows with \"causal\": false in {Path(out) / PREDICTIONS}: the results are not valid")
 
 
 def run_eval(cfg: EvalConfig, progress: ProgressFn | None = None) -> dict:

@@ -55,6 +55,7 @@ def aggregate(rows: list[dict]) -> dict:
     return {
         "questions": len(rows),
         "no_context": sum(1 for r in rows if r.get("no_context")),
+        "causal_violations": sum(1 for r in rows if r.get("causal") is False),
         "exact_match": _mean([r["em"] for r in rows]),
         "token_f1": _mean([r["f1"] for r in rows]),
         "judged": len(judged),
@@ -89,6 +90,8 @@ def summarize(rows: list[dict], benches: list[Benchmark], ident: dict, wall_s: f
         "complete": complete,
         "benchmarks": per,
         "all": aggregate(rows),
+        "causal_violation_qids": [f"{r['benchmark']}/{r['qid']}" for r in rows if r.get("causal") is False][:10],
+        "time_axes": {b.name: {"axis": b.time_axis, "reason": b.axis_reason} for b in benches},
         "model": ident.get("model"), "model_id": ident.get("model_id"),
         "backend": ident.get("backend"), "device": ident.get("device"), "dtype": ident.get("dtype"),
         "pipeline": ident.get("pipeline"), "data": ident.get("data"), "annotations": ident.get("annotations"),

@@ -607,6 +607,15 @@ class Memory:
             sql, args = sql + " AND t_end <= ?", args + [float(stream_until)]
         return self._live().execute(sql, args).fetchone()[0]
 
+    def latest_end(self, stream: str | None = None, stream_until: float | None = None) -> float | None:
+        """The latest stream-time clip end (of `stream`; at or before `stream_until`), or None without clips."""
+        sql, args = "SELECT MAX(t_end) FROM clips WHERE 1", []
+        if stream is not None:
+            sql, args = sql + " AND stream = ?", args + [stream]
+        if stream_until is not None:
+            sql, args = sql + " AND t_end <= ?", args + [float(stream_until)]
+        return self._live().execute(sql, args).fetchone()[0]
+
     def has_clock(self, streams: list[str] | None = None) -> bool:
         """Whether any clip (of `streams`) has wall-clock times."""
         sql, args = "SELECT 1 FROM clips WHERE wall_start IS NOT NULL", []

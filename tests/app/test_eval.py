@@ -17,7 +17,7 @@ from rlivs.edge_app.eval.runner import NO_CONTEXT_ANSWER, CausalView
 from rlivs.edge_app.eval.scoring import exact_match, normalize_answer, token_f1
 from rlivs.runtime.sources import open_source
 from tests.helpers.cli import run_cli
-from tests.helpers.eval_sample import STREAMING, VS_QUESTIONS, make_benchmark
+from tests.helpers.eval_sample import SOURCE_AXIS_LIST, STREAMING, VS_QUESTIONS, make_benchmark
 from tests.helpers.fake_judge import SERVED_MODEL, FakeJudge
 
 TINY = ["--model", "tiny", "--frames-per-clip", "4", "--max-caption-tokens", "8", "--max-new-tokens", "8"]
@@ -91,6 +91,8 @@ def test_both_formats_end_to_end(full_run):
     md = (out / "results.md").read_text()
     assert "| rvs_ego | 6 | 2 |" in md and "| test_qa_movie | 3 | 0 |" in md
     assert "4 frames per clip" in md and JUDGE_PROMPT_SHA256[:16] in md
+    assert "causal audit: 0 answer(s) used video from after their question's end time" in md
+    assert summary["all"]["causal_violations"] == 0 and summary["time_axes"]["rvs_ego"]["axis"] == "file"
 
 
 def test_causal_rule_no_clip_after_end_time(full_run):
@@ -107,6 +109,9 @@ def test_causal_rule_no_clip_after_end_time(full_run):
         # the stream had gone exactly to the last clip ending by E: the straddling clip was not yet ingested
         assert r["stream_t"] == (ends[visible[-1]] if visible else None), r
         assert r["no_context"] == (not visible)
+        # the audit: what the answer could see and the latest caption it used, both by E
+        assert r["seen_until"] == r["stream_t"] and r["causal"] is True
+        assert r["latest_caption_end"] == max((c["t_end"] for c in r["captions"]), default=None)
     by = {r["qid"]: r for r in rows}
     assert by["ego_a#0"]["answer"] == NO_CONTEXT_ANSWER and by["ego_b#1"]["answer"] == NO_CONTEXT_ANSWER
     assert by["ego_a#1"]["stream_t"] == 4.0  # E = 6: clip [4, 8) straddles it, so only clip 0 was seen
@@ -287,7 +292,8 @@ def test_time_conventions(bench, tmp_path):
     assert [q.stream_end_time for v in b.videos for q in v.questions] == [4.0, 7.0]
     # clip-relative times beyond the clip's length point at the other convention
     with pytest.raises(ValueError, match="--vstream-times original"):
-        read_annotations([bench / "rvs_movie.json", qs], AnnotationConfig(videos_dir=bench / "videos"))
+        read_annotations([bench / "rvs_movie.json", qs], AnnotationConfig(videos_dir=bench / "videos",
+                                                                          vstream_times="clip"))
     # streaming list: a clip window on an uncut file applies (times from the window's start) unless ignored
     rec = [dict(STREAMING[0], clip_start_time=4, clip_end_time=12)]
     f = _write(tmp_path / "win.json", rec)
@@ -300,6 +306,106 @@ def test_time_conventions(bench, tmp_path):
     f2 = _write(tmp_path / "cut.json", [dict(STREAMING[0], clip_start_time=2430, clip_end_time=2442)])
     (b,) = read_annotations([f2], AnnotationConfig(videos_dir=bench / "videos"))
     assert b.videos[0].window_applied is False
+
+
+def test_time_axis_is_decided_from_the_data(bench, caplog):
+    """The real RVS-Movie layout: every question inside [clip_start_time, clip_end_time] => the source video's axis.
+    On an uncut file that is the file's own axis (ReKV's protocol: stream from the file's start up to end_time); on a
+    file already cut to its window the window's start is subtracted. The decision and its reason are logged."""
+    cfg = AnnotationConfig(videos_dir=bench / "videos")
+    with caplog.at_level("INFO", logger="rlivs.eval"):
+        (b,) = read_annotations([bench / "rvs_movie_list.json"], cfg)
+    assert (b.time_axis, "all 5 question times lie inside their [clip_start_time, clip_end_time]") == (
+        "source", b.axis_reason[:len("all 5 question times lie inside their [clip_start_time, clip_end_time]")])
+    assert "rvs_movie_list.json: question times on the source axis: all 5 question times lie inside" in caplog.text
+    a, m = b.videos
+    assert (a.path.name, a.window_applied, a.start, a.end, a.time_axis) == ("ego_a.mp4", False, 0.0, None, "source")
+    assert [q.stream_end_time for q in a.questions] == [6.0, 8.0, 12.0]  # not 10, 12, 16 (counted from the window)
+    assert (m.path.name, m.duration) == ("m2.npy", 8.0)  # 8 s: the file is the cut window [100, 108]
+    assert [q.stream_end_time for q in m.questions] == [3.0, 8.0]
+    assert not any(q.outside for v in b.videos for q in v.questions)
+    # forced readings: ignore = ReKV's (keys not read); apply = stream only the window, times still on the source axis
+    (b,) = read_annotations([bench / "rvs_movie_list.json"], AnnotationConfig(videos_dir=bench / "videos",
+                                                                               clip_window="ignore"))
+    assert (b.time_axis, [q.stream_end_time for q in b.videos[0].questions]) == ("file", [6.0, 8.0, 12.0])
+    (b,) = read_annotations([bench / "rvs_movie_list.json"], AnnotationConfig(videos_dir=bench / "videos",
+                                                                               clip_window="apply"))
+    a = b.videos[0]
+    assert (a.window_applied, a.start, a.end, [q.stream_end_time for q in a.questions]) == (
+        True, 4.0, 12.0, [6.0, 8.0, 12.0])
+    # VStream-QA questions on the source axis (inside their clip's span in the source video) => original
+    (b,) = read_annotations([bench / "rvs_movie.json", bench / "test_qa_movie_original.json"],
+                            AnnotationConfig(videos_dir=bench / "videos", shot_seconds=2.0))
+    assert (b.time_axis, [q.stream_end_time for v in b.videos for q in v.questions]) == ("original", [12.0, 7.0])
+    (b,) = read_annotations([bench / "rvs_movie.json", bench / "test_qa_movie.json"], cfg)
+    assert b.time_axis == "clip" and "3 of 3 questions lie outside their clip's [start, end]" in b.axis_reason
+
+
+def test_check_validates_annotations_without_videos(bench, tmp_path):
+    """`rlivs eval --check`: no model, no videos (the files are copied where no video exists)."""
+    names = ["rvs_ego.json", "rvs_movie_list.json", "rvs_movie.json", "test_qa_movie_original.json"]
+    for n in names:
+        (tmp_path / n).write_text((bench / n).read_text())
+    r = _eval("--check", *[tmp_path / n for n in names])
+    assert r.exit_code == 0, r.output
+    said = _said(r)
+    rows = {line.split("│")[1].strip().split("/")[-1]: [c.strip() for c in line.split("│")[2:-1]]
+            for line in r.output.splitlines() if line.count("│") == 7}
+    # file -> format, videos, questions, time axis, outside their video
+    assert rows["rvs_ego.json"] == ["streaming", "2", "6", "file", "1"]  # ego_a#3 ends at 30 s in a 12 s video
+    assert rows["rvs_movie_list.json"] == ["streaming", "2", "5", "source", "0"]
+    assert rows["rvs_movie.json"] == ["vstream-clips", "2", "0", "–", "0"]
+    assert rows["test_qa_movie_original.json"] == ["vstream", "2", "2", "original", "0"]
+    assert "rvs_ego.json: outside their video: ego_a#3" in said and "ok: 4 file(s), 13 questions valid" in said
+    assert "rvs_movie_list.json: time axis source: all 5 question times lie inside" in said
+    # a question outside every reading of its window is counted, not hidden
+    bad = [dict(SOURCE_AXIS_LIST[0], conversations=SOURCE_AXIS_LIST[0]["conversations"] + [
+        {"question": "later?", "answer": "x", "start_time": 11, "end_time": 40}])]
+    r = _eval("--check", _write(tmp_path / "late.json", bad))
+    assert r.exit_code == 0 and "late.json: outside their video: mv_a#3" in _said(r)
+    # an invalid record fails with its file and record named, exit 2
+    r = _eval("--check", _write(tmp_path / "broken.json", [{"video_id": "v", "video_path": "v.mp4",
+                                                             "conversations": [{"question": "q", "answer": "a"}]}]))
+    assert r.exit_code == 2 and "broken.json: record 0 (video_id 'v') conversation 0 is missing" in _said(r)
+
+
+def test_source_axis_window_is_evaluated_causally(bench, tiny_dir):
+    out = bench / "out-source-axis"
+    r = _eval("--annotations", bench / "rvs_movie_list.json", "--videos", bench / "videos", "--out", out, *TINY)
+    assert r.exit_code == 0, r.output
+    rows = {r["qid"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    # E on the file's axis, the stream from the file's start; each answer saw clips ending by E only
+    assert {q: (r["stream_end_time"], r["seen_until"], r["time_axis"]) for q, r in rows.items()} == {
+        "mv_a#0": (6.0, 4.0, "source"), "mv_a#1": (8.0, 8.0, "source"), "mv_a#2": (12.0, 12.0, "source"),
+        "mv_b#0": (3.0, None, "source"), "mv_b#1": (8.0, 8.0, "source")}
+    assert all(r["causal"] and (r["latest_caption_end"] or 0) <= r["stream_end_time"] for r in rows.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["all"]["causal_violations"] == 0
+    assert summary["time_axes"]["rvs_movie_list"]["axis"] == "source"
+
+
+def test_a_leak_is_counted_and_fails_the_run(bench, tiny_dir, monkeypatch):
+    """The audit does not trust the view: resumed over a memory that already holds the whole video, with a view
+    that lets every clip through, the answers that saw later clips are counted and the run fails (exit 1)."""
+    from rlivs.edge_app.eval import runner
+
+    out = bench / "out-leak"
+    args = ["--annotations", bench / "rvs_ego.json", "--videos", bench / "videos", "--out", out, *TINY,
+            "--max-videos", "1"]
+    assert _eval(*args).exit_code == 0  # ego_a streamed to its end (its last question ends at 30 s)
+    (out / "predictions.jsonl").unlink()  # every question pending again, the memory holding clips up to 12 s
+    monkeypatch.setattr(runner.CausalView, "vectors", lambda self, stream=None: self.memory.vectors(stream))
+    r = _eval(*args, "--resume")
+    assert r.exit_code == 1, r.output
+    rows = {r["qid"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    assert {q: (r["seen_until"], r["causal"]) for q, r in rows.items()} == {
+        "ego_a#0": (12.0, False), "ego_a#1": (12.0, False), "ego_a#2": (12.0, False), "ego_a#3": (12.0, True)}
+    assert all(r["latest_caption_end"] <= r["seen_until"] for r in rows.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["all"]["causal_violations"] == 3
+    assert summary["causal_violation_qids"] == ["rvs_ego/ego_a#0", "rvs_ego/ego_a#1", "rvs_ego/ego_a#2"]
+    assert "causality violation: 3 answer(s) used video from after their question's end time" in _said(r)
+    assert "causal audit: 3 answer(s)" in (out / "results.md").read_text()
 
 
 def test_frame_sources_sample_like_video_files(tmp_path, bench):

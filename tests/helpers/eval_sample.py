@@ -8,6 +8,11 @@ docs/evaluation.md:
   ego_b (8 s mp4 given by an absolute video_path); 6 questions, two of them before the first clip ends.
 - rvs_movie.json + test_qa_movie.json: a VStream-QA clip file and question file: m1 (shot-indexed, a folder of
   12 frames at 1 fps), m2 (seconds, a .npy of 8 frames); 3 questions with answer types.
+- rvs_movie_list.json: the streaming list with clip windows whose question times are on the *source* video's axis
+  (as in the real RVS-Movie list: every question inside [clip_start_time, clip_end_time], the first starting at
+  clip_start_time, the last ending at clip_end_time): mv_a on the uncut 12 s ego_a.mp4 (window [4, 12]) and mv_b on
+  m2.npy, a file already cut to its window [100, 108].
+- test_qa_movie_original.json: VStream-QA questions for the clips of rvs_movie.json on the source video's axis.
 The references are chosen so that the fake judge (tests/helpers/fake_judge.py) answers in each of its formats.
 """
 
@@ -43,6 +48,24 @@ VS_QUESTIONS = [
      "start_time": 1, "end_time": 7},
 ]
 
+# Source-axis stand-ins (the layout of the real RVS-Movie list and of a source-axis VStream-QA question file)
+SOURCE_AXIS_LIST = [
+    {"video_id": "mv_a", "video_path": "ego_a.mp4", "duration": 12, "clip_start_time": 4, "clip_end_time": 12,
+     "conversations": [
+         {"question": "what is on screen?", "answer": "red square", "start_time": 4, "end_time": 6},
+         {"question": "what moved?", "answer": "blue circle", "start_time": 6, "end_time": 8},
+         {"question": "what grew?", "answer": "green bar", "start_time": 8, "end_time": 12}]},
+    {"video_id": "mv_b", "video_path": "m2.npy", "duration": 8, "clip_start_time": 100, "clip_end_time": 108,
+     "conversations": [
+         {"question": "what is held?", "answer": "blue cup", "start_time": 100, "end_time": 103},
+         {"question": "who came in?", "answer": "a man", "start_time": 103, "end_time": 108}]},
+]
+VS_QUESTIONS_ORIGINAL = [
+    {"id": 11, "video_id": "m1", "question": "who is there?", "answer": "a man", "start_time": 12, "end_time": 16},
+    {"id": 12, "video_id": "m2", "question": "what is held?", "answer": "blue cup", "start_time": 101,
+     "end_time": 107},
+]
+
 
 def make_benchmark(root: str | Path) -> Path:
     from rlivs.edge_app.sample_video import make_sample_video
@@ -61,6 +84,8 @@ def make_benchmark(root: str | Path) -> Path:
     (root / "rvs_ego.json").write_text(json.dumps(streaming, indent=1))
     (root / "rvs_movie.json").write_text(json.dumps(VS_CLIPS, indent=1))
     (root / "test_qa_movie.json").write_text(json.dumps(VS_QUESTIONS, indent=1))
+    (root / "rvs_movie_list.json").write_text(json.dumps(SOURCE_AXIS_LIST, indent=1))
+    (root / "test_qa_movie_original.json").write_text(json.dumps(VS_QUESTIONS_ORIGINAL, indent=1))
     return root
 
 

@@ -136,3 +136,49 @@ def caption_parity(engines, frames: np.ndarray, fifo: np.ndarray, max_new_tokens
         ctx, cols = e.caption_context(fifo, vis.reshape(-1, d))
         out.append(greedy(e.backend, ctx, max_new_tokens, e.text.eos_ids, cols))
     return out
+
+
+def hf_greedy_ids(hf_model, engine, max_new_tokens: int, *, embeds: np.ndarray | None = None,
+                  frames: np.ndarray | None = None) -> list[int]:
+    """transformers' own `generate` (greedy) -> ids without EOS: on `embeds` (S, D), or, for a first clip (no FIFO),
+    end to end from uint8 `frames` through HF's video placeholder expansion and vision tower."""
+    import torch
+
+    eos = sorted(engine.text.eos_ids)
+    with torch.no_grad():
+        if frames is not None:
+            pixels = engine.preprocess(frames)  # (T, 3, H, W)
+            prompt = engine.text.caption_prompt(engine.config.caption.prompt)
+            info = engine.backend.info
+            n_video = len(frames) * info.tokens_per_frame + 1  # + image_newline
+            ids = np.concatenate([prompt.prefix, np.full(n_video, info.video_token_id), prompt.suffix])
+            out = hf_model.generate(input_ids=torch.from_numpy(ids)[None],
+                                    pixel_values_videos=torch.from_numpy(pixels)[None],
+                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos)[0, len(ids):]
+        else:
+            out = hf_model.generate(inputs_embeds=torch.from_numpy(embeds)[None], max_new_tokens=max_new_tokens,
+                                    do_sample=False, eos_token_id=eos)[0]
+    return [t for t in out.tolist() if t not in engine.text.eos_ids]
+
+
+def eager_caption_scores(eager_model, backend, context: np.ndarray, columns: slice, caption_ids: list[int],
+                         max_new_tokens: int) -> np.ndarray:
+    """The method's clip scores from transformers' eager `output_attentions`: the attention of the last prompt row and
+    of each fed caption token to the clip's columns, averaged over heads and the probe layers, summed over rows
+    -> (N_V,). The final greedy token is never fed back (unless the caption stopped at EOS)."""
+    import torch
+
+    fed = caption_ids[:-1] if len(caption_ids) == max_new_tokens else caption_ids
+    full = np.concatenate([context, backend.embed_tokens(np.array(fed, dtype=np.int64))])
+    with torch.no_grad():
+        ref = eager_model.model.language_model(inputs_embeds=torch.from_numpy(full)[None], output_attentions=True)
+    attn = eager_probe(ref.attentions, backend.info.probe_layers)  # (S', S')
+    return attn[len(context) - 1:, columns].sum(0)
+
+
+def eager_probe(attentions, layers) -> np.ndarray:
+    """transformers' eager attentions (per layer (1, H, Q, K)) -> the probe: mean over heads, then over `layers`
+    -> (Q, K)."""
+    import torch
+
+    return torch.stack([attentions[i][0].mean(0) for i in layers]).mean(0).numpy()

@@ -160,3 +160,26 @@ def test_ingest_and_ask_from_bundle_without_torch(bundle, sample_video, tmp_path
     lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
     assert [x["clip"] for x in lines if "clip" in x and "answer" not in x] == [0, 1, 2]
     assert "TORCH-FREE OK" in out.stdout and any("answer" in x for x in lines)
+
+
+@pytest.mark.parametrize("layout", ["stacked", "arena"])
+def test_chunked_prefill_and_vision_equal_one_run(request, bundle, layout):
+    """The memory bounds (a prefill in chunks through the KV cache, frames a few at a time) give the numbers of one
+    whole run: logits, probe row, cache length and the following decode step; with either KV cache."""
+    if layout == "arena":
+        bundle = request.getfixturevalue("arena_pair")[1].bundle
+    whole = OrtBackend(bundle, prefill_chunk=10**6, vision_chunk=10**6)
+    chunked = OrtBackend(bundle, prefill_chunk=100, vision_chunk=3)
+    assert (OrtBackend(bundle).prefill_chunk, OrtBackend(bundle).vision_chunk) == (256, 2)  # the defaults
+    rng = np.random.default_rng(1)
+    pixels = rng.uniform(-1, 1, (16, 3, 126, 126)).astype(np.float32)
+    vis = whole.encode_frames(pixels)
+    np.testing.assert_allclose(chunked.encode_frames(pixels), vis, atol=1e-6, rtol=0)  # 6 runs of <= 3 frames
+    ctx = np.concatenate([whole.embed_tokens(np.arange(5, 35)), vis.reshape(-1, 64)])  # (430, D): 5 chunks of 100
+    sw, sc = whole.new_state(), chunked.new_state()
+    a, b = whole.step(ctx, sw), chunked.step(ctx, sc)
+    assert sw.length == sc.length == 430 and b.probe_attn.shape == a.probe_attn.shape == (1, 430)
+    np.testing.assert_allclose(b.logits, a.logits, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(b.probe_attn, a.probe_attn, atol=1e-7, rtol=0)
+    x = whole.embed_tokens(np.array([int(np.argmax(a.logits))]))
+    np.testing.assert_allclose(chunked.step(x, sc).logits, whole.step(x, sw).logits, atol=1e-6, rtol=0)

@@ -274,3 +274,29 @@ def test_engines_from_another_build_are_refused(engines):
             TrtBackend(engines["fp16"])
     finally:
         path.write_text(saved)
+
+
+def test_rlivs_check_runs_the_emulated_tensorrt_backend(emulated):
+    """`rlivs check` on a bundle with (emulated) engines: auto picks TensorRT, the check compares it with the same
+    bundle's ONNX graphs on ONNX Runtime CPU and passes (engines of 'emulated' precision: the float32 tolerance)."""
+    import json
+
+    from tests.helpers.cli import run_cli
+
+    r = run_cli("check", "--bundle", emulated, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert (out["backend"], out["why"]) == ("tensorrt", "the bundle has TensorRT engines and tensorrt is importable")
+    assert out["precision"] == "float32" and out["passed"] is True
+    c = out["comparison"]
+    assert c["captions_identical"] == c["clips"] == 2 and c["selections_identical"]
+    assert c["max_score_diff_per_row"] <= 1e-4
+
+
+def test_fp16_engines_are_checked_against_the_half_precision_tolerance():
+    from rlivs.edge_app.commands.check import precision_under_test
+    from rlivs.runtime.backends.bundle import Manifest
+
+    assert precision_under_test(Manifest(tensorrt_engines={"precision": "fp16"}), "tensorrt") == "float16"
+    assert precision_under_test(Manifest(tensorrt_engines={"precision": "fp32"}), "tensorrt") == "float32"
+    assert precision_under_test(Manifest(tensorrt_engines={"precision": "fp16"}), "onnxruntime") == "float32"

@@ -13,6 +13,7 @@ from rlivs.runtime.frames import FramePreprocessor  # noqa: E402
 from rlivs.runtime.generate import greedy  # noqa: E402
 from rlivs.runtime.engine import Engine  # noqa: E402
 from rlivs.runtime.text import TextCodec  # noqa: E402
+from tests.helpers.parity import eager_caption_scores, eager_probe, hf_greedy_ids  # noqa: E402
 from tests.helpers.probe_helpers import spy_probe_rows  # noqa: E402
 
 ATTN_TOL = 1e-5
@@ -41,10 +42,6 @@ def _context(backend, n_frames=3, seed=0):
     return np.concatenate([text[:4], vis, backend.embed_tokens(np.array([9])), text[4:]])  # (S, D)
 
 
-def _eager_probe(attentions, layers):
-    return torch.stack([attentions[i][0].mean(0) for i in layers]).mean(0).numpy()  # (Q, K)
-
-
 def test_probe_layers_default_spread_and_explicit():
     assert ProbeConfig().resolve(24) == (5, 9, 14, 18)
     assert ProbeConfig().resolve(28) == (5, 11, 16, 22)
@@ -60,7 +57,7 @@ def test_probe_attention_equals_eager_at_prefill_and_decode(backend, eager):
     out = backend.step(ctx, state, probe_rows=rows)
     with torch.no_grad():
         ref = eager.model.language_model(inputs_embeds=torch.from_numpy(ctx)[None], output_attentions=True, use_cache=True)
-    want = _eager_probe(ref.attentions, backend.info.probe_layers)[-rows:]  # (R, K)
+    want = eager_probe(ref.attentions, backend.info.probe_layers)[-rows:]  # (R, K)
     assert out.probe_attn.shape == (rows, len(ctx))
     np.testing.assert_allclose(out.probe_attn, want, atol=ATTN_TOL, rtol=0)
     np.testing.assert_allclose(out.probe_attn.sum(-1), 1.0, atol=1e-5)  # rows are distributions
@@ -74,7 +71,7 @@ def test_probe_attention_equals_eager_at_prefill_and_decode(backend, eager):
                                              output_attentions=True, use_cache=True)
         cache = output_cache(ref)
         assert out.probe_attn.shape == (1, state.length)
-        np.testing.assert_allclose(out.probe_attn, _eager_probe(ref.attentions, backend.info.probe_layers),
+        np.testing.assert_allclose(out.probe_attn, eager_probe(ref.attentions, backend.info.probe_layers),
                                    atol=ATTN_TOL, rtol=0)
 
 
@@ -130,15 +127,8 @@ def test_greedy_caption_equals_hf_generate(tiny_dir, backend, sdpa):
     """First clip (empty FIFO): input_ids with the video placeholder expanded, as the HF processor does."""
     engine = _engine(tiny_dir, backend)
     frames = np.random.default_rng(3).integers(0, 256, (4, 90, 120, 3), dtype=np.uint8)
-    pixels = engine.preprocess(frames)  # (T, 3, H, W)
-    prompt = engine.text.caption_prompt(engine.config.caption.prompt)
-    n_video = len(frames) * backend.info.tokens_per_frame + 1  # + image_newline
-    ids = np.concatenate([prompt.prefix, np.full(n_video, backend.info.video_token_id), prompt.suffix])
-    with torch.no_grad():
-        ref = sdpa.generate(input_ids=torch.from_numpy(ids)[None], pixel_values_videos=torch.from_numpy(pixels)[None],
-                            max_new_tokens=24, do_sample=False, eos_token_id=sorted(engine.text.eos_ids))
-    ref_ids = [t for t in ref[0, len(ids):].tolist() if t not in engine.text.eos_ids]
-    vis = backend.encode_frames(pixels).reshape(-1, backend.info.hidden_size)
+    ref_ids = hf_greedy_ids(sdpa, engine, 24, frames=frames)
+    vis = backend.encode_frames(engine.preprocess(frames)).reshape(-1, backend.info.hidden_size)
     ctx, cols = engine.caption_context(np.zeros((0, backend.info.hidden_size), np.float32), vis)
     gen = greedy(backend, ctx, 24, engine.text.eos_ids, cols)
     assert gen.ids == ref_ids
@@ -152,11 +142,7 @@ def test_greedy_with_fifo_prefix_equals_hf_generate_on_embeddings(tiny_dir, back
     fifo = rng.standard_normal((12, backend.info.hidden_size)).astype(np.float32)
     ctx, cols = engine.caption_context(fifo, vis.reshape(-1, vis.shape[-1]))
     assert cols.start == len(engine.caption_prefix) + len(fifo) and cols.stop - cols.start == vis.shape[0] * vis.shape[1]
-    with torch.no_grad():
-        ref = sdpa.generate(inputs_embeds=torch.from_numpy(ctx)[None], max_new_tokens=16, do_sample=False,
-                            eos_token_id=sorted(engine.text.eos_ids))
-    ref_ids = [t for t in ref[0].tolist() if t not in engine.text.eos_ids]
-    assert greedy(backend, ctx, 16, engine.text.eos_ids, cols).ids == ref_ids
+    assert greedy(backend, ctx, 16, engine.text.eos_ids, cols).ids == hf_greedy_ids(sdpa, engine, 16, embeds=ctx)
 
 
 def test_caption_scores_equal_eager_attention_summed_over_rows(tiny_dir, backend, eager):
@@ -165,13 +151,8 @@ def test_caption_scores_equal_eager_attention_summed_over_rows(tiny_dir, backend
     vis = backend.encode_frames(np.random.default_rng(5).uniform(-1, 1, (2, 3, *backend.info.image_size)).astype(np.float32))
     ctx, cols = engine.caption_context(np.zeros((0, backend.info.hidden_size), np.float32), vis.reshape(-1, vis.shape[-1]))
     gen = greedy(backend, ctx, 6, engine.text.eos_ids, cols)
-    fed = gen.ids[:-1] if len(gen.ids) == 6 else gen.ids  # the final token is never fed back
-    full = np.concatenate([ctx, backend.embed_tokens(np.array(fed, dtype=np.int64))])
-    with torch.no_grad():
-        ref = eager.model.language_model(inputs_embeds=torch.from_numpy(full)[None], output_attentions=True)
-    attn = _eager_probe(ref.attentions, backend.info.probe_layers)  # (S', S')
-    want = attn[len(ctx) - 1 :, cols].sum(0)  # rows: last prompt token + fed caption tokens
-    assert gen.steps == len(fed) + 1
+    want = eager_caption_scores(eager, backend, ctx, cols, gen.ids, 6)  # rows: last prompt token + fed caption tokens
+    assert gen.steps == (5 if len(gen.ids) == 6 else len(gen.ids)) + 1  # the final token is never fed back
     np.testing.assert_allclose(gen.scores, want, atol=ATTN_TOL * gen.steps, rtol=0)
 
 

@@ -18,6 +18,13 @@ from rlivs.runtime.errors import UserError
 log = logging.getLogger("rlivs.backend.onnxruntime")
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# Memory bounds (docs/benchmarks.md, "Memory at the paper's context"): ONNX Runtime's CPU arena keeps every session's
+# largest intermediates for good, so a run's working set is bounded here instead. A prefill of L positions runs as
+# chunks of at most PREFILL_CHUNK through the KV cache (attention scores then take H x chunk x K floats instead of
+# H x L x L: 90 MB instead of 2.2 GB per tensor for the 0.5B model at 6.3K positions); frames go through the vision
+# graph VISION_CHUNK at a time. Both give the same numbers as one run (tests/parity/test_onnx.py).
+PREFILL_CHUNK = 256  # positions
+VISION_CHUNK = 2  # frames
 
 
 @dataclass
@@ -32,8 +39,9 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-                 manifest: Manifest | None = None):
+                 manifest: Manifest | None = None, prefill_chunk: int = PREFILL_CHUNK, vision_chunk: int = VISION_CHUNK):
         self.bundle = Path(bundle)
+        self.prefill_chunk, self.vision_chunk = prefill_chunk, vision_chunk
         m = manifest or load_manifest(self.bundle)
         available = ort.get_available_providers()
         if providers:
@@ -97,7 +105,9 @@ class OrtBackend(Backend):
 
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(pixels, dtype=np.float32)  # (T, 3, H, W)
-        return self.vision.run(["visual_tokens"], {"pixel_values": x})[0]  # (T, P, D)
+        parts = [self.vision.run(["visual_tokens"], {"pixel_values": x[i:i + self.vision_chunk]})[0]
+                 for i in range(0, len(x), self.vision_chunk)]  # (t, P, D) each
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (T, P, D)
 
     def image_newline(self) -> np.ndarray:
         return self.newline
@@ -118,6 +128,14 @@ class OrtBackend(Backend):
     def step(self, embeds: np.ndarray, state: OrtState, probe_rows: int = 1) -> StepOutput:
         if probe_rows > 1:
             raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
+        self.kv.check_room(state.length, len(embeds))  # before anything is written
+        starts = range(0, max(len(embeds), 1), self.prefill_chunk)
+        for i in starts[:-1]:  # every chunk but the last only extends the cache
+            self._run(embeds[i:i + self.prefill_chunk], state, 0)
+        return self._run(embeds[starts[-1]:], state, probe_rows)  # the last: logits and probe row of the last position
+
+    def _run(self, embeds: np.ndarray, state: OrtState, probe_rows: int) -> StepOutput:
+        """One decoder run over L new positions (L <= prefill_chunk, or a decode step)."""
         x = np.ascontiguousarray(embeds, dtype=np.float32)[None]  # (1, L, D)
         n_new = x.shape[1]
         self.kv.check_room(state.length, n_new)

@@ -7,7 +7,10 @@ trained here on a generated corpus, with the Qwen2 chat special tokens and a cha
 same shape as the real model's. The result is an ordinary HF-format directory, so `tiny` runs
 through exactly the code path that real weights do.
 
-`real_size_config()` gives the true 0.5B shapes (random weights) for benchmarks and slow tests.
+`real_size_config()` gives the true 0.5B shapes (random weights) for benchmarks and slow tests;
+`tiny_gqa_config()` a second toy shape that differs from `tiny` wherever a shape can break an assumption
+(7 query heads per KV head, an untied output layer, a vocabulary padded past the tokenizer's, an even patch
+grid at another frame size and vision width), for parity tests and GPU rehearsals. `SIZES` names them.
 """
 
 from __future__ import annotations
@@ -78,6 +81,21 @@ def train_tokenizer(seed: int = 0, vocab_size: int = 512) -> Tokenizer:
     return tok
 
 
+def _llava(vision: SiglipVisionConfig, text: Qwen2Config, image_token_id: int,
+           video_token_id: int) -> LlavaOnevisionConfig:
+    """The LLaVA-OneVision wrapper every shape shares: GELU projector with bias, full features from the last layer,
+    anyres grid pinpoints at 1x and 2x the tower's side; ties the output layer as the text config does."""
+    side = vision.image_size
+    return LlavaOnevisionConfig(
+        vision_config=vision.to_dict(), text_config=text.to_dict(),
+        image_token_index=image_token_id, video_token_index=video_token_id,
+        projector_hidden_act="gelu", vision_feature_select_strategy="full", vision_feature_layer=-1,
+        multimodal_projector_bias=True, tie_word_embeddings=text.tie_word_embeddings,
+        image_grid_pinpoints=[[side, side], [side, 2 * side], [2 * side, side], [2 * side, 2 * side]],
+        vision_aspect_ratio="anyres_max_9",
+    )
+
+
 def tiny_config(vocab_size: int, image_token_id: int, video_token_id: int) -> LlavaOnevisionConfig:
     """Toy widths, real structure: 126 px / 14 = 9x9 patches -> pooled 5x5 = 25 tokens per frame."""
     vision = SiglipVisionConfig(
@@ -92,14 +110,27 @@ def tiny_config(vocab_size: int, image_token_id: int, video_token_id: int) -> Ll
         initializer_range=0.2,  # wide init: attention is peaked and greedy output depends on the input
         use_sliding_window=False,
     )
-    return LlavaOnevisionConfig(
-        vision_config=vision.to_dict(), text_config=text.to_dict(),
-        image_token_index=image_token_id, video_token_index=video_token_id,
-        projector_hidden_act="gelu", vision_feature_select_strategy="full", vision_feature_layer=-1,
-        multimodal_projector_bias=True, tie_word_embeddings=True,
-        image_grid_pinpoints=[[126, 126], [126, 252], [252, 126], [252, 252]],
-        vision_aspect_ratio="anyres_max_9",
+    return _llava(vision, text, image_token_id, video_token_id)
+
+
+def tiny_gqa_config(vocab_size: int, image_token_id: int, video_token_id: int) -> LlavaOnevisionConfig:
+    """The second toy shape: Qwen2 with 7 query heads per KV head (7 heads, 1 KV head, head dim 16, D = 112),
+    an untied lm_head, the vocabulary padded to the next multiple of 64 above the tokenizer's plus 64 (as Qwen2
+    pads 151,646 tokens to 152,000 rows), and SigLIP at 112 px / 14 = 8x8 patches (an even grid: pooled 4x4 = 16
+    tokens per frame), width 48 with 3 heads."""
+    vision = SiglipVisionConfig(
+        hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=3,
+        image_size=112, patch_size=14, num_channels=3, hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6, vision_use_head=False,
     )
+    padded = (vocab_size // 64 + 2) * 64  # 512 tokens -> 640 rows
+    text = Qwen2Config(
+        vocab_size=padded, hidden_size=112, intermediate_size=224, num_hidden_layers=6,
+        num_attention_heads=7, num_key_value_heads=1, max_position_embeddings=32768,
+        rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        initializer_range=0.2, use_sliding_window=False,
+    )
+    return _llava(vision, text, image_token_id, video_token_id)
 
 
 def real_size_config(image_token_id: int = 151646, video_token_id: int = 151647) -> LlavaOnevisionConfig:
@@ -114,14 +145,15 @@ def real_size_config(image_token_id: int = 151646, video_token_id: int = 151647)
         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
         rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
     )
-    return LlavaOnevisionConfig(
-        vision_config=vision.to_dict(), text_config=text.to_dict(),
-        image_token_index=image_token_id, video_token_index=video_token_id,
-        projector_hidden_act="gelu", vision_feature_select_strategy="full", vision_feature_layer=-1,
-        multimodal_projector_bias=True, tie_word_embeddings=True,
-        image_grid_pinpoints=[[384, 384], [384, 768], [768, 384], [768, 768]],
-        vision_aspect_ratio="anyres_max_9",
-    )
+    return _llava(vision, text, image_token_id, video_token_id)
+
+
+def _real_size(vocab_size: int, image_token_id: int, video_token_id: int) -> LlavaOnevisionConfig:
+    return real_size_config(image_token_id, video_token_id)  # the real vocabulary (152000), whatever the tokenizer
+
+
+# size -> (config from (tokenizer vocabulary, <image> id, <video> id), toy: wide-init image_newline)
+SIZES = {"tiny": (tiny_config, True), "tiny-gqa": (tiny_gqa_config, True), "0.5b": (_real_size, False)}
 
 
 def default_cache_dir() -> Path:
@@ -129,18 +161,16 @@ def default_cache_dir() -> Path:
 
 
 def build_model_dir(out: Path, seed: int = 0, size: str = "tiny") -> Path:
-    """Write an HF-format LLaVA-OneVision directory with random weights (`size`: tiny | 0.5b)."""
+    """Write an HF-format LLaVA-OneVision directory with random weights (`size`: one of SIZES)."""
+    if size not in SIZES:
+        raise UserError(f"unknown random model size {size!r}: use one of {', '.join(SIZES)}")
+    make_config, toy = SIZES[size]
     tok = train_tokenizer(seed)
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
-    if size == "tiny":
-        config = tiny_config(tok.get_vocab_size(), ids["<image>"], ids["<video>"])
-    elif size == "0.5b":
-        config = real_size_config(ids["<image>"], ids["<video>"])
-    else:
-        raise UserError(f"unknown random model size {size!r}: use 'tiny' or '0.5b'")
+    config = make_config(tok.get_vocab_size(), ids["<image>"], ids["<video>"])
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    if size == "tiny":  # the real newline is O(1); the default init is tiny
+    if toy:  # the real newline is O(1); the default init is tiny
         with torch.no_grad():
             model.model.image_newline.normal_(0.0, 1.0)
     out.mkdir(parents=True, exist_ok=True)
