@@ -394,7 +394,11 @@ def test_a_leak_is_counted_and_fails_the_run(bench, tiny_dir, monkeypatch):
             "--max-videos", "1"]
     assert _eval(*args).exit_code == 0  # ego_a streamed to its end (its last question ends at 30 s)
     (out / "predictions.jsonl").unlink()  # every question pending again, the memory holding clips up to 12 s
-    monkeypatch.setattr(runner.CausalView, "vectors", lambda self, stream=None: self.memory.vectors(stream))
+
+    def leaky_view(self, memory, t_max):  # the view's filter gone: every clip passes every index query
+        self.memory, self.t_max, self.until = memory, t_max, float("inf")
+
+    monkeypatch.setattr(runner.CausalView, "__init__", leaky_view)
     r = _eval(*args, "--resume")
     assert r.exit_code == 1, r.output
     rows = {r["qid"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
