@@ -41,6 +41,7 @@ from .records import ClipRecord, from_blob
 
 SIG_MIN = 2048  # the signature center is fixed when the memory first holds this many clips
 EXACT_MAX = 4096  # at most this many clips inside the filters: score them all exactly
+REFRESH_ROWS = 20000  # the column cache reads the clips table this many rows at a time
 VECTOR_CANDIDATES = 1024  # else: this many Hamming-nearest, then exact re-rank
 LEXICAL_CANDIDATES = 256  # keyword hits taken from FTS5
 COMMON_TERM_FRACTION = 0.2  # a query term in more than this fraction of captions is dropped ...
@@ -141,10 +142,12 @@ class ColumnCache:
         """Read the rows committed since the last refresh (all of them after a generation change)."""
         if generation != self.generation or sig_bytes != self.sig_bytes:
             self._reset(generation, sig_bytes)
-        rows = conn.execute("SELECT id, stream, wall_start, wall_end, t_end, sig FROM clips WHERE id > ? ORDER BY id",
-                            (self.last_id,)).fetchall()
-        if not rows:
-            return
+        cur = conn.execute("SELECT id, stream, wall_start, wall_end, t_end, sig FROM clips WHERE id > ? ORDER BY id",
+                           (self.last_id,))
+        while rows := cur.fetchmany(REFRESH_ROWS):  # a chunk at a time: the Python rows never all exist at once
+            self._append(rows)
+
+    def _append(self, rows: list[tuple]) -> None:
         ids, streams, w0, w1, t1, sigs = zip(*rows)
         codes = np.array([self.codes.setdefault(s, len(self.codes)) for s in streams], dtype=np.int32)
         width = self.sigs.buf.shape[1]
@@ -247,26 +250,29 @@ def lexical(conn: sqlite3.Connection, query: str, streams: list[str] | None, wal
     return [r[0] for r in conn.execute(sql, (*args, limit))]
 
 
-_COLUMNS = "id, stream, idx, t_start, t_end, caption, n_tokens, vector, dim, dtype, committed_at, wall_start, wall_end"
+# a clip row joined with its arrays (what a ClipRecord holds)
+RECORD_SQL = ("SELECT c.id, c.stream, c.idx, c.t_start, c.t_end, c.caption, c.n_tokens, a.vector, a.dim, a.dtype, "
+              "c.committed_at, c.wall_start, c.wall_end, a.kept FROM clips c JOIN clip_arrays a ON a.id = c.id")
 
 
 def record_from_row(r: tuple) -> ClipRecord:
-    (_, stream, idx, t0, t1, caption, n_tokens, vec, dim, dtype, committed, w0, w1) = r[:13]
-    return ClipRecord(stream, idx, t0, t1, caption, n_tokens, from_blob(vec, dtype, (dim,)), committed, w0, w1)
+    (_, stream, idx, t0, t1, caption, n_tokens, vec, dim, dtype, committed, w0, w1, kept) = r[:14]
+    return ClipRecord(stream, idx, t0, t1, caption, n_tokens, from_blob(vec, dtype, (dim,)), committed, w0, w1,
+                      None if kept is None else np.frombuffer(kept, dtype="<i2").astype(np.int16))
 
 
 def fetch(conn: sqlite3.Connection, ids: list[int]) -> dict[int, ClipRecord]:
     """Records (vectors included) of the given clip ids."""
     if not ids:
         return {}
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM clips WHERE id IN (SELECT value FROM json_each(?))",
+    rows = conn.execute(f"{RECORD_SQL} WHERE c.id IN (SELECT value FROM json_each(?))",
                         (json.dumps([int(i) for i in ids]),)).fetchall()
     return {r[0]: record_from_row(r) for r in rows}
 
 
 def fetch_vectors(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(C,) clip ids -> (ids in the order read (C,) int64, their vectors (C, D) float32), without building records."""
-    rows = conn.execute("SELECT id, vector, dtype, dim FROM clips WHERE id IN (SELECT value FROM json_each(?))",
+    rows = conn.execute("SELECT id, vector, dtype, dim FROM clip_arrays WHERE id IN (SELECT value FROM json_each(?))",
                         (json.dumps(np.asarray(ids).tolist()),)).fetchall()
     if not rows:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)

@@ -44,8 +44,8 @@ from rlivs.runtime.errors import UserError
 from . import schema
 from .records import (SQLITE_HEADER, ClipRecord, StreamState, from_blob, normalize_fingerprint, storage_problem,
                       to_blob)
-from .search import (SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, fetch, filter_sql, keyword_matches, search,
-                     signature)
+from .search import (RECORD_SQL, SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, fetch, filter_sql, keyword_matches,
+                     record_from_row, search, signature)
 
 log = logging.getLogger("rlivs.memory")
 _V1_TABLES = ("meta", "streams", "clips", "fifo")
@@ -403,7 +403,7 @@ class Memory:
                     f"clip {index} of stream {stream!r} is {kind}: the next clip to commit is {expected} "
                     f"(resume from open_stream(...).next_index)"
                 )
-            row = conn.execute("SELECT dim FROM clips LIMIT 1").fetchone()
+            row = conn.execute("SELECT dim FROM clip_arrays LIMIT 1").fetchone()
             if row is not None and row[0] != dim:
                 raise UserError(
                     f"clip {index} vector has dim {dim} but the clips in {self.path} have dim {row[0]}: "
@@ -426,12 +426,8 @@ class Memory:
                 )
             center = self._signature_center()
             sig = None if center is None else signature(record.vector, center)
-            conn.execute(
-                "INSERT INTO clips (stream, idx, t_start, t_end, wall_start, wall_end, caption, n_tokens, vector, dim, "
-                "dtype, sig, kept, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (stream, index, t_start, t_end, *wall, record.caption, n_tokens, vec_blob, dim, vec_dtype, sig,
-                 kept_blob, now),
-            )
+            self._insert_clip(stream, index, t_start, t_end, wall, record.caption, n_tokens, sig, now,
+                              (vec_blob, dim, vec_dtype, kept_blob))
             conn.execute("UPDATE streams SET next_idx = ? WHERE name = ?", (index + 1, stream))
             if center is None:
                 self._fill_signatures(force=False)
@@ -448,21 +444,15 @@ class Memory:
                     then=f", then run the same command again: the stream resumes at clip {index}")
         record.committed_at = now
 
-    def _record(self, r: dict) -> ClipRecord:
-        kept = r.get("kept")
-        return ClipRecord(
-            stream=r["stream"],
-            index=r["idx"],
-            t_start=r["t_start"],
-            t_end=r["t_end"],
-            caption=r["caption"],
-            n_tokens=r["n_tokens"],
-            vector=from_blob(r["vector"], r["dtype"], (r["dim"],)),
-            committed_at=r["committed_at"],
-            wall_start=r.get("wall_start"),
-            wall_end=r.get("wall_end"),
-            kept=None if kept is None else np.frombuffer(kept, dtype="<i2").astype(np.int16),
-        )
+    def _insert_clip(self, stream: str, index: int, t_start: float, t_end: float, wall: tuple, caption: str,
+                     n_tokens: int, sig: bytes | None, committed_at: float, arrays: tuple) -> None:
+        """The clip's row and its arrays' row (vector, dim, dtype, kept), inside the caller's transaction."""
+        cur = self._conn.execute(
+            "INSERT INTO clips (stream, idx, t_start, t_end, wall_start, wall_end, caption, n_tokens, sig, "
+            "committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (stream, index, t_start, t_end, *wall, caption, n_tokens, sig, committed_at))
+        self._conn.execute("INSERT INTO clip_arrays (id, vector, dim, dtype, kept) VALUES (?, ?, ?, ?, ?)",
+                           (cur.lastrowid, *arrays))
 
     def clips(
         self,
@@ -504,14 +494,12 @@ class Memory:
             raise UserError(f"limit must be >= 0 or None, got {limit}")
         if offset < 0:
             raise UserError(f"offset must be >= 0, got {offset}")
-        rows = self._db["clips"].rows_where(
-            where=" AND ".join(where) or None,
-            where_args=args,
-            order_by="wall_start, stream, idx" if by_time else "stream, idx",
-            limit=-1 if limit is None else int(limit),
-            offset=int(offset),
-        )
-        return [self._record(r) for r in rows]
+        # the columns of `where` are the clips table's alone (clip_arrays shares none but id): no prefix needed
+        sql = (RECORD_SQL + (" WHERE " + " AND ".join(where) if where else "")
+               + (" ORDER BY c.wall_start, c.stream, c.idx" if by_time else " ORDER BY c.stream, c.idx")
+               + " LIMIT ? OFFSET ?")
+        rows = self._live().execute(sql, (*args, -1 if limit is None else int(limit), int(offset))).fetchall()
+        return [record_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ search
 
@@ -544,7 +532,7 @@ class Memory:
         if n == 0 or (not force and n < SIG_MIN):
             return
         total, rows = None, 0
-        for (blob, dtype, dim) in conn.execute("SELECT vector, dtype, dim FROM clips"):
+        for (blob, dtype, dim) in conn.execute("SELECT vector, dtype, dim FROM clip_arrays"):
             v = from_blob(blob, dtype, (dim,)).astype(np.float64)
             total = v if total is None else total + v
             rows += 1
@@ -552,7 +540,7 @@ class Memory:
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('sig_center', ?)",
                      (center.astype("<f4").tobytes().hex(),))
         batch = []
-        for (cid, blob, dtype, dim) in conn.execute("SELECT id, vector, dtype, dim FROM clips").fetchall():
+        for (cid, blob, dtype, dim) in conn.execute("SELECT id, vector, dtype, dim FROM clip_arrays"):
             batch.append((signature(from_blob(blob, dtype, (dim,)), center), cid))
             if len(batch) == 10000:
                 conn.executemany("UPDATE clips SET sig = ? WHERE id = ?", batch)
@@ -594,9 +582,8 @@ class Memory:
 
     def clip(self, stream: str, index: int) -> ClipRecord | None:
         """One clip (with its kept token indices), or None."""
-        rows = list(self._live() and self._db.query("SELECT * FROM clips WHERE stream = ? AND idx = ?",
-                                                    [stream, int(index)]))
-        return self._record(rows[0]) if rows else None
+        row = self._live().execute(RECORD_SQL + " WHERE c.stream = ? AND c.idx = ?", (stream, int(index))).fetchone()
+        return None if row is None else record_from_row(row)
 
     def count_clips(self, stream: str | None = None, stream_until: float | None = None) -> int:
         """How many clips (of `stream`; with a stream-time end at or before `stream_until`)."""
@@ -654,12 +641,9 @@ class Memory:
                     wall = _check_wall(r, r.index)
                     vec_blob, vec_dtype = to_blob(r.vector, f"clip {r.index} vector", 1)
                     sig = None if center is None else signature(r.vector, center)
-                    self._conn.execute(
-                        "INSERT INTO clips (stream, idx, t_start, t_end, wall_start, wall_end, caption, n_tokens, "
-                        "vector, dim, dtype, sig, kept, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (r.stream, r.index, float(r.t_start), float(r.t_end), *wall, r.caption, int(r.n_tokens),
-                         vec_blob, int(r.vector.shape[0]), vec_dtype, sig, _kept_blob(r.kept, r.index),
-                         r.committed_at or now))
+                    self._insert_clip(r.stream, r.index, float(r.t_start), float(r.t_end), wall, r.caption,
+                                      int(r.n_tokens), sig, r.committed_at or now,
+                                      (vec_blob, int(r.vector.shape[0]), vec_dtype, _kept_blob(r.kept, r.index)))
                     self._conn.execute("UPDATE streams SET next_idx = ? WHERE name = ?", (r.index + 1, r.stream))
                 if center is None:
                     self._fill_signatures(force=False)
@@ -688,14 +672,17 @@ class Memory:
                 names = [s["name"] for s in self.streams()]
                 raise UserError(f"no stream {stream!r} in {self.path}: it holds {', '.join(names) or 'none'}")
             if before is None:
+                self._conn.execute("DELETE FROM clip_arrays WHERE id IN (SELECT id FROM clips WHERE stream = ?)",
+                                   (stream,))
                 n = self._conn.execute("DELETE FROM clips WHERE stream = ?", (stream,)).rowcount
                 self._conn.execute("DELETE FROM fifo WHERE stream = ?", (stream,))
                 self._conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
             else:
-                sql, args = "DELETE FROM clips WHERE wall_end < ?", [float(before)]
+                cond, args = "wall_end < ?", [float(before)]
                 if stream is not None:
-                    sql, args = sql + " AND stream = ?", args + [stream]
-                n = self._conn.execute(sql, args).rowcount
+                    cond, args = cond + " AND stream = ?", args + [stream]
+                self._conn.execute(f"DELETE FROM clip_arrays WHERE id IN (SELECT id FROM clips WHERE {cond})", args)
+                n = self._conn.execute(f"DELETE FROM clips WHERE {cond}", args).rowcount
             if n:
                 self._bump_generation()
             return n

@@ -110,8 +110,8 @@ def read_state(db: Path) -> tuple[str, list[Row], list[tuple[int, bytes, int, in
         conn.execute("BEGIN")  # one snapshot for all three reads
         check = "; ".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
         rows = [Row(*r) for r in conn.execute(
-            "SELECT idx, t_start, t_end, caption, n_tokens, vector, dim, dtype, committed_at FROM clips "
-            "WHERE stream = ? ORDER BY idx", (STREAM,))]
+            "SELECT c.idx, c.t_start, c.t_end, c.caption, c.n_tokens, a.vector, a.dim, a.dtype, c.committed_at "
+            "FROM clips c JOIN clip_arrays a ON a.id = c.id WHERE c.stream = ? ORDER BY c.idx", (STREAM,))]
         fifo = [tuple(r) for r in conn.execute(
             "SELECT clip_idx, tokens, n, dim, dtype FROM fifo WHERE stream = ? ORDER BY clip_idx", (STREAM,))]
         conn.execute("ROLLBACK")
@@ -124,8 +124,8 @@ def read_rows(db: Path) -> list[Row]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10.0)
     try:
         return [Row(*r) for r in conn.execute(
-            "SELECT idx, t_start, t_end, caption, n_tokens, vector, dim, dtype, committed_at FROM clips "
-            "WHERE stream = ? ORDER BY idx", (STREAM,))]
+            "SELECT c.idx, c.t_start, c.t_end, c.caption, c.n_tokens, a.vector, a.dim, a.dtype, c.committed_at "
+            "FROM clips c JOIN clip_arrays a ON a.id = c.id WHERE c.stream = ? ORDER BY c.idx", (STREAM,))]
     finally:
         conn.close()
 

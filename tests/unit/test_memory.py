@@ -112,7 +112,7 @@ def test_big_endian_input_is_stored_little_endian(db):
         m.commit_clip(ClipRecord("cam", 0, 0.0, 1.0, "x", 1, v), toks(0).astype(">f4"))
         got = m.clips()[0].vector
         assert got.dtype == np.float32 and np.array_equal(got, vec(0))
-        raw = m._conn.execute("SELECT vector FROM clips").fetchone()[0]
+        raw = m._conn.execute("SELECT vector FROM clip_arrays").fetchone()[0]
         assert raw == vec(0).astype("<f4").tobytes()
 
 
