@@ -111,7 +111,7 @@ def soak(bundle: Path, work: Path, hours: float, checkpoint: int, frames_per_cli
     from rlivs.runtime.engine import load_engine
     from rlivs.runtime.config import EngineConfig
     from rlivs.runtime.ingest import StreamIngestor
-    from rlivs.runtime.retrieval import mmr
+    from rlivs.runtime.answer import retrieve
 
     work.mkdir(parents=True, exist_ok=True)
     if trace_heap:
@@ -155,19 +155,17 @@ def soak(bundle: Path, work: Path, hours: float, checkpoint: int, frames_per_cli
             n = clip.index + 1
             if n % checkpoint == 0 or n == n_clips:
                 lat, retr = [], []
-                with Memory(db, readonly=True) as ro:  # what a question reads: every stored vector, then MMR
+                with Memory(db, readonly=True) as ro:  # what a question reads: the index shortlist, then MMR
                     for q in QUESTIONS:
                         r0 = time.perf_counter()
-                        records, matrix = ro.vectors()
                         qv = engine.vector(engine.text.encode(q))
-                        mmr(qv, matrix, cfg.retrieval.top_k, cfg.retrieval.mmr_lambda,
-                            costs=np.array([r.n_tokens for r in records], float), budget=cfg.retrieval.token_budget)
+                        picked = retrieve(ro, qv, q, cfg.retrieval)
                         retr.append(time.perf_counter() - r0)
                         a0 = time.perf_counter()
                         answer = service.ask(q)
                         lat.append(time.perf_counter() - a0)
                         assert answer["captions"], "a question found no caption"
-                    del records, matrix, answer  # measure what stays, not the last question's working set
+                    del picked, answer  # measure what stays, not the last question's working set
                 mdb, edb = db_sizes(db), db_sizes(edge_db_path(db))
                 checkpoints.append({
                     "clips": n, "stream_hours": round(record.t_end / 3600, 3),

@@ -15,10 +15,10 @@ import typer
 from rich.logging import RichHandler
 
 from rlivs.edge_app.commands import calibrate, doctor, eval as evaluate, export, ingest, serve
-from rlivs.edge_app.options import console, debug_enabled, internal_error_line
+from rlivs.edge_app.options import console, debug_enabled, exit_code_help, internal_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="rlivs: streaming video question answering, on the device.")
+                  help="rlivs: streaming video question answering, on the device.\n\n" + exit_code_help())
 
 COMMANDS = (
     ingest,  # rlivs ingest | ask | captions | demo
@@ -29,26 +29,68 @@ COMMANDS = (
     doctor,  # rlivs doctor
 )
 
+LIBRARY_LOGS = ("httpx", "huggingface_hub", "transformers", "onnxscript", "onnx_ir", "torch", "py.warnings")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("rlivs")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"rlivs {version()}")
+        raise typer.Exit(0)
+
 
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                        help="Log debug detail, and the libraries' own logs and warnings (ONNX "
+                                             "export, transformers, ...), which are hidden otherwise."),
            debug: bool = typer.Option(False, "--debug", help="On an internal error, show the full traceback "
-                                                             "(also: RLIVS_DEBUG=1).")):
+                                                             "(also: RLIVS_DEBUG=1)."),
+           _version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                         help="Print the rlivs version and exit.")):
     if debug:
         os.environ["RLIVS_DEBUG"] = "1"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
-    for noisy in ("httpx", "huggingface_hub", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.basicConfig(format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.captureWarnings(True)  # warnings go through logging: hidden below, shown with -v
+    for noisy in LIBRARY_LOGS:  # quiet by default: one line per stage from rlivs itself; -v shows everything
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 for _module in COMMANDS:
     _module.register(app)
 
 
+def cli_command():
+    """The click command behind `app`, with help that reads plainly: on/off flags show no `<bool>` value and
+    positionals show as VIDEO, QUESTION."""
+    from typer.core import TyperArgument, TyperOption
+
+    cmd = typer.main.get_command(app)
+
+    def tidy(c) -> None:
+        for p in c.params:
+            if isinstance(p, TyperOption) and p.is_flag:
+                p.metavar = ""
+            elif isinstance(p, TyperArgument) and p.metavar is None:
+                p.metavar = p.name.upper()
+        for sub in getattr(c, "commands", {}).values():
+            tidy(sub)
+
+    tidy(cmd)
+    return cmd
+
+
 def main() -> None:
     try:
-        app(prog_name="rlivs")
+        cli_command()(prog_name="rlivs")
     except Exception as e:  # noqa: BLE001 - refusals exit 2 inside the commands; anything reaching here is a bug
         if debug_enabled():
             raise

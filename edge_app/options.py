@@ -75,6 +75,34 @@ def engine_config(model: str = "tiny", bundle: Optional[Path] = None, backend: s
                         dtype=dtype, threads=threads, kv_cache=kv_cache, max_context=max_context)
 
 
+def check_engine(ec: EngineConfig) -> EngineConfig:
+    """Everything about the engine flags that can be checked before a model loads: --bundle / --model paths (a
+    typo'd path says it does not exist and what is beside it), backend and KV-cache names, --threads. Raises
+    UserError; the commands call it first, so a bad flag costs no model load."""
+    from rlivs.runtime.backends import check_engine_config
+    from rlivs.runtime.models import check_model_path
+
+    check_model_path(ec.bundle, "--bundle") if ec.bundle else check_model_path(ec.model)
+    return check_engine_config(ec)
+
+
+# The exit statuses of every command (shown by `rlivs --help` and in the README).
+EXIT_CODES = (
+    (0, "done"),
+    (1, "internal error: a bug in rlivs, one line names the component (rlivs --debug shows the traceback); "
+        "also `rlivs doctor` when the given bundle or model cannot run here, and Ctrl-C (\"Aborted!\"; what was "
+        "committed stays committed; `rlivs serve` stops cleanly with 0)"),
+    (2, "bad input, refused (a flag, file, path, stream, question or port), checked before any model loads where "
+        "possible; or ingest stopped by an error: what was committed stays committed"),
+    (3, "done, but the input was partly damaged: undecodable video packets were skipped"),
+)
+
+
+def exit_code_help() -> str:
+    """The exit-code table as help text (one line per status)."""
+    return "Exit status:\n\n" + "\n\n".join(f"{code}  {what}" for code, what in EXIT_CODES)
+
+
 # the model and where it runs
 Model = typer.Option("tiny", "--model", "-m",
                      help="HF hub id (local cache only), HF-format directory, 'tiny' or 'random-0.5b' (random weights).")
@@ -83,7 +111,8 @@ Bundle = typer.Option(None, "--bundle", help="Exported bundle (rlivs export): ru
 Backend = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt")
 Device = typer.Option("cpu", "--device", help="cpu | cuda")
 Dtype = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16 (torch backend)")
-Threads = typer.Option(None, "--threads", help="CPU threads for the backend.")
+Threads = typer.Option(None, "--threads", help="CPU threads for the backend (default: the physical cores this "
+                                                "process may use; fewer helps when other jobs share the CPU).")
 KvCache = typer.Option("auto", "--kv-cache", help="torch backend KV cache: auto (static + CUDA graph on cuda, dynamic "
                                                   "on cpu) | dynamic (the reference) | static")
 MaxContext = typer.Option(None, "--max-context", help="Positions per sequence of the torch static KV cache "

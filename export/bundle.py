@@ -102,12 +102,14 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a bundle is valid only once its manifest is written, last
 
-    # 1. create ONNX
+    # 1. create ONNX (one log line per stage: the CLI shows these and hides the exporters' own logs unless -v)
     t0 = time.perf_counter()
     export_vision(backend, out / "vision.onnx", config.opset)
+    log.info("export 1/4: vision graph written: %s (%.1f s)", out / "vision.onnx", time.perf_counter() - t0)
+    t0 = time.perf_counter()
     export_decoder(backend, out / "decoder.onnx", config.opset, plain=config.target == "tensorrt",
                    kv_layout=config.kv_layout, kv_dtype=config.kv_dtype)
-    log.info("ONNX graphs written in %.1f s", time.perf_counter() - t0)
+    log.info("export 2/4: decoder graph written: %s (%.1f s)", out / "decoder.onnx", time.perf_counter() - t0)
     table = backend.model.model.language_model.embed_tokens.weight.detach().float().numpy()  # (V, D)
     np.save(out / "embeddings.npy", table.astype(config.embed_dtype))
     np.save(out / "image_newline.npy", backend.image_newline())
@@ -118,6 +120,7 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     # 2. check the graphs, 3. compare with the reference
     import onnx
 
+    t0 = time.perf_counter()
     for name in ("vision.onnx", "decoder.onnx"):
         onnx.checker.check_model(str(out / name))
     n_layers, h_kv, head_dim = decoder_shapes(backend)
@@ -141,12 +144,32 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     for g in manifest.graphs.values():
         for io in ("inputs", "outputs"):
             for v in g[io]:
-                log.info("%s %s %-15s %-28s %s", g["file"], io[:-1], v["name"], v["shape"], v["dtype"])
+                log.debug("%s %s %-15s %-28s %s", g["file"], io[:-1], v["name"], v["shape"], v["dtype"])
+    log.info("export 3/4: graphs checked (onnx checker%s), tables written (%.1f s)",
+             ", TensorRT operators and attention fusion" if config.target == "tensorrt" else "",
+             time.perf_counter() - t0)
     if config.check:
+        t0 = time.perf_counter()
         manifest = manifest.with_(export_check=compare_with_reference(backend, out, manifest))
-        log.info("export check vs torch: %s", manifest.extra["export_check"])
+        log.info("export 4/4: compared with the torch reference (%.1f s): %s", time.perf_counter() - t0,
+                 parity_summary(manifest.extra["export_check"]))
+    else:
+        log.info("export 4/4: comparison with the torch reference skipped (--no-check)")
     manifest.save(out)  # last: the bundle is valid only once its manifest is written
     return manifest
+
+
+def parity_summary(check: dict) -> str:
+    """The export check in words: the largest differences between ONNX Runtime and torch, the logits' difference
+    put next to their size (`logit_scale` is the largest |logit|, a scale, not an error)."""
+    parts = [f"vision tokens max |diff| {check['vision']:.1e}"]
+    if "logit_scale" in check:
+        parts.append(f"logits max |diff| {check['logits']:.1e} (the logits reach {check['logit_scale']:.2f}: "
+                     f"relative {check['logits'] / max(check['logit_scale'], 1e-30):.1e})")
+    else:
+        parts.append(f"logits max |diff| {check['logits']:.1e}")
+    parts.append(f"probe attention max |diff| {check['probe_attn']:.1e}")
+    return "; ".join(parts)
 
 
 def tensorrt_check(bundle: Path, n_probe: int, n_layers: int) -> dict:

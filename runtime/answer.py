@@ -1,36 +1,59 @@
-"""Questions answered from the memory's captions: retrieval by similarity + MMR, then a text-only greedy answer.
+"""Questions answered from the memory's captions: indexed retrieval + MMR, then a text-only greedy answer.
 
 `answer` reads captions through the `CaptionIndex` protocol, which the SQLite `Memory` implements and evaluation's
-causal view (the memory as of a question's time) implements too.
+causal view (the memory as of a question's time) implements too. Time in questions (timeq.py) restricts
+retrieval to a wall-clock window, and the question's intent picks how captions are gathered:
+- plain questions, "when" / "last" / "first": `retrieve` (index shortlist, then MMR under the token budget); for
+  when/last/first the latest (earliest) clip whose caption holds every informative word is added;
+- "how many times": the number of such clips in the window goes into the prompt;
+- "what happened between A and B" / "summarise the last hour": every caption in the window, in time order; when they
+  exceed the prompt budget they are summarised in chunks first (map-reduce), so none is dropped silently.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
 from typing import Protocol
 
 import numpy as np
 
+from .config import RetrievalConfig
 from .engine import Engine
 from .errors import UserError
 from .generate import greedy
-from .memory import ClipRecord
-from .retrieval import mmr, similarity
+from .memory import ClipRecord, Shortlist
+from .retrieval import mmr
 
 ANSWER_SYSTEM = (
     "You answer questions about a video using timestamped descriptions of its clips. "
     "Answer briefly; say when something happened if it matters."
 )
+SUMMARY_SYSTEM = "Summarise these timestamped descriptions of video clips in a few sentences; keep times and names."
 MAX_QUESTION_CHARS = 2000  # a longer question is refused (the HTTP API has the same bound)
 
 
 class CaptionIndex(Protocol):
-    """What `answer` reads: the captions (with their vectors) a question may use."""
+    """What `answer` reads: the captions a question may use (the SQLite `Memory`, or a causal view of it)."""
 
-    def vectors(self, stream: str | None = None) -> tuple[list[ClipRecord], np.ndarray]:
-        """-> (records, (N, D) matrix of their retrieval vectors), one row per record."""
-        ...
+    def search(self, query_vector: np.ndarray, query_text: str | None = None, *, streams: list[str] | None = None,
+               wall_from: float | None = None, wall_to: float | None = None, mode: str = "hybrid",
+               shortlist: int = 64) -> Shortlist: ...
+
+    def clips(self, stream: str | None = None, *, wall_from: float | None = None, wall_to: float | None = None,
+              by_time: bool = False) -> list[ClipRecord]: ...
+
+    def keyword_matches(self, text: str, *, streams: list[str] | None = None, wall_from: float | None = None,
+                        wall_to: float | None = None) -> tuple[int, ClipRecord | None, ClipRecord | None]: ...
+
+    def has_clock(self, streams: list[str] | None = None) -> bool: ...
+
+
+def local_tz() -> tzinfo:
+    """The device's time zone."""
+    return datetime.now().astimezone().tzinfo
 
 
 def format_time(seconds: float) -> str:
@@ -38,21 +61,31 @@ def format_time(seconds: float) -> str:
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def format_wall(unix: float, tz: tzinfo | None = None, date: bool = True) -> str:
+    """UTC unix seconds as local wall-clock text: '2026-12-01 15:04:05' (or just the time)."""
+    t = datetime.fromtimestamp(unix, tz or local_tz())
+    return t.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
+
+
+def clip_label(r: ClipRecord, tz: tzinfo | None = None) -> str:
+    """A clip's time span as shown to people and to the model: local wall-clock when the stream has a clock,
+    else stream time."""
+    if r.wall_start is not None and r.wall_end is not None:
+        return f"{format_wall(r.wall_start, tz)}-{format_wall(r.wall_end, tz, date=False)}"
+    return f"{format_time(r.t_start)}-{format_time(r.t_end)}"
+
+
 @dataclass
 class Answer:
     question: str
     text: str
-    used: list[tuple[ClipRecord, float]]  # retrieved captions in time order, with relevance
+    used: list[tuple[ClipRecord, float]]  # captions in the prompt, in time order, with relevance
     latency_s: float
     prompt_tokens: int
-
-
-def build_answer_prompt(engine: Engine, question: str, records: list[ClipRecord]) -> np.ndarray:
-    lines = [f"[{format_time(r.t_start)}-{format_time(r.t_end)}]"
-             + (f" ({r.stream})" if len({x.stream for x in records}) > 1 else "") + f" {r.caption}"
-             for r in records]
-    user = "Descriptions of the video so far:\n" + "\n".join(lines) + f"\n\nQuestion: {question}"
-    return engine.text.chat_ids(ANSWER_SYSTEM, user)  # (L,)
+    window: str | None = None  # the time window the answer was restricted to, in words (None: all of the memory)
+    intent: str | None = None  # when | first | last | count | summary | None
+    notes: list[str] = field(default_factory=list)  # what the answer should tell (no clock, chunked summary, ...)
+    matches: int | None = None  # "how many times": clips whose caption holds every informative word
 
 
 def check_question(question: str) -> str:
@@ -78,21 +111,137 @@ def check_question(question: str) -> str:
     return question
 
 
-def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | None = None) -> Answer:
-    """Retrieve captions by cosine + MMR, then answer from text only (no visual tokens)."""
+def retrieve(index: CaptionIndex, query_vector: np.ndarray, question_text: str | None, rc: RetrievalConfig, *,
+             streams: list[str] | None = None, wall_from: float | None = None, wall_to: float | None = None,
+             mode: str | None = None) -> list[tuple[ClipRecord, float]]:
+    """Everything `answer` does before generating, for one question: the index's shortlist inside the filters,
+    then MMR (lambda, top_k, token budget) over it. -> picks in time order with their similarity."""
+    sl = index.search(query_vector, question_text, streams=streams, wall_from=wall_from, wall_to=wall_to,
+                      mode=mode or rc.mode, shortlist=rc.shortlist)
+    costs = np.array([r.n_tokens for r in sl.records], dtype=np.float64)
+    picked = mmr(query_vector, sl.vectors, rc.top_k, rc.mmr_lambda, costs=costs, budget=rc.token_budget,
+                 relevance=sl.relevance)
+    return sorted(((sl.records[i], float(sl.similarity[i])) for i in picked), key=lambda x: _when(x[0]))
+
+
+def _when(r: ClipRecord) -> tuple:
+    return (r.wall_start if r.wall_start is not None else float("-inf"), r.t_start, r.stream)
+
+
+def _lines(records: list[ClipRecord], tz: tzinfo | None) -> list[str]:
+    multi = len({r.stream for r in records}) > 1
+    return [f"[{clip_label(r, tz)}]" + (f" ({r.stream})" if multi else "") + f" {r.caption}" for r in records]
+
+
+def build_answer_prompt(engine: Engine, question: str, records: list[ClipRecord], header: list[str] = (),
+                        tz: tzinfo | None = None) -> np.ndarray:
+    lines = _lines(records, tz)
+    head = "".join(f"{h}\n" for h in header)
+    user = head + "Descriptions of the video so far:\n" + "\n".join(lines) + f"\n\nQuestion: {question}"
+    return engine.text.chat_ids(ANSWER_SYSTEM, user)  # (L,)
+
+
+def _generate(engine: Engine, ids: np.ndarray, on_token: Callable[[str], None] | None = None) -> str:
+    """Greedy text for prompt `ids`; `on_token(text)` receives it piece by piece as it is generated (joined, the
+    pieces are the returned text)."""
+    piece = engine.text.stream_decoder() if on_token else None
+    gen = greedy(engine.backend, engine.backend.embed_tokens(ids), engine.config.answer.max_new_tokens,
+                 engine.text.eos_ids, on_token=(lambda t: (p := piece(t)) and on_token(p)) if on_token else None)
+    return engine.text.decode(gen.ids)
+
+
+def _summarise(engine: Engine, records: list[ClipRecord], tz: tzinfo | None, notes: list[str]) -> list[str]:
+    """Caption lines for the prompt: all of them when they fit the token budget, else chunk summaries (map step),
+    each chunk within the budget, so no caption is left out."""
+    budget = engine.config.retrieval.token_budget
+    if sum(r.n_tokens for r in records) <= budget:
+        return _lines(records, tz)
+    chunks, cur, spent = [], [], 0
+    for r in records:
+        if cur and spent + r.n_tokens > budget:
+            chunks.append(cur)
+            cur, spent = [], 0
+        cur.append(r)
+        spent += r.n_tokens
+    chunks.append(cur)
+    out = []
+    for chunk in chunks:
+        ids = engine.text.chat_ids(SUMMARY_SYSTEM, "\n".join(_lines(chunk, tz)))
+        span = f"{clip_label(chunk[0], tz).split('-')[0]} to {clip_label(chunk[-1], tz)}"
+        out.append(f"[summary of {len(chunk)} clips, {span}] {_generate(engine, ids)}")
+    notes.append(f"{len(records)} captions were summarised in {len(chunks)} parts first (they exceed the "
+                 f"{budget}-token prompt budget)")
+    return out
+
+
+def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | None = None, *,
+           window: tuple[float | None, float | None] | None = None, window_text: str | None = None,
+           parse_time: bool = True, now: datetime | None = None, tz: tzinfo | None = None,
+           on_token: Callable[[str], None] | None = None) -> Answer:
+    """Answer `question` from the captions of `stream` (all streams when None).
+
+    `window`: an explicit wall-clock window (UTC unix seconds, either end open), described by `window_text`; else,
+    when `parse_time`, a time expression in the question sets it ("yesterday afternoon", "in the last 10 minutes").
+    """
     question = check_question(question)
     t0 = time.perf_counter()
-    records, matrix = index.vectors(stream)  # (N, D)
-    if not records:
-        where = f"stream {stream!r}" if stream else "this memory"
-        raise UserError(f"{where} holds no captions yet: ingest a video first (rlivs ingest VIDEO --db ...)")
+    tz = tz or local_tz()
+    now = now or datetime.now(timezone.utc)
+    notes: list[str] = []
+    # 1. time and intent
+    intent, text, window_from_question = None, question, False
+    if parse_time:
+        from .timeq import parse_question
+
+        tq = parse_question(question, now, tz)
+        intent, text = tq.intent, (tq.text or question)
+        if window is None and tq.window is not None:
+            window, window_text = tq.window.as_unix(), tq.window.describe(tz, now)
+            window_from_question = True
+    streams = None if stream is None else [stream]
+    wall_from, wall_to = window if window is not None else (None, None)
+    if window is not None and window_from_question and not index.has_clock(streams):
+        notes.append(f"the time expression ({window_text}) was not applied: no clip here has a clock time")
+        window = wall_from = wall_to = window_text = None
+    # 2. gather captions
     rc = engine.config.retrieval
-    q = engine.vector(engine.text.encode(question))  # (D,)
-    costs = np.array([r.n_tokens for r in records], dtype=np.float64)
-    picked = mmr(q, matrix, rc.top_k, rc.mmr_lambda, costs=costs, budget=rc.token_budget)
-    rel = similarity(q, matrix[picked])  # (K,) mean pairwise token cosine
-    used = sorted(zip([records[i] for i in picked], rel.tolist()), key=lambda x: (x[0].t_start, x[0].stream))
-    ids = build_answer_prompt(engine, question, [r for r, _ in used])
-    gen = greedy(engine.backend, engine.backend.embed_tokens(ids), engine.config.answer.max_new_tokens,
-                 engine.text.eos_ids)
-    return Answer(question, engine.text.decode(gen.ids), used, time.perf_counter() - t0, len(ids))
+    q = engine.vector(engine.text.encode(text))  # (D,)
+    matches = None
+    if intent == "summary" and window is not None:
+        records = index.clips(stream, wall_from=wall_from, wall_to=wall_to, by_time=True)
+        used = [(r, 1.0) for r in records]
+    else:
+        used = retrieve(index, q, text, rc, streams=streams, wall_from=wall_from, wall_to=wall_to)
+        if intent in ("when", "last", "first", "count"):
+            n, first, last = index.keyword_matches(text, streams=streams, wall_from=wall_from, wall_to=wall_to)
+            matches = n
+            extra = {"first": first, "last": last, "when": last}.get(intent)
+            have = {(r.stream, r.index) for r, _ in used}
+            if extra is not None and (extra.stream, extra.index) not in have:
+                used = sorted(used + [(extra, 1.0)], key=lambda x: _when(x[0]))
+    if not used:
+        where = f"stream {stream!r}" if stream else "this memory"
+        if window is not None:
+            raise UserError(f"{where} holds no captions in {window_text or 'that time window'}: widen the window "
+                            f"(--from/--to) or ask without a time")
+        raise UserError(f"{where} holds no captions yet: ingest a video first (rlivs ingest VIDEO --db ...)")
+    records = [r for r, _ in used]
+    if any(r.wall_start is None for r in records):
+        notes.append("times are stream-relative (hh:mm:ss from the start of the recording): no clock time was "
+                     "recorded for these clips (pass --start-time when ingesting a file)")
+    # 3. prompt and answer
+    header = []
+    if window_text:
+        header.append(f"Time window of the question: {window_text}.")
+    if matches is not None:
+        header.append(f"Clips whose descriptions mention all of the question's key words"
+                      f"{' in that window' if window_text else ''}: {matches}.")
+    if intent == "summary" and window is not None:
+        lines = _summarise(engine, records, tz, notes)
+        user = "".join(f"{h}\n" for h in header) + "Descriptions of the video:\n" + "\n".join(lines) + \
+            f"\n\nQuestion: {question}"
+        ids = engine.text.chat_ids(ANSWER_SYSTEM, user)
+    else:
+        ids = build_answer_prompt(engine, question, records, header, tz)
+    text_out = _generate(engine, ids, on_token)
+    return Answer(question, text_out, used, time.perf_counter() - t0, len(ids), window_text, intent, notes, matches)

@@ -32,6 +32,9 @@ class SelectionConfig:
     seed: int = 0  # seeds the random strategy (per clip, so a resumed stream draws the same)
 
     def __post_init__(self):
+        from .selection import get_strategy
+
+        get_strategy(self.strategy)  # an unknown strategy is refused here, before any model loads
         if not 0 < self.keep_ratio <= 1:
             raise UserError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}; e.g. --keep-ratio 0.0625")
         if self.keep is not None and self.keep < 1:
@@ -107,8 +110,17 @@ class RetrievalConfig:
     top_k: int = 8  # at most this many captions go into the answer prompt
     token_budget: int = 2048  # ... and at most this many caption tokens
     mmr_lambda: float = 0.5  # relevance vs diversity (1.0 = relevance only)
+    mode: str = "hybrid"  # "hybrid" (keywords + vectors, fused), "paper" (the paper's vector ranking), "lexical"
+    shortlist: int = 64  # clips the index hands to MMR (docs/edge_app.md: agreement with MMR over every clip)
 
     def __post_init__(self):
+        from .memory.search import MODES
+
+        if self.mode not in MODES:
+            raise UserError(f"retrieval mode {self.mode!r} is unknown: use one of {', '.join(MODES)} "
+                            f"(e.g. --retrieval paper for the paper's ranking)")
+        if self.shortlist < self.top_k:
+            raise UserError(f"shortlist ({self.shortlist}) must be >= top_k ({self.top_k})")
         if self.top_k < 1:
             raise UserError(f"top_k must be >= 1, got {self.top_k}; e.g. --top-k 8")
         if self.token_budget < 1:

@@ -22,7 +22,7 @@ from .config import EngineConfig, PipelineConfig
 from .errors import UserError
 from .frames import FramePreprocessor
 from .generate import greedy
-from .models import resolve_model
+from .models import check_model_path, resolve_model
 from .retrieval import text_vector
 from .selection import Selection, get_strategy
 from .text import TextCodec
@@ -112,6 +112,7 @@ def load_engine(engine: EngineConfig | str | Path = "tiny", config: PipelineConf
     A plain string or path means EngineConfig(model=it) with every other choice at its default."""
     ec = engine if isinstance(engine, EngineConfig) else EngineConfig(model=str(engine))
     config = config or PipelineConfig()
+    check_model_path(ec.bundle, "--bundle") if ec.bundle else check_model_path(ec.model)
     model_dir, model_id = resolve_model(ec.source)
     be = load_backend(model_dir, ec, model_id=model_id, probe=config.probe)
     return Engine(be, TextCodec(model_dir), FramePreprocessor.from_model_dir(model_dir), config)

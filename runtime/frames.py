@@ -169,6 +169,7 @@ class Frame:
 
     image: np.ndarray  # (H, W, 3) uint8 RGB
     t: float  # seconds from stream start (from PTS; the stream's first frame is 0)
+    wall: float | None = None  # UTC unix seconds when it was recorded, when the source has a clock
 
 
 @dataclass
@@ -179,6 +180,7 @@ class Clip:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB, 1 <= T <= frames_per_clip
     times: np.ndarray  # (T,) float64 seconds, each frame's own time
     fps: float  # sampling rate the frames were taken at
+    walls: np.ndarray | None = None  # (T,) float64 UTC unix seconds of each frame (None: the source has no clock)
 
     @property
     def t_start(self) -> float:
@@ -189,6 +191,16 @@ class Clip:
     def t_end(self) -> float:
         """Time of the last frame plus one sampling interval, seconds."""
         return float(self.times[-1]) + 1.0 / self.fps
+
+    @property
+    def wall_start(self) -> float | None:
+        """Wall-clock time of the first frame (UTC unix seconds), or None."""
+        return None if self.walls is None else float(self.walls[0])
+
+    @property
+    def wall_end(self) -> float | None:
+        """Wall-clock time of the last frame plus one sampling interval, or None."""
+        return None if self.walls is None else float(self.walls[-1]) + 1.0 / self.fps
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -209,6 +221,8 @@ def iter_clips(source: Iterable[Frame], frames_per_clip: int, fps: float, first_
             frames=np.stack([f.image for f in buffer]),  # (T, H, W, 3) uint8
             times=np.array([f.t for f in buffer], dtype=np.float64),  # (T,)
             fps=fps,
+            walls=(np.array([f.wall for f in buffer], dtype=np.float64)  # (T,)
+                   if all(f.wall is not None for f in buffer) else None),
         )
 
     for frame in source:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -19,13 +20,15 @@ class Generation:
     decode_s: float = 0.0  # seconds in decode steps
 
 
-def greedy(backend: Backend, context: np.ndarray, max_new_tokens: int, eos_ids, columns: slice | None = None) -> Generation:
+def greedy(backend: Backend, context: np.ndarray, max_new_tokens: int, eos_ids, columns: slice | None = None,
+           on_token: Callable[[int], None] | None = None) -> Generation:
     """Greedy continuation of (S, D) context embeddings.
 
     With `columns`, every decoder step's query row (the last prompt token at prefill, then each
     generated token that is fed back) adds its probe attention over keys[columns] into the scores:
     the attention behind every caption token, at no extra forward pass. The final token is never
-    fed back (nothing is generated after it), as in HF `generate`.
+    fed back (nothing is generated after it), as in HF `generate`. `on_token(id)` is called with each generated
+    token as soon as it is chosen (EOS excluded): answers stream through it.
     """
     rows = 1 if columns is not None else 0
     state = backend.new_state()
@@ -40,6 +43,8 @@ def greedy(backend: Backend, context: np.ndarray, max_new_tokens: int, eos_ids, 
         if tok in eos_ids:
             break
         ids.append(tok)
+        if on_token is not None:
+            on_token(tok)
         if len(ids) >= max_new_tokens:
             break
         out = backend.step(backend.embed_tokens(np.array([tok])), state, probe_rows=rows)  # (1, D) in

@@ -65,10 +65,12 @@ class StreamIngestor:
         # 4. remember: caption, its vector and the FIFO change in one transaction, then the in-memory FIFO
         t0 = time.perf_counter()
         tokens = out.selection.tokens  # (N, D)
+        kept = out.selection.indices
         record = ClipRecord(self.stream, clip.index, float(clip.t_start), float(clip.t_end), out.caption,
-                            len(out.caption_ids), out.vector)
-        kept = tokens if self.fifo.admits(len(tokens)) else None
-        self.memory.commit_clip(record, kept, evict=self.fifo.evictions(len(tokens)))
+                            len(out.caption_ids), out.vector, wall_start=clip.wall_start, wall_end=clip.wall_end,
+                            kept=None if kept is None else np.asarray(kept, dtype=np.int16))
+        fifo_rows = tokens if self.fifo.admits(len(tokens)) else None
+        self.memory.commit_clip(record, fifo_rows, evict=self.fifo.evictions(len(tokens)))
         self.fifo.push(clip.index, tokens)
         self.next_index = clip.index + 1
         timings = {**out.timings, "store": time.perf_counter() - t0}

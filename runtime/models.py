@@ -16,8 +16,53 @@ TINY = "tiny"
 RANDOM_MODELS = {"tiny": "tiny", "random-0.5b": "0.5b"}  # name -> size; random weights, built locally
 
 
+VALID_MODELS = ("'tiny', 'random-0.5b' (random weights, built locally), a local HF-format directory, or a hub id "
+                "(org/name) in the local Hugging Face cache")
+
+
+def download_hint(name: str) -> str:
+    """How to get a hub model onto the device: the `hf` command that huggingface_hub installs."""
+    return (f"on a connected machine run `hf download {name}` and copy the cache here (or set HF_HOME), "
+            f"or copy the model directory and pass it with --model DIR")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name the user meant as a path (./x, /x, ~/x, a/b/c, x.y/...), not a hub id org/name."""
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or name.endswith("/")
+
+
+def _nearby(path: Path) -> str:
+    """'; next to it: a, b' listing the directories beside a path that does not exist (typos), or ''."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        names = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))[:8]
+    except OSError:
+        return ""
+    return f"; {parent} holds: {', '.join(names)}" if names else ""
+
+
+def check_model_path(name: str | Path, flag: str = "--model") -> None:
+    """Cheap checks of a --model/--bundle value, before anything loads: a path that does not exist, a file, an unknown
+    name. Raises UserError naming the fix; hub ids and random models are left to `resolve_model`."""
+    name = str(name)
+    if name in RANDOM_MODELS:
+        return
+    path = Path(name).expanduser()
+    if flag == "--bundle":
+        if not path.exists():
+            raise UserError(f"--bundle {name} does not exist{_nearby(path)}: pass a directory written by "
+                            f"rlivs export --out DIR")
+        if not path.is_dir():
+            raise UserError(f"--bundle {name} is a file; pass the bundle directory written by rlivs export --out DIR")
+        return
+    if path.exists():
+        return  # a directory (checked by resolve_model) or a file (refused there)
+    if _looks_like_path(name):
+        raise UserError(f"--model {name} does not exist{_nearby(path)}. --model takes {VALID_MODELS}")
+
+
 def resolve_model(name: str | Path) -> tuple[Path, str]:
-    """-> (model directory, model id to record). Raises ValueError saying how to obtain a missing model."""
+    """-> (model directory, model id to record). Raises UserError saying how to obtain a missing model."""
     name = str(name)
     if name in RANDOM_MODELS:
         try:
@@ -36,9 +81,10 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
             raise UserError(f"{path} is a directory but has no config.json: point --model at an HF-format model directory")
         return path.resolve(), str(path.resolve())
     if path.exists():
-        raise UserError(f"--model {name} is a file; give an HF-format model directory, a hub id, or 'tiny'")
-    if name.count("/") != 1 or name.startswith((".", "/")):
-        raise UserError(f"model {name!r} is neither a directory nor a hub id (org/name) nor 'tiny'")
+        raise UserError(f"--model {name} is a file; --model takes {VALID_MODELS}")
+    if _looks_like_path(name):
+        raise UserError(f"model {name!r} does not exist as a directory and is not a hub id (org/name){_nearby(path)}. "
+                        f"--model takes {VALID_MODELS}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -47,9 +93,8 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
         snap = Path(snapshot_download(name, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as e:
         raise UserError(
-            f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}); rlivs never downloads. "
-            f"On a connected machine run `huggingface-cli download {name}` and copy the cache here (or set HF_HOME), "
-            f"or pass a local model directory with --model"
+            f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and there is no directory "
+            f"{name} here; rlivs never downloads: {download_hint(name)}"
         ) from e
     log.info("model %s resolved from the local HF cache: %s", name, snap)
     return snap, name

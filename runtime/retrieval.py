@@ -26,9 +26,11 @@ def similarity(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def mmr(query: np.ndarray, matrix: np.ndarray, k: int, lam: float = 0.5,
-        costs: np.ndarray | None = None, budget: float | None = None) -> list[int]:
+        costs: np.ndarray | None = None, budget: float | None = None,
+        relevance: np.ndarray | None = None) -> list[int]:
     """Maximal marginal relevance: repeatedly take argmax  lam*sim(q, d) - (1-lam)*max_{s in S} sim(d, s),
-    with sim the mean pairwise token cosine (`similarity`) of mean-unit vectors.
+    with sim the mean pairwise token cosine (`similarity`) of mean-unit vectors; `relevance` (N,) replaces
+    sim(q, d) when given (hybrid ranking puts its fused score there, on the similarity's scale).
 
     Stops at k items or when the next pick would exceed `budget` (sum of `costs`, e.g. caption
     tokens); an item too large for the remaining budget is skipped. Returns indices in pick order.
@@ -36,7 +38,7 @@ def mmr(query: np.ndarray, matrix: np.ndarray, k: int, lam: float = 0.5,
     n = len(matrix)
     if n == 0:
         return []
-    rel = similarity(query, matrix)  # (N,)
+    rel = similarity(query, matrix) if relevance is None else np.asarray(relevance, dtype=np.float64)  # (N,)
     vecs = matrix.astype(np.float64)
     red = np.full(n, -np.inf)  # max similarity to anything picked so far
     picked: list[int] = []

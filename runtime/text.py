@@ -94,6 +94,23 @@ class TextCodec:
     def decode(self, ids) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
 
+    def stream_decoder(self):
+        """A function for text that streams: give it each generated token id in turn, it returns the text that id
+        completes ('' while a multi-byte character is split across ids). Joined, the pieces are `decode(ids)` (leading
+        whitespace dropped, as `decode` strips). tokenizers' own DecodeStream does the incremental work."""
+        from tokenizers.decoders import DecodeStream
+
+        ds, started = DecodeStream(skip_special_tokens=True), [False]
+
+        def step(token_id: int) -> str:
+            piece = ds.step(self.tokenizer, int(token_id)) or ""
+            if not started[0]:
+                piece = piece.lstrip()
+                started[0] = bool(piece)
+            return piece
+
+        return step
+
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt)
 

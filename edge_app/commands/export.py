@@ -43,7 +43,8 @@ def export(
         probe = ProbeConfig(num_layers=num_probe_layers, layers=o.parse_layers(probe_layers))
         cfg = ExportConfig(target=target, opset=opset, embed_dtype=embed_dtype, check=check, kv_dtype=kv_dtype,
                            max_context=max_context, probe=probe)
-        with console.status(f"exporting {model} to {out} ..."):
+        o.check_engine(o.engine_config(model))  # a missing --model path is refused before torch loads
+        with console.status(f"exporting {model} to {out} (one line per stage; -v shows the exporters' logs) ..."):
             manifest = export_bundle(model, out, cfg)
     except (UserError, ImportError) as e:
         _fail(str(e))
@@ -59,7 +60,9 @@ def export(
         out_console.print(f"TensorRT check: all ops in {trt_check['operator_table']}; "
                           f"decoder attention {trt_check['decoder_attention']}")
     if "export_check" in manifest.extra:
-        out_console.print("max |ORT - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in manifest.extra["export_check"].items()))
+        from rlivs.export.bundle import parity_summary
+
+        out_console.print("ONNX Runtime vs torch: " + parity_summary(manifest.extra["export_check"]))
 
 
 def build_engines_cmd(

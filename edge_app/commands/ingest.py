@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,6 +38,34 @@ def _open_memory(db: Path, engine=None, readonly: bool = False):
     return Memory(db, model_fingerprint=engine.model_fingerprint if engine else None, readonly=readonly)
 
 
+def _refuse_unknown_stream(db: Path, stream: Optional[str]) -> list[dict]:
+    """The memory's streams; an unknown --stream is refused with the names it holds. Reads the memory only."""
+    with _open_memory(db, readonly=True) as memory:
+        streams = memory.streams()
+    if stream is not None and stream not in {s["name"] for s in streams}:
+        names = ", ".join(f"{s['name']} ({s['n_clips']} clips)" for s in streams) or "none yet"
+        _fail(f"{db} has no stream {stream!r}; its streams: {names}. Pass one of them with --stream, or leave "
+              f"--stream out for all")
+    return streams
+
+
+def _already_ingested(db: Path, stream: str, video: Path, total: int | None, config) -> int | None:
+    """The clip count of `stream` when it already holds every clip of this video with these settings (so nothing
+    needs the model), else None."""
+    if total is None or not db.exists():
+        return None
+    with _open_memory(db, readonly=True) as memory:
+        row = next((s for s in memory.streams() if s["name"] == stream), None)
+    if row is None or row["source"] != str(video) or row["config_hash"] != config.ingest_fingerprint():
+        return None
+    return row["n_clips"] if row["n_clips"] >= total else None
+
+
+def _say_complete(db: Path, stream: str, video: Path, n: int) -> None:
+    console.print(f"already ingested up to clip {n - 1}: stream {stream!r} in {db} holds all {n} clips of {video}; "
+                  f"nothing to do (rlivs ask \"...\" --db {db} asks about it; another --stream name ingests it again)")
+
+
 def ingest(
     video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes)."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
@@ -57,24 +86,35 @@ def ingest(
     but some packets of the video could not be decoded and their frames were skipped.
     """
     if not video.exists():
-        _fail(f"{video} does not exist")
+        _fail(f"{video} does not exist: check the path")
+    if video.is_dir():
+        _fail(f"{video} is a directory: pass a video file (rlivs serve --source takes a folder of images)")
     if max_clips is not None and max_clips < 1:
         _fail(f"--max-clips must be >= 1, got {max_clips}; leave it out to ingest the whole video")
     ing = None
     try:
+        # everything that can be refused without the model is checked first: flags, the video, the memory's stream
         config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens)
+        ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         from rlivs.runtime.ingest import StreamIngestor
         from rlivs.runtime.sources.file import VideoFileSource
 
-        engine = _engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context), config)
-        source = VideoFileSource(video, fps=config.clip.fps)  # unreadable: refused before the memory is touched
+        source = VideoFileSource(video, fps=config.clip.fps)  # not a video: refused before the model loads
+        total = math.ceil(source.duration / config.clip.clip_seconds) if source.duration else None
+        done = _already_ingested(db, stream, video, total, config)
+        if done is not None:
+            _say_complete(db, stream, video, done)
+            return
+        engine = _engine(ec, config)
         with _open_memory(db, engine) as memory:
             ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
             clips = ing.clips(source)  # the same opened file, read from where the stream left off
-            _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
+            results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
+        if not results and ing.next_index:
+            _say_complete(db, stream, video, ing.next_index)
     except UserError as e:
         where = ""
         if ing is not None:  # stopped mid-stream: say what is safe (every clip before next_index is committed)
@@ -89,7 +129,7 @@ def ingest(
         raise typer.Exit(3)
 
 
-def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool) -> None:
+def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool) -> list:
     total = math.ceil(dur / config.clip.clip_seconds) if dur else None
     if total is not None and max_clips is not None:
         total = min(total, ing.next_index + max_clips)
@@ -114,18 +154,22 @@ def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool
                 bar.console.print(f"[dim][{r.index}] {r.t_start:7.1f}-{r.t_end:7.1f}s[/] {r.caption}")
 
         results = ing.run(clips, on_clip=on_clip, max_clips=max_clips)
-    wall = time.perf_counter() - t0
-    video_s = sum(r.t_end - r.t_start for r in results)
-    console.print(f"{len(results)} clips ({video_s:.0f} s of video) in {wall:.1f} s: "
-                  f"{video_s / max(wall, 1e-9):.2f} video s per wall s; stream at clip {ing.next_index}")
+    if results:
+        wall = time.perf_counter() - t0
+        video_s = sum(r.t_end - r.t_start for r in results)
+        console.print(f"{len(results)} clips ({video_s:.0f} s of video) in {wall:.1f} s: "
+                      f"{video_s / max(wall, 1e-9):.2f} video s per wall s; stream at clip {ing.next_index}")
+    return results
 
 
-def _model_for_db(db: Path, stream: Optional[str]) -> str:
+def _model_for_db(db: Path, streams: list[dict], stream: Optional[str]) -> str:
     """The model a memory was written with (ask/captions default to it)."""
-    with _open_memory(db, readonly=True) as memory:
-        models = {s["model_id"] for s in memory.streams() if stream is None or s["name"] == stream}
+    models = {s["model_id"] for s in streams if stream is None or s["name"] == stream}
+    if not models:
+        _fail(f"{db} holds no streams yet: ingest a video first with rlivs ingest VIDEO --db {db}")
     if len(models) != 1:
-        _fail(f"{db} holds streams from {sorted(models) or 'no'} models: pass --model")
+        _fail(f"{db} holds streams from {len(models)} models ({', '.join(sorted(models))}): pass --model (or "
+              f"--stream to ask about one stream)")
     return models.pop()
 
 
@@ -138,21 +182,30 @@ def ask(
     threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
     top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
     max_new_tokens: int = o.MaxAnswerTokens,
-    json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON (at the end; no streaming)."),
 ):
-    """Answer a question from the captions in memory (text only)."""
+    """Answer a question from the captions in memory (text only). The answer streams to the terminal as it is
+    generated, then the captions it used are listed."""
     try:
         from rlivs.runtime.answer import check_question
 
         check_question(question)  # empty, huge or not UTF-8: refused before anything is loaded
-        model = model or ("tiny" if bundle else _model_for_db(db, stream))  # --bundle wins over --model
         config = o.pipeline_config(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda,
                                    max_answer_tokens=max_new_tokens)
+        if not db.exists():
+            _fail(f"{db} does not exist: ingest a video first with rlivs ingest VIDEO --db {db}")
+        streams = _refuse_unknown_stream(db, stream)
+        model = model or ("tiny" if bundle else _model_for_db(db, streams, stream))  # --bundle wins over --model
+        ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         from rlivs.runtime.answer import answer, format_time
 
-        engine = _engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context), config)
+        engine = _engine(ec, config)
         with _open_memory(db, engine, readonly=True) as memory:
-            a = answer(engine, memory, question, stream=stream)
+            if json_out:
+                a = answer(engine, memory, question, stream=stream)
+            else:
+                with _Streamed(question) as shown:
+                    a = answer(engine, memory, question, stream=stream, on_token=shown.piece)
     except UserError as e:
         _fail(str(e))
     if json_out:
@@ -161,11 +214,37 @@ def ask(
             "captions": [{"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
                           "caption": r.caption, "relevance": s} for r, s in a.used]}))
         return
-    out.print(f"[bold]Q:[/] {a.question}\n[bold]A:[/] {a.text}")
     table = Table("stream", "clip", "time", "relevance", "caption", title=f"captions used ({a.latency_s:.2f} s)")
     for r, s in a.used:
         table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", f"{s:.3f}", r.caption)
     out.print(table)
+
+
+class _Streamed:
+    """`rlivs ask` in the terminal: a spinner while the captions are read, then the answer as it is generated."""
+
+    def __init__(self, question: str):
+        self.question, self.started = question, False
+        self.status = console.status("reading the captions ...")
+
+    def __enter__(self):
+        self.status.start()
+        return self
+
+    def piece(self, text: str) -> None:
+        if not self.started:
+            self.status.stop()
+            out.print(f"[bold]Q:[/] {escape(self.question)}\n[bold]A:[/] ", end="")
+            self.started = True
+        out.print(text, end="", markup=False, highlight=False)
+        out.file.flush()
+
+    def __exit__(self, *exc) -> None:
+        self.status.stop()
+        if not self.started and exc[0] is None:  # nothing generated (EOS first): say so
+            out.print(f"[bold]Q:[/] {escape(self.question)}\n[bold]A:[/] [dim](empty answer)[/]", end="")
+        if self.started or exc[0] is None:
+            out.print()
 
 
 def captions(
@@ -180,6 +259,7 @@ def captions(
     from rlivs.runtime.answer import format_time
 
     try:
+        _refuse_unknown_stream(db, stream)
         with _open_memory(db, readonly=True) as memory:
             rows = memory.clips(stream, t_from, t_to, limit=limit)
     except UserError as e:

@@ -59,6 +59,7 @@ def serve(
         console.print("[yellow]warning:[/] the token is shorter than 16 characters; use e.g. $(openssl rand -hex 16)")
     if not 0 < port < 65536:
         _fail(f"--port {port} is not a TCP port: use 1-65535, e.g. --port 8000")
+    _refuse_busy_port(host, port)  # before the model loads and before the memory is created
     try:
         from rlivs.edge_app.service.core import EdgeService, ServiceConfig
         from rlivs.runtime.engine import load_engine
@@ -79,9 +80,9 @@ def serve(
                                    mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens)
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
-        with console.status(f"loading model {model} ..."):
-            engine = load_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context),
-                                 config)
+        ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
+        with console.status(f"loading model {ec.source} ..."):
+            engine = load_engine(ec, config)
         service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
                         access_log=access_log)
@@ -97,6 +98,29 @@ def serve(
     finally:
         console.print("stopping ingest ...")
         service.stop()
+
+
+def _refuse_busy_port(host: str, port: int) -> None:
+    """Exit 2 when HOST:PORT cannot be bound (another server on it, or an address this machine does not have). Bound
+    the way uvicorn binds it (SO_REUSEADDR), then released at once."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        _fail(f"--host {host} cannot be resolved ({e.strerror}): pass an address of this machine, e.g. 127.0.0.1")
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                _fail(f"port {port} on {host} is already in use (another rlivs serve?): stop that server or pass a "
+                      f"free port, e.g. --port {port + 1}")
+            _fail(f"cannot listen on {host}:{port} ({e.strerror}): pass an address of this machine with --host and "
+                  f"a free --port")
 
 
 def register(app: typer.Typer) -> None:

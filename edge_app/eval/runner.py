@@ -42,15 +42,34 @@ NO_CONTEXT_ANSWER = "No information yet: nothing of the video has been seen befo
 
 class CausalView(CaptionIndex):
     """What a question may see: the stream's clips with t_end <= its end time. A `CaptionIndex` (what
-    `pipeline.answer` reads captions through) over a memory; it has nothing else of a `Memory`."""
+    `answer` reads captions through) over a memory, the filter inside every index query; nothing else of a `Memory`."""
 
-    def __init__(self, memory: CaptionIndex, t_max: float):
+    def __init__(self, memory: Memory, t_max: float):
         self.memory, self.t_max = memory, t_max
+        self.until = t_max + TIME_EPS  # stream time: the latest clip end a question at t_max may see
 
-    def vectors(self, stream: str | None = None) -> tuple[list[ClipRecord], np.ndarray]:
-        records, matrix = self.memory.vectors(stream)  # (N, D)
-        keep = [i for i, r in enumerate(records) if r.t_end <= self.t_max + TIME_EPS]
-        return [records[i] for i in keep], matrix[keep]  # (N', D)
+    def search(self, query_vector: np.ndarray, query_text: str | None = None, *, streams: list[str] | None = None,
+               wall_from: float | None = None, wall_to: float | None = None, mode: str = "hybrid",
+               shortlist: int = 64):
+        return self.memory.search(query_vector, query_text, streams=streams, wall_from=wall_from, wall_to=wall_to,
+                                  mode=mode, shortlist=shortlist, stream_until=self.until)
+
+    def clips(self, stream: str | None = None, *, wall_from: float | None = None, wall_to: float | None = None,
+              by_time: bool = False) -> list[ClipRecord]:
+        return [r for r in self.memory.clips(stream, wall_from=wall_from, wall_to=wall_to, by_time=by_time)
+                if r.t_end <= self.until]
+
+    def keyword_matches(self, text: str, *, streams: list[str] | None = None, wall_from: float | None = None,
+                        wall_to: float | None = None):
+        return self.memory.keyword_matches(text, streams=streams, wall_from=wall_from, wall_to=wall_to,
+                                           stream_until=self.until)
+
+    def has_clock(self, streams: list[str] | None = None) -> bool:
+        return self.memory.has_clock(streams)
+
+    def visible(self, stream: str) -> int:
+        """How many clips of `stream` the question may see."""
+        return self.memory.count_clips(stream, stream_until=self.until)
 
 
 @dataclass
@@ -226,10 +245,10 @@ class Runner:
         from rlivs.runtime.answer import answer
 
         view = CausalView(memory, q.stream_end_time)
-        records, _ = view.vectors(video.stream)
+        visible = view.visible(video.stream)
         t0 = time.perf_counter()
-        if records:
-            a = answer(self.engine, view, q.question, stream=video.stream)
+        if visible:  # the benchmark's protocol: stream time only, no wall-clock time expressions
+            a = answer(self.engine, view, q.question, stream=video.stream, parse_time=False)
             text, used, latency, prompt_tokens = a.text, a.used, a.latency_s, a.prompt_tokens
         else:
             text, used, latency, prompt_tokens = NO_CONTEXT_ANSWER, [], time.perf_counter() - t0, 0
@@ -238,7 +257,7 @@ class Runner:
             "benchmark": bench.name, "format": bench.format, "qid": q.qid, "video_id": q.video_id,
             "question": q.question, "reference": q.reference, "answer": text, "answer_type": q.answer_type,
             "start_time": q.start_time, "end_time": q.end_time, "stream_end_time": q.stream_end_time,
-            "stream_t": stream_t, "visible_clips": len(records), "no_context": not records,
+            "stream_t": stream_t, "visible_clips": visible, "no_context": not visible,
             "window_applied": video.window_applied,
             "captions": [{"clip": r.index, "t_start": r.t_start, "t_end": r.t_end, "caption": r.caption,
                           "relevance": round(float(s), 6)} for r, s in used],

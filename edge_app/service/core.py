@@ -339,6 +339,8 @@ class EdgeService:
                  "t_end": r["t_end"], "created_at": r["created_at"], "ingesting": w is not None}
             if w is not None:
                 d.update(w.status())
+                if d["worker"] in ("finished", "stopped", "failed"):  # the source has ended: nothing is ingesting,
+                    d.update(ingesting=False, live=False, seconds_behind_live=None)  # live, or behind any more
             else:
                 d["state"] = "stored"
             out.append(d)

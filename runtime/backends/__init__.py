@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,7 @@ from .bundle import Manifest, is_bundle, load_manifest
 log = logging.getLogger("rlivs.backend")
 
 __all__ = ["Backend", "DecodeState", "ModelInfo", "StepOutput", "BACKENDS", "REGISTRY", "choose_backend",
-           "load_backend"]
+           "load_backend", "check_engine_config", "default_threads"]
 
 KV_CACHES = ("auto", "dynamic", "static")
 
@@ -187,14 +187,52 @@ def load_backend(model_dir: Path, engine: EngineConfig | None = None, *, model_i
                  probe: ProbeConfig | None = None) -> Backend:
     """The backend `engine` (EngineConfig) asks for, on `model_dir`. kv_cache / max_context: the torch backend's KV
     cache (auto: static + CUDA graph on cuda, dynamic on cpu); an exported bundle's cache is fixed at export."""
-    ec = engine or EngineConfig()
+    ec = check_engine_config(engine or EngineConfig())
+    model_dir = Path(model_dir)
+    chosen, why = choose_backend(ec.backend, model_dir, bundle_given=ec.bundle is not None)
+    threads = ""
+    if ec.threads is None and not ec.device.startswith("cuda"):
+        ec = replace(ec, threads=default_threads())
+        threads = f"; {ec.threads} CPU threads: the physical cores this process may use (--threads N to change)"
+    log.info("backend: %s (%s)%s", chosen, why, threads)
+    manifest = load_manifest(model_dir) if chosen != "torch" else None
+    return REGISTRY[chosen].build(model_dir, ec, model_id or str(model_dir), probe, manifest)
+
+
+def check_engine_config(ec: EngineConfig) -> EngineConfig:
+    """The EngineConfig checks that need no model: backend and KV-cache names, threads. Returns `ec` or raises
+    UserError; `load_backend` calls it, and the CLI calls it before anything loads."""
+    if ec.backend not in BACKENDS:
+        raise UserError(f"unknown backend {ec.backend!r}: choose one of {', '.join(BACKENDS)}")
     if ec.kv_cache not in KV_CACHES:
         raise UserError(f"unknown KV cache {ec.kv_cache!r}: use one of {', '.join(KV_CACHES)}")
     if ec.threads is not None and ec.threads < 1:
         raise UserError(f"threads must be >= 1, got {ec.threads}: pass e.g. --threads 4, or leave it out for the "
-                        f"backend's default")
-    model_dir = Path(model_dir)
-    chosen, why = choose_backend(ec.backend, model_dir, bundle_given=ec.bundle is not None)
-    log.info("backend: %s (%s)", chosen, why)
-    manifest = load_manifest(model_dir) if chosen != "torch" else None
-    return REGISTRY[chosen].build(model_dir, ec, model_id or str(model_dir), probe, manifest)
+                        f"default (the physical cores this process may use: {default_threads()} here)")
+    return ec
+
+
+def default_threads() -> int:
+    """CPU threads a backend uses when --threads is not given: the physical cores this process may run on (its CPU
+    affinity, hyperthread siblings counted once, capped by a cgroup CPU quota). More threads than that only
+    oversubscribe the cores (on a busy 2-core machine, 2-4x slower than 1 thread)."""
+    import math
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for c in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            cores.add((topo.joinpath("physical_package_id").read_text().strip(),
+                       topo.joinpath("core_id").read_text().strip()))
+        except OSError:  # no sysfs topology (not Linux, or hidden): count logical CPUs
+            cores.add(("cpu", str(c)))
+    n = len(cores) or 1
+    try:  # cgroup v2 quota, e.g. "200000 100000" = 2 CPUs
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n

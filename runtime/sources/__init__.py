@@ -6,7 +6,9 @@
 
 Modules: `file` (VideoFileSource, PyAV), `images` (ImageFolderSource), `npy` (NpyFrameSource), `live` (LiveSource
 and its settings, buffer and statistics), `spec` (SourceSpec: what a source is, from its URL). Every source samples
-by one rule: sample k is the first frame at or after start_time + k / fps. A stream resumes at
+by one rule: sample k is the first frame at or after start_time + k / fps. Frames carry a wall-clock time (`wall`,
+UTC unix seconds) when the source has a clock: a live connection's arrival clock, a file's creation-time tag or the
+`clock_origin` the caller sets (`--start-time`). A stream resumes at
 `resume_time(next_index, frames_per_clip, fps)`, the time of its next clip's first sample.
 
 No torch and no transformers here: this package runs on the device.
@@ -29,6 +31,8 @@ class FrameSource(Protocol):
     fps: float  # samples per second of stream time
     start_time: float  # stream time (s) of the first sample target
     decode_errors: int  # parts of the input that could not be decoded in the current (last) pass, their frames skipped
+    clock_origin: float | None  # UTC unix seconds of stream time 0 (None: no clock; frames' `wall` follow from it)
+    clock_kind: str | None  # where the clock comes from, in words ("container creation time", "--start-time", ...)
 
     @property
     def duration(self) -> float | None:

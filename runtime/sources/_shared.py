@@ -57,6 +57,8 @@ class IndexedFrameSource:
                  frames_fps: float = 1.0):
         self.fps, self.start_time = check_fps(fps), check_start_time(start_time)
         self.end_time, self.frames_fps = end_time, frames_fps
+        self.clock_origin: float | None = None  # UTC unix seconds of frame 0 (set by the caller: --start-time)
+        self.clock_kind: str | None = None
 
     def _get(self, i: int) -> np.ndarray:
         raise NotImplementedError
@@ -78,5 +80,6 @@ class IndexedFrameSource:
             i = max(0, math.ceil((target - TIME_EPS) * self.frames_fps))
             if i >= n:
                 return
-            yield Frame(image=self._get(i), t=i / self.frames_fps)
+            t = i / self.frames_fps
+            yield Frame(image=self._get(i), t=t, wall=None if self.clock_origin is None else self.clock_origin + t)
             k += 1

@@ -2,7 +2,9 @@
 
     VideoFileSource(path, fps)        -> Frame            image (H, W, 3) uint8 RGB, t seconds
 
-Times are seconds of stream time measured from the stream's first frame, taken from each frame's PTS.
+Times are seconds of stream time measured from the stream's first frame, taken from each frame's PTS. The clock
+(`clock_origin`, the UTC time of stream time 0) is the container's creation-time tag when it has a plausible one;
+the caller may set it instead (`rlivs ingest --start-time`). Each frame's `wall` is then clock_origin + t.
 No torch and no transformers here: this module runs on the device.
 """
 
@@ -68,6 +70,8 @@ class VideoFileSource:
             video = container.streams.video[0]
             self._duration = _duration_of(container, video)
             self._declared_end = _declared_video_end(container, video)  # what the file says (None if nothing)
+            self.clock_origin = creation_time(container)  # UTC unix seconds of stream time 0, or None
+        self.clock_kind = None if self.clock_origin is None else "container creation time"
 
     @property
     def duration(self) -> float | None:
@@ -152,7 +156,7 @@ class VideoFileSource:
                 return True  # the first sample at or after the end: the source ends here
             image = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))  # (H, W, 3) uint8
             while t >= target - TIME_EPS:
-                yield Frame(image=image, t=t)
+                yield Frame(image=image, t=t, wall=None if self.clock_origin is None else self.clock_origin + t)
                 k += 1
                 target = self.start_time + k / self.fps
         if n_decoded == 0 and not seek:
@@ -223,3 +227,27 @@ def _declared_video_end(container, stream) -> float | None:
     if "matroska" in (container.format.name or "") and len(container.streams) == 1 and container.duration:
         return container.duration / av.time_base
     return None
+
+
+_EARLIEST_CLOCK = 946684800.0  # 2000-01-01: muxers write 1904 or 1970 when they know no time
+
+
+def creation_time(container) -> float | None:
+    """The container's creation-time tag (ISO 8601, UTC unless it says otherwise) as UTC unix seconds; None when
+    there is none, it cannot be read, or it is before 2000 (a muxer's zero date)."""
+    from datetime import datetime, timezone
+
+    tags = {k.lower(): v for k, v in (container.metadata or {}).items()}
+    raw = tags.get("creation_time") or tags.get("date")
+    if not raw:
+        return None
+    try:
+        t = datetime.fromisoformat(str(raw).strip().replace("Z", "+00:00"))
+    except ValueError:
+        log.info("ignoring the unreadable creation_time tag %r", raw)
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    unix = t.timestamp()
+    return unix if unix >= _EARLIEST_CLOCK else None
+

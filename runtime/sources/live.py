@@ -216,6 +216,9 @@ class LiveSource:
         self._segment = 0
         self.last_wall: float | None = None  # unix decode time of the last frame handed out (for lag measurements)
         self._error_log_at = 0.0
+        # The frame clock: each frame's arrival time, unless the caller fixes stream time 0 (--start-time).
+        self.clock_origin: float | None = None
+        self.clock_kind: str | None = "arrival time"
 
     # -- lifetime -----------------------------------------------------------------------------------------------------
 
@@ -288,7 +291,8 @@ class LiveSource:
             now = time.time()
             self.last_wall = item.wall
             self._count(frames_sampled=1, frames_dropped=missed, sample_lag_s=now - item.wall)
-            yield Frame(image=image, t=item.t)
+            wall = item.wall if self.clock_origin is None else self.clock_origin + item.t
+            yield Frame(image=image, t=item.t, wall=wall)
 
     # -- the reader ---------------------------------------------------------------------------------------------------
 

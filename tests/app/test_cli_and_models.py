@@ -52,13 +52,13 @@ def test_ingest_bad_parameters_fail_clearly(sample_video, tmp_path, tiny_dir, ar
     assert r.exit_code == 2 and message in " ".join(r.output.split())
 
 
-def test_missing_inputs_fail_clearly(tmp_path, tiny_dir):
+def test_missing_inputs_fail_clearly(tmp_path, tiny_dir, sample_video):
     r = _run("ingest", tmp_path / "nope.mp4", "--db", tmp_path / "x.db")
     assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
     r = _run("ask", "q?", "--db", tmp_path / "none.db")
     assert r.exit_code == 2 and "ingest a video first" in " ".join(r.output.split())
-    r = _run("ingest", tmp_path, "--db", tmp_path / "x.db", "--model", "org/not-cached")
-    assert r.exit_code == 2 and "huggingface-cli download org/not-cached" in " ".join(r.output.split())
+    r = _run("ingest", sample_video, "--db", tmp_path / "x.db", "--model", "org/not-cached")
+    assert r.exit_code == 2 and "hf download org/not-cached" in " ".join(r.output.split())
 
 
 def test_hub_id_resolves_from_local_cache_only(tmp_path, tiny_dir, monkeypatch):
@@ -85,8 +85,10 @@ def test_model_name_errors(tmp_path):
         resolve_model(tmp_path / "f.bin")
     with pytest.raises(ValueError, match="no config.json"):
         resolve_model(tmp_path)
-    with pytest.raises(ValueError, match="neither a directory nor a hub id"):
+    with pytest.raises(ValueError, match="does not exist as a directory and is not a hub id.*'random-0.5b'"):
         resolve_model("not-a-model")
+    with pytest.raises(ValueError, match="does not exist as a directory.*'tiny', 'random-0.5b'"):
+        resolve_model("./models/llava")  # a path, even with one slash: not looked up as a hub id
 
 
 def test_tiny_without_torch_says_what_to_install(tmp_path):

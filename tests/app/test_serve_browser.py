@@ -63,8 +63,9 @@ def test_page_loads_answers_and_updates_live(browser, tmp_path, tiny_dir):
         # a question gets an answer, with links to the captions it used
         page.fill("#ask-input", "What moved across the scene?")
         page.click("#ask-button")
-        page.wait_for_selector("#answer-sources li a.source-link", timeout=30_000)
+        page.wait_for_selector("#answer-sources li a.source-link", state="attached", timeout=30_000)
         assert page.locator("#answer-text").inner_text().strip() != ""
+        page.click("#answer-used summary")  # the captions used are collapsed under the answer
         page.locator("#answer-sources a.source-link").first.click()
         page.wait_for_selector(".caption-card.hl", timeout=5_000)
 
@@ -91,6 +92,145 @@ def test_page_loads_answers_and_updates_live(browser, tmp_path, tiny_dir):
         if shot:
             time.sleep(2.5)  # let the highlight animation settle and the health row refresh
             page.evaluate("() => document.querySelectorAll('.caption-card.hl').forEach(e => e.classList.remove('hl'))")
+            page.screenshot(path=shot, type="png", full_page=False)
+        assert not errors, errors
+    finally:
+        page.close()
+        server.stop()
+        service.stop()
+
+
+FOUR = {  # three planted streams next to a real replayed file: what each camera "saw" (hand-written captions)
+    "door": ["a person in a red jacket walks to the door", "the door opens and a parcel is left outside",
+             "the door closes; the hallway is empty", "a cat walks past the door"],
+    "yard": ["a blue car parks in the yard", "two people unload boxes from the car", "the car drives away"],
+    "dock": ["a forklift carries a pallet to the dock", "a truck backs up to the loading dock",
+             "workers load the truck", "the dock is empty"],
+}
+
+
+def _plant(service, engine, name, captions, rng):
+    """Commit captions to a new stream and publish them with a frame each, the path every ingested caption takes."""
+    import numpy as np
+
+    with Memory(service.db, model_fingerprint=engine.model_fingerprint) as mem:
+        mem.open_stream(name, "planted", engine.backend.info.model_id, "planted")
+        for i, text in enumerate(captions):
+            ids = engine.text.encode(text)
+            rec = ClipRecord(name, i, 16.0 * i, 16.0 * i + 16, text, len(ids), engine.vector(ids))
+            mem.commit_clip(rec, None)
+            frame = np.zeros((120, 160, 3), np.uint8)
+            frame[..., rng.integers(0, 3)] = rng.integers(60, 220)
+            frame[30 + 10 * i:70 + 10 * i, 20 + 25 * i:70 + 25 * i] = 255  # something that moves
+            service.publish_clip(rec, middle_frame=frame)
+
+
+def _until_held(page, held, key, timeout_ms=10_000):
+    """Wait until the page's request `key` is held by a route (routes are served while Playwright waits)."""
+    for _ in range(timeout_ms // 50):
+        if key in held:
+            return held[key]
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the page did not send its {key} request")
+
+
+def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path, tiny_dir):
+    """Four streams in a 1280x800 window: no horizontal scroll, every camera card on screen with its latest frame and
+    several captions; a finished file is shown as finished (not live, nothing "behind"), in /v1/streams too; the
+    watches say "loading" (never "no watches") until they arrive; a click on a frame opens the clip enlarged; a
+    question shows its progress while it waits, and the answer stays compact with the watches still on screen."""
+    import numpy as np
+
+    video = make_sample_video(tmp_path / "cam.mp4", seconds=8.0)
+    engine = tiny_engine()
+    service = EdgeService(engine, tmp_path / "memory.db", parse_sources([f"cam={video}"]),
+                          ServiceConfig(source=SourceConfig(fps=2.0, replay_speed=4.0)))
+    server = Server(service, port=0).start()
+    service.start()
+    rng = np.random.default_rng(0)
+    for name, caps in FOUR.items():
+        _plant(service, engine, name, caps, rng)
+    service.add_watch("a parcel at the door", stream="door")
+    service.add_watch("a truck at the dock")
+    page = browser.new_page(viewport={"width": 1280, "height": 800}, timezone_id="Asia/Tokyo", locale="en-GB")
+    errors, held = [], {}
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/v1/watches", lambda route: held.setdefault("watches", route))  # answered when the test says
+    try:
+        wait_for(lambda: service.workers[0].state == "finished", 60, "the replayed file to finish")
+        cam = next(s for s in service.streams() if s["name"] == "cam")
+        assert cam["state"] == "finished" and cam["ingesting"] is False and cam["live"] is False
+        assert cam["seconds_behind_live"] is None and cam["clips"] == service.workers[0].clips >= 2
+
+        page.goto(server.url + "/")
+        _until_held(page, held, "watches")
+        page.wait_for_selector('.stream[data-stream="dock"] .caption-card', timeout=10_000)
+        assert page.locator("#watches").inner_text().strip() == "loading watches…"  # not "no watches"
+        held["watches"].continue_()
+        page.unroute("**/v1/watches")
+        page.wait_for_selector("#watches .watch >> nth=1", timeout=10_000)
+        assert "no watches" not in page.locator("#watches").inner_text()
+
+        # the layout: four cards inside the window, no horizontal scroll, frames and captions visible
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+        boxes = {n: page.locator(f'.stream[data-stream="{n}"]').bounding_box() for n in ("cam", *FOUR)}
+        for name, b in boxes.items():
+            assert b["x"] >= 0 and b["x"] + b["width"] <= 1280 and b["y"] >= 0 and b["y"] + b["height"] <= 800, \
+                (name, b)
+            assert page.locator(f'.stream[data-stream="{name}"] .latest img').is_visible()
+        for name, caps in FOUR.items():  # every caption of a planted stream is on screen
+            for text in caps:
+                card = page.locator(f'.stream[data-stream="{name}"] .caption-card', has_text=text)
+                b = card.bounding_box()
+                assert b is not None and b["y"] + b["height"] <= 800, (name, text, b)
+
+        # a finished file: "finished", no "behind", and the header counts it as finished
+        page.wait_for_function("() => document.querySelector('.stream[data-stream=\"cam\"] .state')"
+                               ".textContent === 'finished'", timeout=10_000)
+        assert "behind" not in page.locator('.stream[data-stream="cam"] .stat').inner_text()
+        page.wait_for_function("() => /1 finished/.test(document.getElementById('health').textContent)",
+                               timeout=10_000)
+        assert "live" not in page.locator("#health-rows tr[data-stream=cam]").inner_text()
+
+        # a click on a caption's frame opens the clip enlarged, with its caption; Escape closes it
+        text = FOUR["dock"][1]
+        page.locator('.stream[data-stream="dock"] .caption-card', has_text=text).locator("img").click()
+        page.wait_for_selector("#overlay.open", timeout=5_000)
+        assert page.locator("#overlay-text").inner_text() == text
+        assert page.locator("#overlay-img").get_attribute("src") == "/v1/thumbnails/dock/1.jpg"
+        assert page.locator("#overlay-img").bounding_box()["width"] >= 480  # enlarged (thumbnails are 160 px)
+        assert page.evaluate("() => document.getElementById('overlay-img').naturalWidth") == 160
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#overlay", state="hidden", timeout=5_000)
+
+        # a question: progress while it waits, then a compact answer; the watches stay on screen
+        page.route("**/v1/ask", lambda route: held.setdefault("ask", route))
+        page.fill("#ask-input", "What was left at the door?")
+        page.click("#ask-button")
+        _until_held(page, held, "ask")
+        page.wait_for_function("() => /answering… [0-9.]+ s/.test(document.getElementById('ask-progress')"
+                               ".textContent) && !document.getElementById('ask-progress').hidden", timeout=5_000)
+        first = page.locator("#ask-progress").inner_text()
+        page.wait_for_function("t => document.getElementById('ask-progress').textContent !== t", arg=first,
+                               timeout=5_000)  # the seconds count up
+        held.pop("ask").continue_()
+        page.wait_for_selector("#answer-text", state="visible", timeout=30_000)
+        assert page.locator("#ask-progress").is_hidden()
+        assert page.evaluate("() => document.getElementById('answer-used').open") is False  # collapsed
+        assert page.locator("#answer-sources li").count() >= 1
+        watches = page.locator("#watches").bounding_box()
+        assert watches["y"] < 800, watches  # not pushed off screen by the answer
+
+        # clip times: local wall-clock time when the API gives wall_start/wall_end, stream time otherwise
+        shown = page.evaluate("""() => [
+            clipTime({wall_start: '2026-03-01T09:15:03+01:00', wall_end: '2026-03-01T09:15:19+01:00', time: 'x'}),
+            clipTime({wall_start: null, wall_end: null, time: '00:01:52-00:02:00'})]""")
+        assert shown == ["01/03/2026 17:15:03–17:15:19", "00:01:52-00:02:00"]  # 08:15:03 UTC in Tokyo (UTC+9)
+        assert page.locator('.stream[data-stream="door"] .caption-card .meta').first.inner_text().startswith(
+            "00:00:48-00:01:04")  # stream time: the planted streams have no clock
+
+        shot = os.environ.get("RLIVS_DOCS_SCREENSHOT")
+        if shot:
             page.screenshot(path=shot, type="png", full_page=False)
         assert not errors, errors
     finally:

@@ -101,8 +101,8 @@ def test_bit_exact_special_values_and_float16(db):
         assert b.vector.dtype == np.float16 and b.vector.tobytes() == vec(1, dtype=np.float16).tobytes()
         (i, t), = m.open_stream("cam", "s", "m", "h1").fifo
         assert i == 0 and t.dtype == np.float16 and t.tobytes() == half_tokens.tobytes()
-        recs, mat = m.vectors()
-        assert mat.dtype == np.float32 and mat.shape == (2, D)
+        found = m.search(vec(1), mode="paper")  # a float16 vector is scored as float32
+        assert found.vectors.dtype == np.float32 and found.vectors.shape == (2, D)
 
 
 def test_big_endian_input_is_stored_little_endian(db):
@@ -318,11 +318,11 @@ def test_foreign_sqlite_database_and_newer_schema(db, tmp_path):
     with Memory(db) as m:
         fill(m, 1)
     c = sqlite3.connect(db)
-    c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(Memory.SCHEMA_VERSION + 1),))
     c.commit()
     c.close()
     digest = file_digest(db)
-    with pytest.raises(ValueError, match="schema version 2, newer.*upgrade rlivs"):
+    with pytest.raises(ValueError, match=f"schema version {Memory.SCHEMA_VERSION + 1}, newer.*upgrade rlivs"):
         Memory(db)
     assert file_digest(db) == digest
 
@@ -399,13 +399,11 @@ def test_two_streams_are_independent_and_listed(db):
         with pytest.raises(ValueError, match="next clip to commit is 3"):
             m.commit_clip(rec(5, stream="b"), None)
 
-        records, mat = m.vectors()
+        records = m.clips()
         assert [(r.stream, r.index) for r in records] == [("a", i) for i in range(5)] + [("b", i) for i in range(3)]
-        assert mat.shape == (8, D) and mat.dtype == np.float32
-        assert np.array_equal(mat, np.stack([r.vector for r in a + b]))
-        rb, mb = m.vectors("b")
-        assert rb == b and mb.shape == (3, D)
-        assert m.vectors("none")[1].shape == (0, D)
+        assert records == a + b
+        assert m.clips("b") == b
+        assert m.clips("none") == [] and m.search(vec(0), streams=["none"]).records == []
 
         info = {s["name"]: s for s in m.streams()}
         listed = m.streams()
@@ -414,12 +412,12 @@ def test_two_streams_are_independent_and_listed(db):
         assert info["a"]["n_clips"] == 5 and info["a"]["t_end"] == 10.0
         assert info["b"]["n_clips"] == 3 and info["b"]["t_end"] == 6.0
         assert set(info["a"]) == {"name", "source", "model_id", "config_hash", "n_clips", "t_end", "created_at"}
+        assert m.count_clips() == 8 and m.count_clips("a") == 5 and m.count_clips("a", stream_until=4.0) == 2
         m.open_stream("empty", "s", "m", "h1")
         assert {s["name"]: s for s in m.streams()}["empty"]["n_clips"] == 0
         assert {s["name"]: s for s in m.streams()}["empty"]["t_end"] is None
     with Memory(db.parent / "sub" / "fresh.db") as m:  # parent folders are created
-        records, mat = m.vectors()
-        assert records == [] and mat.shape == (0, 0) and mat.dtype == np.float32
+        assert m.clips() == [] and m.search(vec(0)).records == []
 
 
 # --------------------------------------------------------------------------- size

@@ -1,0 +1,346 @@
+"""Indexed retrieval over the memory: filters, a binary-signature vector index, FTS5 keywords, fused.
+
+A question never loads the whole memory. Per clip the database keeps, in the clip's own row and transaction:
+- `sig`: a binary signature of the retrieval vector, one bit per dimension: sign(vector - center), with `center`
+  the mean vector of the memory when it first reached SIG_MIN clips (stored in `meta`; `reindex` recomputes it),
+  followed by |vector - center| and (vector - center).center as float32. Captions' mean-of-unit-token vectors share
+  a large common direction; removing it makes the bits informative, and the two scalars turn the bits' angle
+  estimate into an estimate of the dot product (`estimated_scores`).
+- the caption in the FTS5 keyword index (triggers, see schema.py).
+
+`ColumnCache` keeps, per process, what filtering and the vector scan need: clip ids, stream codes, wall-clock
+spans and signatures (D/8 bytes a clip: 112 MB for a million 896-d clips). It is read once, then caught up with
+the rows committed since (`id > last id`); `forget`/`reindex` bump `meta.generation`, which makes it reload.
+
+`search` (one question):
+1. filter: the streams and the wall-clock window select rows of the cache (inside the query: nothing outside
+   the filters is scored);
+2. vector candidates: within the filter, the `VECTOR_CANDIDATES` best by the signatures' estimate of the
+   similarity (|r| cos(pi * Hamming / D), numkong's SIMD Hamming kernel), re-ranked by the exact float similarity of
+   their stored vectors; when the filter
+   leaves at most `EXACT_MAX` clips, all of them are scored exactly;
+3. keyword candidates: FTS5 BM25 over the caption text, with the same filters in the SQL query; query terms in
+   more than `COMMON_TERM_FRACTION` of the captions are dropped (they carry almost no BM25 weight and would make
+   the query scan most of the index);
+4. fuse: reciprocal rank fusion (k = 60) of the two rankings ("hybrid"), or the vector ranking alone ("paper",
+   the paper's ranking), or the keyword ranking alone ("lexical"); the best `shortlist` go to MMR (answer.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlivs.runtime.errors import UserError
+
+from .records import ClipRecord, from_blob
+
+SIG_MIN = 2048  # the signature center is fixed when the memory first holds this many clips
+EXACT_MAX = 4096  # at most this many clips inside the filters: score them all exactly
+VECTOR_CANDIDATES = 1024  # else: this many Hamming-nearest, then exact re-rank
+LEXICAL_CANDIDATES = 256  # keyword hits taken from FTS5
+COMMON_TERM_FRACTION = 0.05  # a query term in more than this fraction of captions is dropped
+RRF_K = 60.0
+MODES = ("hybrid", "paper", "lexical")
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOP = frozenset(
+    "a an and are as at be been but by can could did do does doing for from had has have how i in into is it its "
+    "me my of on or our so than that the their them then there these they this those to up was we were what when "
+    "where which who whom why will with would you your ever last first time times many much often happen happened "
+    "see seen show".split())
+
+
+def signature_bits(vectors: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """(N, D) or (D,) vectors -> (N, ceil(D/8)) or (ceil(D/8),) uint8 packed sign bits of (vector - center)."""
+    return np.packbits(np.asarray(vectors, dtype=np.float32) > center, axis=-1)
+
+
+SIG_TAIL = 8  # bytes after the sign bits: |r| and r.center as little-endian float32
+
+
+def signature(vector: np.ndarray, center: np.ndarray) -> bytes:
+    """What a clip row stores for residual r = vector - center: the packed sign bits of r, then |r| and r.center
+    as float32."""
+    v = np.asarray(vector, dtype=np.float32)
+    r = v.astype(np.float64) - center
+    tail = np.array([np.linalg.norm(r), r @ center], dtype="<f4")
+    return signature_bits(v, center).tobytes() + tail.tobytes()
+
+
+def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """(D,) query q; (N, B) sign bits and (N, 2) [|r|, r.center] of N clips -> (N,) estimates of q.v - q.center
+    (which ranks like the exact similarity q.v: q.center is the same for every clip). With q = center + r_q:
+    q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
+    vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
+    rq = query.astype(np.float64) - center
+    h = hamming(signature_bits(query, center), bits)  # (N,)
+    return tails[:, 1] + tails[:, 0] * np.linalg.norm(rq) * np.cos(np.pi * h / len(center))
+
+
+def hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
+    """(B,) uint8, (N, B) uint8 -> (N,) bit differences (numkong's SIMD kernel; numpy where it is missing)."""
+    if len(sigs) == 0:
+        return np.zeros(0, dtype=np.float32)
+    try:
+        import numkong
+    except ImportError:  # pragma: no cover - numkong ships wheels for x86_64 and aarch64
+        return np.bitwise_count(sigs ^ query_sig).sum(axis=1, dtype=np.int32).astype(np.float32)
+    out = numkong.cdist(query_sig[None], sigs, metric="hamming", dtype="uint1", out_dtype="float32")
+    return np.asarray(out).reshape(-1)
+
+
+class _Grow:
+    """An append-only numpy column with doubling capacity (appends are amortised O(rows added))."""
+
+    def __init__(self, dtype, width: int | None = None):
+        self.n = 0
+        shape = (1024,) if width is None else (1024, width)
+        self.buf = np.empty(shape, dtype=dtype)
+
+    def append(self, rows: np.ndarray) -> None:
+        need = self.n + len(rows)
+        if need > len(self.buf):
+            cap = max(need, 2 * len(self.buf))
+            grown = np.empty((cap, *self.buf.shape[1:]), dtype=self.buf.dtype)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n:need] = rows
+        self.n = need
+
+    @property
+    def view(self) -> np.ndarray:
+        return self.buf[: self.n]
+
+
+class ColumnCache:
+    """Per-process columns of the clips table for filtering and the signature scan; caught up on every search."""
+
+    def __init__(self):
+        self.generation: str | None = None
+        self.last_id = 0
+        self.sig_bytes: int | None = None
+        self.codes: dict[str, int] = {}  # stream name -> code
+
+    def _reset(self, generation: str, sig_bytes: int | None) -> None:
+        self.generation, self.sig_bytes, self.last_id, self.codes = generation, sig_bytes, 0, {}
+        self.ids = _Grow(np.int64)
+        self.stream = _Grow(np.int32)
+        self.wall = _Grow(np.float64, 2)  # (N, 2) wall_start, wall_end (NaN: no clock)
+        self.t_end = _Grow(np.float64)  # (N,) stream-time end
+        self.has_sig = _Grow(np.bool_)
+        self.sigs = _Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
+        self.tails = _Grow(np.float32, 2)  # (N, 2) |r|, r.center
+
+    def refresh(self, conn: sqlite3.Connection, generation: str, sig_bytes: int | None) -> None:
+        """Read the rows committed since the last refresh (all of them after a generation change)."""
+        if generation != self.generation or sig_bytes != self.sig_bytes:
+            self._reset(generation, sig_bytes)
+        rows = conn.execute("SELECT id, stream, wall_start, wall_end, t_end, sig FROM clips WHERE id > ? ORDER BY id",
+                            (self.last_id,)).fetchall()
+        if not rows:
+            return
+        ids, streams, w0, w1, t1, sigs = zip(*rows)
+        codes = np.array([self.codes.setdefault(s, len(self.codes)) for s in streams], dtype=np.int32)
+        width = self.sigs.buf.shape[1]
+        full = width + SIG_TAIL
+        has = np.array([s is not None and len(s) == full for s in sigs], dtype=bool)
+        packed = np.zeros((len(rows), full), dtype=np.uint8)
+        if has.any():
+            packed[has] = np.frombuffer(b"".join(s for s, h in zip(sigs, has) if h), dtype=np.uint8).reshape(-1, full)
+        self.ids.append(np.array(ids, dtype=np.int64))
+        self.stream.append(codes)
+        self.wall.append(np.array([[np.nan if a is None else a, np.nan if b is None else b]
+                                   for a, b in zip(w0, w1)], dtype=np.float64))
+        self.t_end.append(np.array(t1, dtype=np.float64))
+        self.has_sig.append(has)
+        self.sigs.append(packed[:, :width])
+        self.tails.append(np.ascontiguousarray(packed[:, width:]).view("<f4").reshape(-1, 2).astype(np.float32))
+        self.last_id = int(ids[-1])
+
+    def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
+               stream_until: float | None = None) -> np.ndarray:
+        """Row positions inside the filters: one of the streams, a wall-clock span overlapping the window, and (for
+        a causal view) a stream-time end at or before `stream_until`."""
+        keep = np.ones(self.ids.n, dtype=bool)
+        if stream_until is not None:
+            keep &= self.t_end.view <= stream_until
+        if streams is not None:
+            codes = [self.codes[s] for s in streams if s in self.codes]
+            keep &= np.isin(self.stream.view, codes)
+        wall = self.wall.view
+        if wall_to is not None:
+            keep &= wall[:, 0] <= wall_to  # NaN (no clock) compares False: a clip without a clock is outside
+        if wall_from is not None:
+            keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
+        return np.flatnonzero(keep)
+
+
+@dataclass
+class Shortlist:
+    """The best clips for a question, best first, with their vectors (for MMR) and scores."""
+
+    records: list[ClipRecord]
+    vectors: np.ndarray  # (S, D) float32
+    similarity: np.ndarray  # (S,) mean pairwise token cosine to the question
+    relevance: np.ndarray  # (S,) what ranked them: similarity ("paper"), or the fused score on its scale
+    considered: int  # clips inside the filters
+    lexical_hits: int  # keyword candidates found
+    mode: str
+
+
+def fts_query(conn: sqlite3.Connection, text: str, n_clips: int) -> str | None:
+    """An FTS5 OR-query of the question's informative words (stop words and terms in more than
+    COMMON_TERM_FRACTION of the captions dropped), or None when nothing informative is left."""
+    words = informative_terms(text)
+    if not words:
+        return None
+    limit = max(50, COMMON_TERM_FRACTION * n_clips)
+    kept = []
+    for w in words:
+        # the stemmed form is what the index holds; fts5vocab lists terms, so ask the index for the document count
+        row = conn.execute("SELECT COUNT(*) FROM (SELECT rowid FROM clips_fts WHERE clips_fts MATCH ? LIMIT ?)",
+                           (f'"{w}"', int(limit) + 1)).fetchone()
+        if 0 < row[0] <= limit:
+            kept.append(f'"{w}"')
+    return " OR ".join(kept) if kept else None
+
+
+def lexical(conn: sqlite3.Connection, query: str, streams: list[str] | None, wall_from: float | None,
+            wall_to: float | None, limit: int, stream_until: float | None = None) -> list[int]:
+    """Clip ids matching the FTS5 query inside the filters, best BM25 first."""
+    where, args = ["clips_fts MATCH ?"], [query]
+    if stream_until is not None:
+        where.append("c.t_end <= ?")
+        args.append(stream_until)
+    if streams is not None:
+        where.append(f"c.stream IN ({', '.join('?' * len(streams))})")
+        args += streams
+    if wall_to is not None:
+        where.append("c.wall_start <= ?")
+        args.append(wall_to)
+    if wall_from is not None:
+        where.append("(c.wall_end > ? OR c.wall_start >= ?)")
+        args += [wall_from, wall_from]
+    sql = (f"SELECT c.id FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)} "
+           f"ORDER BY bm25(clips_fts) LIMIT ?")
+    return [r[0] for r in conn.execute(sql, (*args, limit))]
+
+
+_COLUMNS = "id, stream, idx, t_start, t_end, caption, n_tokens, vector, dim, dtype, committed_at, wall_start, wall_end"
+
+
+def record_from_row(r: tuple) -> ClipRecord:
+    (_, stream, idx, t0, t1, caption, n_tokens, vec, dim, dtype, committed, w0, w1) = r[:13]
+    return ClipRecord(stream, idx, t0, t1, caption, n_tokens, from_blob(vec, dtype, (dim,)), committed, w0, w1)
+
+
+def fetch(conn: sqlite3.Connection, ids: list[int]) -> dict[int, ClipRecord]:
+    """Records (vectors included) of the given clip ids."""
+    if not ids:
+        return {}
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM clips WHERE id IN (SELECT value FROM json_each(?))",
+                        (json.dumps([int(i) for i in ids]),)).fetchall()
+    return {r[0]: record_from_row(r) for r in rows}
+
+
+def rank_fusion(*rankings: list[int], k: float = RRF_K) -> dict[int, float]:
+    """Reciprocal rank fusion: id -> sum over rankings of 1 / (k + rank), rank from 1."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for r, i in enumerate(ranking, start=1):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (k + r)
+    return fused
+
+
+def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | None, query_vector: np.ndarray,
+           query_text: str | None, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
+           mode: str, shortlist: int, stream_until: float | None = None) -> Shortlist:
+    if mode not in MODES:
+        raise UserError(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
+    if shortlist < 1:
+        raise UserError(f"shortlist must be >= 1, got {shortlist}")
+    q = np.asarray(query_vector, dtype=np.float32)  # (D,)
+    # 1. filter
+    rows = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions in the cache
+    considered = len(rows)
+    # 2. vector candidates: Hamming shortlist, exact re-rank
+    vec_rank: list[int] = []
+    records: dict[int, ClipRecord] = {}
+    if mode != "lexical" and considered:
+        if considered > EXACT_MAX and center is not None and cache.has_sig.view[rows].all():
+            est = estimated_scores(q, center, cache.sigs.view[rows], cache.tails.view[rows])  # (M,)
+            rows = rows[np.argpartition(-est, VECTOR_CANDIDATES)[:VECTOR_CANDIDATES]]
+        ids = cache.ids.view[rows].tolist()
+        records = fetch(conn, ids)
+        sims = {i: float(np.dot(records[i].vector.astype(np.float64), q.astype(np.float64))) for i in records}
+        vec_rank = sorted(sims, key=lambda i: (-sims[i], i))
+    # 3. keyword candidates
+    lex_rank: list[int] = []
+    if mode != "paper" and query_text and considered:
+        fq = fts_query(conn, query_text, cache.ids.n)
+        if fq is not None:
+            lex_rank = lexical(conn, fq, streams, wall_from, wall_to, LEXICAL_CANDIDATES, stream_until)
+            records.update(fetch(conn, [i for i in lex_rank if i not in records]))
+    # 4. fuse and cut
+    if mode == "paper":
+        order = vec_rank
+    elif mode == "lexical":
+        order = lex_rank
+    else:
+        fused = rank_fusion(vec_rank, lex_rank)
+        order = sorted(fused, key=lambda i: (-fused[i], i))
+    order = order[:shortlist]
+    recs = [records[i] for i in order]
+    dim = len(q)
+    vectors = np.stack([r.vector for r in recs]).astype(np.float32) if recs else np.zeros((0, dim), np.float32)
+    similarity = vectors.astype(np.float64) @ q.astype(np.float64)  # (S,)
+    if mode == "paper" or not len(order):
+        relevance = similarity
+    else:  # the fused rank as a relevance on the similarity's scale, so MMR's lambda trades it off as before
+        ranks = np.arange(1, len(order) + 1, dtype=np.float64)
+        span = (similarity.max() - similarity.min()) if len(order) > 1 else 0.0
+        relevance = similarity.max() - span * (ranks - 1) / max(len(order) - 1, 1)
+    return Shortlist(recs, vectors, similarity, relevance, considered, len(lex_rank), mode)
+
+
+def informative_terms(text: str) -> list[str]:
+    """The question's words that can match a caption: lower-cased, stop words and single letters dropped."""
+    words: list[str] = []
+    for w in _WORD.findall(text.lower()):
+        if w not in _STOP and len(w) > 1 and w not in words:
+            words.append(w)
+    return words
+
+
+def keyword_matches(conn: sqlite3.Connection, text: str, streams: list[str] | None, wall_from: float | None,
+                    wall_to: float | None, stream_until: float | None = None) -> tuple[int, int | None, int | None]:
+    """Clips inside the filters whose caption holds every informative word of `text` (stemmed):
+    (how many, id of the earliest, id of the latest) by wall-clock time, then stream time."""
+    terms = informative_terms(text)
+    if not terms:
+        return 0, None, None
+    where, args = ["clips_fts MATCH ?"], [" AND ".join(f'"{w}"' for w in terms)]
+    if streams is not None:
+        where.append(f"c.stream IN ({', '.join('?' * len(streams))})")
+        args += streams
+    if wall_to is not None:
+        where.append("c.wall_start <= ?")
+        args.append(wall_to)
+    if wall_from is not None:
+        where.append("(c.wall_end > ? OR c.wall_start >= ?)")
+        args += [wall_from, wall_from]
+    if stream_until is not None:
+        where.append("c.t_end <= ?")
+        args.append(stream_until)
+    base = f"FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)}"
+    n = conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
+    if not n:
+        return 0, None, None
+    first = conn.execute(f"SELECT c.id {base} ORDER BY c.wall_start, c.t_start LIMIT 1", args).fetchone()[0]
+    last = conn.execute(f"SELECT c.id {base} ORDER BY c.wall_start DESC, c.t_start DESC LIMIT 1", args).fetchone()[0]
+    return n, first, last

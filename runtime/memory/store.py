@@ -1,0 +1,769 @@
+"""The on-device memory of a video stream, in one SQLite file (memory.db).
+
+Per clip it keeps a caption with its stream-time span, its wall-clock span (when the stream has a clock), a
+retrieval vector, the vector's binary signature and the indices of the tokens selection kept; per stream it keeps
+the FIFO state (the visual tokens selected from the last N clips), so an interrupted `rlivs ingest` resumes right
+after the last committed clip with the same recurrent context. Only the FIFO's *current* tokens are stored: the
+rows of evicted clips are deleted in the same transaction that adds a clip, so an hour of video costs about 1 MB.
+The captions are also in an FTS5 keyword index (triggers keep it in step, inside the same transaction); search.py
+answers questions from the indexes without reading the whole memory.
+
+Durability: one SQLite transaction per clip (BEGIN IMMEDIATE ... COMMIT). The file is opened
+in WAL mode with synchronous=NORMAL: in WAL mode NORMAL keeps the database consistent after a
+crash or power loss; only the last committed transaction(s) may roll back, which a resume then
+simply re-ingests.
+
+Transactions are controlled by hand: the sqlite3 connection is opened with
+``isolation_level=None`` (the driver never opens or commits a transaction on its own), every
+write runs between an explicit BEGIN IMMEDIATE and COMMIT (ROLLBACK on any exception), and the
+writes inside it are plain ``conn.execute`` statements, so no library call can commit midway.
+sqlite-utils (``Database(conn)``) runs the read queries. schema.py owns the tables and the migration of older files.
+
+Arrays are stored as raw little-endian bytes with their dtype name and shape; float32 and
+float16 round-trip bit-exactly and come back in the dtype they were stored in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import operator
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from sqlite_utils import Database
+
+from rlivs.runtime.errors import UserError
+
+from . import schema
+from .records import (SQLITE_HEADER, ClipRecord, StreamState, from_blob, normalize_fingerprint, storage_problem,
+                      to_blob)
+from .search import SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, fetch, keyword_matches, search, signature
+
+log = logging.getLogger("rlivs.memory")
+_V1_TABLES = ("meta", "streams", "clips", "fifo")
+
+
+def _check_wall(record: ClipRecord, index: int) -> tuple[float | None, float | None]:
+    """The record's wall-clock span as floats (both or neither), or UserError."""
+    w0, w1 = record.wall_start, record.wall_end
+    if w0 is None and w1 is None:
+        return None, None
+    if w0 is None or w1 is None:
+        raise UserError(f"clip {index} has wall-clock start {w0} and end {w1}: give both or neither")
+    w0, w1 = float(w0), float(w1)
+    if not (math.isfinite(w0) and math.isfinite(w1) and w0 <= w1):
+        raise UserError(f"clip {index} has wall-clock times [{w0}, {w1}]: they must be finite with start <= end")
+    return w0, w1
+
+
+def _kept_blob(kept: np.ndarray | None, index: int) -> bytes | None:
+    """(N,) kept token indices as little-endian int16 bytes (None stays None), or UserError."""
+    if kept is None:
+        return None
+    kept = np.asarray(kept)
+    if kept.ndim != 1 or kept.dtype.kind not in "iu" or (kept.size and (kept.min() < 0 or kept.max() > 32767)):
+        raise UserError(f"clip {index} kept indices must be a 1-D integer array in [0, 32767]")
+    return kept.astype("<i2").tobytes()
+
+
+class Memory:
+    """The memory.db of one device: streams, their captioned clips and their FIFO state.
+
+    ``synchronous=NORMAL`` in WAL mode keeps the database consistent after power loss; the last
+    committed transaction may roll back (that clip is then simply ingested again on resume).
+    """
+
+    SCHEMA_VERSION = schema.VERSION
+    # Test seam (a class attribute: the migration runs inside the constructor): called between migration steps.
+    _migration_pause: Callable[[str], None] | None = None
+
+    def __init__(self, path: str | os.PathLike, model_fingerprint: dict | None = None, readonly: bool = False):
+        self.path = Path(os.fspath(path))  # the database file
+        self.readonly = bool(readonly)  # opened with mode=ro: every write is refused
+        # Test seams: called inside commit_clip's transaction after the clip row is inserted and
+        # before the FIFO rows change, and between the steps of a migration (simulate crashes mid-transaction).
+        self._after_clip_insert: Callable[[], None] | None = None
+        self._cache = ColumnCache()  # filter columns + signatures for search, caught up per question
+        self._center: tuple[str, np.ndarray | None] | None = None  # (generation, signature center)
+        self._conn: sqlite3.Connection | None = None
+        given = normalize_fingerprint(model_fingerprint)
+        self._check_file()
+        try:
+            if self.readonly:
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+            else:
+                conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+        except sqlite3.Error as e:
+            raise UserError(f"cannot open {self.path} ({e}): check the path and its permissions") from e
+        self._conn = conn
+        try:
+            self._db = Database(conn)
+            self._setup(given)
+        except sqlite3.Error as e:
+            self._conn = None
+            conn.close()
+            problem = storage_problem(e)
+            if problem is None:
+                raise
+            raise UserError(f"cannot open {self.path}: {problem[0]} ({e}); {problem[1]}") from e
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _not_rlivs(self, why: str) -> UserError:
+        return UserError(
+            f"{self.path} is not an rlivs memory database: {why}; pass a memory.db written by rlivs or a new path"
+        )
+
+    def _check_file(self) -> None:
+        """Refuse paths SQLite would reject, before opening (so nothing is ever written to them)."""
+        p = self.path
+        if p.is_dir():
+            raise UserError(f"{p} is a directory: pass a file path such as {p / 'memory.db'}")
+        if p.exists():
+            with open(p, "rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+            if head and head != SQLITE_HEADER:
+                raise self._not_rlivs(f"the file does not start with the SQLite header (starts with {head[:16]!r})")
+        elif self.readonly:
+            raise UserError(f"no memory database at {p}: run `rlivs ingest` first or check the --db path")
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+
+    def _setup(self, given: dict | None) -> None:
+        db, conn = self._db, self._conn
+        try:
+            tables = set(db.table_names())
+        except sqlite3.DatabaseError as e:
+            raise self._not_rlivs(str(e)) from e
+        version = None
+        if not tables:
+            if self.readonly:
+                raise self._not_rlivs("it is empty (nothing was ingested into it)")
+            fresh = True
+        else:
+            fresh = False
+            version = self._check_schema(tables)
+            stored = self.model_fingerprint()
+            if stored is not None and given is not None and stored != given:
+                raise UserError(
+                    f"{self.path} was written by a model with {stored}; this model has {given}: "
+                    f"use a new --db or the same model"
+                )
+        if self.readonly:
+            if version is not None and version < self.SCHEMA_VERSION:
+                self._migrate_with_writer()
+            conn.execute("PRAGMA query_only=ON")
+            return
+        # Only now (the file is ours and compatible) change anything.
+        if fresh:  # must precede the first table; space freed by forget then goes back with incremental_vacuum
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.enable_wal()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if version is not None and version < self.SCHEMA_VERSION:
+            self._migrate()
+        if fresh or (given is not None and self.model_fingerprint() is None):
+            self._write(lambda: self._init_schema(given))
+
+    def _check_schema(self, tables: set[str]) -> int:
+        if "meta" not in tables:
+            raise self._not_rlivs(f"it holds the tables {sorted(tables)} but no rlivs `meta` table")
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = json.loads(row[0]) if row else None
+        except (sqlite3.Error, ValueError, TypeError) as e:
+            raise self._not_rlivs(f"its `meta` table is unreadable ({e})") from e
+        if not isinstance(version, int):
+            raise self._not_rlivs("its `meta` table has no schema_version")
+        if version > self.SCHEMA_VERSION:
+            raise UserError(
+                f"{self.path} has memory schema version {version}, newer than this rlivs reads "
+                f"({self.SCHEMA_VERSION}): upgrade rlivs or use a new --db"
+            )
+        needed = _V1_TABLES if version == 1 else schema.TABLES
+        missing = [t for t in needed if t not in tables]
+        if missing:
+            raise self._not_rlivs(f"the rlivs tables {missing} are missing")
+        return version
+
+    def _init_schema(self, given: dict | None) -> None:
+        """Create the tables (idempotent) and the meta rows. Runs inside _write's transaction."""
+        schema.create(self._conn)
+        if given is not None:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('model_fingerprint', ?)", (json.dumps(given),)
+            )
+
+    def _migrate(self) -> None:
+        """Migrate an older file in place: one transaction (a kill leaves the old or the new schema), then VACUUM so
+        that the file uses incremental auto-vacuum (a kill during VACUUM leaves the migrated file as it was)."""
+        old = json.loads(self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        log.info("migrating %s from memory schema version %d to %d", self.path, old, self.SCHEMA_VERSION)
+
+        def body() -> None:
+            schema.migrate_v1(self._conn, self._migration_pause)
+            self._fill_signatures(force=False)
+
+        self._write(body, what=f"migrate the memory to schema version {self.SCHEMA_VERSION}",
+                    then=" (the file still holds the previous version, intact)")
+        self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self._conn.execute("VACUUM")
+        log.info("migrated %s to memory schema version %d", self.path, self.SCHEMA_VERSION)
+
+    def _migrate_with_writer(self) -> None:
+        """A read-only open of an older file: migrate it through a short-lived writer first (refused when the file
+        cannot be written, with what to do)."""
+        if not os.access(self.path, os.W_OK) or not os.access(self.path.parent, os.W_OK):
+            raise UserError(f"{self.path} has an older memory schema and must be migrated once, which needs write "
+                            f"access to it and its folder: run `rlivs memory info --db {self.path}` as a user who "
+                            f"can write it")
+        Memory(self.path).close()
+
+    # ------------------------------------------------------------------ transactions
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise UserError(f"memory {self.path} is closed: open a new Memory({str(self.path)!r})")
+        return self._conn
+
+    def _refuse_readonly(self, what: str) -> None:
+        if self.readonly:
+            raise UserError(
+                f"cannot {what}: {self.path} is opened read-only (readonly=True, e.g. by `rlivs ask`); "
+                f"open it without readonly to write"
+            )
+
+    def _write(self, body: Callable[[], object], what: str = "write", then: str = "") -> object:
+        """Run `body` in exactly one BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception, re-raised.
+
+        An SQLite error caused by the storage or another process (disk full, read-only, I/O error, damaged file,
+        write lock) becomes a ValueError saying what went wrong, that nothing of this transaction was written and
+        what committed before is intact, and what to do (`what` names the write, `then` is appended to the advice).
+        """
+        conn = self._live()
+        self._refuse_readonly(what)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            problem = storage_problem(e) or ("the write transaction could not start", "check the --db path")
+            raise UserError(f"cannot {what} in {self.path}: {problem[0]} ({e}); nothing was written: "
+                            f"{problem[1]}{then}") from e
+        try:
+            result = body()
+            conn.execute("COMMIT")
+        except BaseException as e:
+            if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk, an I/O error)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # keep the original error; the file is consistent (journal) either way
+                    pass
+            problem = storage_problem(e)
+            if problem is None:
+                raise
+            raise UserError(f"cannot {what} in {self.path}: {problem[0]} ({e}); nothing of it was written and "
+                            f"everything committed before is intact: {problem[1]}{then}") from e
+        return result
+
+    def _read(self, body: Callable[[], object]) -> object:
+        """Run `body` in one read transaction (a consistent snapshot, even while ingest writes)."""
+        conn = self._live()
+        conn.execute("BEGIN")
+        try:
+            return body()
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    # ------------------------------------------------------------------ streams
+
+    def _stream_row(self, stream: str) -> dict | None:
+        rows = list(self._db.query("SELECT * FROM streams WHERE name = ?", [stream]))
+        return rows[0] if rows else None
+
+    def _next_index(self, stream: str) -> int:
+        row = self._conn.execute("SELECT next_idx FROM streams WHERE name = ?", (stream,)).fetchone()
+        return 0 if row is None else row[0]
+
+    def _fifo(self, stream: str) -> list[tuple[int, np.ndarray]]:
+        rows = self._db.query(
+            "SELECT clip_idx, n, dim, dtype, tokens FROM fifo WHERE stream = ? ORDER BY clip_idx", [stream]
+        )
+        return [(r["clip_idx"], from_blob(r["tokens"], r["dtype"], (r["n"], r["dim"]))) for r in rows]
+
+    def _state(self, row: dict) -> StreamState:
+        name = row["name"]
+        return StreamState(
+            stream=name,
+            source=row["source"],
+            model_id=row["model_id"],
+            config_hash=row["config_hash"],
+            next_index=self._next_index(name),
+            fifo=self._fifo(name),
+        )
+
+    def open_stream(self, stream: str, source: str, model_id: str, config_hash: str) -> StreamState:
+        """Register a new stream (next_index 0, empty FIFO) or return an existing one's resume state."""
+        if not isinstance(stream, str) or not stream:
+            raise UserError(f"stream name must be a non-empty string, got {stream!r}: pass e.g. --stream cam0")
+        for name, value in (("source", source), ("model_id", model_id), ("config_hash", config_hash)):
+            if not isinstance(value, str):
+                raise UserError(f"{name} must be a string, got {type(value).__name__}")
+
+        def body() -> StreamState:
+            row = self._stream_row(stream)
+            if row is None:
+                self._refuse_readonly(f"create stream {stream!r}")
+                now = time.time()
+                row = dict(name=stream, source=source, model_id=model_id, config_hash=config_hash, created_at=now)
+                self._conn.execute(
+                    "INSERT INTO streams (name, source, model_id, config_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                    tuple(row.values()),
+                )
+            elif row["config_hash"] != config_hash:
+                raise UserError(
+                    f"stream {stream!r} in {self.path} was ingested with other settings "
+                    f"(config hash {row['config_hash']}, now {config_hash}): use the same settings to resume it "
+                    f"or a new stream name"
+                )
+            return self._state(row)
+
+        self._live()
+        return self._read(body) if self.readonly else self._write(body)
+
+    def streams(self) -> list[dict]:
+        """Every stream: name, source, model_id, config_hash, n_clips, t_end (of the last clip), created_at."""
+        self._live()
+        sql = """
+            SELECT s.name, s.source, s.model_id, s.config_hash,
+                   (SELECT COUNT(*) FROM clips c WHERE c.stream = s.name) AS n_clips,
+                   (SELECT c.t_end FROM clips c WHERE c.stream = s.name ORDER BY c.idx DESC LIMIT 1) AS t_end,
+                   s.created_at
+            FROM streams s ORDER BY s.created_at, s.name
+        """
+        return list(self._db.query(sql))
+
+    # ------------------------------------------------------------------ clips
+
+    def commit_clip(self, record: ClipRecord, fifo_tokens: np.ndarray | None, evict: Sequence[int] = ()) -> None:
+        """Store one clip in exactly one transaction: its row, its FIFO tokens, and the eviction of
+        the FIFO rows of the clip indices in `evict`. Nothing is written if anything is refused or fails.
+
+        record.index must be the stream's next index (no duplicates, no gaps). Every index in `evict`
+        must be in the FIFO (the clip being committed included). On success record.committed_at is set.
+        """
+        self._live()
+        self._refuse_readonly(f"commit clip {getattr(record, 'index', '?')}")
+        if not isinstance(record, ClipRecord):
+            raise UserError(f"commit_clip takes a ClipRecord, got {type(record).__name__}")
+        try:
+            index = operator.index(record.index)
+            n_tokens = operator.index(record.n_tokens)
+            evict_ids = sorted({operator.index(i) for i in evict})
+        except TypeError as e:
+            raise UserError(f"clip index, n_tokens and evict must be integers ({e})") from e
+        t_start, t_end = float(record.t_start), float(record.t_end)
+        if not (math.isfinite(t_start) and math.isfinite(t_end) and t_start <= t_end):
+            raise UserError(f"clip {index} has times [{t_start}, {t_end}]: they must be finite with t_start <= t_end")
+        if n_tokens < 0:
+            raise UserError(f"clip {index} has n_tokens {n_tokens}: it must be >= 0")
+        if not isinstance(record.caption, str):
+            raise UserError(f"clip {index} caption must be a string, got {type(record.caption).__name__}")
+        wall = _check_wall(record, index)
+        kept_blob = _kept_blob(record.kept, index)
+        vec_blob, vec_dtype = to_blob(record.vector, f"clip {index} vector", 1)
+        dim = int(record.vector.shape[0])
+        fifo_row = None
+        if fifo_tokens is not None:
+            tok_blob, tok_dtype = to_blob(fifo_tokens, f"fifo_tokens of clip {index}", 2)
+            fifo_row = (int(fifo_tokens.shape[0]), int(fifo_tokens.shape[1]), tok_dtype, tok_blob)
+        stream = record.stream
+        now = time.time()
+        conn = self._conn
+
+        def body() -> None:
+            if self._stream_row(stream) is None:
+                raise UserError(f"unknown stream {stream!r} in {self.path}: call open_stream({stream!r}, ...) first")
+            expected = self._next_index(stream)
+            if index != expected:
+                kind = "already committed" if index < expected else "a gap"
+                raise UserError(
+                    f"clip {index} of stream {stream!r} is {kind}: the next clip to commit is {expected} "
+                    f"(resume from open_stream(...).next_index)"
+                )
+            row = conn.execute("SELECT dim FROM clips LIMIT 1").fetchone()
+            if row is not None and row[0] != dim:
+                raise UserError(
+                    f"clip {index} vector has dim {dim} but the clips in {self.path} have dim {row[0]}: "
+                    f"use the same retrieval vectors or a new --db"
+                )
+            in_fifo = {r[0]: r[1] for r in conn.execute("SELECT clip_idx, dim FROM fifo WHERE stream = ?", (stream,))}
+            if fifo_row is not None:
+                dims = set(in_fifo.values())
+                if dims and dims != {fifo_row[1]}:
+                    raise UserError(
+                        f"fifo_tokens of clip {index} have dim {fifo_row[1]} but the FIFO of stream {stream!r} "
+                        f"holds dim {sorted(dims)[0]}: pass tokens from the same model"
+                    )
+                in_fifo[index] = fifo_row[1]
+            unknown = [i for i in evict_ids if i not in in_fifo]
+            if unknown:
+                raise UserError(
+                    f"cannot evict clips {unknown} of stream {stream!r}: they are not in its FIFO "
+                    f"(it holds {sorted(in_fifo)}); evict only clips whose tokens were committed"
+                )
+            center = self._signature_center()
+            sig = None if center is None else signature(record.vector, center)
+            conn.execute(
+                "INSERT INTO clips (stream, idx, t_start, t_end, wall_start, wall_end, caption, n_tokens, vector, dim, "
+                "dtype, sig, kept, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (stream, index, t_start, t_end, *wall, record.caption, n_tokens, vec_blob, dim, vec_dtype, sig,
+                 kept_blob, now),
+            )
+            conn.execute("UPDATE streams SET next_idx = ? WHERE name = ?", (index + 1, stream))
+            if center is None:
+                self._fill_signatures(force=False)
+            if self._after_clip_insert is not None:
+                self._after_clip_insert()
+            if fifo_row is not None:
+                conn.execute(
+                    "INSERT INTO fifo (stream, clip_idx, n, dim, dtype, tokens) VALUES (?, ?, ?, ?, ?, ?)",
+                    (stream, index, *fifo_row),
+                )
+            conn.executemany("DELETE FROM fifo WHERE stream = ? AND clip_idx = ?", [(stream, i) for i in evict_ids])
+
+        self._write(body, what=f"store clip {index} of stream {stream!r}",
+                    then=f", then run the same command again: the stream resumes at clip {index}")
+        record.committed_at = now
+
+    def _record(self, r: dict) -> ClipRecord:
+        kept = r.get("kept")
+        return ClipRecord(
+            stream=r["stream"],
+            index=r["idx"],
+            t_start=r["t_start"],
+            t_end=r["t_end"],
+            caption=r["caption"],
+            n_tokens=r["n_tokens"],
+            vector=from_blob(r["vector"], r["dtype"], (r["dim"],)),
+            committed_at=r["committed_at"],
+            wall_start=r.get("wall_start"),
+            wall_end=r.get("wall_end"),
+            kept=None if kept is None else np.frombuffer(kept, dtype="<i2").astype(np.int16),
+        )
+
+    def clips(
+        self,
+        stream: str | None = None,
+        t_from: float | None = None,
+        t_to: float | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        *,
+        wall_from: float | None = None,
+        wall_to: float | None = None,
+        by_time: bool = False,
+    ) -> list[ClipRecord]:
+        """Clips ordered by stream then index (or by wall-clock start with `by_time`), optionally of one stream and
+        overlapping [t_from, t_to] in stream time and [wall_from, wall_to] in wall-clock time (UTC unix seconds;
+        a clip without a clock is outside any wall-clock window).
+
+        A clip covers [t_start, t_end) in stream time: it overlaps the window when it starts inside
+        it, or the window starts inside the clip (so a clip ending exactly at t_from is excluded).
+        """
+        self._live()
+        where, args = [], []
+        if stream is not None:
+            where.append("stream = ?")
+            args.append(stream)
+        if t_from is not None and t_to is not None and t_from > t_to:
+            raise UserError(f"time window [{t_from}, {t_to}] is empty: pass t_from <= t_to")
+        if t_to is not None:
+            where.append("t_start <= ?")
+            args.append(float(t_to))
+        if t_from is not None:
+            where.append("(t_end > ? OR t_start >= ?)")
+            args += [float(t_from), float(t_from)]
+        if wall_from is not None and wall_to is not None and wall_from > wall_to:
+            raise UserError(f"wall-clock window [{wall_from}, {wall_to}] is empty: pass a start before the end")
+        if wall_to is not None:
+            where.append("wall_start <= ?")
+            args.append(float(wall_to))
+        if wall_from is not None:
+            where.append("(wall_end > ? OR wall_start >= ?)")
+            args += [float(wall_from), float(wall_from)]
+        if limit is not None and limit < 0:
+            raise UserError(f"limit must be >= 0 or None, got {limit}")
+        if offset < 0:
+            raise UserError(f"offset must be >= 0, got {offset}")
+        rows = self._db["clips"].rows_where(
+            where=" AND ".join(where) or None,
+            where_args=args,
+            order_by="wall_start, stream, idx" if by_time else "stream, idx",
+            limit=-1 if limit is None else int(limit),
+            offset=int(offset),
+        )
+        return [self._record(r) for r in rows]
+
+    # ------------------------------------------------------------------ search
+
+    def _meta(self, key: str) -> str | None:
+        row = self._live().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _generation(self) -> str:
+        return self._meta("generation") or "0"
+
+    def _bump_generation(self) -> None:
+        """Tell every process's ColumnCache to reload (rows were deleted or signatures recomputed)."""
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?)",
+                           (str(int(self._generation()) + 1),))
+
+    def _signature_center(self) -> np.ndarray | None:
+        """The (D,) float32 center the signatures are taken around, or None before the memory held SIG_MIN clips."""
+        gen = self._generation()
+        if self._center is None or self._center[0] != gen:
+            raw = self._meta("sig_center")
+            center = None if raw is None else np.frombuffer(bytes.fromhex(raw), dtype="<f4").astype(np.float32)
+            self._center = (gen, center)
+        return self._center[1]
+
+    def _fill_signatures(self, force: bool) -> None:
+        """Inside a write transaction: once the memory holds SIG_MIN clips (or when `force`), fix the center as the
+        mean of all vectors and sign every clip around it; bumps the generation."""
+        conn = self._conn
+        n = conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
+        if n == 0 or (not force and n < SIG_MIN):
+            return
+        total, rows = None, 0
+        for (blob, dtype, dim) in conn.execute("SELECT vector, dtype, dim FROM clips"):
+            v = from_blob(blob, dtype, (dim,)).astype(np.float64)
+            total = v if total is None else total + v
+            rows += 1
+        center = (total / rows).astype(np.float32)
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('sig_center', ?)",
+                     (center.astype("<f4").tobytes().hex(),))
+        batch = []
+        for (cid, blob, dtype, dim) in conn.execute("SELECT id, vector, dtype, dim FROM clips").fetchall():
+            batch.append((signature(from_blob(blob, dtype, (dim,)), center), cid))
+            if len(batch) == 10000:
+                conn.executemany("UPDATE clips SET sig = ? WHERE id = ?", batch)
+                batch = []
+        conn.executemany("UPDATE clips SET sig = ? WHERE id = ?", batch)
+        self._bump_generation()
+        self._center = None
+
+    def search(self, query_vector: np.ndarray, query_text: str | None = None, *, streams: list[str] | None = None,
+               wall_from: float | None = None, wall_to: float | None = None, mode: str = "hybrid",
+               shortlist: int = 64, stream_until: float | None = None) -> Shortlist:
+        """The best `shortlist` clips for a question inside the filters (search.py), without reading the rest:
+        `streams`, a wall-clock window (UTC unix seconds), and `stream_until` (only clips whose stream-time end is
+        at or before it: what a question asked at that stream time could have seen)."""
+        if wall_from is not None and wall_to is not None and wall_from > wall_to:
+            raise UserError(f"wall-clock window [{wall_from}, {wall_to}] is empty: pass a start before the end")
+
+        def body() -> Shortlist:
+            center = self._signature_center()
+            sig_bytes = None if center is None else (len(center) + 7) // 8 + SIG_TAIL
+            self._cache.refresh(self._conn, self._generation(), sig_bytes)
+            return search(self._conn, self._cache, center, query_vector, query_text, streams, wall_from, wall_to,
+                          mode, shortlist, stream_until)
+
+        return self._read(body)
+
+    def keyword_matches(self, text: str, *, streams: list[str] | None = None, wall_from: float | None = None,
+                        wall_to: float | None = None, stream_until: float | None = None
+                        ) -> tuple[int, ClipRecord | None, ClipRecord | None]:
+        """Clips inside the filters whose caption holds every informative word of `text`: (count, earliest,
+        latest). What "how many times" and "when ... last/first" questions are answered from."""
+
+        def body():
+            n, first, last = keyword_matches(self._conn, text, streams, wall_from, wall_to, stream_until)
+            recs = fetch(self._conn, [i for i in (first, last) if i is not None])
+            return n, recs.get(first), recs.get(last)
+
+        return self._read(body)
+
+    def count_clips(self, stream: str | None = None, stream_until: float | None = None) -> int:
+        """How many clips (of `stream`; with a stream-time end at or before `stream_until`)."""
+        sql, args = "SELECT COUNT(*) FROM clips WHERE 1", []
+        if stream is not None:
+            sql, args = sql + " AND stream = ?", args + [stream]
+        if stream_until is not None:
+            sql, args = sql + " AND t_end <= ?", args + [float(stream_until)]
+        return self._live().execute(sql, args).fetchone()[0]
+
+    def has_clock(self, streams: list[str] | None = None) -> bool:
+        """Whether any clip (of `streams`) has wall-clock times."""
+        sql, args = "SELECT 1 FROM clips WHERE wall_start IS NOT NULL", []
+        if streams is not None:
+            sql += f" AND stream IN ({', '.join('?' * len(streams))})"
+            args = list(streams)
+        return self._live().execute(sql + " LIMIT 1", args).fetchone() is not None
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def import_clips(self, records: Iterable[ClipRecord], batch: int = 5000, source: str = "import") -> int:
+        """Bulk-load clips, `batch` per transaction (a crash keeps whole batches); streams that do not exist are
+        created with `source`. Each stream's clips must continue its indices. Returns the number stored."""
+        self._refuse_readonly("import clips")
+        stored, pending = 0, []
+
+        def flush() -> None:
+            nonlocal stored
+            rows = list(pending)
+            pending.clear()
+
+            def body() -> None:
+                center = self._signature_center()
+                now = time.time()
+                for r in rows:
+                    if self._stream_row(r.stream) is None:
+                        self._conn.execute(
+                            "INSERT INTO streams (name, source, model_id, config_hash, created_at, next_idx) "
+                            "VALUES (?, ?, 'import', 'import', ?, 0)", (r.stream, source, now))
+                    expected = self._next_index(r.stream)
+                    if r.index != expected:
+                        raise UserError(f"imported clip {r.index} of stream {r.stream!r} does not continue it (its "
+                                        f"next clip is {expected}): import into a new --db or a new stream name")
+                    wall = _check_wall(r, r.index)
+                    vec_blob, vec_dtype = to_blob(r.vector, f"clip {r.index} vector", 1)
+                    sig = None if center is None else signature(r.vector, center)
+                    self._conn.execute(
+                        "INSERT INTO clips (stream, idx, t_start, t_end, wall_start, wall_end, caption, n_tokens, "
+                        "vector, dim, dtype, sig, kept, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (r.stream, r.index, float(r.t_start), float(r.t_end), *wall, r.caption, int(r.n_tokens),
+                         vec_blob, int(r.vector.shape[0]), vec_dtype, sig, _kept_blob(r.kept, r.index),
+                         r.committed_at or now))
+                    self._conn.execute("UPDATE streams SET next_idx = ? WHERE name = ?", (r.index + 1, r.stream))
+                if center is None:
+                    self._fill_signatures(force=False)
+
+            self._write(body, what=f"import {len(rows)} clips")
+            stored += len(rows)
+
+        for record in records:
+            pending.append(record)
+            if len(pending) >= batch:
+                flush()
+        if pending:
+            flush()
+        return stored
+
+    def forget(self, stream: str | None = None, before: float | None = None) -> int:
+        """Delete clips: of `stream` (all streams when None) whose wall-clock end is before `before` (UTC unix
+        seconds; clips without a clock are kept), or the whole stream (its FIFO too) when `before` is None.
+        One transaction; the freed pages go back to the file system. Returns the number of clips deleted."""
+        self._refuse_readonly("forget clips")
+        if stream is None and before is None:
+            raise UserError("forget needs a stream, a time or both: e.g. --stream cam0 or --before 2026-11-01")
+
+        def body() -> int:
+            if stream is not None and self._stream_row(stream) is None:
+                names = [s["name"] for s in self.streams()]
+                raise UserError(f"no stream {stream!r} in {self.path}: it holds {', '.join(names) or 'none'}")
+            if before is None:
+                n = self._conn.execute("DELETE FROM clips WHERE stream = ?", (stream,)).rowcount
+                self._conn.execute("DELETE FROM fifo WHERE stream = ?", (stream,))
+                self._conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
+            else:
+                sql, args = "DELETE FROM clips WHERE wall_end < ?", [float(before)]
+                if stream is not None:
+                    sql, args = sql + " AND stream = ?", args + [stream]
+                n = self._conn.execute(sql, args).rowcount
+            if n:
+                self._bump_generation()
+            return n
+
+        n = self._write(body, what="forget clips")
+        self._return_free_pages()
+        return n
+
+    def _return_free_pages(self) -> None:
+        """Give the pages freed by deletions back to the file system (incremental auto-vacuum). Python's sqlite3
+        steps a statement without result columns once, and each step of incremental_vacuum frees one page, so the
+        pragma runs until the free list is empty."""
+        conn = self._conn
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        while free > 0:
+            conn.execute(f"PRAGMA incremental_vacuum({free})")
+            left = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if left >= free:  # auto_vacuum is off (a file written before it was set): nothing more to do here
+                break
+            free = left
+
+    def reindex(self) -> None:
+        """Rebuild the keyword index and every signature (new center) from the clips table, in one transaction."""
+        self._refuse_readonly("reindex")
+
+        def body() -> None:
+            self._conn.execute("INSERT INTO clips_fts (clips_fts) VALUES ('rebuild')")
+            self._conn.execute("DELETE FROM meta WHERE key = 'sig_center'")
+            self._conn.execute("UPDATE clips SET sig = NULL")
+            self._fill_signatures(force=False)
+            self._bump_generation()
+
+        self._write(body, what="reindex")
+        self._center = None
+
+    def info(self) -> dict:
+        """What the memory holds: schema, model, per stream (source, model, clips, stream-time and wall-clock span,
+        next clip) and the bytes the file and its WAL take."""
+        sql = """SELECT s.name, s.source, s.model_id, s.next_idx, COUNT(c.id) AS n_clips, MIN(c.t_start) AS t_start,
+                        MAX(c.t_end) AS t_end, MIN(c.wall_start) AS wall_start, MAX(c.wall_end) AS wall_end,
+                        SUM(c.wall_start IS NULL) AS no_clock
+                 FROM streams s LEFT JOIN clips c ON c.stream = s.name GROUP BY s.name ORDER BY s.created_at, s.name"""
+        streams = [dict(r) for r in self._read(lambda: list(self._db.query(sql)))]
+        files = [self.path, Path(f"{self.path}-wal")]
+        return dict(path=str(self.path), schema_version=self.SCHEMA_VERSION, model=self.model_fingerprint(),
+                    streams=streams, clips=sum(s["n_clips"] for s in streams),
+                    bytes=sum(p.stat().st_size for p in files if p.exists()))
+
+    def export_jsonl(self, fp: IO[str], stream: str | None = None) -> int:
+        """Write one JSON line per clip (stream, index, stream times, wall-clock times, caption, n_tokens) in stream
+        then index order; vectors are not exported (`rlivs memory import` recomputes them). Returns the count."""
+        n, offset, page = 0, 0, 10000
+        while True:
+            rows = self.clips(stream, limit=page, offset=offset)
+            for r in rows:
+                fp.write(json.dumps(dict(stream=r.stream, index=r.index, t_start=r.t_start, t_end=r.t_end,
+                                         wall_start=r.wall_start, wall_end=r.wall_end, caption=r.caption,
+                                         n_tokens=r.n_tokens), ensure_ascii=False) + "\n")
+            n += len(rows)
+            offset += page
+            if len(rows) < page:
+                return n
+
+    def model_fingerprint(self) -> dict | None:
+        """The fingerprint of the model that wrote this database, or None if none was stored."""
+        row = self._live().execute("SELECT value FROM meta WHERE key = 'model_fingerprint'").fetchone()
+        return None if row is None else json.loads(row[0])
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Close the connection (idempotent). A transaction is never left open between calls."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "ro" if self.readonly else "rw"
+        return f"Memory({str(self.path)!r}, {mode}{', closed' if self._conn is None else ''})"

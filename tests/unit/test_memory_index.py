@@ -1,0 +1,287 @@
+"""The memory's indexes (issue 14): filters inside the query, signatures, keywords, fusion, forget, reindex,
+migration of a version-1 file (and a kill during it), bulk import and JSONL export. Real SQLite files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from rlivs.runtime.memory import ClipRecord, Memory
+from rlivs.runtime.memory import search as search_mod
+from rlivs.runtime.memory import store as store_mod
+from rlivs.runtime.retrieval import mmr
+from tests.helpers.memory_v1 import write_v1
+
+D = 32
+T0 = 1_764_000_000.0  # a wall-clock origin (UTC unix seconds)
+WORDS = "kitchen hallway door keys package robot arm table chair window lamp cup bottle box shelf bag".split()
+
+
+def caption(i: int, rng) -> str:
+    return " ".join(rng.choice(WORDS, 6)) + f" item{i}"
+
+
+def records(n: int, stream: str = "cam", seed: int = 0, clock: bool = True, start: int = 0) -> list[ClipRecord]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(start, start + n):
+        v = (rng.standard_normal(D) + 3.0).astype(np.float32)  # a shared direction, as caption vectors have
+        w = (T0 + 16.0 * i, T0 + 16.0 * i + 16) if clock else (None, None)
+        out.append(ClipRecord(stream, i, 16.0 * i, 16.0 * i + 16, caption(i, rng), 10, v, 0.0, *w))
+    return out
+
+
+def exhaustive(mem: Memory, q: np.ndarray, k: int) -> list[tuple[str, int]]:
+    recs = mem.clips()
+    sims = np.stack([r.vector for r in recs]).astype(np.float64) @ q.astype(np.float64)
+    return [(recs[i].stream, recs[i].index) for i in np.argsort(-sims, kind="stable")[:k]]
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "memory.db"
+
+
+def fts_consistent(path) -> None:
+    c = sqlite3.connect(path)
+    try:
+        c.execute("INSERT INTO clips_fts (clips_fts, rank) VALUES ('integrity-check', 1)")  # raises when out of step
+    finally:
+        c.close()
+
+
+def test_paper_search_equals_exhaustive_below_and_above_the_signature_threshold(db, monkeypatch):
+    monkeypatch.setattr(store_mod, "SIG_MIN", 100)
+    monkeypatch.setattr(search_mod, "EXACT_MAX", 50)
+    monkeypatch.setattr(search_mod, "VECTOR_CANDIDATES", 60)
+    with Memory(db) as m:
+        m.import_clips(records(80), batch=30)
+        assert m._signature_center() is None  # below SIG_MIN: exact scoring, no signatures
+        q = m.clips()[17].vector
+        assert [(r.stream, r.index) for r in m.search(q, mode="paper", shortlist=10).records] == exhaustive(m, q, 10)
+        m.import_clips(records(220, start=80), batch=70)  # crosses SIG_MIN: center fixed, every clip signed
+        center = m._signature_center()
+        first = [r.vector for r in m.clips()[:150]]  # fixed at the first batch that reached SIG_MIN (80 + 70 clips)
+        assert center is not None and np.allclose(center, np.mean(first, axis=0), atol=1e-5)
+        sigs = sqlite3.connect(db).execute("SELECT COUNT(*) FROM clips WHERE sig IS NOT NULL").fetchone()[0]
+        assert sigs == 300
+        m.commit_clip(records(1, start=300)[0], None)  # committed after: signed in its own transaction
+        assert sqlite3.connect(db).execute("SELECT sig IS NOT NULL FROM clips WHERE idx = 300").fetchone()[0] == 1
+        agree = 0
+        for i in range(0, 300, 15):  # 301 clips > EXACT_MAX: Hamming candidates, exact re-rank
+            q = m.clips(limit=1, offset=i)[0].vector
+            got = [(r.stream, r.index) for r in m.search(q, mode="paper", shortlist=5).records]
+            assert got[0] == exhaustive(m, q, 1)[0]  # the best clip is always found
+            agree += got == exhaustive(m, q, 5)
+        assert agree >= 18  # of 20: signature candidates miss at most a rare near-tie
+
+
+def test_filters_are_inside_the_query(db):
+    with Memory(db) as m:
+        m.import_clips(records(40, "a", seed=1))
+        m.import_clips(records(40, "b", seed=2))
+        m.import_clips(records(10, "nc", seed=3, clock=False))
+        q = m.clips("a")[5].vector
+        lo, hi = T0 + 16 * 10, T0 + 16 * 20  # clips 10..19 overlap (clip 9 ends exactly at lo: outside)
+        for mode in ("paper", "hybrid", "lexical"):
+            got = m.search(q, "door keys", streams=["b"], wall_from=lo, wall_to=hi, mode=mode, shortlist=64)
+            assert got.records and all(r.stream == "b" and 10 <= r.index <= 20 for r in got.records), mode
+        got = m.search(q, streams=["a", "b"], wall_from=lo, wall_to=hi, mode="paper", shortlist=64)
+        assert got.considered == 22 and len(got.records) == 22
+        assert m.search(q, streams=["nc"], wall_from=lo, mode="paper").records == []  # no clock: outside windows
+        assert len(m.search(q, streams=["nc"], mode="paper").records) == 10
+        assert m.search(q, streams=["missing"]).records == []
+        with pytest.raises(ValueError, match="window .* is empty"):
+            m.search(q, wall_from=hi, wall_to=lo)
+        with pytest.raises(ValueError, match="unknown retrieval mode 'best'"):
+            m.search(q, mode="best")
+
+
+def test_keywords_find_what_vectors_miss_and_fusion_keeps_both(db):
+    rng = np.random.default_rng(5)
+    with Memory(db) as m:
+        recs = records(200, seed=4)
+        recs[123].caption = "someone leaves the silver keys on the radiator"
+        m.import_clips(recs)
+        q = -recs[123].vector  # a question vector far from the clip that literally holds the words
+        paper = [r.index for r in m.search(q, "where are the silver keys?", mode="paper", shortlist=8).records]
+        lexical = [r.index for r in m.search(q, "where are the silver keys?", mode="lexical", shortlist=8).records]
+        hybrid = [r.index for r in m.search(q, "where are the silver keys?", mode="hybrid", shortlist=8).records]
+        assert 123 not in paper and lexical[0] == 123 and 123 in hybrid
+        assert set(paper[:3]) <= set(hybrid)  # the vector ranking's best stay in the fused list
+        # stemming: "closes"/"closed" match; a word in every caption is dropped from the query
+        recs2 = records(1, seed=6, start=200)
+        recs2[0].caption = "the front door closed quietly"
+        m.commit_clip(recs2[0], None)
+        assert m.search(rng.standard_normal(D).astype(np.float32), "who closes the front door", mode="lexical",
+                        shortlist=3).records[0].index == 200
+        assert search_mod.fts_query(m._conn, "item5 the", 201) == '"item5"'
+
+
+def test_keyword_matches_count_first_and_last(db):
+    with Memory(db) as m:
+        recs = records(30)
+        for i in (3, 11, 25):
+            recs[i].caption = f"the garage door opens ({i})"
+        recs[12].caption = "a door in the hallway"  # one of the words only: not a match
+        m.import_clips(recs)
+        n, first, last = m.keyword_matches("when did the garage door open?")
+        assert (n, first.index, last.index) == (3, 3, 25)
+        n, first, last = m.keyword_matches("garage door open", wall_from=T0 + 16 * 5, wall_to=T0 + 16 * 20)
+        assert (n, first.index, last.index) == (1, 11, 11)
+        assert m.keyword_matches("the of a") == (0, None, None)
+
+
+def test_forget_by_time_and_stream_returns_space_and_keeps_resume_points(db):
+    with Memory(db) as m:
+        st = m.open_stream("cam", "x.mp4", "m", "h")
+        assert st.next_index == 0
+        m.import_clips(records(2000))
+        m.import_clips(records(5, "old", clock=False))
+        m.open_stream("cam", "x.mp4", "m", "h")
+        m.commit_clip(records(1, start=2000)[0], np.ones((2, D), np.float32))
+        m._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = os.path.getsize(db)
+        cut = T0 + 16 * 1500
+        assert m.forget(before=cut) == 1499  # clips that ended before the cut (1499 ends at it); clockless kept
+        assert m.count_clips("cam") == 502 and m.count_clips("old") == 5
+        assert min(r.index for r in m.clips("cam")) == 1499
+        assert m.open_stream("cam", "x.mp4", "m", "h").next_index == 2001  # resume point unchanged
+        m.commit_clip(records(1, start=2001)[0], None)
+        assert min(r.index for r in m.search(m.clips("cam")[0].vector, streams=["cam"], mode="paper").records) == 1499
+        assert m.search(np.zeros(D, np.float32), "item7", mode="lexical").records == []  # gone from the keywords too
+        assert m.forget(stream="old") == 5 and "old" not in {s["name"] for s in m.streams()}
+        with pytest.raises(ValueError, match="no stream 'nope'.*holds cam"):
+            m.forget(stream="nope")
+        with pytest.raises(ValueError, match="needs a stream, a time or both"):
+            m.forget()
+    fts_consistent(db)
+    c = sqlite3.connect(db)
+    assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert c.execute("PRAGMA freelist_count").fetchone()[0] < 10
+    c.close()
+    assert os.path.getsize(db) < size
+
+
+def test_reindex_rebuilds_keywords_and_signatures(db, monkeypatch):
+    monkeypatch.setattr(store_mod, "SIG_MIN", 50)
+    with Memory(db) as m:
+        m.import_clips(records(120))
+        q = m.clips()[40].vector
+        before = [r.index for r in m.search(q, "keys door", shortlist=10).records]
+        c = sqlite3.connect(db)
+        c.execute("UPDATE clips SET sig = NULL")  # damage: signatures lost,
+        c.execute("INSERT INTO clips_fts (clips_fts) VALUES ('delete-all')")  # keyword index emptied
+        c.commit()
+        c.close()
+        with pytest.raises(sqlite3.DatabaseError):
+            fts_consistent(db)
+        m.reindex()
+        fts_consistent(db)
+        assert [r.index for r in m.search(q, "keys door", shortlist=10).records] == before
+
+
+def test_kept_indices_and_wall_times_round_trip(db):
+    with Memory(db) as m:
+        m.open_stream("cam", "s", "m", "h")
+        r = records(1)[0]
+        r.kept = np.array([0, 7, 3135], dtype=np.int64)
+        m.commit_clip(r, None)
+        r.kept = r.kept.astype(np.int16)  # stored as int16
+        got = m.clips()[0]
+        assert got.kept.dtype == np.int16 and got.kept.tolist() == [0, 7, 3135]
+        assert (got.wall_start, got.wall_end) == (T0, T0 + 16) and got == r
+        bad = records(1, start=1)[0]
+        bad.wall_end = None
+        with pytest.raises(ValueError, match="give both or neither"):
+            m.commit_clip(bad, None)
+        bad = records(1, start=1)[0]
+        bad.kept = np.array([[1, 2]])
+        with pytest.raises(ValueError, match="kept indices must be a 1-D integer array"):
+            m.commit_clip(bad, None)
+
+
+def test_export_and_import_jsonl_round_trip(db, tmp_path):
+    with Memory(db) as m:
+        m.import_clips(records(7, "a"))
+        m.import_clips(records(3, "b", clock=False))
+        buf = io.StringIO()
+        assert m.export_jsonl(buf) == 10
+    rows = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert rows[0] == {"stream": "a", "index": 0, "t_start": 0.0, "t_end": 16.0, "wall_start": T0,
+                       "wall_end": T0 + 16, "caption": records(7, "a")[0].caption, "n_tokens": 10}
+    assert rows[-1]["wall_start"] is None
+    with Memory(tmp_path / "copy.db") as m2:
+        m2.import_clips(ClipRecord(r["stream"], r["index"], r["t_start"], r["t_end"], r["caption"], r["n_tokens"],
+                                   np.zeros(D, np.float32), 0.0, r["wall_start"], r["wall_end"]) for r in rows)
+        assert [(c.stream, c.index, c.caption, c.wall_start) for c in m2.clips()] == \
+            [(r["stream"], r["index"], r["caption"], r["wall_start"]) for r in rows]
+        with pytest.raises(ValueError, match="does not continue it"):
+            m2.import_clips([ClipRecord("a", 3, 0, 1, "x", 1, np.zeros(D, np.float32))])
+
+
+# --------------------------------------------------------------------------- migration
+
+
+def test_a_version_1_file_is_migrated_in_place_idempotently(db):
+    written = write_v1(db, {"cam": 6, "door": 3})
+    with Memory(db, readonly=True) as m:  # a reader migrates it first (through a short-lived writer)
+        assert [(r.stream, r.index, r.caption) for r in m.clips()] == \
+            [(s, i, cap) for s in ("cam", "door") for (i, _, _, cap, _, _) in written[s]]
+        for s in ("cam", "door"):
+            for (i, t0, t1, _, n, v), r in zip(written[s], m.clips(s)):
+                assert (r.t_start, r.t_end, r.n_tokens, r.wall_start) == (t0, t1, n, None)
+                assert r.vector.tobytes() == v.tobytes()
+            state = m.open_stream(s, "old.mp4", "m", "h1")
+            assert state.next_index == len(written[s])
+            assert [(i, t.tobytes()) for i, t in state.fifo] == [(i, t.tobytes()) for i, t in written["fifo"][s]]
+        q = written["cam"][4][5]
+        best = max(written["cam"], key=lambda row: float(row[5].astype(np.float64) @ q))[0]
+        assert m.search(q, "red door", streams=["cam"], mode="paper").records[0].index == best
+        assert m.keyword_matches("green door")[0] == 3  # clips 2 and 5 of cam, 2 of door
+    c = sqlite3.connect(db)
+    assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    dump = list(c.iterdump())
+    c.close()
+    fts_consistent(db)
+    with Memory(db):  # opening again changes nothing
+        pass
+    c = sqlite3.connect(db)
+    assert list(c.iterdump()) == dump
+    c.close()
+    with Memory(db) as m:
+        m.commit_clip(ClipRecord("cam", 6, 12.0, 14.0, "new", 1, np.ones(8, np.float32)), None)
+        assert m.count_clips("cam") == 7 and m.count_clips() == 10
+
+
+@pytest.mark.parametrize("step", ["renamed", "copied", "dropped"])
+def test_a_kill_during_migration_leaves_the_version_1_file(db, step):
+    written = write_v1(db, {"cam": 5})
+    script = textwrap.dedent(f"""
+        import os, signal
+        from rlivs.runtime.memory import Memory
+        Memory._migration_pause = staticmethod(
+            lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == {step!r} else None)
+        Memory({str(db)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    c = sqlite3.connect(db)
+    assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert names == {"meta", "streams", "clips", "fifo"}
+    assert c.execute("SELECT COUNT(*) FROM clips").fetchone()[0] == 5
+    c.close()
+    with Memory(db) as m:  # and the next open migrates it
+        assert [r.caption for r in m.clips()] == [row[3] for row in written["cam"]]
+        assert m.open_stream("cam", "old.mp4", "m", "h1").next_index == 5
