@@ -214,7 +214,7 @@ def scale(n: int, streams: int, tmp: Path, args) -> dict:
     out["commit"] = _in_process("commit", db=str(db), n=args.commits)
     if args.agreement_max and n <= args.agreement_max:
         out["agreement_paper"] = agreement(db, _jsonl(DATA / "questions.jsonl")[:args.agreement_questions],
-                                           random_embedder(D, 0))
+                                           random_embedder(D, 0), with_recall=False)
     if not args.keep:
         for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             p.unlink(missing_ok=True)
@@ -249,8 +249,9 @@ def _picks(mem, emb, questions, mode: str, use_window: bool, shortlist: int = 64
     return out
 
 
-def agreement(db: Path, questions: list[dict], emb) -> dict:
-    """Fraction of questions whose shortlist-based picks (paper mode) equal MMR over every caption."""
+def agreement(db: Path, questions: list[dict], emb, with_recall: bool = True) -> dict:
+    """Fraction of questions whose shortlist-based picks (paper mode) equal MMR over every caption, the mean
+    overlap of the two pick sets, and (`with_recall`: the questions' answers are clips of this memory) recall@8."""
     from rlivs.runtime.config import RetrievalConfig
     from rlivs.runtime.memory import Memory
     from rlivs.runtime.retrieval import mmr
@@ -272,8 +273,29 @@ def agreement(db: Path, questions: list[dict], emb) -> dict:
             same[str(s)] = round(float(np.mean([a == b for a, b in zip(got, exhaustive)])), 3)
             overlap[str(s)] = round(float(np.mean([len(a & b) / max(len(b), 1) for a, b in zip(got, exhaustive)])), 3)
             recall[str(s)] = _recall(got, questions)["recall@8"]
-    return {"identical_picks": same, "mean_overlap": overlap, "recall@8": recall, "questions": len(questions),
-            "captions": len(ids)}
+    out = {"identical_picks": same, "mean_overlap": overlap, "questions": len(questions), "captions": len(ids)}
+    return {**out, "recall@8": recall} if with_recall else out
+
+
+def time_parser(questions: list[dict]) -> dict:
+    """How often runtime.timeq.parse_question (what answer() uses) gives each timed question's window (an open or
+    later end read as `now`), and its text without the phrase."""
+    from rlivs.runtime.timeq import parse_question
+
+    timed = [q for q in questions if q["from"] is not None]
+    same, wrong = 0, []
+    for q in timed:
+        now = datetime.fromisoformat(q["now"])
+        tq = parse_question(q["question"], now, "UTC")
+        got = tq.window.as_unix() if tq.window is not None else (None, None)
+        end = min(got[1] if got[1] is not None else now.timestamp(), now.timestamp())
+        if got[0] == _iso(q["from"]) and end == _iso(q["to"]):
+            same += 1
+        else:
+            wrong.append({"question": q["question"], "expected": [q["from"], q["to"]],
+                          "got": [None if x is None else datetime.fromtimestamp(x, now.tzinfo).isoformat()
+                                  for x in got]})
+    return {"same_window": same, "timed_questions": len(timed), "mismatches": wrong[:10]}
 
 
 def quality(tmp: Path, embedders: list[str]) -> dict:
@@ -283,7 +305,8 @@ def quality(tmp: Path, embedders: list[str]) -> dict:
     questions = _jsonl(DATA / "questions.jsonl")
     timed = [q for q in questions if q["from"] is not None]
     plain = [q for q in questions if q["from"] is None]
-    out = {"captions": len(rows), "questions": len(questions), "timed_questions": len(timed)}
+    out = {"captions": len(rows), "questions": len(questions), "timed_questions": len(timed),
+           "time_parser": time_parser(questions)}
     for name in embedders:
         emb = EMBEDDERS[name]()
         db = tmp / f"quality-{name}.db"
@@ -332,7 +355,8 @@ def main(argv=None) -> int:
     stream_counts = [int(s) for s in args.streams.split(",")]
     tmp_ctx = tempfile.TemporaryDirectory(prefix="memory_scale-", dir=args.tmp) if not args.keep else None
     tmp = Path(tmp_ctx.name) if tmp_ctx else (args.tmp or Path(tempfile.mkdtemp(prefix="memory_scale-")))
-    result = {"d": D, "targets": TARGETS, "cpu_count": os.cpu_count(), "scale": []}
+    result = {"d": D, "targets": TARGETS, "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(),
+              "scale": []}
     try:
         if sizes:
             from rlivs.runtime.memory import Memory
@@ -351,6 +375,7 @@ def main(argv=None) -> int:
     finally:
         if tmp_ctx:
             tmp_ctx.cleanup()
+    result["loadavg_end"] = os.getloadavg()
     print(json.dumps(result))
     return 0
 
