@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.logging import RichHandler
 
-from rlivs.edge_app.commands import calibrate, doctor, eval as evaluate, export, ingest, serve
+from rlivs.edge_app.commands import calibrate, doctor, eval as evaluate, export, ingest, memory, serve
 from rlivs.edge_app.options import console, debug_enabled, exit_code_help, internal_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -22,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 COMMANDS = (
     ingest,  # rlivs ingest | ask | captions | demo
+    memory,  # rlivs memory info | export | import, forget, reindex
     export,  # rlivs export | build-engines
     evaluate,  # rlivs eval
     serve,  # rlivs serve
@@ -57,6 +58,8 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v",
                                          help="Print the rlivs version and exit.")):
     if debug:
         os.environ["RLIVS_DEBUG"] = "1"
+    if not verbose:  # the Hugging Face libraries' own progress bars (read when they are imported, after this)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # warnings go through logging: hidden below, shown with -v
@@ -76,7 +79,8 @@ def cli_command():
     cmd = typer.main.get_command(app)
 
     def tidy(c) -> None:
-        for p in c.params:
+        help_option = c.get_help_option(c.context_class(c))  # made on demand, then cached by the command
+        for p in [*c.params, *([help_option] if help_option else [])]:
             if isinstance(p, TyperOption) and p.is_flag:
                 p.metavar = ""
             elif isinstance(p, TyperArgument) and p.metavar is None:

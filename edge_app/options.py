@@ -133,13 +133,42 @@ TopK = typer.Option(8, help="Answers use at most this many captions.")
 TokenBudget = typer.Option(2048, help="... and at most this many caption tokens.")
 MmrLambda = typer.Option(0.5, help="MMR relevance weight (1 = relevance only).")
 MaxAnswerTokens = typer.Option(256, help="Answer length bound.")
+Retrieval = typer.Option("hybrid", "--retrieval",
+                         help="hybrid: keywords + vectors fused; paper: the paper's vector ranking; lexical: keywords.")
+StartTime = typer.Option(None, "--start-time",
+                         help="Wall-clock time of the video's first frame (ISO 8601, e.g. 2026-12-01T15:00; local time "
+                              "unless it has an offset). Default: the file's creation-time tag, else no clock.")
+FromTime = typer.Option(None, "--from", help="Only captions from this time: ISO 8601, -2h, yesterday, ... "
+                                               "(captions: also seconds of stream time).")
+ToTime = typer.Option(None, "--to", help="Only captions up to this time (same forms as --from).")
+
+
+def wall_window(from_: Optional[str], to: Optional[str]):
+    """--from/--to -> (TimeWindow or None): refused (UserError naming the forms) before anything loads."""
+    from datetime import datetime, timezone
+
+    from rlivs.runtime.timeq import window_from_args
+
+    return window_from_args(from_, to, datetime.now(timezone.utc), None)
+
+
+def start_clock(start_time: Optional[str]) -> Optional[float]:
+    """--start-time -> UTC unix seconds (None when not given)."""
+    if start_time is None:
+        return None
+    from datetime import datetime, timezone
+
+    from rlivs.runtime.timeq import parse_when
+
+    return parse_when(start_time, datetime.now(timezone.utc), None).timestamp()
 
 
 def pipeline_config(*, fps: float = 1.0, frames_per_clip: int = 16, keep: Optional[int] = None,
                     keep_ratio: float = 0.0625, strategy: str = "attention", fifo_clips: Optional[int] = 16,
                     fifo_tokens: Optional[int] = None, probe_layers: Optional[str] = None, num_probe_layers: int = 4,
                     max_caption_tokens: int = 128, top_k: int = 8, token_budget: int = 2048,
-                    mmr_lambda: float = 0.5, max_answer_tokens: int = 256, seed: int = 0) -> PipelineConfig:
+                    mmr_lambda: float = 0.5, max_answer_tokens: int = 256, seed: int = 0,
+                    retrieval: str = "hybrid") -> PipelineConfig:
     """Flags -> PipelineConfig. Raises ValueError (naming the flag's problem) for impossible values."""
     return PipelineConfig(
         clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
@@ -147,6 +176,6 @@ def pipeline_config(*, fps: float = 1.0, frames_per_clip: int = 16, keep: Option
         fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
         caption=CaptionConfig(max_new_tokens=max_caption_tokens),
         probe=ProbeConfig(num_layers=num_probe_layers, layers=parse_layers(probe_layers)),
-        retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda),
+        retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda, mode=retrieval),
         answer=AnswerConfig(max_new_tokens=max_answer_tokens),
     )

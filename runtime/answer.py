@@ -67,6 +67,17 @@ def format_wall(unix: float, tz: tzinfo | None = None, date: bool = True) -> str
     return t.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
 
 
+def wall_iso(unix: float | None, tz: tzinfo | None = None) -> str | None:
+    """UTC unix seconds as ISO 8601 with the device's UTC offset ('2026-12-01T15:04:05+01:00'), None stays None."""
+    return None if unix is None else datetime.fromtimestamp(unix, tz or local_tz()).isoformat(timespec="seconds")
+
+
+def clip_json(r: ClipRecord, tz: tzinfo | None = None) -> dict:
+    """A clip as the CLI's --json and the HTTP API show it: stream and wall-clock times (null without a clock)."""
+    return {"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+            "wall_start": wall_iso(r.wall_start, tz), "wall_end": wall_iso(r.wall_end, tz), "caption": r.caption}
+
+
 def clip_label(r: ClipRecord, tz: tzinfo | None = None) -> str:
     """A clip's time span as shown to people and to the model: local wall-clock when the stream has a clock,
     else stream time."""
@@ -86,6 +97,13 @@ class Answer:
     intent: str | None = None  # when | first | last | count | summary | None
     notes: list[str] = field(default_factory=list)  # what the answer should tell (no clock, chunked summary, ...)
     matches: int | None = None  # "how many times": clips whose caption holds every informative word
+
+
+def answer_json(a: Answer, tz: tzinfo | None = None) -> dict:
+    """An answer as `rlivs ask --json` and the HTTP API return it."""
+    return {"question": a.question, "answer": a.text, "latency_s": a.latency_s, "window": a.window,
+            "intent": a.intent, "matches": a.matches, "notes": a.notes,
+            "captions": [{**clip_json(r, tz), "relevance": s} for r, s in a.used]}
 
 
 def check_question(question: str) -> str:

@@ -97,17 +97,19 @@ class TextCodec:
     def stream_decoder(self):
         """A function for text that streams: give it each generated token id in turn, it returns the text that id
         completes ('' while a multi-byte character is split across ids). Joined, the pieces are `decode(ids)` (leading
-        whitespace dropped, as `decode` strips). tokenizers' own DecodeStream does the incremental work."""
+        and trailing whitespace dropped, as `decode` strips). tokenizers' own DecodeStream does the incremental work."""
         from tokenizers.decoders import DecodeStream
 
-        ds, started = DecodeStream(skip_special_tokens=True), [False]
+        ds, started, held = DecodeStream(skip_special_tokens=True), [False], [""]
 
         def step(token_id: int) -> str:
-            piece = ds.step(self.tokenizer, int(token_id)) or ""
+            piece = held[0] + (ds.step(self.tokenizer, int(token_id)) or "")
             if not started[0]:
                 piece = piece.lstrip()
                 started[0] = bool(piece)
-            return piece
+            text = piece.rstrip()  # trailing whitespace waits for the next piece (`decode` strips it at the end)
+            held[0] = piece[len(text):]
+            return text
 
         return step
 

@@ -198,10 +198,16 @@ def window_from_args(from_: str | None, to: str | None, now: datetime, tz: tzinf
         return None
     tz = resolve_tz(tz)
     now = _aware(now, tz)
-    start = _read_when(from_, now, tz)[0] if from_ else None
+    def read(name: str, value: str) -> tuple[datetime, bool]:
+        try:
+            return _read_when(value, now, tz)
+        except UserError as e:
+            raise UserError(f"{name}: {e}") from None
+
+    start = read(names[0], from_)[0] if from_ else None
     end = None
     if to:
-        end, whole_day = _read_when(to, now, tz)
+        end, whole_day = read(names[1], to)
         if whole_day:
             end = _at(end.astimezone(tz).date(), 24, tz)
     if start is not None and end is not None and start > end:

@@ -116,7 +116,8 @@ def register(app: typer.Typer) -> None:
                                 timeout_s=judge_timeout)
             cfg = EvalConfig(
                 annotations=files, out=out_dir, pipeline=pipeline,
-                engine=o.engine_config(model, None, backend, device, dtype, threads, kv_cache, max_context),
+                engine=o.check_engine(o.engine_config(model, None, backend, device, dtype, threads, kv_cache,
+                                                      max_context)),  # bad paths and names: before any video
                 data=AnnotationConfig(videos_dir=videos, frames_fps=frames_fps, vstream_times=vstream_times,
                                       shot_seconds=shot_seconds, clip_window=clip_window, max_videos=max_videos),
                 judge=judge, resume=resume, rescore=rescore, max_questions=max_questions)

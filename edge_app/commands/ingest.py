@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -61,15 +61,30 @@ def _already_ingested(db: Path, stream: str, video: Path, total: int | None, con
     return row["n_clips"] if row["n_clips"] >= total else None
 
 
+def _say_clock(source, video: Path) -> None:
+    from rlivs.runtime.answer import format_wall
+
+    if getattr(source, "clock_origin", None) is None:
+        console.print(f"[dim]no clock time for {video.name} (no creation-time tag): captions carry stream time "
+                      f"only; pass --start-time 2026-12-01T15:00 to give them wall-clock times[/]")
+    else:
+        console.print(f"[dim]clock: {format_wall(source.clock_origin)} local at 0 s ({getattr(source, 'clock_kind', None) or 'recording'})[/]")
+
+
 def _say_complete(db: Path, stream: str, video: Path, n: int) -> None:
     console.print(f"already ingested up to clip {n - 1}: stream {stream!r} in {db} holds all {n} clips of {video}; "
                   f"nothing to do (rlivs ask \"...\" --db {db} asks about it; another --stream name ingests it again)")
 
 
 def ingest(
-    video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes)."),
+    video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes), or a robot recording: "
+                                           "a ROS 1 .bag, a ROS 2 .db3/.mcap or rosbag2 folder, a plain .mcap."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
-    stream: str = typer.Option("default", "--stream", help="Stream name inside the memory."),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Stream name inside the memory [default: default; "
+                                                                 "for a recording, the file's name]."),
+    topic: List[str] = typer.Option([], "--topic", help="Image topic of a recording, repeatable: each is a stream "
+                                                        "(STREAM.TOPIC). Left out: the only image topic, or a list "
+                                                        "of them to pick from."),
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
     dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
     max_context: Optional[int] = o.MaxContext,
@@ -78,6 +93,7 @@ def ingest(
     fifo_tokens: Optional[int] = o.FifoTokens, probe_layers: Optional[str] = o.ProbeLayers,
     num_probe_layers: int = o.NumProbeLayers, max_caption_tokens: int = o.MaxCaptionTokens,
     max_clips: Optional[int] = typer.Option(None, help="Stop after this many clips (this run)."),
+    start_time: Optional[str] = o.StartTime,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per clip."),
 ):
     """Caption a video clip by clip into the memory; resumes where a previous run stopped.
@@ -87,11 +103,13 @@ def ingest(
     """
     if not video.exists():
         _fail(f"{video} does not exist: check the path")
-    if video.is_dir():
-        _fail(f"{video} is a directory: pass a video file (rlivs serve --source takes a folder of images)")
+    from rlivs.runtime.sources.bag import is_recording
+
+    if video.is_dir() and not is_recording(video):
+        _fail(f"{video} is a directory: pass a video file (anything FFmpeg decodes: .mp4, .mkv, .ts, ...) or a robot recording")
     if max_clips is not None and max_clips < 1:
         _fail(f"--max-clips must be >= 1, got {max_clips}; leave it out to ingest the whole video")
-    ing = None
+    ing, done = None, []
     try:
         # everything that can be refused without the model is checked first: flags, the video, the memory's stream
         config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
@@ -99,33 +117,61 @@ def ingest(
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
+        origin = o.start_clock(start_time)
+        from rlivs.edge_app.source_specs import with_topics
         from rlivs.runtime.ingest import StreamIngestor
+        from rlivs.runtime.sources import open_source
         from rlivs.runtime.sources.file import VideoFileSource
+        from rlivs.runtime.sources.spec import SourceSpec
 
-        source = VideoFileSource(video, fps=config.clip.fps)  # not a video: refused before the model loads
-        total = math.ceil(source.duration / config.clip.clip_seconds) if source.duration else None
-        done = _already_ingested(db, stream, video, total, config)
-        if done is not None:
-            _say_complete(db, stream, video, done)
+        # a recording: one stream per image topic, checked before the model loads
+        from rlivs.runtime.sources.bag import is_recording
+        from rlivs.runtime.sources.spec import derive_name
+
+        stream = stream or (derive_name(str(video)) if is_recording(video) else "default")
+        specs = with_topics([SourceSpec(stream, str(video), "file")], topic)
+        # not a video, unreadable: refused before the model loads and before the memory is touched
+        sources = [(s, open_source(video, fps=config.clip.fps, topic=s.topic) if s.topic else
+                    VideoFileSource(video, fps=config.clip.fps)) for s in specs]
+        todo = []
+        for spec, source in sources:
+            if origin is not None:
+                source.clock_origin, source.clock_kind = origin, "--start-time"
+            _say_clock(source, video)
+            total = math.ceil(source.duration / config.clip.clip_seconds) if source.duration else None
+            complete = _already_ingested(db, spec.name, video, total, config)
+            if complete is not None:
+                _say_complete(db, spec.name, video, complete)
+            else:
+                todo.append((spec, source))
+        if not todo:
             return
         engine = _engine(ec, config)
         with _open_memory(db, engine) as memory:
-            ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
-            clips = ing.clips(source)  # the same opened file, read from where the stream left off
-            results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
-        if not results and ing.next_index:
-            _say_complete(db, stream, video, ing.next_index)
+            for spec, source in todo:
+                stream = spec.name
+                if spec.topic:
+                    console.print(f"stream {stream}: topic {spec.topic} of {video}")
+                ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
+                clips = ing.clips(source)  # the same opened file, read from where the stream left off
+                results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
+                done.append(ing)
+                if not results and ing.next_index:
+                    _say_complete(db, stream, video, ing.next_index)
     except UserError as e:
         where = ""
         if ing is not None:  # stopped mid-stream: say what is safe (every clip before next_index is committed)
             where = (f" (stream {stream!r} in {db} holds clips 0..{ing.next_index - 1}, all committed; a new run "
                      f"resumes at clip {ing.next_index})" if ing.next_index else f" (stream {stream!r} holds no clips yet)")
         _fail(str(e) + where)
-    skipped = ing.source.decode_errors if ing is not None and ing.source is not None else 0
-    if skipped:
-        console.print(f"[bold yellow]damaged input:[/] {video}: {skipped} packets could not be decoded and their "
-                      f"frames were skipped (first after {ing.source.decode_error_times[0]:.1f} s); every clip was "
-                      f"stored from the frames that could be decoded. Check the file with ffprobe; exit status 3")
+    damaged = [i for i in done if i.source is not None and i.source.decode_errors]
+    for ing in damaged:
+        topic = getattr(ing.source, "topic", None)  # a recording's messages, or a video's packets
+        what, check = (f"messages of {topic}", "its encoding") if topic else ("packets", "the file with ffprobe")
+        console.print(f"[bold yellow]damaged input:[/] {video}: {ing.source.decode_errors} {what} could not be decoded "
+                      f"and their frames were skipped (first after {ing.source.decode_error_times[0]:.1f} s); every "
+                      f"clip was stored from the frames that could be decoded. Check {check}; exit status 3")
+    if damaged:
         raise typer.Exit(3)
 
 
@@ -181,42 +227,48 @@ def ask(
     bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
     threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
     top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
-    max_new_tokens: int = o.MaxAnswerTokens,
+    max_new_tokens: int = o.MaxAnswerTokens, retrieval: str = o.Retrieval,
+    from_: Optional[str] = o.FromTime, to: Optional[str] = o.ToTime,
     json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON (at the end; no streaming)."),
 ):
-    """Answer a question from the captions in memory (text only). The answer streams to the terminal as it is
-    generated, then the captions it used are listed."""
+    """Answer a question from the captions in memory (text only), streamed as it is generated.
+
+    The captions the answer used are listed after it; --json prints everything at the end instead.
+    """
     try:
         from rlivs.runtime.answer import check_question
 
         check_question(question)  # empty, huge or not UTF-8: refused before anything is loaded
         config = o.pipeline_config(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda,
-                                   max_answer_tokens=max_new_tokens)
+                                   max_answer_tokens=max_new_tokens, retrieval=retrieval)
+        window = o.wall_window(from_, to)
         if not db.exists():
             _fail(f"{db} does not exist: ingest a video first with rlivs ingest VIDEO --db {db}")
         streams = _refuse_unknown_stream(db, stream)
         model = model or ("tiny" if bundle else _model_for_db(db, streams, stream))  # --bundle wins over --model
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
-        from rlivs.runtime.answer import answer, format_time
+        from rlivs.runtime.answer import answer, answer_json, clip_label
 
         engine = _engine(ec, config)
+        span = dict(window=None if window is None else window.as_unix(),
+                    window_text=None if window is None else window.describe(None))
         with _open_memory(db, engine, readonly=True) as memory:
             if json_out:
-                a = answer(engine, memory, question, stream=stream)
+                a = answer(engine, memory, question, stream=stream, **span)
             else:
                 with _Streamed(question) as shown:
-                    a = answer(engine, memory, question, stream=stream, on_token=shown.piece)
+                    a = answer(engine, memory, question, stream=stream, on_token=shown.piece, **span)
     except UserError as e:
         _fail(str(e))
     if json_out:
-        typer.echo(json.dumps({
-            "question": a.question, "answer": a.text, "latency_s": a.latency_s,
-            "captions": [{"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-                          "caption": r.caption, "relevance": s} for r, s in a.used]}))
+        typer.echo(json.dumps(answer_json(a)))
         return
+    for line in ([f"time window: {a.window}"] if a.window else []) + \
+            ([f"matching clips: {a.matches}"] if a.matches is not None else []) + [f"note: {n}" for n in a.notes]:
+        out.print(f"[dim]{escape(line)}[/]")
     table = Table("stream", "clip", "time", "relevance", "caption", title=f"captions used ({a.latency_s:.2f} s)")
     for r, s in a.used:
-        table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", f"{s:.3f}", r.caption)
+        table.add_row(r.stream, str(r.index), clip_label(r), f"{s:.3f}", r.caption)
     out.print(table)
 
 
@@ -250,29 +302,42 @@ class _Streamed:
 def captions(
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory."),
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream."),
-    t_from: Optional[float] = typer.Option(None, "--from", help="From this time (s)."),
-    t_to: Optional[float] = typer.Option(None, "--to", help="Up to this time (s)."),
+    t_from: Optional[str] = o.FromTime,
+    t_to: Optional[str] = o.ToTime,
     limit: Optional[int] = typer.Option(None, help="At most this many."),
     json_out: bool = typer.Option(False, "--json", help="JSON lines."),
 ):
-    """List the caption timeline."""
-    from rlivs.runtime.answer import format_time
+    """List the caption timeline (times in local wall-clock time where the stream has a clock)."""
+    from rlivs.runtime.answer import clip_json, clip_label
 
     try:
+        numbers = [_seconds(v) for v in (t_from, t_to)]
+        if all(v is None or n is not None for v, n in zip((t_from, t_to), numbers)):  # stream seconds (or none)
+            where = dict(t_from=numbers[0], t_to=numbers[1])
+        else:
+            w = o.wall_window(t_from, t_to)
+            where = dict(zip(("wall_from", "wall_to"), w.as_unix()), by_time=True)
         _refuse_unknown_stream(db, stream)
         with _open_memory(db, readonly=True) as memory:
-            rows = memory.clips(stream, t_from, t_to, limit=limit)
+            rows = memory.clips(stream, limit=limit, **where)
     except UserError as e:
         _fail(str(e))
     if json_out:
         for r in rows:
-            typer.echo(json.dumps({"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-                                  "caption": r.caption}))
+            typer.echo(json.dumps(clip_json(r)))
         return
     table = Table("stream", "clip", "time", "caption", title=f"{len(rows)} captions in {db}")
     for r in rows:
-        table.add_row(r.stream, str(r.index), f"{format_time(r.t_start)}-{format_time(r.t_end)}", r.caption)
+        table.add_row(r.stream, str(r.index), clip_label(r), r.caption)
     out.print(table)
+
+
+def _seconds(value: Optional[str]) -> Optional[float]:
+    """A --from/--to value that is a plain number: seconds of stream time; else None."""
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 def demo(
@@ -290,14 +355,15 @@ def demo(
         make_sample_video(video, seconds=seconds)
         console.print(f"sample video: {video} ({seconds:.0f} s, moving shapes)")
     db = workdir / "memory.db"
-    ingest(video=video, db=db, stream="default", model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
+    ingest(video=video, db=db, stream="default", topic=[], model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
            kv_cache="auto", max_context=None,
            threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
            fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
-           max_clips=None, json_out=False)
+           max_clips=None, start_time=None, json_out=False)
     ask(question=question, db=db, stream=None, model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
         kv_cache="auto", max_context=None,
-        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, json_out=False)
+        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, retrieval="hybrid",
+        from_=None, to=None, json_out=False)
     if model == "tiny":
         console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "
                       "Pass --model with LLaVA-OneVision weights for real captions.[/]")

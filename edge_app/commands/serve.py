@@ -22,8 +22,10 @@ log = logging.getLogger("rlivs.serve")
 def serve(
     source: List[str] = typer.Option(
         [], "--source", "-s",
-        help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://... "
-             "Each is its own stream."),
+        help="\\[name=]SOURCE, repeatable: a video file, /dev/videoN, rtsp://..., http(s)://..., a robot "
+             "recording (ROS bag, MCAP; see --topic). Each is its own stream."),
+    topic: List[str] = typer.Option([], "--topic", help="Image topic of the robot recordings among the sources "
+                                                        "(ROS bag, MCAP), repeatable: each is a stream."),
     db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
     dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
@@ -46,15 +48,49 @@ def serve(
     reconnect_max: float = typer.Option(30.0, help="Longest wait between reconnect attempts, seconds."),
     read_timeout: float = typer.Option(10.0, help="A source silent this long is reconnected, seconds."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
+    allow_host: List[str] = typer.Option(
+        [], "--allow-host", help="A host name this device is reached by (repeatable). Requests whose Host header "
+                                 "names anything but the bound address, 127.0.0.1, localhost, [::1] or these get 421."),
+    webhook_allow: List[str] = typer.Option(
+        [], "--webhook-allow", help="A non-public address or network webhooks may reach (repeatable), e.g. "
+                                    "10.0.0.5 or 192.168.1.0/24. Loopback, private, link-local and unspecified "
+                                    "addresses are refused otherwise."),
+    max_connections: int = typer.Option(256, help="Open HTTP connections at most; more get 503."),
+    header_timeout: float = typer.Option(10.0, help="Seconds a connection may take to send a request head."),
+    max_subscribers: int = typer.Option(32, help="Open /v1/events streams at most; more get 503."),
+    question_queue: int = typer.Option(8, help="Questions waiting for the model at most; more get 429."),
+    ingest_share: float = typer.Option(0.5, help="Least share of the model ingest keeps while questions flood it, "
+                                                 "in [0, 1)."),
+    max_watches: int = typer.Option(100, help="Watches at most; more get 409."),
+    start_time: Optional[str] = o.StartTime,
+    retrieval: str = o.Retrieval,
+    retain_days: Optional[float] = typer.Option(None, help="Forget captions of clips that ended more than this many "
+                                                           "days ago (checked every 10 minutes while ingesting)."),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish every caption and watch match to this MQTT "
+                                                            "broker: mqtt://host:1883 (mqtts:// for TLS)."),
+    mqtt_prefix: str = typer.Option("rlivs", "--mqtt-prefix", help="MQTT topic prefix: PREFIX/status, "
+                                                                   "PREFIX/captions/STREAM, PREFIX/watches/ID."),
+    mqtt_client_id: Optional[str] = typer.Option(None, "--mqtt-client-id", help="MQTT client id [default: "
+                                                                                "rlivs-HOST-PID]."),
+    mqtt_username: Optional[str] = typer.Option(None, "--mqtt-username", help="MQTT username."),
+    mqtt_password: Optional[str] = typer.Option(None, "--mqtt-password", envvar="RLIVS_MQTT_PASSWORD",
+                                                show_default=False, help="MQTT password (env RLIVS_MQTT_PASSWORD)."),
+    mqtt_ca: Optional[Path] = typer.Option(None, "--mqtt-ca", help="PEM CA file for an mqtts:// broker [default: the "
+                                                                   "system's CAs]."),
+    mqtt_buffer: int = typer.Option(1000, "--mqtt-buffer", help="Messages kept while the broker is away (the "
+                                                                "oldest dropped first)."),
 ):
     """Ingest live sources in the background and serve the API and the web page (http://HOST:PORT/)."""
-    from rlivs.edge_app.service.app import Server, is_loopback
+    from rlivs.edge_app.service.app import Limits, Server, is_loopback
 
     if not is_loopback(host) and not token:
         _fail(f"refusing to bind {host} without a token: any address but loopback exposes the API to the network. "
               f"Pass --token T (or set RLIVS_TOKEN), or bind --host 127.0.0.1")
     if token is not None and not token.strip():
         _fail("--token is empty: pass a long random string, e.g. --token $(openssl rand -hex 16)")
+    if token and not token.isascii():
+        _fail("--token holds non-ASCII characters, which HTTP headers cannot carry reliably: use e.g. "
+              "--token $(openssl rand -hex 16)")
     if token and len(token) < 16:
         console.print("[yellow]warning:[/] the token is shorter than 16 characters; use e.g. $(openssl rand -hex 16)")
     if not 0 < port < 65536:
@@ -66,10 +102,12 @@ def serve(
         from rlivs.edge_app.source_specs import parse_sources
         from rlivs.runtime.sources.live import ReconnectConfig, SourceConfig
 
-        specs = parse_sources(source)
+        specs = parse_sources(source, topic)  # a recording: one stream per image topic
         for s in specs:
             path = s.url.removeprefix("file://")
-            if s.kind == "file" and not Path(path).is_file():
+            if s.kind == "file" and Path(path).is_dir() and s.topic is None:
+                _fail(f"{path} is a directory: give a video file in it, e.g. --source {Path(path) / 'cam.mp4'}")
+            if s.kind == "file" and not Path(path).is_file() and s.topic is None:
                 if not replay:
                     _fail(f"{path} does not exist: check the path (with --replay a missing file is retried)")
                 console.print(f"[yellow]warning:[/] {path} does not exist (yet); stream {s.name} retries until it does")
@@ -77,15 +115,31 @@ def serve(
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens, top_k=top_k, token_budget=token_budget,
-                                   mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens)
+                                   mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens, retrieval=retrieval)
+        mqtt_cfg = None
+        if mqtt is not None:
+            import socket
+
+            from rlivs.edge_app.service.mqtt import MqttConfig
+
+            public = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()  # where thumbnails are
+            mqtt_cfg = MqttConfig.from_url(mqtt, topic_prefix=mqtt_prefix, client_id=mqtt_client_id,
+                                           username=mqtt_username, password=mqtt_password,
+                                           ca_file=str(mqtt_ca) if mqtt_ca else None, buffer=mqtt_buffer,
+                                           public_url=f"http://{'[' + public + ']' if ':' in public else public}:{port}")
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
+        svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
+                                max_subscribers=max_subscribers, question_queue=question_queue,
+                                ingest_share=ingest_share, max_watches=max_watches,
+                                start_time=o.start_clock(start_time), retain_days=retain_days, mqtt=mqtt_cfg)
+        limits = Limits(max_connections=max_connections, header_timeout_s=header_timeout)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         with console.status(f"loading model {ec.source} ..."):
             engine = load_engine(ec, config)
-        service = EdgeService(engine, db, specs, ServiceConfig(replay_files=replay, source=src_cfg))
+        service = EdgeService(engine, db, specs, svc_cfg)
         server = Server(service, host=host, port=port, token=token, log_level="info" if access_log else "warning",
-                        access_log=access_log)
+                        access_log=access_log, allow_hosts=allow_host, limits=limits)
     except UserError as e:
         _fail(str(e))
     names = ", ".join(f"{s.name} ({s.url})" for s in specs) or "none (answering from the memory only)"

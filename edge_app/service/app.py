@@ -6,9 +6,13 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /healthz                   liveness and a health summary (no token needed; no stream names or URLs)
     GET    /metrics                   Prometheus text format
     GET    /v1/streams                every stream: clips, state, source statistics
-    POST   /v1/ask                    {"question", "stream"?} -> answer, the captions used (stream, times), latency
+    POST   /v1/ask                    {"question", "stream"?, "from"?, "to"?} -> answer, its time window, the captions
+                                      used (stream and wall-clock times), latency
+    POST   /v1/ask/stream             the same, as server-sent events: `token` {"text"} as the answer is generated,
+                                      then `answer` (the /v1/ask JSON) or `error` {"status", "detail"}
     GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
     GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
+    GET    /v1/kept/{stream}/{clip}   which visual tokens selection kept (flat indices, tokens per frame, grid)
     GET    /v1/events                 server-sent events: `caption` and `watch`
     POST   /v1/watches                {"query", "threshold"?, "stream"?, "webhook"?} -> the watch (201)
     GET    /v1/watches                the watches with match counts
@@ -16,6 +20,15 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     DELETE /v1/watches/{id}           204
     GET    /v1/watches/{id}/matches   ?limit=&before= newest first
     GET    /v1/matches                every watch's matches, newest first
+
+Host: only requests whose `Host` names the bound address, a loopback name (127.0.0.1, localhost, [::1]) or a name
+given with `--allow-host` are served (421 otherwise, before anything else), so a web page on another site cannot
+reach the API through DNS rebinding. When bound to every address (0.0.0.0 / ::), any IP-literal Host is served too.
+
+Limits (`Limits`): open connections (over the cap a connection gets 503 and is closed at once, freeing its
+descriptor), seconds to send a request's headers (then the connection is closed), open event streams (503), waiting
+questions (429 with Retry-After, core.QuestionGate). /healthz and /metrics run on the event loop, never behind a
+question. The asyncio "out of system resource" log line is rate-limited.
 
 Auth: `Authorization: Bearer <token>`. GET requests also accept the token in the `rlivs_token` cookie, which the
 page sets, because EventSource and <img> cannot send headers; state-changing requests (POST, DELETE) need the header,
@@ -25,26 +38,34 @@ so a cross-site form cannot use the cookie. Errors are JSON `{"detail": "what is
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import resource
 import secrets
 import signal
 import socket
+import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
-from typing import Optional
-from urllib.parse import unquote, urlsplit
+from typing import Optional, Sequence
+from urllib.parse import unquote
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .core import EdgeService, NotFound, NotReady
+from .core import Busy, EdgeService, LimitReached, NotFound, NotReady
+from .events import Event, TooManySubscribers
 from .metrics import CONTENT_TYPE
 from .page import PAGE
+from .webhooks import check_syntax
 from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.serve")
@@ -66,14 +87,20 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     question: str = Field(..., min_length=1, max_length=MAX_QUESTION, description="The question.")
     stream: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME, description="Only this stream.")
+    from_: Optional[str] = Field(None, alias="from", min_length=1, max_length=64,
+                                 description="Only captions from this wall-clock time: ISO 8601, -2h, yesterday, ...")
+    to: Optional[str] = Field(None, min_length=1, max_length=64, description="... and up to this time.")
 
 
 def _check_webhook(v: Optional[str]) -> Optional[str]:
-    if v is None:
-        return v
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError("webhook must be an http:// or https:// URL with a host, e.g. http://10.0.0.5:9000/hook")
+    if v is not None:
+        check_syntax(v)  # the address policy is applied by the service (400) and again at every connection
+    return v
+
+
+def _check_text(v: Optional[str]) -> Optional[str]:
+    if v is not None and any(ord(c) < 32 for c in v):
+        raise UserError("holds control characters (NUL, escape, newline ...): send plain text")
     return v
 
 
@@ -81,12 +108,13 @@ class WatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     query: str = Field(..., min_length=1, max_length=MAX_QUERY, description="What to watch for.")
     threshold: Optional[float] = Field(
-        None, ge=-1.0, le=1.0, allow_inf_nan=False,
+        None, ge=-1.0, le=1.0, allow_inf_nan=False, strict=True,
         description="Match when the caption's relevance is >= this (default: half the query's self-relevance).")
     stream: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME, description="Only this stream.")
     webhook: Optional[str] = Field(None, max_length=MAX_URL, description="POST each match here.")
 
     _webhook = field_validator("webhook")(_check_webhook)
+    _query = field_validator("query", "stream")(_check_text)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -98,9 +126,43 @@ def _json_error(status: int, detail: str, headers: dict | None = None) -> JSONRe
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+class HostCheck:
+    """Which `Host` header values are served: the bound address, loopback names, `--allow-host` names, and any IP
+    literal when bound to every address. A DNS-rebinding page always sends its own (non-literal) name."""
+
+    def __init__(self, bound: str, allow: Sequence[str] = ()):
+        self.names = {"localhost", _host_key(bound)} | {_host_key(a) for a in allow}
+        try:
+            self.any_ip = ipaddress.ip_address(bound.strip("[]")).is_unspecified
+        except ValueError:
+            self.any_ip = False
+
+    def allows(self, host_header: str | None) -> bool:
+        if host_header is None:
+            return True  # HTTP/1.0 without Host: not a browser, so not a rebinding page
+        host = _host_key(host_header)
+        if host in self.names:
+            return True
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        return ip.is_loopback or self.any_ip
+
+
+def _host_key(value: str) -> str:
+    """'Example.COM.:8000' -> 'example.com'; '[::1]:8000' -> '::1'."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        return v[1:v.find("]")] if "]" in v else v
+    if v.count(":") == 1:
+        v = v.split(":", 1)[0]
+    return v.rstrip(".")
+
+
 class GuardMiddleware:
-    def __init__(self, app, token: str | None, max_body_bytes: int):
-        self.app, self.token, self.max_body = app, token, max_body_bytes
+    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: HostCheck, metrics=None):
+        self.app, self.token, self.max_body, self.hosts, self.metrics = app, token, max_body_bytes, hosts, metrics
 
     def _authorized(self, scope) -> bool:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -122,6 +184,14 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        hosts = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"host"]
+        if len(hosts) > 1 or not self.hosts.allows(hosts[0] if hosts else None):
+            if self.metrics is not None:
+                self.metrics.inc("rlivs_http_rejected_total", reason="host")
+            msg = (f"this server does not answer to Host {hosts[0] if hosts else ''!r}: use the address it is bound "
+                   f"to (or 127.0.0.1 / localhost), or start rlivs serve with --allow-host NAME for a name of this "
+                   f"device")
+            return await _json_error(421, msg)(scope, receive, send)
         if self.token and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
             msg = ("missing or wrong token: send the header 'Authorization: Bearer <token>' with the token given to "
                    "rlivs serve (--token or RLIVS_TOKEN)")
@@ -164,7 +234,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(service: EdgeService, token: str | None = None, max_body_bytes: int = 64 * 1024,
-               keepalive_s: float = 15.0) -> FastAPI:
+               keepalive_s: float = 15.0, hosts: HostCheck | None = None) -> FastAPI:
     app = FastAPI(title="rlivs", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Streaming video question answering on the device.")
     app.state.service = service
@@ -193,6 +263,30 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     async def _bad(request: Request, exc: UserError):
         return _json_error(400, str(exc))
 
+    @app.exception_handler(LimitReached)
+    async def _limit(request: Request, exc: LimitReached):
+        return _json_error(409, str(exc))
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy):
+        service.metrics.inc("rlivs_http_rejected_total", reason="questions")
+        return _json_error(429, str(exc), {"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(TooManySubscribers)
+    async def _subscribers(request: Request, exc: TooManySubscribers):
+        service.metrics.inc("rlivs_http_rejected_total", reason="subscribers")
+        return _json_error(503, str(exc), {"Retry-After": "5"})
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _storage(request: Request, exc: sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "full" in text or "readonly" in text or "read-only" in text:
+            what = "full" if "full" in text else "read-only"
+            return _json_error(507, f"the service could not store this: its database's disk is {what} ({exc}); "
+                                    f"nothing was stored and everything before is intact: free space on the device "
+                                    f"and try again", {"Retry-After": "30"})
+        return await _crash(request, exc)
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
         log.exception("request %s %s failed", request.method, request.url.path)
@@ -208,11 +302,11 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
         return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
 
     @app.get("/healthz")
-    def healthz():
+    async def healthz():  # on the event loop: never queued behind questions in the thread pool
         return service.health()
 
     @app.get("/metrics")
-    def metrics():
+    async def metrics():
         return Response(service.render_metrics(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/streams")
@@ -221,7 +315,11 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
 
     @app.post("/v1/ask")
     def ask(body: AskRequest):
-        return service.ask(body.question, body.stream)
+        return service.ask(body.question, body.stream, body.from_, body.to)
+
+    @app.post("/v1/ask/stream")
+    async def ask_stream(body: AskRequest):
+        return await _streamed_answer(service, body)
 
     @app.get("/v1/captions")
     def captions(stream: Optional[str] = Query(None, min_length=1, max_length=MAX_NAME),
@@ -237,6 +335,10 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     def thumbnail(stream: str = Path(..., max_length=MAX_NAME), clip: int = Path(..., ge=0, le=MAX_ID)):
         return Response(service.thumbnail(stream, clip), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400, immutable"})
+
+    @app.get("/v1/kept/{stream:path}/{clip}")
+    def kept(stream: str = Path(..., max_length=MAX_NAME), clip: int = Path(..., ge=0, le=MAX_ID)):
+        return service.kept(stream, clip)
 
     @app.get("/v1/events")
     async def events(request: Request, last_event_id: Optional[str] = Header(None)):
@@ -288,8 +390,42 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     def all_matches(limit: int = Query(50, ge=1, le=500), before: Optional[int] = Query(None, ge=1, le=MAX_ID)):
         return {"matches": service.matches(None, limit, before)}
 
-    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes,
+                       hosts=hosts or HostCheck("127.0.0.1"), metrics=service.metrics)
     return app
+
+
+async def _streamed_answer(service: EdgeService, body: AskRequest):
+    """POST /v1/ask/stream: `service.ask` in a worker thread, its tokens relayed as `token` events as they come. A
+    question refused before the first token (unknown stream, nothing ingested, bad question) is a plain JSON 4xx, as
+    from /v1/ask; a failure after it ends the stream with an `error` event."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    job = loop.run_in_executor(None, lambda: service.ask(
+        body.question, body.stream, body.from_, body.to,
+        on_token=lambda text: loop.call_soon_threadsafe(queue.put_nowait, text)))
+    job.add_done_callback(lambda _: queue.put_nowait(None))  # runs on the loop, after every token already queued
+    first = await queue.get()
+    if first is None:
+        job.result()  # a refusal raises here: the exception handlers answer 4xx (or 500)
+
+    async def events():
+        item, n = first, 0
+        while item is not None:
+            n += 1
+            yield Event(n, "token", {"text": item}).sse()
+            item = await queue.get()
+        try:
+            yield Event(n + 1, "answer", job.result()).sse()
+        except (NotFound, NotReady, UserError) as e:
+            status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, NotReady) else 400
+            yield Event(n + 1, "error", {"status": status, "detail": str(e.args[0]) if e.args else str(e)}).sse()
+        except Exception as e:  # noqa: BLE001 - reported in the stream, logged with its traceback
+            log.exception("streamed question failed")
+            yield Event(n + 1, "error", {"status": 500, "detail": f"internal error: {type(e).__name__}: {e}"}).sse()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -309,14 +445,100 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass
+class Limits:
+    """What one `rlivs serve` holds open at most (documented in docs/edge_app.md, Security)."""
+
+    max_connections: int = 256  # open HTTP connections; beyond, 503 and closed at once (lowered to fit RLIMIT_NOFILE)
+    header_timeout_s: float = 10.0  # a connection that has not sent a whole request head in this time is closed
+    keepalive_s: int = 5  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+    log_every_s: float = 10.0  # the asyncio "out of system resource" line at most this often
+
+    def __post_init__(self):
+        if self.max_connections < 2:
+            raise UserError(f"max_connections must be >= 2, got {self.max_connections}")
+        if not self.header_timeout_s > 0:
+            raise UserError(f"header_timeout_s must be > 0, got {self.header_timeout_s}")
+
+
+def fit_descriptors(wanted: int, reserve: int = 128) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one when allowed, and return the connection cap that fits under it
+    with `reserve` descriptors left for the memory, the model, sources and webhooks."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = wanted + reserve if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted + reserve))
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    return max(2, min(wanted, soft - reserve))
+
+
+_BUSY = b'{"detail":"too many open connections to rlivs serve: try again shortly"}'
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with a connection cap (answered 503 and closed in connection_made, so it never holds a
+    descriptor) and a request-head deadline (uvicorn times out idle keep-alive connections only after a response;
+    a connection that never sends a whole head would stay open)."""
+
+    limits: Limits = Limits()
+    metrics = None
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._head_timer = None
+        if len(self.connections) > self.limits.max_connections:
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(_BUSY), _BUSY))
+            transport.close()
+            self._reject("connections")
+            return
+        self._arm_head_timer()
+
+    def _reject(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc("rlivs_http_rejected_total", reason=reason)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        waiting_for_head = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+        if waiting_for_head and not self.transport.is_closing():
+            self._reject("header_timeout")
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def connection_lost(self, exc):
+        if getattr(self, "_head_timer", None) is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
 class _Uvicorn(uvicorn.Server):
     """Ends the service's event streams as soon as shutdown starts (else open SSE connections hold it up), and treats
     Ctrl-C / SIGTERM as a requested stop: `run()` returns (so the caller stops ingest cleanly) instead of re-raising
-    the signal afterwards, which would kill the process before ingest is stopped. A second Ctrl-C forces the exit."""
+    the signal afterwards, which would kill the process before ingest is stopped. A second Ctrl-C forces the exit.
+    Rate-limits the event loop's error lines (asyncio logs "socket.accept() out of system resource" with a traceback
+    every time accept fails for want of descriptors)."""
 
-    def __init__(self, config: uvicorn.Config, on_exit):
+    def __init__(self, config: uvicorn.Config, on_exit, log_every_s: float = 10.0):
         super().__init__(config)
         self._on_exit = on_exit
+        self._log_every_s = log_every_s
+        self._last_logged: dict[str, tuple[float, int]] = {}  # message -> (last logged, suppressed since)
 
     def handle_exit(self, sig, frame):
         self._on_exit()
@@ -324,20 +546,47 @@ class _Uvicorn(uvicorn.Server):
             self.force_exit = True
         self.should_exit = True
 
+    async def startup(self, sockets=None):
+        asyncio.get_running_loop().set_exception_handler(self._loop_error)
+        await super().startup(sockets=sockets)
+
+    def _loop_error(self, loop, context):
+        msg = str(context.get("message", "event loop error"))
+        now = time.monotonic()
+        last, suppressed = self._last_logged.get(msg, (-1e9, 0))
+        if now - last < self._log_every_s:
+            self._last_logged[msg] = (last, suppressed + 1)
+            return
+        self._last_logged[msg] = (now, 0)
+        exc = context.get("exception")
+        more = f" ({suppressed} more like it in the last {now - last:.0f} s)" if suppressed else ""
+        log.error("%s%s%s", msg, f": {type(exc).__name__}: {exc}" if exc else "", more)
+
 
 class Server:
     """uvicorn around the app: `run()` in the foreground (signals stop it) or `start()`/`stop()` in a thread."""
 
     def __init__(self, service: EdgeService, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                 log_level: str = "warning", access_log: bool = False):
+                 log_level: str = "warning", access_log: bool = False, allow_hosts: Sequence[str] = (),
+                 limits: Limits | None = None):
         if not is_loopback(host) and not token:
             raise UserError(f"refusing to bind {host}: any address but loopback exposes the API to the network, so "
                             f"it needs a token: pass --token T (or set RLIVS_TOKEN), or bind 127.0.0.1")
         self.service, self.host, self.port = service, host, port
-        self.app = create_app(service, token)
+        self.limits = limits or Limits()
+        cap = fit_descriptors(self.limits.max_connections)
+        if cap < self.limits.max_connections:
+            log.warning("max connections lowered from %d to %d to fit the open-file limit (ulimit -n)",
+                        self.limits.max_connections, cap)
+        self.app = create_app(service, token, hosts=HostCheck(host, allow_hosts))
+        protocol = type("GuardedH11", (_GuardedH11,), {"limits": Limits(cap, self.limits.header_timeout_s,
+                                                                        self.limits.keepalive_s,
+                                                                        self.limits.log_every_s),
+                                                      "metrics": service.metrics})
         config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, access_log=access_log,
-                                log_config=None, timeout_graceful_shutdown=3, lifespan="off")
-        self._server = _Uvicorn(config, service.events.close)
+                                log_config=None, timeout_graceful_shutdown=3, lifespan="off", http=protocol,
+                                timeout_keep_alive=self.limits.keepalive_s)
+        self._server = _Uvicorn(config, service.events.close, self.limits.log_every_s)
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:

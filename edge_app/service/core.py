@@ -11,14 +11,27 @@ Every committed caption goes through `publish_clip`: thumbnail stored, metrics u
 the caption scored against every watch (the retrieval relevance `retrieval.similarity` between the watch query's
 vector and the caption's stored vector; a match when relevance >= the watch's threshold), each match stored,
 published as a `watch` event and, when the watch has a webhook, POSTed to it from a background thread.
+
+Matching is exactly once across crashes: a clip's matches, their webhook deliveries and the stream's "matched up to
+clip N" mark are written in one transaction of the service database (`EdgeStore.record_clip`). Clips committed to
+the memory but not yet matched (a crash or a failed write in between) are matched from the memory when the service
+starts and before the stream's next clip (`catch_up`); deliveries that were due are sent after a restart
+(webhooks.py). A watch matches the clips of each stream after the mark that stream had when the watch was created.
+
+Questions take turns (`QuestionGate`): one is answered at a time, at most `question_queue` wait (more get 429 with
+Retry-After), and while ingest runs, a question that held the model for d seconds keeps the next one off it for
+d * ingest_share / (1 - ingest_share) seconds, so ingest keeps at least `ingest_share` of the model under a flood.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
+import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
@@ -28,7 +41,7 @@ from PIL import Image
 
 from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from rlivs.runtime.memory import ClipRecord, Memory
-from rlivs.runtime.answer import answer, format_time
+from rlivs.runtime.answer import answer, answer_json, clip_json, clip_label, format_time, wall_iso
 from rlivs.runtime.engine import Engine
 from rlivs.runtime.ingest import ClipResult
 from rlivs.runtime.retrieval import similarity
@@ -38,9 +51,13 @@ from rlivs.runtime.sources.spec import SourceSpec
 from . import telemetry
 from .events import EventHub
 from .metrics import Metrics
-from .store import EdgeStore, Match, Watch, edge_db_path
-from .workers import StreamWorker, WebhookSender
+from .mqtt import MqttConfig
+from .store import Delivery, EdgeStore, Match, NewMatch, Watch, edge_db_path
+from .webhooks import SenderConfig, WebhookPolicy, WebhookSender, parse_networks
+from .workers import StreamWorker
 from rlivs.runtime.errors import UserError
+
+log = logging.getLogger("rlivs.serve")
 
 STAGES = ("encode", "prefill", "decode", "select", "store")  # ClipResult.timings keys
 
@@ -53,6 +70,18 @@ class NotReady(RuntimeError):
     """Maps to HTTP 409: the request is valid but the service has nothing to answer it with yet."""
 
 
+class LimitReached(RuntimeError):
+    """Maps to HTTP 409: a configured cap (watches) is reached; the message names the cap and the fix."""
+
+
+class Busy(RuntimeError):
+    """Maps to HTTP 429 with Retry-After: too many questions are waiting."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass
 class ServiceConfig:
     replay_files: bool = True  # a file source is replayed at real speed as a live camera; False = at full speed
@@ -60,10 +89,23 @@ class ServiceConfig:
     thumbnail_width: int = 160  # thumbnail width in pixels (height keeps the aspect ratio)
     thumbnail_quality: int = 70  # JPEG quality, 1-95
     default_watch_ratio: float = 0.5  # a watch without a threshold matches at this fraction of its self-relevance
-    webhook_timeout_s: float = 5.0  # per webhook POST
-    webhook_queue: int = 100  # webhook deliveries waiting; when full, new ones are dropped (counted, logged)
-    event_keep: int = 256  # recent events kept for SSE clients that reconnect with Last-Event-ID
+    webhook_timeout_s: float = 5.0  # total deadline of one webhook POST (connect to last byte)
+    webhook_queue: int = 1000  # webhook deliveries waiting; beyond it the oldest are dropped (counted, logged)
+    webhook_senders: int = 4  # deliveries in flight at once (one per destination)
+    webhook_allow: tuple[str, ...] = ()  # non-public networks webhooks may reach (--webhook-allow), e.g. 10.0.0.0/24
+    event_keep: int = 256  # recent events of each kind kept for SSE clients that reconnect with Last-Event-ID
     event_queue: int = 256  # events buffered per SSE client; a slower client loses its oldest (counted)
+    max_subscribers: int = 32  # open GET /v1/events streams; more get 503
+    max_watches: int = 100  # standing queries; POST /v1/watches beyond it gets 409
+    keep_matches: int = 1000  # newest matches kept per watch (older ones are pruned)
+    question_queue: int = 8  # questions waiting for the model; more get 429 with Retry-After
+    ingest_share: float = 0.5  # least share of the model kept for ingest while questions flood it (0 = none)
+    max_question_tokens: int = 256  # a question longer than this in the model's tokens is refused (400)
+    retry_s: tuple[float, float] = (5.0, 60.0)  # a failed ingest worker retries after 5, 10, 20 ... 60 s
+    start_time: float | None = None  # UTC unix seconds of a file source's first frame (--start-time)
+    retain_days: float | None = None  # captions whose clip ended longer ago are forgotten (--retain-days)
+    retain_every_s: float = 600.0  # how often retention runs while ingesting
+    mqtt: MqttConfig | None = None  # publish captions and watch matches to this MQTT broker (mqtt.py); None: don't
 
     def __post_init__(self):
         if not 16 <= self.thumbnail_width <= 1024:
@@ -72,6 +114,16 @@ class ServiceConfig:
             raise UserError(f"thumbnail_quality must be in 1..95, got {self.thumbnail_quality}")
         if not 0 < self.default_watch_ratio <= 1:
             raise UserError(f"default_watch_ratio must be in (0, 1], got {self.default_watch_ratio}")
+        if not 0 <= self.ingest_share < 1:
+            raise UserError(f"ingest_share must be in [0, 1), got {self.ingest_share}: e.g. 0.5")
+        for name in ("max_watches", "keep_matches", "max_subscribers", "webhook_queue", "webhook_senders"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.question_queue < 0:
+            raise UserError(f"question_queue must be >= 0, got {self.question_queue}")
+        if self.retain_days is not None and not self.retain_days > 0:
+            raise UserError(f"--retain-days must be > 0, got {self.retain_days}: e.g. --retain-days 30")
+        self.webhook_policy = WebhookPolicy(parse_networks(self.webhook_allow))
 
 
 def make_thumbnail(image: np.ndarray, width: int = 160, quality: int = 70) -> tuple[bytes, int, int]:
@@ -91,9 +143,61 @@ def thumbnail_url(stream: str, clip: int) -> str:
 
 
 def caption_json(r: ClipRecord, has_thumbnail: bool) -> dict:
-    return {"stream": r.stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-            "time": f"{format_time(r.t_start)}-{format_time(r.t_end)}", "caption": r.caption,
-            "committed_at": r.committed_at, "thumbnail": thumbnail_url(r.stream, r.index) if has_thumbnail else None}
+    """A clip in the API: stream and wall-clock times (ISO 8601 with the device's offset, null without a clock),
+    `time` as people read it (local wall-clock time, else stream time), the caption and its thumbnail."""
+    return {**clip_json(r), "time": clip_label(r), "committed_at": r.committed_at,
+            "thumbnail": thumbnail_url(r.stream, r.index) if has_thumbnail else None}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Questions take turns
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class QuestionGate:
+    """One question on the model at a time, at most `waiting` more queued (beyond: `Busy`), and while `ingesting()`
+    says ingest runs, a pause of d * share / (1 - share) after a question that held the model d seconds."""
+
+    def __init__(self, waiting: int, share: float, ingesting):
+        self.max_waiting, self.share, self.ingesting = waiting, share, ingesting
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting = 0
+        self._free_at = 0.0  # monotonic time the next question may start (the ingest share)
+        self._mean_s = 1.0  # running mean of a question's turn, seconds (for Retry-After)
+        self.rejected = 0
+
+    @contextmanager
+    def turn(self):
+        with self._cond:
+            if self._busy and self._waiting >= self.max_waiting:
+                self.rejected += 1
+                retry = max(1, math.ceil((self._waiting + 1) * self._mean_s))
+                raise Busy(f"{self._waiting} questions are already waiting for the model (at most "
+                           f"{self.max_waiting}): ask again in {retry} s", retry)
+            self._waiting += 1
+            try:
+                while self._busy or time.monotonic() < self._free_at:
+                    self._cond.wait(max(0.01, self._free_at - time.monotonic()) if not self._busy else None)
+            finally:
+                self._waiting -= 1
+            self._busy = True
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            held = time.monotonic() - t0
+            with self._cond:
+                self._busy = False
+                self._mean_s = 0.8 * self._mean_s + 0.2 * held
+                if self.share > 0 and self.ingesting():
+                    self._free_at = time.monotonic() + held * self.share / (1 - self.share)
+                self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return self._waiting
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -108,6 +212,10 @@ class _WatchEntry:
     self_score: float  # relevance of the query to itself (what a caption made of exactly its words would score)
     max_score: float = -math.inf  # best relevance seen since the service started (to help choose a threshold)
     last_score: float | None = None  # relevance of the latest caption scored
+    starts: dict[str, int] = field(default_factory=dict)  # stream -> last clip index it ignores (none: -1)
+
+    def wants(self, stream: str, clip: int) -> bool:
+        return self.watch.stream in (None, stream) and clip > self.starts.get(stream, -1)
 
 
 class EdgeService:
@@ -128,21 +236,46 @@ class EdgeService:
             for spec in self.specs:
                 mem.open_stream(spec.name, spec.url, info.model_id, engine.config.ingest_fingerprint())
         self.store = EdgeStore(edge_db_path(self.db))
-        self.events = EventHub(self.config.event_keep, self.config.event_queue)
+        self.events = EventHub(self.config.event_keep, self.config.event_queue, self.config.max_subscribers)
         self.metrics = Metrics()
         telemetry.declare(self.metrics)
-        self.webhooks = WebhookSender(self.metrics, self.config.webhook_timeout_s, self.config.webhook_queue)
-        self._watch_lock = threading.Lock()
+        c = self.config
+        self.webhooks = WebhookSender(self.store, self.metrics,
+                                      SenderConfig(deadline_s=c.webhook_timeout_s, senders=c.webhook_senders,
+                                                   policy=c.webhook_policy), self._delivery_payload)
+        self.mqtt = None  # MQTT out: every caption and watch event, published from the thread that made it
+        if self.config.mqtt is not None:
+            from .mqtt import MqttPublisher
+
+            self.mqtt = MqttPublisher(self.config.mqtt, self.metrics)
+            self.events.add_listener(self.mqtt.on_event)
+        self._watch_lock = threading.Lock()  # guards _watches
+        self._match_lock = threading.Lock()  # one clip matched at a time; guards _marks
         self._watches: dict[int, _WatchEntry] = {}
+        starts = self.store.watch_starts()
         for w in self.store.watches():
-            self._watches[w.id] = self._entry(w)
+            self._watches[w.id] = replace(self._entry(w), starts=starts.get(w.id, {}))
+        if self.store.upgraded:  # schema 1 kept no marks: its watches matched live up to now, never again
+            with self._read() as mem:
+                self.store.set_marks({s["name"]: s["n_clips"] - 1 for s in mem.streams()
+                                      if s["name"] not in self.store.marks()})
+        self._marks = self.store.marks()  # stream -> last clip matched against every watch
         self.workers = [StreamWorker(self, s) for s in self.specs]
+        self.questions = QuestionGate(c.question_queue, c.ingest_share,
+                                      lambda: any(w.state == "running" for w in self.workers))
         self.started_at = time.time()
         self._stopped = False
+        self._retained_at = 0.0  # when retention last ran
+        self._retain_lock = threading.Lock()
 
     # -- lifetime -----------------------------------------------------------------------------------------------------
 
     def start(self) -> EdgeService:
+        """Match what was committed but not matched (a crash, a failed write), then start ingest and webhooks."""
+        self.catch_up()
+        self.webhooks.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
         for w in self.workers:
             w.start()
         return self
@@ -159,6 +292,8 @@ class EdgeService:
         for w in self.workers:
             w.join(max(0.0, deadline - time.monotonic()))
         self.webhooks.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
 
     # -- the path of every committed caption ----------------------------------------------------------------------
 
@@ -181,32 +316,100 @@ class EdgeService:
         if behind_live_s is not None:
             m.set("rlivs_seconds_behind_live", behind_live_s, stream=record.stream)
         self.events.publish("caption", caption_json(record, has_thumb))
-        return self.score_watches(record)
+        try:
+            return self.score_watches(record)
+        except sqlite3.Error as e:  # e.g. the disk is full: the mark stays, the next clip or a restart catches up
+            self.metrics.inc("rlivs_watch_match_errors_total")
+            log.warning("matching clip %d of %s against the watches failed (%s): retried with the next clip",
+                        record.index, record.stream, e)
+            return []
 
     def score_watches(self, record: ClipRecord) -> list[Match]:
-        """Score one committed caption against every watch; store, publish and deliver the matches."""
+        """Match one committed caption against every watch, after any earlier clip of its stream still unmatched;
+        store, publish and queue the deliveries of the matches. Returns this caption's matches."""
+        with self._match_lock:
+            mark = self._marks.get(record.stream, -1)
+            if record.index <= mark:
+                return []  # matched before
+            if record.index > mark + 1:
+                self._catch_up_stream(record.stream, record.index - 1)
+            return self._match(record)
+
+    def catch_up(self) -> int:
+        """Match every committed clip not yet matched, stream by stream. Returns the clips matched."""
+        done = 0
+        with self._match_lock, self._read() as mem:
+            streams = [(s["name"], s["n_clips"] - 1) for s in mem.streams()]
+        for name, last in streams:
+            with self._match_lock:
+                done += self._catch_up_stream(name, last)
+        return done
+
+    def _catch_up_stream(self, stream: str, up_to: int, page: int = 256) -> int:
+        """Match clips (mark, up_to] of `stream` from the memory. Caller holds _match_lock."""
+        mark = self._marks.get(stream, -1)
         with self._watch_lock:
-            entries = [e for e in self._watches.values() if e.watch.stream in (None, record.stream)]
-        if not entries:
-            return []
-        matrix = np.stack([e.vector for e in entries])  # (W, D)
-        scores = similarity(record.vector.astype(np.float32), matrix)  # (W,) mean pairwise token cosine
-        out = []
-        for e, score in zip(entries, scores.tolist()):
-            e.last_score, e.max_score = score, max(e.max_score, score)
-            if score < e.watch.threshold:
-                continue
-            match = self.store.add_match(e.watch.id, record.stream, record.index, record.t_start, record.t_end,
-                                         record.caption, score)
-            if match is None:
-                continue  # already matched (or deleted meanwhile)
-            out.append(match)
-            self.metrics.inc("rlivs_watch_matches_total", watch=str(e.watch.id))
-            payload = self.match_json(match, e.watch)
-            self.events.publish("watch", payload)
-            if e.watch.webhook:
-                self.webhooks.send(e.watch.webhook, {"event": "watch", **payload})
-        return out
+            lo = min((e.starts.get(stream, -1) for e in self._watches.values() if e.watch.stream in (None, stream)),
+                     default=up_to)
+        if lo >= up_to:  # no watch wants any of these clips: just move the mark
+            if up_to > mark:
+                self.store.set_marks({stream: up_to})
+                self._marks[stream] = up_to
+            return 0
+        done = 0
+        offset = max(mark, lo) + 1  # clip indices are 0.. without gaps: index == position in the stream
+        with self._read() as mem:
+            while offset <= up_to:
+                rows = mem.clips(stream, limit=min(page, up_to - offset + 1), offset=offset)
+                if not rows:
+                    break
+                for r in rows:
+                    self._match(r)
+                    done += 1
+                offset += len(rows)
+        if done:
+            log.info("stream %s: matched %d committed clips the watches had not seen", stream, done)
+        return done
+
+    def _match(self, record: ClipRecord) -> list[Match]:
+        """Score, store (one transaction with the mark) and publish one clip's matches. Caller holds _match_lock."""
+        with self._watch_lock:
+            entries = [e for e in self._watches.values() if e.wants(record.stream, record.index)]
+        new = []
+        if entries:
+            matrix = np.stack([e.vector for e in entries])  # (W, D)
+            scores = similarity(record.vector.astype(np.float32), matrix)  # (W,) mean pairwise token cosine
+            for e, score in zip(entries, scores.tolist()):
+                e.last_score, e.max_score = score, max(e.max_score, score)
+                if score >= e.watch.threshold:
+                    new.append((e, NewMatch(e.watch.id, score, e.watch.webhook)))
+        stored = self.store.record_clip(record.stream, record.index, record.t_start, record.t_end, record.caption,
+                                        [n for _, n in new], self.config.keep_matches)
+        self._marks[record.stream] = max(self._marks.get(record.stream, -1), record.index)
+        by_id = {e.watch.id: e for e, _ in new}
+        hooks = False
+        for match in stored:
+            w = by_id[match.watch_id].watch
+            self.metrics.inc("rlivs_watch_matches_total", watch=str(w.id))
+            self.events.publish("watch", {**self.match_json(match, w), "wall_start": wall_iso(record.wall_start),
+                                          "wall_end": wall_iso(record.wall_end)})
+            hooks = hooks or bool(w.webhook)
+        if hooks:
+            dropped = self.store.drop_deliveries_over(self.config.webhook_queue)
+            if dropped:
+                self.metrics.inc("rlivs_webhook_deliveries_total", dropped, outcome="dropped")
+                log.warning("webhook queue full (%d waiting): dropped the %d oldest deliveries",
+                            self.config.webhook_queue, dropped)
+            self.webhooks.wake()
+        return stored
+
+    def _delivery_payload(self, d: Delivery) -> dict | None:
+        m = self.store.match(d.match_id)
+        if m is None:
+            return None
+        with self._watch_lock:
+            e = self._watches.get(m.watch_id)
+        return None if e is None else {"event": "watch", **self.match_json(m, e.watch)}
 
     def match_json(self, m: Match, w: Watch | None = None) -> dict:
         d = m.as_dict()
@@ -233,14 +436,33 @@ class EdgeService:
         query = query.strip()
         if not query:
             raise UserError("the watch query is empty: describe what to watch for, e.g. 'a person at the door'")
+        if webhook is not None:
+            self.config.webhook_policy.check_url(webhook)
+        if stream is not None:
+            with self._read() as mem:
+                known = {s["name"] for s in mem.streams()}
+            if stream not in known and stream not in {s.name for s in self.specs}:
+                raise NotFound(f"no stream {stream!r}: GET /v1/streams lists them (or leave stream out for all)")
+        self._check_watch_cap()
         probe = self._entry(Watch(0, query, 0.0, stream, webhook, 0.0))
         if threshold is None:
             threshold = round(self.config.default_watch_ratio * probe.self_score, 6)
-        w = self.store.add_watch(query, threshold, stream, webhook)
-        entry = replace(probe, watch=w)
-        with self._watch_lock:
-            self._watches[w.id] = entry
+        with self._match_lock:  # no clip is matched meanwhile: the watch starts after each stream's mark
+            self._check_watch_cap()
+            with self._read() as mem:
+                starts = {s["name"]: self._marks.get(s["name"], s["n_clips"] - 1) for s in mem.streams()}
+            w = self.store.add_watch(query, threshold, stream, webhook, starts)
+            entry = replace(probe, watch=w, starts=starts)
+            with self._watch_lock:
+                self._watches[w.id] = entry
         return self._watch_json(entry, 0)
+
+    def _check_watch_cap(self) -> None:
+        with self._watch_lock:
+            n = len(self._watches)
+        if n >= self.config.max_watches:
+            raise LimitReached(f"{n} watches exist, the most this service keeps: delete one (DELETE "
+                               f"/v1/watches/ID) or start rlivs serve with a larger --max-watches")
 
     def _watch_json(self, e: _WatchEntry, n_matches: int) -> dict:
         return {**e.watch.as_dict(), "self_score": e.self_score, "matches": n_matches,
@@ -277,9 +499,43 @@ class EdgeService:
     def _read(self) -> Memory:
         return Memory(self.db, readonly=True)
 
-    def ask(self, question: str, stream: str | None = None) -> dict:
+    def retain(self, mem: Memory, now: float | None = None) -> int:
+        """Forget the captions older than `retain_days` (at most once every `retain_every_s`); their thumbnails go
+        too. Called by the ingest workers with their writable memory. Returns the number of clips forgotten."""
+        days = self.config.retain_days
+        now = time.time() if now is None else now
+        if days is None or not self._retain_lock.acquire(blocking=False):
+            return 0
+        try:
+            if now - self._retained_at < self.config.retain_every_s:
+                return 0
+            self._retained_at = now
+            n = mem.forget(before=now - days * 86400.0)
+            if n:
+                for s in mem.info()["streams"]:
+                    first = mem.clips(s["name"], limit=1)
+                    self.store.drop_thumbnails_before(s["name"], first[0].index if first else s["next_idx"])
+                log.info("retention: forgot %d clips that ended more than %g days ago", n, days)
+                self.metrics.inc("rlivs_clips_forgotten_total", n)
+            return n
+        finally:
+            self._retain_lock.release()
+
+    def ask(self, question: str, stream: str | None = None, from_: str | None = None, to: str | None = None,
+            on_token=None) -> dict:
+        """The answer JSON of POST /v1/ask; `from_`/`to` restrict it to a wall-clock window (ISO 8601 or -2h, ...).
+        `on_token(text)` receives the answer as it is generated (POST /v1/ask/stream)."""
         t0 = time.perf_counter()
         try:
+            from datetime import datetime, timezone
+
+            from rlivs.runtime.timeq import window_from_args
+
+            window = window_from_args(from_, to, datetime.now(timezone.utc), None, names=("from", "to"))
+            n = len(self.engine.text.encode(question))
+            if n > self.config.max_question_tokens:
+                raise UserError(f"the question is {n} tokens for this model, at most {self.config.max_question_tokens}"
+                                f": shorten it")
             with self._read() as mem:
                 if stream is not None and stream not in {s["name"] for s in mem.streams()}:
                     raise NotFound(f"no stream {stream!r}: GET /v1/streams lists them (or leave stream out for all)")
@@ -288,9 +544,10 @@ class EdgeService:
                     raise NotReady(f"{where} holds no captions yet: ingest commits the first one after "
                                    f"{self.engine.config.clip.clip_seconds:g} s of video; wait for a caption "
                                    f"event on GET /v1/events and ask again")
-                with self.question_backend.reserve():  # ingest waits at its next step boundary until we are done
-                    a = answer(self.question_engine, mem, question, stream=stream)
-        except (NotFound, NotReady, UserError):
+                span = {} if window is None else dict(window=window.as_unix(), window_text=window.describe(None))
+                with self.questions.turn(), self.question_backend.reserve():  # ingest waits at its next step
+                    a = answer(self.question_engine, mem, question, stream=stream, on_token=on_token, **span)
+        except (NotFound, NotReady, UserError, Busy):
             self.metrics.inc("rlivs_questions_total", outcome="rejected")
             raise
         except Exception:
@@ -302,9 +559,9 @@ class EdgeService:
         for r, _ in a.used:
             thumbs.setdefault(r.stream, []).append(r.index)
         have = {s: self.store.thumbnail_clips(s, idx) for s, idx in thumbs.items()}
-        return {"question": a.question, "answer": a.text, "latency_s": a.latency_s, "prompt_tokens": a.prompt_tokens,
+        return {**answer_json(a), "prompt_tokens": a.prompt_tokens,
                 "captions": [{**caption_json(r, r.index in have.get(r.stream, ())), "relevance": s}
-                            for r, s in a.used]}
+                             for r, s in a.used]}
 
     def captions(self, stream: str | None = None, t_from: float | None = None, t_to: float | None = None,
                  limit: int = 50, offset: int = 0) -> dict:
@@ -318,6 +575,21 @@ class EdgeService:
         have = {s: self.store.thumbnail_clips(s, idx) for s, idx in by_stream.items()}
         return {"captions": [caption_json(r, r.index in have[r.stream]) for r in rows], "limit": limit,
                 "offset": offset, "next_offset": offset + len(rows) if len(rows) == limit else None}
+
+    def kept(self, stream: str, clip: int) -> dict:
+        """Which of a clip's visual tokens selection kept: flat indices into its frames x tokens_per_frame grid
+        (frame = i // tokens_per_frame, patch = i % tokens_per_frame, row-major on a side x side grid)."""
+        with self._read() as mem:
+            r = mem.clip(stream, clip)
+        if r is None or r.kept is None:
+            raise NotFound(f"no kept tokens for clip {clip} of stream {stream!r}: they are stored for clips "
+                           f"captioned by this release (GET /v1/captions lists the clips)")
+        p = self.engine.backend.info.tokens_per_frame
+        side = math.isqrt(p)
+        return {"stream": stream, "clip": clip, "tokens_per_frame": p,
+                "grid": [side, side] if side * side == p else None,
+                "frames": round((r.t_end - r.t_start) * self.engine.config.clip.fps),
+                "kept": r.kept.tolist()}
 
     def thumbnail(self, stream: str, clip: int) -> bytes:
         jpeg = self.store.thumbnail(stream, clip)
@@ -355,5 +627,6 @@ class EdgeService:
                 "backend": self.engine.backend.name}
 
     def render_metrics(self) -> str:
-        extra = telemetry.scrape(self.workers, self.model_lock.stats, self.events, len(self._watches), self.started_at)
+        extra = telemetry.scrape(self.workers, self.model_lock.stats, self.events, len(self._watches), self.started_at,
+                                 self.questions.waiting)
         return self.metrics.render(extra)

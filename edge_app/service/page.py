@@ -6,9 +6,10 @@ with its latest frame, state and a scrolling caption list that fills the card; a
 fixed-width column on the right. Clicking a frame or a thumbnail opens the clip enlarged in an overlay (Escape
 closes it). Clip times are local wall-clock times when the API gives `wall_start`/`wall_end` (ISO 8601 with the
 device's UTC offset), stream-relative times otherwise. While a question is answered the page shows the seconds
-waited; the answer is compact, with the captions it used collapsed under it and linked to the timeline.
+waited, then the answer as it is generated (POST /v1/ask/stream); the answer is compact, with the captions it used
+collapsed under it and linked to the timeline.
 
-It talks only to the API: `fetch` for streams, captions, questions and watches, `EventSource` on `/v1/events` for new
+It talks only to the API: `fetch` for streams, captions, questions (their answer streamed) and watches, `EventSource` on `/v1/events` for new
 captions and watch matches. Every piece of server data is inserted with `textContent` (never as HTML). When the
 service has a token the page asks for it once, keeps it in sessionStorage, sends it as a bearer header, and sets the
 `rlivs_token` cookie (SameSite=Strict) so EventSource and thumbnails, which cannot send headers, are let in too.
@@ -374,9 +375,11 @@ async function loadStreams(initial) {
 }
 
 let healthSeen = null;
-function showSummary() {  // the header pill: what the sources are doing, from /v1/streams (and /healthz's status)
+function showSummary() {  // the header: backend and models; the pill: what the sources are doing (+ /healthz status)
   const p = $("health");
   if (!healthSeen) return;
+  const models = [...new Set(streamsSeen.map((s) => s.model_id))];
+  $("sub").textContent = "backend " + healthSeen.backend + (models.length ? " · model " + models.join(", ") : "");
   const count = {};
   for (const s of streamsSeen) { const [label] = stateView(s); count[label] = (count[label] || 0) + 1; }
   const parts = Object.entries(count).map(([k, n]) => n + " " + k);
@@ -387,7 +390,6 @@ function showSummary() {  // the header pill: what the sources are doing, from /
 async function loadHealth() {
   try {
     healthSeen = await (await fetch("/healthz")).json();
-    $("sub").textContent = "backend " + healthSeen.backend;
     showSummary();
   } catch (e) { $("health").textContent = "unreachable"; $("health").className = "pill bad"; }
 }
@@ -446,26 +448,69 @@ function connectEvents() {
   });
 }
 
+// POST /v1/ask/stream: server-sent events read from the response body (EventSource cannot POST): `token` pieces
+// appended to the answer as they are generated, then `answer` (the /v1/ask JSON) or `error`.
+async function askStreamed(body, onToken) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const r = await fetch("/v1/ask/stream", { method: "POST", headers, body: JSON.stringify(body) });
+  if (r.status === 401) { $("token-box").style.display = "block"; throw new Error("a token is needed"); }
+  if (!r.ok) { const e = await r.json().catch(() => ({})); throw new Error(e.detail || ("HTTP " + r.status)); }
+  const reader = r.body.getReader(), dec = new TextDecoder();
+  let buf = "", result = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += dec.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut); buf = buf.slice(cut + 2);
+      let event = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) event = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      const d = data ? JSON.parse(data) : {};
+      if (event === "token") onToken(d.text);
+      else if (event === "answer") result = d;
+      else if (event === "error") throw new Error(d.detail);
+    }
+  }
+  if (!result) throw new Error("the answer stream ended early: ask again");
+  return result;
+}
+
 $("ask-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const q = $("ask-input").value.trim();
   if (!q) return;
   $("ask-button").disabled = true; $("ask-error").textContent = "";
   const progress = $("ask-progress"), t0 = performance.now();
+  let generating = false;
   const tick = () => {
     progress.replaceChildren(el("span", "spinner"),
-      document.createTextNode("answering… " + ((performance.now() - t0) / 1000).toFixed(1) + " s " +
-                              "(retrieving captions, then generating)"));
+      document.createTextNode((generating ? "generating… " : "answering… ") +
+                              ((performance.now() - t0) / 1000).toFixed(1) + " s" +
+                              (generating ? "" : " (retrieving captions, reading them)")));
   };
   tick(); progress.hidden = false;
   const timer = setInterval(tick, 200);
+  $("answer").hidden = true; $("answer-text").textContent = ""; $("answer-sources").replaceChildren();
+  $("answer-used").hidden = true;
   try {
     const body = { question: q };
     if ($("ask-stream").value) body.stream = $("ask-stream").value;
-    const a = await api("/v1/ask", { method: "POST", json: body });
+    const a = await askStreamed(body, (text) => {
+      generating = true;
+      $("answer").hidden = false;
+      $("answer-text").textContent += text;
+    });
     $("answer").hidden = false;
     $("answer-text").textContent = a.answer;
-    $("answer-meta").textContent = a.latency_s.toFixed(2) + " s · from " + a.captions.length + " captions";
+    $("answer-used").hidden = false;
+    $("answer-meta").textContent = a.latency_s.toFixed(2) + " s · from " + a.captions.length + " captions" +
+      (a.window ? " · window: " + a.window : "") + (a.matches != null ? " · matching clips: " + a.matches : "") +
+      (a.notes && a.notes.length ? " · " + a.notes.join("; ") : "");
     const ul = $("answer-sources"); ul.replaceChildren();
     for (const c of a.captions) {
       const li = el("li");

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # updated by the service: name -> (kind, help)
 UPDATED = {
     "rlivs_clips_total": ("counter", "Clips captioned and committed to the memory."),
+    "rlivs_clips_forgotten_total": ("counter", "Clips forgotten by retention (--retain-days)."),
     "rlivs_clip_stage_seconds": ("histogram", "Per-clip latency by stage (encode, prefill, decode, select, store, "
                                               "total)."),
     "rlivs_seconds_behind_live": ("gauge", "Last clip: seconds from its last frame's capture to its commit."),
@@ -24,7 +25,13 @@ UPDATED = {
     "rlivs_questions_total": ("counter", "Questions by outcome (answered, rejected, failed)."),
     "rlivs_question_seconds": ("histogram", "Question latency (retrieval + answer), seconds."),
     "rlivs_watch_matches_total": ("counter", "Watch matches by watch id."),
-    "rlivs_webhook_deliveries_total": ("counter", "Webhook POSTs by outcome (ok, failed, dropped)."),
+    "rlivs_webhook_deliveries_total": ("counter", "Webhook deliveries by outcome (ok; retried; failed after the last "
+                                                  "attempt; refused by the address policy; dropped when the queue "
+                                                  "was full)."),
+    "rlivs_watch_match_errors_total": ("counter", "Clips whose matching failed to be stored (retried with the next "
+                                                  "clip and at start)."),
+    "rlivs_http_rejected_total": ("counter", "Connections or requests refused by a limit (reason: connections, "
+                                             "header_timeout, host, subscribers, questions)."),
 }
 
 # read from each worker's source statistics at scrape time: name -> (kind, help, SourceStats attribute)
@@ -54,7 +61,7 @@ def declare(metrics: Metrics) -> None:
 
 
 def scrape(workers: list[StreamWorker], lock: LockStats, events: EventHub, watches: int,
-           started_at: float) -> list[tuple[str, str, str, list[tuple[dict, float]]]]:
+           started_at: float, questions_waiting: int = 0) -> list[tuple[str, str, str, list[tuple[dict, float]]]]:
     """The families read now, as `Metrics.render(extra)` takes them."""
     extra: list = []
     samples: dict[str, list] = {k: [] for k in PER_SOURCE}
@@ -81,6 +88,7 @@ def scrape(workers: list[StreamWorker], lock: LockStats, events: EventHub, watch
     extra.append(("rlivs_events_dropped_total", "counter", "Events a slow SSE client lost.", [({}, events.dropped)]))
     extra.append(("rlivs_event_subscribers", "gauge", "Open /v1/events streams.", [({}, events.subscribers)]))
     extra.append(("rlivs_watches", "gauge", "Standing queries.", [({}, watches)]))
+    extra.append(("rlivs_questions_waiting", "gauge", "Questions queued for the model.", [({}, questions_waiting)]))
     extra.append(("rlivs_uptime_seconds", "gauge", "Seconds since the service started.",
                   [({}, time.time() - started_at)]))
     return extra

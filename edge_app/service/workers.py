@@ -1,81 +1,32 @@
-"""The background threads of `rlivs serve`: one ingest worker per source, and the webhook sender.
+"""The ingest threads of `rlivs serve`: one worker per source (the webhook senders are in webhooks.py).
 
 A `StreamWorker` ingests its source into its stream (a live source paced in real time, or a file at full speed) on the
 service's ingest-priority engine, and hands every committed clip to `EdgeService.publish_clip`. A failure is recorded
-in its status (shown by /v1/streams and /healthz); the service keeps serving. `WebhookSender` POSTs watch matches
-from its own thread so that a slow receiver never holds up ingest.
+in its status (shown by /v1/streams and /healthz); the service keeps serving, and the worker tries again after 5 s,
+then 10, 20, 40, 60, 60 ... s (a full disk that gets space back resumes ingest; the memory resumes at the next clip).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
 from rlivs.runtime.frames import Clip, iter_clips
 from rlivs.runtime.memory import Memory
 from rlivs.runtime.ingest import StreamIngestor
+from rlivs.runtime.sources.file import VideoFileSource
+from rlivs.runtime.sources.bag import BagSource
 from rlivs.runtime.sources.live import LiveSource
 from rlivs.runtime.sources.spec import SourceSpec
 
-from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .core import EdgeService
 
 log = logging.getLogger("rlivs.serve")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Webhooks
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class WebhookSender:
-    """POSTs JSON to webhook URLs from one background thread, so a slow receiver never holds up ingest."""
-
-    def __init__(self, metrics: Metrics, timeout_s: float, size: int):
-        self.metrics, self.timeout_s = metrics, timeout_s
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._thread = threading.Thread(target=self._run, name="rlivs-webhooks", daemon=True)
-        self._thread.start()
-
-    def send(self, url: str, payload: dict) -> None:
-        try:
-            self._queue.put_nowait((url, payload))
-        except queue.Full:
-            self.metrics.inc("rlivs_webhook_deliveries_total", outcome="dropped")
-            log.warning("webhook queue full: dropped a delivery to %s", url)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()  # blocks
-            if item is None:
-                return
-            url, payload = item
-            body = json.dumps(payload).encode()
-            req = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "User-Agent": "rlivs"})
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    resp.read(1024)
-                self.metrics.inc("rlivs_webhook_deliveries_total", outcome="ok")
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                self.metrics.inc("rlivs_webhook_deliveries_total", outcome="failed")
-                log.warning("webhook POST to %s failed: %s", url, e)
-
-    def stop(self, timeout: float = 2.0) -> None:
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -96,6 +47,7 @@ class StreamWorker:
         self.frames = 0  # frames that went into those clips
         self.behind_live_s: float | None = None  # last clip: seconds from its last frame's capture to its commit
         self.last_clip_at: float | None = None  # unix time of the last commit
+        self.retry_at: float | None = None  # after a failure: unix time of the next attempt
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rlivs-ingest-{spec.name}", daemon=True)
 
@@ -113,21 +65,44 @@ class StreamWorker:
     def _clips(self, ing: StreamIngestor, mem: Memory) -> Iterator[Clip]:
         svc, spec = self.service, self.spec
         cc = svc.engine.config.clip
+        if spec.topic is not None:  # a robot recording: replayed at its recorded speed, or read as fast as it decodes
+            speed = svc.config.source.replay_speed if self.live else None
+            return ing.clips(BagSource(spec.url, spec.topic, cc.fps, replay_speed=speed, stop=self._stop))
+        origin = svc.config.start_time if spec.kind == "file" else None  # --start-time: a file's first frame
         if not self.live:
-            return ing.clips_from_file(spec.url.removeprefix("file://"))  # resumes at the next clip's time
+            source = VideoFileSource(spec.url.removeprefix("file://"), fps=cc.fps)
+            if origin is not None:
+                source.clock_origin, source.clock_kind = origin, "--start-time"
+            return ing.clips(source)  # resumes at the next clip's time
         prev = next((s for s in mem.streams() if s["name"] == spec.name), None)
         start = float(prev["t_end"]) if prev and prev["t_end"] is not None else 0.0  # continue the timeline
         self.source = LiveSource(spec, replace(svc.config.source, fps=cc.fps, start_time=start))
+        self.source.clock_origin = origin
         if self._stop.is_set():
             self.source.stop(timeout=0)
         return iter_clips(self.source, cc.frames_per_clip, cc.fps, first_index=ing.next_index)
 
     def _run(self) -> None:
+        """Ingest; after a failure (e.g. a full disk) wait with backoff (`ServiceConfig.retry_s`) and resume."""
+        first, most = self.service.config.retry_s
+        wait = first
+        while not self._stop.is_set():
+            if self._ingest():
+                return
+            self.retry_at = time.time() + wait
+            log.warning("stream %s: retrying in %g s", self.spec.name, wait)
+            if self._stop.wait(wait):
+                return
+            self.retry_at = None
+            wait = min(most, wait * 2)
+
+    def _ingest(self) -> bool:
+        """One run until the source ends or stop; False when it failed (recorded in state and error)."""
         svc, spec = self.service, self.spec
         try:
             with Memory(svc.db, model_fingerprint=svc.engine.model_fingerprint) as mem:
                 ing = StreamIngestor(svc.ingest_engine, mem, stream=spec.name, source=spec.url)
-                self.state = "running"
+                self.state, self.error = "running", None
                 for clip in self._clips(ing, mem):
                     if self._stop.is_set():
                         break  # a partial clip handed out at shutdown is not captioned
@@ -140,11 +115,14 @@ class StreamWorker:
                     self.frames += len(clip)
                     self.behind_live_s, self.last_clip_at = behind, time.time()
                     svc.publish_clip(record, result, middle_frame=clip.frames[len(clip) // 2], behind_live_s=behind)
+                    svc.retain(mem)
             self.state = "stopped" if self._stop.is_set() else "finished"
             log.info("stream %s: %s after %d clips", spec.name, self.state, self.clips)
+            return True
         except Exception as e:  # recorded and shown in /v1/streams and /healthz; the service keeps serving
             self.state, self.error = "failed", f"{type(e).__name__}: {e}"
             log.exception("stream %s: ingest failed", spec.name)
+            return False
         finally:
             if self.source is not None:
                 self.source.stop(timeout=1.0)
@@ -156,4 +134,5 @@ class StreamWorker:
             state = st["state"]
         return {"worker": self.state, "state": state, "kind": self.spec.kind, "live": self.live, "url": self.spec.url,
                 "error": self.error, "clips_this_run": self.clips, "frames_this_run": self.frames,
-                "seconds_behind_live": self.behind_live_s, "last_clip_at": self.last_clip_at, "source_stats": st}
+                "seconds_behind_live": self.behind_live_s, "last_clip_at": self.last_clip_at, "retry_at": self.retry_at,
+                "source_stats": st}

@@ -20,8 +20,8 @@ the rows committed since (`id > last id`); `forget`/`reindex` bump `meta.generat
    their stored vectors; when the filter
    leaves at most `EXACT_MAX` clips, all of them are scored exactly;
 3. keyword candidates: FTS5 BM25 over the caption text, with the same filters in the SQL query; query terms in
-   more than `COMMON_TERM_FRACTION` of the captions are dropped (they carry almost no BM25 weight and would make
-   the query scan most of the index);
+   more than `COMMON_TERM_FRACTION` of the captions, or in more than `COMMON_TERM_POSTINGS`, are dropped (they carry
+   little BM25 weight, and BM25 scores every posting of every term: this bounds the work on a big memory);
 4. fuse: reciprocal rank fusion (k = 60) of the two rankings ("hybrid"), or the vector ranking alone ("paper",
    the paper's ranking), or the keyword ranking alone ("lexical"); the best `shortlist` go to MMR (answer.py).
 """
@@ -43,7 +43,8 @@ SIG_MIN = 2048  # the signature center is fixed when the memory first holds this
 EXACT_MAX = 4096  # at most this many clips inside the filters: score them all exactly
 VECTOR_CANDIDATES = 1024  # else: this many Hamming-nearest, then exact re-rank
 LEXICAL_CANDIDATES = 256  # keyword hits taken from FTS5
-COMMON_TERM_FRACTION = 0.05  # a query term in more than this fraction of captions is dropped
+COMMON_TERM_FRACTION = 0.2  # a query term in more than this fraction of captions is dropped ...
+COMMON_TERM_POSTINGS = 20000  # ... or in more than this many (what bounds BM25's work on a big memory)
 RRF_K = 60.0
 MODES = ("hybrid", "paper", "lexical")
 
@@ -163,9 +164,11 @@ class ColumnCache:
         self.last_id = int(ids[-1])
 
     def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
-               stream_until: float | None = None) -> np.ndarray:
-        """Row positions inside the filters: one of the streams, a wall-clock span overlapping the window, and (for
+               stream_until: float | None = None) -> np.ndarray | slice:
+        """Row positions inside the filters (a slice when there is none): one of the streams, a wall-clock span overlapping the window, and (for
         a causal view) a stream-time end at or before `stream_until`."""
+        if streams is None and wall_from is None and wall_to is None and stream_until is None:
+            return slice(0, self.ids.n)  # every row: a view, no copy
         keep = np.ones(self.ids.n, dtype=bool)
         if stream_until is not None:
             keep &= self.t_end.view <= stream_until
@@ -174,7 +177,7 @@ class ColumnCache:
             keep &= np.isin(self.stream.view, codes)
         wall = self.wall.view
         if wall_to is not None:
-            keep &= wall[:, 0] <= wall_to  # NaN (no clock) compares False: a clip without a clock is outside
+            keep &= wall[:, 0] < wall_to  # half-open window; NaN (no clock) compares False: outside
         if wall_from is not None:
             keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
         return np.flatnonzero(keep)
@@ -199,7 +202,7 @@ def fts_query(conn: sqlite3.Connection, text: str, n_clips: int) -> str | None:
     words = informative_terms(text)
     if not words:
         return None
-    limit = max(50, COMMON_TERM_FRACTION * n_clips)
+    limit = max(50, min(COMMON_TERM_FRACTION * n_clips, COMMON_TERM_POSTINGS))
     kept = []
     for w in words:
         # the stemmed form is what the index holds; fts5vocab lists terms, so ask the index for the document count
@@ -210,22 +213,35 @@ def fts_query(conn: sqlite3.Connection, text: str, n_clips: int) -> str | None:
     return " OR ".join(kept) if kept else None
 
 
+def filter_sql(col: str = "", streams: list[str] | None = None, wall_from: float | None = None,
+               wall_to: float | None = None, stream_until: float | None = None) -> tuple[list[str], list]:
+    """SQL conditions (and their arguments) for the filters every query shares; `col` prefixes the column names
+    (e.g. "c."). A clip overlaps the half-open window [wall_from, wall_to) when it starts before its end and ends
+    after its start (or starts at it)."""
+    where, args = [], []
+    if stream_until is not None:
+        where.append(f"{col}t_end <= ?")
+        args.append(float(stream_until))
+    if streams is not None:
+        where.append(f"{col}stream IN ({', '.join('?' * len(streams))})")
+        args += list(streams)
+    if wall_to is not None:
+        where.append(f"{col}wall_start < ?")
+        args.append(float(wall_to))
+    if wall_from is not None:
+        where.append(f"({col}wall_end > ? OR {col}wall_start >= ?)")
+        args += [float(wall_from), float(wall_from)]
+    return where, args
+
+
 def lexical(conn: sqlite3.Connection, query: str, streams: list[str] | None, wall_from: float | None,
             wall_to: float | None, limit: int, stream_until: float | None = None) -> list[int]:
     """Clip ids matching the FTS5 query inside the filters, best BM25 first."""
-    where, args = ["clips_fts MATCH ?"], [query]
-    if stream_until is not None:
-        where.append("c.t_end <= ?")
-        args.append(stream_until)
-    if streams is not None:
-        where.append(f"c.stream IN ({', '.join('?' * len(streams))})")
-        args += streams
-    if wall_to is not None:
-        where.append("c.wall_start <= ?")
-        args.append(wall_to)
-    if wall_from is not None:
-        where.append("(c.wall_end > ? OR c.wall_start >= ?)")
-        args += [wall_from, wall_from]
+    where, args = filter_sql("c.", streams, wall_from, wall_to, stream_until)
+    if not where:  # no filter: the keyword index alone, no lookup of each match in the clips table
+        sql = "SELECT rowid FROM clips_fts WHERE clips_fts MATCH ? ORDER BY bm25(clips_fts) LIMIT ?"
+        return [r[0] for r in conn.execute(sql, (query, limit))]
+    where, args = ["clips_fts MATCH ?", *where], [query, *args]
     sql = (f"SELECT c.id FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)} "
            f"ORDER BY bm25(clips_fts) LIMIT ?")
     return [r[0] for r in conn.execute(sql, (*args, limit))]
@@ -248,6 +264,19 @@ def fetch(conn: sqlite3.Connection, ids: list[int]) -> dict[int, ClipRecord]:
     return {r[0]: record_from_row(r) for r in rows}
 
 
+def fetch_vectors(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) clip ids -> (ids in the order read (C,) int64, their vectors (C, D) float32), without building records."""
+    rows = conn.execute("SELECT id, vector, dtype, dim FROM clips WHERE id IN (SELECT value FROM json_each(?))",
+                        (json.dumps(np.asarray(ids).tolist()),)).fetchall()
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    out_ids = np.array([r[0] for r in rows], dtype=np.int64)
+    if all(r[2] == "float32" and r[3] == rows[0][3] for r in rows):  # the usual case: one buffer, one view
+        return out_ids, np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1).astype(
+            np.float32)
+    return out_ids, np.stack([from_blob(r[1], r[2], (r[3],)).astype(np.float32) for r in rows])
+
+
 def rank_fusion(*rankings: list[int], k: float = RRF_K) -> dict[int, float]:
     """Reciprocal rank fusion: id -> sum over rankings of 1 / (k + rank), rank from 1."""
     fused: dict[int, float] = {}
@@ -266,26 +295,24 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
         raise UserError(f"shortlist must be >= 1, got {shortlist}")
     q = np.asarray(query_vector, dtype=np.float32)  # (D,)
     # 1. filter
-    rows = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions in the cache
-    considered = len(rows)
+    rows = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions in the cache, or a slice of all
+    considered = cache.ids.n if isinstance(rows, slice) else len(rows)
     # 2. vector candidates: Hamming shortlist, exact re-rank
     vec_rank: list[int] = []
-    records: dict[int, ClipRecord] = {}
     if mode != "lexical" and considered:
-        if considered > EXACT_MAX and center is not None and cache.has_sig.view[rows].all():
+        if considered > EXACT_MAX and center is not None and cache.has_sig.view[rows].all():  # (slice: start 0)
             est = estimated_scores(q, center, cache.sigs.view[rows], cache.tails.view[rows])  # (M,)
-            rows = rows[np.argpartition(-est, VECTOR_CANDIDATES)[:VECTOR_CANDIDATES]]
-        ids = cache.ids.view[rows].tolist()
-        records = fetch(conn, ids)
-        sims = {i: float(np.dot(records[i].vector.astype(np.float64), q.astype(np.float64))) for i in records}
-        vec_rank = sorted(sims, key=lambda i: (-sims[i], i))
+            best = np.argpartition(-est, VECTOR_CANDIDATES)[:VECTOR_CANDIDATES]
+            rows = best if isinstance(rows, slice) else rows[best]
+        ids, vectors = fetch_vectors(conn, cache.ids.view[rows])  # (C,), (C, D)
+        sims = vectors.astype(np.float64) @ q.astype(np.float64)  # (C,) exact
+        vec_rank = ids[np.lexsort((ids, -sims))].tolist()
     # 3. keyword candidates
     lex_rank: list[int] = []
     if mode != "paper" and query_text and considered:
         fq = fts_query(conn, query_text, cache.ids.n)
         if fq is not None:
             lex_rank = lexical(conn, fq, streams, wall_from, wall_to, LEXICAL_CANDIDATES, stream_until)
-            records.update(fetch(conn, [i for i in lex_rank if i not in records]))
     # 4. fuse and cut
     if mode == "paper":
         order = vec_rank
@@ -295,6 +322,7 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
         fused = rank_fusion(vec_rank, lex_rank)
         order = sorted(fused, key=lambda i: (-fused[i], i))
     order = order[:shortlist]
+    records = fetch(conn, order)  # only the shortlist is read whole
     recs = [records[i] for i in order]
     dim = len(q)
     vectors = np.stack([r.vector for r in recs]).astype(np.float32) if recs else np.zeros((0, dim), np.float32)
@@ -324,19 +352,8 @@ def keyword_matches(conn: sqlite3.Connection, text: str, streams: list[str] | No
     terms = informative_terms(text)
     if not terms:
         return 0, None, None
-    where, args = ["clips_fts MATCH ?"], [" AND ".join(f'"{w}"' for w in terms)]
-    if streams is not None:
-        where.append(f"c.stream IN ({', '.join('?' * len(streams))})")
-        args += streams
-    if wall_to is not None:
-        where.append("c.wall_start <= ?")
-        args.append(wall_to)
-    if wall_from is not None:
-        where.append("(c.wall_end > ? OR c.wall_start >= ?)")
-        args += [wall_from, wall_from]
-    if stream_until is not None:
-        where.append("c.t_end <= ?")
-        args.append(stream_until)
+    where, args = filter_sql("c.", streams, wall_from, wall_to, stream_until)
+    where, args = ["clips_fts MATCH ?", *where], [" AND ".join(f'"{w}"' for w in terms), *args]
     base = f"FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)}"
     n = conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
     if not n:

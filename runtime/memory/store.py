@@ -44,7 +44,8 @@ from rlivs.runtime.errors import UserError
 from . import schema
 from .records import (SQLITE_HEADER, ClipRecord, StreamState, from_blob, normalize_fingerprint, storage_problem,
                       to_blob)
-from .search import SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, fetch, keyword_matches, search, signature
+from .search import (SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, fetch, filter_sql, keyword_matches, search,
+                     signature)
 
 log = logging.getLogger("rlivs.memory")
 _V1_TABLES = ("meta", "streams", "clips", "fifo")
@@ -476,8 +477,8 @@ class Memory:
         by_time: bool = False,
     ) -> list[ClipRecord]:
         """Clips ordered by stream then index (or by wall-clock start with `by_time`), optionally of one stream and
-        overlapping [t_from, t_to] in stream time and [wall_from, wall_to] in wall-clock time (UTC unix seconds;
-        a clip without a clock is outside any wall-clock window).
+        overlapping [t_from, t_to] in stream time and [wall_from, wall_to) in wall-clock time (UTC unix seconds,
+        half-open like every time window; a clip without a clock is outside any wall-clock window).
 
         A clip covers [t_start, t_end) in stream time: it overlaps the window when it starts inside
         it, or the window starts inside the clip (so a clip ending exactly at t_from is excluded).
@@ -497,12 +498,8 @@ class Memory:
             args += [float(t_from), float(t_from)]
         if wall_from is not None and wall_to is not None and wall_from > wall_to:
             raise UserError(f"wall-clock window [{wall_from}, {wall_to}] is empty: pass a start before the end")
-        if wall_to is not None:
-            where.append("wall_start <= ?")
-            args.append(float(wall_to))
-        if wall_from is not None:
-            where.append("(wall_end > ? OR wall_start >= ?)")
-            args += [float(wall_from), float(wall_from)]
+        more, more_args = filter_sql("", None, wall_from, wall_to)
+        where, args = where + more, args + more_args
         if limit is not None and limit < 0:
             raise UserError(f"limit must be >= 0 or None, got {limit}")
         if offset < 0:
@@ -595,6 +592,12 @@ class Memory:
 
         return self._read(body)
 
+    def clip(self, stream: str, index: int) -> ClipRecord | None:
+        """One clip (with its kept token indices), or None."""
+        rows = list(self._live() and self._db.query("SELECT * FROM clips WHERE stream = ? AND idx = ?",
+                                                    [stream, int(index)]))
+        return self._record(rows[0]) if rows else None
+
     def count_clips(self, stream: str | None = None, stream_until: float | None = None) -> int:
         """How many clips (of `stream`; with a stream-time end at or before `stream_until`)."""
         sql, args = "SELECT COUNT(*) FROM clips WHERE 1", []
@@ -614,9 +617,11 @@ class Memory:
 
     # ------------------------------------------------------------------ housekeeping
 
-    def import_clips(self, records: Iterable[ClipRecord], batch: int = 5000, source: str = "import") -> int:
+    def import_clips(self, records: Iterable[ClipRecord], batch: int = 5000, source: str = "import",
+                     model_id: str = "import") -> int:
         """Bulk-load clips, `batch` per transaction (a crash keeps whole batches); streams that do not exist are
-        created with `source`. Each stream's clips must continue its indices. Returns the number stored."""
+        created with `source` and `model_id` (the model that computed the vectors). Each stream's clips must
+        continue its indices. Returns the number stored."""
         self._refuse_readonly("import clips")
         stored, pending = 0, []
 
@@ -632,7 +637,7 @@ class Memory:
                     if self._stream_row(r.stream) is None:
                         self._conn.execute(
                             "INSERT INTO streams (name, source, model_id, config_hash, created_at, next_idx) "
-                            "VALUES (?, ?, 'import', 'import', ?, 0)", (r.stream, source, now))
+                            "VALUES (?, ?, ?, 'import', ?, 0)", (r.stream, source, model_id, now))
                     expected = self._next_index(r.stream)
                     if r.index != expected:
                         raise UserError(f"imported clip {r.index} of stream {r.stream!r} does not continue it (its "

@@ -1,10 +1,12 @@
 """Frame sources: where sampled frames come from.
 
-    open_source(path, fps, start_time, end_time) -> FrameSource   a video file, a folder of frames or a .npy array
+    open_source(path, fps, start_time, end_time) -> FrameSource   a video file, a folder of frames, a .npy array, or
+                                                                   a robot recording (ROS bag, MCAP) and its topic
     iterating a FrameSource                        -> Frame         image (H, W, 3) uint8 RGB, t seconds
     LiveSource(SourceSpec or url, SourceConfig)    -> Frame         a camera, a network stream, a file replayed live
 
-Modules: `file` (VideoFileSource, PyAV), `images` (ImageFolderSource), `npy` (NpyFrameSource), `live` (LiveSource
+Modules: `file` (VideoFileSource, PyAV), `images` (ImageFolderSource), `npy` (NpyFrameSource), `bag` (BagSource: ROS 1
+and ROS 2 bags and MCAP files, one image topic, header-stamp times, `clock_origin`; `list_image_topics`), `live` (LiveSource
 and its settings, buffer and statistics), `spec` (SourceSpec: what a source is, from its URL). Every source samples
 by one rule: sample k is the first frame at or after start_time + k / fps. Frames carry a wall-clock time (`wall`,
 UTC unix seconds) when the source has a clock: a live connection's arrival clock, a file's creation-time tag or the
@@ -19,7 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Protocol
 
+from rlivs.runtime.errors import UserError
 from rlivs.runtime.frames import Frame
+from rlivs.runtime.sources.bag import BagSource, is_recording
 from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.sources.images import ImageFolderSource
 from rlivs.runtime.sources.npy import NpyFrameSource
@@ -51,10 +55,17 @@ def resume_time(next_index: int, frames_per_clip: int, fps: float) -> float:
 
 
 def open_source(path: str | Path, fps: float, start_time: float = 0.0, end_time: float | None = None,
-                frames_fps: float = 1.0) -> FrameSource:
-    """The frame source of `path`, chosen by what it is: a folder of frames, a .npy (N, H, W, 3) uint8 array (both
-    with frame i at i / frames_fps s), else a video file. It yields `Frame`s with t < end_time (None: to the end)."""
+                frames_fps: float = 1.0, topic: str | None = None) -> FrameSource:
+    """The frame source of `path`, chosen by what it is: a robot recording (.bag, .db3, .mcap or a rosbag2 folder:
+    the image topic `topic`, which may be left out when there is only one), a folder of frames, a .npy (N, H, W, 3)
+    uint8 array (both with frame i at i / frames_fps s), else a video file. It yields `Frame`s with t < end_time
+    (None: to the end)."""
     path = Path(path)
+    if is_recording(path):
+        return BagSource(path, topic, fps, start_time, end_time)
+    if topic is not None:
+        raise UserError(f"--topic {topic} given, but {path} is not a robot recording (.bag, .db3, .mcap or a rosbag2 "
+                        f"folder); leave --topic out for a video file")
     if path.is_dir():
         return ImageFolderSource(path, fps, start_time, end_time, frames_fps)
     if path.suffix.lower() == ".npy":

@@ -29,6 +29,7 @@ class SourceSpec:
     name: str  # stream name in the memory
     url: str  # the path, device or URL as given
     kind: str  # "file" (a video file), "device" (V4L2 /dev/videoN) or "network" (rtsp://, http://, ...)
+    topic: str | None = None  # the image topic, for a robot recording (a ROS bag or MCAP file; kind "file")
 
     @property
     def live(self) -> bool:

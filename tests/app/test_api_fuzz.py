@@ -57,18 +57,18 @@ def server(tmp_path_factory, bundle):
         stored = [(r.index, r.caption, r.vector.tobytes(), r.committed_at) for r in mem.clips("stored")]
     video = make_sample_video(work / "cam.mp4", seconds=30.0, size=(160, 120))
     service = EdgeService(engine, db, parse_sources([f"cam={video}"]),
-                          ServiceConfig(source=SourceConfig(fps=2.0, replay_speed=1.0)))
+                          ServiceConfig(source=SourceConfig(fps=2.0, replay_speed=1.0), webhook_allow=("127.0.0.1",)))
     sink = WebhookSink()
     calls = {"outside": []}
-    real_send = service.webhooks.send
+    real_deliver = service.webhooks.deliver
 
     def loopback_only(url, payload):  # a guard: fuzzing must never make the service call out
         if urlsplit(url).hostname != "127.0.0.1":
             calls["outside"].append(url)
             return
-        real_send(url, payload)
+        real_deliver(url, payload)
 
-    service.webhooks.send = loopback_only
+    service.webhooks.deliver = loopback_only
     srv = Server(service, port=0, token=TOKEN).start()
     service.start()
     yield {"url": srv.url, "service": service, "db": db, "stored": stored, "sink": sink, "calls": calls}

@@ -181,3 +181,29 @@ def test_default_threads_are_the_usable_physical_cores():
     siblings = {Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read_text().strip()
                 for c in os.sched_getaffinity(0)}  # one entry per physical core
     assert 1 <= n <= logical and n <= len(siblings)
+
+
+def test_the_stream_decoder_joins_to_decode_across_split_characters(tiny_dir):
+    """Token by token, multi-byte characters split across byte-level tokens come out whole, once."""
+    from rlivs.runtime.text import TextCodec
+
+    codec = TextCodec(tiny_dir)
+    text = "  Zwei Männer öffnen 日本の 箱 — then leave.  "
+    ids = codec.encode(text)
+    step = codec.stream_decoder()
+    pieces = [step(i) for i in ids]
+    assert "".join(pieces) == codec.decode(ids) == text.strip()
+    assert "" in pieces and len([p for p in pieces if p]) > 5  # some ids complete no character; most do
+
+
+def test_help_shows_flags_without_a_bool_value_and_positionals_by_name():
+    """What `rlivs` (the console script, main()) shows: `--json` alone, not `--json <bool>`; QUESTION, not {question}."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "rlivs.edge_app.cli", "ask", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "<bool>" not in r.stdout and "QUESTION" in r.stdout and "{question}" not in r.stdout
+    assert re.search(r"--json\s+Print the answer as JSON", r.stdout)

@@ -28,7 +28,8 @@ def live(tmp_path_factory, tiny_dir):
     work = tmp_path_factory.mktemp("serve")
     video = make_sample_video(work / "cam.mp4", seconds=VIDEO_SECONDS)
     engine = tiny_engine()
-    cfg = ServiceConfig(source=SourceConfig(fps=2.0, replay_speed=2.0))  # replayed at 2x real speed, as a camera
+    cfg = ServiceConfig(source=SourceConfig(fps=2.0, replay_speed=2.0),  # replayed at 2x real speed, as a camera
+                        webhook_allow=("127.0.0.1",))  # the test's webhook sink is on loopback
     service = EdgeService(engine, work / "memory.db", parse_sources([f"cam={video}"]), cfg)
     server = Server(service, host="127.0.0.1", port=0, token=TOKEN).start()
     service.start()
@@ -141,6 +142,15 @@ def test_ask_returns_answer_with_the_captions_used(live):
     assert [x["t_start"] for x in a["captions"]] == sorted(x["t_start"] for x in a["captions"])  # time order
     r = c.post("/v1/ask", json={"question": "anything?", "stream": "garage"})
     assert r.status_code == 404 and "no stream 'garage'" in r.json()["detail"]
+    # the kept tokens of a captioned clip: as many as selection keeps, inside the clip's frames x tokens grid
+    first = a["captions"][0]
+    k = c.get(f"/v1/kept/cam/{first['clip']}").json()
+    engine = live["service"].engine
+    n_flat = k["frames"] * k["tokens_per_frame"]
+    assert k["tokens_per_frame"] == engine.backend.info.tokens_per_frame
+    assert len(k["kept"]) == engine.config.selection.n_keep(n_flat) and sorted(set(k["kept"])) == k["kept"]
+    assert 0 <= k["kept"][0] and k["kept"][-1] < n_flat
+    assert c.get("/v1/kept/cam/99999").status_code == 404
 
 
 @pytest.mark.parametrize("method, path, body, status, message", [
@@ -182,6 +192,10 @@ def test_watch_fires_on_a_planted_caption_and_not_on_others(live):
     try:
         w = c.post("/v1/watches", json={"query": "the red box is picked up", "webhook": sink.url}).json()
         assert w["threshold"] == pytest.approx(0.5 * w["self_score"], abs=1e-5)  # the documented default
+        r = c.post("/v1/watches", json={"query": "the red box is picked up", "stream": "garage"})
+        assert r.status_code == 404 and "no stream 'garage'" in r.json()["detail"]  # an unknown stream is refused
+        with Memory(live["db"], model_fingerprint=engine.model_fingerprint) as mem:
+            mem.open_stream("garage", "test", engine.backend.info.model_id, "planted")
         other = c.post("/v1/watches", json={"query": "the red box is picked up", "stream": "garage",
                                             "threshold": 0.0}).json()  # another stream only: must never fire here
         events, ready = [], threading.Event()
@@ -265,7 +279,10 @@ def test_metrics_and_stream_health(live):
     assert "# TYPE rlivs_clip_stage_seconds histogram" in r.text
 
     cam = next(s for s in c.get("/v1/streams").json()["streams"] if s["name"] == "cam")
-    assert cam["ingesting"] and cam["live"] and cam["kind"] == "file" and cam["model_id"] == "tiny"
+    running = cam["worker"] in ("starting", "running")  # the replayed file may have ended by now
+    assert cam["ingesting"] is running and cam["live"] is running  # a finished file is neither (issue 18)
+    assert (cam["seconds_behind_live"] is None) is not running and cam["state"] in ("running", "finished")
+    assert cam["kind"] == "file" and cam["model_id"] == "tiny"
     assert cam["source_stats"]["frames_decoded"] > 0 and cam["source_stats"]["decode_errors"] == 0
     assert cam["clips"] >= 2 and cam["error"] is None
 

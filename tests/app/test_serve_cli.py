@@ -24,6 +24,11 @@ FLAGS = ["--model", "tiny", "--fps", "2", "--frames-per-clip", "4", "--max-capti
     (["--source", "a/cam.mp4", "--source", "b/cam.mp4"], "would both be stream 'cam'"),
     (["--source", "ftp://host/x.mp4"], "scheme 'ftp'"),
     (["--source", "missing.mp4", "--no-replay"], "missing.mp4 does not exist"),
+    (["--source", "cam=/tmp", "--no-replay"], "/tmp is a directory"),
+    (["--token", "t\u00f6k\u00e9n-0123456789abcdef"], "--token holds non-ASCII characters"),
+    (["--webhook-allow", "not-a-network"], "--webhook-allow 'not-a-network' is not an IP address or network"),
+    (["--ingest-share", "1"], "ingest_share must be in [0, 1)"),
+    (["--max-connections", "1"], "max_connections must be >= 2"),
 ])
 def test_serve_refuses_bad_settings_before_loading_anything(args, message, monkeypatch):
     monkeypatch.delenv("RLIVS_TOKEN", raising=False)

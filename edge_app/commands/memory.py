@@ -1,0 +1,196 @@
+"""`rlivs memory info|export|import`, `rlivs forget` and `rlivs reindex`: what a memory holds, captions in and out as
+JSON lines (or an MCAP file for Foxglove), retention and index rebuilds. Only `memory import` loads a model (to
+recompute the retrieval vectors of imported captions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rlivs.edge_app import options as o
+from rlivs.edge_app.options import console, fail as _fail
+from rlivs.runtime.errors import UserError
+
+out = Console()
+memory_app = typer.Typer(help="What a memory holds; its captions out and in.", no_args_is_help=True)
+DbOption = typer.Option(Path("memory.db"), "--db", help="SQLite memory.")
+
+
+def _open(db: Path, readonly: bool = True, engine=None):
+    from rlivs.runtime.memory import Memory
+
+    if not db.exists():
+        _fail(f"{db} does not exist: check --db (rlivs ingest VIDEO --db {db} creates it)")
+    return Memory(db, model_fingerprint=engine.model_fingerprint if engine else None, readonly=readonly)
+
+
+def _span(a: Optional[float], b: Optional[float]) -> str:
+    from rlivs.runtime.answer import format_wall
+
+    return "-" if a is None else f"{format_wall(a)} to {format_wall(b)}"
+
+
+@memory_app.command("info")
+def info(db: Path = DbOption, json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Streams, models, clip counts, stream-time and wall-clock spans, and the file's size."""
+    from rlivs.runtime.answer import format_time, wall_iso
+
+    try:
+        with _open(db) as memory:
+            data = memory.info()
+    except UserError as e:
+        _fail(str(e))
+    if json_out:
+        for s in data["streams"]:
+            s["wall_start"], s["wall_end"] = wall_iso(s["wall_start"]), wall_iso(s["wall_end"])
+        typer.echo(json.dumps(data))
+        return
+    table = Table("stream", "model", "clips", "stream time", "wall-clock (local)", "next clip", "source",
+                  title=f"{db}: {data['clips']} clips, {data['bytes'] / 1e6:.1f} MB, schema v{data['schema_version']}")
+    for s in data["streams"]:
+        t = "-" if s["t_start"] is None else f"{format_time(s['t_start'])}-{format_time(s['t_end'])}"
+        clock = _span(s["wall_start"], s["wall_end"]) + (f" ({s['no_clock']} without)" if s["no_clock"] and
+                                                         s["wall_start"] is not None else "")
+        table.add_row(s["name"], s["model_id"], str(s["n_clips"]), t, clock, str(s["next_idx"]), s["source"])
+    out.print(table)
+
+
+@memory_app.command("export")
+def export(
+    out_path: Path = typer.Argument(..., metavar="OUT", help="Where to write (- for stdout with JSON lines)."),
+    db: Path = DbOption,
+    stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl: captions and times; mcap: for Foxglove's timeline."),
+):
+    """Write the captions out: JSON lines (stream, clip, times, caption; `memory import` reads them back) or MCAP."""
+    writers = {"jsonl": _export_jsonl, "mcap": _export_mcap}
+    if fmt not in writers:
+        _fail(f"--format {fmt!r} is unknown: use one of {', '.join(writers)}")
+    try:
+        n = writers[fmt](db, out_path, stream)
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"{n} clips written to {out_path}")
+
+
+def _export_jsonl(db: Path, out_path: Path, stream: Optional[str]) -> int:
+    with _open(db) as memory:
+        if str(out_path) == "-":
+            return memory.export_jsonl(sys.stdout, stream)
+        tmp = out_path.with_name(out_path.name + ".partial")
+        with open(tmp, "w", encoding="utf-8") as fp:
+            n = memory.export_jsonl(fp, stream)
+        tmp.replace(out_path)  # a complete file or none
+        return n
+
+
+def _export_mcap(db: Path, out_path: Path, stream: Optional[str]) -> int:
+    try:
+        from rlivs.edge_app.foxglove import write_mcap
+    except ImportError as e:
+        raise UserError(f"MCAP export needs the robotics extra ({e}): pip install 'rlivs[robotics]'") from None
+    if str(out_path) == "-":
+        raise UserError("MCAP is binary: pass a file name, e.g. captions.mcap")
+    report = write_mcap(db, out_path, streams=None if stream is None else [stream], thumbnails=True)
+    if report.guessed_times:
+        console.print(f"[dim]{report.guessed_times} clips had no clock time: placed at their stream's creation time "
+                      f"plus stream time[/]")
+    return report.clips
+
+
+@memory_app.command("import")
+def import_(
+    in_path: Path = typer.Argument(..., metavar="JSONL", help="Captions as `rlivs memory export` writes them."),
+    db: Path = DbOption,
+    model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
+    dtype: str = o.Dtype, threads: Optional[int] = o.Threads,
+):
+    """Add captions from JSON lines; their retrieval vectors are recomputed with the current model."""
+    if not in_path.is_file():
+        _fail(f"{in_path} does not exist or is not a file: pass a .jsonl written by rlivs memory export")
+    try:
+        rows = list(_read_jsonl(in_path))
+        ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, "auto", None))
+        from rlivs.runtime.engine import load_engine
+        from rlivs.runtime.memory import ClipRecord, Memory
+
+        with console.status(f"loading model {ec.source} ..."):
+            engine = load_engine(ec, o.pipeline_config())
+
+        def records():
+            for r in rows:
+                ids = engine.text.encode(r["caption"])
+                yield ClipRecord(r["stream"], r["index"], r["t_start"], r["t_end"], r["caption"], len(ids),
+                                 engine.vector(ids), 0.0, r.get("wall_start"), r.get("wall_end"))
+
+        with Memory(db, model_fingerprint=engine.model_fingerprint) as memory:
+            n = memory.import_clips(records(), source=f"import:{in_path.name}", model_id=engine.backend.info.model_id)
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"{n} clips imported into {db}")
+
+
+def _read_jsonl(path: Path):
+    need = {"stream": str, "index": int, "t_start": (int, float), "t_end": (int, float), "caption": str}
+    with open(path, encoding="utf-8") as fp:
+        for line_no, line in enumerate(fp, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise UserError(f"{path}:{line_no} is not JSON ({e}): each line must be one clip object") from None
+            bad = [k for k, t in need.items() if not isinstance(row.get(k), t)]
+            if bad:
+                raise UserError(f"{path}:{line_no} lacks or mistypes {', '.join(bad)}: each line needs stream, "
+                                f"index, t_start, t_end and caption (wall_start/wall_end optional)")
+            yield row
+
+
+def forget(
+    db: Path = DbOption,
+    stream: Optional[str] = typer.Option(None, "--stream", help="This stream (all of it, unless --before)."),
+    before: Optional[str] = typer.Option(None, "--before", help="Clips that ended before this time: ISO 8601, -30d, "
+                                                                 "yesterday, ..."),
+    yes: bool = typer.Option(False, "--yes", help="Do it without asking."),
+):
+    """Delete captions for good: a whole stream, everything older than a time, or both. Space goes back to the disk."""
+    from rlivs.runtime.answer import format_wall
+
+    try:
+        cut = None if before is None else o.start_clock(before)
+        if stream is None and cut is None:
+            raise UserError("rlivs forget needs --stream, --before or both (e.g. --before -30d)")
+        what = (f"stream {stream!r}" if stream else "every stream") + \
+            (f": clips that ended before {format_wall(cut)}" if cut is not None else " (all of it, FIFO included)")
+        if not yes and not typer.confirm(f"forget {what} in {db}?"):
+            raise typer.Exit(1)
+        with _open(db, readonly=False) as memory:
+            n = memory.forget(stream=stream, before=cut)
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"forgot {n} clips of {what}")
+
+
+def reindex(db: Path = DbOption):
+    """Rebuild the keyword index and the vector signatures from the stored clips (after a damaged index)."""
+    try:
+        with _open(db, readonly=False) as memory:
+            memory.reindex()
+            n = memory.count_clips()
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"reindexed {n} clips in {db}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `rlivs memory ...`, `forget` and `reindex` to the CLI."""
+    app.add_typer(memory_app, name="memory")
+    app.command("forget")(forget)
+    app.command("reindex")(reindex)
