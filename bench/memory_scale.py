@@ -19,7 +19,7 @@ agreement of the shortlist-based picks (paper mode) with MMR over every caption,
 recall@8 = fraction of questions with at least one answer clip among the (at most 8) picks; answer_recall@8 = mean
 fraction of a question's answer clips among the picks (of at most 8 of them). Prints one JSON object as its last line.
 
-    python bench/memory_scale.py --quick                              # 2k captions: checks the harness (~1 min)
+    python bench/memory_scale.py --quick                              # 2k captions, random embedder only: checks the harness
     python bench/memory_scale.py --sizes 10000,100000 --streams 1,4   # default
     nice python bench/memory_scale.py --sizes 1000000 --streams 1,4 --skip-quality
     python bench/memory_scale.py --sizes 0                            # quality only
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
     ap.add_argument("--agreement-max", type=int, default=10000,
                     help="also measure shortlist agreement on scale memories up to this size (0: never)")
     ap.add_argument("--agreement-questions", type=int, default=100)
-    ap.add_argument("--quick", action="store_true", help="2k captions, 20 questions, 20 commits: checks the harness")
+    ap.add_argument("--quick", action="store_true", help="2k captions, 20 questions, 20 commits, quality with the random embedder: checks the harness")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the memories (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the scale memories")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -351,6 +351,7 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.sizes, args.questions, args.commits, args.agreement_questions = "2000", 20, 20, 20
+        args.embedders = "random"
     sizes = [int(s) for s in args.sizes.split(",") if int(s) > 0]
     stream_counts = [int(s) for s in args.streams.split(",")]
     tmp_ctx = tempfile.TemporaryDirectory(prefix="memory_scale-", dir=args.tmp) if not args.keep else None
