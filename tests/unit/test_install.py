@@ -32,7 +32,7 @@ def test_every_module_imports(name):
     importlib.import_module(name)  # a package the project forgot to declare fails here in CI's fresh venv
 
 
-def _declared(extra_closure=("all", "torch", "ort", "export", "tensorrt", "robotics", "dev")):
+def _declared(extra_closure=("all", "torch", "ort", "export", "tensorrt", "robotics", "embed", "dev")):
     reqs = []
     for line in md.requires("rlivs") or []:
         r = Requirement(line)
