@@ -52,6 +52,9 @@ class OrtBackend(Backend):
         else:
             providers = [p for p in PREFERRED_PROVIDERS if p in available]
         opts = ort.SessionOptions()
+        # no CPU arena: it keeps every freed block (each prefill chunk's larger present KV, the vision run's
+        # intermediates) for the session's life; plain allocations return them (docs/benchmarks.md)
+        opts.enable_cpu_mem_arena = False
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
