@@ -170,7 +170,7 @@ def test_chunked_prefill_and_vision_equal_one_run(request, bundle, layout):
         bundle = request.getfixturevalue("arena_pair")[1].bundle
     whole = OrtBackend(bundle, prefill_chunk=10**6, vision_chunk=10**6)
     chunked = OrtBackend(bundle, prefill_chunk=100, vision_chunk=3)
-    assert (OrtBackend(bundle).prefill_chunk, OrtBackend(bundle).vision_chunk) == (256, 2)  # the defaults
+    assert (OrtBackend(bundle).prefill_chunk, OrtBackend(bundle).vision_chunk) == (128, 2)  # the defaults
     rng = np.random.default_rng(1)
     pixels = rng.uniform(-1, 1, (16, 3, 126, 126)).astype(np.float32)
     vis = whole.encode_frames(pixels)

@@ -21,9 +21,9 @@ PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 # Memory bounds (docs/benchmarks.md, "Memory at the paper's context"): ONNX Runtime's CPU arena keeps every session's
 # largest intermediates for good, so a run's working set is bounded here instead. A prefill of L positions runs as
 # chunks of at most PREFILL_CHUNK through the KV cache (attention scores then take H x chunk x K floats instead of
-# H x L x L: 90 MB instead of 2.2 GB per tensor for the 0.5B model at 6.3K positions); frames go through the vision
+# H x L x L: 45 MB instead of 2.2 GB per tensor for the 0.5B model at 6.3K positions); frames go through the vision
 # graph VISION_CHUNK at a time. Both give the same numbers as one run (tests/parity/test_onnx.py).
-PREFILL_CHUNK = 256  # positions
+PREFILL_CHUNK = 128  # positions
 VISION_CHUNK = 2  # frames
 
 
@@ -52,6 +52,9 @@ class OrtBackend(Backend):
         else:
             providers = [p for p in PREFERRED_PROVIDERS if p in available]
         opts = ort.SessionOptions()
+        # no CPU arena: it keeps every freed block (each prefill chunk's larger present KV, the vision run's
+        # intermediates) for the session's life; plain allocations return them (docs/benchmarks.md)
+        opts.enable_cpu_mem_arena = False
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
