@@ -585,31 +585,26 @@ class Memory:
         row = self._live().execute(RECORD_SQL + " WHERE c.stream = ? AND c.idx = ?", (stream, int(index))).fetchone()
         return None if row is None else record_from_row(row)
 
+    def _scalar(self, expr: str, streams: list[str] | None = None, stream_until: float | None = None,
+                also: tuple[str, ...] = ()):
+        """One value over the clips inside the filters (filter_sql, plus the conditions in `also`)."""
+        where, args = filter_sql("", streams, None, None, stream_until)
+        where = [*also, *where]
+        sql = f"SELECT {expr} FROM clips" + (" WHERE " + " AND ".join(where) if where else "") + " LIMIT 1"
+        row = self._live().execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
     def count_clips(self, stream: str | None = None, stream_until: float | None = None) -> int:
         """How many clips (of `stream`; with a stream-time end at or before `stream_until`)."""
-        sql, args = "SELECT COUNT(*) FROM clips WHERE 1", []
-        if stream is not None:
-            sql, args = sql + " AND stream = ?", args + [stream]
-        if stream_until is not None:
-            sql, args = sql + " AND t_end <= ?", args + [float(stream_until)]
-        return self._live().execute(sql, args).fetchone()[0]
+        return self._scalar("COUNT(*)", None if stream is None else [stream], stream_until)
 
     def latest_end(self, stream: str | None = None, stream_until: float | None = None) -> float | None:
         """The latest stream-time clip end (of `stream`; at or before `stream_until`), or None without clips."""
-        sql, args = "SELECT MAX(t_end) FROM clips WHERE 1", []
-        if stream is not None:
-            sql, args = sql + " AND stream = ?", args + [stream]
-        if stream_until is not None:
-            sql, args = sql + " AND t_end <= ?", args + [float(stream_until)]
-        return self._live().execute(sql, args).fetchone()[0]
+        return self._scalar("MAX(t_end)", None if stream is None else [stream], stream_until)
 
     def has_clock(self, streams: list[str] | None = None) -> bool:
         """Whether any clip (of `streams`) has wall-clock times."""
-        sql, args = "SELECT 1 FROM clips WHERE wall_start IS NOT NULL", []
-        if streams is not None:
-            sql += f" AND stream IN ({', '.join('?' * len(streams))})"
-            args = list(streams)
-        return self._live().execute(sql + " LIMIT 1", args).fetchone() is not None
+        return self._scalar("1", streams, also=("wall_start IS NOT NULL",)) is not None
 
     # ------------------------------------------------------------------ housekeeping
 
