@@ -29,7 +29,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
@@ -59,9 +59,11 @@ class FloatNodes:
     probe_path: list[str]  # score MatMul, Softmax, head mean, rotary... of the probe layers' attention
     probe_qk: list[str]  # q/k projections of the probe layers (float32 when keep_probe_qk)
     lm_head: list[str]  # the LM head's nodes (float32 when quantize_lm_head is off)
+    attention: list[str] = field(default_factory=list)  # the other layers' attention core (score and value MatMuls,
+    #   mask, Softmax at opset 20): float32 as opset 23's fused Attention op is; only the projections are quantized
 
     def excluded(self, cfg: QuantizeConfig) -> list[str]:
-        return (self.probe_path + (self.probe_qk if cfg.keep_probe_qk else [])
+        return (self.probe_path + self.attention + (self.probe_qk if cfg.keep_probe_qk else [])
                 + ([] if cfg.quantize_lm_head else self.lm_head))
 
 
@@ -80,6 +82,8 @@ def float_nodes(model, probe_layers) -> FloatNodes:
             out.lm_head.append(n.name)
             continue
         m = _ATTN.match(mod)
+        if m and int(m[1]) not in probe and m[2] is None:  # a non-probe layer's attention core
+            out.attention.append(n.name)
         if not m or int(m[1]) not in probe:
             continue
         if m[2] is None:  # directly in self_attn: rotary, Attention op, the probe row's MatMul/Softmax/mean

@@ -57,6 +57,12 @@ def internal_error_line(exc: BaseException) -> str:
             f"for the traceback and report it with `pip list` output; nothing committed to the memory is lost")
 
 
+Opset = typer.Option(None, "--opset", help="ONNX opset of the exported bundle: default 20 (loads on onnxruntime 1.20 "
+                                           "and later, every Jetson build, and on TensorRT 10); 23 uses ONNX "
+                                           "Runtime's fused Attention ops and needs onnxruntime >= 1.23 (the manifest "
+                                           "says which; rlivs check/doctor refuse an older one).")
+
+
 def parse_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:
     if not spec:
         return None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlivs.runtime.backends.bundle import MANIFEST, Manifest
+from rlivs.runtime.backends.bundle import MANIFEST, Manifest, onnxruntime_for_opset
 
 from .graph import graph_io
 from rlivs.runtime.config import ProbeConfig
@@ -40,12 +40,16 @@ COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "toke
 
 
 TARGETS = ("onnxruntime", "tensorrt")
+# The default opset of every target: the newest TensorRT 10's parser reads, and one every supported ONNX Runtime
+# (>= 1.20, the oldest Jetson build) loads. Opset 23's fused ops stay a choice (--opset 23): docs/jetson.md measures both.
+DEFAULT_OPSET = 20
 
 
 @dataclass
 class ExportConfig:
     target: str = "onnxruntime"  # onnxruntime | tensorrt (opset <= 20, plain attention TensorRT can fuse)
-    opset: int | None = None  # default: 23 for onnxruntime (fused Attention/RotaryEmbedding/RMSNorm), 20 for tensorrt
+    opset: int | None = None  # default 20 for every target: loads on onnxruntime >= 1.20 (every Jetson build) and
+    #                           TensorRT 10; 23 (fused Attention/RotaryEmbedding/RMSNorm) needs onnxruntime >= 1.23
     embed_dtype: str | None = None  # dtype of embeddings.npy; default by precision: float32 where the engine runs in
     #                                  float32 (onnxruntime: identical captions and selections), float16 where it runs
     #                                  in half precision anyway (tensorrt with the float16 arena cache)
@@ -59,9 +63,10 @@ class ExportConfig:
         if self.target not in TARGETS:
             raise UserError(f"unknown export target {self.target!r}: use one of {', '.join(TARGETS)}")
         if self.opset is None:
-            self.opset = 20 if self.target == "tensorrt" else 23
+            self.opset = DEFAULT_OPSET
         if not 17 <= self.opset <= 23:
-            raise UserError(f"opset {self.opset} is not supported: use 17..23 (23 for ONNX Runtime)")
+            raise UserError(f"opset {self.opset} is not supported: use 17..23 (default {DEFAULT_OPSET}: loads on "
+                            f"onnxruntime 1.20 and later; 23 needs onnxruntime >= 1.23)")
         if self.target == "tensorrt" and self.opset > 20:
             raise UserError(f"TensorRT 10's ONNX parser reads opsets up to 20, not {self.opset}: use --opset 20")
         if self.kv_layout is None:
@@ -144,6 +149,7 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
         graphs={"vision": graph_io(out / "vision.onnx"), "decoder": graph_io(out / "decoder.onnx")},
         opset=config.opset, target=config.target, tools=_versions(),
     )
+    manifest = manifest.with_(requires={"onnxruntime": onnxruntime_for_opset(manifest.graph_opset())})
     if config.target == "tensorrt":
         manifest = manifest.with_(tensorrt_check=tensorrt_check(out, len(info.probe_layers), info.num_layers))
     for g in manifest.graphs.values():
@@ -161,6 +167,10 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     else:
         log.info("export 4/4: comparison with the torch reference skipped (--no-check)")
     manifest.save(out)  # last: the bundle is valid only once its manifest is written
+    need = manifest.onnxruntime_needed()
+    log.info("bundle %s: opset %d, loads on onnxruntime >= %s%s", out, manifest.graph_opset(), need,
+             "" if need == "1.20" else " (NVIDIA's Jetson builds start at 1.20: export with the default --opset "
+                                       f"{DEFAULT_OPSET} for those)")
     return manifest
 
 

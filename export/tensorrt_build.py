@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlivs.runtime.backends.bundle import Manifest, load_manifest
+from rlivs.runtime.backends.tensorrt import compat
 from rlivs.runtime.backends.tensorrt.engine_entry import (
     ENTRY_SCHEMA, bundle_digest, cuda_device, write_engine_entry,
 )
@@ -331,10 +332,12 @@ def fusion_report(info: dict | str, attention: list[dict], profiles=PROFILE_NAME
 
 
 def _import_tensorrt():
+    """tensorrt, when it is one the builder can use (TensorRT >= 10.0; runtime/backends/tensorrt/compat.py)."""
     try:
         import tensorrt as trt
     except ImportError as e:
         raise UserError(f"{TENSORRT_MISSING} ({e})") from None
+    compat.require_tensorrt(trt, "rlivs build-engines", "run the bundle with --backend onnxruntime")
     return trt
 
 
@@ -476,7 +479,7 @@ def _build_one(trt, logger, bundle: Path, key: str, profiles: list[dict], fp32_n
     if cfg.precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default: fp32 engines must match the fp32 reference
     if cfg.precision == "fp16":
-        if not builder.platform_has_fast_fp16:
+        if compat.platform_has_fast_fp16(builder) is False:  # None: TensorRT 11 no longer says
             log.warning("this GPU has no fast FP16: the fp16 engine may be slower than fp32")
         config.set_flag(trt.BuilderFlag.FP16)
         if fp32_nodes:
@@ -524,7 +527,7 @@ def _build_one(trt, logger, bundle: Path, key: str, profiles: list[dict], fp32_n
     log.info("%s engine: %s (%.1f MB) built in %.0f s; layer list %s", key, ENGINE_FILES[key], nbytes / 1e6, seconds,
              LAYER_FILES[key])
     return {"file": ENGINE_FILES[key], "bytes": nbytes, "profiles": profiles, "io": io, "seconds": round(seconds, 1),
-            "device_memory_bytes": int(engine.device_memory_size_v2), "fp32_pinned": pinned, "inspector": layers}
+            "device_memory_bytes": compat.device_memory_size(engine), "fp32_pinned": pinned, "inspector": layers}
 
 
 def build_engines(bundle: str | Path, config: EngineBuildConfig | None = None) -> dict:
@@ -534,6 +537,8 @@ def build_engines(bundle: str | Path, config: EngineBuildConfig | None = None) -
     manifest = load_manifest(bundle)
     specs = profile_specs(manifest, cfg)
     trt = _import_tensorrt()
+    if cfg.precision == "fp16":
+        compat.require_fp16_build(trt)  # TensorRT 11 has no weak typing: refused before anything is written
     try:
         import onnx
     except ImportError:

@@ -151,6 +151,15 @@ _UNIT_SECONDS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60
 _RELATIVE = re.compile(r"([+-])\s*(\d+(?:\.\d+)?)\s*([a-z]+)", re.I)
 
 
+
+def parse_iso(text: str) -> datetime:
+    """datetime.fromisoformat as Python 3.11 reads ISO 8601, on 3.10 too (JetPack 6's Python): a trailing Z for UTC,
+    and fractions of 1-6 digits (3.10 reads only "+00:00" and 3 or 6 digits). ValueError for anything else."""
+    v = re.sub(r"[zZ]$", "+00:00", text.strip())
+    v = re.sub(r"(?<=:\d\d)[.,](\d{1,6})(?=$|[+-])", lambda m: "." + m[1].ljust(6, "0"), v)
+    return datetime.fromisoformat(v)
+
+
 def _read_when(value: str, now: datetime, tz: tzinfo) -> tuple[datetime, bool]:
     """(instant in UTC, whether the value names a whole day), or UserError."""
     v = value.strip()
@@ -172,7 +181,7 @@ def _read_when(value: str, now: datetime, tz: tzinfo) -> tuple[datetime, bool]:
             pass  # e.g. 2026-02-30: refused below with the accepted forms
     elif re.match(r"\d{4}-\d{2}-\d{2}[T ]", v):
         try:
-            dt = datetime.fromisoformat(v.replace("z", "Z"))
+            dt = parse_iso(v)
             return _aware(dt, tz).astimezone(UTC), False
         except ValueError:
             pass

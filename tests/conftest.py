@@ -44,6 +44,18 @@ def bundle(tmp_path_factory, tiny_dir):
     return out
 
 
+@pytest.fixture(scope="session")
+def bundle_opset23(tmp_path_factory, tiny_dir):
+    """The tiny model at opset 23 (ONNX Runtime's fused Attention, RotaryEmbedding, RMSNormalization): the explicit
+    choice that needs onnxruntime >= 1.23; the default bundle is opset 20."""
+    pytest.importorskip("onnxscript")
+    from rlivs.export.bundle import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle23") / "tiny"
+    export_bundle("tiny", out, ExportConfig(opset=23, check=False))
+    return out
+
+
 _OWN_BASETEMP = None  # this session's own temp root (removed at the end, like every tmp_path: retention "none")
 
 

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rlivs.edge_app import options as o
 from rlivs.edge_app.options import console, engine_config, fail as _fail, parse_layers
 from rlivs.runtime.errors import UserError
 
@@ -126,7 +127,7 @@ def layers_cmd(
     export_to: Optional[Path] = typer.Option(None, "--export-to", help="Then export a bundle probing the chosen layers."),
     embed_dtype: str = typer.Option("float16", help="Embedding table dtype of the exported bundle."),
     target: str = typer.Option("onnxruntime", "--target", help="Export target: onnxruntime | tensorrt (as rlivs export)."),
-    opset: Optional[int] = typer.Option(None, help="ONNX opset of the exported bundle (default: the target's)."),
+    opset: Optional[int] = o.Opset,
     check: bool = typer.Option(True, help="Compare the exported graphs with the torch reference."),
     json_out: bool = typer.Option(False, "--json", help="Print layers.json."),
 ):

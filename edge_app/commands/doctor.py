@@ -88,12 +88,17 @@ def _backend_choice(engine) -> dict:
     from rlivs.runtime.errors import UserError
     from rlivs.runtime.models import resolve_model
 
+    from rlivs.runtime.backends.bundle import is_bundle, load_manifest
+
+    needs = {}
     try:
         model_dir = Path(engine.bundle) if engine.bundle else resolve_model(engine.source)[0]  # a bundle is a path
+        if is_bundle(model_dir):  # what the bundle's graphs need, from its manifest (nothing loads)
+            needs = {"onnxruntime_needed": load_manifest(model_dir).onnxruntime_needed()}
         name, why = choose_backend(engine.backend, model_dir, bundle_given=engine.bundle is not None)
     except UserError as e:
-        return {"target": engine.source, "asked": engine.backend, "runs": False, "error": str(e)}
-    return {"target": engine.source, "asked": engine.backend, "runs": True, "name": name, "why": why}
+        return {"target": engine.source, "asked": engine.backend, "runs": False, "error": str(e), **needs}
+    return {"target": engine.source, "asked": engine.backend, "runs": True, "name": name, "why": why, **needs}
 
 
 def report(engine=None) -> dict:
@@ -126,6 +131,8 @@ def _print(r: dict) -> None:
     out.print(table)
     b = r.get("backend")
     if b is not None:
+        if "onnxruntime_needed" in b:
+            out.print(f"the bundle's graphs load on onnxruntime >= {b['onnxruntime_needed']}")
         if b["runs"]:
             out.print(f"backend for {escape(b['target'])}: [bold]{b['name']}[/] ({escape(b['why'])})")
         else:

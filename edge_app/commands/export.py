@@ -26,7 +26,7 @@ def export(
     model: str = o.Model,
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     target: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt (opset <= 20, attention TensorRT fuses)."),
-    opset: Optional[int] = typer.Option(None, help="ONNX opset (default 23 for onnxruntime, 20 for tensorrt)."),
+    opset: Optional[int] = o.Opset,
     embed_dtype: Optional[str] = typer.Option(
         None, help="Embedding table dtype: float32 (default for --target onnxruntime: identical captions and "
                    "selections to the torch reference) | float16 (default for --target tensorrt, whose engines run in "

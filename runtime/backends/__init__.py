@@ -23,7 +23,7 @@ from typing import Callable
 from ..config import EngineConfig, ProbeConfig
 from ..errors import UserError
 from .base import Backend, DecodeState, ModelInfo, StepOutput
-from .bundle import Manifest, is_bundle, load_manifest
+from .bundle import Manifest, is_bundle, load_manifest, onnxruntime_gap
 
 log = logging.getLogger("rlivs.backend")
 
@@ -48,7 +48,8 @@ class BackendEntry:
     name: str
     why: Callable[[Path, Manifest | None], str]  # why `auto` picked it for this model (for the log)
     refusal: Callable[[Path, Manifest | None], str | None]  # None when it runs this model dir (manifest or None)
-    missing: Callable[[Path], str | None]  # None when its packages import here, else what to install
+    missing: Callable[[Path, Manifest | None], str | None]  # None when its packages (in a version that reads this
+    #                                                          model) are here, else what to install or re-export
     build: Callable[[Path, EngineConfig, str, ProbeConfig | None, Manifest | None], Backend]
     auto_needs: tuple[str, ...] = ()  # modules without which `auto` passes it over (others: chosen, then refused)
 
@@ -62,7 +63,7 @@ def _trt_refusal(path: Path, manifest: Manifest | None) -> str | None:
     return None
 
 
-def _trt_missing(path: Path) -> str | None:
+def _trt_missing(path: Path, manifest: Manifest | None) -> str | None:
     if not _has("tensorrt"):
         return ("the tensorrt backend needs TensorRT's Python package (JetPack provides it on a Jetson): "
                 "python3 -c 'import tensorrt' must work; else use --backend onnxruntime")
@@ -104,10 +105,10 @@ def _ort_refusal(path: Path, manifest: Manifest | None) -> str | None:
     return None
 
 
-def _ort_missing(path: Path) -> str | None:
+def _ort_missing(path: Path, manifest: Manifest | None) -> str | None:
     if not _has("onnxruntime"):
         return "the onnxruntime backend needs onnxruntime: pip install 'rlivs[ort]' (onnxruntime-gpu on a CUDA device)"
-    return None
+    return onnxruntime_gap(path, manifest) if manifest is not None else None  # too old for the bundle's opset
 
 
 def _ort_why(path: Path, manifest: Manifest | None) -> str:
@@ -135,7 +136,7 @@ def _torch_refusal(path: Path, manifest: Manifest | None) -> str | None:
     return None
 
 
-def _torch_missing(path: Path) -> str | None:
+def _torch_missing(path: Path, manifest: Manifest | None) -> str | None:
     if not _has("torch", "transformers"):
         return (f"{path} is an HF-format model and only the torch backend runs those, but torch/transformers are not "
                 "installed: pip install torch==2.13.0 && pip install 'rlivs[torch]', or export a bundle on another "
@@ -177,7 +178,7 @@ def choose_backend(name: str, model_dir: Path, bundle_given: bool = False) -> tu
                 and _has(*e.auto_needs)]
         entry = runs[0] if runs else list(REGISTRY.values())[-1]  # none runs it: the last one says why not
         why = entry.why(model_dir, manifest)
-    problem = entry.refusal(model_dir, manifest) or entry.missing(model_dir)
+    problem = entry.refusal(model_dir, manifest) or entry.missing(model_dir, manifest)
     if problem:
         raise UserError(problem)
     return entry.name, why

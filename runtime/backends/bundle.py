@@ -49,6 +49,7 @@ class Manifest:
     image_newline: dict | None = None  # {file, dtype, shape}
     graphs: dict = field(default_factory=dict)  # {"vision"|"decoder": export.graph.graph_io(...)}
     opset: int | None = None
+    requires: dict | None = None  # {"onnxruntime": "1.20"}: the oldest runtime that loads the graphs (from the opset)
     target: str = "onnxruntime"  # onnxruntime | tensorrt
     tools: dict | None = None  # package versions of the export
     precision: dict | None = None  # calibration: how the decoder was quantized (absent: float32)
@@ -96,6 +97,16 @@ class Manifest:
                             f"whole bundle directory again or re-export it") from None
         return info, layout
 
+    def graph_opset(self) -> int | None:
+        """The newest ONNX opset among the graphs (the manifest's top-level opset when the graphs do not say)."""
+        opsets = [int(g["opset"]) for g in self.graphs.values() if isinstance(g, dict) and g.get("opset")]
+        return max(opsets) if opsets else self.opset
+
+    def onnxruntime_needed(self) -> str:
+        """The oldest ONNX Runtime that loads this bundle: what export recorded, else derived from the opset (bundles
+        exported before the manifest said it)."""
+        return (self.requires or {}).get("onnxruntime") or onnxruntime_for_opset(self.graph_opset())
+
     def save(self, bundle: str | Path) -> None:
         """Write BUNDLE/manifest.json atomically (temp file + fsync + os.replace): a reader sees the old manifest or
         the new one, never a partial one."""
@@ -111,6 +122,58 @@ class Manifest:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+# The oldest ONNX Runtime that loads a graph of each ONNX opset, measured: the tiny model exported at opsets 20-23
+# (IR version 10), each graph opened with onnxruntime 1.20.1, 1.21.1, 1.22.1 and 1.23.2 on CPython 3.10 with numpy
+# 1.26.4 (docs/jetson.md, "Which bundle loads where"). Older runtimes refuse a newer opset at load ("ValidateOpsetForDomain").
+# 1.20 is also the oldest of NVIDIA's Jetson builds of onnxruntime-gpu for JetPack 6, and the floor of the `ort` extra.
+ORT_FOR_OPSET = ((21, "1.20"), (22, "1.21"), (23, "1.23"))  # (newest opset it loads, onnxruntime version)
+ORT_DEVICE_OPSET = 21  # the newest opset every supported ONNX Runtime (>= 1.20) loads
+
+
+def onnxruntime_for_opset(opset: int | None) -> str:
+    """The oldest onnxruntime version (as "major.minor") that loads graphs of `opset`."""
+    for newest, version in ORT_FOR_OPSET:
+        if opset is None or opset <= newest:
+            return version
+    return ORT_FOR_OPSET[-1][1]  # newer than any measured: the newest measured runtime at least
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """"1.20.1" / "1.23.0rc1" / "1.22.0+cu126" -> (1, 20, 1): the leading release numbers."""
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", re.match(r"[\d.]*", version.strip()).group())[:3])
+
+
+def installed_onnxruntime() -> tuple[str, str] | None:
+    """(distribution, version) of the installed ONNX Runtime, read from the package metadata without importing it
+    (NVIDIA's Jetson onnxruntime-gpu fails to import beside numpy 2, and importing it costs a second): PyPI's
+    onnxruntime, onnxruntime-gpu (NVIDIA's Jetson builds, PyPI's CUDA build), or None."""
+    from importlib import metadata
+
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def onnxruntime_gap(bundle: str | Path, manifest: Manifest, installed: tuple[str, str] | None = None) -> str | None:
+    """None when the installed ONNX Runtime loads the bundle's graphs; else what to do, said before anything loads.
+    `installed`: (distribution, version); default: what is installed here (None when nothing is: not this check's
+    business, the backend's `missing` says what to install)."""
+    installed = installed or installed_onnxruntime()
+    need = manifest.onnxruntime_needed()
+    if installed is None or _release(installed[1]) >= _release(need):
+        return None
+    dist, have = installed
+    return (f"{bundle} needs onnxruntime >= {need} (its graphs are ONNX opset {manifest.graph_opset()}); you have "
+            f"{dist} {have}: re-export it with rlivs export --opset {ORT_DEVICE_OPSET} (or the default, 20), which "
+            f"loads on onnxruntime 1.20 and later, or install {dist}>={need} (on a Jetson, NVIDIA's onnxruntime-gpu "
+            f"build for your JetPack: docs/jetson.md)")
 
 
 _ALWAYS = {"format", "version", "probe_layers", "kv_cache", "graphs", "target"}

@@ -22,6 +22,7 @@ import av
 import numpy as np
 
 from rlivs.runtime.errors import UserError
+from rlivs.runtime.timeq import parse_iso
 from rlivs.runtime.frames import Frame
 from rlivs.runtime.sources._shared import TIME_EPS, check_fps, check_start_time, frame_interval, with_start_time
 
@@ -242,7 +243,7 @@ def creation_time(container) -> float | None:
     if not raw:
         return None
     try:
-        t = datetime.fromisoformat(str(raw).strip().replace("Z", "+00:00"))
+        t = parse_iso(str(raw))
     except ValueError:
         log.info("ignoring the unreadable creation_time tag %r", raw)
         return None

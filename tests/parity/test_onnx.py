@@ -33,7 +33,9 @@ def pair(bundle, tiny_dir):
 def test_manifest_describes_every_graph_io(bundle, pair):
     m = load_manifest(bundle).to_dict()
     torch_be, _ = pair
-    assert m["probe_layers"] == list(torch_be.info.probe_layers) and m["opset"] == 23
+    assert m["probe_layers"] == list(torch_be.info.probe_layers) and m["opset"] == 20
+    assert m["requires"] == {"onnxruntime": "1.20"}  # the default bundle loads on every Jetson build of ORT
+    assert {g["opset"] for g in m["graphs"].values()} == {20}
     dec = {v["name"]: v for v in m["graphs"]["decoder"]["inputs"] + m["graphs"]["decoder"]["outputs"]}
     assert dec["inputs_embeds"]["shape"] == [1, "seq", 64] and dec["inputs_embeds"]["dtype"] == "float32"
     assert dec["past_keys"]["shape"] == [8, 2, "past", 16] and dec["position_ids"]["dtype"] == "int64"
@@ -45,30 +47,42 @@ def test_manifest_describes_every_graph_io(bundle, pair):
     assert check["vision"] < 1e-4 and check["logits"] < LOGITS_TOL and check["probe_attn"] < ATTN_TOL
 
 
-def test_probe_attention_only_reduced_rows_leave_the_graph(bundle):
-    """Non-probe layers run the fused Attention op; only the probe layers have an explicit Softmax."""
+@pytest.mark.parametrize("which", ["bundle", "bundle_opset23"])
+def test_probe_attention_only_reduced_rows_leave_the_graph(request, which):
+    """Every layer's attention stays inside the graph (opset 20: one Softmax per layer; opset 23: the fused Attention
+    op); the probe layers add one Softmax each for their last row, and only its reduction leaves the graph."""
     import onnx
 
-    g = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False).graph
+    g = onnx.load(str(request.getfixturevalue(which) / "decoder.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in g.node]
     n_layers, n_probe = 8, 4
-    assert ops.count("Attention") == n_layers and ops.count("Softmax") == n_probe
+    if which == "bundle":
+        assert ops.count("Attention") == 0 and ops.count("Softmax") == n_layers + n_probe
+    else:
+        assert ops.count("Attention") == n_layers and ops.count("Softmax") == n_probe
     assert [o.name for o in g.output] == ["logits", "present_keys", "present_values", "probe_attn"]
 
 
 @pytest.fixture(scope="module")
 def arena_pair(tmp_path_factory, tiny_dir):
-    """The ONNX Runtime target (fused Attention, opset 23) with the in-place KV arena instead of past -> present."""
+    """The ONNX Runtime target at opset 23 (fused Attention) with the in-place KV arena instead of past -> present."""
     from rlivs.export.bundle import ExportConfig, export_bundle
 
     out = tmp_path_factory.mktemp("arena") / "tiny"
-    export_bundle("tiny", out, ExportConfig(embed_dtype="float32", kv_layout="arena", kv_dtype="float32", check=False))
+    export_bundle("tiny", out, ExportConfig(opset=23, embed_dtype="float32", kv_layout="arena", kv_dtype="float32",
+                                            check=False))
     return TorchBackend(tiny_dir), OrtBackend(out)
 
 
-@pytest.mark.parametrize("layout", ["stacked", "arena"])
-def test_decoder_and_vision_parity_over_prefill_and_decode(request, layout):
-    torch_be, ort_be = request.getfixturevalue("pair" if layout == "stacked" else "arena_pair")
+@pytest.fixture(scope="module")
+def pair23(bundle_opset23, tiny_dir):
+    return TorchBackend(tiny_dir), OrtBackend(bundle_opset23)
+
+
+@pytest.mark.parametrize("which, layout", [("pair", "stacked"), ("pair23", "stacked"), ("arena_pair", "arena")])
+def test_decoder_and_vision_parity_over_prefill_and_decode(request, which, layout):
+    """The default bundle (opset 20), and opset 23's fused ops with both KV layouts."""
+    torch_be, ort_be = request.getfixturevalue(which)
     assert ort_be.kv.layout == layout
     rng = np.random.default_rng(0)
     pixels = rng.uniform(-1, 1, (3, 3, 126, 126)).astype(np.float32)

@@ -51,9 +51,9 @@ def test_attention_is_fusable_except_the_probe_rows(trt_bundle):
     assert attention_patterns(trt_bundle / "decoder.onnx") == {"fusable": 8, "probe": 4, "other": 0}
 
 
-def test_the_onnxruntime_bundle_is_refused_by_the_check(bundle):
+def test_the_opset23_bundle_is_refused_by_the_check(bundle_opset23):
     """Negative control: the opset-23 graphs use ops TensorRT 10 cannot parse, and the check says so."""
-    problems = " ".join(check_tensorrt_graph(bundle / "decoder.onnx"))
+    problems = " ".join(check_tensorrt_graph(bundle_opset23 / "decoder.onnx"))
     assert "opset 23" in problems and "RMSNormalization" in problems and "RotaryEmbedding" in problems
     with pytest.raises(ValueError, match="reads opsets up to 20"):
         ExportConfig(target="tensorrt", opset=23)

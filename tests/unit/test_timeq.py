@@ -445,3 +445,19 @@ def test_any_question_parses_to_a_consistent_result(tokens):
         assert q.window.start is None or q.window.end is None or q.window.start <= q.window.end
         assert all(piece in question for piece in q.phrase.split(" "))
         assert len(q.text) < len(question)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("2026-12-01T14:00Z", datetime(2026, 12, 1, 14, 0, tzinfo=timezone.utc)),
+    ("2026-12-01T14:00:00z", datetime(2026, 12, 1, 14, 0, tzinfo=timezone.utc)),
+    ("2026-12-01T10:00:00.5Z", datetime(2026, 12, 1, 10, 0, 0, 500000, tzinfo=timezone.utc)),
+    ("2026-12-01 10:00:00,25+01:00", datetime(2026, 12, 1, 10, 0, 0, 250000, tzinfo=timezone(timedelta(hours=1)))),
+    ("2026-12-01T10:00", datetime(2026, 12, 1, 10, 0)),
+])
+def test_parse_iso_reads_what_python_3_11_reads_on_3_10_too(text, want):
+    """JetPack 6's Python is 3.10, whose fromisoformat reads no Z and only 3- or 6-digit fractions."""
+    from rlivs.runtime.timeq import parse_iso
+
+    assert parse_iso(text) == want
+    with pytest.raises(ValueError):
+        parse_iso("2026-12-01T25:00Z")

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..base import Backend, DecodeState, StepOutput
-from ..bundle import Manifest, damaged, load_manifest, load_tables
+from ..bundle import Manifest, damaged, load_manifest, load_tables, installed_onnxruntime, onnxruntime_gap
 from ..kv_arena import Arena, ArenaPool
 from rlivs.runtime.errors import UserError
 
@@ -43,6 +43,10 @@ class OrtBackend(Backend):
         self.bundle = Path(bundle)
         self.prefill_chunk, self.vision_chunk = prefill_chunk, vision_chunk
         m = manifest or load_manifest(self.bundle)
+        dist = (installed_onnxruntime() or ("onnxruntime",))[0]
+        gap = onnxruntime_gap(self.bundle, m, (dist, ort.__version__))
+        if gap:  # an opset this runtime cannot read: say so before ORT's own load error
+            raise UserError(gap)
         available = ort.get_available_providers()
         if providers:
             missing = [p for p in providers if p not in available]

@@ -28,6 +28,7 @@ import numpy as np
 from ..base import Backend, DecodeState, StepOutput
 from ..bundle import Manifest, load_manifest, load_tables
 from ..kv_arena import ALIGN, Arena, ArenaPool
+from . import compat
 from .device import DeviceBuffer, Stream
 from .engine_entry import check_engine_entry, current_env
 from rlivs.runtime.errors import UserError
@@ -40,11 +41,13 @@ VISION_IO = {"pixel_values": "float32", "visual_tokens": "float32"}
 
 
 def import_tensorrt():
+    """tensorrt, when it is one the backend can use (TensorRT >= 10.0; compat.py)."""
     try:
         import tensorrt
     except ImportError:
         raise UserError("the TensorRT backend needs TensorRT's Python package: it comes with JetPack on a Jetson "
                         "(python3 -c 'import tensorrt'); elsewhere use --backend onnxruntime") from None
+    compat.require_tensorrt(tensorrt, "the TensorRT backend", "use --backend onnxruntime")
     return tensorrt
 
 
