@@ -158,15 +158,20 @@ def wall_window(from_: Optional[str], to: Optional[str]):
     return window_from_args(from_, to, datetime.now(timezone.utc), None)
 
 
-def start_clock(start_time: Optional[str]) -> Optional[float]:
-    """--start-time -> UTC unix seconds (None when not given)."""
+def start_clock(start_time: Optional[str], name: str = "--start-time") -> Optional[float]:
+    """--start-time (or the option `name`, e.g. --before) -> UTC unix seconds (None when not given); UserError
+    naming the option and the reason (unreadable, out of range: runtime.timeq's bounds)."""
     if start_time is None:
         return None
     from datetime import datetime, timezone
 
+    from rlivs.runtime.errors import UserError
     from rlivs.runtime.timeq import parse_when
 
-    return parse_when(start_time, datetime.now(timezone.utc), None).timestamp()
+    try:
+        return parse_when(start_time, datetime.now(timezone.utc), None).timestamp()
+    except UserError as e:
+        raise UserError(f"{name}: {e}") from None
 
 
 def pipeline_config(*, fps: float = 1.0, frames_per_clip: int = 16, keep: Optional[int] = None,

@@ -26,13 +26,13 @@ from .errors import UserError
 from .generate import greedy
 from .memory import ClipRecord, Shortlist
 from .retrieval import mmr
+from .timeq import MAX_QUESTION_CHARS  # a longer question is refused (the HTTP API has the same bound)
 
 ANSWER_SYSTEM = (
     "You answer questions about a video using timestamped descriptions of its clips. "
     "Answer briefly; say when something happened if it matters."
 )
 SUMMARY_SYSTEM = "Summarise these timestamped descriptions of video clips in a few sentences; keep times and names."
-MAX_QUESTION_CHARS = 2000  # a longer question is refused (the HTTP API has the same bound)
 
 
 class CaptionIndex(Protocol):
@@ -213,6 +213,8 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
 
         tq = parse_question(question, now, tz)
         intent, text = tq.intent, (tq.text or question)
+        if tq.ignored and window is None:  # e.g. "on 9999-12-31": answered from all of the memory, and says so
+            notes.append(tq.ignored)
         if window is None and tq.window is not None:
             window, window_text = tq.window.as_unix(), tq.window.describe(tz, now)
             window_from_question = True

@@ -25,10 +25,18 @@ names ("on Monday": the most recent Monday before today), and, in parse_when, an
 noon, midnight) because ranges need the meridiem of one end inferred from the other ("between 2 and 4 pm").
 parsedatetime (last release 2020) puts weekdays and month dates in the future and reads "may" as a date; ctparse
 (last release 2022) reads "the last person", "first aid" and "3 people" as times.
+
+Every input is bounded: any string gives a result or a UserError (never OverflowError or another exception), in
+milliseconds. Times are read from MIN_YEAR to MAX_YEAR (1970-2999: the year as written, a local date in the device's
+zone); a relative time or a duration that leaves that range ("-99999999d", "in the last 9999999999 hours"), a date
+outside it ("9999-12-31", "0001-01-01T00:00+14:00") and a --from/--to value longer than MAX_WHEN_CHARS are refused
+with the reason; in a question such a phrase is not applied and TimeQuery.ignored says why (answer() passes it on as
+a note). A question is at most MAX_QUESTION_CHARS long.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
@@ -43,6 +51,14 @@ PARTS_OF_DAY = {"morning": (6, 12), "afternoon": (12, 18), "evening": (18, 24), 
 CLOCK_HALF_WIDTH = timedelta(minutes=30)  # "at 3 pm" / "around 15:00": 14:30-15:30
 # "N <unit>s ago": the window around the instant; days and weeks give that calendar day / ISO week (Monday first).
 AGO_HALF_WIDTH = {"second": timedelta(minutes=5), "minute": timedelta(minutes=5), "hour": timedelta(minutes=30)}
+# The range times are read in (the year as written; a local date in the device's zone). Every instant rlivs computes
+# lies between EARLIEST and LATEST, which hold every local time of those years at any UTC offset.
+MIN_YEAR, MAX_YEAR = 1970, 2999
+EARLIEST = datetime(MIN_YEAR, 1, 1, tzinfo=UTC) - timedelta(days=1)
+LATEST = datetime(MAX_YEAR + 1, 1, 1, tzinfo=UTC) + timedelta(days=1)
+MAX_WHEN_CHARS = 64  # a --from/--to/--before value (the HTTP API's from/to have the same bound)
+MAX_QUESTION_CHARS = 2000  # a question (the CLI and the HTTP API refuse longer ones)
+RANGE = f"rlivs reads times from {MIN_YEAR} to {MAX_YEAR}"
 WHEN_FORMS = ("ISO 8601 (2026-12-01, 2026-12-01T15:00, 2026-12-01T14:00Z, 2026-12-01T15:00+01:00; without an "
               "offset: device local time), a relative time (-90s, -30m, -2h, -1d, -1w), now, today, yesterday, "
               "or a phrase like '3 days ago' or 'last friday 5pm'")
@@ -134,12 +150,45 @@ class TimeWindow:
 @dataclass(frozen=True)
 class TimeQuery:
     """What parse_question found: the window (None: no time in the question), the phrase it came from, the intent,
-    and the question without the phrase (for retrieval)."""
+    and the question without the phrase (for retrieval). `ignored` says why a time phrase was not applied (a date
+    outside MIN_YEAR..MAX_YEAR, an absurd duration); the window is then None and the text the whole question."""
 
     window: TimeWindow | None
     phrase: str | None
     intent: str | None  # one of INTENTS, or None
     text: str
+    ignored: str | None = None
+
+
+class _OutOfRange(UserError):
+    """A time outside MIN_YEAR..MAX_YEAR, or a duration that leads there (the message says which)."""
+
+
+def _check_year(year: int) -> None:
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise _OutOfRange(f"the year {year}")
+
+
+def _check_instant(t: datetime) -> datetime:
+    """`t` (aware) if it lies between EARLIEST and LATEST, else _OutOfRange."""
+    if not EARLIEST <= t <= LATEST:
+        raise _OutOfRange(f"it falls in the year {t.year}")
+    return t
+
+
+def _local(dt: datetime, tz: tzinfo) -> datetime:
+    """A parsed date-time (naive: local time in `tz`; aware: its own offset) in UTC; _OutOfRange for a year outside
+    MIN_YEAR..MAX_YEAR (checked as written, before any arithmetic that could overflow)."""
+    _check_year(dt.year)
+    return _check_instant(_aware(dt, tz).astimezone(UTC))
+
+
+def _shift(now: datetime, amount: float, unit: timedelta) -> datetime:
+    """now + amount * unit (elapsed time, in UTC); _OutOfRange when that leaves the range (or amount is absurd)."""
+    seconds = amount * unit.total_seconds()
+    if not math.isfinite(seconds) or abs(seconds) > (LATEST - EARLIEST).total_seconds():
+        raise _OutOfRange(f"more than {MAX_YEAR - MIN_YEAR + 1} years from now")
+    return _check_instant(now.astimezone(UTC) + timedelta(seconds=seconds))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,6 +211,18 @@ def parse_iso(text: str) -> datetime:
 
 def _read_when(value: str, now: datetime, tz: tzinfo) -> tuple[datetime, bool]:
     """(instant in UTC, whether the value names a whole day), or UserError."""
+    if not isinstance(value, str):
+        raise UserError(f"a time must be text, got {type(value).__name__}: use {WHEN_FORMS}")
+    if len(value) > MAX_WHEN_CHARS:
+        raise UserError(f"the time {value[:20]!r}... is {len(value)} characters long; at most {MAX_WHEN_CHARS} are "
+                        f"accepted: use {WHEN_FORMS}")
+    try:
+        return _read_when_bounded(value, now, tz)
+    except _OutOfRange as e:
+        raise UserError(f"the time {value!r} is out of range ({e}): {RANGE}") from None
+
+
+def _read_when_bounded(value: str, now: datetime, tz: tzinfo) -> tuple[datetime, bool]:
     v = value.strip()
     low = v.lower()
     if low == "now":
@@ -170,25 +231,27 @@ def _read_when(value: str, now: datetime, tz: tzinfo) -> tuple[datetime, bool]:
         d = now.astimezone(tz).date() - timedelta(days=low == "yesterday")
         return _at(d, 0, tz), True
     m = _RELATIVE.fullmatch(low)
-    if m and m[3] in _UNIT_SECONDS:
-        delta = timedelta(seconds=float(m[2]) * _UNIT_SECONDS[m[3]])
-        now = now.astimezone(UTC)  # elapsed time: exact across a DST change
-        return (now - delta if m[1] == "-" else now + delta), False
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+    if m and m[3] in _UNIT_SECONDS:  # elapsed time, in UTC: exact across a DST change
+        return _shift(now, float(m[2]) * (-1 if m[1] == "-" else 1), timedelta(seconds=_UNIT_SECONDS[m[3]])), False
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v, re.ASCII):
         try:
-            return _at(date.fromisoformat(v), 0, tz), True
+            d = date.fromisoformat(v)
         except ValueError:
-            pass  # e.g. 2026-02-30: refused below with the accepted forms
-    elif re.match(r"\d{4}-\d{2}-\d{2}[T ]", v):
+            d = None  # e.g. 2026-02-30: refused below with the accepted forms
+        if d is not None:
+            _check_year(d.year)
+            return _at(d, 0, tz), True
+    elif re.match(r"\d{4}-\d{2}-\d{2}[T ]", v, re.ASCII):
         try:
             dt = parse_iso(v)
-            return _aware(dt, tz).astimezone(UTC), False
         except ValueError:
-            pass
-    elif v:
-        dt = _dateparser(now, tz).get_date_data(v).date_obj
+            dt = None
         if dt is not None:
-            return _aware(dt, tz).astimezone(UTC), False
+            return _local(dt, tz), False
+    elif v:
+        dt = _read_dateparser(v, now, tz)
+        if dt is not None:
+            return _local(dt, tz), False
     raise UserError(f"cannot read the time {value!r}: use {WHEN_FORMS}")
 
 
@@ -224,6 +287,15 @@ def window_from_args(from_: str | None, to: str | None, now: datetime, tz: tzinf
         raise UserError(f"{names[0]} {from_!r} ({w.start.astimezone(tz):%Y-%m-%d %H:%M}) is after {names[1]} {to!r} "
                         f"({w.end.astimezone(tz):%Y-%m-%d %H:%M} {_tz_label(tz, end)}): swap them")
     return TimeWindow(start, end)
+
+
+def _read_dateparser(text: str, now: datetime, tz: tzinfo) -> datetime | None:
+    """What dateparser reads in `text` (naive local or aware), or None. dateparser is a third-party reader of free
+    text: whatever it raises on odd input (an overflow, a value error) means it cannot read it."""
+    try:
+        return _dateparser(now, tz).get_date_data(text).date_obj
+    except Exception:  # noqa: BLE001 - see above; the text is refused (or the phrase ignored) with the reason
+        return None
 
 
 def _dateparser(now: datetime, tz: tzinfo):
@@ -395,23 +467,26 @@ def _read_day(m: re.Match, now: datetime, tz: tzinfo) -> _Day | None:
         d, part = today, text[5:]
     elif m["unit"]:
         n = _number(m["n"])
-        if m["unit"].startswith("week"):
+        week = m["unit"].startswith("week")
+        _shift(now, -n, timedelta(weeks=1) if week else timedelta(days=1))  # _OutOfRange for an absurd count
+        if week:
             monday = today - timedelta(days=today.weekday())
             return _Day(monday - timedelta(weeks=int(n)), 7, None, rel)
         d = today - timedelta(days=int(n))
-    elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+    elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", text, re.ASCII):
         try:
             d = date.fromisoformat(text)
         except ValueError:
             return None
     else:  # weekday names and month-name dates: dateparser
         name = re.sub(r"^(?:last|this past|past) ", "", text)
-        dt = _dateparser(now, tz).get_date_data(name).date_obj
+        dt = _read_dateparser(name, now, tz)
         if dt is None:
             return None
         d = dt.date()
         if name in _WEEKDAYS and d >= today:  # "on Monday" is the most recent Monday before today
             d -= timedelta(weeks=1 + (d - today).days // 7)
+    _check_year(d.year)
     return _Day(d, 1, part, rel)
 
 
@@ -465,10 +540,10 @@ def _standalone(x: _Match, now: datetime, tz: tzinfo) -> TimeWindow:
     now = now.astimezone(UTC)  # durations are elapsed time: subtracted in UTC, exact across a DST change
     if x.kind == "rolling":
         n = _number(m["n"]) if m.groupdict().get("n") else 1.0
-        return TimeWindow(now - n * _UNIT_DELTA[_UNITS[m["unit"].lower()]], None)
+        return TimeWindow(_shift(now, -n, _UNIT_DELTA[_UNITS[m["unit"].lower()]]), None)
     if x.kind == "ago":  # seconds, minutes, hours (days and weeks are read as days)
         unit = _UNITS[m["unit"].lower()]
-        t = now - _number(m["n"]) * _UNIT_DELTA[unit]
+        t = _shift(now, -_number(m["n"]), _UNIT_DELTA[unit])
         return TimeWindow(t - AGO_HALF_WIDTH[unit], t + AGO_HALF_WIDTH[unit])
     # calendar: this/last week, month, year
     today = now.astimezone(tz).date()
@@ -565,16 +640,9 @@ def _day_range(question: str, matches: list[_Match], now: datetime, tz: tzinfo):
     return None
 
 
-def parse_question(question: str, now: datetime, tz: tzinfo | str | None) -> TimeQuery:
-    """The time window, the phrase it came from, the intent and the question without the phrase.
-
-    One day expression and one time-of-day expression combine ("yesterday between 2 and 4 pm", "at 3 pm on
-    Monday"); a rolling or calendar window ("in the last 10 minutes", "last week") stands alone; the leftmost
-    wins when a question holds several.
-    """
-    tz = resolve_tz(tz)
-    now = _aware(now, tz)
-    matches = _scan(question)
+def _resolve(question: str, matches: list[_Match], now: datetime, tz: tzinfo
+             ) -> tuple[TimeWindow | None, list[_Match]]:
+    """The window of the question's time expressions and the matches it came from (see parse_question)."""
     day_m = next((x for x in matches if x.kind == "day"), None)
     tod_m = next((x for x in matches if x.kind in ("range", "relation", "clock", "part")), None)
     alone_m = next((x for x in matches if x.kind in ("rolling", "ago", "calendar")), None)
@@ -598,6 +666,39 @@ def parse_question(question: str, now: datetime, tz: tzinfo | str | None) -> Tim
     elif tod_m:
         t = _read_time_of_day(tod_m)
         window, used = _place(t, _most_recent_day(t, now, tz), tz, day_given=False), [tod_m]
+
+    return window, used
+
+
+def parse_question(question: str, now: datetime, tz: tzinfo | str | None) -> TimeQuery:
+    """The time window, the phrase it came from, the intent and the question without the phrase.
+
+    One day expression and one time-of-day expression combine ("yesterday between 2 and 4 pm", "at 3 pm on
+    Monday"); a rolling or calendar window ("in the last 10 minutes", "last week") stands alone; the leftmost
+    wins when a question holds several.
+    """
+    if not isinstance(question, str):
+        raise UserError(f"the question must be text, got {type(question).__name__}")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise UserError(f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS} are "
+                        f"accepted: shorten it")
+    tz = resolve_tz(tz)
+    now = _aware(now, tz)
+    matches = _scan(question)
+    try:
+        window, used = _resolve(question, matches, now, tz)
+        for end in (window.start, window.end) if window is not None else ():
+            if end is not None:
+                _check_instant(end)
+    except (_OutOfRange, OverflowError, ValueError) as e:
+        # a date outside MIN_YEAR..MAX_YEAR, an absurd duration, or date arithmetic that fails on such values (every
+        # ValueError here comes from date arithmetic): the question is answered without a window, and says why
+        why = f"it is out of range ({e}): {RANGE}" if isinstance(e, _OutOfRange) else "it cannot be computed"
+        phrase = question[matches[0].start:matches[0].end].strip()
+        text = _remove(question, [(x.start, x.end) for x in matches]) or question
+        return TimeQuery(None, None, _intent(text, False), text,
+                         f"the time {phrase!r} in the question was not applied ({why}); the answer is from the "
+                         f"whole memory")
 
     spans = [(x.start, x.end) for x in used]
     phrase = None

@@ -14,11 +14,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from rlivs.edge_app import options as o
 from rlivs.edge_app.options import console, fail as _fail
 from rlivs.runtime.config import EngineConfig
 from rlivs.runtime.errors import UserError
+from rlivs.runtime.validate import check_stream_name, terminal_safe
 
 out = Console()
 
@@ -118,6 +120,8 @@ def ingest(
                                    max_caption_tokens=max_caption_tokens)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         origin = o.start_clock(start_time)
+        if stream is not None:  # a name refused before the model loads and before the memory file is made
+            check_stream_name(stream, "--stream")
         from rlivs.edge_app.source_specs import with_topics
         from rlivs.runtime.ingest import StreamIngestor
         from rlivs.runtime.sources import open_source
@@ -197,7 +201,8 @@ def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool
                                            "decode_errors": ing.source.decode_errors if ing.source else 0,
                                            "timings": r.timings}))
             else:
-                bar.console.print(f"[dim][{r.index}] {r.t_start:7.1f}-{r.t_end:7.1f}s[/] {r.caption}")
+                caption = escape(terminal_safe(r.caption))
+                bar.console.print(f"[dim][{r.index}] {r.t_start:7.1f}-{r.t_end:7.1f}s[/] {caption}")
 
         results = ing.run(clips, on_clip=on_clip, max_clips=max_clips)
     if results:
@@ -268,7 +273,7 @@ def ask(
         out.print(f"[dim]{escape(line)}[/]")
     table = Table("stream", "clip", "time", "relevance", "caption", title=f"captions used ({a.latency_s:.2f} s)")
     for r, s in a.used:
-        table.add_row(r.stream, str(r.index), clip_label(r), f"{s:.3f}", r.caption)
+        table.add_row(_cell(r.stream), str(r.index), clip_label(r), f"{s:.3f}", _cell(r.caption))
     out.print(table)
 
 
@@ -288,7 +293,7 @@ class _Streamed:
             self.status.stop()
             out.print(f"[bold]Q:[/] {escape(self.question)}\n[bold]A:[/] ", end="")
             self.started = True
-        out.print(text, end="", markup=False, highlight=False)
+        out.print(terminal_safe(text), end="", markup=False, highlight=False)  # the model's text: no escapes
         out.file.flush()
 
     def __exit__(self, *exc) -> None:
@@ -328,16 +333,23 @@ def captions(
         return
     table = Table("stream", "clip", "time", "caption", title=f"{len(rows)} captions in {db}")
     for r in rows:
-        table.add_row(r.stream, str(r.index), clip_label(r), r.caption)
+        table.add_row(_cell(r.stream), str(r.index), clip_label(r), _cell(r.caption))
     out.print(table)
+
+
+def _cell(text: str) -> Text:
+    """Text from the memory (a caption, a stream name) for the terminal: no control or escape characters
+    (runtime.validate.terminal_safe), and no rich markup read into it."""
+    return Text(terminal_safe(text))
 
 
 def _seconds(value: Optional[str]) -> Optional[float]:
     """A --from/--to value that is a plain number: seconds of stream time; else None."""
     try:
-        return None if value is None else float(value)
+        seconds = None if value is None else float(value)
     except ValueError:
         return None
+    return seconds if seconds is None or math.isfinite(seconds) else None  # nan/inf: refused as a time instead
 
 
 def demo(

@@ -12,10 +12,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from rlivs.edge_app import options as o
 from rlivs.edge_app.options import console, fail as _fail
 from rlivs.runtime.errors import UserError
+from rlivs.runtime.validate import terminal_safe
 
 out = Console()
 memory_app = typer.Typer(help="What a memory holds; its captions out and in.", no_args_is_help=True)
@@ -57,7 +59,8 @@ def info(db: Path = DbOption, json_out: bool = typer.Option(False, "--json", hel
         t = "-" if s["t_start"] is None else f"{format_time(s['t_start'])}-{format_time(s['t_end'])}"
         clock = _span(s["wall_start"], s["wall_end"]) + (f" ({s['no_clock']} without)" if s["no_clock"] and
                                                          s["wall_start"] is not None else "")
-        table.add_row(s["name"], s["model_id"], str(s["n_clips"]), t, clock, str(s["next_idx"]), s["source"])
+        table.add_row(*(Text(terminal_safe(str(v))) for v in (s["name"], s["model_id"])), str(s["n_clips"]), t, clock,
+                      str(s["next_idx"]), Text(terminal_safe(str(s["source"]))))
     out.print(table)
 
 
@@ -111,46 +114,108 @@ def import_(
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
     dtype: str = o.Dtype, threads: Optional[int] = o.Threads,
 ):
-    """Add captions from JSON lines; their retrieval vectors are recomputed with the current model."""
+    """Add captions from JSON lines, all or nothing; their retrieval vectors are recomputed with the current model.
+
+    Every line is checked first (before the model loads): one JSON object per line with stream, index, t_start,
+    t_end, caption (wall_start/wall_end optional), by the rules ingest and the API use; each stream's clips must
+    continue it. The first bad line is refused with its number and the reason, and nothing is written. The clips
+    are then stored in one transaction: a failure leaves the memory as it was.
+    """
     if not in_path.is_file():
         _fail(f"{in_path} does not exist or is not a file: pass a .jsonl written by rlivs memory export")
     try:
-        rows = list(_read_jsonl(in_path))
+        rows = _read_jsonl(in_path)
+        if not rows:
+            console.print(f"{in_path} holds no clips: nothing imported")
+            return
+        _check_continues(rows, in_path, db)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, "auto", None))
         from rlivs.runtime.engine import load_engine
         from rlivs.runtime.memory import ClipRecord, Memory
 
         with console.status(f"loading model {ec.source} ..."):
             engine = load_engine(ec, o.pipeline_config())
-
-        def records():
-            for r in rows:
-                ids = engine.text.encode(r["caption"])
-                yield ClipRecord(r["stream"], r["index"], r["t_start"], r["t_end"], r["caption"], len(ids),
-                                 engine.vector(ids), 0.0, r.get("wall_start"), r.get("wall_end"))
-
+        records = []  # vectors first, then one short write transaction (ingest into the same --db is not held up)
+        with console.status(f"computing {len(rows)} retrieval vectors ..."):
+            for _, r in rows:
+                ids = engine.text.encode(r.caption)
+                records.append(ClipRecord(r.stream, r.index, r.t_start, r.t_end, r.caption, len(ids),
+                                          engine.vector(ids), 0.0, r.wall_start, r.wall_end))
         with Memory(db, model_fingerprint=engine.model_fingerprint) as memory:
-            n = memory.import_clips(records(), source=f"import:{in_path.name}", model_id=engine.backend.info.model_id)
+            n = memory.import_clips(records, source=f"import:{in_path.name}", model_id=engine.backend.info.model_id)
     except UserError as e:
         _fail(str(e))
     console.print(f"{n} clips imported into {db}")
 
 
-def _read_jsonl(path: Path):
-    need = {"stream": str, "index": int, "t_start": (int, float), "t_end": (int, float), "caption": str}
-    with open(path, encoding="utf-8") as fp:
-        for line_no, line in enumerate(fp, 1):
+def _read_jsonl(path: Path) -> list:
+    """[(line number, CheckedRow)] of a JSON-lines file, or UserError naming the first bad line and why. Lines are read
+    with a size bound (validate.MAX_ROW_BYTES), so a huge line is refused without being read whole."""
+    from rlivs.runtime.validate import MAX_CAPTION_CHARS, MAX_ROW_BYTES, check_clip_row
+
+    def refuse_constant(name: str):
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    rows = []
+    with open(path, "rb") as fp:
+        line_no = 0
+        while True:
+            raw = fp.readline(MAX_ROW_BYTES + 2)
+            if not raw:
+                return rows
+            line_no += 1
+            where = f"{path}:{line_no}"
+            line = raw.rstrip(b"\r\n")
+            if len(line) > MAX_ROW_BYTES:
+                raise UserError(f"{where} is longer than {MAX_ROW_BYTES} bytes, the bound of a clip line (a caption "
+                                f"holds at most {MAX_CAPTION_CHARS} characters); nothing was imported")
+            if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                line = line[3:]
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{where} is not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1}): write "
+                                f"the file as UTF-8; nothing was imported") from None
+            try:
+                row = json.loads(text, parse_constant=refuse_constant)
+            except RecursionError:
+                raise UserError(f"{where} nests too deeply to be a clip: each line must be one clip object; nothing "
+                                f"was imported") from None
             except ValueError as e:
-                raise UserError(f"{path}:{line_no} is not JSON ({e}): each line must be one clip object") from None
-            bad = [k for k, t in need.items() if not isinstance(row.get(k), t)]
-            if bad:
-                raise UserError(f"{path}:{line_no} lacks or mistypes {', '.join(bad)}: each line needs stream, "
-                                f"index, t_start, t_end and caption (wall_start/wall_end optional)")
-            yield row
+                raise UserError(f"{where} is not JSON ({e}): each line must be one clip object; nothing was "
+                                f"imported") from None
+            try:
+                rows.append((line_no, check_clip_row(row)))
+            except UserError as e:
+                raise UserError(f"{where}: {e}; nothing was imported") from None
+
+
+def _check_continues(rows: list, path: Path, db: Path) -> None:
+    """Each stream's rows continue it: from the memory's next clip (0 for a new stream), one after another. A clip
+    already in the memory or given twice, or a gap, is refused with its line before the model loads."""
+    next_idx: dict[str, int] = {}
+    if db.exists() and db.stat().st_size:
+        with _open(db) as memory:
+            next_idx = {s["name"]: s["next_idx"] for s in memory.info()["streams"]}
+    stored = dict(next_idx)  # the memory's own next clip of each stream
+    lines: dict[str, list[int]] = {}  # line numbers of each stream's rows in this file, in index order
+    for line_no, r in rows:
+        expected = next_idx.get(r.stream, 0)
+        if r.index != expected:
+            where = f"{path}:{line_no}: clip {r.index} of stream {r.stream!r}"
+            first = stored.get(r.stream, 0)
+            if r.index < first:
+                why = f"is already in {db} (its next clip is {first})"
+            elif r.index < expected:
+                why = f"repeats line {lines[r.stream][r.index - first]}"
+            else:
+                why = f"leaves a gap: the next clip of the stream is {expected}"
+            raise UserError(f"{where} {why}; nothing was imported: each stream's clips must continue it (import into "
+                            f"a new --db or under a new stream name)")
+        next_idx[r.stream] = expected + 1
+        lines.setdefault(r.stream, []).append(line_no)
 
 
 def forget(
@@ -158,15 +223,27 @@ def forget(
     stream: Optional[str] = typer.Option(None, "--stream", help="This stream (all of it, unless --before)."),
     before: Optional[str] = typer.Option(None, "--before", help="Clips that ended before this time: ISO 8601, -30d, "
                                                                  "yesterday, ..."),
+    allow_future: bool = typer.Option(False, "--allow-future", help="Accept a --before time in the future: every clip "
+                                                                     "with a clock time is deleted."),
     yes: bool = typer.Option(False, "--yes", help="Do it without asking."),
 ):
-    """Delete captions for good: a whole stream, everything older than a time, or both. Space goes back to the disk."""
+    """Delete captions for good: a whole stream, everything older than a time, or both. Space goes back to the disk.
+
+    A --before time in the future deletes every clip that has a clock time: it is refused unless --allow-future is
+    given too (--yes only skips the question)."""
+    import time
+
     from rlivs.runtime.answer import format_wall
 
     try:
-        cut = None if before is None else o.start_clock(before)
+        cut = None if before is None else o.start_clock(before, "--before")
         if stream is None and cut is None:
             raise UserError("rlivs forget needs --stream, --before or both (e.g. --before -30d)")
+        if cut is not None and cut > time.time() and not allow_future:
+            raise UserError(f"--before {before!r} is {format_wall(cut)}, in the future: it would delete every clip "
+                            f"with a clock time{' of stream ' + repr(stream) if stream else ''}, not only old ones. "
+                            f"Give a past time (e.g. --before -30d), or add --allow-future if that is what you want "
+                            f"(--yes alone does not)")
         what = (f"stream {stream!r}" if stream else "every stream") + \
             (f": clips that ended before {format_wall(cut)}" if cut is not None else " (all of it, FIFO included)")
         if not yes and not typer.confirm(f"forget {what} in {db}?"):

@@ -5,7 +5,8 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /                          the web page (static HTML + JS; it holds no data, the data comes from the API)
     GET    /healthz                   liveness and a health summary (no token needed; no stream names or URLs)
     GET    /metrics                   Prometheus text format
-    POST   /v1/session                with the bearer header: 204 + an HttpOnly SameSite=Strict session cookie
+    POST   /v1/tickets                {"path"} -> {"ticket", "path", "expires_in_s"} (201): one GET of /v1/events or
+                                      a thumbnail with ?ticket=, within 60 s (for EventSource and <img>)
     GET    /v1/streams                every stream: clips, state, source statistics
     POST   /v1/ask                    {"question", "stream"?, "from"?, "to"?} -> answer, its time window, the captions
                                       used (stream and wall-clock times), latency
@@ -14,7 +15,7 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
     GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
     GET    /v1/kept/{stream}/{clip}   which visual tokens selection kept (flat indices, tokens per frame, grid)
-    GET    /v1/events                 server-sent events: `caption` and `watch`
+    GET    /v1/events                 server-sent events: `caption` and `watch` (?after=: as Last-Event-ID)
     POST   /v1/watches                {"query", "threshold"?, "stream"?, "webhook"?} -> the watch (201)
     GET    /v1/watches                the watches with match counts
     GET    /v1/watches/{id}           one watch
@@ -26,16 +27,20 @@ Host: only requests whose `Host` names the bound address, a loopback name (127.0
 given with `--allow-host` are served (421 otherwise, before anything else), so a web page on another site cannot
 reach the API through DNS rebinding. When bound to every address (0.0.0.0 / ::), any IP-literal Host is served too.
 
-Limits (`Limits`): open connections (over the cap a connection gets 503 and is closed at once, freeing its
-descriptor), seconds to send a request's headers (then the connection is closed), open event streams (503), waiting
+Limits (`connections.Limits`, the connection layer in connections.py): open connections (over the cap a connection
+gets 503 and is closed at once, freeing its descriptor), of those at most `max_per_client` per client address and a
+reserve only /healthz and /metrics may use; a deadline for the request head, then one for the body (a grace period
+plus its declared length at a minimum rate: 408 and closed); an idle keep-alive closed on time whatever trickles in;
+every refusal (status >= 400) closes its connection; open event streams, in all (503) and per client address; waiting
 questions (429 with Retry-After, core.QuestionGate). /healthz and /metrics run on the event loop, never behind a
 question. The asyncio "out of system resource" log line is rate-limited.
 
-Auth: `Authorization: Bearer <token>`. GET requests also accept a session cookie, because EventSource and <img>
-cannot send headers: `POST /v1/session` with the bearer header answers `Set-Cookie: rlivs_session=...; HttpOnly;
-SameSite=Strict` (a random session id, valid 12 h; no script, and so no page on another port of the host, can read
-it); a cookie holding the token itself is not accepted (a script could read it). State-changing
-requests (POST, DELETE) need the header, so a cross-site form cannot use a cookie. Errors are JSON `{"detail": "what is wrong and how to fix it"}`.
+Auth: `Authorization: Bearer <token>`, nothing the browser sends by itself: no cookie is handed out or accepted (a
+cookie reaches every port of the host). What cannot send a header (EventSource, <img>) gets a ticket (`Tickets`,
+`TicketAuth`): `POST /v1/tickets` with the header, then `GET path?ticket=...`, valid once, for that path, for 60 s.
+Questions: both ask endpoints admit at the one gate on the event loop (429 at once when full) and answer on the
+service's question pool; a client that hangs up has its question dropped or stopped. Errors are JSON
+`{"detail": "what is wrong and how to fix it"}`.
 """
 
 from __future__ import annotations
@@ -51,8 +56,8 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, replace
-from http.cookies import SimpleCookie
 from typing import Optional, Sequence
+from urllib.parse import parse_qs, unquote
 
 import h11
 import uvicorn
@@ -63,10 +68,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .core import Busy, EdgeService, LimitReached, NotFound, NotReady
+from .core import Busy, EdgeService, LimitReached, NotFound, NotReady, Question, QuestionCancelled
 from .events import Event, TooManySubscribers
 from .metrics import CONTENT_TYPE
-from .page import PAGE
+from .page import PAGE, PAGE_HEADERS
 from .webhooks import check_syntax
 from rlivs.runtime.errors import UserError
 
@@ -162,51 +167,100 @@ def _host_key(value: str) -> str:
     return v.rstrip(".")
 
 
-class Sessions:
-    """Session ids handed out by `POST /v1/session` (in memory: a restart logs the page out), each valid `ttl_s`."""
+TICKET_PATHS = ("/v1/events", "/v1/thumbnails/")  # what a ticket may be issued for: exact path, or a path prefix
+TICKET_TTL_S = 60.0
 
-    def __init__(self, ttl_s: float = 12 * 3600, most: int = 1000):
+
+class Tickets:
+    """Credentials for the GET requests a browser makes without a script's headers (`EventSource('/v1/events')`,
+    `<img src=/v1/thumbnails/...>`): `POST /v1/tickets {"path"}` (with the bearer header) issues one; the request
+    `GET path?ticket=...` redeems it. Each is random, valid once, for that one path, for `ttl_s` seconds, and lives in
+    the server's memory only (at most `most`; the oldest go first). Nothing is stored in the browser by the server:
+    no cookie, so nothing is sent by the browser on its own to this or any other port of the host."""
+
+    def __init__(self, ttl_s: float = TICKET_TTL_S, most: int = 1000):
         self.ttl_s, self.most = ttl_s, most
         self._lock = threading.Lock()
-        self._ids: dict[str, float] = {}  # id -> expiry (monotonic)
+        self._issued: dict[str, tuple[str, float]] = {}  # ticket -> (path, expiry (monotonic))
 
-    def new(self) -> str:
-        sid = secrets.token_urlsafe(32)
+    def issue(self, path: str) -> str:
+        ticket = secrets.token_urlsafe(32)
         now = time.monotonic()
         with self._lock:
-            self._ids = {k: t for k, t in self._ids.items() if t > now}
-            while len(self._ids) >= self.most:
-                self._ids.pop(next(iter(self._ids)))  # the oldest
-            self._ids[sid] = now + self.ttl_s
-        return sid
+            self._issued = {k: v for k, v in self._issued.items() if v[1] > now}
+            while len(self._issued) >= self.most:
+                self._issued.pop(next(iter(self._issued)))  # the oldest
+            self._issued[ticket] = (path, now + self.ttl_s)
+        return ticket
 
-    def valid(self, sid: str) -> bool:
+    def redeem(self, ticket: str, path: str) -> bool:
+        """True once for a ticket issued for `path` (the decoded request path) and not expired; it is spent even when
+        the path is wrong."""
         with self._lock:
-            expiry = self._ids.get(sid)
-        return expiry is not None and expiry > time.monotonic()
+            issued = self._issued.pop(ticket, None)
+        return issued is not None and issued[1] > time.monotonic() and secrets.compare_digest(
+            issued[0].encode("utf-8", "surrogateescape"), path.encode("utf-8", "surrogateescape"))
+
+
+def ticket_path(path: str) -> str:
+    """The decoded request path a ticket is for; ValueError unless it is one of TICKET_PATHS."""
+    if not path.startswith("/") or "?" in path or "#" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise ValueError("must be a path such as /v1/events, without a query or fragment")
+    decoded = unquote(path)
+    if decoded != TICKET_PATHS[0] and not (decoded.startswith(TICKET_PATHS[1]) and decoded.endswith(".jpg")):
+        raise ValueError("tickets are for /v1/events and /v1/thumbnails/{stream}/{clip}.jpg only (every other "
+                         "request can send the Authorization header)")
+    return decoded
+
+
+class TicketRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(..., min_length=1, max_length=1000, description="The path the ticket is for, e.g. /v1/events.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return ticket_path(v)
+
+
+class TicketAuth:
+    """Runs before GuardMiddleware: a GET/HEAD with `?ticket=` that redeems a ticket for its path goes on as an
+    authorized request (the bearer header put in its scope for GuardMiddleware, whose checks all still run); a ticket
+    that is spent, expired, for another path or unknown is a 401. Other methods (a ticket never authorizes them),
+    requests without a ticket, and those with a Host that is not served (GuardMiddleware answers 421 without the ticket
+    being spent) pass through unchanged."""
+
+    def __init__(self, app, token: str | None, tickets: Tickets, hosts: HostCheck):
+        self.app, self.token, self.tickets, self.hosts = app, token, tickets, hosts
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or not self.token or scope.get("method") not in ("GET", "HEAD")
+                or b"ticket" not in scope.get("query_string", b"")):
+            return await self.app(scope, receive, send)
+        given = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True).get("ticket")
+        hosts = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"host"]
+        if not given or len(hosts) > 1 or not self.hosts.allows(hosts[0] if hosts else None):
+            return await self.app(scope, receive, send)
+        if len(given) == 1 and self.tickets.redeem(given[0], scope["path"]):
+            headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"authorization"]
+            headers.append((b"authorization", b"Bearer " + self.token.encode()))
+            return await self.app(dict(scope, headers=headers), receive, send)
+        msg = ("the ticket is not valid for this request: a ticket is valid once, for the path it was issued for, for "
+               f"{TICKET_TTL_S:g} s; get a new one with POST /v1/tickets {{\"path\": ...}} (bearer header), or send "
+               "the header 'Authorization: Bearer <token>' instead")
+        return await _json_error(401, msg, {"WWW-Authenticate": 'Bearer realm="rlivs"'})(scope, receive, send)
 
 
 class GuardMiddleware:
-    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: HostCheck, metrics=None,
-                 sessions: Sessions | None = None):
+    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: HostCheck, metrics=None):
         self.app, self.token, self.max_body, self.hosts, self.metrics = app, token, max_body_bytes, hosts, metrics
-        self.sessions = sessions or Sessions()
 
     def _authorized(self, scope) -> bool:
+        """The bearer header only: no cookie is a credential (a cookie reaches every port of the host; the page's
+        event stream and thumbnails use single-use tickets, TicketAuth)."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        auth = headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), self.token.encode()):
-            return True
-        if scope.get("method") in ("GET", "HEAD") and "cookie" in headers:
-            c = SimpleCookie()
-            try:
-                c.load(headers["cookie"])
-            except Exception:  # noqa: BLE001 - a malformed cookie header is just not a token
-                return False
-            if "rlivs_session" in c and self.sessions.valid(c["rlivs_session"].value):
-                return True
-        return False
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), self.token.encode())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -265,7 +319,7 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     app = FastAPI(title="rlivs", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Streaming video question answering on the device.")
     app.state.service = service
-    sessions = Sessions()
+    tickets = Tickets()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -300,6 +354,10 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
         service.metrics.inc("rlivs_http_rejected_total", reason="questions")
         return _json_error(429, str(exc), {"Retry-After": str(exc.retry_after_s)})
 
+    @app.exception_handler(QuestionCancelled)
+    async def _cancelled(request: Request, exc: QuestionCancelled):  # only when the service stops under a question
+        return _json_error(503, f"{exc}: the service is stopping; ask again when it is back", {"Retry-After": "5"})
+
     @app.exception_handler(TooManySubscribers)
     async def _subscribers(request: Request, exc: TooManySubscribers):
         service.metrics.inc("rlivs_http_rejected_total", reason="subscribers")
@@ -326,8 +384,8 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
                                 "the memory is intact")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page():
-        return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
+    def page():  # Content-Security-Policy: the page's own script and style (by hash) and requests to this origin only
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache", **PAGE_HEADERS})
 
     @app.get("/healthz")
     async def healthz():  # on the event loop: never queued behind questions in the thread pool
@@ -337,26 +395,34 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     async def metrics():
         return Response(service.render_metrics(), media_type=CONTENT_TYPE)
 
-    @app.post("/v1/session", status_code=204)
-    def session():
-        """Exchange the bearer token (checked by the middleware) for an HttpOnly, SameSite=Strict session cookie."""
-        r = Response(status_code=204)
-        if token:
-            r.set_cookie("rlivs_session", sessions.new(), max_age=int(sessions.ttl_s), path="/", httponly=True,
-                         samesite="strict")
-        return r
+    @app.post("/v1/tickets", status_code=201)
+    def ticket(body: TicketRequest):
+        """A ticket for one GET of `path` (/v1/events or a thumbnail) within 60 s, for what cannot send the bearer
+        header (EventSource, <img>): `GET path?ticket=...`."""
+        return {"ticket": tickets.issue(body.path), "path": body.path, "expires_in_s": tickets.ttl_s}
 
     @app.get("/v1/streams")
     def streams():
         return {"streams": service.streams()}
 
     @app.post("/v1/ask")
-    def ask(body: AskRequest):
-        return service.ask(body.question, body.stream, body.from_, body.to)
+    async def ask(request: Request, body: AskRequest):
+        """Admitted or 429 here, on the loop; answered on the service's question pool; dropped or stopped when the
+        client hangs up first."""
+        q = service.submit_question(body.question, body.stream, body.from_, body.to)
+        try:
+            present, _ = await _unless_gone(request, _finished(q))
+        except asyncio.CancelledError:  # the server is shutting down under it
+            q.cancel()
+            raise
+        if not present:
+            q.cancel()
+            return Response(status_code=499)  # nobody reads it (uvicorn sends nothing to a closed connection)
+        return q.future.result()  # a refusal raises: the exception handlers answer it
 
     @app.post("/v1/ask/stream")
-    async def ask_stream(body: AskRequest):
-        return await _streamed_answer(service, body)
+    async def ask_stream(request: Request, body: AskRequest):
+        return await _streamed_answer(service, request, body)
 
     @app.get("/v1/captions")
     def captions(stream: Optional[str] = Query(None, min_length=1, max_length=MAX_NAME),
@@ -378,8 +444,11 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
         return service.kept(stream, clip)
 
     @app.get("/v1/events")
-    async def events(request: Request, last_event_id: Optional[str] = Header(None)):
-        last = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else None
+    async def events(request: Request, last_event_id: Optional[str] = Header(None),
+                     after: Optional[int] = Query(None, ge=0, le=MAX_ID,
+                                                  description="as the Last-Event-ID header, for a client that "
+                                                              "reconnects itself (with a new ticket)")):
+        last = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else after
         sub, backlog = service.events.subscribe(asyncio.get_running_loop(), last)
 
         async def stream():
@@ -427,39 +496,99 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     def all_matches(limit: int = Query(50, ge=1, le=500), before: Optional[int] = Query(None, ge=1, le=MAX_ID)):
         return {"matches": service.matches(None, limit, before)}
 
-    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes,
-                       hosts=hosts or HostCheck("127.0.0.1"), metrics=service.metrics, sessions=sessions)
+    hosts = hosts or HostCheck("127.0.0.1")
+    app.add_middleware(GuardMiddleware, token=token, max_body_bytes=max_body_bytes, hosts=hosts,
+                       metrics=service.metrics)
+    app.add_middleware(TicketAuth, token=token, tickets=tickets, hosts=hosts)  # added last: runs before the guard
+    app.state.tickets = tickets
     return app
 
 
-async def _streamed_answer(service: EdgeService, body: AskRequest):
-    """POST /v1/ask/stream: `service.ask` in a worker thread, its tokens relayed as `token` events as they come. A
-    question refused before the first token (unknown stream, nothing ingested, bad question) is a plain JSON 4xx, as
-    from /v1/ask; a failure after it ends the stream with an `error` event."""
+def _finished(q: Question) -> asyncio.Future:
+    """An asyncio future that completes (with None) when the question's future does; cancelling it never cancels the
+    question (that is `Question.cancel`'s job, which counts it)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def settle(_):
+        try:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        except RuntimeError:  # the loop is closed: the server has stopped
+            pass
+
+    q.future.add_done_callback(settle)
+    return done
+
+
+async def _hung_up(receive) -> None:
+    """Returns when the client has closed the connection (the request body has been read: what comes next is only
+    `http.disconnect`)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(request: Request, awaitable) -> tuple[bool, object]:
+    """(True, its result) when `awaitable` finishes first, (False, None) when the client hangs up first."""
+    work = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(_hung_up(request.receive))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+    if work.done() and not work.cancelled():
+        return True, work.result()
+    return False, None
+
+
+async def _streamed_answer(service: EdgeService, request: Request, body: AskRequest):
+    """POST /v1/ask/stream: admitted at the question gate (or 429) like /v1/ask, answered on the service's question
+    pool, its tokens relayed as `token` events as they come. A question refused before the first token (unknown
+    stream, nothing ingested, bad question) is a plain JSON 4xx, as from /v1/ask; a failure after it ends the stream
+    with an `error` event. A client that hangs up before the first token has its question dropped (or stopped), one
+    that hangs up later has it stopped at the next token (Starlette ends the response when the client goes)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    job = loop.run_in_executor(None, lambda: service.ask(
-        body.question, body.stream, body.from_, body.to,
-        on_token=lambda text: loop.call_soon_threadsafe(queue.put_nowait, text)))
-    job.add_done_callback(lambda _: queue.put_nowait(None))  # runs on the loop, after every token already queued
-    first = await queue.get()
+
+    def put(item) -> None:  # from the question's thread
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the server has stopped
+            pass
+
+    q = service.submit_question(body.question, body.stream, body.from_, body.to, on_token=put)
+    q.future.add_done_callback(lambda _: put(None))  # after every token already queued
+    try:
+        present, first = await _unless_gone(request, queue.get())
+    except asyncio.CancelledError:  # the server is shutting down under it
+        q.cancel()
+        raise
+    if not present:
+        q.cancel()
+        return Response(status_code=499)  # nobody reads it
     if first is None:
-        job.result()  # a refusal raises here: the exception handlers answer 4xx (or 500)
+        q.future.result()  # a refusal raises here: the exception handlers answer 4xx (or 500)
 
     async def events():
-        item, n = first, 0
-        while item is not None:
-            n += 1
-            yield Event(n, "token", {"text": item}).sse()
-            item = await queue.get()
         try:
-            yield Event(n + 1, "answer", job.result()).sse()
-        except (NotFound, NotReady, UserError) as e:
-            status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, NotReady) else 400
-            yield Event(n + 1, "error", {"status": status, "detail": str(e.args[0]) if e.args else str(e)}).sse()
-        except Exception as e:  # noqa: BLE001 - reported in the stream, logged with its traceback
-            log.exception("streamed question failed")
-            yield Event(n + 1, "error", {"status": 500, "detail": f"internal error: {type(e).__name__}: {e}"}).sse()
+            item, n = first, 0
+            while item is not None:
+                n += 1
+                yield Event(n, "token", {"text": item}).sse()
+                item = await queue.get()
+            try:
+                yield Event(n + 1, "answer", q.future.result()).sse()
+            except (NotFound, NotReady, UserError) as e:
+                status = 404 if isinstance(e, NotFound) else 409 if isinstance(e, NotReady) else 400
+                yield Event(n + 1, "error", {"status": status, "detail": str(e.args[0]) if e.args else str(e)}).sse()
+            except QuestionCancelled as e:
+                yield Event(n + 1, "error", {"status": 503, "detail": f"{e}: the service is stopping"}).sse()
+            except Exception as e:  # noqa: BLE001 - reported in the stream, logged with its traceback
+                log.exception("streamed question failed")
+                yield Event(n + 1, "error", {"status": 500, "detail": f"internal error: {type(e).__name__}: {e}"}).sse()
+        finally:
+            q.cancel()  # the client went away mid-answer (a no-op once the answer is done)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -482,88 +611,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass
-class Limits:
-    """What one `rlivs serve` holds open at most (documented in docs/edge_app.md, Security)."""
+# The connection layer (caps, deadlines, refusals that close, fair share per client) lives in connections.py.
+from .connections import ConnectionPolicy, GuardedH11, Limits, fit_descriptors, protocol_for  # noqa: E402,F401
 
-    max_connections: int = 256  # open HTTP connections; beyond, 503 and closed at once (lowered to fit RLIMIT_NOFILE)
-    header_timeout_s: float = 10.0  # a connection that has not sent a whole request head in this time is closed
-    keepalive_s: int = 5  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
-    backlog: int = 128  # listen backlog, which is also how many connections asyncio accepts in one burst
-    log_every_s: float = 10.0  # the asyncio "out of system resource" line at most this often
-
-    def __post_init__(self):
-        if self.max_connections < 2:
-            raise UserError(f"max_connections must be >= 2, got {self.max_connections}")
-        if not self.header_timeout_s > 0:
-            raise UserError(f"header_timeout_s must be > 0, got {self.header_timeout_s}")
-
-
-def fit_descriptors(wanted: int, reserve: int = 128) -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard one when allowed, and return the connection cap that fits under it
-    with `reserve` descriptors left (the memory, the model, sources, webhooks, and the connections accepted in one
-    burst before the cap closes them)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = wanted + reserve if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted + reserve))
-        if target > soft:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                soft = target
-            except (ValueError, OSError):
-                pass
-    return max(2, min(wanted, soft - reserve))
-
-
-_BUSY = b'{"detail":"too many open connections to rlivs serve: try again shortly"}'
-
-
-class _GuardedH11(H11Protocol):
-    """uvicorn's h11 protocol with a connection cap (answered 503 and closed in connection_made, so it never holds a
-    descriptor) and a request-head deadline (uvicorn times out idle keep-alive connections only after a response;
-    a connection that never sends a whole head would stay open)."""
-
-    limits: Limits = Limits()
-    metrics = None
-
-    def connection_made(self, transport):
-        super().connection_made(transport)
-        self._head_timer = None
-        if len(self.connections) > self.limits.max_connections:
-            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                            % (len(_BUSY), _BUSY))
-            transport.close()
-            self._reject("connections")
-            return
-        self._arm_head_timer()
-
-    def _reject(self, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.inc("rlivs_http_rejected_total", reason=reason)
-
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
-
-    def _head_timeout(self) -> None:
-        self._head_timer = None
-        waiting_for_head = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
-        if waiting_for_head and not self.transport.is_closing():
-            self._reject("header_timeout")
-            self.transport.close()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm_head_timer()
-
-    def connection_lost(self, exc):
-        if getattr(self, "_head_timer", None) is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
+_GuardedH11 = GuardedH11  # the name it had here
 
 
 class _Uvicorn(uvicorn.Server):
@@ -617,12 +668,16 @@ class Server:
         if cap < self.limits.max_connections:
             log.warning("max connections lowered from %d to %d to fit the open-file limit (ulimit -n)",
                         self.limits.max_connections, cap)
-        self.app = create_app(service, token, hosts=HostCheck(host, allow_hosts))
-        protocol = type("GuardedH11", (_GuardedH11,), {"limits": replace(self.limits, max_connections=cap),
-                                                      "metrics": service.metrics})
-        config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level, access_log=access_log,
-                                log_config=None, timeout_graceful_shutdown=3, lifespan="off", http=protocol,
-                                timeout_keep_alive=self.limits.keepalive_s, backlog=self.limits.backlog)
+        self.app = create_app(service, token, max_body_bytes=self.limits.max_body_bytes,
+                              hosts=HostCheck(host, allow_hosts))
+        fitted = replace(self.limits, max_connections=cap)
+        self.protocol = protocol_for(fitted, service.metrics)  # .table: who holds which connection
+        # proxy_headers off: the client address (per-client caps) is the TCP peer's, never an X-Forwarded-For
+        config = uvicorn.Config(ConnectionPolicy(self.app, fitted, service.metrics), host=host, port=port,
+                                log_level=log_level, access_log=access_log, log_config=None,
+                                timeout_graceful_shutdown=3, lifespan="off", http=self.protocol,
+                                timeout_keep_alive=self.limits.keepalive_s, backlog=self.limits.backlog,
+                                proxy_headers=False)
         self._server = _Uvicorn(config, service.events.close, self.limits.log_every_s)
         self._thread: threading.Thread | None = None
 

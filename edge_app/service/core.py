@@ -21,6 +21,10 @@ starts and before the stream's next clip (`catch_up`); deliveries that were due 
 Questions take turns (`QuestionGate`): one is answered at a time, at most `question_queue` wait (more get 429 with
 Retry-After), and while ingest runs, a question that held the model for d seconds keeps the next one off it for
 d * ingest_share / (1 - ingest_share) seconds, so ingest keeps at least `ingest_share` of the model under a flood.
+Every entry point submits its question through `submit_question`: admitted at once or refused (`Busy`), then run on
+the service's own thread pool, sized to the gate (one thread per admitted question, so no second, hidden queue). A
+question whose caller goes away (`Question.cancel`) is dropped if its turn has not begun, and stopped at the next piece
+of generated text if it has (`QuestionCancelled`; counted in rlivs_questions_total as `dropped` / `stopped`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,6 +88,15 @@ class Busy(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class QuestionCancelled(Exception):
+    """The caller of a question went away: `stage` is "dropped" (before its turn began: nothing was generated) or
+    "stopped" (while its answer was generated). Never an HTTP answer: nobody is left to read one."""
+
+    def __init__(self, stage: str):
+        super().__init__(f"the question was {stage}: its client went away")
+        self.stage = stage
+
+
 @dataclass
 class ServiceConfig:
     replay_files: bool = True  # a file source is replayed at real speed as a live camera; False = at full speed
@@ -92,7 +106,7 @@ class ServiceConfig:
     default_watch_ratio: float = 0.5  # a watch without a threshold matches at this fraction of its self-relevance
     webhook_timeout_s: float = 5.0  # total deadline of one webhook POST (connect to last byte)
     webhook_queue: int = 1000  # webhook deliveries waiting; beyond it the oldest are dropped (counted, logged)
-    webhook_senders: int = 4  # deliveries in flight at once (one per destination)
+    webhook_in_flight: int = 256  # destinations sent to at once, one delivery each (each has a sender of its own)
     webhook_allow: tuple[str, ...] = ()  # non-public networks webhooks may reach (--webhook-allow), e.g. 10.0.0.0/24
     event_keep: int = 256  # recent events of each kind kept for SSE clients that reconnect with Last-Event-ID
     event_queue: int = 256  # events buffered per SSE client; a slower client loses its oldest (counted)
@@ -117,7 +131,7 @@ class ServiceConfig:
             raise UserError(f"default_watch_ratio must be in (0, 1], got {self.default_watch_ratio}")
         if not 0 <= self.ingest_share < 1:
             raise UserError(f"ingest_share must be in [0, 1), got {self.ingest_share}: e.g. 0.5")
-        for name in ("max_watches", "keep_matches", "max_subscribers", "webhook_queue", "webhook_senders"):
+        for name in ("max_watches", "keep_matches", "max_subscribers", "webhook_queue", "webhook_in_flight"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.question_queue < 0:
@@ -155,54 +169,131 @@ def caption_json(r: ClipRecord, has_thumbnail: bool) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class Place:
+    """One admitted question: its place at the gate, and whether its caller is still there."""
+
+    __slots__ = ("cancelled", "started")
+
+    def __init__(self):
+        self.cancelled = False  # set by QuestionGate.cancel (the client went away)
+        self.started = False  # its turn on the model has begun
+
+
 class QuestionGate:
-    """One question on the model at a time, at most `waiting` more queued (beyond: `Busy`), and while `ingesting()`
-    says ingest runs, a pause of d * share / (1 - share) after a question that held the model d seconds."""
+    """One question on the model at a time, at most `waiting` more admitted (beyond: `Busy`), and while `ingesting()`
+    says ingest runs, a pause of d * share / (1 - share) after a question that held the model d seconds.
+
+    `admit()` takes a place in line without blocking (what an HTTP handler calls on the event loop); the question's
+    thread then waits in `turn(place)` and gives it back with `release(place)`. A place is held from
+    admission to release, so at most 1 + `waiting` questions exist at once, whatever runs them. `turn()` without a
+    place admits and releases by itself."""
 
     def __init__(self, waiting: int, share: float, ingesting):
         self.max_waiting, self.share, self.ingesting = waiting, share, ingesting
         self._cond = threading.Condition()
         self._busy = False
-        self._line: deque = deque()  # waiting questions, in arrival order
+        self._line: deque = deque()  # admitted places whose turn has not begun, in arrival order
+        self._held: set = set()  # every admitted place not yet released (in line, on the model, finishing)
         self._free_at = 0.0  # monotonic time the next question may start (the ingest share)
         self._mean_s = 1.0  # running mean of a question's turn, seconds (for Retry-After)
         self.rejected = 0
 
-    @contextmanager
-    def turn(self):
-        """First come, first served: a waiter goes when it is first in line, the model is free and the pause is over."""
+    @property
+    def capacity(self) -> int:
+        """Questions admitted at once at most: the one on the model and those waiting."""
+        return 1 + self.max_waiting
+
+    def admit(self) -> Place:
+        """A place in line, or `Busy` (never blocks)."""
         with self._cond:
-            if (self._busy or self._line) and len(self._line) >= self.max_waiting:
+            if len(self._held) >= self.capacity:
                 self.rejected += 1
-                retry = max(1, math.ceil((len(self._line) + 1) * self._mean_s))
-                raise Busy(f"{len(self._line)} questions are already waiting for the model (at most "
-                           f"{self.max_waiting}): ask again in {retry} s", retry)
-            me = object()
-            self._line.append(me)
-            try:
-                while self._busy or self._line[0] is not me or time.monotonic() < self._free_at:
-                    self._cond.wait(None if self._busy or self._line[0] is not me
-                                    else max(0.01, self._free_at - time.monotonic()))
-            finally:
-                self._line.remove(me)
-                self._cond.notify_all()
-            self._busy = True
-        t0 = time.monotonic()
+                n = len(self._line)
+                retry = max(1, math.ceil((n + 1) * self._mean_s))
+                raise Busy(f"{n} questions are already waiting for the model (at most {self.max_waiting}): ask "
+                           f"again in {retry} s", retry)
+            place = Place()
+            self._held.add(place)
+            self._line.append(place)
+            return place
+
+    def release(self, place: Place) -> None:
+        """Give the place back (idempotent)."""
+        with self._cond:
+            self._held.discard(place)
+            if place in self._line:
+                self._line.remove(place)
+            self._cond.notify_all()
+
+    def cancel(self, place: Place) -> None:
+        """The caller went away: a waiting `turn` raises QuestionCancelled("dropped"); after the turn began, the
+        question's own code checks `place.cancelled` (see EdgeService.ask)."""
+        with self._cond:
+            place.cancelled = True
+            self._cond.notify_all()
+
+    def places(self) -> list[Place]:
+        """The admitted questions (a snapshot)."""
+        with self._cond:
+            return list(self._held)
+
+    @contextmanager
+    def turn(self, place: Place | None = None):
+        """First come, first served: a waiter goes when it is first in line, the model is free and the pause is over.
+        A place cancelled before that leaves the line with QuestionCancelled("dropped")."""
+        own = place is None
+        if own:
+            place = self.admit()
         try:
-            yield
-        finally:
-            held = time.monotonic() - t0
             with self._cond:
-                self._busy = False
-                self._mean_s = 0.8 * self._mean_s + 0.2 * held
-                if self.share > 0 and self.ingesting():
-                    self._free_at = time.monotonic() + held * self.share / (1 - self.share)
-                self._cond.notify_all()
+                if place not in self._line:
+                    raise RuntimeError("turn() with a place that is not in line (released, or its turn taken)")
+                try:
+                    while True:
+                        if place.cancelled:
+                            raise QuestionCancelled("dropped")
+                        first = bool(self._line) and self._line[0] is place
+                        if first and not self._busy and time.monotonic() >= self._free_at:
+                            break
+                        self._cond.wait(None if self._busy or not first
+                                        else max(0.01, self._free_at - time.monotonic()))
+                finally:
+                    if place in self._line:
+                        self._line.remove(place)
+                    self._cond.notify_all()
+                self._busy = True
+                place.started = True
+            t0 = time.monotonic()
+            try:
+                yield place
+            finally:
+                held = time.monotonic() - t0
+                with self._cond:
+                    self._busy = False
+                    self._mean_s = 0.8 * self._mean_s + 0.2 * held
+                    if self.share > 0 and self.ingesting():
+                        self._free_at = time.monotonic() + held * self.share / (1 - self.share)
+                    self._cond.notify_all()
+        finally:
+            if own:
+                self.release(place)
 
     @property
     def waiting(self) -> int:
         with self._cond:
             return len(self._line)
+
+
+class Question:
+    """A question submitted to the service (`EdgeService.submit_question`): `future` gives the answer JSON or raises
+    what `ask` raised; `cancel()` says its caller went away."""
+
+    def __init__(self, gate: QuestionGate, place: Place, future: Future):
+        self._gate, self.place, self.future = gate, place, future
+
+    def cancel(self) -> None:
+        if not self.future.done():
+            self._gate.cancel(self.place)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -246,7 +337,7 @@ class EdgeService:
         telemetry.declare(self.metrics)
         c = self.config
         self.webhooks = WebhookSender(self.store, self.metrics,
-                                      SenderConfig(deadline_s=c.webhook_timeout_s, senders=c.webhook_senders,
+                                      SenderConfig(deadline_s=c.webhook_timeout_s, max_in_flight=c.webhook_in_flight,
                                                    policy=c.webhook_policy), self._delivery_payload)
         self.mqtt = None  # MQTT out: every caption and watch event, published from the thread that made it
         if self.config.mqtt is not None:
@@ -267,6 +358,8 @@ class EdgeService:
         self.workers = [StreamWorker(self, s) for s in self.specs]
         self.questions = QuestionGate(c.question_queue, c.ingest_share,
                                       lambda: any(w.state == "running" for w in self.workers))
+        # the threads questions run on: one per place at the gate, so an admitted question never waits for a thread
+        self.question_pool = ThreadPoolExecutor(self.questions.capacity, thread_name_prefix="rlivs-question")
         self.started_at = time.time()
         self._stopped = False
         self._retained_at = 0.0  # when retention last ran
@@ -298,6 +391,9 @@ class EdgeService:
         self.webhooks.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
+        for t in self.questions.places():  # questions still waiting or answering: nobody will read them
+            self.questions.cancel(t)
+        self.question_pool.shutdown(wait=False)
 
     # -- the path of every committed caption ----------------------------------------------------------------------
 
@@ -526,12 +622,54 @@ class EdgeService:
         finally:
             self._retain_lock.release()
 
-    def ask(self, question: str, stream: str | None = None, from_: str | None = None, to: str | None = None,
-            on_token=None) -> dict:
-        """The answer JSON of POST /v1/ask; `from_`/`to` restrict it to a wall-clock window (ISO 8601 or -2h, ...).
-        `on_token(text)` receives the answer as it is generated (POST /v1/ask/stream)."""
-        t0 = time.perf_counter()
+    def submit_question(self, question: str, stream: str | None = None, from_: str | None = None,
+                        to: str | None = None, on_token=None) -> Question:
+        """Admit a question at the gate now (or raise `Busy`, counted as rejected) and answer it on the service's
+        question pool: what every HTTP entry point calls (never blocks). See `ask` for the arguments."""
         try:
+            place = self.questions.admit()
+        except Busy:
+            self.metrics.inc("rlivs_questions_total", outcome="rejected")
+            raise
+
+        def run():
+            try:
+                return self.ask(question, stream, from_, to, on_token=on_token, place=place)
+            finally:
+                self.questions.release(place)
+
+        try:
+            future = self.question_pool.submit(run)
+        except RuntimeError:  # the pool is shut down: the service is stopping
+            self.questions.release(place)
+            raise
+        future.add_done_callback(lambda f: f.cancelled() and self.questions.release(place))
+        return Question(self.questions, place, future)
+
+    def ask(self, question: str, stream: str | None = None, from_: str | None = None, to: str | None = None,
+            on_token=None, place: Place | None = None) -> dict:
+        """The answer JSON of POST /v1/ask; `from_`/`to` restrict it to a wall-clock window (ISO 8601 or -2h, ...).
+        `on_token(text)` receives the answer as it is generated (POST /v1/ask/stream). `place`: the place at the
+        gate `submit_question` admitted it with (without one, it waits for its own turn, or raises `Busy`); once it
+        is cancelled, the question raises QuestionCancelled: "dropped" before its turn, "stopped" during it."""
+        t0 = time.perf_counter()
+        own = place is None
+        if own:
+            try:
+                place = self.questions.admit()
+            except Busy:
+                self.metrics.inc("rlivs_questions_total", outcome="rejected")
+                raise
+
+        def relay(text: str) -> None:  # called by the generation loop with each piece of the answer
+            if place.cancelled:
+                raise QuestionCancelled("stopped")
+            if on_token is not None:
+                on_token(text)
+
+        try:
+            if place.cancelled:
+                raise QuestionCancelled("dropped")
             from datetime import datetime, timezone
 
             from rlivs.runtime.timeq import window_from_args
@@ -550,14 +688,20 @@ class EdgeService:
                                    f"{self.engine.config.clip.clip_seconds:g} s of video; wait for a caption "
                                    f"event on GET /v1/events and ask again")
                 span = {} if window is None else dict(window=window.as_unix(), window_text=window.describe(None))
-                with self.questions.turn(), self.question_backend.reserve():  # ingest waits at its next step
-                    a = answer(self.question_engine, mem, question, stream=stream, on_token=on_token, **span)
+                with self.questions.turn(place), self.question_backend.reserve():  # ingest waits at its next step
+                    a = answer(self.question_engine, mem, question, stream=stream, on_token=relay, **span)
+        except QuestionCancelled as e:
+            self.metrics.inc("rlivs_questions_total", outcome=e.stage)
+            raise
         except (NotFound, NotReady, UserError, Busy):
             self.metrics.inc("rlivs_questions_total", outcome="rejected")
             raise
         except Exception:
             self.metrics.inc("rlivs_questions_total", outcome="failed")
             raise
+        finally:
+            if own:
+                self.questions.release(place)
         self.metrics.inc("rlivs_questions_total", outcome="answered")
         self.metrics.observe("rlivs_question_seconds", time.perf_counter() - t0)
         thumbs = {}

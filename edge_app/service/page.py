@@ -9,12 +9,23 @@ device's UTC offset), stream-relative times otherwise. While a question is answe
 waited, then the answer as it is generated (POST /v1/ask/stream); the answer is compact, with the captions it used
 collapsed under it and linked to the timeline.
 
-It talks only to the API: `fetch` for streams, captions, questions (their answer streamed) and watches, `EventSource` on `/v1/events` for new
-captions and watch matches. Every piece of server data is inserted with `textContent` (never as HTML). When the
-service has a token the page asks for it once, keeps it in sessionStorage, sends it as a bearer header, and trades it
-for an HttpOnly session cookie (POST /v1/session) so EventSource and thumbnails, which cannot send headers, are let
-in too; no script can read that cookie.
+It talks only to the API: `fetch` for streams, captions, questions (their answer streamed), watches and thumbnails,
+`EventSource` on `/v1/events` for new captions and watch matches. Every piece of server data is inserted with
+`textContent` (never as HTML). When the service has a token the page asks for it once (or takes it from the URL
+fragment, `/#token=...`, which it then removes from the address bar), keeps it in sessionStorage (this origin only:
+scheme, host and port) and sends it as a bearer header. Nothing is ever sent by the browser on its own: no cookie.
+Thumbnails are fetched with the header and shown from blob: URLs (caption cards' when they scroll into view); the
+event stream, which cannot send headers, opens with a single-use ticket for `/v1/events` (POST /v1/tickets) and, when
+it drops, is reopened by the page with a new ticket and `after=<last event id>`.
+
+Served with `PAGE_HEADERS`: a Content-Security-Policy that allows this page's one script and one style block (by
+their SHA-256), images from this origin and blob:, requests to this origin only, no frames around it
+(frame-ancestors 'none', X-Frame-Options DENY), no plugins, no <base>, no form posts, and no Referer.
 """
+
+import base64
+import hashlib
+import re
 
 PAGE = r"""<!doctype html>
 <html lang="en">
@@ -43,6 +54,7 @@ PAGE = r"""<!doctype html>
   #right { min-width:0; overflow-y:auto; display:flex; flex-direction:column; gap:10px; }
   section.panel { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:10px; }
   h2 { font-size:12px; margin:0 0 6px; text-transform:uppercase; letter-spacing:.6px; color:var(--mute); }
+  h2.gap { margin-top:8px; }
   /* the cards fill the window: 1 camera full size, 2 side by side, 3-4 in 2x2, 5-6 in 3x2, 7-8 in 4x2 (--cols and
      --rows are set from the number of streams); more scroll inside the left column */
   .streams { display:grid; grid-template-columns: repeat(var(--cols, 1), minmax(0, 1fr)); gap:10px; }
@@ -149,7 +161,7 @@ PAGE = r"""<!doctype html>
       </form>
       <div id="watch-error" class="error"></div>
       <div id="watches"><div class="empty loading"><span class="spinner"></span>loading watches…</div></div>
-      <h2 style="margin-top:8px">Matches</h2>
+      <h2 class="gap">Matches</h2>
       <div id="matches"><div class="empty loading"><span class="spinner"></span>loading matches…</div></div>
     </section>
     <section class="panel">
@@ -171,6 +183,11 @@ const $ = (id) => document.getElementById(id);
 const MAX_CARDS = 60;
 const ENDED = new Set(["finished", "stopped", "failed", "stored"]);
 let token = sessionStorage.getItem("rlivs_token") || "";
+const fromUrl = new URLSearchParams(location.hash.slice(1)).get("token");  // /#token=...: never sent to a server
+if (fromUrl) {
+  token = fromUrl; sessionStorage.setItem("rlivs_token", token);
+  history.replaceState(null, "", location.pathname + location.search);  // out of the address bar and the history
+}
 let source = null;
 
 function el(tag, cls, text) {
@@ -194,6 +211,32 @@ async function api(path, opts = {}) {
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
   return body;
+}
+
+// Thumbnails: fetched with the bearer header (an <img src> could not send it) and shown from a blob: URL, released
+// once the image has loaded. Caption cards load theirs when they scroll into view.
+async function loadImage(img) {
+  const url = img.dataset.src;
+  if (!url) return;
+  try {
+    const r = await fetch(url, { headers: token ? { Authorization: "Bearer " + token } : {} });
+    if (!r.ok) return;
+    const blob = await r.blob();
+    if (img.dataset.src !== url) return;  // another clip's image was asked for meanwhile
+    const local = URL.createObjectURL(blob);
+    img.addEventListener("load", () => URL.revokeObjectURL(local), { once: true });
+    img.addEventListener("error", () => URL.revokeObjectURL(local), { once: true });
+    img.src = local;
+  } catch (e) { /* the card stays without its frame */ }
+}
+const imgObserver = new IntersectionObserver((entries) => {
+  for (const e of entries) if (e.isIntersecting) { imgObserver.unobserve(e.target); loadImage(e.target); }
+});
+function setImage(img, url, lazy) {
+  if (img.dataset.src === url) return;
+  img.dataset.src = url;
+  img.removeAttribute("src");
+  if (lazy) imgObserver.observe(img); else loadImage(img);
 }
 
 function fmt(s) { return s === null || s === undefined ? "–" : Number(s).toFixed(1) + " s"; }
@@ -260,7 +303,7 @@ function captionCard(c, isNew) {
   li.id = cardId(c.stream, c.clip);
   li.dataset.stream = c.stream; li.dataset.clip = c.clip;
   if (c.thumbnail) {  // clips ingested by `rlivs ingest` have no thumbnail: the row is text only
-    const img = el("img"); img.loading = "lazy"; img.alt = "clip " + c.clip; img.src = c.thumbnail;
+    const img = el("img"); img.alt = "clip " + c.clip; setImage(img, c.thumbnail, true);
     img.addEventListener("click", () => openClip(c.stream, c.clip));
     li.appendChild(img);
   }
@@ -280,7 +323,7 @@ function showLatest(c) {  // the newest clip of a stream: its frame (when it has
   latest.dataset.clip = c.clip;
   const img = latest.querySelector("img");
   img.hidden = !c.thumbnail;
-  if (c.thumbnail) { img.src = c.thumbnail; img.dataset.clip = c.clip; }
+  if (c.thumbnail) { setImage(img, c.thumbnail, false); img.dataset.clip = c.clip; }
   col.querySelector(".latest-meta").textContent = "latest · " + clipTime(c) + " · clip " + c.clip;
   col.querySelector(".latest-text").textContent = c.caption;
 }
@@ -311,7 +354,7 @@ async function openClip(stream, clip) {
   const c = await captionOf(stream, clip);
   if (!c) return;
   $("overlay-img").hidden = !c.thumbnail;
-  if (c.thumbnail) { $("overlay-img").src = c.thumbnail; $("overlay-img").alt = "clip " + c.clip; }
+  if (c.thumbnail) { setImage($("overlay-img"), c.thumbnail, false); $("overlay-img").alt = "clip " + c.clip; }
   $("overlay-meta").textContent = c.stream + " · clip " + c.clip + " · " + clipTime(c) +
     (c.wall_start ? " (stream time " + c.time + ")" : "");
   $("overlay-text").textContent = c.caption;
@@ -434,13 +477,35 @@ function refreshSoon() {  // stream health after new captions, at most every hal
   refreshTimer = setTimeout(() => { refreshTimer = null; loadStreams(false).catch(() => {}); }, 500);
 }
 
-function connectEvents() {
-  if (source) source.close();
-  source = new EventSource("/v1/events");
-  source.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill ok"; };
-  source.onerror = () => { $("conn").textContent = "reconnecting…"; $("conn").className = "pill warn"; };
-  source.addEventListener("caption", (ev) => { addCaption(JSON.parse(ev.data), true); refreshSoon(); });
-  source.addEventListener("watch", (ev) => {
+// EventSource cannot send the bearer header: it opens with a ticket valid once, for /v1/events, for 60 s. A ticket
+// cannot be reused by EventSource's own reconnection, so the page reconnects itself, with a new ticket and the id of
+// the last event it got (the server replays what was missed).
+let lastEventId = null, reconnectTimer = null;
+function reconnectSoon() {
+  $("conn").textContent = "reconnecting…"; $("conn").className = "pill warn";
+  if (source) { source.close(); source = null; }
+  clearTimeout(reconnectTimer);
+  reconnectTimer = setTimeout(() => connectEvents().catch(eventsFailed), 2000);
+}
+function eventsFailed(e) {  // no ticket: try again, unless the token is wrong (the token box is shown)
+  if ($("token-box").style.display !== "block") { reconnectSoon(); return; }
+  $("conn").textContent = e.message; $("conn").className = "pill bad";
+}
+
+async function connectEvents() {
+  clearTimeout(reconnectTimer);
+  if (source) { source.close(); source = null; }
+  const t = await api("/v1/tickets", { method: "POST", json: { path: "/v1/events" } });
+  const url = "/v1/events?ticket=" + encodeURIComponent(t.ticket) +
+              (lastEventId !== null ? "&after=" + encodeURIComponent(lastEventId) : "");
+  const s = new EventSource(url);
+  source = s;
+  const seen = (ev) => { if (ev.lastEventId) lastEventId = ev.lastEventId; };
+  s.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill ok"; };
+  s.onerror = () => { if (source === s) reconnectSoon(); };
+  s.addEventListener("caption", (ev) => { seen(ev); addCaption(JSON.parse(ev.data), true); refreshSoon(); });
+  s.addEventListener("watch", (ev) => {
+    seen(ev);
     const m = JSON.parse(ev.data);
     const mbox = $("matches");
     const empty = mbox.querySelector(".empty"); if (empty) empty.remove();
@@ -547,21 +612,13 @@ $("token-form").addEventListener("submit", (ev) => {
   start();
 });
 
-// EventSource and <img> cannot send the bearer header: trade it for an HttpOnly session cookie no script can read.
-async function openSession() {
-  if (!token) return;
-  const r = await fetch("/v1/session", {method: "POST", headers: {Authorization: "Bearer " + token}});
-  if (r.status === 401) { $("token-box").style.display = "block"; throw new Error("a token is needed"); }
-}
-
 async function start() {
   $("conn").textContent = "connecting…"; $("conn").className = "pill";
   loadHealth();
   try {
-    await openSession();
     await loadStreams(true);
     await loadWatches();
-    connectEvents();
+    connectEvents().catch(eventsFailed);
   } catch (e) { $("conn").textContent = e.message; $("conn").className = "pill bad"; }
 }
 
@@ -571,3 +628,31 @@ start();
 </body>
 </html>
 """
+
+
+def _sha256(block: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(block.encode("utf-8")).digest()).decode() + "'"
+
+
+_SCRIPTS = re.findall(r"<script>(.*?)</script>", PAGE, re.S)
+_STYLES = re.findall(r"<style>(.*?)</style>", PAGE, re.S)
+assert len(_SCRIPTS) == 1 and len(_STYLES) == 1 and " style=" not in PAGE  # what the policy below allows, exactly
+
+CSP = "; ".join([
+    "default-src 'self'",
+    "script-src " + _sha256(_SCRIPTS[0]),  # this page's one inline script, nothing injected
+    "style-src " + _sha256(_STYLES[0]),  # its one style block; no style="" attributes
+    "img-src 'self' blob:",  # thumbnails, fetched with the bearer header and shown from blob: URLs
+    "connect-src 'self'",  # fetch and EventSource: this origin (scheme, host and port) only
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'none'",  # the forms are handled by the script; none is ever posted
+    "frame-ancestors 'none'",  # no page, on another port or site, can frame this one (clickjacking)
+])
+
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}

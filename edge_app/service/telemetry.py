@@ -22,7 +22,7 @@ UPDATED = {
                                               "total)."),
     "rlivs_seconds_behind_live": ("gauge", "Last clip: seconds from its last frame's capture to its commit."),
     "rlivs_stream_time_seconds": ("gauge", "Stream time of the end of the last committed clip."),
-    "rlivs_questions_total": ("counter", "Questions by outcome (answered, rejected, failed)."),
+    "rlivs_questions_total": ("counter", "Questions by outcome (answered, rejected, failed, dropped: the client left before it started, stopped: the client left mid-answer)."),
     "rlivs_question_seconds": ("histogram", "Question latency (retrieval + answer), seconds."),
     "rlivs_watch_matches_total": ("counter", "Watch matches by watch id."),
     "rlivs_webhook_deliveries_total": ("counter", "Webhook deliveries by outcome (ok; retried; failed after the last "
@@ -31,7 +31,8 @@ UPDATED = {
     "rlivs_watch_match_errors_total": ("counter", "Clips whose matching failed to be stored (retried with the next "
                                                   "clip and at start)."),
     "rlivs_http_rejected_total": ("counter", "Connections or requests refused by a limit (reason: connections, "
-                                             "header_timeout, host, subscribers, questions)."),
+                                             "header_timeout, body_timeout, reserve, evicted, client_streams, host, "
+                                             "subscribers, questions)."),
 }
 
 # read from each worker's source statistics at scrape time: name -> (kind, help, SourceStats attribute)

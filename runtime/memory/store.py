@@ -40,6 +40,7 @@ import numpy as np
 from sqlite_utils import Database
 
 from rlivs.runtime.errors import UserError
+from rlivs.runtime.validate import check_caption, check_stream_name
 
 from . import schema
 from .records import (SQLITE_HEADER, ClipRecord, StreamState, from_blob, normalize_fingerprint, storage_problem,
@@ -58,10 +59,38 @@ def _check_wall(record: ClipRecord, index: int) -> tuple[float | None, float | N
         return None, None
     if w0 is None or w1 is None:
         raise UserError(f"clip {index} has wall-clock start {w0} and end {w1}: give both or neither")
-    w0, w1 = float(w0), float(w1)
+    try:
+        w0, w1 = float(w0), float(w1)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"clip {index} wall-clock times must be numbers ({e})") from e
     if not (math.isfinite(w0) and math.isfinite(w1) and w0 <= w1):
         raise UserError(f"clip {index} has wall-clock times [{w0}, {w1}]: they must be finite with start <= end")
     return w0, w1
+
+
+def _check_record(record: ClipRecord) -> tuple[int, float, float, int, tuple[float | None, float | None]]:
+    """(index, t_start, t_end, n_tokens, wall span) of a clip record, or UserError: what commit_clip (ingest) and
+    import_clips check alike (integers that are not booleans, finite times with start <= end, wall both or neither)."""
+    try:
+        if isinstance(record.index, bool) or isinstance(record.n_tokens, bool):
+            raise TypeError("a boolean is not a clip index or a token count")
+        index = operator.index(record.index)
+        n_tokens = operator.index(record.n_tokens)
+    except TypeError as e:
+        raise UserError(f"clip index, n_tokens and evict must be integers ({e})") from e
+    try:
+        t_start, t_end = float(record.t_start), float(record.t_end)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"clip {index} times must be numbers ({e})") from e
+    if not (math.isfinite(t_start) and math.isfinite(t_end) and t_start <= t_end):
+        raise UserError(f"clip {index} has times [{t_start}, {t_end}]: they must be finite with t_start <= t_end")
+    if index < 0:
+        raise UserError(f"clip index {index} is negative: clip indices start at 0")
+    if n_tokens < 0:
+        raise UserError(f"clip {index} has n_tokens {n_tokens}: it must be >= 0")
+    if not isinstance(record.caption, str):
+        raise UserError(f"clip {index} caption must be a string, got {type(record.caption).__name__}")
+    return index, t_start, t_end, n_tokens, _check_wall(record, index)
 
 
 def _kept_blob(kept: np.ndarray | None, index: int) -> bytes | None:
@@ -326,6 +355,7 @@ class Memory:
             row = self._stream_row(stream)
             if row is None:
                 self._refuse_readonly(f"create stream {stream!r}")
+                check_stream_name(stream)  # a new name: the rules of every name that enters (existing ones resume)
                 now = time.time()
                 row = dict(name=stream, source=source, model_id=model_id, config_hash=config_hash, created_at=now)
                 self._conn.execute(
@@ -369,19 +399,10 @@ class Memory:
         if not isinstance(record, ClipRecord):
             raise UserError(f"commit_clip takes a ClipRecord, got {type(record).__name__}")
         try:
-            index = operator.index(record.index)
-            n_tokens = operator.index(record.n_tokens)
             evict_ids = sorted({operator.index(i) for i in evict})
         except TypeError as e:
             raise UserError(f"clip index, n_tokens and evict must be integers ({e})") from e
-        t_start, t_end = float(record.t_start), float(record.t_end)
-        if not (math.isfinite(t_start) and math.isfinite(t_end) and t_start <= t_end):
-            raise UserError(f"clip {index} has times [{t_start}, {t_end}]: they must be finite with t_start <= t_end")
-        if n_tokens < 0:
-            raise UserError(f"clip {index} has n_tokens {n_tokens}: it must be >= 0")
-        if not isinstance(record.caption, str):
-            raise UserError(f"clip {index} caption must be a string, got {type(record.caption).__name__}")
-        wall = _check_wall(record, index)
+        index, t_start, t_end, n_tokens, wall = _check_record(record)
         kept_blob = _kept_blob(record.kept, index)
         vec_blob, vec_dtype = to_blob(record.vector, f"clip {index} vector", 1)
         dim = int(record.vector.shape[0])
@@ -610,49 +631,54 @@ class Memory:
 
     def import_clips(self, records: Iterable[ClipRecord], batch: int = 5000, source: str = "import",
                      model_id: str = "import") -> int:
-        """Bulk-load clips, `batch` per transaction (a crash keeps whole batches); streams that do not exist are
-        created with `source` and `model_id` (the model that computed the vectors). Each stream's clips must
-        continue its indices. Returns the number stored."""
+        """Bulk-load clips in ONE transaction: all of them, or none when any is refused or anything fails (the memory
+        is then exactly as before). Streams that do not exist are created with `source` and `model_id` (the model
+        that computed the vectors). Each record is checked as commit_clip checks a clip, plus the rules for what
+        comes from outside (rlivs.runtime.validate: stream names, captions); each stream's clips must continue its
+        indices (a clip already stored, or given twice, is refused). After every `batch` clips the signature center
+        is fixed once the memory holds SIG_MIN clips, as a run of commits would. Returns the number stored."""
         self._refuse_readonly("import clips")
-        stored, pending = 0, []
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise UserError(f"batch must be an integer >= 1, got {batch!r}")
 
-        def flush() -> None:
-            nonlocal stored
-            rows = list(pending)
-            pending.clear()
-
-            def body() -> None:
-                center = self._signature_center()
-                now = time.time()
-                for r in rows:
-                    if self._stream_row(r.stream) is None:
-                        self._conn.execute(
-                            "INSERT INTO streams (name, source, model_id, config_hash, created_at, next_idx) "
-                            "VALUES (?, ?, ?, 'import', ?, 0)", (r.stream, source, model_id, now))
-                    expected = self._next_index(r.stream)
-                    if r.index != expected:
-                        raise UserError(f"imported clip {r.index} of stream {r.stream!r} does not continue it (its "
-                                        f"next clip is {expected}): import into a new --db or a new stream name")
-                    wall = _check_wall(r, r.index)
-                    vec_blob, vec_dtype = to_blob(r.vector, f"clip {r.index} vector", 1)
-                    sig = None if center is None else signature(r.vector, center)
-                    self._insert_clip(r.stream, r.index, float(r.t_start), float(r.t_end), wall, r.caption,
-                                      int(r.n_tokens), sig, r.committed_at or now,
-                                      (vec_blob, int(r.vector.shape[0]), vec_dtype, _kept_blob(r.kept, r.index)))
-                    self._conn.execute("UPDATE streams SET next_idx = ? WHERE name = ?", (r.index + 1, r.stream))
-                if center is None:
+        def body() -> int:
+            center = self._signature_center()
+            now = time.time()
+            stored = 0
+            for r in records:
+                if not isinstance(r, ClipRecord):
+                    raise UserError(f"import_clips takes ClipRecords, got {type(r).__name__}")
+                index, t_start, t_end, n_tokens, wall = _check_record(r)
+                where = f"imported clip {index} of stream {str(r.stream)[:40]!r}"
+                try:
+                    check_stream_name(r.stream)
+                    check_caption(r.caption)
+                except UserError as e:
+                    raise UserError(f"{where}: {e}") from None
+                if self._stream_row(r.stream) is None:
+                    self._conn.execute(
+                        "INSERT INTO streams (name, source, model_id, config_hash, created_at, next_idx) "
+                        "VALUES (?, ?, ?, 'import', ?, 0)", (r.stream, source, model_id, now))
+                expected = self._next_index(r.stream)
+                if index != expected:
+                    kind = "is already stored (or given twice)" if index < expected else "leaves a gap"
+                    raise UserError(f"{where} does not continue it (it {kind}; its next clip is {expected}); "
+                                    f"nothing was imported: import into a new --db or a new stream name")
+                vec_blob, vec_dtype = to_blob(r.vector, f"clip {index} vector", 1)
+                sig = None if center is None else signature(r.vector, center)
+                self._insert_clip(r.stream, index, t_start, t_end, wall, r.caption, n_tokens, sig,
+                                  r.committed_at or now,
+                                  (vec_blob, int(r.vector.shape[0]), vec_dtype, _kept_blob(r.kept, index)))
+                self._conn.execute("UPDATE streams SET next_idx = ? WHERE name = ?", (index + 1, r.stream))
+                stored += 1
+                if center is None and stored % batch == 0:
                     self._fill_signatures(force=False)
+                    center = self._signature_center()
+            if center is None:
+                self._fill_signatures(force=False)
+            return stored
 
-            self._write(body, what=f"import {len(rows)} clips")
-            stored += len(rows)
-
-        for record in records:
-            pending.append(record)
-            if len(pending) >= batch:
-                flush()
-        if pending:
-            flush()
-        return stored
+        return self._write(body, what="import clips")
 
     def forget(self, stream: str | None = None, before: float | None = None) -> int:
         """Delete clips: of `stream` (all streams when None) whose wall-clock end is before `before` (UTC unix

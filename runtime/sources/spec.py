@@ -17,9 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rlivs.runtime.errors import UserError
+from rlivs.runtime.validate import MAX_NAME_CHARS, NAME_RE, NAME_RULE, check_stream_name
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def derive_name(url: str) -> str:
         parts = urlsplit(url)
         last = [p for p in parts.path.split("/") if p]
         base = (parts.hostname or "stream") + ("-" + Path(last[-1]).stem if last else "")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.")[:64]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.")[:MAX_NAME_CHARS]
     return name or "stream"
 
 
@@ -78,10 +78,9 @@ def parse_source(spec: str) -> SourceSpec:
     if sep and head in (".", "..") and tail:
         raise UserError(f"source name {head!r} is not valid: '.' and '..' are path steps in every URL that names the "
                         f"stream (thumbnails); use e.g. --source cam0={tail}")
-    if sep and _NAME_RE.match(head) and tail and not Path(spec).exists():
-        name, url = head, tail
+    if sep and NAME_RE.fullmatch(head) and tail and not Path(spec).exists():
+        name, url = check_stream_name(head, "source name"), tail
     elif sep and "/" not in head and ":" not in head and not Path(spec).exists():
-        raise UserError(f"source name {head!r} in {spec!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
-                        f"e.g. --source cam0={tail}")
+        raise UserError(f"source name {head!r} in {spec!r} is not valid: use {NAME_RULE}, e.g. --source cam0={tail}")
     kind = source_kind(url)
     return SourceSpec(name or derive_name(url), url, kind)

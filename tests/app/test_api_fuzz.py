@@ -78,20 +78,21 @@ def server(tmp_path_factory, bundle):
 
 
 def _send(client: httpx.Client, req, auth: str) -> httpx.Response:
-    client.cookies.clear()  # the auth is what `auth` says: no session cookie kept from POST /v1/session
-    headers = dict(req.headers)
+    client.cookies.clear()  # the auth is what `auth` says: nothing kept between requests
+    headers, params = dict(req.headers), dict(req.params)
     if auth == "bearer":
         headers["Authorization"] = f"Bearer {TOKEN}"
-    elif auth == "cookie":  # the page's way: the token traded for an HttpOnly session cookie
-        r = client.post("/v1/session", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert r.status_code == 204, r.text
-        headers["Cookie"] = f"rlivs_session={r.cookies['rlivs_session']}"
-        client.cookies.clear()
+    elif auth == "ticket":  # the page's way for EventSource: a single-use ticket for /v1/events (401 anywhere else)
+        r = client.post("/v1/tickets", headers={"Authorization": f"Bearer {TOKEN}"}, json={"path": "/v1/events"})
+        assert r.status_code == 201 and "set-cookie" not in r.headers, r.text
+        params["ticket"] = r.json()["ticket"]
     elif auth == "wrong":
         headers["Authorization"] = "Bearer not-the-token"
+    elif auth == "cookie":  # no cookie is a credential
+        headers["Cookie"] = f"rlivs_session={TOKEN}; rlivs_token={TOKEN}"
     elif auth == "junk-cookie":
         headers["Cookie"] = 'rlivs_session="unterminated; ;;=; x'
-    kw = {"params": req.params, "headers": headers}
+    kw = {"params": params, "headers": headers}
     if req.raw_body is not None:
         kw["content"] = req.raw_body
         headers["Content-Type"] = "application/json"
@@ -132,7 +133,7 @@ def test_fuzz_every_endpoint_no_5xx_no_hang_and_the_service_still_answers(server
     @given(st.data())
     def one_request(data):
         pick = data.draw(st.integers(0, len(ops) + len(extra) - 1), label="operation")
-        auth = data.draw(st.sampled_from(["bearer"] * 8 + ["cookie", "none", "wrong", "junk-cookie"]), label="auth")
+        auth = data.draw(st.sampled_from(["bearer"] * 8 + ["ticket", "cookie", "none", "wrong", "junk-cookie"]), label="auth")
         if pick < len(ops):
             req = data.draw(requests(ops[pick], spec, override), label="request")
         else:
@@ -149,7 +150,7 @@ def test_fuzz_every_endpoint_no_5xx_no_hang_and_the_service_still_answers(server
         seen[req.operation] += 1
         statuses[r.status_code] += 1
         assert r.status_code < 500, f"{req.operation} -> {r.status_code} {r.text[:300]} for {req}"
-        granted = auth == "bearer" or (auth == "cookie" and req.method in ("GET", "HEAD"))
+        granted = auth == "bearer" or (auth == "ticket" and req.method == "GET" and req.path == "/v1/events")
         if req.path not in ("/healthz", "/"):
             assert (r.status_code == 401) == (not granted), f"{req.operation} auth={auth} -> {r.status_code}"
         if r.status_code >= 400:

@@ -80,14 +80,13 @@ def test_auth_token_on_every_endpoint_but_healthz(live):
         r = httpx.request(method, url + path, headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
     assert httpx.get(url + "/v1/streams", headers={"Authorization": TOKEN}).status_code == 401  # scheme required
-    # the page's session cookie is accepted for GET (EventSource, <img>) but never for state-changing requests; a
-    # cookie holding the token itself (which a script could read) is not accepted at all
-    s = httpx.post(url + "/v1/session", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert s.status_code == 204 and "httponly" in s.headers["set-cookie"].lower()
-    cookie = {"Cookie": f"rlivs_session={s.cookies['rlivs_session']}"}
-    assert httpx.get(url + "/v1/streams", headers=cookie).status_code == 200
-    assert httpx.post(url + "/v1/watches", headers=cookie, json={"query": "x"}).status_code == 401
-    assert httpx.get(url + "/v1/streams", headers={"Cookie": f"rlivs_token={TOKEN}"}).status_code == 401
+    # no cookie is a credential (a cookie reaches every port of the host), and none is handed out: the cookie session
+    # endpoint is gone; EventSource and <img> use single-use tickets instead (tests/app/test_serve_credentials.py)
+    assert httpx.post(url + "/v1/session", headers=AUTH).status_code == 404
+    for cookie in (f"rlivs_token={TOKEN}", f"rlivs_session={TOKEN}", "rlivs_session=x"):
+        assert httpx.get(url + "/v1/streams", headers={"Cookie": cookie}).status_code == 401
+    t = httpx.post(url + "/v1/tickets", headers=AUTH, json={"path": "/v1/events"})
+    assert t.status_code == 201 and "set-cookie" not in t.headers, t.text
 
 
 def test_non_loopback_bind_without_token_is_refused(live):

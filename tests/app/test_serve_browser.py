@@ -1,7 +1,10 @@
 """The web page end to end in headless Chromium (Debian's /usr/bin/chromium through Playwright): it asks for the
 token, loads the timeline, answers a question with links to the captions used, adds a watch whose match shows up
 live, and shows a caption that is ingested while the page is open. A page from another site whose name resolves to
-127.0.0.1 (DNS rebinding) reads nothing and changes nothing.
+127.0.0.1 (DNS rebinding) reads nothing and changes nothing. The credential stays on its port: after the page has
+authenticated (bearer header, tickets for the event stream, no cookie), another server on another port of 127.0.0.1
+receives nothing that gives access to rlivs; the page runs under its Content-Security-Policy without a violation and
+cannot be framed.
 
 A second test shows four cameras in one 1280x800 window. Set RLIVS_DOCS_SCREENSHOT=docs/edge_app.png to save its
 screenshot, the one in docs/edge_app.md.
@@ -62,7 +65,8 @@ def test_page_loads_answers_and_updates_live(browser, tmp_path, tiny_dir):
         page.fill("#token-input", TOKEN)
         page.click("#token-form button")
         page.wait_for_selector('.caption-card[data-stream="cam"]', timeout=15_000)
-        page.wait_for_selector('.caption-card img[src^="/v1/thumbnails/cam/"]', timeout=5_000)
+        # thumbnails are fetched with the bearer header and shown from blob: URLs (no cookie, no token in a URL)
+        page.wait_for_selector('.caption-card img[data-src^="/v1/thumbnails/cam/"][src^="blob:"]', timeout=5_000)
         page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=10_000)
         seen = max(int(x) for x in page.eval_on_selector_all(".caption-card", "els => els.map(e => e.dataset.clip)"))
 
@@ -202,9 +206,9 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
         page.locator('.stream[data-stream="dock"] .caption-card', has_text=text).locator("img").click()
         page.wait_for_selector("#overlay.open", timeout=5_000)
         assert page.locator("#overlay-text").inner_text() == text
-        assert page.locator("#overlay-img").get_attribute("src") == "/v1/thumbnails/dock/1.jpg"
+        assert page.locator("#overlay-img").get_attribute("data-src") == "/v1/thumbnails/dock/1.jpg"
         assert page.locator("#overlay-img").bounding_box()["width"] >= 480  # enlarged (thumbnails are 160 px)
-        assert page.evaluate("() => document.getElementById('overlay-img').naturalWidth") == 160
+        page.wait_for_function("() => document.getElementById('overlay-img').naturalWidth === 160", timeout=5_000)
         page.keyboard.press("Escape")
         page.wait_for_selector("#overlay", state="hidden", timeout=5_000)
 
@@ -327,42 +331,94 @@ def test_eight_cameras_fit_one_window(browser, tmp_path, tiny_dir):
         service.stop()
 
 
-def test_session_cookie_is_http_only_and_unreadable_from_another_port(browser, tmp_path, tiny_dir):
-    """The bearer token is exchanged for an HttpOnly, SameSite=Strict session cookie: EventSource and <img> requests
-    carry it, no script reads it, neither on the page's origin nor on a page served from another port of the host."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+def test_the_credential_stays_on_its_port_and_the_page_runs_under_its_csp(browser, tmp_path, tiny_dir):
+    """The page authenticates with the token (taken from the URL fragment), loads thumbnails and opens the event
+    stream under its Content-Security-Policy without a violation. Then the same browser talks to another server on
+    another port of 127.0.0.1 (a page there, a fetch with credentials, an image, a frame of the rlivs page): that
+    server receives nothing that gives access to rlivs (no cookie, no Authorization, no ticket, no token), and
+    replaying everything it received against rlivs gets 401. The page cannot be framed (frame-ancestors 'none')."""
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+    import numpy as np
+
+    received = []
 
     class Other(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_GET(self):
+            received.append((self.path, dict(self.headers.items())))
+            body = (b"<html><body>another app on this host<iframe id=f src='" + server.url.encode() +
+                    b"/'></iframe></body></html>") if self.path.startswith("/page") else b"x"
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"<html><body>another app on this host</body></html>")
+            self.wfile.write(body)
 
     other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
     threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    service = EdgeService(tiny_engine(), tmp_path / "memory.db")
+    other_url = f"http://127.0.0.1:{other.server_address[1]}"
+    engine = tiny_engine()
+    service = EdgeService(engine, tmp_path / "memory.db")
+    _plant(service, engine, "door", FOUR["door"], np.random.default_rng(2))  # captions with thumbnails
     server = Server(service, port=0, token=TOKEN).start()
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors, console = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: console.append(m.text))
+    page.add_init_script("""window.violations = [];
+        document.addEventListener('securitypolicyviolation',
+            (e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));""")
     try:
-        page.goto(server.url + "/healthz")
-        got = page.evaluate("""async (token) => {
-            const s = await fetch('/v1/session', {method: 'POST', headers: {Authorization: 'Bearer ' + token}});
-            const streams = await fetch('/v1/streams');  // no header: the cookie alone
-            const post = await fetch('/v1/watches', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                     body: JSON.stringify({query: 'x'})});
-            return {session: s.status, streams: streams.status, post: post.status, cookie: document.cookie};
-        }""", TOKEN)
-        assert got == {"session": 204, "streams": 200, "post": 401, "cookie": ""}, got
-        cookies = {c["name"]: c for c in page.context.cookies()}
-        assert cookies["rlivs_session"]["httpOnly"] and cookies["rlivs_session"]["sameSite"] == "Strict"
-        assert TOKEN not in cookies["rlivs_session"]["value"]
-        page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
-        assert "rlivs_session" not in page.evaluate("document.cookie")  # cookies ignore ports; HttpOnly does not
+        page.goto(server.url + "/#token=" + TOKEN)
+        page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=15_000)
+        assert page.evaluate("() => location.hash") == ""  # the token left the address bar
+        page.wait_for_selector('.caption-card img[src^="blob:"]', timeout=10_000)
+        page.wait_for_function("() => document.querySelector('.latest img').naturalWidth === 160", timeout=10_000)
+        # the event stream is live: a new caption arrives on the page (EventSource opened with its ticket)
+        ids = engine.text.encode("a cat sits on the mat")
+        rec = ClipRecord("door", 4, 64.0, 80.0, "a cat sits on the mat", len(ids), engine.vector(ids))
+        with Memory(service.db, model_fingerprint=engine.model_fingerprint) as mem:
+            mem.commit_clip(rec, None)
+        service.publish_clip(rec, middle_frame=np.zeros((120, 160, 3), np.uint8))
+        page.wait_for_selector('.caption-card >> text=a cat sits on the mat', timeout=10_000)
+        assert page.evaluate("() => window.violations") == []
+        assert not [m for m in console if "Content Security Policy" in m], console
+        assert page.context.cookies() == []  # rlivs set no cookie at all
+
+        # the browser, after authenticating against rlivs, makes requests to the other server
+        page.evaluate("""async (other) => {
+            await fetch(other + '/fetch', {credentials: 'include', mode: 'no-cors'}).catch(() => {});
+        }""", other_url)  # blocked by the page's own CSP (connect-src 'self'): it never leaves the browser
+        page.goto(other_url + "/page")
+        page.evaluate("""async (other) => {
+            await fetch(other + '/fetch-there', {credentials: 'include'});
+            const img = new Image(); img.src = other + '/img';
+            await new Promise((r) => { img.onload = img.onerror = r; });
+        }""", other_url)
+        assert page.evaluate("() => [document.cookie, sessionStorage.getItem('rlivs_token')]") == ["", None]
+        # the rlivs page cannot be framed there (the navigation waited for the frame's load): no rlivs page in it
+        framed = [f for f in page.frames if f != page.main_frame]
+        assert len(framed) == 1 and framed[0].query_selector("#ask-form") is None, [f.url for f in framed]
+
+        paths = [p for p, _ in received]
+        assert "/page" in paths and "/fetch-there" in paths and "/img" in paths, paths
+        assert "/fetch" not in paths  # the rlivs page may connect to its own origin only
+        for path, headers in received:
+            low = {k.lower(): v for k, v in headers.items()}
+            assert "cookie" not in low and "authorization" not in low, (path, headers)
+            assert TOKEN not in path + repr(headers) and "ticket" not in path + repr(headers), (path, headers)
+        # replaying whatever the other server received against rlivs gives nothing
+        for path, headers in received:
+            replay = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")}
+            for target in ("/v1/captions", "/v1/streams", "/v1/events", path):
+                r = httpx.get(server.url + target, headers=replay, timeout=10)
+                assert r.status_code == 401, (path, target, r.status_code)
+        assert not errors, errors
     finally:
         page.close()
         server.stop()

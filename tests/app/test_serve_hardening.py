@@ -450,7 +450,8 @@ def test_questions_take_turns_in_arrival_order_and_ingest_keeps_its_share():
 def test_a_stuck_model_never_holds_up_healthz_metrics_or_the_queue_bound(stored):
     """The model held by a question that does not end: 60 more questions get 429 at once (beyond the 1 + 8 that wait),
     and /healthz and /metrics answer meanwhile (before: the 40 thread-pool threads all waited, /healthz timed out)."""
-    service, server = stored["serve"]()
+    # 60 clients from one address: its connection share (32 by default) lifted, so that only the question gate acts
+    service, server = stored["serve"](limits=Limits(max_per_client=64))
     lock = service.model_lock
     lock.acquire(0)  # QUESTION priority: what a long answer looks like to everyone else
     results = []
@@ -485,7 +486,8 @@ def test_a_stuck_model_never_holds_up_healthz_metrics_or_the_queue_bound(stored)
 
 
 def test_idle_and_slow_connections_are_capped_and_timed_out(stored):
-    service, server = stored["serve"](limits=Limits(max_connections=16, header_timeout_s=1.0))
+    # reserved=0: the plain cap (the reserve kept for /healthz is tested in tests/app/test_serve_slow_clients.py)
+    service, server = stored["serve"](limits=Limits(max_connections=16, header_timeout_s=1.0, reserved=0))
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(40)]
     try:
         wait_for(lambda: 'rlivs_http_rejected_total{reason="connections"}' in service.render_metrics(), 5,

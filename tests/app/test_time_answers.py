@@ -105,6 +105,26 @@ def test_a_memory_without_clock_says_so_and_ignores_question_times(tmp_path):
         assert any("not applied" in n for n in a.notes) and any("stream-relative" in n for n in a.notes)
 
 
+ABSURD_TIMES = ["-99999999999w", "-99999999d", "+99999999999w", "0001-01-01T00:00+14:00", "9999-12-31"]
+ABSURD_QUESTIONS = ["what happened on 9999-12-31?", "what happened 99999999999 days ago?",
+                    "what moved in the last 9999999999999999999999 seconds?"]
+
+
+def test_absurd_times_are_refused_or_not_applied_and_said_so(memory_db):
+    engine = tiny_engine()
+    with Memory(memory_db, readonly=True) as m:
+        for question in ABSURD_QUESTIONS:
+            a = answer(engine, m, question, now=NOW, tz=TZ)
+            assert a.window is None and a.used, question
+            assert any("was not applied" in n and "1970 to 2999" in n for n in a.notes), a.notes
+    for value in ABSURD_TIMES:
+        for flag in ("--from", "--to"):
+            r = run_cli("ask", "what happened?", "--db", str(memory_db), flag, value)
+            assert r.exit_code == 2 and f"{flag}:" in r.output and "internal error" not in r.output, r.output
+            r = run_cli("captions", "--db", str(memory_db), flag, value)
+            assert r.exit_code == 2 and f"{flag}:" in r.output, r.output
+
+
 def test_cli_ask_window_forget_export_import(memory_db, tmp_path):
     db = tmp_path / "copy.db"
     db.write_bytes(memory_db.read_bytes())
@@ -184,6 +204,15 @@ def test_api_ask_from_to_and_wall_clock_fields(memory_db, tmp_path):
                 assert DAY0 <= datetime.fromisoformat(x["wall_start"]) < DAY0 + timedelta(hours=1)
             r = c.post("/v1/ask", json={"question": "what happened?", "from": "whenever"})
             assert r.status_code == 400 and "from" in r.text
+            for value in ABSURD_TIMES:  # issue 23: 400 with the reason, never a 500
+                for key in ("from", "to"):
+                    r = c.post("/v1/ask", json={"question": "what happened?", key: value})
+                    assert r.status_code == 400, (key, value, r.status_code, r.text)
+                    assert r.json()["detail"].startswith(f"{key}: ") and "1970 to 2999" in r.text, r.text
+            for question in ABSURD_QUESTIONS:  # a phrase out of range: answered from the whole memory, and said so
+                r = c.post("/v1/ask", json={"question": question})
+                assert r.status_code == 200, (question, r.text)
+                assert r.json()["window"] is None and any("was not applied" in n for n in r.json()["notes"]), r.text
             cap = c.get("/v1/captions", params={"limit": 1}).json()["captions"][0]
             assert datetime.fromisoformat(cap["wall_start"]).timestamp() == DAY0.timestamp()
     finally:

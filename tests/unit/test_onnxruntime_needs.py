@@ -42,3 +42,17 @@ def test_what_export_recorded_wins_over_the_opset():
     assert _manifest(20, {"onnxruntime": "1.22"}).onnxruntime_needed() == "1.22"
     assert onnxruntime_gap("B", _manifest(20, {"onnxruntime": "1.22"}), ("onnxruntime", "1.21.1")) is not None
     assert onnxruntime_gap("B", _manifest(20), ("onnxruntime", "1.20.0")) is None
+
+
+def test_the_mmap_threshold_is_fixed_unless_the_environment_chose(monkeypatch):
+    """The ORT backend fixes glibc's mmap threshold (freed prefill intermediates go back to the system); a
+    MALLOC_MMAP_THRESHOLD_ in the environment is the user's choice and is left alone."""
+    import platform
+
+    pytest.importorskip("onnxruntime")
+    from rlivs.runtime.backends.onnxruntime.backend import fix_mmap_threshold
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert fix_mmap_threshold() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert fix_mmap_threshold() is (platform.libc_ver()[0] == "glibc")

@@ -25,6 +25,27 @@ PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 # graph VISION_CHUNK at a time. Both give the same numbers as one run (tests/parity/test_onnx.py).
 PREFILL_CHUNK = 128  # positions
 VISION_CHUNK = 2  # frames
+# Without ORT's arena every intermediate is a malloc. glibc serves blocks above its mmap threshold with mmap and gives
+# them back on free, but raises that threshold (up to 32 MiB) each time such a block is freed, after which the
+# prefill's 10-50 MB intermediates stay in the heap, fragmented, for the process's life: +1.25 GB at a 3,000-token
+# prefill of the 0.5B opset-20 bundle (+0.51 GB with the threshold fixed at 4 MiB; opset 23's fused attention: +0.47 GB;
+# docs/benchmarks.md). Fixing the threshold (mallopt M_MMAP_THRESHOLD) also stops glibc moving it.
+MMAP_THRESHOLD = 4 << 20  # bytes; the environment's MALLOC_MMAP_THRESHOLD_ wins when set
+
+
+def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at `nbytes` for this process (see MMAP_THRESHOLD). True when set; False where the C
+    library is not glibc, or MALLOC_MMAP_THRESHOLD_ already chose."""
+    import ctypes
+    import os
+    import platform
+
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes)))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 @dataclass
@@ -59,6 +80,7 @@ class OrtBackend(Backend):
         # no CPU arena: it keeps every freed block (each prefill chunk's larger present KV, the vision run's
         # intermediates) for the session's life; plain allocations return them (docs/benchmarks.md)
         opts.enable_cpu_mem_arena = False
+        fix_mmap_threshold()  # ... and freed large blocks go back to the system (MMAP_THRESHOLD)
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
