@@ -14,6 +14,7 @@ looking at any video (`rlivs eval --check`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from typing import Iterable
 from rlivs.runtime.errors import UserError
 from rlivs.runtime.sources import open_source
 from rlivs.runtime.sources.images import list_images
+from rlivs.runtime.validate import check_stream_name
 
 log = logging.getLogger("rlivs.eval")
 
@@ -64,7 +66,13 @@ class VideoTask:
 
     @property
     def stream(self) -> str:
-        return f"{self.benchmark}/{self.video_id}"
+        """This video's stream in the run's memory: benchmark.video_id as a valid stream name (runtime/validate.py);
+        where characters were replaced or it was cut to length, a short hash of the original keeps names apart."""
+        raw = f"{self.benchmark}.{self.video_id}"
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
+        if name != raw or len(name) > 64:
+            name = f"{name[:55]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+        return check_stream_name(name)
 
 
 @dataclass

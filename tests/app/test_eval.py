@@ -123,16 +123,16 @@ def test_causal_view_hides_later_clips(full_run):
     from rlivs.runtime.memory import Memory
 
     with Memory(out / "memory.db", readonly=True) as mem:
-        assert [r.t_end for r in mem.clips("rvs_ego/ego_a")] == [4.0, 8.0, 12.0]
-        q = mem.clips("rvs_ego/ego_a")[2].vector  # the question most like the latest clip
+        assert [r.t_end for r in mem.clips("rvs_ego.ego_a")] == [4.0, 8.0, 12.0]
+        q = mem.clips("rvs_ego.ego_a")[2].vector  # the question most like the latest clip
         for t_max, visible in ((7.99, [0]), (8.0, [0, 1])):
             view = CausalView(mem, t_max)
-            assert view.visible("rvs_ego/ego_a") == len(visible)
-            assert [r.index for r in view.clips("rvs_ego/ego_a")] == visible
+            assert view.visible("rvs_ego.ego_a") == len(visible)
+            assert [r.index for r in view.clips("rvs_ego.ego_a")] == visible
             for mode in ("paper", "hybrid", "lexical"):  # the filter is inside every index query
-                found = view.search(q, mem.clips("rvs_ego/ego_a")[2].caption, streams=["rvs_ego/ego_a"], mode=mode)
+                found = view.search(q, mem.clips("rvs_ego.ego_a")[2].caption, streams=["rvs_ego.ego_a"], mode=mode)
                 assert {r.index for r in found.records} <= set(visible)
-            assert sorted(r.index for r in view.search(q, streams=["rvs_ego/ego_a"], mode="paper").records) == visible
+            assert sorted(r.index for r in view.search(q, streams=["rvs_ego.ego_a"], mode="paper").records) == visible
 
 
 def test_metrics_and_pinned_judge(full_run, judge_server):

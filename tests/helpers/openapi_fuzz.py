@@ -65,6 +65,26 @@ def _text(min_size: int = 0, max_size: int = 40) -> st.SearchStrategy[str]:
     return st.text(st.characters(exclude_categories=("Cs",)), min_size=min_size, max_size=max_size)
 
 
+TIME_FIELDS = ("from", "to", "before", "after", "since", "until")  # time expressions: the time grammar below too
+_UNITS = ("s", "m", "h", "d", "w", "seconds", "minutes", "hours", "days", "weeks", "months", "years")
+
+
+def time_text() -> st.SearchStrategy[str]:
+    """Time expressions as a client may send them, absurd ones first: huge or signed durations, years far outside any
+    stream, extreme UTC offsets, and those inside questions ("99999999999 days ago")."""
+    huge = st.one_of(st.integers(0, 10**25), st.sampled_from([0, 1, 2**31, 2**63, 10**11, 99999999999]))
+    duration = st.builds(lambda sign, n, u: f"{sign}{n}{u}", st.sampled_from(["-", "+", ""]), huge, st.sampled_from(_UNITS))
+    iso = st.builds(lambda y, mo, d, h, off: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:00{off}", st.integers(1, 9999),
+                    st.integers(1, 12), st.integers(1, 31), st.integers(0, 24),
+                    st.sampled_from(["", "Z", "+14:00", "-12:00", "+99:99", ".5Z"]))
+    day = st.builds(lambda y: f"{y:04d}-12-31", st.integers(1, 9999))
+    phrase = st.builds(lambda n, u, form: form.format(n=n, u=u), huge, st.sampled_from(_UNITS[5:]),
+                       st.sampled_from(["{n} {u} ago", "in the last {n} {u}", "what happened {n} {u} ago?",
+                                        "what moved in the last {n} {u}?"]))
+    return st.one_of(duration, iso, day, phrase, st.sampled_from(["on 9999-12-31", "what happened on 0001-01-01?",
+                                                                  "yesterday", "tomorrow", "2999-01-01", "-0d"]))
+
+
 def valid(schema: dict, spec: dict, override: dict | None = None, name: str | None = None) -> st.SearchStrategy:
     """Values that satisfy `schema`."""
     if override and name in override:
@@ -76,6 +96,8 @@ def valid(schema: dict, spec: dict, override: dict | None = None, name: str | No
     if t == "string":
         lo, hi = schema.get("minLength", 0), schema.get("maxLength", 200)
         parts = [_text(lo, min(hi, lo + 40))]
+        if name in TIME_FIELDS or name == "question":  # time expressions, alone or inside the question
+            parts.append(time_text().filter(lambda t: lo <= len(t) <= hi))
         if hi - lo > 40:
             parts.append(st.integers(lo, hi).map(lambda n: "a" * n))  # long, up to the bound
         return st.one_of(parts)
