@@ -296,8 +296,9 @@ class GuardedH11(H11Protocol):
                 and self.scope["method"] in ("GET", "HEAD") and self.scope["path"] in RESERVED_PATHS)
 
     def refuse_now(self, reason: str) -> None:
-        """Close a reserve connection to make room: one that has sent nothing yet gets a 503; one with a request that
-        is not for health (a 503 on its way) or that is draining after its answer is just closed."""
+        """Close a reserve connection to make room: one whose answer has not begun (nothing sent yet, or a request
+        that is not for health whose 503 is not written yet) gets a 503; one whose answer is under way or that is
+        draining after it is just closed."""
         self._cancel()
         self._release()
         if self.cycle is None:
@@ -305,8 +306,12 @@ class GuardedH11(H11Protocol):
                 self._busy(reason)
             return
         if not self.cycle.response_complete:
+            started = self.cycle.response_started
             self.cycle.disconnected = True  # whatever the app still sends is dropped
             self.cycle.message_event.set()
+            if not started and not self._real.is_closing():  # its own 503 not written yet: answer it here
+                self._busy(reason)
+                return
         self._real.close()
         self.table.count(reason)
 
