@@ -22,45 +22,12 @@ from rlivs.edge_app.service.events import EventHub
 from rlivs.edge_app.service.webhooks import WebhookPolicy, parse_networks, post_json
 from rlivs.edge_app.source_specs import parse_sources
 from rlivs.runtime.errors import UserError
-from rlivs.runtime.memory import ClipRecord, Memory
+from rlivs.runtime.memory import Memory
 from rlivs.runtime.sources.live import SourceConfig
 from tests.helpers.serve_helpers import WebhookSink, tiny_engine, wait_for
+from tests.helpers.serve_helpers import commit_captions as _commit, stored  # noqa: F401 - stored: a fixture
 
 LOOPBACK = WebhookPolicy(parse_networks(["127.0.0.1"]))
-
-
-def _commit(engine, db, stream: str, captions: list[str], first: int = 0, t0: float = 0.0) -> list[ClipRecord]:
-    """Commit captions to the memory as ingest does (no service involved: what a crash leaves behind)."""
-    out = []
-    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
-        mem.open_stream(stream, "test", engine.backend.info.model_id, "planted")
-        for i, text in enumerate(captions, start=first):
-            ids = engine.text.encode(text)
-            rec = ClipRecord(stream, i, t0 + 2.0 * i, t0 + 2.0 * i + 2, text, len(ids), engine.vector(ids))
-            mem.commit_clip(rec, None)
-            out.append(rec)
-    return out
-
-
-@pytest.fixture
-def stored(tmp_path, tiny_dir):
-    """A memory with one stored stream and a service on it (no sources), served on loopback."""
-    engine = tiny_engine()
-    db = tmp_path / "memory.db"
-    _commit(engine, db, "door", ["a person opens the door", "the cat sleeps"])
-    made = []
-
-    def serve(config: ServiceConfig | None = None, **server_kw):
-        service = EdgeService(engine, db, config=config or ServiceConfig())
-        server = Server(service, port=0, **server_kw).start()
-        service.start()
-        made.append((server, service))
-        return service, server
-
-    yield {"engine": engine, "db": db, "serve": serve}
-    for server, service in made:
-        server.stop()
-        service.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

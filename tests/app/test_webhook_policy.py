@@ -11,84 +11,21 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from rlivs.edge_app.service import webhooks
-from rlivs.edge_app.service.core import EdgeService, ServiceConfig
-from rlivs.edge_app.service.app import Server
+from rlivs.edge_app.service.core import ServiceConfig
 from rlivs.edge_app.service.webhooks import WebhookPolicy, embedded_ipv4, parse_networks, post_json
 from rlivs.runtime.errors import UserError
-from rlivs.runtime.memory import ClipRecord, Memory
-from tests.helpers.serve_helpers import tiny_engine, wait_for
+from tests.helpers.serve_helpers import WebhookSink, wait_for
+from tests.helpers.serve_helpers import commit_captions as _commit, stored  # noqa: F401 - stored: a fixture
 
 LOOPBACK = WebhookPolicy(parse_networks(["127.0.0.1"]))
-
-
-def _commit(engine, db, stream: str, captions: list[str], first: int = 0) -> list[ClipRecord]:
-    """Commit captions to the memory as ingest does."""
-    out = []
-    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
-        mem.open_stream(stream, "test", engine.backend.info.model_id, "planted")
-        for i, text in enumerate(captions, start=first):
-            ids = engine.text.encode(text)
-            rec = ClipRecord(stream, i, 2.0 * i, 2.0 * i + 2, text, len(ids), engine.vector(ids))
-            mem.commit_clip(rec, None)
-            out.append(rec)
-    return out
-
-
-@pytest.fixture
-def stored(tmp_path, tiny_dir):
-    """A memory with one stored stream and a service on it (no sources), served on loopback."""
-    engine = tiny_engine()
-    db = tmp_path / "memory.db"
-    _commit(engine, db, "door", ["a person opens the door", "the cat sleeps"])
-    made = []
-
-    def serve(config: ServiceConfig | None = None):
-        service = EdgeService(engine, db, config=config or ServiceConfig())
-        server = Server(service, port=0).start()
-        service.start()
-        made.append((server, service))
-        return service, server
-
-    yield {"engine": engine, "db": db, "serve": serve}
-    for server, service in made:
-        server.stop()
-        service.stop()
-
-
-class _TimedSink:
-    """A healthy receiver: answers 204 at once and notes when each POST arrived (monotonic)."""
-
-    def __init__(self):
-        self.received: list[tuple[float, dict]] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                sink.received.append((time.monotonic(), body))
-                self.send_response(204)
-                self.end_headers()
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 class _Mute:
@@ -208,8 +145,8 @@ def test_allow_list_covers_the_ipv4_and_its_mapped_form_other_forms_only_when_na
 
 @pytest.mark.parametrize("ip", ["64:ff9b::7f00:1", "2002:7f00:1::", "::ffff:0:7f00:1", "::7f00:1"])
 def test_a_name_resolving_to_an_embedded_loopback_is_refused_at_connect_time(monkeypatch, ip):
-    sink = _TimedSink()
-    port = sink._httpd.server_address[1]
+    sink = WebhookSink()
+    port = sink.port
     monkeypatch.setattr(webhooks, "lookup", lambda host, p: [
         (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (ip, p, 0, 0))])
     try:
@@ -224,8 +161,8 @@ def test_a_name_resolving_to_an_embedded_loopback_is_refused_at_connect_time(mon
 def test_legacy_ipv4_literals_are_refused_at_creation_and_by_the_resolved_address(host):
     """The URL parser keeps such a host as a name; glibc's resolver reads it as an IPv4 address (inet_aton rules).
     Creation refuses it; should one get past, the connect-time check judges the address the resolver gave."""
-    sink = _TimedSink()
-    port = sink._httpd.server_address[1]
+    sink = WebhookSink()
+    port = sink.port
     try:
         with pytest.raises(UserError, match="integer, octal or hex form"):
             WebhookPolicy().check_url(f"http://{host}:{port}/x")
@@ -286,8 +223,8 @@ def test_one_deadline_covers_a_slow_name_lookup(monkeypatch):
 def test_a_later_address_is_tried_within_what_is_left_and_delivers(monkeypatch):
     """An unreachable address first, the healthy receiver second: each address gets what is left of the one deadline
     split over the addresses left (here 1 s of 2), so the second is reached and delivers inside the deadline."""
-    hole, sink = _Unreachable(), _TimedSink()
-    port = sink._httpd.server_address[1]
+    hole, sink = _Unreachable(), WebhookSink()
+    port = sink.port
     monkeypatch.setattr(webhooks, "lookup", lambda host, p: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", hole.addr),
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))])
@@ -295,7 +232,7 @@ def test_a_later_address_is_tried_within_what_is_left_and_delivers(monkeypatch):
         t0 = time.monotonic()
         assert post_json("http://hooks.example.com/x", {"x": 2}, LOOPBACK, 2.0) == 204
         assert time.monotonic() - t0 < 2.0
-        assert [b for _, b in sink.received] == [{"x": 2}]
+        assert [r["body"] for r in sink.received] == [{"x": 2}]
     finally:
         hole.close()
         sink.close()
@@ -327,7 +264,7 @@ def test_eight_receivers_that_never_answer_do_not_delay_a_healthy_one(stored):
     dead receiver, 5 s per attempt) is at least that deadline; before the fix the worst lateness was ~20 s."""
     engine, db = stored["engine"], stored["db"]
     dead = [_Mute() for _ in range(8)]
-    sink = _TimedSink()
+    sink = WebhookSink()
     try:
         cfg = ServiceConfig(webhook_allow=("127.0.0.1",))
         service, server = stored["serve"](cfg)
@@ -342,9 +279,9 @@ def test_eight_receivers_that_never_answer_do_not_delay_a_healthy_one(stored):
             time.sleep(0.6)
         wait_for(lambda: len(sink.received) >= len(due), 45, "the healthy receiver's deliveries")
         time.sleep(0.5)
-        clips = [b["clip"] for _, b in sink.received]
+        clips = [r["body"]["clip"] for r in sink.received]
         assert sorted(clips) == sorted(due), clips  # every one, exactly once
-        late = {b["clip"]: t - due[b["clip"]] for t, b in sink.received}
+        late = {r["body"]["clip"]: r["at"] - due[r["body"]["clip"]] for r in sink.received}
         worst = max(late.values())
         print(f"healthy receiver lateness with 8 dead ones: worst {worst:.3f} s, "
               f"median {sorted(late.values())[len(late) // 2]:.3f} s")

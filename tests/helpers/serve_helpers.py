@@ -13,6 +13,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 FPS = 2.0  # sampling rate the service tests use
 FRAMES_PER_CLIP = 4
 CAPTION_TOKENS = 8
@@ -121,7 +123,8 @@ class LiveStreamServer:
 
 
 class WebhookSink:
-    """Collects JSON POST bodies on loopback."""
+    """Collects JSON POST bodies on loopback: `received` rows {path, body, content_type, at} (`at`: monotonic time of
+    arrival)."""
 
     def __init__(self):
         self.received: list[dict] = []
@@ -134,14 +137,56 @@ class WebhookSink:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", 0))
                 sink.received.append({"path": self.path, "body": json.loads(self.rfile.read(n)),
-                                      "content_type": self.headers.get("Content-Type")})
+                                      "content_type": self.headers.get("Content-Type"), "at": time.monotonic()})
                 self.send_response(204)
                 self.end_headers()
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
+        self.port = self._httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def commit_captions(engine, db, stream: str, captions: list[str], first: int = 0, t0: float = 0.0) -> list:
+    """Commit captions to the memory as ingest does (no service involved: what a crash leaves behind); clip i spans
+    stream time [t0 + 2i, t0 + 2i + 2). -> the ClipRecords."""
+    from rlivs.runtime.memory import ClipRecord, Memory
+
+    out = []
+    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
+        mem.open_stream(stream, "test", engine.backend.info.model_id, "planted")
+        for i, text in enumerate(captions, start=first):
+            ids = engine.text.encode(text)
+            rec = ClipRecord(stream, i, t0 + 2.0 * i, t0 + 2.0 * i + 2, text, len(ids), engine.vector(ids))
+            mem.commit_clip(rec, None)
+            out.append(rec)
+    return out
+
+
+@pytest.fixture
+def stored(tmp_path, tiny_dir):
+    """A memory with one stored stream ("door", two captions) and `serve(config=None, **server_kw)` to start a service
+    on it (no sources) on loopback; every started service is stopped afterwards. Import it into a test module to use."""
+    from rlivs.edge_app.service.app import Server
+    from rlivs.edge_app.service.core import EdgeService, ServiceConfig
+
+    engine = tiny_engine()
+    db = tmp_path / "memory.db"
+    commit_captions(engine, db, "door", ["a person opens the door", "the cat sleeps"])
+    made = []
+
+    def serve(config: ServiceConfig | None = None, **server_kw):
+        service = EdgeService(engine, db, config=config or ServiceConfig())
+        server = Server(service, port=0, **server_kw).start()
+        service.start()
+        made.append((server, service))
+        return service, server
+
+    yield {"engine": engine, "db": db, "serve": serve}
+    for server, service in made:
+        server.stop()
+        service.stop()
