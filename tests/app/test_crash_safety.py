@@ -3,7 +3,6 @@ FIFO checks against an uninterrupted run (tests/helpers/crash_harness.py says ex
 
 import json
 import signal
-import time
 from collections import Counter
 
 import pytest
@@ -16,7 +15,6 @@ TRIALS, SEED = 24, 7
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_resumes_exactly(bundle, tmp_path):
-    t0 = time.monotonic()
     result = run_harness(bundle, tmp_path, trials=TRIALS, seed=SEED, log=lambda s: None)
     summary = result.summary()
     print(json.dumps(summary))  # the figures (pytest -s shows them)
@@ -31,4 +29,3 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_exactly(bundle, tmp
     # every resumed child started exactly at the next clip, and the stream made progress through the kills
     assert all(t.first_clip in (None, t.clips_before) for t in result.trials)
     assert result.trials[-1].clips_after > TRIALS // 2
-    assert time.monotonic() - t0 < 150
