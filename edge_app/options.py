@@ -190,3 +190,32 @@ def pipeline_config(*, fps: float = 1.0, frames_per_clip: int = 16, keep: Option
         retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda, mode=retrieval),
         answer=AnswerConfig(max_new_tokens=max_answer_tokens),
     )
+
+
+# where other machines reach `rlivs serve` (links in what it publishes, e.g. MQTT payloads' thumbnails)
+PublicUrl = typer.Option(None, "--public-url", show_default=False,
+                         help="The URL other machines reach this service at, e.g. http://robot1.lan:8000 (a proxy's "
+                              "base path may follow): links in MQTT payloads start with it. Without it a link is "
+                              "the path only, e.g. /v1/thumbnails/cam/3.jpg.")
+
+
+def check_public_url(url: Optional[str]) -> Optional[str]:
+    """--public-url -> the URL without a trailing '/' (None stays None); UserError unless it is an http(s) URL with a
+    host and no query, fragment or credentials."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    from rlivs.runtime.errors import UserError
+
+    bad = f"--public-url {url!r} is not an http(s) URL of this service: use e.g. --public-url http://robot1.lan:8000"
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number or out of range)
+    except ValueError:
+        raise UserError(bad) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise UserError(bad)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise UserError(f"{bad} (no ?query, #fragment or user:password@)")
+    return url.strip().rstrip("/")

@@ -69,16 +69,23 @@ def serve(
     mqtt: Optional[str] = typer.Option(None, "--mqtt", help="Publish every caption and watch match to this MQTT "
                                                             "broker: mqtt://host:1883 (mqtts:// for TLS)."),
     mqtt_prefix: str = typer.Option("rlivs", "--mqtt-prefix", help="MQTT topic prefix: PREFIX/status, "
-                                                                   "PREFIX/captions/STREAM, PREFIX/watches/ID."),
-    mqtt_client_id: Optional[str] = typer.Option(None, "--mqtt-client-id", help="MQTT client id [default: "
-                                                                                "rlivs-HOST-PID]."),
+                                                                   "PREFIX/STREAM/caption, PREFIX/STREAM/thumbnail, "
+                                                                   "PREFIX/STREAM/watch/ID."),
+    mqtt_client_id: Optional[str] = typer.Option(None, "--mqtt-client-id", show_default=False,
+                                                 help="MQTT client id; default rlivs-HOST-PID."),
     mqtt_username: Optional[str] = typer.Option(None, "--mqtt-username", help="MQTT username."),
     mqtt_password: Optional[str] = typer.Option(None, "--mqtt-password", envvar="RLIVS_MQTT_PASSWORD",
                                                 show_default=False, help="MQTT password (env RLIVS_MQTT_PASSWORD)."),
-    mqtt_ca: Optional[Path] = typer.Option(None, "--mqtt-ca", help="PEM CA file for an mqtts:// broker [default: the "
-                                                                   "system's CAs]."),
+    mqtt_ca: Optional[Path] = typer.Option(None, "--mqtt-ca", show_default=False,
+                                           help="PEM CA file for an mqtts:// broker; default the system's CAs."),
     mqtt_buffer: int = typer.Option(1000, "--mqtt-buffer", help="Messages kept while the broker is away (the "
                                                                 "oldest dropped first)."),
+    mqtt_discovery: bool = typer.Option(False, "--mqtt-discovery",
+                                        help="Announce one Home Assistant device per stream (MQTT discovery): "
+                                             "caption, last seen, watch match, thumbnail."),
+    mqtt_discovery_prefix: str = typer.Option("homeassistant", "--mqtt-discovery-prefix",
+                                              help="Home Assistant's MQTT discovery prefix."),
+    public_url: Optional[str] = o.PublicUrl,
 ):
     """Ingest live sources in the background and serve the API and the web page (http://HOST:PORT/)."""
     from rlivs.edge_app.service.app import Limits, Server, is_loopback
@@ -116,17 +123,16 @@ def serve(
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens, top_k=top_k, token_budget=token_budget,
                                    mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens, retrieval=retrieval)
+        public_url = o.check_public_url(public_url)
         mqtt_cfg = None
         if mqtt is not None:
-            import socket
-
             from rlivs.edge_app.service.mqtt import MqttConfig
 
-            public = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()  # where thumbnails are
             mqtt_cfg = MqttConfig.from_url(mqtt, topic_prefix=mqtt_prefix, client_id=mqtt_client_id,
                                            username=mqtt_username, password=mqtt_password,
                                            ca_file=str(mqtt_ca) if mqtt_ca else None, buffer=mqtt_buffer,
-                                           public_url=f"http://{'[' + public + ']' if ':' in public else public}:{port}")
+                                           public_url=public_url, discovery=mqtt_discovery,
+                                           discovery_prefix=mqtt_discovery_prefix)
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),

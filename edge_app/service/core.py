@@ -343,7 +343,8 @@ class EdgeService:
         if self.config.mqtt is not None:
             from .mqtt import MqttPublisher
 
-            self.mqtt = MqttPublisher(self.config.mqtt, self.metrics)
+            self.mqtt = MqttPublisher(self.config.mqtt, self.metrics, [s.name for s in self.specs],
+                                      self.store.thumbnail)
             self.events.add_listener(self.mqtt.on_event)
         self._watch_lock = threading.Lock()  # guards _watches
         self._match_lock = threading.Lock()  # one clip matched at a time; guards _marks

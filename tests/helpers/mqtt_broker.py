@@ -117,6 +117,9 @@ class Subscriber:
         self.subscribed = threading.Event()
 
         def on_connect(client, userdata, flags, reason_code, properties=None):
+            if self.subscribed.is_set() and flags.session_present:
+                return  # the broker kept the subscription (and queued what came meanwhile): resubscribing would
+                # send the retained messages again
             client.subscribe(topic, qos=1)
 
         def on_subscribe(client, userdata, mid, reason_codes, properties=None):
