@@ -194,6 +194,8 @@ def decode_image(m: _ImageMsg) -> np.ndarray:
                 return np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise ValueError(f"format {m.encoding!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - Pillow on a damaged image (a decompression bomb, a bad header...)
+            raise ValueError(f"format {m.encoding!r}: {type(e).__name__}: {e}") from None
     enc = m.encoding.lower()
     if enc in ("rgb8", "bgr8"):
         img = _rows(m, 3).reshape(m.height, m.width, 3)
@@ -254,9 +256,12 @@ class _Truncated(Exception):
 
 
 # A reader library failing on a user's damaged file (struct.error, UnicodeDecodeError, KeyError, ...) is the file's
-# fault, never a bug: the readers below catch Exception around the libraries' parsing and say so (MemoryError is
-# re-raised: that is the machine's).
+# fault, never a bug: the readers below catch Exception around the libraries' parsing and say so. That includes
+# MemoryError: a damaged length field (a chunk's uncompressed size, a record's length) asks for gigabytes.
 def _damage(e: BaseException) -> str:
+    if isinstance(e, MemoryError):
+        return ("MemoryError: a size in the file asks for more memory than this machine has (a damaged length, or a "
+                "record too large for this device)")
     name = type(e).__name__
     if name.islower() and type(e).__module__ != "builtins":  # struct.error, zlib.error, sqlite3's ...
         name = f"{type(e).__module__}.{name}"
@@ -292,8 +297,6 @@ class _RosbagsRecording:
         try:
             self.reader = AnyReader([target], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
             self.reader.open()
-        except MemoryError:
-            raise
         except Exception as e:  # noqa: BLE001 - whatever rosbags raises on a damaged file is the file's fault
             self._cleanup()
             hint = ("rebuild its index with `rosbag reindex` (ROS 1)" if fmt == "ros1" else
@@ -333,8 +336,6 @@ class _RosbagsRecording:
                 item = next(it)
             except StopIteration:
                 return
-            except MemoryError:
-                raise
             except Exception as e:  # noqa: BLE001 - a damaged chunk or page: the file's fault
                 self.truncated = _damage(e)
                 raise _Truncated(self.truncated) from None
@@ -353,8 +354,6 @@ class _RosbagsRecording:
         for c, log_ns, raw in self._raw(topic, start_ns):
             try:
                 yield log_ns, c.msgtype, self.reader.deserialize(raw, c.msgtype)
-            except MemoryError:
-                raise
             except Exception as e:  # noqa: BLE001 - this message's fault, counted by the caller
                 yield log_ns, c.msgtype, e
 
@@ -390,8 +389,6 @@ class _McapRecording:
         try:
             self._file.seek(0)
             summary = SeekingReader(self._file).get_summary()
-        except MemoryError:
-            raise
         except Exception:  # noqa: BLE001 - no readable summary (cut off, damaged): read it as written
             summary = None
         if summary is not None and summary.channels and summary.chunk_indexes:
@@ -418,8 +415,6 @@ class _McapRecording:
                 item = next(it)
             except StopIteration:
                 return
-            except MemoryError:
-                raise
             except Exception as e:  # noqa: BLE001 - struct.error, EndOfFile, a bad CRC...: the file's, not a bug
                 self.truncated = _damage(e)
                 raise _Truncated(self.truncated) from None
@@ -444,8 +439,6 @@ class _McapRecording:
                     if not isinstance(rec, MessageIndex) or rec.channel_id != cid:
                         return None
                     counts[cid] = counts.get(cid, 0) + len(rec.records)
-        except MemoryError:
-            raise
         except Exception:  # noqa: BLE001 - a damaged index: count by reading instead
             return None
         return counts

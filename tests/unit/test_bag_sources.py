@@ -2,6 +2,7 @@
 plain MCAP files written by the libraries' own writers (tests/helpers/recordings.py), read back frame by frame:
 pixel values, header-stamp times, the clock origin, the sampling rule, topic listing, bad and truncated input."""
 
+import io
 import math
 
 import numpy as np
@@ -294,3 +295,23 @@ def test_zero_header_stamps_run_the_topic_on_log_time_and_say_so(tmp_path):
     assert zero.clock_origin == pytest.approx(T0 + lag, abs=1e-6)  # the first log time
     assert [round(f.t * RATE) for f in zero] == list(range(N))
     assert zero.stream_clock == {"kind": "recording", "basis": "log", "topic": "/cam/compressed", "log_offset_ns": 0}
+
+
+def test_an_image_claiming_a_huge_size_is_an_undecodable_message():
+    """A damaged PNG header declaring 60000 x 60000 pixels: Pillow refuses it as a decompression bomb; the reader
+    counts it as one undecodable message (ValueError) instead of letting Pillow's error through."""
+    import struct
+    import zlib
+
+    from rlivs.runtime.sources.bag import _ImageMsg, decode_image
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())  # signature (8), IHDR length (4), "IHDR", width, height, ..., its CRC at 29
+    png[16:24] = struct.pack(">II", 60000, 60000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    png = bytes(png)
+    with pytest.raises(ValueError, match="DecompressionBombError"):
+        decode_image(_ImageMsg(0, True, "png", data=png))

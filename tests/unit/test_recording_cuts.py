@@ -78,3 +78,34 @@ def test_a_damaged_chunk_in_a_complete_file_ends_the_pass_there(tmp_path):
     frames = list(src)
     assert [round(f.t * RATE) for f in frames] == list(range(before))
     assert src.truncated and "damaged" in src.truncated
+
+
+@pytest.mark.parametrize("summary,chunked", [("full", True), ("no-statistics", True), ("none", False)])
+def test_damaged_bytes_anywhere_are_never_an_internal_error(summary, chunked, tmp_path):
+    """Garbage written over a few spots of a recording (seeded): listing and reading either work (skipping or
+    stopping at what is damaged, as the pass says) or are refused with a UserError; no exception of the reader
+    libraries gets through (struct.error, a huge length read as a MemoryError, Pillow's decompression bomb ...)."""
+    import numpy as np
+
+    data = write_foxglove_mcap(tmp_path / "rec.mcap", n=N, rate=RATE, chunk_size=900, summary=summary,
+                               chunked=chunked).read_bytes()
+    rng = np.random.default_rng(7)
+    outcomes = set()
+    for i in range(40):
+        damaged = bytearray(data)
+        for _ in range(2):
+            at = int(rng.integers(8, len(data)))
+            damaged[at:at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        path = tmp_path / f"bad-{i}.mcap"
+        path.write_bytes(bytes(damaged))
+        try:
+            list_image_topics(path)
+            src = BagSource(path, fps=RATE)
+            frames = list(src)
+        except UserError:
+            outcomes.add("refused")
+            continue
+        assert all(f.image.ndim == 3 and f.image.shape[2] == 3 for f in frames)
+        assert [f.t for f in frames] == sorted(f.t for f in frames)  # a damaged stamp never runs time backwards
+        outcomes.add("read")
+    assert outcomes == {"refused", "read"}
