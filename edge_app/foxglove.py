@@ -2,7 +2,7 @@
 file of Foxglove's published schemas (protobuf, from foxglove-schemas-protobuf), timed by the clips' clock time, so
 that opened together with the robot's own recording they line up with its camera topics.
 
-    write_mcap("memory.db", "captions.mcap", streams=None, thumbnails=False) -> McapExport
+    write_mcap("memory.db", "captions.mcap", streams=None, thumbnails=False, time="log") -> McapExport
 
 Topics, per stream S (every message at the clip's start, UTC):
 
@@ -17,6 +17,22 @@ Topics, per stream S (every message at the clip's start, UTC):
 Clock time: a clip's `wall_start`/`wall_end` (UTC unix seconds) where the memory records them; for clips without,
 the stream's creation time plus the clip's stream time (right for a camera ingested live, a guess otherwise; the
 export says how many clips were placed that way).
+
+Which timeline (`time`): a robot recording's clips carry its header stamps, but Foxglove's timeline is log time by
+default, and the two differ when the recorder's clock was not the camera's. time="log" (the default) places each
+clip of a recording at its header-stamp time plus the log-time offset noted at ingest (`Memory.stream_clocks`: log
+time minus stamp at the topic's first message), so captions line up with the recording's images opened next to
+them; time="header" keeps the header stamps (Foxglove set to "header timestamp" ordering, or other tools). Streams
+that are not recordings have one clock only and are placed by it either way. Every time field of the messages (log
+time, Event start/end, Log and annotation timestamps) is on the chosen timeline. The export says which in its own
+MCAP Metadata record `rlivs.export`: time (log | header) and, per stream, `STREAM.time` (in words) and
+`STREAM.log_offset_ns`.
+
+Foxglove versions: `foxglove.Log`, `foxglove.ImageAnnotations` and `foxglove.CompressedImage` are rendered by every
+Foxglove version that opens MCAP (Log and Image panels). `foxglove.Event` is a newer schema (foxglove-sdk schemas,
+@foxglove/schemas 2.2.0); a Foxglove version without it still decodes the messages from the protobuf schema the file
+carries (Raw Messages panel), and everything an Event says (stream, clip, span, caption) is also in the Log and
+annotation messages.
 """
 
 from __future__ import annotations
@@ -42,6 +58,25 @@ class McapExport:
     topics: dict[str, int] = field(default_factory=dict)  # topic -> messages
     start: float | None = None  # UTC unix seconds of the first message
     end: float | None = None  # UTC unix seconds of the last clip's end
+    time: str = "log"  # the timeline: "log" or "header"
+    time_notes: dict[str, str] = field(default_factory=dict)  # stream -> which clock placed it, in words
+
+
+TIMES = ("log", "header")
+
+
+def _timeline(stream: str, clock: dict | None, time: str) -> tuple[int, str]:
+    """(ns added to the stream's clip clock times, what that places them on) for the chosen timeline."""
+    if not clock or clock.get("kind") != "recording":
+        return 0, "its clips' clock time (not a robot recording: no log time apart from it)"
+    topic = clock.get("topic", "?")
+    if clock.get("basis") == "log":
+        return 0, f"log time of {topic} (its header stamps are zero, so its clips run on log time)"
+    offset = int(clock.get("log_offset_ns", 0))
+    if time == "header":
+        return 0, f"header stamps of {topic} (log time is {offset / 1e9:+.9f} s from them)"
+    return offset, (f"log time of {topic}: its header stamps {offset / 1e9:+.9f} s (log time minus stamp at its "
+                    f"first message)")
 
 
 def _stamp(msg_field, seconds: float) -> None:
@@ -55,8 +90,12 @@ def _ns(seconds: float) -> int:
 
 
 def write_mcap(memory_path: str | os.PathLike, out_path: str | os.PathLike, streams: list[str] | None = None,
-               thumbnails: bool = False) -> McapExport:
-    """Write the captions of `memory_path` (all streams, or `streams`) as Foxglove messages to `out_path` (MCAP)."""
+               thumbnails: bool = False, time: str = "log") -> McapExport:
+    """Write the captions of `memory_path` (all streams, or `streams`) as Foxglove messages to `out_path` (MCAP),
+    on the `time` timeline ("log": lines up with a recording's images in Foxglove; "header": its header stamps)."""
+    if time not in TIMES:
+        raise UserError(f"time {time!r} is unknown: use log (Foxglove's default timeline: lines up with the "
+                        f"recording's images) or header (the header stamps)")
     try:
         from foxglove_schemas_protobuf.Color_pb2 import Color
         from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
@@ -83,12 +122,16 @@ def write_mcap(memory_path: str | os.PathLike, out_path: str | os.PathLike, stre
             raise UserError(f"{memory_path} has no stream {unknown[0]!r}; its streams are: "
                             f"{', '.join(known) or 'none'}")
         records = [r for s in wanted for r in mem.clips(s)]
+        clocks = mem.stream_clocks()
     edge = edge_db_path(memory_path)
     store = EdgeStore(edge) if edge.is_file() else None  # watches, matches and thumbnails, where serve kept them
     try:
         queries = {w.id: w.query for w in store.watches()} if store else {}
         matches = [m for m in store.matches(None, limit=2**62) if m.stream in wanted] if store else []
-        report = McapExport(out)
+        report = McapExport(out, time=time)
+        shift: dict[str, int] = {}
+        for name in wanted:
+            shift[name], report.time_notes[name] = _timeline(name, clocks.get(name), time)
         wall: dict[tuple[str, int], tuple[float, float]] = {}
         messages: list[tuple[float, str, object]] = []  # (unix seconds, topic, message)
         for r in records:
@@ -98,6 +141,7 @@ def write_mcap(memory_path: str | os.PathLike, out_path: str | os.PathLike, stre
                 w0, w1 = origin + r.t_start, origin + r.t_end
                 report.guessed_times += 1
             w1 = w0 + (r.t_end - r.t_start) if w1 is None else w1
+            w0, w1 = w0 + shift[r.stream] / 1e9, w1 + shift[r.stream] / 1e9  # onto the chosen timeline
             wall[(r.stream, r.index)] = (w0, w1)
             base = f"/rlivs/{r.stream}"
             ev = Event(metadata=[KeyValuePair(key=k, value=str(v)) for k, v in (
@@ -141,7 +185,12 @@ def write_mcap(memory_path: str | os.PathLike, out_path: str | os.PathLike, stre
     messages.sort(key=lambda x: x[0])  # log-time order (stable: a clip's messages keep their order)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
+    meta = {"time": time, "clips": str(len(records)), "source": str(memory_path)}
+    for name in wanted:
+        meta[f"{name}.time"] = report.time_notes[name]
+        meta[f"{name}.log_offset_ns"] = str(shift[name])
     with open(tmp, "wb") as f, Writer(f) as writer:
+        writer.add_metadata("rlivs.export", meta)  # which timeline, said in the file itself
         for t, topic, msg in messages:
             writer.write_message(topic, msg, log_time=_ns(t), publish_time=_ns(t))
             report.topics[topic] = report.topics.get(topic, 0) + 1

@@ -144,6 +144,9 @@ Retrieval = typer.Option("hybrid", "--retrieval",
 StartTime = typer.Option(None, "--start-time",
                          help="Wall-clock time of the video's first frame (ISO 8601, e.g. 2026-12-01T15:00; local time "
                               "unless it has an offset). Default: the file's creation-time tag, else no clock.")
+ExportTime = typer.Option(None, "--time", help="Timeline of an MCAP export: log (default; Foxglove's default "
+                                               "timeline: captions line up with a recording's images) | header "
+                                               "(the recording's header stamps).")
 FromTime = typer.Option(None, "--from", help="Only captions from this time: ISO 8601, -2h, yesterday, ... "
                                                "(captions: also seconds of stream time).")
 ToTime = typer.Option(None, "--to", help="Only captions up to this time (same forms as --from).")

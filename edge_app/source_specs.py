@@ -42,13 +42,19 @@ def topic_names(stream: str, topics: list[str]) -> list[str]:
 
 
 def with_topics(specs: list[SourceSpec], topics: list[str] = ()) -> list[SourceSpec]:
-    """Each robot recording among `specs` -> one SourceSpec per image topic (`topics`, or its only image topic);
-    other sources unchanged. Refuses `topics` when no source is a recording."""
-    from rlivs.runtime.sources.bag import BagSource, is_recording
+    """Each robot recording among `specs` (by its first bytes: a name that disagrees is logged) -> one SourceSpec
+    per image topic (`topics`, or its only image topic); other sources unchanged. Refuses `topics` when no source
+    is a recording."""
+    import logging
+
+    from rlivs.runtime.sources.bag import BagSource, is_recording, name_note
 
     topics = list(dict.fromkeys(topics))  # repeated --topic values count once
     out: list[SourceSpec] = []
     for s in specs:
+        note = name_note(s.url) if s.kind == "file" else None
+        if note:
+            logging.getLogger("rlivs.sources").warning("%s", note)
         if not (s.kind == "file" and is_recording(s.url)):
             out.append(s)
             continue
@@ -60,6 +66,7 @@ def with_topics(specs: list[SourceSpec], topics: list[str] = ()) -> list[SourceS
             BagSource(path, t)  # an unknown topic or one without decodable images: refused now, naming it
         out += [replace(s, name=n, topic=t) for n, t in zip(topic_names(s.name, picked), picked)]
     if topics and not any(s.topic for s in out):
-        raise UserError(f"--topic {topics[0]} given, but no source is a robot recording (.bag, .db3, .mcap or a "
-                        f"rosbag2 folder); leave --topic out for video files, cameras and streams")
+        raise UserError(f"--topic {topics[0]} given, but no source is a robot recording (a ROS 1 bag, an MCAP file, a "
+                        f"ROS 2 .db3 or a rosbag2 folder, by content); leave --topic out for video files, cameras and "
+                        f"streams")
     return out

@@ -96,6 +96,9 @@ class StreamIngestor:
             raise UserError(f"the source samples {source.fps:g} frames per second but the pipeline's clips are "
                             f"{c.fps:g} fps; open the source with fps={c.fps:g}")
         self.source = source.starting_at(resume_time(self.next_index, c.frames_per_clip, c.fps))
+        clock = getattr(source, "stream_clock", None)  # a robot recording: its time basis and log-time offset
+        if clock is not None:
+            self.memory.set_stream_clock(self.stream, clock)
         return iter_clips(self.source, c.frames_per_clip, c.fps, first_index=self.next_index)
 
     def clips_from_file(self, path: str | Path) -> Iterator[Clip]:

@@ -101,7 +101,8 @@ def ingest(
     """Caption a video clip by clip into the memory; resumes where a previous run stopped.
 
     Exit status: 0 done; 2 refused or stopped by an error (what was committed before it stays committed); 3 done,
-    but some packets of the video could not be decoded and their frames were skipped.
+    but some packets of the video could not be decoded and their frames were skipped, or a recording could not be
+    read to its end (truncated or damaged: the frames before were captioned and committed).
     """
     if not video.exists():
         _fail(f"{video} does not exist: check the path")
@@ -125,18 +126,20 @@ def ingest(
         from rlivs.edge_app.source_specs import with_topics
         from rlivs.runtime.ingest import StreamIngestor
         from rlivs.runtime.sources import open_source
-        from rlivs.runtime.sources.file import VideoFileSource
         from rlivs.runtime.sources.spec import SourceSpec
 
-        # a recording: one stream per image topic, checked before the model loads
-        from rlivs.runtime.sources.bag import is_recording
+        # a recording (by its first bytes, not its name): one stream per image topic, checked before the model loads
+        from rlivs.runtime.sources.bag import is_recording, name_note
         from rlivs.runtime.sources.spec import derive_name
 
+        note = name_note(video)  # the name says one format, the first bytes another
+        if note:
+            console.print(f"[yellow]note:[/] {escape(note)}")
         stream = stream or (derive_name(str(video)) if is_recording(video) else "default")
         specs = with_topics([SourceSpec(stream, str(video), "file")], topic)
         # not a video, unreadable: refused before the model loads and before the memory is touched
         sources = [(s, open_source(video, fps=config.clip.fps, topic=s.topic) if s.topic else
-                    VideoFileSource(video, fps=config.clip.fps)) for s in specs]
+                    _video(video, config.clip.fps, note)) for s in specs]
         todo = []
         for spec, source in sources:
             if origin is not None:
@@ -160,6 +163,7 @@ def ingest(
                 clips = ing.clips(source)  # the same opened file, read from where the stream left off
                 results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
                 done.append(ing)
+                _say_truncated(ing, db, video, config)
                 if not results and ing.next_index:
                     _say_complete(db, stream, video, ing.next_index)
     except UserError as e:
@@ -168,6 +172,7 @@ def ingest(
             where = (f" (stream {stream!r} in {db} holds clips 0..{ing.next_index - 1}, all committed; a new run "
                      f"resumes at clip {ing.next_index})" if ing.next_index else f" (stream {stream!r} holds no clips yet)")
         _fail(str(e) + where)
+    truncated = [i for i in done if i.source is not None and getattr(i.source, "truncated", None)]
     damaged = [i for i in done if i.source is not None and i.source.decode_errors]
     for ing in damaged:
         topic = getattr(ing.source, "topic", None)  # a recording's messages, or a video's packets
@@ -175,8 +180,34 @@ def ingest(
         console.print(f"[bold yellow]damaged input:[/] {video}: {ing.source.decode_errors} {what} could not be decoded "
                       f"and their frames were skipped (first after {ing.source.decode_error_times[0]:.1f} s); every "
                       f"clip was stored from the frames that could be decoded. Check {check}; exit status 3")
-    if damaged:
+    if damaged or truncated:
         raise typer.Exit(3)
+
+
+def _video(video: Path, fps: float, note: Optional[str]):
+    """The video file source; when the name said a recording, its refusal says so too."""
+    from rlivs.runtime.sources.file import VideoFileSource
+
+    try:
+        return VideoFileSource(video, fps=fps)
+    except UserError as e:
+        if note is None:
+            raise
+        raise UserError(f"{e} ({note}; it is neither a recording nor a video)") from None
+
+
+def _say_truncated(ing, db: Path, video: Path, config) -> None:
+    """A recording that could not be read to its end: what was read is committed; say where it stopped and what
+    the stream holds (the run then ends with exit status 3)."""
+    why = getattr(ing.source, "truncated", None) if ing.source is not None else None
+    if not why:
+        return
+    n = ing.next_index
+    held = (f"stream {ing.stream!r} in {db} holds clips 0..{n - 1}, all committed, the last from the frames read "
+            f"before the cut" if n else f"stream {ing.stream!r} holds no clips (no frame was read)")
+    console.print(f"[bold yellow]truncated input:[/] {video} ({ing.source.topic}) {why}. Every frame before it was "
+                  f"captioned: {held}. A complete copy of the recording resumes at clip {n}; ingest it under "
+                  f"another --stream to caption it whole; exit status 3")
 
 
 def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool) -> list:

@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -70,13 +71,16 @@ def export(
     db: Path = DbOption,
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl: captions and times; mcap: for Foxglove's timeline."),
+    time: Optional[str] = o.ExportTime,
 ):
     """Write the captions out: JSON lines (stream, clip, times, caption; `memory import` reads them back) or MCAP."""
     writers = {"jsonl": _export_jsonl, "mcap": _export_mcap}
     if fmt not in writers:
         _fail(f"--format {fmt!r} is unknown: use one of {', '.join(writers)}")
+    if time is not None and fmt != "mcap":
+        _fail(f"--time applies to --format mcap (Foxglove's timeline); leave it out for --format {fmt}")
     try:
-        n = writers[fmt](db, out_path, stream)
+        n = writers[fmt](db, out_path, stream) if fmt != "mcap" else _export_mcap(db, out_path, stream, time or "log")
     except UserError as e:
         _fail(str(e))
     console.print(f"{n} clips written to {out_path}")
@@ -93,14 +97,16 @@ def _export_jsonl(db: Path, out_path: Path, stream: Optional[str]) -> int:
         return n
 
 
-def _export_mcap(db: Path, out_path: Path, stream: Optional[str]) -> int:
+def _export_mcap(db: Path, out_path: Path, stream: Optional[str], time: str = "log") -> int:
     try:
         from rlivs.edge_app.foxglove import write_mcap
     except ImportError as e:
         raise UserError(f"MCAP export needs the robotics extra ({e}): pip install 'rlivs[robotics]'") from None
     if str(out_path) == "-":
         raise UserError("MCAP is binary: pass a file name, e.g. captions.mcap")
-    report = write_mcap(db, out_path, streams=None if stream is None else [stream], thumbnails=True)
+    report = write_mcap(db, out_path, streams=None if stream is None else [stream], thumbnails=True, time=time)
+    for name, note in report.time_notes.items():
+        console.print(f"[dim]{escape(name)}: {escape(note)}[/]")
     if report.guessed_times:
         console.print(f"[dim]{report.guessed_times} clips had no clock time: placed at their stream's creation time "
                       f"plus stream time[/]")

@@ -117,6 +117,10 @@ class StreamWorker:
                     svc.publish_clip(record, result, middle_frame=clip.frames[len(clip) // 2], behind_live_s=behind)
                     svc.retain(mem)
             self.state = "stopped" if self._stop.is_set() else "finished"
+            why = getattr(ing.source, "truncated", None)  # a recording that could not be read to its end
+            if why:
+                log.warning("stream %s: %s %s; every frame before it was captioned and committed", spec.name,
+                            spec.url, why)
             log.info("stream %s: %s after %d clips", spec.name, self.state, self.clips)
             return True
         except Exception as e:  # recorded and shown in /v1/streams and /healthz; the service keeps serving

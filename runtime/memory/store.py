@@ -385,6 +385,20 @@ class Memory:
         """
         return list(self._db.query(sql))
 
+    def set_stream_clock(self, stream: str, clock: dict) -> None:
+        """Note where a stream's clock comes from (a JSON object: for a robot recording, its time basis, topic and
+        the log-time offset of its clips), kept until the stream is forgotten; written only when it changed."""
+        key, value = f"clock:{stream}", json.dumps(clock, sort_keys=True)
+        if self._meta(key) == value:
+            return
+        self._write(lambda: self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                               (key, value)), what=f"note the clock of stream {stream!r}")
+
+    def stream_clocks(self) -> dict[str, dict]:
+        """stream -> what `set_stream_clock` noted (streams without a note are absent)."""
+        rows = self._live().execute("SELECT key, value FROM meta WHERE key LIKE 'clock:%'").fetchall()
+        return {k.removeprefix("clock:"): json.loads(v) for k, v in rows}
+
     # ------------------------------------------------------------------ clips
 
     def commit_clip(self, record: ClipRecord, fifo_tokens: np.ndarray | None, evict: Sequence[int] = ()) -> None:
@@ -698,6 +712,7 @@ class Memory:
                 n = self._conn.execute("DELETE FROM clips WHERE stream = ?", (stream,)).rowcount
                 self._conn.execute("DELETE FROM fifo WHERE stream = ?", (stream,))
                 self._conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
+                self._conn.execute("DELETE FROM meta WHERE key = ?", (f"clock:{stream}",))
             else:
                 cond, args = "wall_end < ?", [float(before)]
                 if stream is not None:

@@ -23,7 +23,7 @@ from typing import Iterator, Protocol
 
 from rlivs.runtime.errors import UserError
 from rlivs.runtime.frames import Frame
-from rlivs.runtime.sources.bag import BagSource, is_recording
+from rlivs.runtime.sources.bag import BagSource, is_recording, name_note
 from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.sources.images import ImageFolderSource
 from rlivs.runtime.sources.npy import NpyFrameSource
@@ -56,18 +56,26 @@ def resume_time(next_index: int, frames_per_clip: int, fps: float) -> float:
 
 def open_source(path: str | Path, fps: float, start_time: float = 0.0, end_time: float | None = None,
                 frames_fps: float = 1.0, topic: str | None = None) -> FrameSource:
-    """The frame source of `path`, chosen by what it is: a robot recording (.bag, .db3, .mcap or a rosbag2 folder:
-    the image topic `topic`, which may be left out when there is only one), a folder of frames, a .npy (N, H, W, 3)
+    """The frame source of `path`, chosen by what it is (a file by its first bytes, not its name: `bag.name_note`
+    says when they disagree): a robot recording (a ROS 1 bag, an MCAP file, a ROS 2 .db3 or a rosbag2 folder: the
+    image topic `topic`, which may be left out when there is only one), a folder of frames, a .npy (N, H, W, 3)
     uint8 array (both with frame i at i / frames_fps s), else a video file. It yields `Frame`s with t < end_time
     (None: to the end)."""
     path = Path(path)
     if is_recording(path):
         return BagSource(path, topic, fps, start_time, end_time)
+    note = name_note(path)  # named like a recording, but is not one
     if topic is not None:
-        raise UserError(f"--topic {topic} given, but {path} is not a robot recording (.bag, .db3, .mcap or a rosbag2 "
-                        f"folder); leave --topic out for a video file")
+        raise UserError(f"--topic {topic} given, but {path} is not a robot recording (a ROS 1 bag, an MCAP file, a "
+                        f"ROS 2 .db3 or a rosbag2 folder{'; ' + note if note else ''}); leave --topic out for a video "
+                        f"file")
     if path.is_dir():
         return ImageFolderSource(path, fps, start_time, end_time, frames_fps)
     if path.suffix.lower() == ".npy":
         return NpyFrameSource(path, fps, start_time, end_time, frames_fps)
-    return VideoFileSource(path, fps=fps, start_time=start_time, end_time=end_time)
+    try:
+        return VideoFileSource(path, fps=fps, start_time=start_time, end_time=end_time)
+    except UserError as e:
+        if note is None:
+            raise
+        raise UserError(f"{e} ({note}; it is neither a recording nor a video)") from None

@@ -1,24 +1,37 @@
 """Robot recordings as frame sources: ROS 1 bags, ROS 2 bags (sqlite3 and MCAP storage) and plain MCAP files.
 
-    is_recording(path)                         -> bool                 .bag, .db3, .mcap or a rosbag2 folder
+    recording_format(path)                     -> "ros1" | "mcap" | "db3" | "rosbag2" | None (by the first bytes)
+    is_recording(path)                         -> bool                 a ROS 1 bag, an MCAP file, a ROS 2 .db3, a
+                                                                       rosbag2 folder (by content, not by name)
+    name_note(path)                            -> str | None           what to say when the name disagrees
     list_image_topics(path)                    -> [ImageTopic]         topic, message type, count, rate
     BagSource(path, topic, fps)                -> iterator of Frame    image (H, W, 3) uint8 RGB, t seconds
 
-Readers: ROS 1 bags, `.db3` files and rosbag2 folders through rosbags (pure Python); `.mcap` files through the `mcap`
-library, whose streaming reader still reads a file cut off mid-write. Messages: `sensor_msgs/Image` (rgb8, bgr8,
-rgba8, bgra8, mono8, mono16, yuv422 = UYVY, yuv422_yuy2 = YUYV), `sensor_msgs/CompressedImage` (JPEG, PNG, anything
-PIL decodes), and in plain MCAP also `foxglove.RawImage` / `foxglove.CompressedImage` (protobuf or JSON encoded). ROS
-messages in an MCAP file are decoded with the type definitions the file carries (rosbags' typesys).
+Format: decided by the file's first bytes (`#ROSBAG V2.0`, the MCAP magic, the SQLite header; a folder with
+metadata.yaml), not by its name; a name that says otherwise is named in `name_note`. A file that starts like none of
+them is not a recording (the caller reads it as a video). Readers: ROS 1 bags, `.db3` files and rosbag2 folders
+through rosbags (pure Python); MCAP files through the `mcap` library, whose streaming reader still reads a file cut
+off mid-write. An MCAP file needs neither a Statistics record nor a summary: message counts come from the
+statistics, else from the chunk indexes' message indexes, else from reading the file through.
 
-Time: a frame's time is its message's header stamp (the message's log time when the stamp is unset, zero).
-`clock_origin` is the UTC unix time (s) of the topic's first message, stream time 0: t = stamp - clock_origin, so
-clips carry the robot's clock. Sampling follows the package's rule: sample k is the first message at or after
-start_time + k / fps, messages read in recording order.
+Messages: `sensor_msgs/Image` (rgb8, bgr8, rgba8, bgra8, mono8, mono16, yuv422 = UYVY, yuv422_yuy2 = YUYV),
+`sensor_msgs/CompressedImage` (JPEG, PNG, anything PIL decodes), and in plain MCAP also `foxglove.RawImage` /
+`foxglove.CompressedImage` (protobuf or JSON encoded). ROS messages in an MCAP file are decoded with the type
+definitions the file carries (rosbags' typesys).
+
+Time: a frame's time is its message's header stamp, or its log time when the topic's first decodable message has a
+zero stamp (the whole topic then runs on log time; `clock_kind` says which and why). `clock_origin` is the UTC unix
+time (s) of the topic's first message, stream time 0: t = stamp - clock_origin, so clips carry the robot's clock.
+`log_offset_ns` is the topic's first log time minus its first stamp (0 on log time): where the stream's clips sit in
+log time (Foxglove's default timeline). Sampling follows the package's rule: sample k is the first message at or
+after start_time + k / fps, messages read in recording order.
 
 Damaged input: a message that cannot be decoded (an unknown encoding, a corrupt JPEG, a short buffer) is skipped and
 counted in `decode_errors`; the others are read. A topic whose messages are all undecodable, a topic without images
-and a recording that cannot be opened are refused with a `UserError` naming the topic and what was found. An MCAP
-file that ends mid-record (truncated) yields every message before the cut, then raises a `UserError`.
+and a recording that cannot be opened are refused with a `UserError` naming the topic and what was found. A
+recording that cannot be read past some point (an MCAP file cut off mid-write, a damaged chunk) yields every frame
+before it, then ends, with `truncated` saying where and why (the caller commits what was read and says so). Nothing
+a damaged file holds raises anything but `UserError`.
 
 No torch and no transformers here: this module runs on the device. rosbags and mcap are imported when a recording
 is opened (the `robotics` extra).
@@ -47,6 +60,11 @@ from rlivs.runtime.sources._shared import TIME_EPS, check_fps, check_start_time,
 log = logging.getLogger("rlivs.sources.bag")
 
 RECORDING_SUFFIXES = (".bag", ".db3", ".mcap")
+# how each format starts, what a name says, and what the format is called in messages
+_MAGIC = {"ros1": b"#ROSBAG V2.0", "mcap": b"\x89MCAP0\r\n", "db3": b"SQLite format 3\x00"}
+_BY_SUFFIX = {".bag": "ros1", ".mcap": "mcap", ".db3": "db3"}
+FORMAT_NAMES = {"ros1": "a ROS 1 bag", "mcap": "an MCAP file", "db3": "a ROS 2 .db3 (SQLite)",
+                "rosbag2": "a rosbag2 folder"}
 # image message types -> compressed?
 IMAGE_TYPES = {
     "sensor_msgs/msg/Image": False, "sensor_msgs/msg/CompressedImage": True,
@@ -60,12 +78,61 @@ _SEEK_MARGIN_NS = 10 * 10**9
 _INSTALL = "install the robotics extra: pip install 'rlivs[robotics]'"
 
 
-def is_recording(path: str | Path) -> bool:
-    """A ROS 1 bag, a ROS 2 .db3, an .mcap file, or a rosbag2 folder (one with metadata.yaml)."""
-    p = Path(str(path).removeprefix("file://"))
+def _path(path: str | Path) -> Path:
+    return Path(str(path).removeprefix("file://"))
+
+
+def _head(p: Path) -> bytes | None:
+    try:
+        with open(p, "rb") as f:
+            return f.read(16)
+    except OSError:
+        return None
+
+
+def recording_format(path: str | Path) -> str | None:
+    """"ros1", "mcap", "db3" or "rosbag2" by what the file starts with (a folder: its metadata.yaml), else None (not
+    a recording: a video, or something else). A file shorter than a magic that its start matches (cut off inside
+    the magic, or empty) and a path that cannot be read follow the name: the reader then says what is wrong."""
+    p = _path(path)
     if p.is_dir():
-        return (p / "metadata.yaml").is_file()
-    return p.suffix.lower() in RECORDING_SUFFIXES
+        return "rosbag2" if (p / "metadata.yaml").is_file() else None
+    by_name = _BY_SUFFIX.get(p.suffix.lower())
+    head = _head(p)
+    if head is None:
+        return by_name
+    for fmt, magic in _MAGIC.items():
+        if head.startswith(magic):
+            return fmt
+    if by_name and len(head) < len(_MAGIC[by_name]) and _MAGIC[by_name].startswith(head):
+        return by_name
+    return None
+
+
+def is_recording(path: str | Path) -> bool:
+    """A ROS 1 bag, an MCAP file, a ROS 2 .db3 or a rosbag2 folder (one with metadata.yaml), by content."""
+    return recording_format(path) is not None
+
+
+def name_note(path: str | Path) -> str | None:
+    """A line saying how the file's name disagrees with its content (None when it does not)."""
+    p = _path(path)
+    if p.is_dir():
+        return None
+    fmt, by_name = recording_format(p), _BY_SUFFIX.get(p.suffix.lower())
+    if fmt == by_name:
+        return None
+    if fmt is None:
+        head = _head(p) or b""
+        return (f"{p.name} is named like {FORMAT_NAMES[by_name]} but does not start like one (it starts with "
+                f"{head[:12]!r}): reading it as a video file")
+    if by_name is None:
+        return f"{p.name} is {FORMAT_NAMES[fmt]} by its first bytes (not what its name says): reading it as one"
+    return (f"{p.name} is named like {FORMAT_NAMES[by_name]} but its first bytes say it is {FORMAT_NAMES[fmt]}: "
+            f"reading it as {FORMAT_NAMES[fmt]}; rename it to {p.stem}{_SUFFIX[fmt]} to stop this note")
+
+
+_SUFFIX = {"ros1": ".bag", "mcap": ".mcap", "db3": ".db3"}
 
 
 @dataclass(frozen=True)
@@ -86,7 +153,7 @@ class ImageTopic:
 class _ImageMsg:
     """An image message, whatever its schema, in one shape."""
 
-    stamp_ns: int  # header stamp (log time when unset), ns since the unix epoch
+    stamp_ns: int  # header stamp, ns since the unix epoch (0: unset)
     compressed: bool
     encoding: str  # raw: pixel encoding (rgb8 ...); compressed: the format string (jpeg, "bgr8; jpeg compressed bgr8")
     width: int = 0
@@ -94,6 +161,7 @@ class _ImageMsg:
     step: int = 0  # bytes per row (raw)
     bigendian: bool = False
     data: bytes | np.ndarray = b""
+    log_ns: int = 0  # the message's log time, ns since the unix epoch
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -126,6 +194,8 @@ def decode_image(m: _ImageMsg) -> np.ndarray:
                 return np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise ValueError(f"format {m.encoding!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - Pillow on a damaged image (a decompression bomb, a bad header...)
+            raise ValueError(f"format {m.encoding!r}: {type(e).__name__}: {e}") from None
     enc = m.encoding.lower()
     if enc in ("rgb8", "bgr8"):
         img = _rows(m, 3).reshape(m.height, m.width, 3)
@@ -171,9 +241,9 @@ def _image_msg(obj, compressed: bool, log_ns: int) -> _ImageMsg:
         data = obj.data
         get = lambda k, d=None: getattr(obj, k, d)  # noqa: E731
     if compressed:
-        return _ImageMsg(stamp or log_ns, True, str(get("format", "")), data=data)
-    return _ImageMsg(stamp or log_ns, False, str(get("encoding", "")), int(get("width", 0)), int(get("height", 0)),
-                     int(get("step", 0)), bool(get("is_bigendian", False)), data)
+        return _ImageMsg(stamp, True, str(get("format", "")), data=data, log_ns=log_ns)
+    return _ImageMsg(stamp, False, str(get("encoding", "")), int(get("width", 0)), int(get("height", 0)),
+                     int(get("step", 0)), bool(get("is_bigendian", False)), data, log_ns)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -182,31 +252,70 @@ def _image_msg(obj, compressed: bool, log_ns: int) -> _ImageMsg:
 
 
 class _Truncated(Exception):
-    """The recording ends mid-record; what came before was read."""
+    """The recording cannot be read past this point (cut off mid-record, or damaged); what came before was read."""
+
+
+# A reader library failing on a user's damaged file (struct.error, UnicodeDecodeError, KeyError, ...) is the file's
+# fault, never a bug: the readers below catch Exception around the libraries' parsing and say so. That includes
+# MemoryError: a damaged length field (a chunk's uncompressed size, a record's length) asks for gigabytes.
+def _damage(e: BaseException) -> str:
+    if isinstance(e, MemoryError):
+        return ("MemoryError: a size in the file asks for more memory than this machine has (a damaged length, or a "
+                "record too large for this device)")
+    name = type(e).__name__
+    if name.islower() and type(e).__module__ != "builtins":  # struct.error, zlib.error, sqlite3's ...
+        name = f"{type(e).__module__}.{name}"
+    return f"{name}: {e}" if str(e) else name
 
 
 class _RosbagsRecording:
-    """A ROS 1 bag, a ROS 2 .db3 or a rosbag2 folder, read with rosbags' AnyReader."""
+    """A ROS 1 bag, a ROS 2 .db3 or a rosbag2 folder, read with rosbags' AnyReader. rosbags picks its reader by the
+    name (.bag: ROS 1, else ROS 2): a file whose name disagrees with its content is opened through a link named
+    right."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fmt: str):
         try:
             from rosbags.highlevel import AnyReader, AnyReaderError
             from rosbags.typesys import Stores, get_typestore
         except ImportError:
             raise UserError(f"reading {path} needs rosbags: {_INSTALL}") from None
         self._errors = (AnyReaderError,)
+        self.truncated: str | None = None
+        self._tmp = None
+        target = path
+        if fmt in _SUFFIX and path.suffix.lower() != _SUFFIX[fmt]:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="rlivs-rec-")
+            target = Path(self._tmp.name) / (path.stem + _SUFFIX[fmt])
+            try:
+                target.symlink_to(path.resolve())
+            except OSError as e:
+                self._tmp.cleanup()
+                raise UserError(f"{path} is {FORMAT_NAMES[fmt]} but named otherwise, and no link named right could "
+                                f"be made ({e}): rename it to {path.stem}{_SUFFIX[fmt]}") from None
         try:
-            self.reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+            self.reader = AnyReader([target], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
             self.reader.open()
-        except (AnyReaderError, OSError) as e:
-            hint = ("rebuild its index with `rosbag reindex` (ROS 1)" if path.suffix == ".bag" else
+        except Exception as e:  # noqa: BLE001 - whatever rosbags raises on a damaged file is the file's fault
+            self._cleanup()
+            hint = ("rebuild its index with `rosbag reindex` (ROS 1)" if fmt == "ros1" else
                     "check that the recording finished; a rosbag2 .db3 cut off mid-write may be recovered with "
-                    "`sqlite3 FILE .recover`")
-            raise UserError(f"{path} cannot be read as a ROS bag ({e}): it is damaged, truncated or not a bag; "
-                            f"{hint}") from None
+                    "`sqlite3 FILE .recover` (an SQLite file that is not a rosbag2 .db3 lacks its topics and "
+                    "messages tables)")
+            raise UserError(f"{path} cannot be read as {FORMAT_NAMES[fmt]} ({_damage(e)}): it is damaged, truncated "
+                            f"or not a bag; {hint}") from None
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def close(self) -> None:
-        self.reader.close()
+        try:
+            self.reader.close()
+        finally:
+            self._cleanup()
 
     def topics(self) -> dict[str, tuple[str, int]]:
         out: dict[str, tuple[str, int]] = {}
@@ -218,25 +327,44 @@ class _RosbagsRecording:
     def span_ns(self) -> tuple[int, int]:
         return self.reader.start_time, self.reader.end_time
 
-    def log_times(self, topic: str) -> Iterator[int]:
-        """The log times (ns) of a topic's messages, nothing decoded."""
+    def _raw(self, topic: str, start_ns: int | None = None):
+        """(connection, log time, raw bytes) of a topic; raises _Truncated where the file cannot be read further."""
         conns = [c for c in self.reader.connections if c.topic == topic]
-        for _, log_ns, _ in self.reader.messages(connections=conns):
-            yield log_ns
+        it = self.reader.messages(connections=conns, start=start_ns)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001 - a damaged chunk or page: the file's fault
+                self.truncated = _damage(e)
+                raise _Truncated(self.truncated) from None
+            yield item
+
+    def log_times(self, topic: str) -> Iterator[int]:
+        """The log times (ns) of a topic's messages, nothing decoded (up to where the file cannot be read)."""
+        try:
+            for _, log_ns, _ in self._raw(topic):
+                yield log_ns
+        except _Truncated:
+            return
 
     def messages(self, topic: str, start_ns: int | None = None) -> Iterator[tuple[int, str, object]]:
         """(log time ns, msgtype, deserialized message or the exception that stopped it) in recording order."""
-        conns = [c for c in self.reader.connections if c.topic == topic]
-        for c, log_ns, raw in self.reader.messages(connections=conns, start=start_ns):
+        for c, log_ns, raw in self._raw(topic, start_ns):
             try:
                 yield log_ns, c.msgtype, self.reader.deserialize(raw, c.msgtype)
-            except (*self._errors, ValueError, IndexError, KeyError) as e:
+            except Exception as e:  # noqa: BLE001 - this message's fault, counted by the caller
                 yield log_ns, c.msgtype, e
 
 
 class _McapRecording:
-    """An .mcap file read with the `mcap` library: ROS 1/2 messages through rosbags' typesys (with the definitions
-    the file carries), foxglove protobuf messages through mcap-protobuf-support, JSON ones through json."""
+    """An MCAP file read with the `mcap` library: ROS 1/2 messages through rosbags' typesys (with the definitions
+    the file carries), foxglove protobuf messages through mcap-protobuf-support, JSON ones through json.
+
+    Its summary (when there is one and it is readable) is used when it lists the channels and indexes the chunks:
+    messages are then read chunk by chunk through the index. Otherwise (no summary, a summary without channels or
+    chunk indexes, a file cut off before its summary) the file is read front to back as written."""
 
     def __init__(self, path: Path):
         try:
@@ -248,56 +376,103 @@ class _McapRecording:
         self._decoders: dict[int, object] = {}  # schema id -> bytes -> message
         self._typestore = None
         self.summary = None
-        from mcap.exceptions import McapError
+        self.truncated: str | None = None  # why the file could not be read further (set when that happens)
         from mcap.reader import SeekingReader
 
+        magic = self._file.read(8)
+        if magic != _MAGIC["mcap"]:
+            self._file.close()
+            what = "is empty" if not magic else f"ends after {len(magic)} bytes" if len(magic) < 8 else \
+                f"does not start with the MCAP magic (it starts with {magic!r})"
+            raise UserError(f"{path} is not a readable MCAP file: it {what}; it is damaged or truncated, record or "
+                            f"copy it again")
         try:
-            self.summary = SeekingReader(self._file).get_summary()
-        except (McapError, OSError, ValueError, StopIteration):
-            self.summary = None  # no readable summary (truncated, or written without one): read it as a stream
-        if self.summary is None:
             self._file.seek(0)
-            magic = self._file.read(8)
-            if magic[:5] != b"\x89MCAP":
-                self._file.close()
-                raise UserError(f"{path} is not an MCAP file (it does not start with the MCAP magic); give a ROS 1 "
-                                f".bag, a ROS 2 .db3 or .mcap, or a rosbag2 folder")
+            summary = SeekingReader(self._file).get_summary()
+        except Exception:  # noqa: BLE001 - no readable summary (cut off, damaged): read it as written
+            summary = None
+        if summary is not None and summary.channels and summary.chunk_indexes:
+            self.summary = summary  # indexed reads; counts from its statistics or message indexes
+        self._any_summary = summary
 
     def close(self) -> None:
         self._file.close()
 
     def _stream(self, start_ns: int | None = None, topic: str | None = None):
-        """(schema, channel, message) in log-time order; raises _Truncated where a stream without summary breaks."""
-        from mcap.exceptions import McapError
+        """(schema, channel, message), through the index in log-time order, or as written; raises _Truncated where
+        the file cannot be read further (every message before was yielded)."""
         from mcap.reader import NonSeekingReader, SeekingReader
 
         self._file.seek(0)
+        topics = [topic] if topic else None
         if self.summary is not None:
-            yield from SeekingReader(self._file).iter_messages(topics=[topic] if topic else None, start_time=start_ns)
-            return
-        it = NonSeekingReader(self._file).iter_messages(topics=[topic] if topic else None, start_time=start_ns,
-                                                       log_time_order=False)  # as written: nothing held back
+            it = SeekingReader(self._file).iter_messages(topics=topics, start_time=start_ns)
+        else:
+            it = NonSeekingReader(self._file).iter_messages(topics=topics, start_time=start_ns,
+                                                           log_time_order=False)  # as written: nothing held back
         while True:
             try:
                 item = next(it)
             except StopIteration:
                 return
-            except (McapError, EOFError, OSError, ValueError, KeyError) as e:
-                raise _Truncated(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+            except Exception as e:  # noqa: BLE001 - struct.error, EndOfFile, a bad CRC...: the file's, not a bug
+                self.truncated = _damage(e)
+                raise _Truncated(self.truncated) from None
             yield item
 
-    def topics(self) -> dict[str, tuple[str, int]]:
-        if self.summary is not None:
-            counts = self.summary.statistics.channel_message_counts if self.summary.statistics else {}
-            return {ch.topic: (self.summary.schemas[ch.schema_id].name if ch.schema_id else "", counts.get(cid, 0))
-                    for cid, ch in self.summary.channels.items()}
-        out: dict[str, tuple[str, int]] = {}
+    def _indexed_counts(self) -> dict[int, int] | None:
+        """Messages per channel id from the chunk indexes' message indexes (None where they are missing or cannot
+        be read: the caller counts by reading the messages)."""
+        from mcap.records import MessageIndex
+        from mcap.stream_reader import StreamReader
+
+        counts: dict[int, int] = {}
+        if not self._any_summary.chunk_indexes:
+            return None
         try:
-            for schema, ch, _ in self._stream():
+            for ci in self._any_summary.chunk_indexes:
+                if not ci.message_index_offsets:
+                    return None
+                for cid, offset in ci.message_index_offsets.items():
+                    self._file.seek(offset)
+                    rec = next(StreamReader(self._file, skip_magic=True).records)
+                    if not isinstance(rec, MessageIndex) or rec.channel_id != cid:
+                        return None
+                    counts[cid] = counts.get(cid, 0) + len(rec.records)
+        except Exception:  # noqa: BLE001 - a damaged index: count by reading instead
+            return None
+        return counts
+
+    def _scan(self) -> tuple[dict[str, tuple[str, int]], int | None, int | None]:
+        """(topic -> (schema name, messages), first and last log time) by reading every message."""
+        out: dict[str, tuple[str, int]] = {}
+        first = last = None
+        try:
+            for schema, ch, m in self._stream():
                 _, n = out.get(ch.topic, ("", 0))
                 out[ch.topic] = (schema.name if schema else "", n + 1)
+                first = m.log_time if first is None else min(first, m.log_time)
+                last = m.log_time if last is None else max(last, m.log_time)
         except _Truncated:
             pass
+        return out, first, last
+
+    def topics(self) -> dict[str, tuple[str, int]]:
+        """topic -> (schema name, messages): from the summary's channels and its Statistics record, else its message
+        indexes (Statistics is optional in MCAP), else by reading every message."""
+        summary = self._any_summary
+        if summary is None or not summary.channels:
+            return self._scan()[0]
+        st = summary.statistics
+        counts = (st.channel_message_counts if st is not None and (st.channel_message_counts or not st.message_count)
+                  else self._indexed_counts())
+        if counts is None:
+            return self._scan()[0]
+        out: dict[str, tuple[str, int]] = {}
+        for cid, ch in summary.channels.items():
+            schema = summary.schemas.get(ch.schema_id) if ch.schema_id else None
+            _, n = out.get(ch.topic, ("", 0))
+            out[ch.topic] = (schema.name if schema else "", n + counts.get(cid, 0))
         return out
 
     def log_times(self, topic: str) -> Iterator[int]:
@@ -309,16 +484,14 @@ class _McapRecording:
             return
 
     def span_ns(self) -> tuple[int, int]:
-        st = self.summary.statistics if self.summary is not None else None
-        if st is not None:
+        summary = self._any_summary
+        st = summary.statistics if summary is not None else None
+        if st is not None and st.message_count:
             return st.message_start_time, st.message_end_time
-        first = last = None
-        try:
-            for _, _, m in self._stream():
-                first = m.log_time if first is None else first
-                last = m.log_time
-        except _Truncated:
-            pass
+        if summary is not None and summary.chunk_indexes:
+            cis = summary.chunk_indexes
+            return min(c.message_start_time for c in cis), max(c.message_end_time for c in cis)
+        _, first, last = self._scan()
         return first or 0, last or 0
 
     def _decoder(self, schema, channel):
@@ -363,9 +536,16 @@ class _McapRecording:
 
 
 def _open(path: Path):
+    """The reader for what the file is (by its first bytes)."""
     if not path.exists():
         raise FileNotFoundError(f"recording not found: {path}; check the path")
-    return _McapRecording(path) if path.suffix.lower() == ".mcap" else _RosbagsRecording(path)
+    fmt = recording_format(path)
+    if fmt is None:
+        head = _head(path) or b""
+        raise UserError(f"{path} is not a robot recording: it does not start like a ROS 1 bag (#ROSBAG V2.0), an "
+                        f"MCAP file or a ROS 2 .db3 (SQLite), and is not a rosbag2 folder (it starts with "
+                        f"{head[:12]!r}); give a recording, or read it as a video without --topic")
+    return _McapRecording(path) if fmt == "mcap" else _RosbagsRecording(path, fmt)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -408,11 +588,16 @@ def _pick_topic(path: Path, rec, topic: str | None) -> tuple[str, bool]:
         return topic, IMAGE_TYPES[topics[topic][0]]
     images = _image_topics(rec)  # refused: list the image topics with counts and rates (reads them once)
     listing = "; ".join(t.describe() for t in images)
+    if rec.truncated:  # what is listed is what could be read
+        listing = (listing or "none") + (f" (the file cannot be read past some point ({rec.truncated}): it is "
+                                         f"truncated or damaged; only the messages before that are listed)")
     if topic is None:
         if not images:
             others = ", ".join(f"{t} ({ty})" for t, (ty, _) in sorted(topics.items())) or "no topics at all"
+            damage = (f"; the file cannot be read past some point ({rec.truncated}): it is truncated or damaged, "
+                      f"and nothing before that is an image; record or copy it again" if rec.truncated else "")
             raise UserError(f"{path} holds no image topics (sensor_msgs/Image, sensor_msgs/CompressedImage, "
-                            f"foxglove.RawImage or foxglove.CompressedImage); found {others}")
+                            f"foxglove.RawImage or foxglove.CompressedImage); found {others}{damage}")
         raise UserError(f"{path} holds {len(images)} image topics: {listing}. Pick one or more with --topic, "
                         f"e.g. --topic {images[0].topic}")
     if topic not in topics:
@@ -436,9 +621,13 @@ def topic_stream_name(topic: str) -> str:
 
 
 class BagSource:
-    """The frames of one image topic of a recording, sampled at `fps` (the package's rule), timed by header stamps.
+    """The frames of one image topic of a recording, sampled at `fps` (the package's rule), timed by header stamps
+    (or log time, when the topic's stamps are zero).
 
-    `clock_origin` (UTC unix seconds) is the stamp of the topic's first message: stream time 0. With `replay_speed`
+    `clock_origin` (UTC unix seconds) is the stamp of the topic's first message: stream time 0. `time_basis` is
+    "header" or "log", `clock_kind` says which in words and why, `log_offset_ns` is the first log time minus the
+    first stamp (0 on log time). After a pass, `truncated` says why the file could not be read to its end (None: it
+    was), the frames before having been yielded. With `replay_speed`
     set, frames are handed out paced at that multiple of the recorded speed (a robot replayed as a live camera);
     `stop` (a threading.Event) ends a paced replay at once. Without it, frames come as fast as they decode.
     """
@@ -455,20 +644,36 @@ class BagSource:
         self.decode_errors = 0  # messages of the current (last) pass that could not be decoded, their frames skipped
         self.decode_error_times: list[float] = []  # stream time of each (the time of the last good frame before it)
         self._last_log = -math.inf
+        self.truncated: str | None = None  # the current (last) pass: why the file could not be read to its end
         rec = _open(self.path)
         try:
             self.topic, self.compressed = _pick_topic(self.path, rec, topic)
-            self._first_log_ns, self._origin_ns = self._probe(rec)
+            self._first_log_ns, first_stamp = self._probe(rec)
             self._end_ns = rec.span_ns()[1]
         finally:
             rec.close()
+        if first_stamp:
+            self.time_basis, self._origin_ns = "header", first_stamp
+            self.clock_kind: str | None = f"header stamps of {self.topic}"
+        else:  # an unset stamp (zero): the topic runs on log time, all of it
+            self.time_basis, self._origin_ns = "log", self._first_log_ns
+            self.clock_kind = f"log time of {self.topic}: its header stamps are zero"
+        self.log_offset_ns = self._first_log_ns - self._origin_ns  # log time - stream clock, at the first message
         self.clock_origin: float | None = self._origin_ns / 1e9  # UTC unix time of stream time 0
-        self.clock_kind: str | None = "header stamps"
+
+    @property
+    def stream_clock(self) -> dict:
+        """What the memory notes about this stream's clock (`Memory.set_stream_clock`): the time basis, the topic,
+        and log time minus the stream's clock (ns) at its first message; an export places clips on Foxglove's log
+        timeline with it."""
+        return {"kind": "recording", "basis": self.time_basis, "topic": self.topic,
+                "log_offset_ns": self.log_offset_ns}
 
     @property
     def duration(self) -> float | None:
-        """Seconds from the topic's first message to the end of the recording (log time)."""
-        return max(0.0, (self._end_ns - self._first_log_ns) / 1e9)
+        """Seconds from the topic's first message to the end of the recording (log time), plus one sample interval:
+        the last message is a sample too, so ceil(duration / clip seconds) counts every clip (never fewer)."""
+        return max(0.0, (self._end_ns - self._first_log_ns) / 1e9) + 1 / self.fps
 
     def starting_at(self, start_time: float) -> BagSource:
         """The same topic read from `start_time` (the recording is not probed again)."""
@@ -497,7 +702,10 @@ class BagSource:
                 except (ValueError, TypeError, AttributeError) as e:
                     reason = reason or str(e)
         except _Truncated as e:
-            reason = reason or f"the file ends mid-record ({e})"
+            if not seen:
+                raise UserError(f"{self.path} cannot be read as far as the first message of {self.topic} ({e}): it "
+                                f"is truncated or damaged before any image; record or copy it again") from None
+            reason = reason or f"the file cannot be read further ({e})"
         what = f"encodings/formats {sorted(found)}" if found else "no readable image message"
         raise UserError(f"topic {self.topic!r} in {self.path}: none of its {seen} messages could be decoded "
                         f"({what}; first problem: {reason or 'none read'}); supported raw encodings: "
@@ -525,8 +733,15 @@ class BagSource:
             time.sleep(delay)
         return True
 
+    def _time_ns(self, m: _ImageMsg) -> int:
+        """A message's time on the stream's clock: its stamp, or its log time (a log-time topic; a zero stamp in a
+        stamped one, moved onto the stamps' clock by the first message's offset)."""
+        if self.time_basis == "log":
+            return m.log_ns
+        return m.stamp_ns if m.stamp_ns else m.log_ns - self.log_offset_ns
+
     def __iter__(self) -> Iterator[Frame]:
-        self.decode_errors, self.decode_error_times = 0, []
+        self.decode_errors, self.decode_error_times, self.truncated = 0, [], None
         start_ns = None
         if self.start_time > 0:
             start_ns = max(self._first_log_ns, self._first_log_ns + int(self.start_time * 1e9) - _SEEK_MARGIN_NS)
@@ -544,7 +759,7 @@ class BagSource:
                 except (ValueError, TypeError, AttributeError) as e:
                     self._skip(t_last, e)
                     continue
-                t = (m.stamp_ns - self._origin_ns) / 1e9
+                t = (self._time_ns(m) - self._origin_ns) / 1e9
                 if t < target - TIME_EPS:
                     continue
                 if self.end_time is not None and t >= self.end_time - TIME_EPS:
@@ -561,10 +776,8 @@ class BagSource:
                     yield Frame(image=image, t=t, wall=None if self.clock_origin is None else self.clock_origin + t)
                     k += 1
                     target = self.start_time + k / self.fps
-        except _Truncated as e:
-            where = f"after {t_last:.1f} s" if t_last is not None else "before the first frame"
-            raise UserError(f"{self.path} ends mid-record {where} ({e}): it is truncated (or was still being "
-                            f"written); the frames before were read; record or copy it again, then run again (a "
-                            f"stream resumes at its next clip)") from None
+        except _Truncated as e:  # what was read stays read: the pass ends here, and says why
+            where = f"past {t_last:.1f} s" if t_last is not None else "as far as its first frame"
+            self.truncated = f"cannot be read {where} ({e}): it is truncated (or was still being written) or damaged"
         finally:
             rec.close()

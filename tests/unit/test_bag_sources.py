@@ -2,6 +2,7 @@
 plain MCAP files written by the libraries' own writers (tests/helpers/recordings.py), read back frame by frame:
 pixel values, header-stamp times, the clock origin, the sampling rule, topic listing, bad and truncated input."""
 
+import io
 import math
 
 import numpy as np
@@ -12,8 +13,12 @@ pytest.importorskip("mcap")
 
 from rlivs.runtime.errors import UserError  # noqa: E402
 from rlivs.runtime.sources import open_source  # noqa: E402
-from rlivs.runtime.sources.bag import BagSource, is_recording, list_image_topics, topic_stream_name  # noqa: E402
-from tests.helpers.recordings import T0, value, write_foxglove_mcap, write_ros_bag  # noqa: E402
+from rlivs.runtime.sources.bag import (  # noqa: E402
+    BagSource, is_recording, list_image_topics, name_note, recording_format, topic_stream_name,
+)
+from tests.helpers.recordings import (  # noqa: E402
+    SUMMARIES, T0, strip_statistics, value, write_foxglove_mcap, write_ros_bag,
+)
 
 RATE = 4.0  # messages per second in the recordings below
 N = 12
@@ -164,10 +169,8 @@ def test_a_truncated_mcap_yields_its_frames_then_says_so(tmp_path):
     [t] = list_image_topics(cut)  # no summary: counted by reading it as a stream
     assert 10 < t.count < 40
     src = BagSource(cut, topic, fps=RATE)
-    frames = []
-    with pytest.raises(UserError, match="truncated"):
-        for f in src:
-            frames.append(f)
+    frames = list(src)  # the pass ends at the cut, saying why
+    assert src.truncated and "truncated" in src.truncated and f"past {(t.count - 1) / RATE:.1f} s" in src.truncated
     assert [round(f.t * RATE) for f in frames] == list(range(t.count))  # every message before the cut
     assert [_grey(f) for f in frames[-2:]] == pytest.approx([value(t.count - 2), value(t.count - 1)], abs=3)
 
@@ -176,11 +179,11 @@ def test_a_truncated_ros1_bag_and_non_recordings_are_refused(tmp_path):
     path, topic = _make("ros1", tmp_path)
     cut = tmp_path / "cut.bag"
     cut.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(UserError, match="cannot be read as a ROS bag .*rosbag reindex"):
+    with pytest.raises(UserError, match="cannot be read as a ROS 1 bag .*rosbag reindex"):
         BagSource(cut, topic)
     fake = tmp_path / "fake.mcap"
     fake.write_bytes(b"hello world, not mcap")
-    with pytest.raises(UserError, match="not an MCAP file"):
+    with pytest.raises(UserError, match=r"fake.mcap is not a robot recording: it does not start like .*b'hello wor"):
         BagSource(fake)
 
 
@@ -199,3 +202,116 @@ def test_a_paced_replay_keeps_the_recorded_speed_and_stops_at_once(tmp_path):
     stop.set()
     t0 = time.monotonic()
     assert list(paced) == [] and time.monotonic() - t0 < 2.0  # the 2.5 s wait for the next frame ends on stop
+
+
+def _summary(path):
+    from mcap.reader import make_reader
+
+    with open(path, "rb") as f:
+        return make_reader(f).get_summary()
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "unchunked"])
+@pytest.mark.parametrize("summary", SUMMARIES)
+def test_an_mcap_without_statistics_or_summary_is_counted_and_read(summary, chunked, tmp_path):
+    """mcap's Writer leaving out the Statistics record (use_statistics=False), the message indexes, or the whole
+    summary: every topic is listed with its real count, and --topic reads it."""
+    path = write_foxglove_mcap(tmp_path / "x.mcap", n=N, rate=RATE, summary=summary, chunked=chunked)
+    written = _summary(path)
+    assert (written is None) == (summary == "none")  # the file is what it says
+    assert (written is not None and written.statistics is not None) == (summary == "full")
+    [t] = list_image_topics(path)
+    assert (t.topic, t.msgtype, t.count) == ("/cam/compressed", "foxglove.CompressedImage", N)
+    assert t.rate_hz == pytest.approx(RATE)
+    src = BagSource(path, "/cam/compressed", fps=RATE)
+    assert src.duration == pytest.approx(N / RATE)  # to the last message, plus one sample interval
+    frames = list(src)
+    assert [round(f.t * RATE) for f in frames] == list(range(N)) and src.truncated is None
+    assert [_grey(f) for f in frames] == pytest.approx([value(i) for i in range(N)], abs=3)
+
+
+def test_a_rosbags_mcap_without_statistics_lists_its_counts_and_takes_topic(tmp_path):
+    """rosbags' ROS 2 MCAP writer, its Statistics record taken out as rosbags before 0.11 wrote it: the counts come
+    from the message indexes (they were all 0 and --topic was refused)."""
+    path = write_ros_bag(tmp_path / "rb", "mcap", {"/front/image_raw": {"n": 9, "rate": 4.0},
+                                                   "/rear/compressed": {"n": 5, "rate": 2.0, "compressed": True}})
+    strip_statistics(path)
+    summary = _summary(path)
+    assert summary.statistics is None and summary.chunk_indexes  # no Statistics; the chunks are indexed
+    assert [(t.topic, t.count) for t in list_image_topics(path)] == [("/front/image_raw", 9), ("/rear/compressed", 5)]
+    src = BagSource(path, "/rear/compressed", fps=2.0)
+    assert [round(f.t * 2) for f in src] == list(range(5))
+    with pytest.raises(UserError, match=r"2 image topics: /front/image_raw \(sensor_msgs/msg/Image, 9 messages"):
+        BagSource(path)
+
+
+def test_the_format_comes_from_the_first_bytes_and_a_disagreeing_name_is_said(tmp_path, sample_video):
+    from rlivs.runtime.sources.file import VideoFileSource
+
+    mcap = write_foxglove_mcap(tmp_path / "fox.mcap", n=N, rate=RATE)
+    ros1 = write_ros_bag(tmp_path / "r1.bag", "ros1", {"/cam/image": {"n": N, "rate": RATE}})
+    db3 = write_ros_bag(tmp_path / "r2", "db3", {"/cam/image": {"n": N, "rate": RATE}})
+    cases = {"mcap-named.bag": (mcap, "mcap", "/cam/compressed"), "ros1-named.mcap": (ros1, "ros1", "/cam/image"),
+             "db3-named.bag": (db3, "db3", "/cam/image"), "ros1-named.mp4": (ros1, "ros1", "/cam/image")}
+    for name, (real, fmt, topic) in cases.items():
+        misnamed = tmp_path / name
+        misnamed.write_bytes(real.read_bytes())
+        assert recording_format(misnamed) == fmt and is_recording(misnamed)
+        assert "its first bytes say it is" in (name_note(misnamed) or "") or "by its first bytes" in name_note(misnamed)
+        src = open_source(misnamed, fps=RATE, topic=topic)  # read as what it is
+        assert isinstance(src, BagSource) and [round(f.t * RATE) for f in src] == list(range(N)), name
+    assert name_note(mcap) is None and name_note(ros1) is None and name_note(db3.parent) is None
+    # a video named like a recording is read as the video it is, and says so
+    video = tmp_path / "video.bag"
+    video.write_bytes(sample_video.read_bytes())
+    assert recording_format(video) is None and "does not start like one" in name_note(video)
+    assert isinstance(open_source(video, fps=1.0), VideoFileSource)
+    with pytest.raises(UserError, match="--topic /cam given, but .* is not a robot recording .*does not start like"):
+        open_source(video, fps=1.0, topic="/cam")
+    # neither a recording nor a video: refused, both said
+    junk = tmp_path / "junk.bag"
+    junk.write_bytes(b"minutes of the meeting\n" * 50)
+    with pytest.raises(UserError, match=r"not a readable video.*junk.bag is named like a ROS 1 bag but does not start"):
+        open_source(junk, fps=1.0)
+    # a file cut off inside its magic, or empty, follows its name: refused as the recording it was meant to be
+    for n in (0, 3):
+        cut = tmp_path / f"cut{n}.mcap"
+        cut.write_bytes(mcap.read_bytes()[:n])
+        assert recording_format(cut) == "mcap"
+        with pytest.raises(UserError, match="is not a readable MCAP file: it (is empty|ends after 3 bytes)"):
+            BagSource(cut)
+
+
+def test_zero_header_stamps_run_the_topic_on_log_time_and_say_so(tmp_path):
+    lag = 5.0
+    stamped = BagSource(write_foxglove_mcap(tmp_path / "s.mcap", n=N, rate=RATE, log_lag=lag), fps=RATE)
+    assert stamped.time_basis == "header" and stamped.clock_kind == "header stamps of /cam/compressed"
+    assert stamped.clock_origin == pytest.approx(T0, abs=1e-6) and stamped.log_offset_ns == round(lag * 1e9)
+    zero = BagSource(write_foxglove_mcap(tmp_path / "z.mcap", n=N, rate=RATE, log_lag=lag, zero_stamps=True),
+                     fps=RATE)
+    assert zero.time_basis == "log" and zero.log_offset_ns == 0
+    assert zero.clock_kind == "log time of /cam/compressed: its header stamps are zero"
+    assert "header stamps)" not in zero.clock_kind
+    assert zero.clock_origin == pytest.approx(T0 + lag, abs=1e-6)  # the first log time
+    assert [round(f.t * RATE) for f in zero] == list(range(N))
+    assert zero.stream_clock == {"kind": "recording", "basis": "log", "topic": "/cam/compressed", "log_offset_ns": 0}
+
+
+def test_an_image_claiming_a_huge_size_is_an_undecodable_message():
+    """A damaged PNG header declaring 60000 x 60000 pixels: Pillow refuses it as a decompression bomb; the reader
+    counts it as one undecodable message (ValueError) instead of letting Pillow's error through."""
+    import struct
+    import zlib
+
+    from rlivs.runtime.sources.bag import _ImageMsg, decode_image
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())  # signature (8), IHDR length (4), "IHDR", width, height, ..., its CRC at 29
+    png[16:24] = struct.pack(">II", 60000, 60000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    png = bytes(png)
+    with pytest.raises(ValueError, match="DecompressionBombError"):
+        decode_image(_ImageMsg(0, True, "png", data=png))

@@ -105,3 +105,39 @@ def test_recorded_clock_times_are_used_and_streams_filter(memory, tmp_path, monk
         write_mcap(db, tmp_path / "x.mcap", streams=["side"])
     with pytest.raises(UserError, match="does not exist"):
         write_mcap(tmp_path / "none.db", tmp_path / "x.mcap")
+
+
+def test_the_timeline_follows_the_noted_clock_and_the_file_says_which(memory, tmp_path):
+    """A stream noted as a recording whose log time runs 2.5 s after its header stamps (Memory.set_stream_clock, as
+    ingest notes it): log time (the default) shifts its messages and their time fields by that; header keeps them;
+    a stream that is no recording is placed by its one clock either way. The Metadata record says so."""
+    from mcap.reader import make_reader
+
+    db, created, _ = memory
+    with Memory(db) as m:
+        m.set_stream_clock("front", {"kind": "recording", "basis": "header", "topic": "/front/image",
+                                     "log_offset_ns": 2_500_000_000})
+    times = {}
+    for time in ("log", "header"):
+        rep = write_mcap(db, tmp_path / f"{time}.mcap", time=time)
+        assert rep.time == time
+        _, msgs = _read(tmp_path / f"{time}.mcap")
+        times[time] = {topic: [(t, d) for tp, t, d in msgs if tp == topic] for topic in
+                       ("/rlivs/front/clips", "/rlivs/rear/clips", "/rlivs/front/captions")}
+        with open(tmp_path / f"{time}.mcap", "rb") as f:
+            [meta] = list(make_reader(f).iter_metadata())
+        assert meta.name == "rlivs.export" and meta.metadata["time"] == time and meta.metadata["clips"] == "4"
+        assert meta.metadata["rear.time"].startswith("its clips' clock time (not a robot recording")
+        assert meta.metadata["front.log_offset_ns"] == ("2500000000" if time == "log" else "0")
+        assert rep.time_notes["front"] == meta.metadata["front.time"]
+    log, header = times["log"], times["header"]
+    assert [t for t, _ in header["/rlivs/front/clips"]] == [round((created["front"] + 8.0 * i) * 1e9) for i in range(3)]
+    assert [t - h for (t, _), (h, _) in zip(log["/rlivs/front/clips"], header["/rlivs/front/clips"])] == \
+        pytest.approx([2_500_000_000] * 3, abs=1_000)
+    assert [_secs(d.start_time) - _secs(h.start_time) for (_, d), (_, h) in
+            zip(log["/rlivs/front/clips"], header["/rlivs/front/clips"])] == pytest.approx([2.5] * 3, abs=1e-6)
+    assert [_secs(d.timestamp) for _, d in log["/rlivs/front/captions"]] == \
+        pytest.approx([t / 1e9 for t, _ in log["/rlivs/front/captions"]], abs=1e-6)
+    assert log["/rlivs/rear/clips"][0][0] == header["/rlivs/rear/clips"][0][0]  # one clock: no shift
+    with pytest.raises(UserError, match="time 'wall' is unknown"):
+        write_mcap(db, tmp_path / "x.mcap", time="wall")
