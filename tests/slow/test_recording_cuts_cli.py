@@ -37,7 +37,7 @@ def test_every_class_of_cut_through_rlivs_ingest(tmp_path, tiny_dir):
         chosen: dict[tuple, int] = {}
         for c in cuts:
             chosen.setdefault(cut_class(data, records, c), c)
-        cuts = sorted(chosen.values())
-        assert len(cuts) >= 30 and len(data) in cuts  # every record type and message count, and the whole file
+        cuts = sorted({*chosen.values(), len(data)})  # and the whole file
+        assert len(cuts) >= 30  # every record type and message count
     for c in cuts:
         check_cut_ingest(data, c, tmp_path, INGEST)
