@@ -3,7 +3,7 @@
 Version 3 over version 2 (the activity gate, runtime/activity.py):
 - `idle`: runs of consecutive clips the gate left uncaptioned, each against the captioned clip whose scene they
   still show (`scene_idx`): stream-time and wall-clock span, clip count and the highest gate score in the run;
-- `scenes`: per stream, the gate's reference (the last captioned clip's last frame as grey cells), so a resumed
+- `scenes`: per stream, the gate's reference (the last captioned clip's last frame as colour cells), so a resumed
   stream gates exactly as an uninterrupted one.
 Both change in the transaction of the clip that changes them; migrating a version-2 file only adds them.
 

@@ -105,8 +105,9 @@ def _idle_from_row(row: tuple) -> IdleSpan:
 def _scene_row(scene: SceneRef, index: int) -> tuple:
     """(idx, t_end, rows, cols, cells bytes) of a gate reference, or UserError."""
     cells = np.asarray(scene.cells)
-    if cells.ndim != 2 or cells.dtype != np.uint8:
-        raise UserError(f"clip {index}: the gate reference must be a 2-D uint8 array, got {cells.dtype} {cells.shape}")
+    if cells.ndim != 3 or cells.dtype != np.uint8:
+        raise UserError(f"clip {index}: the gate reference must be a (rows, cols, channels) uint8 array, got "
+                        f"{cells.dtype} {cells.shape}")
     return int(scene.index), float(scene.t_end), int(cells.shape[0]), int(cells.shape[1]), cells.tobytes()
 
 
@@ -573,7 +574,7 @@ class Memory:
                                    (stream,)).fetchone()
         if row is None:
             return None
-        cells = np.frombuffer(row[4], dtype=np.uint8).reshape(row[2], row[3]).copy()
+        cells = np.frombuffer(row[4], dtype=np.uint8).reshape(row[2], row[3], -1).copy()  # (rows, cols, channels)
         return SceneRef(int(row[0]), float(row[1]), cells)
 
     def _insert_clip(self, stream: str, index: int, t_start: float, t_end: float, wall: tuple, caption: str,

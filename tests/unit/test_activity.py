@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rlivs.runtime.activity import ActivityGate, GateConfig, changed_fraction, grey_cells
+from rlivs.runtime.activity import ActivityGate, GateConfig, changed_fraction, colour_cells
 from rlivs.runtime.errors import UserError
 
 H, W, T = 120, 160, 8
@@ -69,6 +69,19 @@ def test_an_object_entering_is_active_and_the_scene_it_leaves_is_idle_again():
     assert (gone.caption, gone.reason) == (True, "active") and gone.motion == 0.0 and gone.scene > 0
 
 
+def test_an_object_as_bright_as_what_it_covers_is_active():
+    """Brightness alone would miss it: a cyan box on a grey wall of the same luma changes the hue only."""
+    rng = np.random.default_rng(7)
+    base = np.full((H, W, 3), 155.0, np.float32)
+    base += rng.normal(0, 6, (H, W, 1))  # texture
+    g = gate()
+    caption(g, clip(base, rng), 0, 8.0)
+    frames = clip(base, rng)
+    frames[2:, 40:64, 60:84] = (40, 200, 230)  # BT.601 luma 155, like the wall: 3 % of the image
+    d = caption(g, frames, 1, 16.0)
+    assert d.caption and d.reason == "active", d
+
+
 def test_something_that_comes_and_goes_inside_one_clip_is_active():
     rng, base = np.random.default_rng(3), scene()
     g = gate()
@@ -120,13 +133,14 @@ def test_reference_round_trip_decides_as_before():
     assert a.ref.index == b.ref.index and np.array_equal(a.ref.cells, b.ref.cells)
 
 
-def test_grey_cells_are_block_means_and_changed_fraction_matches_brightness():
+def test_colour_cells_are_block_means_and_changed_fraction_matches_brightness():
     frames = np.zeros((1, 32, 32, 3), np.uint8)
-    frames[0, :16, :16] = 200  # the top-left quarter
-    cells = grey_cells(frames, 2)
-    assert cells.shape == (1, 2, 2)
-    np.testing.assert_allclose(cells[0], [[200, 0], [0, 0]], atol=0.01)
-    assert grey_cells(frames, 64).shape == (1, 4, 4)  # a cell averages at least 8 x 8 pixels
+    frames[0, :16, :16] = (200, 100, 50)  # the top-left quarter
+    cells = colour_cells(frames, 2)
+    assert cells.shape == (1, 2, 2, 3)
+    np.testing.assert_allclose(cells[0, 0, 0], [200, 100, 50])
+    np.testing.assert_allclose(cells[0, 1], 0)
+    assert colour_cells(frames, 64).shape == (1, 4, 4, 3)  # a cell averages at least 8 x 8 pixels
     a = np.arange(64, dtype=np.float32).reshape(8, 8) * 3
     assert changed_fraction(a, a * 0.8 + 20, noise=2.0) == 0.0  # brightness and contrast matched away
     b = a.copy()

@@ -24,7 +24,7 @@ def rec(i: int, caption: str, stream: str = "cam") -> ClipRecord:
 
 
 def ref(i: int, value: int = 7) -> SceneRef:
-    return SceneRef(i, 2.0 * (i + 1), np.full((3, 4), value, np.uint8))
+    return SceneRef(i, 2.0 * (i + 1), np.full((3, 4, 3), value, np.uint8))
 
 
 def idle(m: Memory, i: int, scene: int | None, score: float = 0.001, stream: str = "cam") -> IdleSpan:
