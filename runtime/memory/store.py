@@ -6,7 +6,9 @@ the FIFO state (the visual tokens selected from the last N clips), so an interru
 after the last committed clip with the same recurrent context. Only the FIFO's *current* tokens are stored: the
 rows of evicted clips are deleted in the same transaction that adds a clip, so an hour of video costs about 1 MB.
 The captions are also in an FTS5 keyword index (triggers keep it in step, inside the same transaction); search.py
-answers questions from the indexes without reading the whole memory.
+answers questions from the indexes without reading the whole memory. Clips the activity gate left uncaptioned are
+runs of idle clips (`commit_idle`, `idle_spans`: one transaction per clip too, the FIFO untouched) and the gate's
+reference is kept per stream (`scene`), written with each captioned clip.
 
 Durability: one SQLite transaction per clip (BEGIN IMMEDIATE ... COMMIT). The file is opened
 in WAL mode with synchronous=NORMAL: in WAL mode NORMAL keeps the database consistent after a
