@@ -14,6 +14,7 @@ scripted events (a person walking through, a door opening and closing, an object
 
     python bench/cameras.py                                     # 1, 4 and 8 cameras, tiny model, 8 min each
     python bench/cameras.py --cameras 1,4 --seconds 320         # shorter
+    python bench/cameras.py --model random-0.5b --device cuda --dtype float16   # the GPU kit's stage (bench/gpu)
 
 Frames are drawn with numpy (no video codec in the loop). Prints one JSON line per run, then one JSON object with
 all of them as the last line.
@@ -103,17 +104,20 @@ def main() -> None:
     p.add_argument("--size", default="320x240", help="Camera frame size WxH.")
     p.add_argument("--gate-threshold", type=float, default=0.005)
     p.add_argument("--gate-max-idle", type=float, default=600.0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (torch backend)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     args.size = tuple(int(v) for v in args.size.lower().split("x"))
 
-    from rlivs.edge_app.options import engine_config, pipeline_config
+    from rlivs.runtime.config import CaptionConfig, ClipConfig, EngineConfig, PipelineConfig
     from rlivs.runtime.engine import load_engine
 
-    config = pipeline_config(fps=args.fps, frames_per_clip=args.frames_per_clip,
-                             max_caption_tokens=args.max_caption_tokens)
-    engine = load_engine(engine_config(args.model, threads=args.threads), config)
+    config = PipelineConfig(clip=ClipConfig(fps=args.fps, frames_per_clip=args.frames_per_clip),
+                            caption=CaptionConfig(max_new_tokens=args.max_caption_tokens))
+    engine = load_engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads),
+                         config)
     runs = []
     baseline = run(engine, 1, args, gate_on=False)  # every clip of camera 0 captioned
     print(json.dumps(baseline), flush=True)
@@ -122,7 +126,8 @@ def main() -> None:
         r["speedup_vs_gate_off"] = round(r["clips_per_s"] / baseline["clips_per_s"], 2)
         print(json.dumps(r), flush=True)
         runs.append(r)
-    print(json.dumps(dict(model=args.model, backend=engine.backend.name, fps=args.fps,
+    print(json.dumps(dict(model=args.model, backend=engine.backend.name, device=args.device, dtype=args.dtype,
+                          fps=args.fps,
                           frames_per_clip=args.frames_per_clip, seconds_per_camera=args.seconds, size=args.size,
                           gate_off_1_camera=baseline, runs=runs,
                           events_missed=sum(r["events_missed"] for r in runs))))

@@ -23,7 +23,6 @@ from .errors import UserError
 from .fifo import TokenFifo
 from .frames import Clip, iter_clips
 from .sources import FrameSource, resume_time
-from .sources.file import VideoFileSource
 from .memory import ClipRecord, Memory
 
 log = logging.getLogger("rlivs.ingest")
@@ -138,4 +137,6 @@ class StreamIngestor:
 
     def clips_from_file(self, path: str | Path) -> Iterator[Clip]:
         """The clips of a video file from where this stream left off (the file is opened once)."""
+        from .sources.file import VideoFileSource  # PyAV: imported only when a file is read
+
         return self.clips(VideoFileSource(path, fps=self.engine.config.clip.fps))
