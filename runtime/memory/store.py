@@ -552,6 +552,8 @@ class Memory:
         captioned clip `scene_idx`, or ending after stream time `after_t`."""
         where, args = [], []
         names = [stream] if stream is not None else streams
+        if names is not None and not names:
+            return []
         if names is not None:
             where.append(f"stream IN ({', '.join('?' * len(names))})")
             args += list(names)
@@ -571,9 +573,12 @@ class Memory:
         return [_idle_from_row(r) for r in self._live().execute(sql, args).fetchall()]
 
     def scene(self, stream: str) -> SceneRef | None:
-        """The activity gate's reference of `stream` (stored with its last captioned clip while gated), or None."""
-        row = self._live().execute("SELECT idx, t_end, rows, cols, cells FROM scenes WHERE stream = ?",
-                                   (stream,)).fetchone()
+        """The activity gate's reference of `stream` (stored with its last captioned clip while gated), or None; None
+        too when a later clip was captioned without the gate (the reference is stale: the gate starts afresh)."""
+        row = self._live().execute(
+            "SELECT idx, t_end, rows, cols, cells FROM scenes s WHERE stream = ? "
+            "AND idx >= COALESCE((SELECT MAX(c.idx) FROM clips c WHERE c.stream = s.stream), -1)",
+            (stream,)).fetchone()
         if row is None:
             return None
         cells = np.frombuffer(row[4], dtype=np.uint8).reshape(row[2], row[3], -1).copy()  # (rows, cols, channels)

@@ -78,6 +78,17 @@ def test_a_stream_ending_idle_has_its_end_and_resume_point_there(tmp_path):
         assert m.scene("cam").index == 0
 
 
+def test_a_reference_older_than_the_last_caption_is_not_used(tmp_path):
+    """Captions committed with the gate off after a gated run: the stored reference is stale, so a gate turned on
+    again starts afresh (its first clip is captioned) instead of tying idle clips to an old scene."""
+    with Memory(tmp_path / "m.db") as m:
+        script(m)
+        assert m.scene("cam").index == 10
+        m.commit_clip(rec(11, "a person walks in"), None)  # no gate: no new reference
+        assert m.scene("cam") is None
+        assert m.idle_spans(streams=[]) == []
+
+
 def test_idle_commits_are_refused_out_of_order_and_leave_nothing(tmp_path):
     with Memory(tmp_path / "m.db") as m:
         script(m)
