@@ -152,6 +152,72 @@ FromTime = typer.Option(None, "--from", help="Only captions from this time: ISO 
 ToTime = typer.Option(None, "--to", help="Only captions up to this time (same forms as --from).")
 
 
+# the activity gate (runtime/activity.py): each a global value and/or STREAM=VALUE, repeatable
+Gate = typer.Option([], "--gate", metavar="[STREAM=]auto|on|off",
+                    help="Activity gate: caption a clip only when its scene changed (idle clips are recorded as "
+                         "watched, not captioned). auto: on for cameras and network streams, off for files and "
+                         "recordings. STREAM=MODE sets one stream; repeatable. `rlivs eval` never gates.")
+GateThreshold = typer.Option([], "--gate-threshold", metavar="[STREAM=]FRACTION",
+                             help="Fraction of the image that must change for a clip to be captioned [default: "
+                                  "0.005]. STREAM=FRACTION sets one stream; repeatable.")
+GateMaxIdle = typer.Option([], "--gate-max-idle", metavar="[STREAM=]SECONDS",
+                           help="Caption a clip at least this often even when nothing changed, seconds [default: "
+                                "600]. STREAM=SECONDS sets one stream; repeatable.")
+
+
+def _per_stream(option: str, values: list[str], streams: list[str], read) -> tuple[object, dict[str, object]]:
+    """`[STREAM=]VALUE` values -> (the global value or None, {stream: value}); UserError naming the option, the
+    value and the fix (an unknown stream lists the known ones)."""
+    from rlivs.runtime.errors import UserError
+
+    default, per = None, {}
+    for raw in values:
+        name, sep, value = str(raw).rpartition("=")
+        try:
+            parsed = read(value.strip())
+        except (ValueError, UserError) as e:
+            raise UserError(f"{option} {raw!r}: {e}") from None
+        if not sep:
+            default = parsed
+        elif name not in streams:
+            raise UserError(f"{option} {raw!r} names stream {name!r}, which is not one of this command's streams "
+                            f"({', '.join(streams) or 'none'}): use one of them, or leave STREAM= out for all")
+        else:
+            per[name] = parsed
+    return default, per
+
+
+def gate_configs(gate: list[str], threshold: list[str], max_idle: list[str],
+                 streams: list[tuple[str, bool]]) -> dict:
+    """--gate/--gate-threshold/--gate-max-idle and the command's streams [(name, live)] -> {name: GateConfig}:
+    the gate is on for a stream when its mode (its own, else the global one, else auto) is `on`, or `auto` and the
+    stream is live. Raises UserError naming the flag."""
+    from rlivs.runtime.activity import MODES, GateConfig
+    from rlivs.runtime.errors import UserError
+
+    def mode(v: str) -> str:
+        if v not in MODES:
+            raise UserError(f"the mode must be one of {', '.join(MODES)}, e.g. --gate on")
+        return v
+
+    def number(v: str) -> float:
+        return float(v)
+
+    names = [n for n, _ in streams]
+    m0, ms = _per_stream("--gate", gate, names, mode)
+    t0, ts = _per_stream("--gate-threshold", threshold, names, number)
+    i0, is_ = _per_stream("--gate-max-idle", max_idle, names, number)
+    out = {}
+    for name, live in streams:
+        m = ms.get(name, m0 or "auto")
+        kw = {k: v for k, v in (("threshold", ts.get(name, t0)), ("max_idle_s", is_.get(name, i0))) if v is not None}
+        try:
+            out[name] = GateConfig(enabled=m == "on" or (m == "auto" and live), **kw)
+        except UserError as e:
+            raise UserError(f"stream {name!r}: {e}") from None
+    return out
+
+
 def wall_window(from_: Optional[str], to: Optional[str]):
     """--from/--to -> (TimeWindow or None): refused (UserError naming the forms) before anything loads."""
     from datetime import datetime, timezone

@@ -8,6 +8,12 @@ retrieval to a wall-clock window, and the question's intent picks how captions a
 - "how many times": the number of such clips in the window goes into the prompt;
 - "what happened between A and B" / "summarise the last hour": every caption in the window, in time order; when they
   exceed the prompt budget they are summarised in chunks first (map-reduce), so none is dropped silently.
+
+Clips the activity gate left uncaptioned (runtime/activity.py) are runs of idle clips in the memory, each against the
+captioned clip whose scene it still showed. An index that has them (`Memory.idle_spans`, `Memory.clip`) lets the
+answer know: a caption followed by such a run is shown with "(no change seen until T: N clips watched, not
+captioned)", and a time window that holds only idle clips brings in the caption of the scene they showed. Counts
+("how many times") and first/last are read from captions alone, so an unchanged scene is never counted twice.
 """
 
 from __future__ import annotations
@@ -146,14 +152,51 @@ def _when(r: ClipRecord) -> tuple:
     return (r.wall_start if r.wall_start is not None else float("-inf"), r.t_start, r.stream)
 
 
-def _lines(records: list[ClipRecord], tz: tzinfo | None) -> list[str]:
+def _lines(records: list[ClipRecord], tz: tzinfo | None, idle: dict | None = None) -> list[str]:
     multi = len({r.stream for r in records}) > 1
-    return [f"[{clip_label(r, tz)}]" + (f" ({r.stream})" if multi else "") + f" {r.caption}" for r in records]
+    idle = idle or {}
+    return [f"[{clip_label(r, tz)}]" + (f" ({r.stream})" if multi else "") + f" {r.caption}"
+            + (f" ({idle[(r.stream, r.index)]})" if (r.stream, r.index) in idle else "") for r in records]
+
+
+def idle_notes(index, records: list[ClipRecord], tz: tzinfo | None = None) -> dict[tuple[str, int], str]:
+    """(stream, clip) -> "no change seen until T: N clips watched, not captioned" for each record that idle clips
+    followed (the activity gate); empty for an index without idle clips."""
+    spans_of = getattr(index, "idle_spans", None)
+    out = {}
+    for r in records if spans_of is not None else ():
+        spans = spans_of(r.stream, scene_idx=r.index) or []
+        if not spans:
+            continue
+        last = max(spans, key=lambda sp: sp.last)
+        n = sum(sp.clips for sp in spans)
+        until = (format_wall(last.wall_end, tz) if last.wall_end is not None and r.wall_start is not None
+                 else format_time(last.t_end))
+        out[(r.stream, r.index)] = f"no change seen until {until}: {n} clip{'s' if n != 1 else ''} watched, not captioned"
+    return out
+
+
+def with_idle_scenes(index, used: list[tuple[ClipRecord, float]], streams: list[str] | None,
+                     wall_from: float | None, wall_to: float | None) -> list[tuple[ClipRecord, float]]:
+    """`used` plus, for the idle runs inside the wall-clock window, the captioned clips whose scene they showed (what
+    the scene was while nothing changed), in time order."""
+    spans_of, clip_of = getattr(index, "idle_spans", None), getattr(index, "clip", None)
+    if spans_of is None or clip_of is None:
+        return used
+    have = {(r.stream, r.index) for r, _ in used}
+    for sp in spans_of(streams=streams, wall_from=wall_from, wall_to=wall_to) or []:
+        if sp.scene_idx is None or (sp.stream, sp.scene_idx) in have:
+            continue
+        rec = clip_of(sp.stream, sp.scene_idx)
+        if rec is not None:
+            used = used + [(rec, 1.0)]
+            have.add((sp.stream, sp.scene_idx))
+    return sorted(used, key=lambda x: _when(x[0]))
 
 
 def build_answer_prompt(engine: Engine, question: str, records: list[ClipRecord], header: list[str] = (),
-                        tz: tzinfo | None = None) -> np.ndarray:
-    lines = _lines(records, tz)
+                        tz: tzinfo | None = None, idle: dict | None = None) -> np.ndarray:
+    lines = _lines(records, tz, idle)
     head = "".join(f"{h}\n" for h in header)
     user = head + "Descriptions of the video so far:\n" + "\n".join(lines) + f"\n\nQuestion: {question}"
     return engine.text.chat_ids(ANSWER_SYSTEM, user)  # (L,)
@@ -168,12 +211,13 @@ def _generate(engine: Engine, ids: np.ndarray, on_token: Callable[[str], None] |
     return engine.text.decode(gen.ids)
 
 
-def _summarise(engine: Engine, records: list[ClipRecord], tz: tzinfo | None, notes: list[str]) -> list[str]:
+def _summarise(engine: Engine, records: list[ClipRecord], tz: tzinfo | None, notes: list[str],
+               idle: dict | None = None) -> list[str]:
     """Caption lines for the prompt: all of them when they fit the token budget, else chunk summaries (map step),
     each chunk within the budget, so no caption is left out."""
     budget = engine.config.retrieval.token_budget
     if sum(r.n_tokens for r in records) <= budget:
-        return _lines(records, tz)
+        return _lines(records, tz, idle)
     chunks, cur, spent = [], [], 0
     for r in records:
         if cur and spent + r.n_tokens > budget:
@@ -184,7 +228,7 @@ def _summarise(engine: Engine, records: list[ClipRecord], tz: tzinfo | None, not
     chunks.append(cur)
     out = []
     for chunk in chunks:
-        ids = engine.text.chat_ids(SUMMARY_SYSTEM, "\n".join(_lines(chunk, tz)))
+        ids = engine.text.chat_ids(SUMMARY_SYSTEM, "\n".join(_lines(chunk, tz, idle)))
         span = f"{clip_label(chunk[0], tz).split('-')[0]} to {clip_label(chunk[-1], tz)}"
         out.append(f"[summary of {len(chunk)} clips, {span}] {_generate(engine, ids)}")
     notes.append(f"{len(records)} captions were summarised in {len(chunks)} parts first (they exceed the "
@@ -239,6 +283,8 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
             have = {(r.stream, r.index) for r, _ in used}
             if extra is not None and (extra.stream, extra.index) not in have:
                 used = sorted(used + [(extra, 1.0)], key=lambda x: _when(x[0]))
+    if window is not None:  # idle clips in the window: the caption of the scene they showed
+        used = with_idle_scenes(index, used, streams, wall_from, wall_to)
     if not used:
         where = f"stream {stream!r}" if stream else "this memory"
         if window is not None:
@@ -246,6 +292,7 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
                             f"(--from/--to) or ask without a time")
         raise UserError(f"{where} holds no captions yet: ingest a video first (rlivs ingest VIDEO --db ...)")
     records = [r for r, _ in used]
+    idle = idle_notes(index, records, tz)
     if any(r.wall_start is None for r in records):
         notes.append("times are stream-relative (hh:mm:ss from the start of the recording): no clock time was "
                      "recorded for these clips (pass --start-time when ingesting a file)")
@@ -257,11 +304,11 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
         header.append(f"Clips whose descriptions mention all of the question's key words"
                       f"{' in that window' if window_text else ''}: {matches}.")
     if intent == "summary" and window is not None:
-        lines = _summarise(engine, records, tz, notes)
+        lines = _summarise(engine, records, tz, notes, idle)
         user = "".join(f"{h}\n" for h in header) + "Descriptions of the video:\n" + "\n".join(lines) + \
             f"\n\nQuestion: {question}"
         ids = engine.text.chat_ids(ANSWER_SYSTEM, user)
     else:
-        ids = build_answer_prompt(engine, question, records, header, tz)
+        ids = build_answer_prompt(engine, question, records, header, tz, idle)
     text_out = _generate(engine, ids, on_token)
     return Answer(question, text_out, used, time.perf_counter() - t0, len(ids), window_text, intent, notes, matches)

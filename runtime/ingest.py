@@ -1,6 +1,10 @@
-"""A stream's ingest: the clip step (`Engine.caption_clip`), then the FIFO plan, one SQLite transaction, FIFO apply.
+"""A stream's ingest: the activity gate (optional), the clip step (`Engine.caption_clip`), then the FIFO plan, one
+SQLite transaction, FIFO apply.
 
-The stream's FIFO lives in memory and in the database; a restart resumes both at the next clip.
+The stream's FIFO lives in memory and in the database; a restart resumes both at the next clip. With the gate on
+(runtime/activity.py) a clip whose scene did not change is not captioned: one transaction records it as idle
+(`Memory.commit_idle`) and the FIFO does not change; the gate's reference is stored with each captioned clip, so a
+restart resumes the gate too.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .activity import ActivityGate, GateConfig, GateDecision
 from .engine import Engine
 from .errors import UserError
 from .fifo import TokenFifo
 from .frames import Clip, iter_clips
 from .sources import FrameSource, resume_time
-from .sources.file import VideoFileSource
 from .memory import ClipRecord, Memory
 
 log = logging.getLogger("rlivs.ingest")
@@ -33,14 +37,21 @@ class ClipResult:
     kept: np.ndarray | None  # (N,) flat indices of the kept clip tokens (None for pooled strategies)
     context_tokens: int  # S: length of the captioning context
     fifo_tokens: int  # F after this clip entered
-    timings: dict[str, float]  # seconds: encode, prefill, decode, select, store
-    record: ClipRecord | None = None  # the row committed to the memory (committed_at set)
+    timings: dict[str, float]  # seconds: encode, prefill, decode, select, store (gated clips: gate, store)
+    record: ClipRecord | None = None  # the row committed to the memory (committed_at set); None for an idle clip
+    gate: GateDecision | None = None  # what the activity gate decided (None: no gate)
+
+    @property
+    def gated(self) -> bool:
+        """The clip was idle: watched, recorded as idle, not captioned."""
+        return self.gate is not None and not self.gate.caption
 
 
 class StreamIngestor:
     """Owns one stream's FIFO and position in memory; `step` processes one clip."""
 
-    def __init__(self, engine: Engine, memory: Memory, stream: str = "default", source: str = ""):
+    def __init__(self, engine: Engine, memory: Memory, stream: str = "default", source: str = "",
+                 gate: GateConfig | None = None):
         self.engine, self.memory, self.stream = engine, memory, stream
         cfg = engine.config
         state = memory.open_stream(stream, source, engine.backend.info.model_id, cfg.ingest_fingerprint())
@@ -48,6 +59,8 @@ class StreamIngestor:
         self.source: FrameSource | None = None  # the source being read (set by clips): its decode_errors count
         self.fifo = TokenFifo(cfg.fifo, engine.backend.info.hidden_size)
         self.fifo.restore(state.fifo)
+        self.gate = None if gate is None or not gate.enabled else ActivityGate(gate, memory.scene(stream))
+        self.captioned = self.gated = 0  # clips of this run, by what the gate decided
         if self.next_index:
             log.info("stream %r resumes at clip %d with %d FIFO clips", stream, self.next_index, len(self.fifo))
             if state.model_id != engine.backend.info.model_id:
@@ -60,6 +73,13 @@ class StreamIngestor:
     def step(self, clip: Clip) -> ClipResult:
         if clip.index != self.next_index:
             raise UserError(f"clip {clip.index} given but stream {self.stream!r} is at clip {self.next_index}")
+        decision, gate_s = None, {}
+        if self.gate is not None:  # 0. the activity gate: nothing new since the last caption -> an idle record
+            t0 = time.perf_counter()
+            decision = self.gate.decide(clip.frames, clip.t_end)
+            gate_s["gate"] = time.perf_counter() - t0
+            if not decision.caption:
+                return self._idle(clip, decision, gate_s["gate"])
         # 1-3. the clip step: encode, caption + score, select (pure)
         out = self.engine.caption_clip(clip.frames, self.fifo.tokens(), clip.index)
         # 4. remember: caption, its vector and the FIFO change in one transaction, then the in-memory FIFO
@@ -70,12 +90,29 @@ class StreamIngestor:
                             len(out.caption_ids), out.vector, wall_start=clip.wall_start, wall_end=clip.wall_end,
                             kept=None if kept is None else np.asarray(kept, dtype=np.int16))
         fifo_rows = tokens if self.fifo.admits(len(tokens)) else None
-        self.memory.commit_clip(record, fifo_rows, evict=self.fifo.evictions(len(tokens)))
+        scene = None
+        if self.gate is not None:  # the new reference, committed with the clip (applied after the commit)
+            scene = self.gate.reference(clip.index, clip.t_end)
+        self.memory.commit_clip(record, fifo_rows, evict=self.fifo.evictions(len(tokens)), scene=scene)
         self.fifo.push(clip.index, tokens)
+        if scene is not None:
+            self.gate.ref = scene
         self.next_index = clip.index + 1
-        timings = {**out.timings, "store": time.perf_counter() - t0}
+        self.captioned += 1
+        timings = {**gate_s, **out.timings, "store": time.perf_counter() - t0}
         return ClipResult(clip.index, record.t_start, record.t_end, out.caption, out.selection.indices,
-                          out.context_tokens, self.fifo.n_tokens, timings, record)
+                          out.context_tokens, self.fifo.n_tokens, timings, record, decision)
+
+    def _idle(self, clip: Clip, decision: GateDecision, gate_s: float) -> ClipResult:
+        """Record an idle clip (one transaction); the FIFO and the gate's reference stay as they are."""
+        t0 = time.perf_counter()
+        ref = self.gate.ref
+        self.memory.commit_idle(self.stream, clip.index, float(clip.t_start), float(clip.t_end),
+                                (clip.wall_start, clip.wall_end), None if ref is None else ref.index, decision.score)
+        self.next_index = clip.index + 1
+        self.gated += 1
+        return ClipResult(clip.index, float(clip.t_start), float(clip.t_end), "", None, 0, self.fifo.n_tokens,
+                          {"gate": gate_s, "store": time.perf_counter() - t0}, None, decision)
 
     def run(self, clips: Iterable[Clip], on_clip: Callable[[ClipResult], None] | None = None,
             max_clips: int | None = None) -> list[ClipResult]:
@@ -103,4 +140,6 @@ class StreamIngestor:
 
     def clips_from_file(self, path: str | Path) -> Iterator[Clip]:
         """The clips of a video file from where this stream left off (the file is opened once)."""
+        from .sources.file import VideoFileSource  # PyAV: imported only when a file is read
+
         return self.clips(VideoFileSource(path, fps=self.engine.config.clip.fps))

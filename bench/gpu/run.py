@@ -10,6 +10,8 @@ Stages, each timed and written to OUT/gpu_run.json as soon as it ends (a run cut
              the fast path; for random-0.5b also at the paper's context against the float32 reference on the device
   bench      bench/clip_step.py, torch (dynamic) vs torch_fast (static + CUDA graph), per dtype: per-stage latency,
              real-time factor at 1 fps, question -> answer latency, peak GPU memory, whether the graph was used
+  cameras    bench/cameras.py at the first dtype: 1, 4 and 8 synthetic cameras (80 % idle) with the activity gate:
+             clips captioned vs gated, events missed, and how many such cameras the device keeps in real time
 
     python bench/gpu/run.py --out OUT                               # on the GPU (through run.sh)
     python bench/gpu/run.py --out OUT --device cpu --small          # the CPU rehearsal: same code, tiny shapes
@@ -230,6 +232,25 @@ def bench_stage(args, dtype: str, timeout: float) -> dict:
             "torch_fast_vs_torch": s.get("torch_fast_vs_torch"), "targets": s.get("torch_fast_targets")}
 
 
+def cameras_stage(args, dtype: str, timeout: float) -> dict:
+    model = "tiny" if args.small else "random-0.5b"
+    cmd = [sys.executable, str(ROOT / "bench" / "cameras.py"), "--model", model, "--device", args.device,
+           "--dtype", dtype, "--cameras", "1,4,8", "--seconds", "160" if args.small else "320",
+           "--max-caption-tokens", "16" if args.small else "64"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if p.returncode:
+        return {"error": f"cameras.py exited {p.returncode}", "stderr": p.stderr[-3000:], "command": " ".join(cmd)}
+    s = json.loads(p.stdout.strip().splitlines()[-1])
+    keys = ("cameras", "clips", "captioned", "gated", "events", "events_missed", "false_triggers", "clips_per_s",
+            "stream_s_per_wall_s", "gate_ms_per_clip", "model_s_per_caption", "speedup_vs_gate_off")
+    runs = [{k: r.get(k) for k in keys} for r in s["runs"]]
+    return {"command": " ".join(cmd[1:]), "dtype": dtype, "runs": runs,
+            "gate_off_1_camera": {k: s["gate_off_1_camera"].get(k) for k in keys},
+            "events_missed": s["events_missed"],
+            # round robin over N cameras: stream seconds per wall second = such cameras kept in real time
+            "cameras_in_real_time": runs[-1]["stream_s_per_wall_s"] if runs else None}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="where gpu_run.json (and the test XML) go: $OUT")
@@ -251,6 +272,7 @@ def main():
     stages += [(f"parity_{m}", (lambda m=m: parity_stage(args, m)), 20) for m in models if m != "random-0.5b"]
     stages += [(f"bench_{dt}", (lambda dt=dt: bench_stage(args, dt, max(30.0, run.left() - 10))), 45)
                for dt in args.dtypes]
+    stages += [("cameras", lambda: cameras_stage(args, args.dtypes[0], max(30.0, min(180.0, run.left() - 60))), 60)]
     stages += [(f"parity_{m}", (lambda m=m: parity_stage(args, m)), 90) for m in models if m == "random-0.5b"]
     for name, fn, need in stages:
         if name.split("_")[0] in skip or name in skip:

@@ -60,7 +60,7 @@ def _already_ingested(db: Path, stream: str, video: Path, total: int | None, con
         row = next((s for s in memory.streams() if s["name"] == stream), None)
     if row is None or row["source"] != str(video) or row["config_hash"] != config.ingest_fingerprint():
         return None
-    return row["n_clips"] if row["n_clips"] >= total else None
+    return row["next_idx"] if row["next_idx"] >= total else None  # captioned and gated (idle) clips alike
 
 
 def _say_clock(source, video: Path) -> None:
@@ -96,6 +96,7 @@ def ingest(
     num_probe_layers: int = o.NumProbeLayers, max_caption_tokens: int = o.MaxCaptionTokens,
     max_clips: Optional[int] = typer.Option(None, help="Stop after this many clips (this run)."),
     start_time: Optional[str] = o.StartTime,
+    gate: List[str] = o.Gate, gate_threshold: List[str] = o.GateThreshold, gate_max_idle: List[str] = o.GateMaxIdle,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per clip."),
 ):
     """Caption a video clip by clip into the memory; resumes where a previous run stopped.
@@ -137,6 +138,7 @@ def ingest(
             console.print(f"[yellow]note:[/] {escape(note)}")
         stream = stream or (derive_name(str(video)) if is_recording(video) else "default")
         specs = with_topics([SourceSpec(stream, str(video), "file")], topic)
+        gates = o.gate_configs(gate, gate_threshold, gate_max_idle, [(s.name, False) for s in specs])  # files: off
         # not a video, unreadable: refused before the model loads and before the memory is touched
         sources = [(s, open_source(video, fps=config.clip.fps, topic=s.topic) if s.topic else
                     _video(video, config.clip.fps, note)) for s in specs]
@@ -159,9 +161,10 @@ def ingest(
                 stream = spec.name
                 if spec.topic:
                     console.print(f"stream {stream}: topic {spec.topic} of {video}")
-                ing = StreamIngestor(engine, memory, stream=stream, source=str(video))
+                ing = StreamIngestor(engine, memory, stream=stream, source=str(video), gate=gates[stream])
                 clips = ing.clips(source)  # the same opened file, read from where the stream left off
                 results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
+                _say_gate(ing, gates[stream])
                 done.append(ing)
                 _say_truncated(ing, db, video, config)
                 if not results and ing.next_index:
@@ -227,10 +230,15 @@ def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool
             rate = seen[0] / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, completed=r.index + 1, rate=f"{rate:.2f} video s / wall s")
             if json_out:
-                typer.echo(json.dumps({"clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-                                           "caption": r.caption, "fifo_tokens": r.fifo_tokens,
-                                           "decode_errors": ing.source.decode_errors if ing.source else 0,
-                                           "timings": r.timings}))
+                line = {"clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                        "caption": None if r.gated else r.caption, "fifo_tokens": r.fifo_tokens,
+                        "decode_errors": ing.source.decode_errors if ing.source else 0, "timings": r.timings}
+                if r.gate is not None:
+                    line["gate"] = {"caption": r.gate.caption, "reason": r.gate.reason, "score": r.gate.score}
+                typer.echo(json.dumps(line))
+            elif r.gated:
+                bar.console.print(f"[dim][{r.index}] {r.t_start:7.1f}-{r.t_end:7.1f}s idle (score {r.gate.score:.4f}):"
+                                  f" not captioned[/]")
             else:
                 caption = escape(terminal_safe(r.caption))
                 bar.console.print(f"[dim][{r.index}] {r.t_start:7.1f}-{r.t_end:7.1f}s[/] {caption}")
@@ -242,6 +250,15 @@ def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool
         console.print(f"{len(results)} clips ({video_s:.0f} s of video) in {wall:.1f} s: "
                       f"{video_s / max(wall, 1e-9):.2f} video s per wall s; stream at clip {ing.next_index}")
     return results
+
+
+def _say_gate(ing, gate) -> None:
+    """Whether the activity gate was on for this run, and what it decided (stated either way)."""
+    if not gate.enabled:
+        console.print("activity gate: off (every clip captioned; --gate on captions only the clips that changed)")
+        return
+    console.print(f"activity gate: on (threshold {gate.threshold:g}, a caption at least every {gate.max_idle_s:g} s): "
+                  f"{ing.captioned} clips captioned, {ing.gated} gated (idle, recorded as watched)")
 
 
 def _model_for_db(db: Path, streams: list[dict], stream: Optional[str]) -> str:
@@ -402,7 +419,7 @@ def demo(
            kv_cache="auto", max_context=None,
            threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
            fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
-           max_clips=None, start_time=None, json_out=False)
+           max_clips=None, start_time=None, gate=[], gate_threshold=[], gate_max_idle=[], json_out=False)
     ask(question=question, db=db, stream=None, model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
         kv_cache="auto", max_context=None,
         threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, retrieval="hybrid",

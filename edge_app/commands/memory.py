@@ -60,7 +60,8 @@ def info(db: Path = DbOption, json_out: bool = typer.Option(False, "--json", hel
         t = "-" if s["t_start"] is None else f"{format_time(s['t_start'])}-{format_time(s['t_end'])}"
         clock = _span(s["wall_start"], s["wall_end"]) + (f" ({s['no_clock']} without)" if s["no_clock"] and
                                                          s["wall_start"] is not None else "")
-        table.add_row(*(Text(terminal_safe(str(v))) for v in (s["name"], s["model_id"])), str(s["n_clips"]), t, clock,
+        clips = str(s["n_clips"]) + (f" (+{s['n_idle']} idle)" if s["n_idle"] else "")  # idle: gated, not captioned
+        table.add_row(*(Text(terminal_safe(str(v))) for v in (s["name"], s["model_id"])), clips, t, clock,
                       str(s["next_idx"]), Text(terminal_safe(str(s["source"]))))
     out.print(table)
 

@@ -63,6 +63,7 @@ def serve(
                                                  "in [0, 1)."),
     max_watches: int = typer.Option(100, help="Watches at most; more get 409."),
     start_time: Optional[str] = o.StartTime,
+    gate: List[str] = o.Gate, gate_threshold: List[str] = o.GateThreshold, gate_max_idle: List[str] = o.GateMaxIdle,
     retrieval: str = o.Retrieval,
     retain_days: Optional[float] = typer.Option(None, help="Forget captions of clips that ended more than this many "
                                                            "days ago (checked every 10 minutes while ingesting)."),
@@ -138,7 +139,9 @@ def serve(
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
                                 max_subscribers=max_subscribers, question_queue=question_queue,
                                 ingest_share=ingest_share, max_watches=max_watches,
-                                start_time=o.start_clock(start_time), retain_days=retain_days, mqtt=mqtt_cfg)
+                                start_time=o.start_clock(start_time), retain_days=retain_days, mqtt=mqtt_cfg,
+                                gate=o.gate_configs(gate, gate_threshold, gate_max_idle,
+                                                    [(s.name, s.live) for s in specs]))
         limits = Limits(max_connections=max_connections, header_timeout_s=header_timeout)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         with console.status(f"loading model {ec.source} ..."):
@@ -150,6 +153,10 @@ def serve(
         _fail(str(e))
     names = ", ".join(f"{s.name} ({s.url})" for s in specs) or "none (answering from the memory only)"
     console.print(f"rlivs serve: sources {names}; memory {db}")
+    gated = [n for n, g in svc_cfg.gate.items() if g.enabled]
+    if specs:
+        console.print(f"activity gate: on for {', '.join(gated)}; idle clips are recorded, not captioned" if gated else
+                      "activity gate: off (every clip captioned; --gate on gates files too)")
     console.print(f"[bold]open http://{'[' + host + ']' if ':' in host else host}:{port}/[/]"
                   + ("  (token required)" if token else ""))
     service.start()

@@ -45,6 +45,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
+from rlivs.runtime.activity import GateConfig
 from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from rlivs.runtime.memory import ClipRecord, Memory
 from rlivs.runtime.answer import answer, answer_json, clip_json, clip_label, format_time, wall_iso
@@ -121,6 +122,7 @@ class ServiceConfig:
     retain_days: float | None = None  # captions whose clip ended longer ago are forgotten (--retain-days)
     retain_every_s: float = 600.0  # how often retention runs while ingesting
     mqtt: MqttConfig | None = None  # publish captions and watch matches to this MQTT broker (mqtt.py); None: don't
+    gate: dict[str, GateConfig] = field(default_factory=dict)  # the activity gate per stream (none: no gate)
 
     def __post_init__(self):
         if not 16 <= self.thumbnail_width <= 1024:
@@ -758,7 +760,7 @@ class EdgeService:
         for r in rows:
             w = workers.get(r["name"])
             d = {"name": r["name"], "source": r["source"], "model_id": r["model_id"], "clips": r["n_clips"],
-                 "t_end": r["t_end"], "created_at": r["created_at"], "ingesting": w is not None}
+                 "clips_gated": r["n_idle"], "t_end": r["t_end"], "created_at": r["created_at"], "ingesting": w is not None}
             if w is not None:
                 d.update(w.status())
                 if d["worker"] in ("finished", "stopped", "failed"):  # the source has ended: nothing is ingesting,

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # updated by the service: name -> (kind, help)
 UPDATED = {
     "rlivs_clips_total": ("counter", "Clips captioned and committed to the memory."),
+    "rlivs_clips_gated_total": ("counter", "Clips the activity gate left uncaptioned (idle: recorded as watched)."),
     "rlivs_clips_forgotten_total": ("counter", "Clips forgotten by retention (--retain-days)."),
     "rlivs_clip_stage_seconds": ("histogram", "Per-clip latency by stage (encode, prefill, decode, select, store, "
                                               "total)."),

@@ -44,6 +44,8 @@ class StreamWorker:
         self.error: str | None = None  # why it failed
         self.source: LiveSource | None = None
         self.clips = 0  # clips committed by this run
+        self.gated = 0  # clips of this run the activity gate recorded as idle (not captioned)
+        self.gate = service.config.gate.get(spec.name)  # the activity gate (None or disabled: every clip captioned)
         self.frames = 0  # frames that went into those clips
         self.behind_live_s: float | None = None  # last clip: seconds from its last frame's capture to its commit
         self.last_clip_at: float | None = None  # unix time of the last commit
@@ -101,7 +103,7 @@ class StreamWorker:
         svc, spec = self.service, self.spec
         try:
             with Memory(svc.db, model_fingerprint=svc.engine.model_fingerprint) as mem:
-                ing = StreamIngestor(svc.ingest_engine, mem, stream=spec.name, source=spec.url)
+                ing = StreamIngestor(svc.ingest_engine, mem, stream=spec.name, source=spec.url, gate=self.gate)
                 self.state, self.error = "running", None
                 for clip in self._clips(ing, mem):
                     if self._stop.is_set():
@@ -111,6 +113,14 @@ class StreamWorker:
                     behind = None
                     if self.source is not None and self.source.last_wall is not None:
                         behind = max(0.0, time.time() - self.source.last_wall)
+                    if result.gated:  # idle: recorded as watched; no caption, so nothing to publish
+                        self.gated += 1
+                        self.frames += len(clip)
+                        self.behind_live_s = behind
+                        svc.metrics.inc("rlivs_clips_gated_total", stream=spec.name)
+                        svc.metrics.set("rlivs_stream_time_seconds", result.t_end, stream=spec.name)
+                        svc.retain(mem)
+                        continue
                     self.clips += 1
                     self.frames += len(clip)
                     self.behind_live_s, self.last_clip_at = behind, time.time()
@@ -137,6 +147,7 @@ class StreamWorker:
         if state == "running" and st is not None and st["state"] in ("connecting", "reconnecting", "failed"):
             state = st["state"]
         return {"worker": self.state, "state": state, "kind": self.spec.kind, "live": self.live, "url": self.spec.url,
-                "error": self.error, "clips_this_run": self.clips, "frames_this_run": self.frames,
+                "error": self.error, "clips_this_run": self.clips, "gated_this_run": self.gated,
+                "gate": bool(self.gate and self.gate.enabled), "frames_this_run": self.frames,
                 "seconds_behind_live": self.behind_live_s, "last_clip_at": self.last_clip_at, "retry_at": self.retry_at,
                 "source_stats": st}

@@ -77,6 +77,26 @@ class ClipRecord:
                 and _same_array(self.vector, other.vector))
 
 
+@dataclass
+class IdleSpan:
+    """A run of consecutive clips of a stream that the activity gate left uncaptioned: watched, nothing new since
+    the captioned clip `scene_idx` (None: it was forgotten or the stream began idle)."""
+
+    stream: str
+    first: int  # first clip index of the run
+    last: int  # last clip index of the run (inclusive)
+    t_start: float  # seconds, stream time
+    t_end: float
+    wall_start: float | None = None  # UTC unix seconds, None without a clock
+    wall_end: float | None = None
+    scene_idx: int | None = None  # the captioned clip whose scene the run still shows
+    score: float = 0.0  # the highest gate score in the run (below the threshold)
+
+    @property
+    def clips(self) -> int:
+        return self.last - self.first + 1
+
+
 @dataclass(eq=False)
 class StreamState:
     """What a (re)opened stream resumes from. Equality is bit-exact on the FIFO tokens."""

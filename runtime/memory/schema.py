@@ -1,4 +1,11 @@
-"""The memory's SQLite schema (version 2) and the in-place migration from version 1.
+"""The memory's SQLite schema (version 3) and the in-place migrations from versions 1 and 2.
+
+Version 3 over version 2 (the activity gate, runtime/activity.py):
+- `idle`: runs of consecutive clips the gate left uncaptioned, each against the captioned clip whose scene they
+  still show (`scene_idx`): stream-time and wall-clock span, clip count and the highest gate score in the run;
+- `scenes`: per stream, the gate's reference (the last captioned clip's last frame as colour cells), so a resumed
+  stream gates exactly as an uninterrupted one.
+Both change in the transaction of the clip that changes them; migrating a version-2 file only adds them.
 
 Version 2 over version 1:
 - `clips` gets a stable `id INTEGER PRIMARY KEY` (VACUUM never renumbers it; the keyword and vector indexes refer
@@ -21,8 +28,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-VERSION = 2
-TABLES = ("meta", "streams", "clips", "clip_arrays", "fifo", "clips_fts")
+VERSION = 3
+TABLES_V2 = ("meta", "streams", "clips", "clip_arrays", "fifo", "clips_fts")
+TABLES = (*TABLES_V2, "idle", "scenes")
 
 _STREAMS = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -41,7 +49,19 @@ _FIFO = """
 CREATE TABLE IF NOT EXISTS fifo (
     stream TEXT NOT NULL REFERENCES streams(name), clip_idx INTEGER NOT NULL, n INTEGER NOT NULL,
     dim INTEGER NOT NULL, dtype TEXT NOT NULL, tokens BLOB NOT NULL, PRIMARY KEY (stream, clip_idx))"""
+_IDLE = """
+CREATE TABLE IF NOT EXISTS idle (
+    id INTEGER PRIMARY KEY, stream TEXT NOT NULL REFERENCES streams(name), first_idx INTEGER NOT NULL,
+    last_idx INTEGER NOT NULL, t_start REAL NOT NULL, t_end REAL NOT NULL, wall_start REAL, wall_end REAL,
+    scene_idx INTEGER, score REAL NOT NULL, UNIQUE (stream, first_idx))"""
+_SCENES = """
+CREATE TABLE IF NOT EXISTS scenes (
+    stream TEXT PRIMARY KEY REFERENCES streams(name), idx INTEGER NOT NULL, t_end REAL NOT NULL,
+    rows INTEGER NOT NULL, cols INTEGER NOT NULL, cells BLOB NOT NULL)"""
 _INDEXES = (
+    "CREATE INDEX IF NOT EXISTS idle_stream_last ON idle (stream, last_idx)",
+    "CREATE INDEX IF NOT EXISTS idle_wall ON idle (wall_start)",
+    "CREATE INDEX IF NOT EXISTS idle_scene ON idle (stream, scene_idx)",
     "CREATE INDEX IF NOT EXISTS clips_wall ON clips (wall_start)",
     "CREATE INDEX IF NOT EXISTS clips_stream_wall ON clips (stream, wall_start)",
 )
@@ -61,9 +81,9 @@ _TRIGGERS = (
 
 
 def create(conn: sqlite3.Connection) -> None:
-    """Create every version-2 table, index and trigger (idempotent). Runs inside the caller's transaction."""
+    """Create every version-3 table, index and trigger (idempotent). Runs inside the caller's transaction."""
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    for sql in (_STREAMS, _CLIPS, _ARRAYS, _FIFO, *_INDEXES, _FTS, _VOCAB, *_TRIGGERS):
+    for sql in (_STREAMS, _CLIPS, _ARRAYS, _FIFO, _IDLE, _SCENES, *_INDEXES, _FTS, _VOCAB, *_TRIGGERS):
         conn.execute(sql)
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(VERSION),))
 
@@ -90,3 +110,8 @@ def migrate_v1(conn: sqlite3.Connection, pause: Callable[[str], None] | None = N
     for old in ("fifo_v1", "clips_v1", "streams_v1"):
         conn.execute(f"DROP TABLE {old}")
     step("dropped")
+
+
+def migrate_v2(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3 inside the caller's transaction: add the `idle` and `scenes` tables (no row changes)."""
+    create(conn)

@@ -6,7 +6,9 @@ the FIFO state (the visual tokens selected from the last N clips), so an interru
 after the last committed clip with the same recurrent context. Only the FIFO's *current* tokens are stored: the
 rows of evicted clips are deleted in the same transaction that adds a clip, so an hour of video costs about 1 MB.
 The captions are also in an FTS5 keyword index (triggers keep it in step, inside the same transaction); search.py
-answers questions from the indexes without reading the whole memory.
+answers questions from the indexes without reading the whole memory. Clips the activity gate left uncaptioned are
+runs of idle clips (`commit_idle`, `idle_spans`: one transaction per clip too, the FIFO untouched) and the gate's
+reference is kept per stream (`scene`), written with each captioned clip.
 
 Durability: one SQLite transaction per clip (BEGIN IMMEDIATE ... COMMIT). The file is opened
 in WAL mode with synchronous=NORMAL: in WAL mode NORMAL keeps the database consistent after a
@@ -43,8 +45,10 @@ from rlivs.runtime.errors import UserError
 from rlivs.runtime.validate import check_caption, check_stream_name
 
 from . import schema
-from .records import (SQLITE_HEADER, ClipRecord, StreamState, from_blob, normalize_fingerprint, storage_problem,
-                      to_blob)
+from rlivs.runtime.activity import SceneRef
+
+from .records import (SQLITE_HEADER, ClipRecord, IdleSpan, StreamState, from_blob, normalize_fingerprint,
+                      storage_problem, to_blob)
 from .search import (RECORD_SQL, SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, fetch, filter_sql, keyword_matches,
                      record_from_row, search, signature)
 
@@ -91,6 +95,22 @@ def _check_record(record: ClipRecord) -> tuple[int, float, float, int, tuple[flo
     if not isinstance(record.caption, str):
         raise UserError(f"clip {index} caption must be a string, got {type(record.caption).__name__}")
     return index, t_start, t_end, n_tokens, _check_wall(record, index)
+
+
+IDLE_SQL = "SELECT stream, first_idx, last_idx, t_start, t_end, wall_start, wall_end, scene_idx, score FROM idle"
+
+
+def _idle_from_row(row: tuple) -> IdleSpan:
+    return IdleSpan(*row)
+
+
+def _scene_row(scene: SceneRef, index: int) -> tuple:
+    """(idx, t_end, rows, cols, cells bytes) of a gate reference, or UserError."""
+    cells = np.asarray(scene.cells)
+    if cells.ndim != 3 or cells.dtype != np.uint8:
+        raise UserError(f"clip {index}: the gate reference must be a (rows, cols, channels) uint8 array, got "
+                        f"{cells.dtype} {cells.shape}")
+    return int(scene.index), float(scene.t_end), int(cells.shape[0]), int(cells.shape[1]), cells.tobytes()
 
 
 def _kept_blob(kept: np.ndarray | None, index: int) -> bytes | None:
@@ -222,7 +242,7 @@ class Memory:
                 f"{self.path} has memory schema version {version}, newer than this rlivs reads "
                 f"({self.SCHEMA_VERSION}): upgrade rlivs or use a new --db"
             )
-        needed = _V1_TABLES if version == 1 else schema.TABLES
+        needed = {1: _V1_TABLES, 2: schema.TABLES_V2}.get(version, schema.TABLES)
         missing = [t for t in needed if t not in tables]
         if missing:
             raise self._not_rlivs(f"the rlivs tables {missing} are missing")
@@ -243,13 +263,17 @@ class Memory:
         log.info("migrating %s from memory schema version %d to %d", self.path, old, self.SCHEMA_VERSION)
 
         def body() -> None:
-            schema.migrate_v1(self._conn, self._migration_pause)
-            self._fill_signatures(force=False)
+            if old == 1:
+                schema.migrate_v1(self._conn, self._migration_pause)
+                self._fill_signatures(force=False)
+            else:  # version 2: the gate's tables are added, nothing else changes
+                schema.migrate_v2(self._conn)
 
         self._write(body, what=f"migrate the memory to schema version {self.SCHEMA_VERSION}",
                     then=" (the file still holds the previous version, intact)")
-        self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self._conn.execute("VACUUM")
+        if old == 1:
+            self._conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._conn.execute("VACUUM")
         log.info("migrated %s to memory schema version %d", self.path, self.SCHEMA_VERSION)
 
     def _migrate_with_writer(self) -> None:
@@ -374,13 +398,20 @@ class Memory:
         return self._read(body) if self.readonly else self._write(body)
 
     def streams(self) -> list[dict]:
-        """Every stream: name, source, model_id, config_hash, n_clips, t_end (of the last clip), created_at."""
+        """Every stream: name, source, model_id, config_hash, n_clips (captioned), n_idle (left uncaptioned by the
+        activity gate), t_end (of the last clip watched, captioned or idle), created_at, next_idx."""
         self._live()
         sql = """
             SELECT s.name, s.source, s.model_id, s.config_hash,
                    (SELECT COUNT(*) FROM clips c WHERE c.stream = s.name) AS n_clips,
-                   (SELECT c.t_end FROM clips c WHERE c.stream = s.name ORDER BY c.idx DESC LIMIT 1) AS t_end,
-                   s.created_at
+                   (SELECT COALESCE(SUM(i.last_idx - i.first_idx + 1), 0) FROM idle i WHERE i.stream = s.name)
+                       AS n_idle,
+                   (SELECT MAX(e) FROM (
+                       SELECT (SELECT c.t_end FROM clips c WHERE c.stream = s.name ORDER BY c.idx DESC LIMIT 1) AS e
+                       UNION ALL
+                       SELECT (SELECT i.t_end FROM idle i WHERE i.stream = s.name ORDER BY i.last_idx DESC LIMIT 1)))
+                       AS t_end,
+                   s.created_at, s.next_idx
             FROM streams s ORDER BY s.created_at, s.name
         """
         return list(self._db.query(sql))
@@ -401,9 +432,11 @@ class Memory:
 
     # ------------------------------------------------------------------ clips
 
-    def commit_clip(self, record: ClipRecord, fifo_tokens: np.ndarray | None, evict: Sequence[int] = ()) -> None:
-        """Store one clip in exactly one transaction: its row, its FIFO tokens, and the eviction of
-        the FIFO rows of the clip indices in `evict`. Nothing is written if anything is refused or fails.
+    def commit_clip(self, record: ClipRecord, fifo_tokens: np.ndarray | None, evict: Sequence[int] = (),
+                    scene: SceneRef | None = None) -> None:
+        """Store one clip in exactly one transaction: its row, its FIFO tokens, the eviction of
+        the FIFO rows of the clip indices in `evict`, and (with the activity gate) the stream's new gate reference
+        `scene`. Nothing is written if anything is refused or fails.
 
         record.index must be the stream's next index (no duplicates, no gaps). Every index in `evict`
         must be in the FIFO (the clip being committed included). On success record.committed_at is set.
@@ -425,6 +458,7 @@ class Memory:
             tok_blob, tok_dtype = to_blob(fifo_tokens, f"fifo_tokens of clip {index}", 2)
             fifo_row = (int(fifo_tokens.shape[0]), int(fifo_tokens.shape[1]), tok_dtype, tok_blob)
         stream = record.stream
+        scene_row = None if scene is None else _scene_row(scene, index)
         now = time.time()
         conn = self._conn
 
@@ -474,10 +508,95 @@ class Memory:
                     (stream, index, *fifo_row),
                 )
             conn.executemany("DELETE FROM fifo WHERE stream = ? AND clip_idx = ?", [(stream, i) for i in evict_ids])
+            if scene_row is not None:
+                conn.execute("INSERT OR REPLACE INTO scenes (stream, idx, t_end, rows, cols, cells) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (stream, *scene_row))
 
         self._write(body, what=f"store clip {index} of stream {stream!r}",
                     then=f", then run the same command again: the stream resumes at clip {index}")
         record.committed_at = now
+
+    def commit_idle(self, stream: str, index: int, t_start: float, t_end: float,
+                    wall: tuple[float | None, float | None] = (None, None), scene_idx: int | None = None,
+                    score: float = 0.0) -> IdleSpan:
+        """Record that clip `index` of `stream` was watched but not captioned (the activity gate found nothing new
+        since clip `scene_idx`), in exactly one transaction: the stream's run of idle clips against that scene
+        grows by it (or a run starts) and the stream's next index moves past it. The FIFO is not touched.
+        Returns the run as stored."""
+        self._live()
+        self._refuse_readonly(f"record idle clip {index}")
+        probe = ClipRecord(stream, index, t_start, t_end, "", 0, np.zeros(1, np.float32), wall_start=wall[0],
+                           wall_end=wall[1])
+        index, t_start, t_end, _, wall = _check_record(probe)
+        if scene_idx is not None:
+            scene_idx = operator.index(scene_idx)
+        score = float(score)
+        conn = self._conn
+
+        def body() -> IdleSpan:
+            if self._stream_row(stream) is None:
+                raise UserError(f"unknown stream {stream!r} in {self.path}: call open_stream({stream!r}, ...) first")
+            expected = self._next_index(stream)
+            if index != expected:
+                kind = "already committed" if index < expected else "a gap"
+                raise UserError(f"idle clip {index} of stream {stream!r} is {kind}: the next clip to commit is "
+                                f"{expected} (resume from open_stream(...).next_index)")
+            run = conn.execute("SELECT id, last_idx, scene_idx FROM idle WHERE stream = ? ORDER BY last_idx DESC "
+                               "LIMIT 1", (stream,)).fetchone()
+            if run is not None and run[1] == index - 1 and run[2] == scene_idx:
+                conn.execute("UPDATE idle SET last_idx = ?, t_end = ?, wall_end = COALESCE(?, wall_end), "
+                             "score = MAX(score, ?) WHERE id = ?", (index, t_end, wall[1], score, run[0]))
+                rid = run[0]
+            else:
+                rid = conn.execute(
+                    "INSERT INTO idle (stream, first_idx, last_idx, t_start, t_end, wall_start, wall_end, scene_idx, "
+                    "score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (stream, index, index, t_start, t_end, *wall, scene_idx, score)).lastrowid
+            conn.execute("UPDATE streams SET next_idx = ? WHERE name = ?", (index + 1, stream))
+            return _idle_from_row(conn.execute(IDLE_SQL + " WHERE id = ?", (rid,)).fetchone())
+
+        return self._write(body, what=f"record idle clip {index} of stream {stream!r}",
+                           then=f", then run the same command again: the stream resumes at clip {index}")
+
+    def idle_spans(self, stream: str | None = None, *, streams: list[str] | None = None,
+                   wall_from: float | None = None, wall_to: float | None = None, scene_idx: int | None = None,
+                   after_t: float | None = None) -> list[IdleSpan]:
+        """Runs of idle clips (`commit_idle`), by stream then index: of `stream` (or of `streams`), overlapping
+        the wall-clock window [wall_from, wall_to) (a run without a clock is outside any window), against the
+        captioned clip `scene_idx`, or ending after stream time `after_t`."""
+        where, args = [], []
+        names = [stream] if stream is not None else streams
+        if names is not None and not names:
+            return []
+        if names is not None:
+            where.append(f"stream IN ({', '.join('?' * len(names))})")
+            args += list(names)
+        if wall_to is not None:
+            where.append("wall_start < ?")
+            args.append(float(wall_to))
+        if wall_from is not None:
+            where.append("(wall_end > ? OR wall_start >= ?)")
+            args += [float(wall_from), float(wall_from)]
+        if scene_idx is not None:
+            where.append("scene_idx = ?")
+            args.append(int(scene_idx))
+        if after_t is not None:
+            where.append("t_end > ?")
+            args.append(float(after_t))
+        sql = IDLE_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY stream, first_idx"
+        return [_idle_from_row(r) for r in self._live().execute(sql, args).fetchall()]
+
+    def scene(self, stream: str) -> SceneRef | None:
+        """The activity gate's reference of `stream` (stored with its last captioned clip while gated), or None; None
+        too when a later clip was captioned without the gate (the reference is stale: the gate starts afresh)."""
+        row = self._live().execute(
+            "SELECT idx, t_end, rows, cols, cells FROM scenes s WHERE stream = ? "
+            "AND idx >= COALESCE((SELECT MAX(c.idx) FROM clips c WHERE c.stream = s.stream), -1)",
+            (stream,)).fetchone()
+        if row is None:
+            return None
+        cells = np.frombuffer(row[4], dtype=np.uint8).reshape(row[2], row[3], -1).copy()  # (rows, cols, channels)
+        return SceneRef(int(row[0]), float(row[1]), cells)
 
     def _insert_clip(self, stream: str, index: int, t_start: float, t_end: float, wall: tuple, caption: str,
                      n_tokens: int, sig: bytes | None, committed_at: float, arrays: tuple) -> None:
@@ -711,6 +830,8 @@ class Memory:
                                    (stream,))
                 n = self._conn.execute("DELETE FROM clips WHERE stream = ?", (stream,)).rowcount
                 self._conn.execute("DELETE FROM fifo WHERE stream = ?", (stream,))
+                self._conn.execute("DELETE FROM idle WHERE stream = ?", (stream,))
+                self._conn.execute("DELETE FROM scenes WHERE stream = ?", (stream,))
                 self._conn.execute("DELETE FROM streams WHERE name = ?", (stream,))
                 self._conn.execute("DELETE FROM meta WHERE key = ?", (f"clock:{stream}",))
             else:
@@ -719,6 +840,7 @@ class Memory:
                     cond, args = cond + " AND stream = ?", args + [stream]
                 self._conn.execute(f"DELETE FROM clip_arrays WHERE id IN (SELECT id FROM clips WHERE {cond})", args)
                 n = self._conn.execute(f"DELETE FROM clips WHERE {cond}", args).rowcount
+                self._conn.execute(f"DELETE FROM idle WHERE {cond}", args)
             if n:
                 self._bump_generation()
             return n
@@ -759,7 +881,9 @@ class Memory:
         next clip) and the bytes the file and its WAL take."""
         sql = """SELECT s.name, s.source, s.model_id, s.next_idx, COUNT(c.id) AS n_clips, MIN(c.t_start) AS t_start,
                         MAX(c.t_end) AS t_end, MIN(c.wall_start) AS wall_start, MAX(c.wall_end) AS wall_end,
-                        SUM(c.wall_start IS NULL) AS no_clock
+                        SUM(c.wall_start IS NULL) AS no_clock,
+                        (SELECT COALESCE(SUM(i.last_idx - i.first_idx + 1), 0) FROM idle i WHERE i.stream = s.name)
+                            AS n_idle
                  FROM streams s LEFT JOIN clips c ON c.stream = s.name GROUP BY s.name ORDER BY s.created_at, s.name"""
         streams = [dict(r) for r in self._read(lambda: list(self._db.query(sql)))]
         files = [self.path, Path(f"{self.path}-wal")]

@@ -24,7 +24,6 @@ from typing import Iterator, Protocol
 from rlivs.runtime.errors import UserError
 from rlivs.runtime.frames import Frame
 from rlivs.runtime.sources.bag import BagSource, is_recording, name_note
-from rlivs.runtime.sources.file import VideoFileSource
 from rlivs.runtime.sources.images import ImageFolderSource
 from rlivs.runtime.sources.npy import NpyFrameSource
 
@@ -73,9 +72,21 @@ def open_source(path: str | Path, fps: float, start_time: float = 0.0, end_time:
         return ImageFolderSource(path, fps, start_time, end_time, frames_fps)
     if path.suffix.lower() == ".npy":
         return NpyFrameSource(path, fps, start_time, end_time, frames_fps)
+    from rlivs.runtime.sources.file import VideoFileSource  # PyAV, imported only for a video file
+
     try:
         return VideoFileSource(path, fps=fps, start_time=start_time, end_time=end_time)
     except UserError as e:
         if note is None:
             raise
         raise UserError(f"{e} ({note}; it is neither a recording nor a video)") from None
+
+
+def __getattr__(name: str):
+    """`VideoFileSource` on first use: this package (and `runtime.ingest`) imports without PyAV, e.g. on a device
+    image that only ingests synthetic or recorded frames."""
+    if name == "VideoFileSource":
+        from rlivs.runtime.sources.file import VideoFileSource
+
+        return VideoFileSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

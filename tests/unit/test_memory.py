@@ -411,7 +411,8 @@ def test_two_streams_are_independent_and_listed(db):
         assert [s["created_at"] for s in listed] == sorted(s["created_at"] for s in listed)  # creation order
         assert info["a"]["n_clips"] == 5 and info["a"]["t_end"] == 10.0
         assert info["b"]["n_clips"] == 3 and info["b"]["t_end"] == 6.0
-        assert set(info["a"]) == {"name", "source", "model_id", "config_hash", "n_clips", "t_end", "created_at"}
+        assert set(info["a"]) == {"name", "source", "model_id", "config_hash", "n_clips", "n_idle", "t_end",
+                                  "created_at", "next_idx"}
         assert m.count_clips() == 8 and m.count_clips("a") == 5 and m.count_clips("a", stream_until=4.0) == 2
         m.open_stream("empty", "s", "m", "h1")
         assert {s["name"]: s for s in m.streams()}["empty"]["n_clips"] == 0

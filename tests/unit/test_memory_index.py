@@ -249,7 +249,7 @@ def test_a_version_1_file_is_migrated_in_place_idempotently(db):
         assert m.search(q, "red door", streams=["cam"], mode="paper").records[0].index == best
         assert m.keyword_matches("green door")[0] == 3  # clips 2 and 5 of cam, 2 of door
     c = sqlite3.connect(db)
-    assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(Memory.SCHEMA_VERSION)
     assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     dump = list(c.iterdump())
     c.close()

@@ -1,0 +1,137 @@
+"""Several synthetic cameras on one model, with the activity gate: clips captioned vs gated, events missed, throughput.
+
+Each camera (rlivs.edge_app.sample_scenes) watches a still room with sensor noise and a slow brightness drift, and
+scripted events (a person walking through, a door opening and closing, an object put down and taken away) in about
+`1 - --idle-fraction` of its clips. The cameras take turns on one engine, clip after clip (round robin, one
+`StreamIngestor` each with the gate on, one memory), as fast as the model allows. Measured per run:
+
+- clips captioned and gated (and why captioned: first clip, activity, forced after --gate-max-idle);
+- events missed by the gate: events none of whose clips (the clips in which the picture changes because of it)
+  was captioned (target 0); false triggers: captioned clips that show no event (first and forced clips aside);
+- throughput: clips per wall second, and stream seconds per wall second (how many such cameras one device keeps
+  in real time), the gate's own cost per clip, the model's per captioned clip;
+- the same first camera ingested with the gate off (every clip captioned): the speed-up the gate gives here.
+
+    python bench/cameras.py                                     # 1, 4 and 8 cameras, tiny model, 8 min each
+    python bench/cameras.py --cameras 1,4 --seconds 320         # shorter
+    python bench/cameras.py --model random-0.5b --device cuda --dtype float16   # the GPU kit's stage (bench/gpu)
+
+Frames are drawn with numpy (no video codec in the loop). Prints one JSON line per run, then one JSON object with
+all of them as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def camera_clips(cam, fps: float, frames_per_clip: int):
+    from rlivs.edge_app.sample_scenes import frames
+    from rlivs.runtime.frames import Frame, iter_clips
+
+    return iter_clips((Frame(img, t) for t, img in frames(cam, fps)), frames_per_clip, fps)
+
+
+def run(engine, n_cams: int, args, gate_on: bool = True) -> dict:
+    from rlivs.edge_app.sample_scenes import scripted_camera
+    from rlivs.runtime.activity import GateConfig
+    from rlivs.runtime.ingest import StreamIngestor
+    from rlivs.runtime.memory import Memory
+
+    c = engine.config.clip
+    clip_s = c.frames_per_clip / c.fps
+    cams = [scripted_camera(args.seconds, clip_s, args.idle_fraction, size=args.size, seed=args.seed + k)
+            for k in range(n_cams)]
+    gate = GateConfig(enabled=gate_on, threshold=args.gate_threshold, max_idle_s=args.gate_max_idle)
+    db = Path(tempfile.mkdtemp(prefix="rlivs-cameras-")) / "memory.db"
+    decided: list[list] = [[] for _ in cams]  # per camera: (clip index, t_start, t_end, caption?, reason)
+    gate_s, model_s = [], []
+    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
+        ings = [StreamIngestor(engine, mem, f"cam{k}", "synthetic", gate=gate) for k in range(n_cams)]
+        streams = [camera_clips(cam, c.fps, c.frames_per_clip) for cam in cams]
+        t0 = time.perf_counter()
+        live = list(range(n_cams))
+        while live:
+            for k in list(live):  # round robin: each camera's next clip in turn
+                clip = next(streams[k], None)
+                if clip is None:
+                    live.remove(k)
+                    continue
+                r = ings[k].step(clip)
+                decided[k].append((r.index, r.t_start, r.t_end, not r.gated, r.gate.reason if r.gate else "off"))
+                if "gate" in r.timings:
+                    gate_s.append(r.timings["gate"])
+                if not r.gated:
+                    model_s.append(sum(v for key, v in r.timings.items() if key not in ("gate", "store")))
+        wall = time.perf_counter() - t0
+    events = missed = false_triggers = truth_active = 0
+    for cam, rows in zip(cams, decided):
+        shows = {i: cam.shows(t0_, t1_, c.fps) for i, t0_, t1_, _, _ in rows}
+        truth_active += sum(1 for v in shows.values() if v)
+        for e in range(len(cam.events)):
+            events += 1
+            missed += not any(cap for i, _, _, cap, _ in rows if e in shows[i])
+        false_triggers += sum(1 for i, _, _, cap, why in rows if cap and why == "active" and not shows[i])
+    n = sum(len(rows) for rows in decided)
+    captioned = sum(cap for rows in decided for _, _, _, cap, _ in rows)
+    reasons = [why for rows in decided for _, _, _, cap, why in rows if cap]
+    return dict(
+        cameras=n_cams, gate=gate_on, clips=n, captioned=captioned, gated=n - captioned,
+        captioned_first=reasons.count("first"), captioned_active=reasons.count("active"),
+        captioned_forced=reasons.count("max_idle"), events=events, events_missed=missed,
+        false_triggers=false_triggers, idle_fraction_stated=args.idle_fraction,
+        idle_fraction_scripted=round(1 - truth_active / max(n, 1), 3), wall_s=round(wall, 3),
+        clips_per_s=round(n / wall, 3), stream_s_per_wall_s=round(n * clip_s / wall, 2),
+        gate_ms_per_clip=round(1000 * statistics.mean(gate_s), 2) if gate_s else None,
+        model_s_per_caption=round(statistics.mean(model_s), 3) if model_s else None,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cameras", default="1,4,8", help="Camera counts, comma-separated.")
+    p.add_argument("--seconds", type=float, default=480.0, help="Stream seconds per camera.")
+    p.add_argument("--idle-fraction", type=float, default=0.8, help="Share of clips without an event (about).")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--frames-per-clip", type=int, default=16)
+    p.add_argument("--max-caption-tokens", type=int, default=16)
+    p.add_argument("--size", default="320x240", help="Camera frame size WxH.")
+    p.add_argument("--gate-threshold", type=float, default=0.005)
+    p.add_argument("--gate-max-idle", type=float, default=600.0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (torch backend)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    args.size = tuple(int(v) for v in args.size.lower().split("x"))
+
+    from rlivs.runtime.config import CaptionConfig, ClipConfig, EngineConfig, PipelineConfig
+    from rlivs.runtime.engine import load_engine
+
+    config = PipelineConfig(clip=ClipConfig(fps=args.fps, frames_per_clip=args.frames_per_clip),
+                            caption=CaptionConfig(max_new_tokens=args.max_caption_tokens))
+    engine = load_engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads),
+                         config)
+    runs = []
+    baseline = run(engine, 1, args, gate_on=False)  # every clip of camera 0 captioned
+    print(json.dumps(baseline), flush=True)
+    for n in (int(v) for v in args.cameras.split(",")):
+        r = run(engine, n, args)
+        r["speedup_vs_gate_off"] = round(r["clips_per_s"] / baseline["clips_per_s"], 2)
+        print(json.dumps(r), flush=True)
+        runs.append(r)
+    print(json.dumps(dict(model=args.model, backend=engine.backend.name, device=args.device, dtype=args.dtype,
+                          fps=args.fps,
+                          frames_per_clip=args.frames_per_clip, seconds_per_camera=args.seconds, size=args.size,
+                          gate_off_1_camera=baseline, runs=runs,
+                          events_missed=sum(r["events_missed"] for r in runs))))
+
+
+if __name__ == "__main__":
+    main()

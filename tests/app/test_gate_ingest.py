@@ -1,0 +1,149 @@
+"""Ingest with the activity gate on a scripted video (tiny model): which clips are captioned, the FIFO equal to
+captioning the active clips alone, resume in the middle of an idle run, what `rlivs ingest` says, and answers about
+a time when nothing changed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rlivs.edge_app.sample_scenes import Camera, Event, write_video
+from rlivs.runtime.activity import GateConfig
+from rlivs.runtime.fifo import TokenFifo
+from rlivs.runtime.ingest import StreamIngestor
+from rlivs.runtime.memory import Memory
+from rlivs.runtime.sources.file import VideoFileSource
+from tests.helpers.cli import run_cli
+from tests.helpers.serve_helpers import FPS, FRAMES_PER_CLIP, tiny_engine
+
+WALL0 = 1_790_000_000.0
+# 2 fps, 4-frame clips (2 s): 12 clips. An object is put down during clip 4 and taken away during clip 8; a person
+# walks through inside clip 10. Every other clip shows the still room (with sensor noise and a brightness drift).
+CAMERA = Camera(24.0, (160, 120), seed=4, events=[Event("place", 8.25, 16.25, 30, 60, 24, 24),
+                                                  Event("walk", 20.25, 21.25, 30, 0, 60, 16)])
+ACTIVE = [0, 4, 8, 10]  # clip 0: the first (no reference yet)
+IDLE_RUNS = [(1, 3, 0), (5, 7, 4), (9, 9, 8), (11, 11, 10)]  # (first, last, scene clip)
+GATE = GateConfig(enabled=True)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory, tiny_dir):
+    return write_video(tmp_path_factory.mktemp("gate") / "room.mp4", CAMERA, int(FPS))
+
+
+def ingest(db, video, gate=GATE, max_clips=None):
+    engine = tiny_engine()
+    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
+        ing = StreamIngestor(engine, mem, "room", str(video), gate=gate)
+        source = VideoFileSource(video, fps=FPS)
+        source.clock_origin = WALL0
+        return ing.run(ing.clips(source), max_clips=max_clips), ing
+
+
+def stored(db):
+    with Memory(db) as mem:
+        state = mem.open_stream("room", "x", tiny_engine().backend.info.model_id,
+                                tiny_engine().config.ingest_fingerprint())
+        spans = [(s.first, s.last, s.scene_idx) for s in mem.idle_spans("room")]
+        return [(c.index, c.caption) for c in mem.clips("room")], spans, state
+
+
+def test_the_gate_captions_the_active_clips_and_the_fifo_is_theirs_alone(video, tmp_path):
+    results, ing = ingest(tmp_path / "m.db", video)
+    assert len(results) == 12
+    assert [r.index for r in results if not r.gated] == ACTIVE
+    assert [r.gate.reason for r in results if not r.gated] == ["first", "active", "active", "active"]
+    assert (ing.captioned, ing.gated) == (4, 8)
+    # the reference: the engine run on the active clips alone, with a FIFO of its own
+    engine = tiny_engine()
+    source = VideoFileSource(video, fps=FPS)
+    from rlivs.runtime.frames import iter_clips
+
+    fifo = TokenFifo(engine.config.fifo, engine.backend.info.hidden_size)
+    want = {}
+    for clip in iter_clips(source, FRAMES_PER_CLIP, FPS):
+        if clip.index in ACTIVE:
+            out = engine.caption_clip(clip.frames, fifo.tokens(), clip.index)
+            fifo.push(clip.index, out.selection.tokens)
+            want[clip.index] = out.caption
+    captions, spans, state = stored(tmp_path / "m.db")
+    assert captions == sorted(want.items())
+    assert spans == IDLE_RUNS
+    assert [i for i, _ in state.fifo] == fifo.clip_indices == [i for i, _ in ing.fifo.entries()]
+    for (i, got), (j, ref) in zip(state.fifo, fifo.entries()):
+        assert np.array_equal(got, ref), i
+    assert state.next_index == 12
+
+
+def test_the_gate_off_captions_every_clip(video, tmp_path):
+    results, ing = ingest(tmp_path / "m.db", video, gate=GateConfig(enabled=False), max_clips=3)  # 1, 2: idle
+    assert [r.gated for r in results] == [False] * 3 and ing.gate is None
+    assert stored(tmp_path / "m.db")[1] == []
+
+
+def test_serve_counts_captioned_and_gated_clips_per_camera(video, tmp_path):
+    """A gated stream in the service: idle clips publish nothing, and /metrics, /v1/streams and the page's stream
+    table count captioned and gated clips per camera."""
+    from rlivs.edge_app.service.core import EdgeService, ServiceConfig
+    from rlivs.edge_app.service.page import PAGE
+    from rlivs.edge_app.source_specs import parse_sources
+    from tests.helpers.serve_helpers import wait_for
+
+    cfg = ServiceConfig(replay_files=False, gate={"room": GATE})
+    service = EdgeService(tiny_engine(), tmp_path / "m.db", parse_sources([f"room={video}"]), cfg)
+    service.start()
+    try:
+        wait_for(lambda: service.workers[0].state == "finished", 120, "the file to be ingested")
+        st = service.streams()[0]
+        assert (st["clips"], st["clips_gated"], st["clips_this_run"], st["gated_this_run"], st["gate"]) == \
+            (4, 8, 4, 8, True)
+        metrics = service.render_metrics()
+        assert 'rlivs_clips_total{stream="room"} 4' in metrics
+        assert 'rlivs_clips_gated_total{stream="room"} 8' in metrics
+        assert service.events.published == 4  # one caption event per captioned clip, none for idle ones
+        assert service.store.thumbnail("room", 4)[:2] == b"\xff\xd8"
+    finally:
+        service.stop()
+    assert "s.clips_gated" in PAGE and "<th title=\"clips the activity gate left uncaptioned (idle)\">gated</th>" in PAGE
+
+
+def test_a_restart_inside_an_idle_run_resumes_the_gate_exactly(video, tmp_path):
+    ingest(tmp_path / "whole.db", video)
+    first, _ = ingest(tmp_path / "cut.db", video, max_clips=6)  # stops after clip 5, inside the run 5-7
+    assert [r.index for r in first] == list(range(6))
+    rest, ing = ingest(tmp_path / "cut.db", video)
+    assert [r.index for r in rest] == list(range(6, 12))
+    assert [r.index for r in rest if not r.gated] == [8, 10]  # the reference came back from the memory
+    whole, cut = stored(tmp_path / "whole.db"), stored(tmp_path / "cut.db")
+    assert whole[:2] == cut[:2]  # captions and idle runs
+    assert whole[2] == cut[2]  # FIFO and resume point, bit for bit
+
+
+def test_ingest_states_the_gate_and_its_counts(video, tmp_path):
+    args = ["ingest", video, "--stream", "room", "--fps", "2", "--frames-per-clip", "4", "--max-caption-tokens", "8"]
+    r = run_cli(*args, "--db", tmp_path / "on.db", "--gate", "on", "--json")
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "activity gate: on (threshold 0.005, a caption at least every 600 s): 4 clips captioned, 8 gated" in said
+    lines = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
+    assert [x["clip"] for x in lines if x["caption"] is not None] == ACTIVE
+    assert {x["gate"]["reason"] for x in lines if x["caption"] is None} == {"idle"}
+    r = run_cli(*args, "--db", tmp_path / "off.db", "--max-clips", "2")
+    assert r.exit_code == 0, r.output
+    assert "activity gate: off (every clip captioned" in " ".join(r.output.split())
+    r = run_cli(*args, "--db", tmp_path / "bad.db", "--gate", "cam=on")
+    assert r.exit_code == 2 and "names stream 'cam'" in " ".join(r.output.split())
+    assert not (tmp_path / "bad.db").exists()
+
+
+def test_a_question_about_an_idle_time_is_answered_from_the_scene_it_showed(video, tmp_path):
+    from rlivs.runtime.answer import answer
+
+    ingest(tmp_path / "m.db", video)
+    with Memory(tmp_path / "m.db", readonly=True) as mem:
+        # 12.5 s - 14 s: inside the idle run 5-7 (the object lies there, put down in clip 4)
+        a = answer(tiny_engine(), mem, "what is on the floor?", window=(WALL0 + 12.5, WALL0 + 14.0),
+                   window_text="then", parse_time=False)
+    assert [r.index for r, _ in a.used] == [4]
