@@ -35,6 +35,7 @@ class ClipResult:
     fifo_tokens: int  # F after this clip entered
     timings: dict[str, float]  # seconds: encode, prefill, decode, select, store
     record: ClipRecord | None = None  # the row committed to the memory (committed_at set)
+    scores: np.ndarray | None = None  # (N_V,) the selection scores of the clip's tokens (ClipOutput.scores)
 
 
 class StreamIngestor:
@@ -75,7 +76,7 @@ class StreamIngestor:
         self.next_index = clip.index + 1
         timings = {**out.timings, "store": time.perf_counter() - t0}
         return ClipResult(clip.index, record.t_start, record.t_end, out.caption, out.selection.indices,
-                          out.context_tokens, self.fifo.n_tokens, timings, record)
+                          out.context_tokens, self.fifo.n_tokens, timings, record, scores=out.scores)
 
     def run(self, clips: Iterable[Clip], on_clip: Callable[[ClipResult], None] | None = None,
             max_clips: int | None = None) -> list[ClipResult]:

@@ -21,7 +21,7 @@ from rlivs.runtime.validate import terminal_safe
 
 out = Console()
 memory_app = typer.Typer(help="What a memory holds; its captions out and in.", no_args_is_help=True)
-DbOption = typer.Option(Path("memory.db"), "--db", help="SQLite memory.")
+DbOption = o.db_option()
 
 
 def _open(db: Path, readonly: bool = True, engine=None):
@@ -246,7 +246,11 @@ def forget(
                             f"(--yes alone does not)")
         what = (f"stream {stream!r}" if stream else "every stream") + \
             (f": clips that ended before {format_wall(cut)}" if cut is not None else " (all of it, FIFO included)")
+        if not yes and not sys.stdin.isatty():  # nobody to answer the question: refused, not "Aborted"
+            raise UserError(f"rlivs forget asks before deleting, and there is no terminal to answer: pass --yes to "
+                            f"forget {what} in {db}")
         if not yes and not typer.confirm(f"forget {what} in {db}?"):
+            console.print("nothing forgotten")
             raise typer.Exit(1)
         with _open(db, readonly=False) as memory:
             n = memory.forget(stream=stream, before=cut)

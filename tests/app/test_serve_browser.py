@@ -62,6 +62,12 @@ def test_page_loads_answers_and_updates_live(browser, tmp_path, tiny_dir):
         page.goto(server.url + "/")
         # the service has a token: the page asks for it, then loads everything with it
         page.wait_for_selector("#token-box", state="visible", timeout=10_000)
+        # ... and says so where the streams, watches and matches would be, instead of "loading…" forever
+        page.wait_for_function("() => document.getElementById('conn').textContent.includes('token')", timeout=5_000)
+        for box in ("#timeline", "#watches", "#matches"):
+            text = page.locator(box).inner_text()
+            assert "waiting for the access token" in text and "loading" not in text, (box, text)
+        assert page.locator("#timeline .spinner").count() == 0
         page.fill("#token-input", TOKEN)
         page.click("#token-form button")
         page.wait_for_selector('.caption-card[data-stream="cam"]', timeout=15_000)
