@@ -91,8 +91,11 @@ SKIP_FIXES = (
     (("openssl",), "the openssl command (the MQTT TLS test's certificates)", APT_LINE),
     (("needs a CUDA GPU", "cuda.bindings"), "a CUDA GPU", "none here: run python -m pytest -q -m gpu on a machine "
                                                            "with an NVIDIA GPU (docs/benchmarks.md)"),
+    (("is importable here",), "a machine without that package (they test its absence)", "none: they run where it is "
+                                                                                          "not installed"),
     (("tensorrt", "TensorRT"), "TensorRT", "none here: TensorRT comes with JetPack on a Jetson (docs/jetson.md)"),
-    (("ModelOpt", "modelopt"), "NVIDIA ModelOpt", "pip install --no-deps nvidia-modelopt==0.47.0 (docs/calibration.md)"),
+    (("ModelOpt", "modelopt"), "NVIDIA ModelOpt",
+     "pip install --no-deps nvidia-modelopt==0.47.0 (docs/calibration.md)"),
     (("could not import", "No module named", "playwright"), "a Python package", PIP_LINE),
 )
 
@@ -126,7 +129,9 @@ def skip_summary(reports) -> list[str]:
     return lines
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # around pytest's own summary: after it, before the counts
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    yield
     skipped = terminalreporter.stats.get("skipped", [])
     if skipped:
         terminalreporter.write_sep("=", f"{len(skipped)} skipped: what they need and the command that brings it")

@@ -290,9 +290,11 @@ def ask(
         from rlivs.runtime.answer import answer, answer_json, clip_label
 
         engine = _engine(ec, config)
-        given = " ".join(f"{flag} {v}" for flag, v in (("--from", from_), ("--to", to)) if v is not None)
-        span = dict(window=None if window is None else window.as_unix(),  # the window as given, with its clock times
-                    window_text=None if window is None else f"{given}: {window.describe(None, datetime.now(timezone.utc))}")
+        span = dict(window=None, window_text=None)
+        if window is not None:  # the window as it was given, with its clock times
+            given = " ".join(f"{flag} {v}" for flag, v in (("--from", from_), ("--to", to)) if v is not None)
+            span = dict(window=window.as_unix(),
+                        window_text=f"{given}: {window.describe(None, datetime.now(timezone.utc))}")
         with _open_memory(db, engine, readonly=True) as memory:
             if json_out:
                 a = answer(engine, memory, question, stream=stream, **span)

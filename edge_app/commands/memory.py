@@ -250,8 +250,8 @@ def forget(
             raise UserError(f"rlivs forget asks before deleting, and there is no terminal to answer: pass --yes to "
                             f"forget {what} in {db}")
         if not yes and not typer.confirm(f"forget {what} in {db}?"):
-            console.print("nothing forgotten")
-            raise typer.Exit(1)
+            console.print("nothing forgotten: you answered no")
+            return
         with _open(db, readonly=False) as memory:
             n = memory.forget(stream=stream, before=cut)
     except UserError as e:

@@ -93,6 +93,21 @@ def test_forget_without_a_terminal_needs_yes_and_deletes_nothing(memory_db):
     assert r.exit_code == 0 and "forgot 2 clips" in _said(r)
 
 
+def test_forget_on_a_terminal_asks_and_a_no_deletes_nothing(memory_db, monkeypatch):
+    from types import SimpleNamespace
+
+    import rlivs.edge_app.commands.memory as memory_cmd
+
+    monkeypatch.setattr(memory_cmd, "sys", SimpleNamespace(stdin=SimpleNamespace(isatty=lambda: True)))
+    r = run_cli("forget", "--db", memory_db, "--stream", "cam", input="n\n")
+    assert r.exit_code == 0 and f"forget stream 'cam' (all of it, FIFO included) in {memory_db}?" in _said(r)
+    assert "nothing forgotten: you answered no" in _said(r)
+    with Memory(memory_db, readonly=True) as mem:
+        assert mem.count_clips() == 2
+    r = run_cli("forget", "--db", memory_db, "--stream", "cam", input="y\n")
+    assert r.exit_code == 0 and "forgot 2 clips" in _said(r)
+
+
 def test_serve_refuses_a_file_source_that_does_not_exist(tmp_path, no_model_load, monkeypatch):
     monkeypatch.delenv("RLIVS_TOKEN", raising=False)
     missing = tmp_path / "cam.mp4"

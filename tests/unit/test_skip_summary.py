@@ -48,14 +48,17 @@ def synthetic(pytester):
 
 
 def test_the_run_ends_with_the_skipped_tests_grouped_by_what_brings_them(synthetic):
-    result = synthetic.runpytest("-q", "-p", "no:cacheprovider")
+    result = synthetic.runpytest("-q", "-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, skipped=6)
     out = result.stdout.str()
+    assert out.index("short test summary info") < out.index("6 skipped: what they need")  # the run's last lines
+    assert out.rstrip().splitlines()[-1].startswith("1 passed, 6 skipped")
     summary = out[out.index("6 skipped: what they need and the command that brings it"):]
     lines = summary.splitlines()
     # each group: how many, what they need, the one command; then the test ids
     mosq = lines.index(f"2 skipped: need mosquitto (the MQTT broker the MQTT tests start on loopback): {APT_LINE}")
-    assert lines[mosq + 1:mosq + 3] == ["    test_synthetic.py::test_broker", "    test_synthetic.py::test_broker_again"]
+    assert lines[mosq + 1:mosq + 3] == ["    test_synthetic.py::test_broker",
+                                        "    test_synthetic.py::test_broker_again"]
     chrom = lines.index(f"1 skipped: need Chromium (the browser test): {APT_LINE}")
     assert lines[chrom + 1] == "    test_synthetic.py::test_browser"
     gpu = next(i for i, x in enumerate(lines) if x.startswith("1 skipped: need a CUDA GPU: none here"))
