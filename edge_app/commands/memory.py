@@ -225,7 +225,8 @@ def forget(
                                                                  "yesterday, ..."),
     allow_future: bool = typer.Option(False, "--allow-future", help="Accept a --before time in the future: every clip "
                                                                      "with a clock time is deleted."),
-    yes: bool = typer.Option(False, "--yes", help="Do it without asking."),
+    yes: bool = typer.Option(False, "--yes", help="Do it without asking (needed where no terminal can answer, e.g. in "
+                                                  "a script)."),
 ):
     """Delete captions for good: a whole stream, everything older than a time, or both. Space goes back to the disk.
 
