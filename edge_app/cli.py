@@ -12,7 +12,7 @@ import os
 import sys
 
 import typer
-from rich.logging import RichHandler
+from rich.text import Text
 
 from rlivs.edge_app.commands import calibrate, check, doctor, eval as evaluate, export, ingest, memory, serve
 from rlivs.edge_app.options import console, debug_enabled, exit_code_help, internal_error_line
@@ -32,6 +32,22 @@ COMMANDS = (
 )
 
 LIBRARY_LOGS = ("httpx", "huggingface_hub", "transformers", "onnxscript", "onnx_ir", "torch", "py.warnings")
+
+
+class LineHandler(logging.Handler):
+    """A log record as one line, `LEVEL message`, on the shared stderr console: no date in front, and never wrapped at
+    the console's width (a pipe or a log file gets whole lines; a terminal wraps them itself). The console finds
+    stderr when it prints, so a handler installed once serves every later invocation in the same process."""
+
+    STYLES = {"DEBUG": "dim", "INFO": "blue", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = Text(f"{record.levelname:<5} ", style=self.STYLES.get(record.levelname, ""))
+            line.append(self.format(record))
+            console.print(line, soft_wrap=True, highlight=False)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
 
 
 def version() -> str:
@@ -61,7 +77,7 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v",
         os.environ["RLIVS_DEBUG"] = "1"
     if not verbose:  # the Hugging Face libraries' own progress bars (read when they are imported, after this)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.basicConfig(format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(format="%(message)s", handlers=[LineHandler()])
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # warnings go through logging: hidden below, shown with -v
     for noisy in LIBRARY_LOGS:  # quiet by default: one line per stage from rlivs itself; -v shows everything

@@ -4,6 +4,7 @@ and the one place flags become a PipelineConfig."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -15,7 +16,9 @@ from rlivs.runtime.config import (
     SelectionConfig,
 )
 
-console = Console(stderr=True)
+# Messages and log lines: on a terminal rich wraps them at its width; into a pipe or a file each stays one whole line
+# (rich would wrap them at 80 columns there).
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def fail(msg: str) -> NoReturn:
@@ -61,6 +64,14 @@ Opset = typer.Option(None, "--opset", help="ONNX opset of the exported bundle: d
                                            "and later, every Jetson build, and on TensorRT 10); 23 uses ONNX "
                                            "Runtime's fused Attention ops and needs onnxruntime >= 1.23 (the manifest "
                                            "says which; rlivs check/doctor refuse an older one).")
+
+
+EmbedDtype = typer.Option(
+    None, "--embed-dtype",
+    help="Embedding table dtype of the exported bundle: float32 (default for --target onnxruntime: identical captions "
+         "and selections to the torch reference) | float16 (default for --target tensorrt, whose engines run in half "
+         "precision; halves the table, but its rounding moves the logits: greedy captions can diverge where the "
+         "winning margin is small, see docs/export.md).")
 
 
 def parse_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -124,21 +135,23 @@ KvCache = typer.Option("auto", "--kv-cache", help="torch backend KV cache: auto 
 MaxContext = typer.Option(None, "--max-context", help="Positions per sequence of the torch static KV cache "
                                                       "(default 8192); a bundle's is set at export.")
 
-# the method's knobs (docs/method.md)
-Fps = typer.Option(1.0, help="Frames sampled per second.")
-FramesPerClip = typer.Option(16, help="Frames per clip.")
-Keep = typer.Option(None, help="Visual tokens kept per clip (overrides --keep-ratio).")
-KeepRatio = typer.Option(0.0625, help="Fraction of a clip's tokens kept (196/3136).")
-Strategy = typer.Option("attention", help="attention | uniform | meanpool | kmeans | random")
-FifoClips = typer.Option(16, help="FIFO capacity in clips (0 = no recurrence).")
-FifoTokens = typer.Option(None, help="FIFO capacity in tokens (optional).")
-ProbeLayers = typer.Option(None, help="Comma-separated decoder layers to probe.")
-NumProbeLayers = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset.")
-MaxCaptionTokens = typer.Option(128, help="Greedy caption length bound.")
-TopK = typer.Option(8, help="Answers use at most this many captions.")
-TokenBudget = typer.Option(2048, help="... and at most this many caption tokens.")
-MmrLambda = typer.Option(0.5, help="MMR relevance weight (1 = relevance only).")
-MaxAnswerTokens = typer.Option(256, help="Answer length bound.")
+# the method's knobs (docs/method.md): every command that takes one uses these, so a setting has one name everywhere
+Fps = typer.Option(1.0, "--fps", help="Frames sampled per second.")
+FramesPerClip = typer.Option(16, "--frames-per-clip", help="Frames per clip.")
+Keep = typer.Option(None, "--keep", help="Visual tokens kept per clip (overrides --keep-ratio).")
+KeepRatio = typer.Option(0.0625, "--keep-ratio", help="Fraction of a clip's tokens kept (196/3136).")
+Strategy = typer.Option("attention", "--strategy", help="Token selection: attention | uniform | meanpool | kmeans | "
+                                                        "random")
+FifoClips = typer.Option(16, "--fifo-clips", help="FIFO capacity in clips (0 = no recurrence).")
+FifoTokens = typer.Option(None, "--fifo-tokens", help="FIFO capacity in tokens (optional).")
+ProbeLayers = typer.Option(None, "--probe-layers", help="Comma-separated decoder layers to probe, e.g. 4,8,13,19.")
+NumProbeLayers = typer.Option(4, "--num-probe-layers", help="Probe layers spread evenly when --probe-layers is unset.")
+MaxCaptionTokens = typer.Option(128, "--max-caption-tokens", help="Greedy caption length bound.")
+TopK = typer.Option(8, "--top-k", help="Answers use at most this many captions.")
+TokenBudget = typer.Option(2048, "--token-budget", help="... and at most this many caption tokens.")
+MmrLambda = typer.Option(0.5, "--mmr-lambda", help="MMR relevance weight (1 = relevance only).")
+MaxAnswerTokens = typer.Option(256, "--max-answer-tokens", help="Greedy answer length bound.")
+Seed = typer.Option(0, "--seed", help="Seed of the random strategy.")
 Retrieval = typer.Option("hybrid", "--retrieval",
                          help="hybrid: keywords + vectors fused; paper: the paper's vector ranking; lexical: keywords.")
 StartTime = typer.Option(None, "--start-time",
@@ -216,6 +229,25 @@ def gate_configs(gate: list[str], threshold: list[str], max_idle: list[str],
         except UserError as e:
             raise UserError(f"stream {name!r}: {e}") from None
     return out
+
+
+def check_db(db: Optional[Path]) -> Optional[Path]:
+    """--db: refused (exit 2) when its folder does not exist (a typo must not create directories) or when it names a
+    folder; run by typer as the option is parsed, before anything loads."""
+    if db is None:
+        return db
+    parent = db.parent if str(db.parent) else Path(".")
+    if db.is_dir():
+        fail(f"--db {db} is a directory: give the memory's file name, e.g. --db {db / 'memory.db'}")
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        fail(f"--db {db}: the folder {parent} {what}; create it first (mkdir -p {parent}) or fix the path")
+    return db
+
+
+def db_option(help: str = "SQLite memory.") -> typer.models.OptionInfo:
+    """The --db option (default memory.db) with its check; `help` says what the command does with the memory."""
+    return typer.Option(Path("memory.db"), "--db", help=help, callback=check_db)
 
 
 def wall_window(from_: Optional[str], to: Optional[str]):

@@ -251,7 +251,7 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
     now = now or datetime.now(timezone.utc)
     notes: list[str] = []
     # 1. time and intent
-    intent, text, window_from_question = None, question, False
+    intent, text, window_from_question, phrase = None, question, False, None
     if parse_time:
         from .timeq import parse_question
 
@@ -261,7 +261,7 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
             notes.append(tq.ignored)
         if window is None and tq.window is not None:
             window, window_text = tq.window.as_unix(), tq.window.describe(tz, now)
-            window_from_question = True
+            window_from_question, phrase = True, tq.phrase
     streams = None if stream is None else [stream]
     wall_from, wall_to = window if window is not None else (None, None)
     if window is not None and window_from_question and not index.has_clock(streams):
@@ -287,10 +287,16 @@ def answer(engine: Engine, index: CaptionIndex, question: str, stream: str | Non
         used = with_idle_scenes(index, used, streams, wall_from, wall_to)
     if not used:
         where = f"stream {stream!r}" if stream else "this memory"
+        if window is not None and phrase:  # the time as the question gave it, then its clock times
+            raise UserError(f"{where} holds no captions {phrase}, that is {window_text}: ask about a wider time, or "
+                            f"without one")
         if window is not None:
-            raise UserError(f"{where} holds no captions in {window_text or 'that time window'}: widen the window "
-                            f"(--from/--to) or ask without a time")
+            raise UserError(f"{where} holds no captions in the time window {window_text or 'asked for'}: widen the "
+                            f"window (--from/--to) or ask without a time")
         raise UserError(f"{where} holds no captions yet: ingest a video first (rlivs ingest VIDEO --db ...)")
+    if matches == 0:
+        notes.append(f"no clip's caption holds every key word of the question: the answer used the {len(used)} "
+                     f"captions closest to it instead")
     records = [r for r, _ in used]
     idle = idle_notes(index, records, tz)
     if any(r.wall_start is None for r in records):

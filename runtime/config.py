@@ -137,7 +137,7 @@ class AnswerConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise UserError(f"the answer length bound must be >= 1 token, got {self.max_new_tokens}; e.g. 256 "
-                            f"(--max-new-tokens of rlivs ask, --max-answer-tokens of rlivs serve)")
+                            f"(--max-answer-tokens of rlivs ask, serve and eval)")
 
 
 @dataclass(frozen=True)

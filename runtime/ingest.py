@@ -40,6 +40,7 @@ class ClipResult:
     timings: dict[str, float]  # seconds: encode, prefill, decode, select, store (gated clips: gate, store)
     record: ClipRecord | None = None  # the row committed to the memory (committed_at set); None for an idle clip
     gate: GateDecision | None = None  # what the activity gate decided (None: no gate)
+    scores: np.ndarray | None = None  # (N_V,) the selection scores of the clip's tokens (ClipOutput.scores)
 
     @property
     def gated(self) -> bool:
@@ -101,7 +102,8 @@ class StreamIngestor:
         self.captioned += 1
         timings = {**gate_s, **out.timings, "store": time.perf_counter() - t0}
         return ClipResult(clip.index, record.t_start, record.t_end, out.caption, out.selection.indices,
-                          out.context_tokens, self.fifo.n_tokens, timings, record, decision)
+                          out.context_tokens, self.fifo.n_tokens, timings, record, decision,
+                          scores=out.scores)
 
     def _idle(self, clip: Clip, decision: GateDecision, gate_s: float) -> ClipResult:
         """Record an idle clip (one transaction); the FIFO and the gate's reference stay as they are."""

@@ -78,12 +78,72 @@ def pytest_sessionfinish(session, exitstatus):
 # (a package that did not import, Chromium missing, ...) means an install step is missing, and fails the test there.
 ALLOWED_SKIPS = ("needs a CUDA GPU", "tensorrt", "TensorRT", "ModelOpt")
 
+# The system packages the default tier drives (Debian/Ubuntu names): one apt line brings them all. README ("Two
+# commands") and .ci/run name the same line (tests/unit/test_install.py checks it).
+SYSTEM_PACKAGES = ("chromium", "mosquitto", "openssl")
+APT_LINE = "sudo apt-get install -y " + " ".join(SYSTEM_PACKAGES)
+PIP_LINE = 'pip install -c constraints.txt -e ".[all]" --config-settings editable_mode=strict'
+# Why a test was skipped -> (what it needs, the one command that brings it), first match wins. The summary at the end
+# of a run groups the skipped tests by these (pytest_terminal_summary below).
+SKIP_FIXES = (
+    (("mosquitto",), "mosquitto (the MQTT broker the MQTT tests start on loopback)", APT_LINE),
+    (("Chromium", "chromium"), "Chromium (the browser test)", APT_LINE),
+    (("openssl",), "the openssl command (the MQTT TLS test's certificates)", APT_LINE),
+    (("needs a CUDA GPU", "cuda.bindings"), "a CUDA GPU", "none here: run python -m pytest -q -m gpu on a machine "
+                                                           "with an NVIDIA GPU (docs/benchmarks.md)"),
+    (("is importable here",), "a machine without that package (they test its absence)", "none: they run where it is "
+                                                                                          "not installed"),
+    (("tensorrt", "TensorRT"), "TensorRT", "none here: TensorRT comes with JetPack on a Jetson (docs/jetson.md)"),
+    (("ModelOpt", "modelopt"), "NVIDIA ModelOpt",
+     "pip install --no-deps nvidia-modelopt==0.47.0 (docs/calibration.md)"),
+    (("could not import", "No module named", "playwright"), "a Python package", PIP_LINE),
+)
+
+
+def skip_reason(report) -> str:
+    """The reason a skipped test or module gave (pytest.skip / importorskip / a skip marker)."""
+    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def skip_fix(reason: str) -> tuple[str, str]:
+    """(what the skipped test needs, the command that brings it) for a skip reason."""
+    for keys, needs, fix in SKIP_FIXES:
+        if any(k in reason for k in keys):
+            return needs, fix
+    return "something else", f"read its reason (python -m pytest -rs ...): {reason}"
+
+
+def skip_summary(reports) -> list[str]:
+    """The lines that end a run with skips: the skipped tests grouped by what they need, each group with the one
+    command that brings it; then, when system packages are missing, the one apt line for all of them."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in reports:
+        groups.setdefault(skip_fix(skip_reason(r)), []).append(r.nodeid or str(getattr(r, "fspath", "?")))
+    lines = []
+    for (needs, fix), ids in groups.items():
+        lines.append(f"{len(ids)} skipped: need {needs}: {fix}")
+        lines += [f"    {i}" for i in ids[:8]] + ([f"    ... and {len(ids) - 8} more"] if len(ids) > 8 else [])
+    if any(fix == APT_LINE for _, fix in groups):
+        lines.append(f"all the system packages the tests use, at once (Debian/Ubuntu): {APT_LINE}")
+    return lines
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # around pytest's own summary: after it, before the counts
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.write_sep("=", f"{len(skipped)} skipped: what they need and the command that brings it")
+        for line in skip_summary(skipped):
+            terminalreporter.write_line(line)
+
 
 def _strict(report) -> None:
     """Under RLIVS_STRICT_SKIPS, turn a skip that CI does not accept into a failure that says why."""
     if not report.skipped or os.environ.get("RLIVS_STRICT_SKIPS", "") in ("", "0") or hasattr(report, "wasxfail"):
         return
-    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    reason = skip_reason(report)
     if not any(a in reason for a in ALLOWED_SKIPS):
         report.outcome = "failed"
         report.longrepr = (f"skipped under RLIVS_STRICT_SKIPS ({reason}): an install step is missing; "

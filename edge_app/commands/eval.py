@@ -46,23 +46,11 @@ def register(app: typer.Typer) -> None:
         model: str = o.Model, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
         threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
         # --- ablations: every one is recorded in run.json / summary.json / results.md
-        strategy: str = typer.Option("attention",
-                                     help="Token selection: attention | uniform | meanpool | kmeans | random"),
-        fifo_clips: int = typer.Option(16, help="FIFO capacity in clips (0 = no recurrence)."),
-        fifo_tokens: Optional[int] = typer.Option(None, help="FIFO capacity in tokens (optional)."),
-        keep: Optional[int] = typer.Option(None, help="Visual tokens kept per clip (overrides --keep-ratio)."),
-        keep_ratio: float = typer.Option(0.0625, help="Fraction of a clip's tokens kept (196/3136)."),
-        probe_layers: Optional[str] = typer.Option(None,
-                                                   help="Comma-separated decoder layers to probe, e.g. 4,8,13,19."),
-        num_probe_layers: int = typer.Option(4, help="Probe layers spread evenly when --probe-layers is unset."),
-        top_k: int = typer.Option(8, help="At most this many captions per answer."),
-        token_budget: int = typer.Option(2048, help="At most this many caption tokens per answer."),
-        mmr_lambda: float = typer.Option(0.5, help="MMR relevance weight (1 = relevance only)."),
-        frames_per_clip: int = typer.Option(16, help="Frames per clip."),
-        fps: float = typer.Option(1.0, help="Frames sampled per second."),
-        max_caption_tokens: int = typer.Option(128, help="Greedy caption length bound."),
-        max_new_tokens: int = typer.Option(256, help="Answer length bound."),
-        seed: int = typer.Option(0, help="Seed of the random strategy."),
+        strategy: str = o.Strategy, fifo_clips: int = o.FifoClips, fifo_tokens: Optional[int] = o.FifoTokens,
+        keep: Optional[int] = o.Keep, keep_ratio: float = o.KeepRatio, probe_layers: Optional[str] = o.ProbeLayers,
+        num_probe_layers: int = o.NumProbeLayers, top_k: int = o.TopK, token_budget: int = o.TokenBudget,
+        mmr_lambda: float = o.MmrLambda, frames_per_clip: int = o.FramesPerClip, fps: float = o.Fps,
+        max_caption_tokens: int = o.MaxCaptionTokens, max_answer_tokens: int = o.MaxAnswerTokens, seed: int = o.Seed,
         # --- how the data is read
         frames_fps: float = typer.Option(1.0, help="Rate of frame folders and .npy arrays (frame i at i/rate s)."),
         vstream_times: str = typer.Option("auto", help="VStream-QA question times: auto (decided from the data: "
@@ -124,7 +112,7 @@ def register(app: typer.Typer) -> None:
                 fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio, strategy=strategy,
                 fifo_clips=fifo_clips, fifo_tokens=fifo_tokens, probe_layers=probe_layers,
                 num_probe_layers=num_probe_layers, max_caption_tokens=max_caption_tokens, top_k=top_k,
-                token_budget=token_budget, mmr_lambda=mmr_lambda, max_answer_tokens=max_new_tokens, seed=seed)
+                token_budget=token_budget, mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens, seed=seed)
             from rlivs.runtime.selection import get_strategy
 
             get_strategy(strategy)  # an unknown strategy fails here, before any video is read

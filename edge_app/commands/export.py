@@ -27,11 +27,7 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     target: str = typer.Option("onnxruntime", help="onnxruntime | tensorrt (opset <= 20, attention TensorRT fuses)."),
     opset: Optional[int] = o.Opset,
-    embed_dtype: Optional[str] = typer.Option(
-        None, help="Embedding table dtype: float32 (default for --target onnxruntime: identical captions and "
-                   "selections to the torch reference) | float16 (default for --target tensorrt, whose engines run in "
-                   "half precision; halves the table, but its rounding moves the logits: greedy captions can "
-                   "diverge where the winning margin is small, see docs/export.md)."),
+    embed_dtype: Optional[str] = o.EmbedDtype,
     probe_layers: Optional[str] = o.ProbeLayers, num_probe_layers: int = o.NumProbeLayers,
     check: bool = typer.Option(True, help="Compare the exported graphs with the torch reference."),
     kv_dtype: Optional[str] = typer.Option(None, help="KV cache dtype of a tensorrt bundle: float16 (default) | "

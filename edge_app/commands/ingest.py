@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,11 +26,20 @@ from rlivs.runtime.validate import check_stream_name, terminal_safe
 out = Console()
 
 
-def _engine(engine: EngineConfig, config):
-    from rlivs.runtime.engine import load_engine
+_SHARED: dict | None = None  # set by `rlivs demo` only: its ingest and its question share one model load
 
+
+def _engine(engine: EngineConfig, config):
+    from rlivs.runtime.engine import Engine, load_engine
+
+    loaded = _SHARED.get(engine) if _SHARED is not None else None
+    if loaded is not None and loaded.config.probe == config.probe:  # the same model and probe layers: no reload
+        return Engine(loaded.backend, loaded.text, loaded.preprocess, config)
     with console.status(f"loading model {engine.source} ..."):
-        return load_engine(engine, config)
+        loaded = load_engine(engine, config)
+    if _SHARED is not None:
+        _SHARED[engine] = loaded
+    return loaded
 
 
 def _open_memory(db: Path, engine=None, readonly: bool = False):
@@ -81,9 +91,9 @@ def _say_complete(db: Path, stream: str, video: Path, n: int) -> None:
 def ingest(
     video: Path = typer.Argument(..., help="Video file to ingest (anything PyAV/FFmpeg decodes), or a robot recording: "
                                            "a ROS 1 .bag, a ROS 2 .db3/.mcap or rosbag2 folder, a plain .mcap."),
-    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
-    stream: Optional[str] = typer.Option(None, "--stream", help="Stream name inside the memory [default: default; "
-                                                                 "for a recording, the file's name]."),
+    db: Path = o.db_option("SQLite memory (created or resumed)."),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Stream name inside the memory (default: 'default'; "
+                                                                 "for a recording, the file's name)."),
     topic: List[str] = typer.Option([], "--topic", help="Image topic of a recording, repeatable: each is a stream "
                                                         "(STREAM.TOPIC). Left out: the only image topic, or a list "
                                                         "of them to pick from."),
@@ -98,6 +108,9 @@ def ingest(
     start_time: Optional[str] = o.StartTime,
     gate: List[str] = o.Gate, gate_threshold: List[str] = o.GateThreshold, gate_max_idle: List[str] = o.GateMaxIdle,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per clip."),
+    debug_scores: Optional[Path] = typer.Option(
+        None, "--debug-scores", help="Also write each clip's per-token selection scores and kept tokens to this "
+                                     "JSON-lines file (one line per clip; docs/method.md says how to read them)."),
 ):
     """Caption a video clip by clip into the memory; resumes where a previous run stopped.
 
@@ -113,6 +126,9 @@ def ingest(
         _fail(f"{video} is a directory: pass a video file (anything FFmpeg decodes: .mp4, .mkv, .ts, ...) or a robot recording")
     if max_clips is not None and max_clips < 1:
         _fail(f"--max-clips must be >= 1, got {max_clips}; leave it out to ingest the whole video")
+    if debug_scores is not None and not debug_scores.parent.is_dir():
+        _fail(f"--debug-scores {debug_scores}: the folder {debug_scores.parent} does not exist; create it first "
+              f"(mkdir -p {debug_scores.parent}) or fix the path")
     ing, done = None, []
     try:
         # everything that can be refused without the model is checked first: flags, the video, the memory's stream
@@ -156,6 +172,7 @@ def ingest(
         if not todo:
             return
         engine = _engine(ec, config)
+        scores_out = None if debug_scores is None else _ScoresFile(debug_scores, engine)
         with _open_memory(db, engine) as memory:
             for spec, source in todo:
                 stream = spec.name
@@ -163,7 +180,7 @@ def ingest(
                     console.print(f"stream {stream}: topic {spec.topic} of {video}")
                 ing = StreamIngestor(engine, memory, stream=stream, source=str(video), gate=gates[stream])
                 clips = ing.clips(source)  # the same opened file, read from where the stream left off
-                results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out)
+                results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out, scores_out)
                 _say_gate(ing, gates[stream])
                 done.append(ing)
                 _say_truncated(ing, db, video, config)
@@ -213,7 +230,23 @@ def _say_truncated(ing, db: Path, video: Path, config) -> None:
                   f"another --stream to caption it whole; exit status 3")
 
 
-def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool) -> list:
+class _ScoresFile:
+    """--debug-scores: one JSON line per clip with the selection scores of its visual tokens (flat index = frame *
+    tokens_per_frame + raster position in the frame's pooled grid) and the indices the FIFO kept."""
+
+    def __init__(self, path: Path, engine):
+        self.path, self.per_frame = path, engine.backend.info.tokens_per_frame
+
+    def write(self, stream: str, r) -> None:
+        line = {"stream": stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
+                "tokens_per_frame": self.per_frame,
+                "scores": None if r.scores is None else [float(x) for x in r.scores],
+                "kept": None if r.kept is None else [int(i) for i in r.kept]}
+        with open(self.path, "a", encoding="utf-8") as f:  # appended clip by clip: what was committed is there
+            f.write(json.dumps(line) + "\n")
+
+
+def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool, scores_out=None) -> list:
     total = math.ceil(dur / config.clip.clip_seconds) if dur else None
     if total is not None and max_clips is not None:
         total = min(total, ing.next_index + max_clips)
@@ -227,6 +260,8 @@ def _run_ingest(ing, clips, dur: float | None, config, max_clips, json_out: bool
 
         def on_clip(r):
             seen[0] += r.t_end - r.t_start
+            if scores_out is not None and not r.gated:  # an idle clip was never scored
+                scores_out.write(ing.stream, r)
             rate = seen[0] / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, completed=r.index + 1, rate=f"{rate:.2f} video s / wall s")
             if json_out:
@@ -274,13 +309,13 @@ def _model_for_db(db: Path, streams: list[dict], stream: Optional[str]) -> str:
 
 def ask(
     question: str = typer.Argument(..., help="The question."),
-    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory to answer from."),
+    db: Path = o.db_option("SQLite memory to answer from."),
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream (default: all)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the model the memory was written with."),
     bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device, dtype: str = o.Dtype,
     threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache, max_context: Optional[int] = o.MaxContext,
     top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
-    max_new_tokens: int = o.MaxAnswerTokens, retrieval: str = o.Retrieval,
+    max_answer_tokens: int = o.MaxAnswerTokens, retrieval: str = o.Retrieval,
     from_: Optional[str] = o.FromTime, to: Optional[str] = o.ToTime,
     json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON (at the end; no streaming)."),
 ):
@@ -293,7 +328,7 @@ def ask(
 
         check_question(question)  # empty, huge or not UTF-8: refused before anything is loaded
         config = o.pipeline_config(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda,
-                                   max_answer_tokens=max_new_tokens, retrieval=retrieval)
+                                   max_answer_tokens=max_answer_tokens, retrieval=retrieval)
         window = o.wall_window(from_, to)
         if not db.exists():
             _fail(f"{db} does not exist: ingest a video first with rlivs ingest VIDEO --db {db}")
@@ -303,8 +338,11 @@ def ask(
         from rlivs.runtime.answer import answer, answer_json, clip_label
 
         engine = _engine(ec, config)
-        span = dict(window=None if window is None else window.as_unix(),
-                    window_text=None if window is None else window.describe(None))
+        span = dict(window=None, window_text=None)
+        if window is not None:  # the window as it was given, with its clock times
+            given = " ".join(f"{flag} {v}" for flag, v in (("--from", from_), ("--to", to)) if v is not None)
+            span = dict(window=window.as_unix(),
+                        window_text=f"{given}: {window.describe(None, datetime.now(timezone.utc))}")
         with _open_memory(db, engine, readonly=True) as memory:
             if json_out:
                 a = answer(engine, memory, question, stream=stream, **span)
@@ -318,7 +356,7 @@ def ask(
         return
     for line in ([f"time window: {a.window}"] if a.window else []) + \
             ([f"matching clips: {a.matches}"] if a.matches is not None else []) + [f"note: {n}" for n in a.notes]:
-        out.print(f"[dim]{escape(line)}[/]")
+        out.print(f"[dim]{escape(line)}[/]", soft_wrap=not out.is_terminal)
     table = Table("stream", "clip", "time", "relevance", "caption", title=f"captions used ({a.latency_s:.2f} s)")
     for r, s in a.used:
         table.add_row(_cell(r.stream), str(r.index), clip_label(r), f"{s:.3f}", _cell(r.caption))
@@ -353,7 +391,7 @@ class _Streamed:
 
 
 def captions(
-    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory."),
+    db: Path = o.db_option("SQLite memory."),
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream."),
     t_from: Optional[str] = o.FromTime,
     t_to: Optional[str] = o.ToTime,
@@ -405,28 +443,43 @@ def demo(
     model: str = o.Model,
     question: str = typer.Option("What moved across the scene?", help="The question asked at the end."),
     seconds: float = typer.Option(48.0, help="Length of the generated sample video."),
+    start_time: Optional[str] = o.StartTime,
 ):
     """The main job on the embedded default: build the tiny model, make a sample video, ingest it, ask."""
+    global _SHARED
     from rlivs.edge_app.sample_video import make_sample_video
 
+    try:
+        o.start_clock(start_time)  # refused before anything is made
+    except UserError as e:
+        _fail(str(e))
     workdir.mkdir(parents=True, exist_ok=True)
     video = workdir / "sample.mp4"
     if not video.exists():
         make_sample_video(video, seconds=seconds)
         console.print(f"sample video: {video} ({seconds:.0f} s, moving shapes)")
     db = workdir / "memory.db"
+    _SHARED = {}
+    try:
+        _demo_steps(video, db, model, question, start_time)
+    finally:
+        _SHARED = None
+    if model == "tiny":
+        console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "
+                      "Pass --model with LLaVA-OneVision weights for real captions.[/]")
+
+
+def _demo_steps(video: Path, db: Path, model: str, question: str, start_time: Optional[str]) -> None:
     ingest(video=video, db=db, stream="default", topic=[], model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
            kv_cache="auto", max_context=None,
            threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
            fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
-           max_clips=None, start_time=None, gate=[], gate_threshold=[], gate_max_idle=[], json_out=False)
+           max_clips=None, start_time=start_time, gate=[], gate_threshold=[], gate_max_idle=[], json_out=False,
+           debug_scores=None)
     ask(question=question, db=db, stream=None, model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
         kv_cache="auto", max_context=None,
-        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_new_tokens=32, retrieval="hybrid",
+        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_answer_tokens=32, retrieval="hybrid",
         from_=None, to=None, json_out=False)
-    if model == "tiny":
-        console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "
-                      "Pass --model with LLaVA-OneVision weights for real captions.[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,7 @@ from rlivs.runtime.validate import terminal_safe
 
 out = Console()
 memory_app = typer.Typer(help="What a memory holds; its captions out and in.", no_args_is_help=True)
-DbOption = typer.Option(Path("memory.db"), "--db", help="SQLite memory.")
+DbOption = o.db_option()
 
 
 def _open(db: Path, readonly: bool = True, engine=None):
@@ -232,7 +232,8 @@ def forget(
                                                                  "yesterday, ..."),
     allow_future: bool = typer.Option(False, "--allow-future", help="Accept a --before time in the future: every clip "
                                                                      "with a clock time is deleted."),
-    yes: bool = typer.Option(False, "--yes", help="Do it without asking."),
+    yes: bool = typer.Option(False, "--yes", help="Do it without asking (needed where no terminal can answer, e.g. in "
+                                                  "a script)."),
 ):
     """Delete captions for good: a whole stream, everything older than a time, or both. Space goes back to the disk.
 
@@ -253,8 +254,12 @@ def forget(
                             f"(--yes alone does not)")
         what = (f"stream {stream!r}" if stream else "every stream") + \
             (f": clips that ended before {format_wall(cut)}" if cut is not None else " (all of it, FIFO included)")
+        if not yes and not sys.stdin.isatty():  # nobody to answer the question: refused, not "Aborted"
+            raise UserError(f"rlivs forget asks before deleting, and there is no terminal to answer: pass --yes to "
+                            f"forget {what} in {db}")
         if not yes and not typer.confirm(f"forget {what} in {db}?"):
-            raise typer.Exit(1)
+            console.print("nothing forgotten: you answered no")
+            return
         with _open(db, readonly=False) as memory:
             n = memory.forget(stream=stream, before=cut)
     except UserError as e:

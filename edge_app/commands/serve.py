@@ -26,7 +26,7 @@ def serve(
              "recording (ROS bag, MCAP; see --topic). Each is its own stream."),
     topic: List[str] = typer.Option([], "--topic", help="Image topic of the robot recordings among the sources "
                                                         "(ROS bag, MCAP), repeatable: each is a stream."),
-    db: Path = typer.Option(Path("memory.db"), "--db", help="SQLite memory (created or resumed)."),
+    db: Path = o.db_option("SQLite memory (created or resumed)."),
     model: str = o.Model, bundle: Optional[Path] = o.Bundle, backend: str = o.Backend, device: str = o.Device,
     dtype: str = o.Dtype, threads: Optional[int] = o.Threads, kv_cache: str = o.KvCache,
     max_context: Optional[int] = o.MaxContext,
@@ -115,10 +115,9 @@ def serve(
             path = s.url.removeprefix("file://")
             if s.kind == "file" and Path(path).is_dir() and s.topic is None:
                 _fail(f"{path} is a directory: give a video file in it, e.g. --source {Path(path) / 'cam.mp4'}")
-            if s.kind == "file" and not Path(path).is_file() and s.topic is None:
-                if not replay:
-                    _fail(f"{path} does not exist: check the path (with --replay a missing file is retried)")
-                console.print(f"[yellow]warning:[/] {path} does not exist (yet); stream {s.name} retries until it does")
+            if s.kind == "file" and not Path(path).is_file() and s.topic is None:  # cameras and URLs are retried
+                _fail(f"{path} does not exist: check the path of --source {s.name}={s.url} (a file source must "
+                      f"exist at start; cameras and network streams are retried until they answer)")
         config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,

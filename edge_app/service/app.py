@@ -77,7 +77,7 @@ from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.serve")
 
-OPEN_PATHS = ("/healthz", "/")  # served without a token: a health summary and the static page shell
+OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # served without a token: health, the static page shell, no icon
 MAX_QUESTION = 2000  # characters
 MAX_QUERY = 500  # characters of a watch query
 MAX_NAME = 128  # characters of a stream name
@@ -386,6 +386,10 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():  # Content-Security-Policy: the page's own script and style (by hash) and requests to this origin only
         return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache", **PAGE_HEADERS})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():  # browsers ask for it: "no icon" (204) instead of a 404 in the log and the console
+        return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/healthz")
     async def healthz():  # on the event loop: never queued behind questions in the thread pool

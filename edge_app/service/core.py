@@ -690,7 +690,9 @@ class EdgeService:
                     raise NotReady(f"{where} holds no captions yet: ingest commits the first one after "
                                    f"{self.engine.config.clip.clip_seconds:g} s of video; wait for a caption "
                                    f"event on GET /v1/events and ask again")
-                span = {} if window is None else dict(window=window.as_unix(), window_text=window.describe(None))
+                given = " ".join(f"{k}={v}" for k, v in (("from", from_), ("to", to)) if v is not None)  # as sent
+                span = {} if window is None else dict(window=window.as_unix(), window_text=f"{given}: "
+                                                      f"{window.describe(None, datetime.now(timezone.utc))}")
                 with self.questions.turn(place), self.question_backend.reserve():  # ingest waits at its next step
                     a = answer(self.question_engine, mem, question, stream=stream, on_token=relay, **span)
         except QuestionCancelled as e:

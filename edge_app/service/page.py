@@ -198,6 +198,16 @@ function el(tag, cls, text) {
   return e;
 }
 
+// 401: the token box, and every "loading…" placeholder says what is needed instead of spinning
+const NEEDS_TOKEN = "waiting for the access token: enter the --token given to rlivs serve (or open /#token=...)";
+function needToken() {
+  $("token-box").style.display = "block";
+  for (const e of document.querySelectorAll("#no-streams, #watches .loading, #matches .loading, #health-rows .empty")) {
+    e.textContent = NEEDS_TOKEN;
+  }
+  $("conn").textContent = "token needed"; $("conn").className = "pill bad";
+}
+
 async function api(path, opts = {}) {
   opts.headers = Object.assign({}, opts.headers || {});
   if (token) opts.headers["Authorization"] = "Bearer " + token;
@@ -207,7 +217,7 @@ async function api(path, opts = {}) {
     delete opts.json;
   }
   const r = await fetch(path, opts);
-  if (r.status === 401) { $("token-box").style.display = "block"; throw new Error("a token is needed"); }
+  if (r.status === 401) { needToken(); throw new Error("a token is needed"); }
   if (r.status === 204) return null;
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
@@ -522,7 +532,7 @@ async function askStreamed(body, onToken) {
   const headers = { "Content-Type": "application/json" };
   if (token) headers["Authorization"] = "Bearer " + token;
   const r = await fetch("/v1/ask/stream", { method: "POST", headers, body: JSON.stringify(body) });
-  if (r.status === 401) { $("token-box").style.display = "block"; throw new Error("a token is needed"); }
+  if (r.status === 401) { needToken(); throw new Error("a token is needed"); }
   if (!r.ok) { const e = await r.json().catch(() => ({})); throw new Error(e.detail || ("HTTP " + r.status)); }
   const reader = r.body.getReader(), dec = new TextDecoder();
   let buf = "", result = null;

@@ -115,7 +115,7 @@ def test_the_static_kv_cache_from_the_cli_captions_like_the_reference(sample_vid
         r = _run("ingest", sample_video, "--db", db, "--model", "tiny", *INGEST, "--max-clips", "2", *extra)
         assert r.exit_code == 0, r.output
         out.append(_run("captions", "--db", db, "--json").output)
-        r = _run("ask", "what moved?", "--db", db, "--max-new-tokens", "8", "--json", *extra)
+        r = _run("ask", "what moved?", "--db", db, "--max-answer-tokens", "8", "--json", *extra)
         assert r.exit_code == 0, r.output
         answers.append({k: v for k, v in json.loads(r.output).items() if k != "latency_s"})
     assert out[0] == out[1] and len(out[0].splitlines()) == 2

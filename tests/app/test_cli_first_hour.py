@@ -148,8 +148,8 @@ def test_answers_stream_piece_by_piece_and_the_pieces_are_the_answer(memory_db):
     at = [s for s, _ in pieces]
     assert at == sorted(at) and at[0] < at[-1]  # progressively, not all at the end
     # the command line: the streamed answer is the one --json reports
-    shown = run_cli("ask", "what moved?", "--db", memory_db, "--max-new-tokens", "8")
-    r = run_cli("ask", "what moved?", "--db", memory_db, "--max-new-tokens", "8", "--json")
+    shown = run_cli("ask", "what moved?", "--db", memory_db, "--max-answer-tokens", "8")
+    r = run_cli("ask", "what moved?", "--db", memory_db, "--max-answer-tokens", "8", "--json")
     as_json = json.loads(r.output)
     assert shown.exit_code == 0, shown.output
     assert f"A: {terminal_safe(as_json['answer'])}" in shown.output  # printed without the model's control bytes

@@ -20,7 +20,7 @@ from tests.helpers.cli import run_cli
 from tests.helpers.eval_sample import SOURCE_AXIS_LIST, STREAMING, VS_QUESTIONS, make_benchmark
 from tests.helpers.fake_judge import SERVED_MODEL, FakeJudge
 
-TINY = ["--model", "tiny", "--frames-per-clip", "4", "--max-caption-tokens", "8", "--max-new-tokens", "8"]
+TINY = ["--model", "tiny", "--frames-per-clip", "4", "--max-caption-tokens", "8", "--max-answer-tokens", "8"]
 CLIP_S = 4.0  # 4 frames per clip at 1 fps
 
 

@@ -526,7 +526,7 @@ def test_absurd_ingest_parameters_are_refused(args, message, db, bundle, sample_
     (["--top-k", "0"], "top_k must be >= 1"),
     (["--token-budget", "0"], "token_budget must be >= 1"),
     (["--token-budget", "-100"], "token_budget must be >= 1"),
-    (["--max-new-tokens", "0"], "the answer length bound must be >= 1 token"),
+    (["--max-answer-tokens", "0"], "the answer length bound must be >= 1 token"),
     (["--mmr-lambda", "2"], "mmr_lambda must be in [0, 1]"),
     (["--threads", "-1"], "threads must be >= 1"),
 ])

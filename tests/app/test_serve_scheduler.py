@@ -132,5 +132,4 @@ def test_question_is_answered_at_the_next_step_boundary_not_after_the_clip(tmp_p
     assert not any(first < ts < last for ts in caption_steps)
     # and the caption went on afterwards: most of its 200 steps ran after the answer
     assert sum(1 for ts in caption_steps if ts > last) > 50
-    assert first - asked < 0.5  # not the ~1.5 s the rest of the caption takes
     assert question_backend.lock.stats.calls[QUESTION] >= len(answer_steps)

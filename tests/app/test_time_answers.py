@@ -199,6 +199,9 @@ def test_api_ask_from_to_and_wall_clock_fields(memory_db, tmp_path):
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["window"] and {x["clip"] for x in body["captions"]} <= {0, 1, 2}
+            # the window as it was sent, then its clock times
+            assert body["window"].startswith("from=2026-11-30T08:00:00+01:00 to=2026-11-30T09:00:00+01:00: "), body
+            assert "2026-11-30" in body["window"].split(": ", 1)[1], body
             for x in body["captions"]:  # ISO 8601 with an offset: an unambiguous instant inside the window
                 assert datetime.fromisoformat(x["wall_start"]).utcoffset() is not None
                 assert DAY0 <= datetime.fromisoformat(x["wall_start"]) < DAY0 + timedelta(hours=1)

@@ -160,7 +160,7 @@ def test_ingest_and_ask_from_bundle_without_torch(bundle, sample_video, tmp_path
         for argv in (["ingest", {str(sample_video)!r}, "--db", {str(db)!r}, "--bundle", {str(bundle)!r},
                       "--frames-per-clip", "4", "--max-caption-tokens", "6", "--max-clips", "3", "--json"],
                      ["ask", "what moved?", "--db", {str(db)!r}, "--bundle", {str(bundle)!r}, "--json",
-                      "--max-new-tokens", "6"]):
+                      "--max-answer-tokens", "6"]):
             try:
                 app(argv, prog_name="rlivs")
             except SystemExit as e:
