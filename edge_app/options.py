@@ -171,11 +171,11 @@ Gate = typer.Option([], "--gate", metavar="[STREAM=]auto|on|off",
                          "watched, not captioned). auto: on for cameras and network streams, off for files and "
                          "recordings. STREAM=MODE sets one stream; repeatable. `rlivs eval` never gates.")
 GateThreshold = typer.Option([], "--gate-threshold", metavar="[STREAM=]FRACTION",
-                             help="Fraction of the image that must change for a clip to be captioned [default: "
-                                  "0.005]. STREAM=FRACTION sets one stream; repeatable.")
+                             help="Fraction of the image that must change for a clip to be captioned (default "
+                                  "0.005). STREAM=FRACTION sets one stream; repeatable.")
 GateMaxIdle = typer.Option([], "--gate-max-idle", metavar="[STREAM=]SECONDS",
-                           help="Caption a clip at least this often even when nothing changed, seconds [default: "
-                                "600]. STREAM=SECONDS sets one stream; repeatable.")
+                           help="Caption a clip at least this often even when nothing changed, seconds (default "
+                                "600). STREAM=SECONDS sets one stream; repeatable.")
 
 
 def _per_stream(option: str, values: list[str], streams: list[str], read) -> tuple[object, dict[str, object]]:
