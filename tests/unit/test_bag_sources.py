@@ -196,12 +196,22 @@ def test_a_paced_replay_keeps_the_recorded_speed_and_stops_at_once(tmp_path):
     frames = list(BagSource(path, topic, fps=RATE, replay_speed=5.0))
     took = time.monotonic() - t0
     assert len(frames) == N and took >= 2.75 / 5.0  # not before the recorded time allows
-    stop = threading.Event()
+
+    class Stop(threading.Event):  # notes every wait: the pause for the next frame is a wait on the stop event
+        waits: list = []
+
+        def wait(self, timeout=None):
+            self.waits.append(timeout)
+            return super().wait(timeout)
+
+    stop = Stop()
     paced = iter(BagSource(path, topic, fps=RATE, replay_speed=0.1, stop=stop))  # 10x slower than recorded
     next(paced)
     stop.set()
-    t0 = time.monotonic()
-    assert list(paced) == [] and time.monotonic() - t0 < 2.0  # the 2.5 s wait for the next frame ends on stop
+    before = len(stop.waits)
+    assert list(paced) == []  # nothing after the stop
+    # the 2.5 s pause for the next frame was a wait on the (set) stop event, which returns at once: no sleep
+    assert len(stop.waits) == before + 1 and stop.waits[-1] >= 2.0, stop.waits
 
 
 def _summary(path):
