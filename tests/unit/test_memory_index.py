@@ -16,7 +16,7 @@ import pytest
 
 from rlivs.runtime.memory import ClipRecord, Memory
 from rlivs.runtime.memory import search as search_mod
-from rlivs.runtime.memory import store as store_mod
+from rlivs.runtime.memory import index as index_mod
 from rlivs.runtime.retrieval import mmr
 from tests.helpers.memory_v1 import write_v1
 
@@ -59,7 +59,7 @@ def fts_consistent(path) -> None:
 
 
 def test_paper_search_equals_exhaustive_below_and_above_the_signature_threshold(db, monkeypatch):
-    monkeypatch.setattr(store_mod, "SIG_MIN", 100)
+    monkeypatch.setattr(index_mod, "SIG_MIN", 100)
     monkeypatch.setattr(search_mod, "EXACT_MAX", 50)
     monkeypatch.setattr(search_mod, "VECTOR_CANDIDATES", 60)
     with Memory(db) as m:
@@ -173,7 +173,7 @@ def test_forget_by_time_and_stream_returns_space_and_keeps_resume_points(db):
 
 
 def test_reindex_rebuilds_keywords_and_signatures(db, monkeypatch):
-    monkeypatch.setattr(store_mod, "SIG_MIN", 50)
+    monkeypatch.setattr(index_mod, "SIG_MIN", 50)
     with Memory(db) as m:
         m.import_clips(records(120))
         q = m.clips()[40].vector
