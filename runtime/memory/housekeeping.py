@@ -23,7 +23,8 @@ class Housekeeping:
         is then exactly as before). Streams that do not exist are created with `source` and `model_id` (the model
         that computed the vectors). Each record is checked as commit_clip checks a clip, plus the rules for what
         comes from outside (rlivs.runtime.validate: stream names, captions); each stream's clips must continue its
-        indices (a clip already stored, or given twice, is refused). After every `batch` clips the signature center
+        indices in increasing order: gaps are accepted (idle clips of the activity gate and clips deleted by retention
+        leave them in an export), a clip already stored, given twice or going backwards is refused. After every `batch` clips the signature center
         is fixed once the memory holds SIG_MIN clips, as a run of commits would. Returns the number stored."""
         self._refuse_readonly("import clips")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -48,10 +49,10 @@ class Housekeeping:
                         "INSERT INTO streams (name, source, model_id, config_hash, created_at, next_idx) "
                         "VALUES (?, ?, ?, 'import', ?, 0)", (r.stream, source, model_id, now))
                 expected = self._next_index(r.stream)
-                if index != expected:
-                    kind = "is already stored (or given twice)" if index < expected else "leaves a gap"
-                    raise UserError(f"{where} does not continue it (it {kind}; its next clip is {expected}); "
-                                    f"nothing was imported: import into a new --db or a new stream name")
+                if index < expected:
+                    raise UserError(f"{where} does not continue it (it is already stored, given twice or goes "
+                                    f"backwards; its next clip is {expected} or later); nothing was imported: "
+                                    f"import into a new --db or a new stream name")
                 vec_blob, vec_dtype = to_blob(r.vector, f"clip {index} vector", 1)
                 sig = None if center is None else signature(r.vector, center)
                 self._insert_clip(r.stream, index, t_start, t_end, wall, r.caption, n_tokens, sig,
