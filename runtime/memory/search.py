@@ -45,7 +45,9 @@ REFRESH_ROWS = 20000  # the column cache reads the clips table this many rows at
 VECTOR_CANDIDATES = 1024  # else: this many Hamming-nearest, then exact re-rank
 LEXICAL_CANDIDATES = 256  # keyword hits taken from FTS5
 COMMON_TERM_FRACTION = 0.2  # a query term in more than this fraction of captions is dropped ...
-COMMON_TERM_POSTINGS = 20000  # ... or in more than this many (what bounds BM25's work on a big memory)
+COMMON_TERM_POSTINGS = 20000  # ... or in more than this many
+LEXICAL_POSTINGS = 20000  # the kept terms hold at most this many postings together (rarest first): BM25's work
+DF_REFRESH = 0.1  # a cached document frequency is counted again once the memory grew by this fraction
 RRF_K = 60.0
 MODES = ("hybrid", "paper", "lexical")
 
@@ -80,8 +82,13 @@ def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, ta
     q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
     vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
     rq = query.astype(np.float64) - center
-    h = hamming(signature_bits(query, center), bits)  # (N,)
-    return tails[:, 1] + tails[:, 0] * np.linalg.norm(rq) * np.cos(np.pi * h / len(center))
+    h = np.array(hamming(signature_bits(query, center), bits), dtype=np.float32)  # (N,), ours to change in place
+    h *= np.float32(np.pi / len(center))
+    np.cos(h, out=h)
+    h *= tails[:, 0]
+    h *= np.float32(np.linalg.norm(rq))
+    h += tails[:, 1]
+    return h  # float32: ranking a shortlist needs no more
 
 
 def hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
@@ -137,6 +144,8 @@ class ColumnCache:
         self.has_sig = _Grow(np.bool_)
         self.sigs = _Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
         self.tails = _Grow(np.float32, 2)  # (N, 2) |r|, r.center
+        self.all_signed = True  # every row has a signature
+        self.df: dict[str, tuple[int, int, int]] = {}  # query word -> (documents holding it, cache rows, count limit)
 
     def refresh(self, conn: sqlite3.Connection, generation: str, sig_bytes: int | None) -> None:
         """Read the rows committed since the last refresh (all of them after a generation change)."""
@@ -148,22 +157,32 @@ class ColumnCache:
             self._append(rows)
 
     def _append(self, rows: list[tuple]) -> None:
+        """One chunk of (id, stream, wall_start, wall_end, t_end, sig) rows -> the columns, with as little per-row
+        Python as possible (the first question of a process loads a million rows through here)."""
         ids, streams, w0, w1, t1, sigs = zip(*rows)
-        codes = np.array([self.codes.setdefault(s, len(self.codes)) for s in streams], dtype=np.int32)
+        codes = self.codes
+        for name in set(streams) - codes.keys():
+            codes[name] = len(codes)
         width = self.sigs.buf.shape[1]
         full = width + SIG_TAIL
-        has = np.array([s is not None and len(s) == full for s in sigs], dtype=bool)
+        sig_len = np.fromiter((0 if s is None else len(s) for s in sigs), dtype=np.int64, count=len(rows))
+        has = sig_len == full
         packed = np.zeros((len(rows), full), dtype=np.uint8)
-        if has.any():
+        if has.all():
+            packed = np.frombuffer(b"".join(sigs), dtype=np.uint8).reshape(-1, full)
+        elif has.any():
             packed[has] = np.frombuffer(b"".join(s for s, h in zip(sigs, has) if h), dtype=np.uint8).reshape(-1, full)
         self.ids.append(np.array(ids, dtype=np.int64))
-        self.stream.append(codes)
-        self.wall.append(np.array([[np.nan if a is None else a, np.nan if b is None else b]
-                                   for a, b in zip(w0, w1)], dtype=np.float64))
+        self.stream.append(np.fromiter(map(codes.__getitem__, streams), dtype=np.int32, count=len(rows)))
+        wall = np.empty((len(rows), 2), dtype=np.float64)
+        wall[:, 0] = np.array(w0, dtype=np.float64)  # None -> NaN (no clock)
+        wall[:, 1] = np.array(w1, dtype=np.float64)
+        self.wall.append(wall)
         self.t_end.append(np.array(t1, dtype=np.float64))
         self.has_sig.append(has)
+        self.all_signed = self.all_signed and bool(has.all())
         self.sigs.append(packed[:, :width])
-        self.tails.append(np.ascontiguousarray(packed[:, width:]).view("<f4").reshape(-1, 2).astype(np.float32))
+        self.tails.append(np.ascontiguousarray(packed[:, width:]).view("<f4").reshape(-1, 2))
         self.last_id = int(ids[-1])
 
     def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
@@ -199,21 +218,39 @@ class Shortlist:
     mode: str
 
 
-def fts_query(conn: sqlite3.Connection, text: str, n_clips: int) -> str | None:
-    """An FTS5 OR-query of the question's informative words (stop words and terms in more than
-    COMMON_TERM_FRACTION of the captions dropped), or None when nothing informative is left."""
+def document_frequency(conn: sqlite3.Connection, word: str, limit: int, cache: ColumnCache | None = None) -> int:
+    """How many captions hold `word` (its stemmed form: the index is asked, fts5vocab only lists stems), counted up
+    to limit + 1. Cached in the column cache per generation while the memory grew by less than DF_REFRESH since."""
+    n = 0 if cache is None else cache.ids.n
+    if cache is not None:
+        hit = cache.df.get(word)
+        if hit is not None and n <= hit[1] * (1 + DF_REFRESH) and (hit[0] <= hit[2] or hit[2] >= limit):  # exact, or capped at a limit >= this one
+            return hit[0]
+    df = conn.execute("SELECT COUNT(*) FROM (SELECT rowid FROM clips_fts WHERE clips_fts MATCH ? LIMIT ?)",
+                      (f'"{word}"', int(limit) + 1)).fetchone()[0]
+    if cache is not None:
+        cache.df[word] = (df, n, int(limit))
+    return df
+
+
+def fts_query(conn: sqlite3.Connection, text: str, n_clips: int, cache: ColumnCache | None = None) -> str | None:
+    """An FTS5 OR-query of the question's informative words, or None when nothing informative is left. Dropped:
+    stop words, terms in more than COMMON_TERM_FRACTION of the captions (or COMMON_TERM_POSTINGS), and past the
+    posting budget: the terms are taken rarest first while their postings together stay within LEXICAL_POSTINGS
+    (the rarest always), because BM25 scores every posting of every term it is given and a common term adds little
+    to a score (its idf is low)."""
     words = informative_terms(text)
     if not words:
         return None
-    limit = max(50, min(COMMON_TERM_FRACTION * n_clips, COMMON_TERM_POSTINGS))
-    kept = []
-    for w in words:
-        # the stemmed form is what the index holds; fts5vocab lists terms, so ask the index for the document count
-        row = conn.execute("SELECT COUNT(*) FROM (SELECT rowid FROM clips_fts WHERE clips_fts MATCH ? LIMIT ?)",
-                           (f'"{w}"', int(limit) + 1)).fetchone()
-        if 0 < row[0] <= limit:
-            kept.append(f'"{w}"')
-    return " OR ".join(kept) if kept else None
+    limit = int(max(50, min(COMMON_TERM_FRACTION * n_clips, COMMON_TERM_POSTINGS)))
+    df = {w: document_frequency(conn, w, limit, cache) for w in words}
+    chosen, total = set(), 0
+    for w in sorted((w for w in words if 0 < df[w] <= limit), key=lambda w: (df[w], w)):
+        if chosen and total + df[w] > LEXICAL_POSTINGS:
+            break
+        chosen.add(w)
+        total += df[w]
+    return " OR ".join(f'"{w}"' for w in words if w in chosen) or None
 
 
 def filter_sql(col: str = "", streams: list[str] | None = None, wall_from: float | None = None,
@@ -238,13 +275,17 @@ def filter_sql(col: str = "", streams: list[str] | None = None, wall_from: float
 
 
 def lexical(conn: sqlite3.Connection, query: str, streams: list[str] | None, wall_from: float | None,
-            wall_to: float | None, limit: int, stream_until: float | None = None) -> list[int]:
-    """Clip ids matching the FTS5 query inside the filters, best BM25 first."""
+            wall_to: float | None, limit: int, stream_until: float | None = None,
+            id_range: tuple[int, int] | None = None) -> list[int]:
+    """Clip ids matching the FTS5 query inside the filters, best BM25 first. `id_range` (the lowest and highest id
+    inside the filters, from the column cache) lets FTS5 skip the postings outside it before any is scored."""
     where, args = filter_sql("c.", streams, wall_from, wall_to, stream_until)
     if not where:  # no filter: the keyword index alone, no lookup of each match in the clips table
         sql = "SELECT rowid FROM clips_fts WHERE clips_fts MATCH ? ORDER BY bm25(clips_fts) LIMIT ?"
         return [r[0] for r in conn.execute(sql, (query, limit))]
     where, args = ["clips_fts MATCH ?", *where], [query, *args]
+    if id_range is not None:
+        where, args = [*where, "clips_fts.rowid >= ?", "clips_fts.rowid <= ?"], [*args, *map(int, id_range)]
     sql = (f"SELECT c.id FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)} "
            f"ORDER BY bm25(clips_fts) LIMIT ?")
     return [r[0] for r in conn.execute(sql, (*args, limit))]
@@ -301,14 +342,16 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
         raise UserError(f"shortlist must be >= 1, got {shortlist}")
     q = np.asarray(query_vector, dtype=np.float32)  # (D,)
     # 1. filter
-    rows = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions in the cache, or a slice of all
+    rows = inside = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions, or a slice of all
     considered = cache.ids.n if isinstance(rows, slice) else len(rows)
     # 2. vector candidates: Hamming shortlist, exact re-rank
     vec_rank: list[int] = []
     if mode != "lexical" and considered:
-        if considered > EXACT_MAX and center is not None and cache.has_sig.view[rows].all():  # (slice: start 0)
+        signed = cache.all_signed or cache.has_sig.view[rows].all()
+        if considered > EXACT_MAX and center is not None and signed:  # (slice: start 0)
             est = estimated_scores(q, center, cache.sigs.view[rows], cache.tails.view[rows])  # (M,)
-            best = np.argpartition(-est, VECTOR_CANDIDATES)[:VECTOR_CANDIDATES]
+            cut = max(considered - VECTOR_CANDIDATES, 0)
+            best = np.argpartition(est, cut)[cut:] if cut else np.arange(considered)
             rows = best if isinstance(rows, slice) else rows[best]
         ids, vectors = fetch_vectors(conn, cache.ids.view[rows])  # (C,), (C, D)
         sims = vectors.astype(np.float64) @ q.astype(np.float64)  # (C,) exact
@@ -316,9 +359,13 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
     # 3. keyword candidates
     lex_rank: list[int] = []
     if mode != "paper" and query_text and considered:
-        fq = fts_query(conn, query_text, cache.ids.n)
+        fq = fts_query(conn, query_text, cache.ids.n, cache)
         if fq is not None:
-            lex_rank = lexical(conn, fq, streams, wall_from, wall_to, LEXICAL_CANDIDATES, stream_until)
+            id_range = None
+            if not isinstance(inside, slice):
+                in_ids = cache.ids.view[inside]  # ascending (the cache is in id order)
+                id_range = (int(in_ids[0]), int(in_ids[-1]))
+            lex_rank = lexical(conn, fq, streams, wall_from, wall_to, LEXICAL_CANDIDATES, stream_until, id_range)
     # 4. fuse and cut
     if mode == "paper":
         order = vec_rank

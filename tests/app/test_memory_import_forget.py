@@ -110,6 +110,8 @@ def test_an_export_with_idle_and_forgotten_clips_imports_whole(tmp_path):
                 m.commit_idle("cam", i, 16.0 * i, 16.0 * i + 16, (T0 + 16 * i, T0 + 16 * i + 16), 0 if i < 4 else 4)
         m.import_clips([rec(i, "old") for i in range(6)])
         assert m.forget("old", before=T0 + 16 * 3 + 1) == 3  # retention: clips 0-2 of 'old' are gone
+        assert m.forget("old", before=T0 + 16 * 3 + 1) == 0  # clip 3 ends after `before`, though it starts before
+        assert m.first_clips() == {"cam": 0, "old": 3}
     assert run_cli("memory", "export", str(tmp_path / "out.jsonl"), "--db", str(src)).exit_code == 0
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(r["stream"], r["index"]) for r in rows] == [("cam", 0), ("cam", 4), ("cam", 10), ("old", 3),
