@@ -126,6 +126,40 @@ def test_keywords_find_what_vectors_miss_and_fusion_keeps_both(db):
         assert search_mod.fts_query(m._conn, "item5 the", 201) == '"item5"'
 
 
+def test_the_keyword_query_keeps_the_rarest_terms_within_its_posting_budget(db, monkeypatch):
+    recs = records(100, seed=7)
+    for i, r in enumerate(recs):  # alpha in 5 captions, beta in 20, gamma in 40
+        r.caption = " ".join(w for w, n in (("alpha", 5), ("beta", 20), ("gamma", 40)) if i < n) + f" item{i}"
+    with Memory(db) as m:
+        m.import_clips(recs)
+        q = recs[0].vector
+        m.search(q, "gamma", mode="lexical")  # fills the column cache and its document frequencies
+        cache = m._cache
+        assert cache.df["gamma"] == (40, 100, 50)  # (documents, rows then, count limit: max(50, 20% of 100))
+        assert search_mod.fts_query(m._conn, "alpha, beta or gamma?", 100, cache) == '"alpha" OR "beta" OR "gamma"'
+        monkeypatch.setattr(search_mod, "LEXICAL_POSTINGS", 30)
+        assert search_mod.fts_query(m._conn, "gamma beta alpha", 100, cache) == '"beta" OR "alpha"'
+        monkeypatch.setattr(search_mod, "LEXICAL_POSTINGS", 3)
+        assert search_mod.fts_query(m._conn, "gamma beta alpha", 100, cache) == '"alpha"'  # the rarest, always
+        more = records(15, seed=8, start=100)
+        for r in more:
+            r.caption = "gamma"
+        m.import_clips(more[:5])  # 105 rows: within 10% of 100, the cached count stands
+        m.search(q, "gamma", mode="lexical")
+        assert cache.df["gamma"] == (40, 100, 50)
+        m.import_clips(more[5:])  # 115 rows: counted again
+        m.search(q, "gamma", mode="lexical")
+        assert cache.df["gamma"] == (51, 115, 50)  # more than the limit: dropped from queries
+        assert search_mod.fts_query(m._conn, "gamma", 115, cache) is None
+        # a window: FTS5 is held to the id range inside the filters, the hits are those of the unrestricted query
+        monkeypatch.setattr(search_mod, "LEXICAL_POSTINGS", 20000)
+        lo, hi = T0 + 16 * 10, T0 + 16 * 30
+        got = m.search(q, "beta alpha", wall_from=lo, wall_to=hi, mode="lexical", shortlist=64)
+        full = search_mod.lexical(m._conn, '"alpha" OR "beta"', None, lo, hi, 64)
+        assert sorted(r.index for r in got.records) == list(range(10, 20))  # beta: clips 0-19
+        assert sorted(r.index for r in got.records) == sorted(i - 1 for i in full)  # ids start at 1
+
+
 def test_keyword_matches_count_first_and_last(db):
     with Memory(db) as m:
         recs = records(30)
