@@ -160,6 +160,31 @@ def test_the_keyword_query_keeps_the_rarest_terms_within_its_posting_budget(db, 
         assert sorted(r.index for r in got.records) == sorted(i - 1 for i in full)  # ids start at 1
 
 
+def test_top_k_is_the_k_highest_scores():
+    rng = np.random.default_rng(11)
+    for n, k in ((10, 20), (5000, 1024), (300_000, 1024), (300_000, 7)):
+        scores = rng.standard_normal(n).astype(np.float32)
+        want = set(np.argsort(-scores)[:k].tolist())
+        assert set(search_mod.top_k(scores, k).tolist()) == want, (n, k)
+    skew = np.zeros(300_000, np.float32)  # a sample that misjudges the threshold: the full partition decides
+    skew[-2000:] = np.arange(1, 2001)
+    assert set(search_mod.top_k(skew, 1024).tolist()) == set(range(300_000 - 1024, 300_000))
+
+
+def test_bm25_ranks_only_the_newest_matches_within_its_budget(db):
+    recs = records(60, seed=9)
+    for i, r in enumerate(recs):
+        r.caption = f"parcel item{i}" + (" parcel parcel" if i == 3 else "")  # clip 3: the best BM25 match
+    with Memory(db) as m:
+        m.import_clips(recs)
+        ids = {m.clip("cam", i).index: i + 1 for i in range(60)}  # index -> id (import order)
+        assert search_mod.lexical(m._conn, '"parcel"', None, None, None, 5)[0] == ids[3]
+        newest = search_mod.lexical(m._conn, '"parcel"', None, None, None, 100, scored=10)
+        assert sorted(newest) == list(range(51, 61))  # the newest 10 matches, clip 3 not among them
+        window = search_mod.lexical(m._conn, '"parcel"', None, T0, T0 + 16 * 20, 100, id_range=(1, 20), scored=4)
+        assert sorted(window) == [17, 18, 19, 20]  # the newest 4 inside the window's id range
+
+
 def test_keyword_matches_count_first_and_last(db):
     with Memory(db) as m:
         recs = records(30)
