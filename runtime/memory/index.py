@@ -8,7 +8,7 @@ import numpy as np
 from rlivs.runtime.errors import UserError
 
 from .records import from_blob
-from .search import SIG_MIN, SIG_TAIL, Shortlist, search, signature
+from .search import SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, search, signature
 
 
 class Index:
@@ -72,7 +72,8 @@ class Index:
         def body() -> Shortlist:
             center = self._signature_center()
             sig_bytes = None if center is None else (len(center) + 7) // 8 + SIG_TAIL
-            self._cache.refresh(self._conn, self._generation(), sig_bytes)
+            self._cache.refresh(self._conn, self._generation(), sig_bytes,
+                                ColumnCache.needs(streams, wall_from, wall_to, stream_until))
             return search(self._conn, self._cache, center, query_vector, query_text, streams, wall_from, wall_to,
                           mode, shortlist, stream_until)
 

@@ -143,16 +143,23 @@ class _Grow:
 
 
 class ColumnCache:
-    """Per-process columns of the clips table for filtering and the signature scan; caught up on every search."""
+    """Per-process columns of the clips table for filtering and the signature scan; caught up on every search.
+
+    The ids and signatures are always kept; the filter columns (stream codes, wall-clock spans, stream-time ends)
+    are read the first time a question filters by them, then kept in step: the first question without a filter
+    reads two columns of every clip, not six (the column reads are most of what a cold question costs)."""
+
+    GROUPS = {"stream": ("stream",), "wall": ("wall_start", "wall_end"), "t_end": ("t_end",)}
 
     def __init__(self):
         self.generation: str | None = None
         self.last_id = 0
         self.sig_bytes: int | None = None
         self.codes: dict[str, int] = {}  # stream name -> code
+        self.loaded: list[str] = []  # filter column groups read so far
 
     def _reset(self, generation: str, sig_bytes: int | None) -> None:
-        self.generation, self.sig_bytes, self.last_id, self.codes = generation, sig_bytes, 0, {}
+        self.generation, self.sig_bytes, self.last_id, self.codes, self.loaded = generation, sig_bytes, 0, {}, []
         self.ids = _Grow(np.int64)
         self.stream = _Grow(np.int32)
         self.wall = _Grow(np.float64, 2)  # (N, 2) wall_start, wall_end (NaN: no clock)
@@ -163,22 +170,64 @@ class ColumnCache:
         self.all_signed = True  # every row has a signature
         self.df: dict[str, tuple[int, int, int]] = {}  # query word -> (documents holding it, cache rows, count limit)
 
-    def refresh(self, conn: sqlite3.Connection, generation: str, sig_bytes: int | None) -> None:
-        """Read the rows committed since the last refresh (all of them after a generation change)."""
+    @staticmethod
+    def needs(streams: list[str] | None, wall_from: float | None, wall_to: float | None,
+              stream_until: float | None) -> tuple[str, ...]:
+        """The filter column groups a question's filters read."""
+        return tuple(g for g, used in (("stream", streams is not None),
+                                       ("wall", wall_from is not None or wall_to is not None),
+                                       ("t_end", stream_until is not None)) if used)
+
+    def refresh(self, conn: sqlite3.Connection, generation: str, sig_bytes: int | None,
+                need: tuple[str, ...] = ()) -> None:
+        """Read the rows committed since the last refresh (all of them after a generation change), and the filter
+        columns in `need` of the rows already held (inside the caller's read transaction: one snapshot)."""
         if generation != self.generation or sig_bytes != self.sig_bytes:
             self._reset(generation, sig_bytes)
-        cur = conn.execute("SELECT id, stream, wall_start, wall_end, t_end, sig FROM clips WHERE id > ? ORDER BY id",
-                           (self.last_id,))
+        for group in need:
+            if group not in self.loaded and not self._backfill(conn, group):
+                self._reset(generation, sig_bytes)  # the rows changed under us (cannot happen within a generation)
+                self.loaded = list(need)
+                break
+        cols = ["id", "sig", *(c for g in self.loaded for c in self.GROUPS[g])]
+        cur = conn.execute(f"SELECT {', '.join(cols)} FROM clips WHERE id > ? ORDER BY id", (self.last_id,))
         while rows := cur.fetchmany(REFRESH_ROWS):  # a chunk at a time: the Python rows never all exist at once
-            self._append(rows)
+            self._append(rows, cols)
 
-    def _append(self, rows: list[tuple]) -> None:
-        """One chunk of (id, stream, wall_start, wall_end, t_end, sig) rows -> the columns, with as little per-row
-        Python as possible (the first question of a process loads a million rows through here)."""
-        ids, streams, w0, w1, t1, sigs = zip(*rows)
-        codes = self.codes
-        for name in set(streams) - codes.keys():
-            codes[name] = len(codes)
+    def _backfill(self, conn: sqlite3.Connection, group: str) -> bool:
+        """Read one filter column group for the rows held (ids up to last_id); False if they are not the same rows."""
+        cols = ["id", *self.GROUPS[group]]
+        col = {"stream": self.stream, "wall": self.wall, "t_end": self.t_end}[group]
+        col.__init__(col.buf.dtype, None if col.buf.ndim == 1 else col.buf.shape[1])
+        cur = conn.execute(f"SELECT {', '.join(cols)} FROM clips WHERE id <= ? ORDER BY id", (self.last_id,))
+        while rows := cur.fetchmany(REFRESH_ROWS):
+            self._append_group(group, list(zip(*rows))[1:])
+        if col.n != self.ids.n:
+            return False
+        self.loaded.append(group)
+        return True
+
+    def _append_group(self, group: str, values: list[tuple]) -> None:
+        if group == "stream":
+            (streams,) = values
+            codes = self.codes
+            for name in set(streams) - codes.keys():
+                codes[name] = len(codes)
+            self.stream.append(np.fromiter(map(codes.__getitem__, streams), dtype=np.int32, count=len(streams)))
+        elif group == "wall":
+            w0, w1 = values
+            wall = np.empty((len(w0), 2), dtype=np.float64)
+            wall[:, 0] = np.array(w0, dtype=np.float64)  # None -> NaN (no clock)
+            wall[:, 1] = np.array(w1, dtype=np.float64)
+            self.wall.append(wall)
+        else:
+            self.t_end.append(np.array(values[0], dtype=np.float64))
+
+    def _append(self, rows: list[tuple], cols: list[str]) -> None:
+        """One chunk of rows (the columns `cols`: id, sig, then the loaded groups') -> the columns, with as little
+        per-row Python as possible (the first question of a process loads a million rows through here)."""
+        values = list(zip(*rows))
+        ids, sigs = values[0], values[1]
         width = self.sigs.buf.shape[1]
         full = width + SIG_TAIL
         sig_len = np.fromiter((0 if s is None else len(s) for s in sigs), dtype=np.int64, count=len(rows))
@@ -189,35 +238,39 @@ class ColumnCache:
         elif has.any():
             packed[has] = np.frombuffer(b"".join(s for s, h in zip(sigs, has) if h), dtype=np.uint8).reshape(-1, full)
         self.ids.append(np.array(ids, dtype=np.int64))
-        self.stream.append(np.fromiter(map(codes.__getitem__, streams), dtype=np.int32, count=len(rows)))
-        wall = np.empty((len(rows), 2), dtype=np.float64)
-        wall[:, 0] = np.array(w0, dtype=np.float64)  # None -> NaN (no clock)
-        wall[:, 1] = np.array(w1, dtype=np.float64)
-        self.wall.append(wall)
-        self.t_end.append(np.array(t1, dtype=np.float64))
         self.has_sig.append(has)
         self.all_signed = self.all_signed and bool(has.all())
         self.sigs.append(packed[:, :width])
         self.tails.append(np.ascontiguousarray(packed[:, width:]).view("<f4").reshape(-1, 2))
+        at = 2
+        for group in self.loaded:
+            k = len(self.GROUPS[group])
+            self._append_group(group, values[at:at + k])
+            at += k
         self.last_id = int(ids[-1])
 
     def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
                stream_until: float | None = None) -> np.ndarray | slice:
-        """Row positions inside the filters (a slice when there is none): one of the streams, a wall-clock span overlapping the window, and (for
-        a causal view) a stream-time end at or before `stream_until`."""
+        """Row positions inside the filters (a slice when there is none): one of the streams, a wall-clock span
+        overlapping the window, and (for a causal view) a stream-time end at or before `stream_until`. The groups
+        `needs` names for these filters must have been refreshed."""
         if streams is None and wall_from is None and wall_to is None and stream_until is None:
             return slice(0, self.ids.n)  # every row: a view, no copy
+        missing = [g for g in self.needs(streams, wall_from, wall_to, stream_until) if g not in self.loaded]
+        if missing:
+            raise RuntimeError(f"column cache: refresh with need={tuple(missing)} before select")
         keep = np.ones(self.ids.n, dtype=bool)
         if stream_until is not None:
             keep &= self.t_end.view <= stream_until
         if streams is not None:
             codes = [self.codes[s] for s in streams if s in self.codes]
             keep &= np.isin(self.stream.view, codes)
-        wall = self.wall.view
-        if wall_to is not None:
-            keep &= wall[:, 0] < wall_to  # half-open window; NaN (no clock) compares False: outside
-        if wall_from is not None:
-            keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
+        if wall_to is not None or wall_from is not None:
+            wall = self.wall.view
+            if wall_to is not None:
+                keep &= wall[:, 0] < wall_to  # half-open window; NaN (no clock) compares False: outside
+            if wall_from is not None:
+                keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
         return np.flatnonzero(keep)
 
 

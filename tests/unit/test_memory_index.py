@@ -185,6 +185,24 @@ def test_bm25_ranks_only_the_newest_matches_within_its_budget(db):
         assert sorted(window) == [17, 18, 19, 20]  # the newest 4 inside the window's id range
 
 
+def test_the_column_cache_reads_filter_columns_when_a_filter_first_needs_them(db):
+    with Memory(db) as m:
+        m.import_clips(records(30, "a", seed=1))
+        m.import_clips(records(30, "b", seed=2))
+        q = m.clips("a")[3].vector
+        assert m.search(q, mode="paper").considered == 60 and m._cache.loaded == []  # ids and signatures only
+        m.import_clips(records(10, "a", seed=3, start=30))  # caught up by the next question, then backfilled
+        lo, hi = T0 + 16 * 25, T0 + 16 * 35  # clips 25..34 of each stream overlap; b holds clips 0..29
+        got = m.search(q, streams=["a"], wall_from=lo, wall_to=hi, mode="paper", shortlist=64)
+        assert m._cache.loaded == ["stream", "wall"] and m._cache.wall.n == m._cache.ids.n == 70
+        assert sorted(r.index for r in got.records) == list(range(25, 35)) and got.considered == 10
+        m.import_clips(records(5, "b", seed=4, start=30))  # the loaded groups are caught up with the rows
+        got = m.search(q, streams=["b"], wall_from=lo, wall_to=hi, mode="paper", shortlist=64)
+        assert sorted(r.index for r in got.records) == list(range(25, 35))
+        assert m.search(q, stream_until=16.0 * 3, mode="paper").considered == 6  # t_end read now: 0..2 of a and b
+        assert m._cache.loaded == ["stream", "wall", "t_end"] and m._cache.t_end.n == 75
+
+
 def test_keyword_matches_count_first_and_last(db):
     with Memory(db) as m:
         recs = records(30)
