@@ -100,7 +100,8 @@ def hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
         import numkong
     except ImportError:  # pragma: no cover - numkong ships wheels for x86_64 and aarch64
         return np.bitwise_count(sigs ^ query_sig).sum(axis=1, dtype=np.int32).astype(np.float32)
-    out = numkong.cdist(query_sig[None], sigs, metric="hamming", dtype="uint1", out_dtype="float32")
+    out = numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out_dtype="float32")  # (N, 1): the
+    # faster order of the two (~15% at 1M rows)
     return np.asarray(out).reshape(-1)
 
 
