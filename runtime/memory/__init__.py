@@ -8,9 +8,11 @@
       index.py        search, signatures, generation, reindex
       housekeeping.py import_clips, forget
     checks.py       what every clip entering the memory is checked for
-    records.py  ClipRecord, StreamState, arrays as bytes, SQLite errors explained
-    schema.py   the tables (version 3) and the in-place migrations from versions 1 and 2
-    search.py   filters, binary-signature vector candidates, FTS5 keyword candidates, rank fusion
+    records.py      ClipRecord, StreamState, arrays as bytes, SQLite errors explained
+    schema.py       the tables (version 3) and the in-place migrations from versions 1 and 2
+    search.py       one question's shortlist: vector and keyword candidates inside the filters, rank fusion
+      columns.py      the per-process column cache, binary signatures, Hamming estimate, top-k
+      keywords.py     informative words, cached document counts, the posting budget, FTS5 BM25, keyword matches
 """
 
 from .records import ClipRecord, IdleSpan, StreamState

@@ -17,6 +17,7 @@ import pytest
 from rlivs.runtime.memory import ClipRecord, Memory
 from rlivs.runtime.memory import search as search_mod
 from rlivs.runtime.memory import index as index_mod
+from rlivs.runtime.memory import keywords as keywords_mod
 from rlivs.runtime.retrieval import mmr
 from tests.helpers.memory_v1 import write_v1
 
@@ -137,9 +138,9 @@ def test_the_keyword_query_keeps_the_rarest_terms_within_its_posting_budget(db, 
         cache = m._cache
         assert cache.df["gamma"] == (40, 100, 50)  # (documents, rows then, count limit: max(50, 20% of 100))
         assert search_mod.fts_query(m._conn, "alpha, beta or gamma?", 100, cache) == '"alpha" OR "beta" OR "gamma"'
-        monkeypatch.setattr(search_mod, "LEXICAL_POSTINGS", 30)
+        monkeypatch.setattr(keywords_mod, "LEXICAL_POSTINGS", 30)
         assert search_mod.fts_query(m._conn, "gamma beta alpha", 100, cache) == '"beta" OR "alpha"'
-        monkeypatch.setattr(search_mod, "LEXICAL_POSTINGS", 3)
+        monkeypatch.setattr(keywords_mod, "LEXICAL_POSTINGS", 3)
         assert search_mod.fts_query(m._conn, "gamma beta alpha", 100, cache) == '"alpha"'  # the rarest, always
         more = records(15, seed=8, start=100)
         for r in more:
@@ -152,7 +153,7 @@ def test_the_keyword_query_keeps_the_rarest_terms_within_its_posting_budget(db, 
         assert cache.df["gamma"] == (51, 115, 50)  # more than the limit: dropped from queries
         assert search_mod.fts_query(m._conn, "gamma", 115, cache) is None
         # a window: FTS5 is held to the id range inside the filters, the hits are those of the unrestricted query
-        monkeypatch.setattr(search_mod, "LEXICAL_POSTINGS", 20000)
+        monkeypatch.setattr(keywords_mod, "LEXICAL_POSTINGS", 20000)
         lo, hi = T0 + 16 * 10, T0 + 16 * 30
         got = m.search(q, "beta alpha", wall_from=lo, wall_to=hi, mode="lexical", shortlist=64)
         full = search_mod.lexical(m._conn, '"alpha" OR "beta"', None, lo, hi, 64)
