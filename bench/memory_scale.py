@@ -22,6 +22,8 @@ fraction of a question's answer clips among the picks (of at most 8 of them). Pr
     python bench/memory_scale.py --quick                              # 2k captions, random embedder only: checks the harness
     python bench/memory_scale.py --sizes 10000,100000 --streams 1,4   # default
     nice python bench/memory_scale.py --sizes 1000000 --streams 1,4 --skip-quality
+    nice python bench/memory_scale.py --sizes 4000000 --streams 8 --skip-quality --tmp /work/scale --reuse \
+        --build-batch 100000                                          # a season: 8 cameras x 3 months
     python bench/memory_scale.py --sizes 0                            # quality only
 """
 
@@ -91,13 +93,35 @@ def _records(rows, emb, chunk: int = 5000):
         yield from flush()
 
 
-def build_memory(path: Path, rows, emb) -> dict:
+def build_memory(path: Path, rows, emb, batch: int | None = None) -> dict:
+    """Load caption rows into a new memory with `Memory.import_clips`: in one transaction, or (`batch`) one
+    transaction per `batch` clips, so that a 4M-caption build never holds the whole memory in its WAL or in Python."""
+    import itertools
+
     from rlivs.runtime.memory import Memory
 
     t0 = time.perf_counter()
+    n = 0
+    records = _records(rows, emb)
     with Memory(path) as mem:
-        n = mem.import_clips(_records(rows, emb))
+        if not batch:
+            n = mem.import_clips(records)
+        else:
+            while part := list(itertools.islice(records, batch)):
+                n += mem.import_clips(part)
+                print(json.dumps({"building": str(path), "clips": n, "s": round(time.perf_counter() - t0, 1)}),
+                      file=sys.stderr, flush=True)
     return {"clips": n, "build_s": round(time.perf_counter() - t0, 1)}
+
+
+def _built(path: Path, n: int) -> bool:
+    """Whether `path` already holds a finished scale memory of n clips (--reuse)."""
+    from rlivs.runtime.memory import Memory
+
+    if not path.exists():
+        return False
+    with Memory(path, readonly=True) as mem:
+        return mem.count_clips() == n
 
 
 def disk_bytes(path: Path) -> int:
@@ -203,9 +227,17 @@ def scale(n: int, streams: int, tmp: Path, args) -> dict:
 
     db = tmp / f"scale-{n}-{streams}.db"
     out = {"captions": n, "streams": streams}
-    out.update(build_memory(db, scale_captions(n, streams), random_embedder(D, 0)))
-    with Memory(db):
-        pass  # the last close checkpoints the WAL
+    if args.reuse and _built(db, n):
+        out["reused"] = True
+    else:
+        for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            p.unlink(missing_ok=True)  # an unfinished build is started again
+        out.update(build_memory(db, scale_captions(n, streams), random_embedder(D, 0), args.build_batch))
+        with Memory(db):
+            pass  # the last close checkpoints the WAL
+    if args.build_only:
+        print(json.dumps(out), flush=True)
+        return out
     size = disk_bytes(db)
     out["disk"] = {"bytes": size, "bytes_per_clip": round(size / n), "mb_per_hour": round(size / n * CLIPS_PER_HOUR
                                                                                           / 1e6, 3)}
@@ -215,7 +247,7 @@ def scale(n: int, streams: int, tmp: Path, args) -> dict:
     if args.agreement_max and n <= args.agreement_max:
         out["agreement_paper"] = agreement(db, _jsonl(DATA / "questions.jsonl")[:args.agreement_questions],
                                            random_embedder(D, 0), with_recall=False)
-    if not args.keep:
+    if not (args.keep or args.reuse):
         for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             p.unlink(missing_ok=True)
     print(json.dumps(out), flush=True)
@@ -342,6 +374,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="2k captions, 20 questions, 20 commits, quality with the random embedder: checks the harness")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the memories (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the scale memories")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the scale memories under --tmp and reuse one already built there (implies --keep)")
+    ap.add_argument("--build-only", action="store_true", help="build (or find, with --reuse) the memories only")
+    ap.add_argument("--build-batch", type=int, default=None,
+                    help="import this many clips per transaction (default: all in one; 4M wants e.g. 100000)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -354,6 +391,11 @@ def main(argv=None) -> int:
         args.embedders = "random"
     sizes = [int(s) for s in args.sizes.split(",") if int(s) > 0]
     stream_counts = [int(s) for s in args.streams.split(",")]
+    if args.reuse and args.tmp is None:
+        ap.error("--reuse needs --tmp (the folder the memories are kept in)")
+    if args.reuse:
+        args.keep = True
+        args.tmp.mkdir(parents=True, exist_ok=True)
     tmp_ctx = tempfile.TemporaryDirectory(prefix="memory_scale-", dir=args.tmp) if not args.keep else None
     tmp = Path(tmp_ctx.name) if tmp_ctx else (args.tmp or Path(tempfile.mkdtemp(prefix="memory_scale-")))
     result = {"d": D, "targets": TARGETS, "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(),

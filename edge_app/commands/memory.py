@@ -125,7 +125,7 @@ def import_(
 
     Every line is checked first (before the model loads): one JSON object per line with stream, index, t_start,
     t_end, caption (wall_start/wall_end optional), by the rules ingest and the API use; each stream's clips must
-    continue it. The first bad line is refused with its number and the reason, and nothing is written. The clips
+    continue it in increasing index order (gaps are fine: idle and forgotten clips leave them). The first bad line is refused with its number and the reason, and nothing is written. The clips
     are then stored in one transaction: a failure leaves the memory as it was.
     """
     if not in_path.is_file():
@@ -200,29 +200,30 @@ def _read_jsonl(path: Path) -> list:
 
 
 def _check_continues(rows: list, path: Path, db: Path) -> None:
-    """Each stream's rows continue it: from the memory's next clip (0 for a new stream), one after another. A clip
-    already in the memory or given twice, or a gap, is refused with its line before the model loads."""
+    """Each stream's rows continue it: past the memory's next clip (0 for a new stream), indices strictly increasing.
+    Gaps are accepted (the activity gate's idle clips and retention's deleted clips leave them in an export); a clip
+    already in the memory, given twice or going backwards is refused with its line before the model loads."""
     next_idx: dict[str, int] = {}
     if db.exists() and db.stat().st_size:
         with _open(db) as memory:
             next_idx = {s["name"]: s["next_idx"] for s in memory.info()["streams"]}
     stored = dict(next_idx)  # the memory's own next clip of each stream
-    lines: dict[str, list[int]] = {}  # line numbers of each stream's rows in this file, in index order
+    lines: dict[tuple[str, int], int] = {}  # (stream, index) -> line number of that clip in this file
     for line_no, r in rows:
         expected = next_idx.get(r.stream, 0)
-        if r.index != expected:
+        if r.index < expected:
             where = f"{path}:{line_no}: clip {r.index} of stream {r.stream!r}"
             first = stored.get(r.stream, 0)
             if r.index < first:
                 why = f"is already in {db} (its next clip is {first})"
-            elif r.index < expected:
-                why = f"repeats line {lines[r.stream][r.index - first]}"
+            elif (r.stream, r.index) in lines:
+                why = f"repeats line {lines[r.stream, r.index]}"
             else:
-                why = f"leaves a gap: the next clip of the stream is {expected}"
-            raise UserError(f"{where} {why}; nothing was imported: each stream's clips must continue it (import into "
-                            f"a new --db or under a new stream name)")
-        next_idx[r.stream] = expected + 1
-        lines.setdefault(r.stream, []).append(line_no)
+                why = f"goes backwards: the stream's clips before it in the file reach clip {expected - 1}"
+            raise UserError(f"{where} {why}; nothing was imported: each stream's clips must continue it in "
+                            f"increasing order (import into a new --db or under a new stream name)")
+        next_idx[r.stream] = r.index + 1
+        lines[r.stream, r.index] = line_no
 
 
 def forget(

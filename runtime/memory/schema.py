@@ -10,7 +10,7 @@ Both change in the transaction of the clip that changes them; migrating a versio
 Version 2 over version 1:
 - `clips` gets a stable `id INTEGER PRIMARY KEY` (VACUUM never renumbers it; the keyword and vector indexes refer
   to it), UNIQUE(stream, idx), wall-clock `wall_start`/`wall_end` (UTC unix seconds, NULL when the stream has no
-  clock) and `sig` (the vector's binary signature, see search.py); its arrays move to `clip_arrays` (the vector,
+  clock) and `sig` (the vector's binary signature, see columns.py); its arrays move to `clip_arrays` (the vector,
   and `kept`: the int16 indices selection kept), so that reading the clips table for the search cache, the keyword
   join and the timeline reads ~0.4 KB a clip, not the 4 KB of its vector;
 - `streams` gets `next_idx` (so forgetting old clips never moves a stream's resume point);

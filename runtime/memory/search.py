@@ -1,5 +1,8 @@
 """Indexed retrieval over the memory: filters, a binary-signature vector index, FTS5 keywords, fused.
 
+The vector side's column cache and signatures live in columns.py, the keyword side in keywords.py (both re-exported
+here); this module holds the shortlist: candidates from both, fusion, the records read back.
+
 A question never loads the whole memory. Per clip the database keeps, in the clip's own row and transaction:
 - `sig`: a binary signature of the retrieval vector, one bit per dimension: sign(vector - center), with `center`
   the mean vector of the memory when it first reached SIG_MIN clips (stored in `meta`; `reindex` recomputes it),
@@ -19,9 +22,10 @@ the rows committed since (`id > last id`); `forget`/`reindex` bump `meta.generat
    similarity (|r| cos(pi * Hamming / D), numkong's SIMD Hamming kernel), re-ranked by the exact float similarity of
    their stored vectors; when the filter
    leaves at most `EXACT_MAX` clips, all of them are scored exactly;
-3. keyword candidates: FTS5 BM25 over the caption text, with the same filters in the SQL query; query terms in
-   more than `COMMON_TERM_FRACTION` of the captions, or in more than `COMMON_TERM_POSTINGS`, are dropped (they carry
-   little BM25 weight, and BM25 scores every posting of every term: this bounds the work on a big memory);
+3. keyword candidates: FTS5 BM25 over the caption text, with the same filters in the SQL query (keywords.py); query
+   terms in more than `COMMON_TERM_FRACTION` of the captions, or in more than `COMMON_TERM_POSTINGS`, are dropped,
+   the rest taken rarest first within `LEXICAL_POSTINGS`, and BM25 ranks only the newest `LEXICAL_SCORED` matches
+   (BM25 scores every posting it is given: this bounds the work on a big memory; a small one never reaches it);
 4. fuse: reciprocal rank fusion (k = 60) of the two rankings ("hybrid"), or the vector ranking alone ("paper",
    the paper's ranking), or the keyword ranking alone ("lexical"); the best `shortlist` go to MMR (answer.py).
 """
@@ -29,7 +33,6 @@ the rows committed since (`id > last id`); `forget`/`reindex` bump `meta.generat
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from dataclasses import dataclass
 
@@ -37,153 +40,18 @@ import numpy as np
 
 from rlivs.runtime.errors import UserError
 
+from .columns import SIG_MIN, SIG_TAIL, ColumnCache, estimated_scores, hamming, signature, signature_bits, top_k
+from .keywords import LEXICAL_SCORED, filter_sql, fts_query, informative_terms, keyword_matches, lexical
 from .records import ClipRecord, from_blob
 
-SIG_MIN = 2048  # the signature center is fixed when the memory first holds this many clips
+__all__ = ["SIG_MIN", "SIG_TAIL", "ColumnCache", "estimated_scores", "hamming", "signature", "signature_bits",
+           "top_k", "filter_sql", "fts_query", "informative_terms", "keyword_matches", "lexical"]  # re-exported
+
 EXACT_MAX = 4096  # at most this many clips inside the filters: score them all exactly
-REFRESH_ROWS = 20000  # the column cache reads the clips table this many rows at a time
 VECTOR_CANDIDATES = 1024  # else: this many Hamming-nearest, then exact re-rank
 LEXICAL_CANDIDATES = 256  # keyword hits taken from FTS5
-COMMON_TERM_FRACTION = 0.2  # a query term in more than this fraction of captions is dropped ...
-COMMON_TERM_POSTINGS = 20000  # ... or in more than this many (what bounds BM25's work on a big memory)
 RRF_K = 60.0
 MODES = ("hybrid", "paper", "lexical")
-
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
-_STOP = frozenset(
-    "a an and are as at be been but by can could did do does doing for from had has have how i in into is it its "
-    "me my of on or our so than that the their them then there these they this those to up was we were what when "
-    "where which who whom why will with would you your ever last first time times many much often happen happened "
-    "see seen show".split())
-
-
-def signature_bits(vectors: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """(N, D) or (D,) vectors -> (N, ceil(D/8)) or (ceil(D/8),) uint8 packed sign bits of (vector - center)."""
-    return np.packbits(np.asarray(vectors, dtype=np.float32) > center, axis=-1)
-
-
-SIG_TAIL = 8  # bytes after the sign bits: |r| and r.center as little-endian float32
-
-
-def signature(vector: np.ndarray, center: np.ndarray) -> bytes:
-    """What a clip row stores for residual r = vector - center: the packed sign bits of r, then |r| and r.center
-    as float32."""
-    v = np.asarray(vector, dtype=np.float32)
-    r = v.astype(np.float64) - center
-    tail = np.array([np.linalg.norm(r), r @ center], dtype="<f4")
-    return signature_bits(v, center).tobytes() + tail.tobytes()
-
-
-def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, tails: np.ndarray) -> np.ndarray:
-    """(D,) query q; (N, B) sign bits and (N, 2) [|r|, r.center] of N clips -> (N,) estimates of q.v - q.center
-    (which ranks like the exact similarity q.v: q.center is the same for every clip). With q = center + r_q:
-    q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
-    vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
-    rq = query.astype(np.float64) - center
-    h = hamming(signature_bits(query, center), bits)  # (N,)
-    return tails[:, 1] + tails[:, 0] * np.linalg.norm(rq) * np.cos(np.pi * h / len(center))
-
-
-def hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
-    """(B,) uint8, (N, B) uint8 -> (N,) bit differences (numkong's SIMD kernel; numpy where it is missing)."""
-    if len(sigs) == 0:
-        return np.zeros(0, dtype=np.float32)
-    try:
-        import numkong
-    except ImportError:  # pragma: no cover - numkong ships wheels for x86_64 and aarch64
-        return np.bitwise_count(sigs ^ query_sig).sum(axis=1, dtype=np.int32).astype(np.float32)
-    out = numkong.cdist(query_sig[None], sigs, metric="hamming", dtype="uint1", out_dtype="float32")
-    return np.asarray(out).reshape(-1)
-
-
-class _Grow:
-    """An append-only numpy column with doubling capacity (appends are amortised O(rows added))."""
-
-    def __init__(self, dtype, width: int | None = None):
-        self.n = 0
-        shape = (1024,) if width is None else (1024, width)
-        self.buf = np.empty(shape, dtype=dtype)
-
-    def append(self, rows: np.ndarray) -> None:
-        need = self.n + len(rows)
-        if need > len(self.buf):
-            cap = max(need, 2 * len(self.buf))
-            grown = np.empty((cap, *self.buf.shape[1:]), dtype=self.buf.dtype)
-            grown[: self.n] = self.buf[: self.n]
-            self.buf = grown
-        self.buf[self.n:need] = rows
-        self.n = need
-
-    @property
-    def view(self) -> np.ndarray:
-        return self.buf[: self.n]
-
-
-class ColumnCache:
-    """Per-process columns of the clips table for filtering and the signature scan; caught up on every search."""
-
-    def __init__(self):
-        self.generation: str | None = None
-        self.last_id = 0
-        self.sig_bytes: int | None = None
-        self.codes: dict[str, int] = {}  # stream name -> code
-
-    def _reset(self, generation: str, sig_bytes: int | None) -> None:
-        self.generation, self.sig_bytes, self.last_id, self.codes = generation, sig_bytes, 0, {}
-        self.ids = _Grow(np.int64)
-        self.stream = _Grow(np.int32)
-        self.wall = _Grow(np.float64, 2)  # (N, 2) wall_start, wall_end (NaN: no clock)
-        self.t_end = _Grow(np.float64)  # (N,) stream-time end
-        self.has_sig = _Grow(np.bool_)
-        self.sigs = _Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
-        self.tails = _Grow(np.float32, 2)  # (N, 2) |r|, r.center
-
-    def refresh(self, conn: sqlite3.Connection, generation: str, sig_bytes: int | None) -> None:
-        """Read the rows committed since the last refresh (all of them after a generation change)."""
-        if generation != self.generation or sig_bytes != self.sig_bytes:
-            self._reset(generation, sig_bytes)
-        cur = conn.execute("SELECT id, stream, wall_start, wall_end, t_end, sig FROM clips WHERE id > ? ORDER BY id",
-                           (self.last_id,))
-        while rows := cur.fetchmany(REFRESH_ROWS):  # a chunk at a time: the Python rows never all exist at once
-            self._append(rows)
-
-    def _append(self, rows: list[tuple]) -> None:
-        ids, streams, w0, w1, t1, sigs = zip(*rows)
-        codes = np.array([self.codes.setdefault(s, len(self.codes)) for s in streams], dtype=np.int32)
-        width = self.sigs.buf.shape[1]
-        full = width + SIG_TAIL
-        has = np.array([s is not None and len(s) == full for s in sigs], dtype=bool)
-        packed = np.zeros((len(rows), full), dtype=np.uint8)
-        if has.any():
-            packed[has] = np.frombuffer(b"".join(s for s, h in zip(sigs, has) if h), dtype=np.uint8).reshape(-1, full)
-        self.ids.append(np.array(ids, dtype=np.int64))
-        self.stream.append(codes)
-        self.wall.append(np.array([[np.nan if a is None else a, np.nan if b is None else b]
-                                   for a, b in zip(w0, w1)], dtype=np.float64))
-        self.t_end.append(np.array(t1, dtype=np.float64))
-        self.has_sig.append(has)
-        self.sigs.append(packed[:, :width])
-        self.tails.append(np.ascontiguousarray(packed[:, width:]).view("<f4").reshape(-1, 2).astype(np.float32))
-        self.last_id = int(ids[-1])
-
-    def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
-               stream_until: float | None = None) -> np.ndarray | slice:
-        """Row positions inside the filters (a slice when there is none): one of the streams, a wall-clock span overlapping the window, and (for
-        a causal view) a stream-time end at or before `stream_until`."""
-        if streams is None and wall_from is None and wall_to is None and stream_until is None:
-            return slice(0, self.ids.n)  # every row: a view, no copy
-        keep = np.ones(self.ids.n, dtype=bool)
-        if stream_until is not None:
-            keep &= self.t_end.view <= stream_until
-        if streams is not None:
-            codes = [self.codes[s] for s in streams if s in self.codes]
-            keep &= np.isin(self.stream.view, codes)
-        wall = self.wall.view
-        if wall_to is not None:
-            keep &= wall[:, 0] < wall_to  # half-open window; NaN (no clock) compares False: outside
-        if wall_from is not None:
-            keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
-        return np.flatnonzero(keep)
 
 
 @dataclass
@@ -197,57 +65,6 @@ class Shortlist:
     considered: int  # clips inside the filters
     lexical_hits: int  # keyword candidates found
     mode: str
-
-
-def fts_query(conn: sqlite3.Connection, text: str, n_clips: int) -> str | None:
-    """An FTS5 OR-query of the question's informative words (stop words and terms in more than
-    COMMON_TERM_FRACTION of the captions dropped), or None when nothing informative is left."""
-    words = informative_terms(text)
-    if not words:
-        return None
-    limit = max(50, min(COMMON_TERM_FRACTION * n_clips, COMMON_TERM_POSTINGS))
-    kept = []
-    for w in words:
-        # the stemmed form is what the index holds; fts5vocab lists terms, so ask the index for the document count
-        row = conn.execute("SELECT COUNT(*) FROM (SELECT rowid FROM clips_fts WHERE clips_fts MATCH ? LIMIT ?)",
-                           (f'"{w}"', int(limit) + 1)).fetchone()
-        if 0 < row[0] <= limit:
-            kept.append(f'"{w}"')
-    return " OR ".join(kept) if kept else None
-
-
-def filter_sql(col: str = "", streams: list[str] | None = None, wall_from: float | None = None,
-               wall_to: float | None = None, stream_until: float | None = None) -> tuple[list[str], list]:
-    """SQL conditions (and their arguments) for the filters every query shares; `col` prefixes the column names
-    (e.g. "c."). A clip overlaps the half-open window [wall_from, wall_to) when it starts before its end and ends
-    after its start (or starts at it)."""
-    where, args = [], []
-    if stream_until is not None:
-        where.append(f"{col}t_end <= ?")
-        args.append(float(stream_until))
-    if streams is not None:
-        where.append(f"{col}stream IN ({', '.join('?' * len(streams))})")
-        args += list(streams)
-    if wall_to is not None:
-        where.append(f"{col}wall_start < ?")
-        args.append(float(wall_to))
-    if wall_from is not None:
-        where.append(f"({col}wall_end > ? OR {col}wall_start >= ?)")
-        args += [float(wall_from), float(wall_from)]
-    return where, args
-
-
-def lexical(conn: sqlite3.Connection, query: str, streams: list[str] | None, wall_from: float | None,
-            wall_to: float | None, limit: int, stream_until: float | None = None) -> list[int]:
-    """Clip ids matching the FTS5 query inside the filters, best BM25 first."""
-    where, args = filter_sql("c.", streams, wall_from, wall_to, stream_until)
-    if not where:  # no filter: the keyword index alone, no lookup of each match in the clips table
-        sql = "SELECT rowid FROM clips_fts WHERE clips_fts MATCH ? ORDER BY bm25(clips_fts) LIMIT ?"
-        return [r[0] for r in conn.execute(sql, (query, limit))]
-    where, args = ["clips_fts MATCH ?", *where], [query, *args]
-    sql = (f"SELECT c.id FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)} "
-           f"ORDER BY bm25(clips_fts) LIMIT ?")
-    return [r[0] for r in conn.execute(sql, (*args, limit))]
 
 
 # a clip row joined with its arrays (what a ClipRecord holds)
@@ -301,14 +118,15 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
         raise UserError(f"shortlist must be >= 1, got {shortlist}")
     q = np.asarray(query_vector, dtype=np.float32)  # (D,)
     # 1. filter
-    rows = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions in the cache, or a slice of all
+    rows = inside = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions, or a slice of all
     considered = cache.ids.n if isinstance(rows, slice) else len(rows)
     # 2. vector candidates: Hamming shortlist, exact re-rank
     vec_rank: list[int] = []
     if mode != "lexical" and considered:
-        if considered > EXACT_MAX and center is not None and cache.has_sig.view[rows].all():  # (slice: start 0)
+        signed = cache.all_signed or cache.has_sig.view[rows].all()
+        if considered > EXACT_MAX and center is not None and signed:  # (slice: start 0)
             est = estimated_scores(q, center, cache.sigs.view[rows], cache.tails.view[rows])  # (M,)
-            best = np.argpartition(-est, VECTOR_CANDIDATES)[:VECTOR_CANDIDATES]
+            best = top_k(est, VECTOR_CANDIDATES)
             rows = best if isinstance(rows, slice) else rows[best]
         ids, vectors = fetch_vectors(conn, cache.ids.view[rows])  # (C,), (C, D)
         sims = vectors.astype(np.float64) @ q.astype(np.float64)  # (C,) exact
@@ -316,9 +134,14 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
     # 3. keyword candidates
     lex_rank: list[int] = []
     if mode != "paper" and query_text and considered:
-        fq = fts_query(conn, query_text, cache.ids.n)
+        fq = fts_query(conn, query_text, cache.ids.n, cache)
         if fq is not None:
-            lex_rank = lexical(conn, fq, streams, wall_from, wall_to, LEXICAL_CANDIDATES, stream_until)
+            id_range = None
+            if not isinstance(inside, slice):
+                in_ids = cache.ids.view[inside]  # ascending (the cache is in id order)
+                id_range = (int(in_ids[0]), int(in_ids[-1]))
+            lex_rank = lexical(conn, fq, streams, wall_from, wall_to, LEXICAL_CANDIDATES, stream_until, id_range,
+                               LEXICAL_SCORED)
     # 4. fuse and cut
     if mode == "paper":
         order = vec_rank
@@ -340,30 +163,3 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
         span = (similarity.max() - similarity.min()) if len(order) > 1 else 0.0
         relevance = similarity.max() - span * (ranks - 1) / max(len(order) - 1, 1)
     return Shortlist(recs, vectors, similarity, relevance, considered, len(lex_rank), mode)
-
-
-def informative_terms(text: str) -> list[str]:
-    """The question's words that can match a caption: lower-cased, stop words and single letters dropped."""
-    words: list[str] = []
-    for w in _WORD.findall(text.lower()):
-        if w not in _STOP and len(w) > 1 and w not in words:
-            words.append(w)
-    return words
-
-
-def keyword_matches(conn: sqlite3.Connection, text: str, streams: list[str] | None, wall_from: float | None,
-                    wall_to: float | None, stream_until: float | None = None) -> tuple[int, int | None, int | None]:
-    """Clips inside the filters whose caption holds every informative word of `text` (stemmed):
-    (how many, id of the earliest, id of the latest) by wall-clock time, then stream time."""
-    terms = informative_terms(text)
-    if not terms:
-        return 0, None, None
-    where, args = filter_sql("c.", streams, wall_from, wall_to, stream_until)
-    where, args = ["clips_fts MATCH ?", *where], [" AND ".join(f'"{w}"' for w in terms), *args]
-    base = f"FROM clips_fts JOIN clips c ON c.id = clips_fts.rowid WHERE {' AND '.join(where)}"
-    n = conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
-    if not n:
-        return 0, None, None
-    first = conn.execute(f"SELECT c.id {base} ORDER BY c.wall_start, c.t_start LIMIT 1", args).fetchone()[0]
-    last = conn.execute(f"SELECT c.id {base} ORDER BY c.wall_start DESC, c.t_start DESC LIMIT 1", args).fetchone()[0]
-    return n, first, last

@@ -92,7 +92,54 @@ def test_5001_good_rows_then_a_duplicate_import_nothing(db, tmp_path):
 def test_a_clip_already_in_the_memory_is_refused(db, tmp_path):
     refused(db, [row(2), row(3), row(2)], tmp_path, "clip 2 of stream 'a' repeats line 1", line=3)
     refused(db, [row(1)], tmp_path, "clip 1 of stream 'a' is already in", line=1)
-    refused(db, [row(0, "new"), row(2, "new")], tmp_path, "leaves a gap", line=2)
+    refused(db, [row(0, "new"), row(5, "new"), row(3, "new")], tmp_path,
+            "clip 3 of stream 'new' goes backwards: the stream's clips before it in the file reach clip 5", line=3)
+    refused(db, [row(2), row(9), row(9)], tmp_path, "clip 9 of stream 'a' repeats line 2", line=3)
+
+
+def test_an_export_with_idle_and_forgotten_clips_imports_whole(tmp_path):
+    """The activity gate's idle clips and retention's deleted clips leave gaps in a stream's indices: `memory
+    export` -> `memory import` brings back every caption at its own index (idle runs are not exported)."""
+    src = tmp_path / "src.db"
+    with Memory(src) as m:
+        m.open_stream("cam", "src", "m", "h")
+        for i in range(12):  # clips 0, 4 and 10 captioned, the rest idle (two runs)
+            if i in (0, 4, 10):
+                m.commit_clip(rec(i, "cam"), None)
+            elif i < 11:
+                m.commit_idle("cam", i, 16.0 * i, 16.0 * i + 16, (T0 + 16 * i, T0 + 16 * i + 16), 0 if i < 4 else 4)
+        m.import_clips([rec(i, "old") for i in range(6)])
+        assert m.forget("old", before=T0 + 16 * 3 + 1) == 3  # retention: clips 0-2 of 'old' are gone
+        assert m.forget("old", before=T0 + 16 * 3 + 1) == 0  # clip 3 ends after `before`, though it starts before
+        assert m.first_clips() == {"cam": 0, "old": 3}
+    assert run_cli("memory", "export", str(tmp_path / "out.jsonl"), "--db", str(src)).exit_code == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["stream"], r["index"]) for r in rows] == [("cam", 0), ("cam", 4), ("cam", 10), ("old", 3),
+                                                           ("old", 4), ("old", 5)]
+    new = tmp_path / "new.db"
+    r = run_cli("memory", "import", str(tmp_path / "out.jsonl"), "--db", str(new), "--model", "tiny")
+    assert r.exit_code == 0 and "6 clips imported" in r.output, r.output
+    with Memory(src, readonly=True) as a, Memory(new, readonly=True) as b:
+        assert [(c.stream, c.index, c.t_start, c.wall_start, c.caption) for c in b.clips()] == \
+            [(c.stream, c.index, c.t_start, c.wall_start, c.caption) for c in a.clips()]
+        assert {s["name"]: s["next_idx"] for s in b.streams()} == {"cam": 11, "old": 6}
+        assert b.idle_spans() == []  # not exported (docs/memory.md)
+    before = dump(new)  # the same file again: every clip is already there, nothing changes
+    text = refused(new, [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()], tmp_path,
+                   "clip 0 of stream 'cam' is already in", line=1)
+    assert dump(new) == before and "increasing order" in text
+
+
+def test_import_clips_accepts_forward_gaps_and_refuses_going_back(tmp_path):
+    with Memory(tmp_path / "m.db") as m:
+        assert m.import_clips([rec(2), rec(7), rec(3, "b"), rec(9, "b")]) == 4
+        assert [(c.stream, c.index) for c in m.clips()] == [("a", 2), ("a", 7), ("b", 3), ("b", 9)]
+        assert m.open_stream("a", "import", "import", "import").next_index == 8
+        before = dump(tmp_path / "m.db")
+        for bad in ([rec(8), rec(8)], [rec(9), rec(8)], [rec(7)], [rec(20), rec(5, "b")]):
+            with pytest.raises(ValueError, match="does not continue it"):
+                m.import_clips(bad)
+        assert dump(tmp_path / "m.db") == before
 
 
 BAD_ROWS = [

@@ -16,7 +16,8 @@ import pytest
 
 from rlivs.runtime.memory import ClipRecord, Memory
 from rlivs.runtime.memory import search as search_mod
-from rlivs.runtime.memory import store as store_mod
+from rlivs.runtime.memory import index as index_mod
+from rlivs.runtime.memory import keywords as keywords_mod
 from rlivs.runtime.retrieval import mmr
 from tests.helpers.memory_v1 import write_v1
 
@@ -59,7 +60,7 @@ def fts_consistent(path) -> None:
 
 
 def test_paper_search_equals_exhaustive_below_and_above_the_signature_threshold(db, monkeypatch):
-    monkeypatch.setattr(store_mod, "SIG_MIN", 100)
+    monkeypatch.setattr(index_mod, "SIG_MIN", 100)
     monkeypatch.setattr(search_mod, "EXACT_MAX", 50)
     monkeypatch.setattr(search_mod, "VECTOR_CANDIDATES", 60)
     with Memory(db) as m:
@@ -126,6 +127,83 @@ def test_keywords_find_what_vectors_miss_and_fusion_keeps_both(db):
         assert search_mod.fts_query(m._conn, "item5 the", 201) == '"item5"'
 
 
+def test_the_keyword_query_keeps_the_rarest_terms_within_its_posting_budget(db, monkeypatch):
+    recs = records(100, seed=7)
+    for i, r in enumerate(recs):  # alpha in 5 captions, beta in 20, gamma in 40
+        r.caption = " ".join(w for w, n in (("alpha", 5), ("beta", 20), ("gamma", 40)) if i < n) + f" item{i}"
+    with Memory(db) as m:
+        m.import_clips(recs)
+        q = recs[0].vector
+        m.search(q, "gamma", mode="lexical")  # fills the column cache and its document frequencies
+        cache = m._cache
+        assert cache.df["gamma"] == (40, 100, 50)  # (documents, rows then, count limit: max(50, 20% of 100))
+        assert search_mod.fts_query(m._conn, "alpha, beta or gamma?", 100, cache) == '"alpha" OR "beta" OR "gamma"'
+        monkeypatch.setattr(keywords_mod, "LEXICAL_POSTINGS", 30)
+        assert search_mod.fts_query(m._conn, "gamma beta alpha", 100, cache) == '"beta" OR "alpha"'
+        monkeypatch.setattr(keywords_mod, "LEXICAL_POSTINGS", 3)
+        assert search_mod.fts_query(m._conn, "gamma beta alpha", 100, cache) == '"alpha"'  # the rarest, always
+        more = records(15, seed=8, start=100)
+        for r in more:
+            r.caption = "gamma"
+        m.import_clips(more[:5])  # 105 rows: within 10% of 100, the cached count stands
+        m.search(q, "gamma", mode="lexical")
+        assert cache.df["gamma"] == (40, 100, 50)
+        m.import_clips(more[5:])  # 115 rows: counted again
+        m.search(q, "gamma", mode="lexical")
+        assert cache.df["gamma"] == (51, 115, 50)  # more than the limit: dropped from queries
+        assert search_mod.fts_query(m._conn, "gamma", 115, cache) is None
+        # a window: FTS5 is held to the id range inside the filters, the hits are those of the unrestricted query
+        monkeypatch.setattr(keywords_mod, "LEXICAL_POSTINGS", 20000)
+        lo, hi = T0 + 16 * 10, T0 + 16 * 30
+        got = m.search(q, "beta alpha", wall_from=lo, wall_to=hi, mode="lexical", shortlist=64)
+        full = search_mod.lexical(m._conn, '"alpha" OR "beta"', None, lo, hi, 64)
+        assert sorted(r.index for r in got.records) == list(range(10, 20))  # beta: clips 0-19
+        assert sorted(r.index for r in got.records) == sorted(i - 1 for i in full)  # ids start at 1
+
+
+def test_top_k_is_the_k_highest_scores():
+    rng = np.random.default_rng(11)
+    for n, k in ((10, 20), (5000, 1024), (300_000, 1024), (300_000, 7)):
+        scores = rng.standard_normal(n).astype(np.float32)
+        want = set(np.argsort(-scores)[:k].tolist())
+        assert set(search_mod.top_k(scores, k).tolist()) == want, (n, k)
+    skew = np.zeros(300_000, np.float32)  # a sample that misjudges the threshold: the full partition decides
+    skew[-2000:] = np.arange(1, 2001)
+    assert set(search_mod.top_k(skew, 1024).tolist()) == set(range(300_000 - 1024, 300_000))
+
+
+def test_bm25_ranks_only_the_newest_matches_within_its_budget(db):
+    recs = records(60, seed=9)
+    for i, r in enumerate(recs):
+        r.caption = f"parcel item{i}" + (" parcel parcel" if i == 3 else "")  # clip 3: the best BM25 match
+    with Memory(db) as m:
+        m.import_clips(recs)
+        ids = {m.clip("cam", i).index: i + 1 for i in range(60)}  # index -> id (import order)
+        assert search_mod.lexical(m._conn, '"parcel"', None, None, None, 5)[0] == ids[3]
+        newest = search_mod.lexical(m._conn, '"parcel"', None, None, None, 100, scored=10)
+        assert sorted(newest) == list(range(51, 61))  # the newest 10 matches, clip 3 not among them
+        window = search_mod.lexical(m._conn, '"parcel"', None, T0, T0 + 16 * 20, 100, id_range=(1, 20), scored=4)
+        assert sorted(window) == [17, 18, 19, 20]  # the newest 4 inside the window's id range
+
+
+def test_the_column_cache_reads_filter_columns_when_a_filter_first_needs_them(db):
+    with Memory(db) as m:
+        m.import_clips(records(30, "a", seed=1))
+        m.import_clips(records(30, "b", seed=2))
+        q = m.clips("a")[3].vector
+        assert m.search(q, mode="paper").considered == 60 and m._cache.loaded == []  # ids and signatures only
+        m.import_clips(records(10, "a", seed=3, start=30))  # caught up by the next question, then backfilled
+        lo, hi = T0 + 16 * 25, T0 + 16 * 35  # clips 25..34 of each stream overlap; b holds clips 0..29
+        got = m.search(q, streams=["a"], wall_from=lo, wall_to=hi, mode="paper", shortlist=64)
+        assert m._cache.loaded == ["stream", "wall"] and m._cache.wall.n == m._cache.ids.n == 70
+        assert sorted(r.index for r in got.records) == list(range(25, 35)) and got.considered == 10
+        m.import_clips(records(5, "b", seed=4, start=30))  # the loaded groups are caught up with the rows
+        got = m.search(q, streams=["b"], wall_from=lo, wall_to=hi, mode="paper", shortlist=64)
+        assert sorted(r.index for r in got.records) == list(range(25, 35))
+        assert m.search(q, stream_until=16.0 * 3, mode="paper").considered == 6  # t_end read now: 0..2 of a and b
+        assert m._cache.loaded == ["stream", "wall", "t_end"] and m._cache.t_end.n == 75
+
+
 def test_keyword_matches_count_first_and_last(db):
     with Memory(db) as m:
         recs = records(30)
@@ -173,7 +251,7 @@ def test_forget_by_time_and_stream_returns_space_and_keeps_resume_points(db):
 
 
 def test_reindex_rebuilds_keywords_and_signatures(db, monkeypatch):
-    monkeypatch.setattr(store_mod, "SIG_MIN", 50)
+    monkeypatch.setattr(index_mod, "SIG_MIN", 50)
     with Memory(db) as m:
         m.import_clips(records(120))
         q = m.clips()[40].vector

@@ -1,0 +1,252 @@
+"""The per-process column cache of the clips table and the binary signatures its scan estimates similarity from
+(the vector side of search.py; the format of a clip's `sig` column is defined here)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+
+SIG_MIN = 2048  # the signature center is fixed when the memory first holds this many clips
+REFRESH_ROWS = 20000  # the column cache reads the clips table this many rows at a time
+
+
+def signature_bits(vectors: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """(N, D) or (D,) vectors -> (N, ceil(D/8)) or (ceil(D/8),) uint8 packed sign bits of (vector - center)."""
+    return np.packbits(np.asarray(vectors, dtype=np.float32) > center, axis=-1)
+
+
+SIG_TAIL = 8  # bytes after the sign bits: |r| and r.center as little-endian float32
+
+
+def signature(vector: np.ndarray, center: np.ndarray) -> bytes:
+    """What a clip row stores for residual r = vector - center: the packed sign bits of r, then |r| and r.center
+    as float32."""
+    v = np.asarray(vector, dtype=np.float32)
+    r = v.astype(np.float64) - center
+    tail = np.array([np.linalg.norm(r), r @ center], dtype="<f4")
+    return signature_bits(v, center).tobytes() + tail.tobytes()
+
+
+def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """(D,) query q; (N, B) sign bits and (N, 2) [|r|, r.center] of N clips -> (N,) estimates of q.v - q.center
+    (which ranks like the exact similarity q.v: q.center is the same for every clip). With q = center + r_q:
+    q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
+    vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
+    rq = query.astype(np.float64) - center
+    h = np.array(hamming(signature_bits(query, center), bits), dtype=np.float32)  # (N,), ours to change in place
+    h *= np.float32(np.pi / len(center))
+    np.cos(h, out=h)
+    h *= tails[:, 0]
+    h *= np.float32(np.linalg.norm(rq))
+    h += tails[:, 1]
+    return h  # float32: ranking a shortlist needs no more
+
+
+def hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
+    """(B,) uint8, (N, B) uint8 -> (N,) bit differences (numkong's SIMD kernel; numpy where it is missing)."""
+    if len(sigs) == 0:
+        return np.zeros(0, dtype=np.float32)
+    try:
+        import numkong
+    except ImportError:  # pragma: no cover - numkong ships wheels for x86_64 and aarch64
+        return np.bitwise_count(sigs ^ query_sig).sum(axis=1, dtype=np.int32).astype(np.float32)
+    out = numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out_dtype="float32")  # (N, 1): the
+    # faster order of the two (~15% at 1M rows)
+    return np.asarray(out).reshape(-1)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest of (N,) scores, unordered (ties aside, what argpartition gives). A full
+    argpartition of a million floats costs ~20 ms; a threshold from a strided sample first keeps only the few
+    thousand above it, then those are partitioned (the full partition again if the sample misjudged)."""
+    n = len(scores)
+    if n <= k:
+        return np.arange(n)
+    if n > 64 * k:
+        sample = scores[:: n // 16384 or 1]
+        keep = np.flatnonzero(scores >= np.quantile(sample, 1.0 - 4.0 * k / n))  # ~4k expected above
+        if k <= len(keep) <= 64 * k:
+            return keep[np.argpartition(scores[keep], len(keep) - k)[len(keep) - k:]]
+    return np.argpartition(scores, n - k)[n - k:]
+
+
+class _Grow:
+    """An append-only numpy column with doubling capacity (appends are amortised O(rows added))."""
+
+    def __init__(self, dtype, width: int | None = None):
+        self.n = 0
+        shape = (1024,) if width is None else (1024, width)
+        self.buf = np.empty(shape, dtype=dtype)
+
+    def reserve(self, extra: int) -> None:
+        """Room for `extra` more rows in one allocation (a load of a million rows then copies nothing)."""
+        need = self.n + extra
+        if need > len(self.buf):
+            grown = np.empty((need, *self.buf.shape[1:]), dtype=self.buf.dtype)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+
+    def append(self, rows: np.ndarray) -> None:
+        need = self.n + len(rows)
+        if need > len(self.buf):
+            cap = max(need, 2 * len(self.buf))
+            grown = np.empty((cap, *self.buf.shape[1:]), dtype=self.buf.dtype)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n:need] = rows
+        self.n = need
+
+    @property
+    def view(self) -> np.ndarray:
+        return self.buf[: self.n]
+
+
+class ColumnCache:
+    """Per-process columns of the clips table for filtering and the signature scan; caught up on every search.
+
+    The ids and signatures are always kept; the filter columns (stream codes, wall-clock spans, stream-time ends)
+    are read the first time a question filters by them, then kept in step: the first question without a filter
+    reads two columns of every clip, not six (the column reads are most of what a cold question costs)."""
+
+    GROUPS = {"stream": ("stream",), "wall": ("wall_start", "wall_end"), "t_end": ("t_end",)}
+
+    def __init__(self):
+        self.generation: str | None = None
+        self.last_id = 0
+        self.sig_bytes: int | None = None
+        self.codes: dict[str, int] = {}  # stream name -> code
+        self.loaded: list[str] = []  # filter column groups read so far
+
+    def _reset(self, generation: str, sig_bytes: int | None) -> None:
+        self.generation, self.sig_bytes, self.last_id, self.codes, self.loaded = generation, sig_bytes, 0, {}, []
+        self.ids = _Grow(np.int64)
+        self.stream = _Grow(np.int32)
+        self.wall = _Grow(np.float64, 2)  # (N, 2) wall_start, wall_end (NaN: no clock)
+        self.t_end = _Grow(np.float64)  # (N,) stream-time end
+        self.has_sig = _Grow(np.bool_)
+        self.sigs = _Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
+        self.tails = _Grow(np.float32, 2)  # (N, 2) |r|, r.center
+        self.all_signed = True  # every row has a signature
+        self.df: dict[str, tuple[int, int, int]] = {}  # query word -> (documents holding it, cache rows, count limit)
+
+    @staticmethod
+    def needs(streams: list[str] | None, wall_from: float | None, wall_to: float | None,
+              stream_until: float | None) -> tuple[str, ...]:
+        """The filter column groups a question's filters read."""
+        return tuple(g for g, used in (("stream", streams is not None),
+                                       ("wall", wall_from is not None or wall_to is not None),
+                                       ("t_end", stream_until is not None)) if used)
+
+    def refresh(self, conn: sqlite3.Connection, generation: str, sig_bytes: int | None,
+                need: tuple[str, ...] = ()) -> None:
+        """Read the rows committed since the last refresh (all of them after a generation change), and the filter
+        columns in `need` of the rows already held (inside the caller's read transaction: one snapshot)."""
+        if generation != self.generation or sig_bytes != self.sig_bytes:
+            self._reset(generation, sig_bytes)
+        for group in need:
+            if group not in self.loaded and not self._backfill(conn, group):
+                self._reset(generation, sig_bytes)  # the rows changed under us (cannot happen within a generation)
+                self.loaded = list(need)
+                break
+        cols = ["id", "sig", *(c for g in self.loaded for c in self.GROUPS[g])]
+        if self.last_id == 0:  # a first load: a count over the smallest index (~0.1 s at 1M), every column sized once
+            new_rows = conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
+        else:  # rows added since (ids only grow within a generation): an upper bound from the primary key
+            new_rows = (conn.execute("SELECT MAX(id) FROM clips").fetchone()[0] or 0) - self.last_id
+        if new_rows > REFRESH_ROWS:
+            for col in self._columns(self.loaded):
+                col.reserve(new_rows)
+        cur = conn.execute(f"SELECT {', '.join(cols)} FROM clips WHERE id > ? ORDER BY id", (self.last_id,))
+        while rows := cur.fetchmany(REFRESH_ROWS):  # a chunk at a time: the Python rows never all exist at once
+            self._append(rows, cols)
+
+    def _columns(self, groups: list[str]) -> list[_Grow]:
+        named = {"stream": [self.stream], "wall": [self.wall], "t_end": [self.t_end]}
+        return [self.ids, self.has_sig, self.sigs, self.tails, *(c for g in groups for c in named[g])]
+
+    def _backfill(self, conn: sqlite3.Connection, group: str) -> bool:
+        """Read one filter column group for the rows held (ids up to last_id); False if they are not the same rows."""
+        cols = ["id", *self.GROUPS[group]]
+        col = {"stream": self.stream, "wall": self.wall, "t_end": self.t_end}[group]
+        col.__init__(col.buf.dtype, None if col.buf.ndim == 1 else col.buf.shape[1])
+        col.reserve(self.ids.n)
+        cur = conn.execute(f"SELECT {', '.join(cols)} FROM clips WHERE id <= ? ORDER BY id", (self.last_id,))
+        while rows := cur.fetchmany(REFRESH_ROWS):
+            self._append_group(group, list(zip(*rows))[1:])
+        if col.n != self.ids.n:
+            return False
+        self.loaded.append(group)
+        return True
+
+    def _append_group(self, group: str, values: list[tuple]) -> None:
+        if group == "stream":
+            (streams,) = values
+            codes = self.codes
+            for name in set(streams) - codes.keys():
+                codes[name] = len(codes)
+            self.stream.append(np.fromiter(map(codes.__getitem__, streams), dtype=np.int32, count=len(streams)))
+        elif group == "wall":
+            w0, w1 = values
+            wall = np.empty((len(w0), 2), dtype=np.float64)
+            wall[:, 0] = np.array(w0, dtype=np.float64)  # None -> NaN (no clock)
+            wall[:, 1] = np.array(w1, dtype=np.float64)
+            self.wall.append(wall)
+        else:
+            self.t_end.append(np.array(values[0], dtype=np.float64))
+
+    def _append(self, rows: list[tuple], cols: list[str]) -> None:
+        """One chunk of rows (the columns `cols`: id, sig, then the loaded groups') -> the columns, with as little
+        per-row Python as possible (the first question of a process loads a million rows through here)."""
+        values = list(zip(*rows))
+        ids, sigs = values[0], values[1]
+        width = self.sigs.buf.shape[1]
+        full = width + SIG_TAIL
+        try:  # the usual case: every row signed (a signature is `full` bytes or NULL within a generation)
+            joined = b"".join(sigs)
+        except TypeError:  # a NULL among them
+            joined = b""
+        if len(joined) == full * len(rows):
+            has = np.ones(len(rows), dtype=bool)
+            packed = np.frombuffer(joined, dtype=np.uint8).reshape(-1, full)
+        else:
+            sig_len = np.fromiter((0 if s is None else len(s) for s in sigs), dtype=np.int64, count=len(rows))
+            has = sig_len == full
+            packed = np.zeros((len(rows), full), dtype=np.uint8)
+        if not has.all() and has.any():
+            packed[has] = np.frombuffer(b"".join(s for s, h in zip(sigs, has) if h), dtype=np.uint8).reshape(-1, full)
+        self.ids.append(np.array(ids, dtype=np.int64))
+        self.has_sig.append(has)
+        self.all_signed = self.all_signed and bool(has.all())
+        self.sigs.append(packed[:, :width])
+        self.tails.append(np.ascontiguousarray(packed[:, width:]).view("<f4").reshape(-1, 2))
+        at = 2
+        for group in self.loaded:
+            k = len(self.GROUPS[group])
+            self._append_group(group, values[at:at + k])
+            at += k
+        self.last_id = int(ids[-1])
+
+    def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
+               stream_until: float | None = None) -> np.ndarray | slice:
+        """Row positions inside the filters (a slice when there is none): one of the streams, a wall-clock span
+        overlapping the window, and (for a causal view) a stream-time end at or before `stream_until`. The groups
+        `needs` names for these filters must have been refreshed."""
+        if streams is None and wall_from is None and wall_to is None and stream_until is None:
+            return slice(0, self.ids.n)  # every row: a view, no copy
+        missing = [g for g in self.needs(streams, wall_from, wall_to, stream_until) if g not in self.loaded]
+        if missing:
+            raise RuntimeError(f"column cache: refresh with need={tuple(missing)} before select")
+        keep = np.ones(self.ids.n, dtype=bool)
+        if stream_until is not None:
+            keep &= self.t_end.view <= stream_until
+        if streams is not None:
+            codes = [self.codes[s] for s in streams if s in self.codes]
+            keep &= np.isin(self.stream.view, codes)
+        if wall_to is not None or wall_from is not None:
+            wall = self.wall.view
+            if wall_to is not None:
+                keep &= wall[:, 0] < wall_to  # half-open window; NaN (no clock) compares False: outside
+            if wall_from is not None:
+                keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
+        return np.flatnonzero(keep)
