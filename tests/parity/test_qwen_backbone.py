@@ -171,3 +171,24 @@ def test_stream_ingest_keeps_fifo_indices(tmp_path, sample_video):
     assert [r.index for r in more] == [3] and [c.index for c in resumed] == [2, 3]
     np.testing.assert_array_equal(resumed[0].kept, results[2].kept)
     np.testing.assert_array_equal(resumed[1].kept, more[0].kept)
+
+
+def test_real_3b_shapes_on_the_meta_device():
+    """Qwen2.5-VL-3B's config (tiny_qwen.qwen_3b_config), built on the meta device (no weights, no memory): the
+    shapes rlivs derives from it. 16 frames at 448 px: 8 temporal patches of 32x32 patches (1176 values each, as
+    Qwen's processor emits), merged to 16x16 = 256 tokens each, 2048 per clip, of which the default ratio keeps 128."""
+    from rlivs.runtime.backbones import backbone_for_config
+    from rlivs.runtime.backends.torch.backbones import Qwen25VLTorch
+    from rlivs.runtime.backends.torch.tiny_qwen import qwen_3b_config
+
+    config, _ = qwen_3b_config()
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    backbone = backbone_for_config(config.to_dict())
+    assert Qwen25VLTorch(backbone).info_fields(model, None) == dict(
+        tokens_per_frame=256, image_size=(448, 448), video_token_id=151656, grid=(16, 16), temporal_patch=2)
+    flat, grid = qwen_patches(torch.zeros(16, 3, 448, 448, device="meta"), 14, 2, 2)
+    assert tuple(flat.shape) == (8 * 32 * 32, 1176) and grid == [8, 32, 32]
+    assert backbone.clip_tokens(16, 256) == 2048 and SelectionConfig().n_keep(2048) == 128
+    lm = model.model.language_model
+    assert len(lm.layers) == 36 and lm.layers[0].self_attn.num_key_value_groups == 8  # 16 heads on 2 KV heads

@@ -71,3 +71,22 @@ def test_qwen_sequential_positions_and_the_fallback_without_indices():
     np.testing.assert_array_equal(b.positions(3, unknown, 6, 2, (2, 3), 1, fps=1, frames_per_clip=4), seq)
     with pytest.raises(UserError, match="use one of original, sequential"):
         b.positions(3, fifo, 6, 2, (2, 3), 1, fps=1, frames_per_clip=4, mode="shifted")
+
+
+def test_a_real_qwen_processor_config_gets_the_fixed_frame_size(tmp_path):
+    """Qwen2.5-VL's released preprocessor_config.json sizes frames by pixel budget (min/max pixels); rlivs resizes a
+    stream's frames to one fixed size: 448x448 unless the file names height and width."""
+    import json
+
+    from rlivs.runtime.frames import FramePreprocessor
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN))
+    pre = {"size": {"shortest_edge": 3136, "longest_edge": 12845056}, "min_pixels": 3136, "max_pixels": 12845056,
+           "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+           "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(pre))
+    p = FramePreprocessor.from_model_dir(tmp_path)
+    assert (p.height, p.width) == (448, 448) and p.image_mean == tuple(pre["image_mean"])
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, "size": {"height": 150, "width": 84}}))
+    with pytest.raises(UserError, match="multiple of 28 px"):
+        FramePreprocessor.from_model_dir(tmp_path)
