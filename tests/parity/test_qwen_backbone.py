@@ -192,3 +192,15 @@ def test_real_3b_shapes_on_the_meta_device():
     assert backbone.clip_tokens(16, 256) == 2048 and SelectionConfig().n_keep(2048) == 128
     lm = model.model.language_model
     assert len(lm.layers) == 36 and lm.layers[0].self_attn.num_key_value_groups == 8  # 16 heads on 2 KV heads
+
+
+def test_patch_layout_equals_the_qwen_image_processor():
+    """qwen_patches on a still frame (the frame twice: one temporal patch) equals transformers' Qwen2-VL PIL image
+    processor's patchify (which repeats a still image over the temporal patch): same patch order, same values."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    img = np.random.default_rng(6).standard_normal((3, 168, 112)).astype(np.float32)  # (C, H, W) model pixels
+    want, gh, gw = Qwen2VLImageProcessorPil().patchify(img, patch_size=14, merge_size=2, temporal_patch_size=2)
+    got, grid = qwen_patches(torch.from_numpy(np.stack([img, img])), 14, 2, 2)
+    assert grid == [1, gh, gw] == [1, 12, 8]
+    np.testing.assert_array_equal(got.numpy(), want)
