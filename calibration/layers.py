@@ -61,6 +61,10 @@ def _require_torch(backend) -> None:
     if getattr(backend, "name", None) != "torch":
         raise UserError("probe-layer calibration needs the torch reference backend (all layers' attention): pass the "
                         "HF-format model (--model tiny | DIR | hub id), not an exported bundle")
+    backbone = getattr(backend, "backbone", None)
+    if backbone is not None and backbone.mrope:  # its contexts need M-RoPE positions the calibration set lacks
+        raise UserError(f"probe-layer calibration does not support {backbone.label} yet: pass a LLaVA-OneVision model "
+                        f"(or keep the default probe layers)")
 
 
 @contextlib.contextmanager

@@ -144,6 +144,10 @@ Strategy = typer.Option("attention", "--strategy", help="Token selection: attent
                                                         "random")
 FifoClips = typer.Option(16, "--fifo-clips", help="FIFO capacity in clips (0 = no recurrence).")
 FifoTokens = typer.Option(None, "--fifo-tokens", help="FIFO capacity in tokens (optional).")
+FifoPositions = typer.Option("original", "--fifo-positions",
+                             help="Qwen2.5-VL (M-RoPE): FIFO tokens keep their original (t, h, w) positions, or are "
+                                  "re-indexed as a sequential run before the clip: original | sequential "
+                                  "(docs/method.md, Backbones). 1-D models ignore it.")
 ProbeLayers = typer.Option(None, "--probe-layers", help="Comma-separated decoder layers to probe, e.g. 4,8,13,19.")
 NumProbeLayers = typer.Option(4, "--num-probe-layers", help="Probe layers spread evenly when --probe-layers is unset.")
 MaxCaptionTokens = typer.Option(128, "--max-caption-tokens", help="Greedy caption length bound.")
@@ -280,12 +284,12 @@ def pipeline_config(*, fps: float = 1.0, frames_per_clip: int = 16, keep: Option
                     fifo_tokens: Optional[int] = None, probe_layers: Optional[str] = None, num_probe_layers: int = 4,
                     max_caption_tokens: int = 128, top_k: int = 8, token_budget: int = 2048,
                     mmr_lambda: float = 0.5, max_answer_tokens: int = 256, seed: int = 0,
-                    retrieval: str = "hybrid") -> PipelineConfig:
+                    retrieval: str = "hybrid", fifo_positions: str = "original") -> PipelineConfig:
     """Flags -> PipelineConfig. Raises ValueError (naming the flag's problem) for impossible values."""
     return PipelineConfig(
         clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
         selection=SelectionConfig(strategy=strategy, keep=keep, keep_ratio=keep_ratio, seed=seed),
-        fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
+        fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens, positions=fifo_positions),
         caption=CaptionConfig(max_new_tokens=max_caption_tokens),
         probe=ProbeConfig(num_layers=num_probe_layers, layers=parse_layers(probe_layers)),
         retrieval=RetrievalConfig(top_k=top_k, token_budget=token_budget, mmr_lambda=mmr_lambda, mode=retrieval),

@@ -108,6 +108,12 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
         raise UserError(f"{out} exists and is not an rlivs bundle: choose an empty or new --out directory")
     model_dir, model_id = resolve_model(model)
+    from rlivs.runtime.backbones import backbone_for_dir
+
+    backbone = backbone_for_dir(model_dir)
+    if not backbone.exportable:  # before anything is written or loaded
+        raise UserError(f"rlivs export does not support {backbone.label} yet (ONNX / TensorRT graphs for it are not "
+                        f"written): run it on the torch backend, e.g. rlivs ingest --model {model} --backend torch")
     backend = TorchBackend(model_dir, model_id=model_id, probe=config.probe)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a bundle is valid only once its manifest is written, last

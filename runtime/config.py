@@ -60,8 +60,14 @@ class SelectionConfig:
 class FifoConfig:
     capacity_clips: int | None = 16  # selections of the last N clips are kept (0 = no recurrence)
     capacity_tokens: int | None = None  # alternative bound in tokens; oldest clips leave first
+    positions: str = "original"  # M-RoPE backbones: FIFO tokens keep their "original" (t, h, w) or are "sequential"
 
     def __post_init__(self):
+        from .backbones import FIFO_POSITIONS
+
+        if self.positions not in FIFO_POSITIONS:
+            raise UserError(f"FIFO positions {self.positions!r} unknown: use --fifo-positions "
+                            f"{' or '.join(FIFO_POSITIONS)}")
         if self.capacity_clips is not None and self.capacity_clips < 0:
             raise UserError(f"capacity_clips must be >= 0, got {self.capacity_clips}; e.g. --fifo-clips 16 "
                             f"(0 = no recurrence)")
@@ -177,4 +183,6 @@ class PipelineConfig:
         """Hash of the settings that change what a stream stores; a resumed stream must match it."""
         d = self.to_dict()
         keep = {k: d[k] for k in ("clip", "selection", "fifo", "caption", "probe")}
+        if keep["fifo"]["positions"] == "original":  # the default leaves fingerprints of older streams unchanged
+            keep["fifo"] = {k: v for k, v in keep["fifo"].items() if k != "positions"}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:16]

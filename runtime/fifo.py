@@ -6,6 +6,7 @@ from collections import deque
 
 import numpy as np
 
+from .backbones import FifoClip
 from .config import FifoConfig
 from rlivs.runtime.errors import UserError
 
@@ -17,6 +18,7 @@ class TokenFifo:
         self.config = config
         self.dim = dim  # D
         self._clips: deque[tuple[int, np.ndarray]] = deque()  # (clip index, (n_i, D)), oldest first
+        self._kept: dict[int, np.ndarray] = {}  # clip index -> (n_i,) flat indices of its tokens in its clip, if known
 
     def __len__(self) -> int:
         return len(self._clips)
@@ -28,6 +30,11 @@ class TokenFifo:
     @property
     def clip_indices(self) -> list[int]:
         return [i for i, _ in self._clips]
+
+    def clips(self) -> list[FifoClip]:
+        """Where the FIFO's tokens came from, oldest first (M-RoPE backbones position them by it); None: no token
+        indices (pooled tokens)."""
+        return [FifoClip(i, len(t), self._kept.get(i)) for i, t in self._clips]
 
     def entries(self) -> list[tuple[int, np.ndarray]]:
         return list(self._clips)
@@ -55,17 +62,22 @@ class TokenFifo:
         cap_c, cap_t = self.config.capacity_clips, self.config.capacity_tokens
         return (cap_c is None or cap_c > 0) and (cap_t is None or n_new <= cap_t)
 
-    def push(self, index: int, tokens: np.ndarray) -> list[int]:
-        """Add a clip's (n, D) tokens; returns the clip indices evicted."""
+    def push(self, index: int, tokens: np.ndarray, kept: np.ndarray | None = None) -> list[int]:
+        """Add a clip's (n, D) tokens (`kept`: their (n,) flat indices in the clip, None if pooled); returns the
+        clip indices evicted."""
         if tokens.ndim != 2 or tokens.shape[1] != self.dim:
             raise UserError(f"FIFO tokens must be (n, {self.dim}), got {tokens.shape}")
         evicted = self.evictions(len(tokens))
         for _ in evicted:
-            self._clips.popleft()
+            self._kept.pop(self._clips.popleft()[0], None)
         if self.admits(len(tokens)):
             self._clips.append((index, tokens))
+            if kept is not None and len(kept) == len(tokens):
+                self._kept[index] = np.asarray(kept, dtype=np.int64)
         return evicted
 
-    def restore(self, entries: list[tuple[int, np.ndarray]]) -> None:
-        """Reload the state saved in memory (oldest first)."""
+    def restore(self, entries: list[tuple[int, np.ndarray]], kept: dict[int, np.ndarray] | None = None) -> None:
+        """Reload the state saved in memory (oldest first); `kept`: clip index -> its tokens' flat indices."""
         self._clips = deque((int(i), np.asarray(t)) for i, t in entries)
+        self._kept = {i: np.asarray(k, dtype=np.int64) for i, k in (kept or {}).items()
+                      if any(j == i and len(t) == len(k) for j, t in self._clips)}

@@ -112,6 +112,14 @@ class FramePreprocessor:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"{cfg_path} is not valid JSON ({e}); re-download the model snapshot") from None
+        model_cfg = Path(path) / "config.json"
+        if model_cfg.is_file():  # a backbone that fixes its own frame size (Qwen-VL: no fixed size in its processor)
+            from .backbones import backbone_for_config
+
+            config = json.loads(model_cfg.read_text())
+            if config.get("model_type") not in (None, "llava_onevision"):
+                h, w = backbone_for_config(config).frame_size(config, cfg)
+                cfg = {**cfg, "size": {"height": h, "width": w}}
         return cls.from_dict(cfg)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:

@@ -21,19 +21,21 @@ class Generation:
 
 
 def greedy(backend: Backend, context: np.ndarray, max_new_tokens: int, eos_ids, columns: slice | None = None,
-           on_token: Callable[[int], None] | None = None) -> Generation:
+           on_token: Callable[[int], None] | None = None, positions: np.ndarray | None = None) -> Generation:
     """Greedy continuation of (S, D) context embeddings.
 
     With `columns`, every decoder step's query row (the last prompt token at prefill, then each
     generated token that is fed back) adds its probe attention over keys[columns] into the scores:
     the attention behind every caption token, at no extra forward pass. The final token is never
     fed back (nothing is generated after it), as in HF `generate`. `on_token(id)` is called with each generated
-    token as soon as it is chosen (EOS excluded): answers stream through it.
+    token as soon as it is chosen (EOS excluded): answers stream through it. `positions`: (3, S) M-RoPE ids of the
+    context (None: 1-D); generated tokens continue after their maximum (the backend keeps the offset).
     """
     rows = 1 if columns is not None else 0
     state = backend.new_state()
     t0 = time.perf_counter()
-    out = backend.step(context, state, probe_rows=rows)  # prefill
+    extra = {} if positions is None else {"positions": positions}  # 1-D backends take no positions
+    out = backend.step(context, state, probe_rows=rows, **extra)  # prefill
     prefill_s = time.perf_counter() - t0
     scores = out.probe_attn[0, columns].astype(np.float64) if rows else None  # (C,)
     ids: list[int] = []

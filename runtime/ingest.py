@@ -59,7 +59,11 @@ class StreamIngestor:
         self.next_index = state.next_index  # the clip the stream resumes at
         self.source: FrameSource | None = None  # the source being read (set by clips): its decode_errors count
         self.fifo = TokenFifo(cfg.fifo, engine.backend.info.hidden_size)
-        self.fifo.restore(state.fifo)
+        kept = {}
+        if getattr(engine, "backbone", None) is not None and engine.backbone.mrope:  # positions need the indices
+            records = (memory.clip(stream, i) for i, _ in state.fifo)
+            kept = {r.index: r.kept for r in records if r is not None and r.kept is not None}
+        self.fifo.restore(state.fifo, kept)
         self.gate = None if gate is None or not gate.enabled else ActivityGate(gate, memory.scene(stream))
         self.captioned = self.gated = 0  # clips of this run, by what the gate decided
         if self.next_index:
@@ -82,7 +86,7 @@ class StreamIngestor:
             if not decision.caption:
                 return self._idle(clip, decision, gate_s["gate"])
         # 1-3. the clip step: encode, caption + score, select (pure)
-        out = self.engine.caption_clip(clip.frames, self.fifo.tokens(), clip.index)
+        out = self.engine.caption_clip(clip.frames, self.fifo.tokens(), clip.index, fifo_clips=self.fifo.clips())
         # 4. remember: caption, its vector and the FIFO change in one transaction, then the in-memory FIFO
         t0 = time.perf_counter()
         tokens = out.selection.tokens  # (N, D)
@@ -95,7 +99,7 @@ class StreamIngestor:
         if self.gate is not None:  # the new reference, committed with the clip (applied after the commit)
             scene = self.gate.reference(clip.index, clip.t_end)
         self.memory.commit_clip(record, fifo_rows, evict=self.fifo.evictions(len(tokens)), scene=scene)
-        self.fifo.push(clip.index, tokens)
+        self.fifo.push(clip.index, tokens, kept)
         if scene is not None:
             self.gate.ref = scene
         self.next_index = clip.index + 1

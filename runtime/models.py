@@ -13,11 +13,13 @@ from rlivs.runtime.errors import UserError
 log = logging.getLogger("rlivs.models")
 
 TINY = "tiny"
-RANDOM_MODELS = {"tiny": "tiny", "tiny-gqa": "tiny-gqa", "random-0.5b": "0.5b"}  # name -> size; random weights, built locally
+RANDOM_MODELS = {"tiny": "tiny", "tiny-gqa": "tiny-gqa", "random-0.5b": "0.5b",  # name -> size; random weights,
+                 "tiny-qwen": "tiny-qwen", "tiny-qwen-gqa": "tiny-qwen-gqa",  # built locally (Qwen2.5-VL: tiny_qwen.py)
+                 "random-qwen2.5-vl-3b": "qwen2.5-vl-3b"}
 
 
-VALID_MODELS = ("'tiny', 'random-0.5b' (random weights, built locally), a local HF-format directory, or a hub id "
-                "(org/name) in the local Hugging Face cache")
+VALID_MODELS = ("'tiny', 'random-0.5b', 'tiny-qwen' (random weights, built locally), a local HF-format directory "
+                "(LLaVA-OneVision or Qwen2.5-VL), or a hub id (org/name) in the local Hugging Face cache")
 
 
 def download_hint(name: str) -> str:
@@ -79,6 +81,9 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
             return path.resolve(), str(path.resolve())
         if not (path / "config.json").exists():
             raise UserError(f"{path} is a directory but has no config.json: point --model at an HF-format model directory")
+        from .backbones import backbone_for_dir
+
+        backbone_for_dir(path)  # a model family rlivs does not run is refused here, naming the ones it does
         return path.resolve(), str(path.resolve())
     if path.exists():
         raise UserError(f"--model {name} is a file; --model takes {VALID_MODELS}")

@@ -70,7 +70,8 @@ class TextCodec:
         config = _read_json(model_dir / "config.json")
         self.video_token_id = config.get("video_token_id", config.get("video_token_index"))
         if self.video_token_id is None:
-            raise UserError(f"{model_dir}/config.json has no video_token_id: is this a LLaVA-OneVision model?")
+            raise UserError(f"{model_dir}/config.json has no video_token_id: is this a LLaVA-OneVision or Qwen2.5-VL "
+                            f"model?")
         self.eos_ids = self._eos_ids(model_dir)
 
     def _eos_ids(self, model_dir: Path) -> frozenset[int]:

@@ -95,6 +95,10 @@ def _backend_choice(engine) -> dict:
         model_dir = Path(engine.bundle) if engine.bundle else resolve_model(engine.source)[0]  # a bundle is a path
         if is_bundle(model_dir):  # what the bundle's graphs need, from its manifest (nothing loads)
             needs = {"onnxruntime_needed": load_manifest(model_dir).onnxruntime_needed()}
+        if (model_dir / "config.json").exists():  # the model family, from its config (nothing loads)
+            from rlivs.runtime.backbones import backbone_for_dir
+
+            needs["backbone"] = backbone_for_dir(model_dir).label
         name, why = choose_backend(engine.backend, model_dir, bundle_given=engine.bundle is not None)
     except UserError as e:
         return {"target": engine.source, "asked": engine.backend, "runs": False, "error": str(e), **needs}
@@ -134,7 +138,8 @@ def _print(r: dict) -> None:
         if "onnxruntime_needed" in b:
             out.print(f"the bundle's graphs load on onnxruntime >= {b['onnxruntime_needed']}")
         if b["runs"]:
-            out.print(f"backend for {escape(b['target'])}: [bold]{b['name']}[/] ({escape(b['why'])})")
+            family = f", backbone {b['backbone']}" if "backbone" in b else ""
+            out.print(f"backend for {escape(b['target'])}: [bold]{b['name']}[/] ({escape(b['why'])}){family}")
         else:
             out.print(f"[bold red]{escape(b['target'])} cannot run here:[/] {escape(b['error'])}")
 

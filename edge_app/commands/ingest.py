@@ -104,6 +104,7 @@ def ingest(
     keep_ratio: float = o.KeepRatio, strategy: str = o.Strategy, fifo_clips: Optional[int] = o.FifoClips,
     fifo_tokens: Optional[int] = o.FifoTokens, probe_layers: Optional[str] = o.ProbeLayers,
     num_probe_layers: int = o.NumProbeLayers, max_caption_tokens: int = o.MaxCaptionTokens,
+    fifo_positions: str = o.FifoPositions,
     max_clips: Optional[int] = typer.Option(None, help="Stop after this many clips (this run)."),
     start_time: Optional[str] = o.StartTime,
     gate: List[str] = o.Gate, gate_threshold: List[str] = o.GateThreshold, gate_max_idle: List[str] = o.GateMaxIdle,
@@ -135,7 +136,7 @@ def ingest(
         config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
-                                   max_caption_tokens=max_caption_tokens)
+                                   max_caption_tokens=max_caption_tokens, fifo_positions=fifo_positions)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
         origin = o.start_clock(start_time)
         if stream is not None:  # a name refused before the model loads and before the memory file is made

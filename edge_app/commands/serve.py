@@ -38,6 +38,7 @@ def serve(
     keep_ratio: float = o.KeepRatio, strategy: str = o.Strategy, fifo_clips: Optional[int] = o.FifoClips,
     fifo_tokens: Optional[int] = o.FifoTokens, probe_layers: Optional[str] = o.ProbeLayers,
     num_probe_layers: int = o.NumProbeLayers, max_caption_tokens: int = o.MaxCaptionTokens,
+    fifo_positions: str = o.FifoPositions,
     top_k: int = o.TopK, token_budget: int = o.TokenBudget, mmr_lambda: float = o.MmrLambda,
     max_answer_tokens: int = o.MaxAnswerTokens,
     replay: bool = typer.Option(True, "--replay/--no-replay",
@@ -121,7 +122,8 @@ def serve(
         config = o.pipeline_config(fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio,
                                    strategy=strategy, fifo_clips=fifo_clips, fifo_tokens=fifo_tokens,
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
-                                   max_caption_tokens=max_caption_tokens, top_k=top_k, token_budget=token_budget,
+                                   max_caption_tokens=max_caption_tokens, fifo_positions=fifo_positions,
+                                   top_k=top_k, token_budget=token_budget,
                                    mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens, retrieval=retrieval)
         public_url = o.check_public_url(public_url)
         mqtt_cfg = None

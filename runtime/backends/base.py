@@ -22,9 +22,12 @@ class ModelInfo:
     vocab_size: int  # V
     num_layers: int  # decoder layers
     probe_layers: tuple[int, ...]  # decoder layers whose attention scores visual tokens
-    tokens_per_frame: int  # P: visual tokens per frame after pooling
+    tokens_per_frame: int  # P: visual tokens per token group (a frame, or Qwen's temporal patch) after pooling
     image_size: tuple[int, int]  # (H, W) the vision tower expects
     video_token_id: int  # the placeholder id the chat template emits for a video
+    backbone: str = "llava_onevision"  # the model family (runtime/backbones REGISTRY)
+    grid: tuple[int, int] | None = None  # (rows, cols) of one token group's tokens (None: square, P = side^2)
+    temporal_patch: int = 1  # frames per token group: P is per frame for LLaVA-OV, per 2 frames for Qwen2.5-VL
 
     def fingerprint(self) -> dict:
         """The facts a stored memory depends on (vectors live in this model's embedding space)."""

@@ -155,9 +155,9 @@ class SharedBackend(Backend):
     def new_state(self) -> DecodeState:
         return self.inner.new_state()  # allocates nothing on the model; no lock needed
 
-    def step(self, embeds: np.ndarray, state: DecodeState, probe_rows: int = 1) -> StepOutput:
+    def step(self, embeds: np.ndarray, state: DecodeState, probe_rows: int = 1, **kw) -> StepOutput:
         with self.lock.hold(self.priority):
-            return self.inner.step(embeds, state, probe_rows)
+            return self.inner.step(embeds, state, probe_rows, **kw)  # kw: positions (M-RoPE backbones)
 
     def close(self) -> None:
         with self.lock.hold(self.priority):

@@ -29,7 +29,8 @@ def test_doctor_reports_this_machine(bundle):
     assert r["onnxruntime"]["providers"] == onnxruntime.get_available_providers()
     assert r["cuda"]["available"] == torch.cuda.is_available() and len(r["cuda"]["devices"]) == torch.cuda.device_count()
     assert r["backend"] == {"target": str(bundle), "asked": "auto", "runs": True, "name": "onnxruntime",
-                            "why": "an exported bundle runs on ONNX Runtime", "onnxruntime_needed": "1.20"}
+                            "why": "an exported bundle runs on ONNX Runtime", "onnxruntime_needed": "1.20",
+                            "backbone": "LLaVA-OneVision"}
 
 
 def test_doctor_says_why_something_cannot_run_and_exits_1(tmp_path, bundle):

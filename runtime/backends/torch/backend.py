@@ -23,15 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AttentionInterface, LlavaOnevisionForConditionalGeneration
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging as hf_logging
 
+from ...backbones import backbone_for_config, backbone_for_dir
 from ...config import ProbeConfig
 from ..base import Backend, DecodeState, ModelInfo, StepOutput
 from ..kv_arena import ArenaPool
+from .backbones import adapter_for
 from .hf_compat import cache_kwargs
 from .static import StaticArena, StaticKV, StaticState
 from rlivs.runtime.errors import UserError
@@ -121,12 +123,13 @@ AttentionMaskInterface.register(PROBE_ATTN, sdpa_mask)  # without it the causal 
 class TorchState(DecodeState):
     cache: DynamicCache  # per-layer keys/values, (1, H_kv, K, Dh) each
     length: int = 0  # K: positions in the cache
+    rope_delta: int = 0  # position id of cache slot k is k + rope_delta (M-RoPE: set by a step given positions)
 
 
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model_dir: str | Path | None = None, *, model: LlavaOnevisionForConditionalGeneration | None = None,
+    def __init__(self, model_dir: str | Path | None = None, *, model: PreTrainedModel | None = None,
                  model_id: str | None = None, probe: ProbeConfig | None = None,
                  device: str = "cpu", dtype: str = "float32", threads: int | None = None,
                  cache: str | None = None, max_context: int = DEFAULT_MAX_CONTEXT, cuda_graph: bool | None = None):
@@ -142,7 +145,14 @@ class TorchBackend(Backend):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {device!r} asked for but CUDA is not available: use --device cpu")
         on_cuda = device.startswith("cuda")
-        cache = cache or ("static" if on_cuda else "dynamic")
+        if (model_dir is None) == (model is None):
+            raise UserError("give the torch backend either model_dir or model")
+        self.backbone = backbone_for_dir(model_dir) if model is None else backbone_for_config(model.config.to_dict())
+        self.family = adapter_for(self.backbone)  # how this backbone loads and encodes (backbones.py)
+        if self.backbone.mrope and cache == "static":
+            raise UserError(f"the static KV cache runs 1-D positions only; {self.backbone.label} uses M-RoPE: "
+                            f"use --kv-cache dynamic")
+        cache = cache or ("static" if on_cuda and not self.backbone.mrope else "dynamic")
         if cache not in CACHES:
             raise UserError(f"cache {cache!r} is not a torch backend KV cache: use one of {', '.join(CACHES)}")
         if cache == "static" and not (isinstance(max_context, int) and max_context >= 1):
@@ -158,16 +168,13 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)
         self.device, self.dtype = torch.device(device), _DTYPES[dtype]
         hf_logging.disable_progress_bar()
-        if (model_dir is None) == (model is None):
-            raise UserError("give the torch backend either model_dir or model")
         if model is None:
-            model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-                str(model_dir), dtype=self.dtype, attn_implementation="sdpa")
+            model = self.family.load(model_dir, self.dtype)
         else:
             model.set_attn_implementation("sdpa")
         self.model = model.to(self.device, self.dtype).eval()
         cfg = self.model.config
-        self.lm = self.model.model.language_model  # Qwen2Model
+        self.lm = self.family.language_model(self.model)  # Qwen2Model / Qwen2_5_VLTextModel
         n_layers = cfg.text_config.num_hidden_layers
         layers = (probe or ProbeConfig()).resolve(n_layers)
         self.recorder = ProbeRecorder(len(layers))
@@ -175,13 +182,10 @@ class TorchBackend(Backend):
         for i in layers:
             self.lm.layers[i].self_attn._rlivs_probe = self.recorder
         self._own_probes = self._probe_signature()  # the probe attachment a captured graph bakes in
-        vc = cfg.vision_config
-        side = math.ceil(vc.image_size // vc.patch_size / 2)  # 2x2 bilinear pooling, ceil
         self.info = ModelInfo(
             model_id=model_id or str(model_dir or 'in-memory'), hidden_size=cfg.text_config.hidden_size,
             vocab_size=cfg.text_config.vocab_size, num_layers=n_layers, probe_layers=layers,
-            tokens_per_frame=side * side, image_size=(vc.image_size, vc.image_size),
-            video_token_id=cfg.video_token_id,
+            backbone=self.backbone.name, **self.family.info_fields(self.model, model_dir),
         )
         self._pool: ArenaPool | None = None
         if cache == "static":
@@ -196,14 +200,12 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)[None]  # (1, T, 3, H, W)
-        pooled = self.model.model.get_video_features(pixel_values_videos=t).pooler_output  # (1, T*P + 1, D)
-        n_frames = pixels.shape[0]
-        return pooled[0, :-1].float().cpu().numpy().reshape(n_frames, -1, self.info.hidden_size)  # (T, P, D)
+        t = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)  # (T, 3, H, W)
+        return self.family.encode(self.model, t).float().cpu().numpy()  # (G, P, D): G = T for LLaVA-OV
 
     @torch.inference_mode()
     def image_newline(self) -> np.ndarray:
-        return self.model.model.image_newline.float().cpu().numpy()  # (D,)
+        return self.family.newline(self.model).float().cpu().numpy()  # (D,)
 
     @torch.inference_mode()
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
@@ -218,20 +220,35 @@ class TorchBackend(Backend):
         return StaticState(arena=None)
 
     @torch.inference_mode()
-    def step(self, embeds: np.ndarray, state: TorchState | StaticState, probe_rows: int = 1) -> StepOutput:
+    def step(self, embeds: np.ndarray, state: TorchState | StaticState, probe_rows: int = 1,
+             positions: np.ndarray | None = None) -> StepOutput:
+        """Backend.step; `positions`: (3, L) M-RoPE position ids of these inputs (default: the next L positions,
+        after the offset the last positioned step left, on every axis)."""
         if self._pool is not None:
             if not isinstance(state, StaticState):
                 raise UserError("this torch backend runs a static KV cache: pass a state from its own new_state()")
+            if positions is not None:
+                raise UserError("the static KV cache runs 1-D positions only: use --kv-cache dynamic")
             return self._step_static(embeds, state, probe_rows)
         x = torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32)).to(self.device, self.dtype)[None]  # (1, L, D)
         n_new = x.shape[1]
-        position_ids = torch.arange(state.length, state.length + n_new, device=self.device)[None]  # (1, L)
+        position_ids = self._positions(state, n_new, positions)  # (1, L), or (3, 1, L) given M-RoPE positions
         self.recorder.begin(probe_rows)
         hidden = self.lm(inputs_embeds=x, **cache_kwargs(state.cache), use_cache=True,
                          position_ids=position_ids).last_hidden_state  # (1, L, D)
         logits = self.model.lm_head(hidden[:, -1])[0]  # (V,) only the last position is ever needed
         state.length += n_new
         return StepOutput(logits=logits.float().cpu().numpy(), probe_attn=self.recorder.end())
+
+    def _positions(self, state: TorchState, n_new: int, positions: np.ndarray | None) -> torch.Tensor:
+        if positions is None:
+            start = state.length + state.rope_delta
+            return torch.arange(start, start + n_new, device=self.device)[None]  # (1, L)
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.shape != (3, n_new):
+            raise UserError(f"positions must be (3, {n_new}) M-RoPE ids, got {pos.shape}")
+        state.rope_delta = int(pos.max()) + 1 - (state.length + n_new)  # later tokens continue after the max
+        return torch.from_numpy(pos).to(self.device)[:, None]  # (3, 1, L)
 
     # ---- static KV cache ------------------------------------------------------------------------------------
 

@@ -66,14 +66,15 @@ def _corpus(seed: int, n: int = 4000) -> list[str]:
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14))) + "." for _ in range(n)]
 
 
-def train_tokenizer(seed: int = 0, vocab_size: int = 512) -> Tokenizer:
-    """A byte-level BPE trained on a generated corpus (deterministic for a seed)."""
+def train_tokenizer(seed: int = 0, vocab_size: int = 512, special_tokens: list[str] | None = None) -> Tokenizer:
+    """A byte-level BPE trained on a generated corpus (deterministic for a seed); `special_tokens` first
+    (default: LLaVA-OneVision's)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens or SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -161,9 +162,14 @@ def default_cache_dir() -> Path:
 
 
 def build_model_dir(out: Path, seed: int = 0, size: str = "tiny") -> Path:
-    """Write an HF-format LLaVA-OneVision directory with random weights (`size`: one of SIZES)."""
+    """Write an HF-format LLaVA-OneVision (or, for a tiny_qwen size, Qwen2.5-VL) directory with random weights
+    (`size`: one of SIZES or tiny_qwen.SIZES)."""
+    from .tiny_qwen import SIZES as QWEN_SIZES, build_qwen_model_dir
+
+    if size in QWEN_SIZES:
+        return build_qwen_model_dir(out, seed, size, RECIPE_VERSION)
     if size not in SIZES:
-        raise UserError(f"unknown random model size {size!r}: use one of {', '.join(SIZES)}")
+        raise UserError(f"unknown random model size {size!r}: use one of {', '.join([*SIZES, *QWEN_SIZES])}")
     make_config, toy = SIZES[size]
     tok = train_tokenizer(seed)
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}

@@ -1,0 +1,205 @@
+"""Model families ("backbones") behind one small interface, chosen from the model's config.
+
+What differs between LLaVA-OneVision and Qwen2.5-VL, and nothing else, lives here (torch-free: the engine, the
+ONNX Runtime and TensorRT backends use it too); how the torch backend loads and runs each family is in
+`backends/torch/backbones.py`, keyed by the same names.
+
+| backbone         | frames -> visual tokens                              | clip in the prompt          | positions        |
+|------------------|------------------------------------------------------|-----------------------------|------------------|
+| llava_onevision  | SigLIP per frame, projector, 2x2 bilinear pooling    | [FIFO][clip][newline]       | 1-D              |
+| qwen2_5_vl       | temporal patches of 2 frames, ViT, 2x2 merge         | [FIFO][clip] (no newline)   | 3-D M-RoPE (t,h,w) |
+
+Letters: T frames, G = ceil(T / temporal_patch) token groups (frames for LLaVA-OV, temporal patches for Qwen),
+rows x cols the token grid of one group, P = rows * cols, A/B prompt ids before/after the video placeholder,
+F FIFO tokens, N_V = G * P clip tokens, S context length.
+
+M-RoPE positions of FIFO tokens (`FIFO_POSITIONS`, setting `FifoConfig.positions`):
+  "original"   (default) each FIFO token keeps the (t, h, w) it had in its own clip, on one time axis that runs from
+               the oldest FIFO clip to the current one: the context is positioned exactly as Qwen2.5-VL positions
+               one long video of those clips with the unselected tokens dropped (temporal ids follow seconds).
+  "sequential" FIFO tokens are re-indexed like text (t = h = w, consecutive) and the current clip is a video of its
+               own after them (what a 1-D model such as LLaVA-OV sees). Also the fallback when a FIFO clip has no
+               token indices (pooled strategies, a FIFO restored from memory).
+docs/method.md ("Backbones") says why "original" is the default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+log = logging.getLogger("rlivs.backbones")
+
+FIFO_POSITIONS = ("original", "sequential")
+QWEN_FRAME_SIDE = 448  # default frame side for Qwen-VL (a multiple of patch 14 x merge 2: 16x16 = 256 tokens / group)
+
+
+@dataclass(frozen=True)
+class FifoClip:
+    """One FIFO clip, as the positions need it: its stream clip index, token count and flat token indices."""
+
+    index: int  # the clip's index in its stream
+    n: int  # tokens it holds in the FIFO
+    kept: np.ndarray | None  # (n,) flat indices into its G * P clip tokens (None: pooled or unknown)
+
+
+class Backbone:
+    """What one model family does differently. Subclasses are registered in REGISTRY by name."""
+
+    name: str = ""
+    label: str = ""
+    model_types: tuple[str, ...] = ()  # config.json model_type values it runs
+    architectures: tuple[str, ...] = ()  # config.json architectures it runs
+    temporal_patch: int = 1  # frames per token group
+    newline: bool = True  # a learned separator follows the clip's tokens
+    mrope: bool = False  # 3-D positions (t, h, w) instead of 1-D
+    exportable: bool = True  # `rlivs export` writes a bundle for it
+
+    def __init__(self, config: dict | None = None):
+        self.config = config or {}  # the model's config.json
+
+    def check_frames(self, frames_per_clip: int) -> None:
+        """Refuse a clip length the model cannot group."""
+
+    def groups(self, n_frames: int) -> int:
+        """G: token groups of a clip of n_frames (a short last clip is padded to a whole group)."""
+        return math.ceil(n_frames / self.temporal_patch)
+
+    def clip_tokens(self, n_frames: int, tokens_per_group: int) -> int:
+        return self.groups(n_frames) * tokens_per_group
+
+    def frame_size(self, config: dict, preprocessor: dict) -> tuple[int, int]:
+        """(H, W) frames are resized to."""
+        raise NotImplementedError
+
+    def positions(self, prefix: int, fifo: list[FifoClip], clip_index: int, groups: int, grid: tuple[int, int],
+                  suffix: int, *, fps: float, frames_per_clip: int, mode: str = "original") -> np.ndarray | None:
+        """Position ids of the caption context [prefix A][FIFO F][clip G*P][newline?][suffix B]: None for 1-D
+        (positions 0..S-1, the backend's default), else (3, S) int64."""
+        return None
+
+    def probe_candidates(self, n_layers: int) -> tuple[int, ...]:
+        """Decoder layers `calibrate layers` may choose from (all of them unless a family says otherwise)."""
+        return tuple(range(n_layers))
+
+
+class LlavaOneVision(Backbone):
+    name, label = "llava_onevision", "LLaVA-OneVision"
+    model_types = ("llava_onevision",)
+    architectures = ("LlavaOnevisionForConditionalGeneration",)
+
+    def frame_size(self, config: dict, preprocessor: dict) -> tuple[int, int]:
+        side = int(config.get("vision_config", {}).get("image_size", 384))
+        return side, side
+
+
+class Qwen25VL(Backbone):
+    name, label = "qwen2_5_vl", "Qwen2.5-VL"
+    model_types = ("qwen2_5_vl",)
+    architectures = ("Qwen2_5_VLForConditionalGeneration",)
+    temporal_patch, newline, mrope, exportable = 2, False, True, False
+
+    def check_frames(self, frames_per_clip: int) -> None:
+        if frames_per_clip % self.temporal_patch:
+            raise UserError(f"{self.label} encodes frames in temporal patches of {self.temporal_patch}: frames per "
+                            f"clip must be even, got {frames_per_clip}; use --frames-per-clip "
+                            f"{frames_per_clip + 1} (or {max(2, frames_per_clip - 1)})")
+
+    def frame_size(self, config: dict, preprocessor: dict) -> tuple[int, int]:
+        """preprocessor_config.json's size {height, width} when it has one (rlivs' tiny models), else
+        QWEN_FRAME_SIDE square; either way a multiple of patch_size * spatial_merge_size."""
+        vc = config.get("vision_config", {})
+        unit = int(vc.get("patch_size", 14)) * int(vc.get("spatial_merge_size", 2))
+        size = preprocessor.get("size") or {}
+        h, w = (int(size["height"]), int(size["width"])) if "height" in size and "width" in size else \
+            (QWEN_FRAME_SIDE, QWEN_FRAME_SIDE)
+        if h % unit or w % unit:
+            raise UserError(f"{self.label} frames must be a multiple of {unit} px (patch x merge), got {h}x{w}: "
+                            f"fix size in preprocessor_config.json")
+        return h, w
+
+    @staticmethod
+    def _video(start: int, t0: float, groups: int, grid: tuple[int, int], interval: float) -> np.ndarray:
+        """(3, G*P) positions of a video whose first group sits t0 groups after the window start, as
+        Qwen2.5-VL positions a video: t = long(group * interval) + start, h = row + start, w = col + start."""
+        rows, cols = grid
+        t = ((t0 + np.arange(groups)) * interval).astype(np.int64) + start  # (G,)
+        tt, hh, ww = np.meshgrid(t, np.arange(rows) + start, np.arange(cols) + start, indexing="ij")
+        return np.stack([tt.ravel(), hh.ravel(), ww.ravel()]).astype(np.int64)
+
+    def positions(self, prefix: int, fifo: list[FifoClip], clip_index: int, groups: int, grid: tuple[int, int],
+                  suffix: int, *, fps: float, frames_per_clip: int, mode: str = "original") -> np.ndarray:
+        """Text: consecutive on all three axes; each text run starts at the max position so far + 1 (Qwen2.5-VL's
+        rule); the clip: one video (temporal ids `long(group * tokens_per_second * temporal_patch / fps)`)."""
+        if mode not in FIFO_POSITIONS:
+            raise UserError(f"FIFO positions {mode!r} unknown: use one of {', '.join(FIFO_POSITIONS)}")
+        interval = self.tokens_per_second * self.temporal_patch / fps
+        parts = [np.broadcast_to(np.arange(prefix, dtype=np.int64), (3, prefix))]
+        start = prefix
+        n_fifo = sum(c.n for c in fifo)
+        if mode == "original" and fifo and any(c.kept is None for c in fifo):
+            log.debug("a FIFO clip has no token indices: FIFO tokens get sequential positions")
+            mode = "sequential"
+        rows, cols = grid
+        per_clip = self.groups(frames_per_clip)  # groups of a full clip: clip k starts k * per_clip groups in
+        if mode == "original" and fifo:
+            first = fifo[0].index
+            for c in fifo:
+                kept = np.asarray(c.kept, dtype=np.int64)
+                g, rc = np.divmod(kept, rows * cols)
+                r, col = np.divmod(rc, cols)
+                t = (((c.index - first) * per_clip + g) * interval).astype(np.int64) + start
+                parts.append(np.stack([t, r + start, col + start]))
+            clip = self._video(start, (clip_index - first) * per_clip, groups, grid, interval)
+        else:
+            parts.append(np.broadcast_to(np.arange(start, start + n_fifo, dtype=np.int64), (3, n_fifo)))
+            start += n_fifo
+            clip = self._video(start, 0, groups, grid, interval)
+        parts.append(clip)
+        nxt = int(max(p.max() for p in parts if p.size)) + 1
+        parts.append(np.broadcast_to(np.arange(nxt, nxt + suffix, dtype=np.int64), (3, suffix)))
+        return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Temporal position ids per second of video (vision_config.tokens_per_second; 2 in the released models)."""
+        return float(self.config.get("vision_config", {}).get("tokens_per_second", 2))
+
+
+REGISTRY: dict[str, type[Backbone]] = {b.name: b for b in (LlavaOneVision, Qwen25VL)}
+
+
+def backbone_for_config(config: dict) -> Backbone:
+    """The backbone that runs an HF config.json dict (by model_type, else by architectures)."""
+    mt, arch = config.get("model_type"), tuple(config.get("architectures") or ())
+    for cls in REGISTRY.values():
+        if mt in cls.model_types or any(a in cls.architectures for a in arch):
+            return cls(config)
+    known = ", ".join(f"{c.label} ({c.model_types[0]})" for c in REGISTRY.values())
+    raise UserError(f"model_type {mt!r} (architectures {list(arch)}) is not a backbone rlivs runs: it runs {known}; "
+                    f"pass a model directory of one of those")
+
+
+def read_config(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} cannot be read ({e}): copy the model directory again") from None
+
+
+def backbone_for_dir(model_dir: str | Path) -> Backbone:
+    return backbone_for_config(read_config(model_dir))
+
+
+def get_backbone(name: str, config: dict | None = None) -> Backbone:
+    if name not in REGISTRY:
+        raise UserError(f"unknown backbone {name!r}: one of {', '.join(REGISTRY)}")
+    return REGISTRY[name](config)
