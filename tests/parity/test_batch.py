@@ -1,0 +1,110 @@
+"""Batched steps (issue 26, item 3): several sequences stepped together give each sequence what it gets alone.
+
+Per sequence: the greedy caption identical, the clip scores within 1e-5, the same selection, on two model shapes
+(`tiny`, and `tiny-gqa`: 7 query heads per KV head, untied output layer), through the torch reference and ONNX
+Runtime; clips with different FIFO sizes (different context lengths, so the batch pads) and captions that end at
+different steps (the batch shrinks)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from rlivs.runtime.engine import ClipInput, load_engine  # noqa: E402
+from rlivs.runtime.generate import greedy, greedy_batch  # noqa: E402
+from tests.helpers.configs import small_config  # noqa: E402
+
+SCORE_TOL = 1e-5
+CAPTION_TOKENS = 10
+FIFO_SIZES = (0, 30, 75, 10)  # tokens of FIFO in front of each clip: four context lengths
+
+
+@pytest.fixture(scope="module")
+def gqa_dir():
+    from rlivs.runtime.backends.torch.tiny import ensure_random_model
+
+    return ensure_random_model("tiny-gqa")
+
+
+def _clips(engine, sizes=FIFO_SIZES, seed=0) -> list[ClipInput]:
+    rng = np.random.default_rng(seed)
+    d = engine.backend.info.hidden_size
+    return [ClipInput(rng.integers(0, 256, (4, 48, 64, 3), dtype=np.uint8),
+                      (rng.standard_normal((f, d)) * 0.5).astype(np.float32), i) for i, f in enumerate(sizes)]
+
+
+def _stop_early(engine, clips) -> None:
+    """Add an end token that stops the captions at different steps: a token the first clip's caption emits at its
+    3rd step (random weights rarely emit the real EOS)."""
+    first = engine.caption_clip(clips[0].frames, clips[0].fifo_tokens, 0).caption_ids
+    engine.text.eos_ids = frozenset(engine.text.eos_ids) | {first[2]}
+
+
+def assert_same_clip_outputs(got, alone) -> None:
+    assert len(got) == len(alone)
+    for g, a in zip(got, alone):
+        assert g.caption_ids == a.caption_ids and g.caption == a.caption, f"clip {a.index}"
+        assert g.steps == a.steps and g.context_tokens == a.context_tokens
+        np.testing.assert_allclose(g.scores, a.scores, atol=SCORE_TOL, rtol=0, err_msg=f"clip {a.index}")
+        np.testing.assert_array_equal(g.selection.indices, a.selection.indices)
+        np.testing.assert_array_equal(g.selection.tokens, a.selection.tokens)
+
+
+def check_batched_clip_step(engine, batch_prefill=False) -> list[int]:
+    clips = _clips(engine)
+    _stop_early(engine, clips)
+    alone = [engine.caption_clip(c.frames, c.fifo_tokens, c.index) for c in clips]
+    got = engine.caption_clips(clips, batch_prefill=batch_prefill)
+    assert_same_clip_outputs(got, alone)
+    lengths = [len(a.caption_ids) for a in alone]
+    assert len(set(lengths)) > 1, f"the captions should end at different steps: {lengths}"
+    assert len({a.context_tokens for a in alone}) == len(clips)  # four context lengths: the batch pads
+    return lengths
+
+
+@pytest.mark.parametrize("shape", ["tiny", "tiny-gqa"])
+@pytest.mark.parametrize("batch_prefill", [False, True], ids=["prefill-alone", "prefill-batched"])
+def test_torch_batched_clip_step_equals_each_clip_alone(request, tiny_dir, shape, batch_prefill):
+    model = tiny_dir if shape == "tiny" else request.getfixturevalue("gqa_dir")
+    engine = load_engine(model, config=small_config(caption_tokens=CAPTION_TOKENS))
+    check_batched_clip_step(engine, batch_prefill)
+
+
+def test_torch_step_batch_probe_rows_cover_each_sequence_own_keys(tiny_dir):
+    """A padded batched prefill (three contexts, three lengths), then decode steps: each sequence's logits and its
+    probe row (1, K_i) equal the same sequence stepped alone; the padding and the other rows' holes never show."""
+    be = load_engine(tiny_dir).backend
+    rng = np.random.default_rng(3)
+    ctxs = [rng.standard_normal((n, be.info.hidden_size)).astype(np.float32) for n in (7, 19, 2)]
+    alone = [be.new_state() for _ in ctxs]
+    batch = be.batch([be.new_state() for _ in ctxs])
+    xs = ctxs
+    for step in range(4):
+        want = [be.step(x, s) for x, s in zip(xs, alone)]
+        got = be.step_batch(xs, batch)
+        assert batch.lengths == [s.length for s in alone]
+        for g, w in zip(got, want):
+            assert g.probe_attn.shape == w.probe_attn.shape  # (1, K_i): no padding columns
+            np.testing.assert_allclose(g.logits, w.logits, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(g.probe_attn, w.probe_attn, atol=1e-6, rtol=0)
+            assert abs(float(g.probe_attn.sum()) - 1.0) < 1e-5  # a distribution over the sequence's own keys
+        xs = [be.embed_tokens(np.array([int(np.argmax(w.logits))])) for w in want]
+        if step == 1:  # the middle sequence leaves: the other two go on unchanged
+            batch.keep([0, 2])
+            alone, xs = [alone[0], alone[2]], [xs[0], xs[2]]
+
+
+def test_backends_without_batching_keep_the_contract(tiny_dir):
+    """The base step_batch (sequence after sequence: here the torch static cache) gives the same generations."""
+    from rlivs.runtime.backends.torch import TorchBackend
+
+    be = TorchBackend(tiny_dir, cache="static", max_context=512)
+    assert type(be.batch([be.new_state()])).__name__ == "BatchState"
+    rng = np.random.default_rng(4)
+    ctxs = [rng.standard_normal((n, be.info.hidden_size)).astype(np.float32) for n in (9, 4)]
+    cols = [slice(1, 5), slice(0, 3)]
+    got = greedy_batch(be, ctxs, 6, frozenset(), cols)
+    for g, ctx, c in zip(got, ctxs, cols):
+        want = greedy(be, ctx, 6, frozenset(), c)
+        assert g.ids == want.ids and g.steps == want.steps
+        np.testing.assert_allclose(g.scores, want.scores, atol=SCORE_TOL, rtol=0)
