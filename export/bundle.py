@@ -58,6 +58,7 @@ class ExportConfig:
     kv_layout: str | None = None  # stacked (ORT: cache passed past->present) | arena (appended in place); default by target
     kv_dtype: str | None = None  # arena cache dtype: float16 (default for tensorrt) | float32 (exact parity)
     max_context: int = 8192  # arena rows preallocated per sequence: FIFO (16 x 196) + clip (3136) + prompt + caption
+    batch: bool = False  # decoder with a dynamic batch axis (B sequences stepped together; stacked cache only)
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -82,6 +83,9 @@ class ExportConfig:
             self.embed_dtype = "float16" if self.kv_dtype == "float16" else "float32"
         if self.embed_dtype not in ("float16", "float32"):
             raise UserError(f"embed_dtype must be float16 or float32, got {self.embed_dtype!r}")
+        if self.batch and self.kv_layout != "stacked":
+            raise UserError("the batched decoder (a dynamic batch axis) is exported with the stacked KV cache only: "
+                            "use --target onnxruntime without --kv-layout arena, or drop --batch")
         if not 64 <= self.max_context <= 1 << 20:
             raise UserError(f"max_context must be 64..{1 << 20} positions, got {self.max_context}; e.g. --max-context "
                             f"8192 (a FIFO of 16 clips + one clip + prompt + caption is ~6.5K for the 0.5B model)")
@@ -118,7 +122,7 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     log.info("export 1/4: vision graph written: %s (%.1f s)", out / "vision.onnx", time.perf_counter() - t0)
     t0 = time.perf_counter()
     export_decoder(backend, out / "decoder.onnx", config.opset, plain=config.target == "tensorrt",
-                   kv_layout=config.kv_layout, kv_dtype=config.kv_dtype)
+                   kv_layout=config.kv_layout, kv_dtype=config.kv_dtype, batch=config.batch)
     log.info("export 2/4: decoder graph written: %s (%.1f s)", out / "decoder.onnx", time.perf_counter() - t0)
     table = backend.model.model.language_model.embed_tokens.weight.detach().float().numpy()  # (V, D)
     np.save(out / "embeddings.npy", table.astype(config.embed_dtype))
@@ -143,7 +147,8 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
         probe_layers=list(info.probe_layers), tokens_per_frame=info.tokens_per_frame,
         image_size=list(info.image_size), video_token_id=info.video_token_id,
         kv_cache={"layers": n_layers, "kv_heads": h_kv, "head_dim": head_dim, "layout": config.kv_layout,
-                  "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions)},
+                  "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions),
+                  **({"batch": True} if config.batch else {})},
         embeddings={"file": "embeddings.npy", "dtype": config.embed_dtype, "shape": list(table.shape)},
         image_newline={"file": "image_newline.npy", "dtype": "float32", "shape": [info.hidden_size]},
         graphs={"vision": graph_io(out / "vision.onnx"), "decoder": graph_io(out / "decoder.onnx")},

@@ -116,8 +116,10 @@ def rlivs_probe_attention(module, query, key, value, attention_mask, scaling=Non
     rec: ProbeRecorder | None = getattr(module, "_rlivs_probe", None)
     if rec is not None and rec.rows > 0:
         scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-        rows = probe_rows_batch(module, query, key, attention_mask, scale, rec.rows)  # (B, R, K)
-        rec.add(rows if rec.batched else rows[0])
+        if getattr(rec, "batched", False):  # a batched step: (B, R, K), one block per sequence
+            rec.add(probe_rows_batch(module, query, key, attention_mask, scale, rec.rows))
+        else:
+            rec.add(probe_rows(module, query, key, attention_mask, scale, rec.rows))  # (R, K)
     return out, None
 
 
