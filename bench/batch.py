@@ -1,0 +1,152 @@
+"""Batched vs one-at-a-time clip steps (issue 26, item 3), in the same run: decode tokens per second and whole-clip
+throughput at batch 1, 2, 4, 8.
+
+B clips (each its own random frames and its own FIFO, as B cameras would give) are captioned
+  alone     one after another through `Engine.caption_clip`: the first B of one sequential run of max(batches) clips
+            (clips are independent, so B clips one at a time cost the first B clip steps of that run)
+  batched   together through `Engine.caption_clips` (each clip encoded and prefilled on its own, the B captions
+            decoded as one batch, `runtime/generate.greedy_batch`)
+Captions are fixed-length (EOS off: random weights need not stop). Per batch size: decode tokens/s (decode steps /
+decode seconds: the steps after the prefill, one token each per sequence), clips/s over the whole clip step (encode
++ prefill + decode + select), the speedups, and whether every batched caption and selection equals its clip alone.
+Prints one JSON object as its last line.
+
+    python bench/batch.py                                   # tiny, torch backend
+    python bench/batch.py --backend onnxruntime             # tiny, ONNX Runtime (exports a batched bundle first)
+    python bench/batch.py --real-shape                      # the real 0.5B shapes, random weights (random-0.5b)
+    python bench/batch.py --real-shape --device cuda --dtype float16   # bench/gpu's stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# --real-shape defaults: a short CPU run (one 384 px frame is 196 tokens after pooling; the vision tower dominates)
+REAL_SHAPE = {"frames": 1, "fifo_tokens": 196, "caption_tokens": 16}
+TINY = {"frames": 4, "fifo_tokens": 100, "caption_tokens": 32}
+
+
+def _engine(args):
+    from rlivs.runtime.config import CaptionConfig, ClipConfig, PipelineConfig
+    from rlivs.runtime.engine import Engine, load_engine
+    from rlivs.runtime.frames import FramePreprocessor
+    from rlivs.runtime.models import resolve_model
+    from rlivs.runtime.text import TextCodec
+
+    config = PipelineConfig(clip=ClipConfig(frames_per_clip=args.frames),
+                            caption=CaptionConfig(max_new_tokens=args.caption_tokens))
+    if args.backend == "onnxruntime":
+        from rlivs.runtime.config import EngineConfig
+
+        return load_engine(EngineConfig(model=str(_bundle(args)), threads=args.threads), config)
+    from rlivs.runtime.backends.torch import TorchBackend
+
+    model_dir, model_id = resolve_model(args.model)
+    # the dynamic cache explicitly: the torch backend batches on it (its CUDA default, the static cache, does not)
+    be = TorchBackend(model_dir, model_id=model_id, device=args.device, dtype=args.dtype, threads=args.threads,
+                      cache="dynamic", cuda_graph=False)
+    return Engine(be, TextCodec(model_dir), FramePreprocessor.from_model_dir(model_dir), config)
+
+
+def _bundle(args) -> Path:
+    """--bundle, or the model exported with the batched decoder into a temporary directory."""
+    if args.bundle:
+        return args.bundle
+    from rlivs.export.bundle import ExportConfig, export_bundle
+
+    out = Path(tempfile.mkdtemp(prefix="rlivs-batch-bench-")) / "bundle"
+    export_bundle(args.model, out, ExportConfig(batch=True, check=False))
+    return out
+
+
+def _clips(engine, n: int, args):
+    from rlivs.runtime.engine import ClipInput
+
+    rng = np.random.default_rng(0)
+    d = engine.backend.info.hidden_size
+    return [ClipInput(rng.integers(0, 256, (args.frames, 240, 320, 3), dtype=np.uint8),
+                      (rng.standard_normal((args.fifo_tokens, d)) * 0.02).astype(np.float32), i) for i in range(n)]
+
+
+def _same(a, b) -> bool:
+    return a.caption_ids == b.caption_ids and np.array_equal(a.selection.indices, b.selection.indices) and \
+        float(np.abs(a.scores - b.scores).max()) <= 1e-5
+
+
+def run(args) -> dict:
+    batches = sorted({int(b) for b in args.batches.split(",")})
+    engine = _engine(args)
+    engine.text.eos_ids = frozenset()  # fixed-length captions
+    clips = _clips(engine, max(batches), args)
+    if args.warmup:
+        engine.caption_clips(clips[:2])
+    alone, alone_s = [], []
+    for c in clips:  # one at a time: the sequential run whose first B clips are "B clips alone"
+        t0 = time.perf_counter()
+        alone.append(engine.caption_clip(c.frames, c.fifo_tokens, c.index))
+        alone_s.append(time.perf_counter() - t0)
+    rows = []
+    for b in batches:
+        t0 = time.perf_counter()
+        got = engine.caption_clips(clips[:b])
+        wall = time.perf_counter() - t0
+        steps = sum(o.steps - 1 for o in alone[:b])  # decode steps of the B captions
+        dec_alone = sum(o.timings["decode"] for o in alone[:b])
+        dec_batch = got[0].timings["decode"]  # shared by the batch
+        row = {"batch": b, "decode_steps": steps,
+               "alone_decode_tok_s": round(steps / dec_alone, 2), "batched_decode_tok_s": round(steps / dec_batch, 2),
+               "alone_clips_s": round(b / sum(alone_s[:b]), 4), "batched_clips_s": round(b / wall, 4),
+               "same_as_alone": all(_same(g, a) for g, a in zip(got, alone[:b]))}
+        row["decode_speedup"] = round(row["batched_decode_tok_s"] / row["alone_decode_tok_s"], 2)
+        row["clip_speedup"] = round(row["batched_clips_s"] / row["alone_clips_s"], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    t = alone[0].timings
+    return {"model": args.model, "backend": args.backend, "device": args.device, "dtype": args.dtype,
+            "threads": args.threads, "frames": args.frames, "fifo_tokens": args.fifo_tokens,
+            "caption_tokens": args.caption_tokens, "context_tokens": alone[0].context_tokens,
+            "clip_alone_stages_s": {k: round(v, 4) for k, v in t.items()}, "rows": rows,
+            "decode_speedup_at_max": rows[-1]["decode_speedup"], "all_same_as_alone": all(r["same_as_alone"] for r in rows)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="tiny (default) | tiny-gqa | random-0.5b | an HF directory")
+    p.add_argument("--real-shape", action="store_true", help="random-0.5b: the real 0.5B shapes with random weights "
+                   f"(short-run defaults {REAL_SHAPE})")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    p.add_argument("--bundle", type=Path, default=None, help="onnxruntime: a bundle exported with the batched decoder "
+                   "(default: export --model into a temporary directory)")
+    p.add_argument("--batches", default="1,2,4,8")
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--fifo-tokens", type=int, default=None, help="FIFO tokens in front of each clip")
+    p.add_argument("--caption-tokens", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None, help="an untimed batched pass first (default: 1 on CUDA)")
+    args = p.parse_args()
+    if args.model is None:
+        args.model = "random-0.5b" if args.real_shape else "tiny"
+    defaults = REAL_SHAPE if args.real_shape else TINY
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.warmup is None:
+        args.warmup = 1 if args.device.startswith("cuda") else 0
+    print(json.dumps(run(args)))
+
+
+if __name__ == "__main__":
+    main()
