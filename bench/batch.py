@@ -1,19 +1,22 @@
 """Batched vs one-at-a-time clip steps (issue 26, item 3), in the same run: decode tokens per second and whole-clip
 throughput at batch 1, 2, 4, 8.
 
-B clips (each its own random frames and its own FIFO, as B cameras would give) are captioned
-  alone     one after another through `Engine.caption_clip`: the first B of one sequential run of max(batches) clips
-            (clips are independent, so B clips one at a time cost the first B clip steps of that run)
+B clips (each its own random frames and its own FIFO, as B cameras would give) are captioned, per batch size
+back to back (the same machine load for both):
+  alone     one after another through `Engine.caption_clip`
   batched   together through `Engine.caption_clips` (each clip encoded and prefilled on its own, the B captions
             decoded as one batch, `runtime/generate.greedy_batch`)
 Captions are fixed-length (EOS off: random weights need not stop). Per batch size: decode tokens/s (decode steps /
 decode seconds: the steps after the prefill, one token each per sequence), clips/s over the whole clip step (encode
 + prefill + decode + select), the speedups, and whether every batched caption and selection equals its clip alone.
-Prints one JSON object as its last line.
+`--decode-only`: no frames and no Engine, the decode measurement alone: B random contexts of --context-tokens
+embeddings through `greedy` one after another vs `greedy_batch` (the clip step's decode, without its vision tower
+and selection: what a short CPU run at the real 0.5B shape can afford). Prints one JSON object as its last line.
 
     python bench/batch.py                                   # tiny, torch backend
     python bench/batch.py --backend onnxruntime             # tiny, ONNX Runtime (exports a batched bundle first)
     python bench/batch.py --real-shape                      # the real 0.5B shapes, random weights (random-0.5b)
+    python bench/batch.py --real-shape --decode-only --threads 2   # the CPU short run of docs/benchmarks.md
     python bench/batch.py --real-shape --device cuda --dtype float16   # bench/gpu's stage
 """
 
@@ -84,6 +87,41 @@ def _same(a, b) -> bool:
         float(np.abs(a.scores - b.scores).max()) <= 1e-5
 
 
+def run_decode(args) -> dict:
+    """greedy one at a time vs greedy_batch on B random contexts (S, D), fixed-length, scored over half the context."""
+    from rlivs.runtime.generate import greedy, greedy_batch
+
+    batches = sorted({int(b) for b in args.batches.split(",")})
+    be = _engine(args).backend
+    rng = np.random.default_rng(0)
+    s_len, d = args.context_tokens, be.info.hidden_size
+    ctxs = [(rng.standard_normal((s_len, d)) * 0.02).astype(np.float32) for _ in range(max(batches))]
+    cols = slice(s_len // 4, 3 * s_len // 4)
+    n_new = args.caption_tokens
+    rows = []
+    for b in batches:
+        alone = [greedy(be, c, n_new, frozenset(), cols) for c in ctxs[:b]]  # one at a time, then batched
+        t0 = time.perf_counter()
+        got = greedy_batch(be, ctxs[:b], n_new, frozenset(), [cols] * b)
+        wall = time.perf_counter() - t0
+        steps = sum(g.steps - 1 for g in alone[:b])
+        dec_alone, dec_batch = sum(g.decode_s for g in alone[:b]), got[0].decode_s
+        row = {"batch": b, "decode_steps": steps, "alone_decode_tok_s": round(steps / dec_alone, 2),
+               "batched_decode_tok_s": round(steps / dec_batch, 2),
+               "alone_seqs_s": round(b / sum(g.prefill_s + g.decode_s for g in alone[:b]), 4),
+               "batched_seqs_s": round(b / wall, 4),
+               "same_as_alone": all(g.ids == a.ids and float(np.abs(g.scores - a.scores).max()) <= 1e-5
+                                    for g, a in zip(got, alone[:b]))}
+        row["decode_speedup"] = round(row["batched_decode_tok_s"] / row["alone_decode_tok_s"], 2)
+        row["seq_speedup"] = round(row["batched_seqs_s"] / row["alone_seqs_s"], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"model": args.model, "backend": args.backend, "device": args.device, "dtype": args.dtype,
+            "threads": args.threads, "mode": "decode-only", "context_tokens": s_len, "caption_tokens": n_new,
+            "prefill_s": round(alone[0].prefill_s, 3), "rows": rows, "decode_speedup_at_max": rows[-1]["decode_speedup"],
+            "all_same_as_alone": all(r["same_as_alone"] for r in rows)}
+
+
 def run(args) -> dict:
     batches = sorted({int(b) for b in args.batches.split(",")})
     engine = _engine(args)
@@ -91,13 +129,13 @@ def run(args) -> dict:
     clips = _clips(engine, max(batches), args)
     if args.warmup:
         engine.caption_clips(clips[:2])
-    alone, alone_s = [], []
-    for c in clips:  # one at a time: the sequential run whose first B clips are "B clips alone"
-        t0 = time.perf_counter()
-        alone.append(engine.caption_clip(c.frames, c.fifo_tokens, c.index))
-        alone_s.append(time.perf_counter() - t0)
     rows = []
     for b in batches:
+        alone, alone_s = [], []
+        for c in clips[:b]:  # one at a time
+            t0 = time.perf_counter()
+            alone.append(engine.caption_clip(c.frames, c.fifo_tokens, c.index))
+            alone_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         got = engine.caption_clips(clips[:b])
         wall = time.perf_counter() - t0
@@ -135,6 +173,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--decode-only", action="store_true", help="the decode measurement alone on random contexts "
+                   "(no vision tower): see above")
+    p.add_argument("--context-tokens", type=int, default=256, help="--decode-only: context length per sequence")
     p.add_argument("--warmup", type=int, default=None, help="an untimed batched pass first (default: 1 on CUDA)")
     args = p.parse_args()
     if args.model is None:
@@ -145,7 +186,7 @@ def main() -> None:
             setattr(args, k, v)
     if args.warmup is None:
         args.warmup = 1 if args.device.startswith("cuda") else 0
-    print(json.dumps(run(args)))
+    print(json.dumps(run_decode(args) if args.decode_only else run(args)))
 
 
 if __name__ == "__main__":

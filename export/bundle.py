@@ -58,7 +58,8 @@ class ExportConfig:
     kv_layout: str | None = None  # stacked (ORT: cache passed past->present) | arena (appended in place); default by target
     kv_dtype: str | None = None  # arena cache dtype: float16 (default for tensorrt) | float32 (exact parity)
     max_context: int = 8192  # arena rows preallocated per sequence: FIFO (16 x 196) + clip (3136) + prompt + caption
-    batch: bool = False  # decoder with a dynamic batch axis (B sequences stepped together; stacked cache only)
+    batch: bool = False  # decoder with a dynamic batch axis (B sequences stepped together): onnxruntime batches on
+    #                      the stacked cache; the arena (tensorrt) gets the slot-major batch contract (onnx_export.py)
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -83,9 +84,6 @@ class ExportConfig:
             self.embed_dtype = "float16" if self.kv_dtype == "float16" else "float32"
         if self.embed_dtype not in ("float16", "float32"):
             raise UserError(f"embed_dtype must be float16 or float32, got {self.embed_dtype!r}")
-        if self.batch and self.kv_layout != "stacked":
-            raise UserError("the batched decoder (a dynamic batch axis) is exported with the stacked KV cache only: "
-                            "use --target onnxruntime without --kv-layout arena, or drop --batch")
         if not 64 <= self.max_context <= 1 << 20:
             raise UserError(f"max_context must be 64..{1 << 20} positions, got {self.max_context}; e.g. --max-context "
                             f"8192 (a FIFO of 16 clips + one clip + prompt + caption is ~6.5K for the 0.5B model)")

@@ -122,13 +122,24 @@ class _ExplicitCache(Cache):
 
 
 class _ArenaCache(Cache):
-    """The same over a position-major past (K_past, N, 2, H_kv, Dh); the graph outputs only the new rows."""
+    """The same over a position-major past (K_past, N, 2, H_kv, Dh); the graph outputs only the new rows.
+    batched: a slot-major past (S, B, N, 2, H_kv, Dh) and new rows (L, B, N, 2, H_kv, Dh)."""
 
-    def __init__(self, past_kv: torch.Tensor):
-        past = past_kv.permute(1, 2, 3, 0, 4)  # (N, 2, H_kv, K_past, Dh)
-        super().__init__(layers=[_ConcatLayer(past[i, 0][None], past[i, 1][None]) for i in range(past.shape[0])])
+    def __init__(self, past_kv: torch.Tensor, batched: bool = False):
+        self.batched = batched
+        if batched:
+            past = past_kv.permute(2, 3, 1, 4, 0, 5)  # (N, 2, B, H_kv, S, Dh)
+            layers = [_ConcatLayer(past[i, 0], past[i, 1]) for i in range(past.shape[0])]
+        else:
+            past = past_kv.permute(1, 2, 3, 0, 4)  # (N, 2, H_kv, K_past, Dh)
+            layers = [_ConcatLayer(past[i, 0][None], past[i, 1][None]) for i in range(past.shape[0])]
+        super().__init__(layers=layers)
 
     def new_rows(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.batched:  # new keys (B, H_kv, L, Dh) per layer
+            keys = torch.stack([l.new_keys.permute(2, 0, 1, 3) for l in self.layers], 2)  # (L, B, N, H_kv, Dh)
+            values = torch.stack([l.new_values.permute(2, 0, 1, 3) for l in self.layers], 2)
+            return torch.stack([keys, values], 3).to(dtype)  # (L, B, N, 2, H_kv, Dh)
         keys = torch.stack([l.new_keys[0].transpose(0, 1) for l in self.layers], 1)  # (L, N, H_kv, Dh)
         values = torch.stack([l.new_values[0].transpose(0, 1) for l in self.layers], 1)
         return torch.stack([keys, values], 2).to(dtype)  # (L, N, 2, H_kv, Dh)
@@ -178,9 +189,10 @@ class DecoderGraph(nn.Module):
 
     def _forward_batch(self, inputs_embeds, position_ids, key_valid, past_keys, past_values):
         """(B, L, D), (B, L), (B, K) bool, (N, B, H_kv, K_past, Dh) x 2 -> logits (B, V), present keys/values
-        (N, B, H_kv, K, Dh), probe (B, K). Mask by slot: causal, on the sequence's own keys, and a row always sees
+        (N, B, H_kv, K, Dh), probe (B, K); arena: past_keys is past_kv (S, B, N, 2, H_kv, Dh) -> logits, new_kv
+        (L, B, N, 2, H_kv, Dh), probe. Mask by slot: causal, on the sequence's own keys, and a row always sees
         itself (a padded row has no other key; its output is never read)."""
-        n_new, n_past = inputs_embeds.shape[1], past_keys.shape[3]
+        n_new, n_past = inputs_embeds.shape[1], past_keys.shape[0 if self.arena else 3]
         qslot = n_past + torch.arange(n_new, device=inputs_embeds.device)  # (L,)
         kslot = torch.arange(n_past + n_new, device=inputs_embeds.device)  # (K,)
         causal = kslot[None, :] <= qslot[:, None]  # (L, K)
@@ -189,7 +201,8 @@ class DecoderGraph(nn.Module):
         if self.additive_mask:
             zero = torch.zeros((), dtype=inputs_embeds.dtype)
             mask = torch.where(mask, zero, torch.finfo(inputs_embeds.dtype).min)  # (B, 1, L, K) additive
-        cache = _ExplicitCache(past_keys, past_values, batched=True)
+        cache = _ArenaCache(past_keys, batched=True) if self.arena else \
+            _ExplicitCache(past_keys, past_values, batched=True)
         hidden = inputs_embeds  # (B, L, D)
         rope = self.lm.rotary_emb(hidden, position_ids)
         self.recorder.begin(1 if self.probe else 0, batched=True)
@@ -197,13 +210,22 @@ class DecoderGraph(nn.Module):
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
                            **layer_cache_kwargs(cache), use_cache=True)
         logits = self.lm_head(self.lm.norm(hidden[:, -1]))  # (B, V)
-        kv = cache.stacked()
+        kv = (cache.new_rows(past_keys.dtype),) if self.arena else cache.stacked()
         if not self.probe:
             self.recorder.begin(0)
             return logits, *kv
         probe = self.recorder.total[:, 0] / self.recorder.n_layers  # (B, K) mean over probe layers (heads already)
         self.recorder.begin(0)
         return logits, *kv, probe
+
+
+class ArenaBatchDecoderGraph(DecoderGraph):
+    """The batched arena graph: its inputs in order (no past_values), module paths as DecoderGraph's ("lm....", which
+    the TensorRT builder's probe-row pinning and fusion report read)."""
+
+    def forward(self, inputs_embeds, position_ids, past_kv, past_valid, new_valid):
+        key_valid = torch.cat([past_valid, new_valid], dim=1)  # (B, S + L)
+        return self._forward_batch(inputs_embeds, position_ids, key_valid, past_kv, None)
 
 
 def _save(program, path: Path, external: bool) -> None:
@@ -231,13 +253,19 @@ def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = 
                    kv_layout: str = "stacked", kv_dtype: str = "float32", batch: bool = False) -> None:
     """plain=True: every layer's attention as MatMul -> Add -> Softmax -> MatMul (the TensorRT target).
     kv_layout "arena": the position-major past_kv -> new_kv cache of the module doc, stored as kv_dtype.
-    batch=True (stacked only): the batched decoder of the module doc, B a dynamic axis."""
+    batch=True: the batched decoder of the module doc (stacked or slot-major arena), B a dynamic axis."""
     n, hkv, dh = decoder_shapes(backend)
     d = backend.info.hidden_size
     seq, past = torch.export.Dim("seq", min=1, max=65536), torch.export.Dim("past", min=0, max=65536)
-    if batch and kv_layout != "stacked":
-        raise ValueError("the batched decoder graph has the stacked KV layout only")
-    if batch:  # example B = 2 (a batch axis traced at 1 would be specialised away)
+    if batch and kv_layout == "arena":  # example B = 2 (a batch axis traced at 1 would be specialised away)
+        bsz, kpast = torch.export.Dim("batch", min=1, max=256), 5
+        example = (torch.randn(2, 3, d), torch.arange(kpast, kpast + 3)[None].repeat(2, 1),
+                   torch.randn(kpast, 2, n, 2, hkv, dh).to(getattr(torch, kv_dtype)),
+                   torch.ones(2, kpast, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool))
+        names = ["inputs_embeds", "position_ids", "past_kv", "past_valid", "new_valid"]
+        outs = ["logits", "new_kv"]
+        dyn = ({0: bsz, 1: seq}, {0: bsz, 1: seq}, {0: past, 1: bsz}, {0: bsz, 1: past}, {0: bsz, 1: seq})
+    elif batch:
         bsz, kpast = torch.export.Dim("batch", min=1, max=256), 5
         example = (torch.randn(2, 3, d), torch.arange(kpast, kpast + 3)[None].repeat(2, 1),
                    torch.randn(n, 2, hkv, kpast, dh), torch.randn(n, 2, hkv, kpast, dh),
@@ -256,10 +284,11 @@ def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = 
         outs, dyn = ["logits", "present_keys", "present_values"], ({1: seq}, {1: seq}, {2: past}, {2: past})
     lm = backend.model.model.language_model
     lm.set_attn_implementation(TRT_ATTN if plain else PROBE_ATTN)
+    kind = ArenaBatchDecoderGraph if batch and kv_layout == "arena" else DecoderGraph
+    graph = kind(backend, probe, additive_mask=plain, arena=kv_layout == "arena", batch=batch)
     try:
         program = torch.onnx.export(
-            DecoderGraph(backend, probe, additive_mask=plain, arena=kv_layout == "arena", batch=batch).eval(), example,
-            dynamo=True,
+            graph.eval(), example, dynamo=True,
             opset_version=opset, input_names=names, output_names=outs + (["probe_attn"] if probe else []),
             dynamic_shapes=dyn, optimize=True, verbose=False)
     finally:

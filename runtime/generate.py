@@ -68,6 +68,8 @@ def greedy_batch(backend: Backend, contexts: list[np.ndarray], max_new_tokens: i
     batch_prefill: the batch's), decode_s the batch's decode wall time, shared by the sequences.
     """
     n = len(contexts)
+    if n == 0:
+        return []
     columns = list(columns) if columns is not None else [None] * n
     if len(columns) != n:
         raise ValueError(f"greedy_batch got {len(columns)} column slices for {n} contexts")

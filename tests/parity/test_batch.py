@@ -177,3 +177,62 @@ def test_onnxruntime_batched_clip_step_equals_each_clip_alone(batched_bundles, s
     engine.backend.prefill_chunk = 40  # every context is longer: the padded prefill runs in chunks
     assert max(a.context_tokens for a in engine.caption_clips(clips)) > 2 * 40
     assert_same_clip_outputs(engine.caption_clips(clips, batch_prefill=True), engine.caption_clips(clips))
+
+
+# ---- TensorRT: the same contract (slot-major batch arena, a batch range in both profiles), emulated on CPU ---------
+
+
+@pytest.fixture(scope="module")
+def trt_batched_bundle(tmp_path_factory, tiny_dir):
+    """tiny exported for TensorRT with the batched decoder (float32 cache and table: exact comparisons)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from rlivs.export.bundle import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("trt-batch") / "tiny"
+    export_bundle("tiny", out, ExportConfig(target="tensorrt", batch=True, embed_dtype="float32", kv_dtype="float32",
+                                            check=False))
+    return out
+
+
+def test_tensorrt_profiles_carry_a_batch_range(trt_batched_bundle):
+    """Both decoder profiles accept 1..max_batch sequences (a prefill optimised for one, a decode step for all); the
+    slot-major cache's past_kv (S, B, ...) and the masks follow; the export check found every layer's attention
+    fusable with the probe rows beside it."""
+    from rlivs.export.tensorrt_build import EngineBuildConfig, profile_specs
+    from rlivs.runtime.backends.bundle import load_manifest
+
+    m = load_manifest(trt_batched_bundle)
+    assert m.extra["tensorrt_check"]["decoder_attention"] == {"fusable": 8, "probe": 4, "other": 0}
+    specs = profile_specs(m, EngineBuildConfig(max_batch=4, max_context=1024))
+    prefill, decode = specs["decoder"]
+    assert specs["max_batch"] == 4 and prefill["dims"]["batch"] == [1, 1, 4] and decode["dims"]["batch"] == [1, 4, 4]
+    assert decode["shapes"]["past_kv"]["max"] == [1023, 4, 8, 2, 2, 16]
+    assert decode["shapes"]["new_valid"] == {"min": [1, 1], "opt": [4, 1], "max": [4, 1]}
+    assert prefill["shapes"]["inputs_embeds"]["max"] == [4, 1024, 64]
+
+
+def test_tensorrt_backend_batched_steps_with_the_api_emulated(monkeypatch, trt_batched_bundle, tiny_dir):
+    """The TensorRT backend's batched path (the batch buffer gathered and compacted by 2-D device copies, the masks
+    and shapes bound per profile) gives each clip what it gets alone, and alone what the torch reference gives.
+    TensorRT itself is emulated (tests/helpers/trt_emulator.py): engines, kernels and fp16 stay unproven here."""
+    from rlivs.runtime.backends.tensorrt.backend import TrtBackend
+    from rlivs.runtime.engine import Engine
+    from rlivs.runtime.frames import FramePreprocessor
+    from rlivs.runtime.text import TextCodec
+    from tests.helpers import trt_emulator
+
+    trt_emulator.install(monkeypatch, trt_batched_bundle)
+    be = TrtBackend(trt_batched_bundle)
+    assert be.batched and be.max_batch == 8
+    config = small_config(caption_tokens=CAPTION_TOKENS)
+    engine = Engine(be, TextCodec(trt_batched_bundle), FramePreprocessor.from_model_dir(trt_batched_bundle), config)
+    check_batched_clip_step(engine)
+    shapes = [s for _, s in be.decoder.context.log]
+    assert any(s["past_kv"][1] == 4 for s in shapes) and any(s["past_kv"][1] == 1 for s in shapes)
+    assert_same_clip_outputs(engine.caption_clips(_clips(engine), batch_prefill=True), engine.caption_clips(_clips(engine)))
+    ref = load_engine(tiny_dir, config=config)
+    ref.text.eos_ids = engine.text.eos_ids
+    clips = _clips(engine)
+    assert_same_clip_outputs([engine.caption_clip(c.frames, c.fifo_tokens, c.index) for c in clips],
+                             [ref.caption_clip(c.frames, c.fifo_tokens, c.index) for c in clips], same_tokens=False)
