@@ -58,6 +58,8 @@ class ExportConfig:
     kv_layout: str | None = None  # stacked (ORT: cache passed past->present) | arena (appended in place); default by target
     kv_dtype: str | None = None  # arena cache dtype: float16 (default for tensorrt) | float32 (exact parity)
     max_context: int = 8192  # arena rows preallocated per sequence: FIFO (16 x 196) + clip (3136) + prompt + caption
+    batch: bool = False  # decoder with a dynamic batch axis (B sequences stepped together): onnxruntime batches on
+    #                      the stacked cache; the arena (tensorrt) gets the slot-major batch contract (onnx_export.py)
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -124,7 +126,7 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     log.info("export 1/4: vision graph written: %s (%.1f s)", out / "vision.onnx", time.perf_counter() - t0)
     t0 = time.perf_counter()
     export_decoder(backend, out / "decoder.onnx", config.opset, plain=config.target == "tensorrt",
-                   kv_layout=config.kv_layout, kv_dtype=config.kv_dtype)
+                   kv_layout=config.kv_layout, kv_dtype=config.kv_dtype, batch=config.batch)
     log.info("export 2/4: decoder graph written: %s (%.1f s)", out / "decoder.onnx", time.perf_counter() - t0)
     table = backend.model.model.language_model.embed_tokens.weight.detach().float().numpy()  # (V, D)
     np.save(out / "embeddings.npy", table.astype(config.embed_dtype))
@@ -149,7 +151,8 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
         probe_layers=list(info.probe_layers), tokens_per_frame=info.tokens_per_frame,
         image_size=list(info.image_size), video_token_id=info.video_token_id,
         kv_cache={"layers": n_layers, "kv_heads": h_kv, "head_dim": head_dim, "layout": config.kv_layout,
-                  "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions)},
+                  "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions),
+                  **({"batch": True} if config.batch else {})},
         embeddings={"file": "embeddings.npy", "dtype": config.embed_dtype, "shape": list(table.shape)},
         image_newline={"file": "image_newline.npy", "dtype": "float32", "shape": [info.hidden_size]},
         graphs={"vision": graph_io(out / "vision.onnx"), "decoder": graph_io(out / "decoder.onnx")},

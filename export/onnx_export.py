@@ -30,7 +30,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from rlivs.runtime.backends.torch import TorchBackend
-from rlivs.runtime.backends.torch.backend import PROBE_ATTN, probe_rows
+from rlivs.runtime.backends.torch.backend import PROBE_ATTN, probe_rows, probe_rows_batch
 from rlivs.runtime.backends.torch.hf_compat import layer_cache_kwargs
 
 log = logging.getLogger("rlivs.export")
@@ -50,7 +50,10 @@ def plain_attention(module, query, key, value, attention_mask, scaling=None, dro
     out = torch.matmul(probs, v).transpose(1, 2).contiguous()  # (1, Q, H, Dh)
     rec = getattr(module, "_rlivs_probe", None)
     if rec is not None and rec.rows > 0:
-        rec.add(probe_rows(module, query, key, attention_mask, scaling, rec.rows))
+        if getattr(rec, "batched", False):  # (B, R, K): a batched decoder graph
+            rec.add(probe_rows_batch(module, query, key, attention_mask, scaling, rec.rows))
+        else:
+            rec.add(probe_rows(module, query, key, attention_mask, scaling, rec.rows))
     return out, None
 
 
@@ -102,25 +105,41 @@ class _ConcatLayer(CacheLayerMixin):
 
 
 class _ExplicitCache(Cache):
-    """A transformers `Cache` over explicit stacked past tensors (N, H_kv, K_past, Dh)."""
+    """A transformers `Cache` over explicit stacked past tensors (N, H_kv, K_past, Dh), or with a batch axis
+    (N, B, H_kv, K_past, Dh) when `batched`."""
 
-    def __init__(self, past_keys: torch.Tensor, past_values: torch.Tensor):
-        super().__init__(layers=[_ConcatLayer(past_keys[i][None], past_values[i][None])
+    def __init__(self, past_keys: torch.Tensor, past_values: torch.Tensor, batched: bool = False):
+        self.batched = batched
+        pick = (lambda t, i: t[i]) if batched else (lambda t, i: t[i][None])  # -> (B or 1, H_kv, K_past, Dh)
+        super().__init__(layers=[_ConcatLayer(pick(past_keys, i), pick(past_values, i))
                                  for i in range(past_keys.shape[0])])
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every layer's full keys and values: (N, H_kv, K, Dh) each."""
+        """Every layer's full keys and values: (N, H_kv, K, Dh) each ((N, B, H_kv, K, Dh) when batched)."""
+        if self.batched:
+            return torch.stack([l.keys for l in self.layers]), torch.stack([l.values for l in self.layers])
         return torch.stack([l.keys[0] for l in self.layers]), torch.stack([l.values[0] for l in self.layers])
 
 
 class _ArenaCache(Cache):
-    """The same over a position-major past (K_past, N, 2, H_kv, Dh); the graph outputs only the new rows."""
+    """The same over a position-major past (K_past, N, 2, H_kv, Dh); the graph outputs only the new rows.
+    batched: a slot-major past (S, B, N, 2, H_kv, Dh) and new rows (L, B, N, 2, H_kv, Dh)."""
 
-    def __init__(self, past_kv: torch.Tensor):
-        past = past_kv.permute(1, 2, 3, 0, 4)  # (N, 2, H_kv, K_past, Dh)
-        super().__init__(layers=[_ConcatLayer(past[i, 0][None], past[i, 1][None]) for i in range(past.shape[0])])
+    def __init__(self, past_kv: torch.Tensor, batched: bool = False):
+        self.batched = batched
+        if batched:
+            past = past_kv.permute(2, 3, 1, 4, 0, 5)  # (N, 2, B, H_kv, S, Dh)
+            layers = [_ConcatLayer(past[i, 0], past[i, 1]) for i in range(past.shape[0])]
+        else:
+            past = past_kv.permute(1, 2, 3, 0, 4)  # (N, 2, H_kv, K_past, Dh)
+            layers = [_ConcatLayer(past[i, 0][None], past[i, 1][None]) for i in range(past.shape[0])]
+        super().__init__(layers=layers)
 
     def new_rows(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.batched:  # new keys (B, H_kv, L, Dh) per layer
+            keys = torch.stack([l.new_keys.permute(2, 0, 1, 3) for l in self.layers], 2)  # (L, B, N, H_kv, Dh)
+            values = torch.stack([l.new_values.permute(2, 0, 1, 3) for l in self.layers], 2)
+            return torch.stack([keys, values], 3).to(dtype)  # (L, B, N, 2, H_kv, Dh)
         keys = torch.stack([l.new_keys[0].transpose(0, 1) for l in self.layers], 1)  # (L, N, H_kv, Dh)
         values = torch.stack([l.new_values[0].transpose(0, 1) for l in self.layers], 1)
         return torch.stack([keys, values], 2).to(dtype)  # (L, N, 2, H_kv, Dh)
@@ -130,16 +149,20 @@ class DecoderGraph(nn.Module):
     """The Qwen2 decoder stack with an explicit cache; last-position logits; the probe row as an output."""
 
     def __init__(self, backend: TorchBackend, probe: bool = True, additive_mask: bool = False,
-                 arena: bool = False):
+                 arena: bool = False, batch: bool = False):
         super().__init__()
         self.arena = arena  # past as one position-major past_kv input, new rows as new_kv (see the module doc)
+        self.batch = batch  # B sequences, key_valid input (the module doc's "batched"); stacked layout only
         self.additive_mask = additive_mask  # float 0/-inf-like mask (plain attention) instead of bool (SDPA)
         self.lm = backend.model.model.language_model  # Qwen2Model, probe layers already hooked
         self.lm_head = backend.model.lm_head
         self.recorder = backend.recorder
         self.probe = probe  # False: no probe output (to measure what the probe rows cost)
 
-    def forward(self, inputs_embeds, position_ids, past_keys, past_values=None):
+    def forward(self, inputs_embeds, position_ids, past_keys, past_values=None, past_valid=None, new_valid=None):
+        if self.batch:
+            key_valid = torch.cat([past_valid, new_valid], dim=1)  # (B, K_past + L)
+            return self._forward_batch(inputs_embeds, position_ids, key_valid, past_keys, past_values)
         n_new = inputs_embeds.shape[1]
         n_past = past_keys.shape[0] if self.arena else past_keys.shape[2]  # arena: past_keys is past_kv
         qpos = n_past + torch.arange(n_new, device=inputs_embeds.device)  # (L,) absolute query positions
@@ -164,6 +187,47 @@ class DecoderGraph(nn.Module):
         return logits, *kv, probe
 
 
+    def _forward_batch(self, inputs_embeds, position_ids, key_valid, past_keys, past_values):
+        """(B, L, D), (B, L), (B, K) bool, (N, B, H_kv, K_past, Dh) x 2 -> logits (B, V), present keys/values
+        (N, B, H_kv, K, Dh), probe (B, K); arena: past_keys is past_kv (S, B, N, 2, H_kv, Dh) -> logits, new_kv
+        (L, B, N, 2, H_kv, Dh), probe. Mask by slot: causal, on the sequence's own keys, and a row always sees
+        itself (a padded row has no other key; its output is never read)."""
+        n_new, n_past = inputs_embeds.shape[1], past_keys.shape[0 if self.arena else 3]
+        qslot = n_past + torch.arange(n_new, device=inputs_embeds.device)  # (L,)
+        kslot = torch.arange(n_past + n_new, device=inputs_embeds.device)  # (K,)
+        causal = kslot[None, :] <= qslot[:, None]  # (L, K)
+        own = kslot[None, :] == qslot[:, None]  # (L, K)
+        mask = ((causal[None] & key_valid[:, None, :]) | own[None])[:, None]  # (B, 1, L, K) True = attend
+        if self.additive_mask:
+            zero = torch.zeros((), dtype=inputs_embeds.dtype)
+            mask = torch.where(mask, zero, torch.finfo(inputs_embeds.dtype).min)  # (B, 1, L, K) additive
+        cache = _ArenaCache(past_keys, batched=True) if self.arena else \
+            _ExplicitCache(past_keys, past_values, batched=True)
+        hidden = inputs_embeds  # (B, L, D)
+        rope = self.lm.rotary_emb(hidden, position_ids)
+        self.recorder.begin(1 if self.probe else 0, batched=True)
+        for layer in self.lm.layers[: self.lm.config.num_hidden_layers]:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
+                           **layer_cache_kwargs(cache), use_cache=True)
+        logits = self.lm_head(self.lm.norm(hidden[:, -1]))  # (B, V)
+        kv = (cache.new_rows(past_keys.dtype),) if self.arena else cache.stacked()
+        if not self.probe:
+            self.recorder.begin(0)
+            return logits, *kv
+        probe = self.recorder.total[:, 0] / self.recorder.n_layers  # (B, K) mean over probe layers (heads already)
+        self.recorder.begin(0)
+        return logits, *kv, probe
+
+
+class ArenaBatchDecoderGraph(DecoderGraph):
+    """The batched arena graph: its inputs in order (no past_values), module paths as DecoderGraph's ("lm....", which
+    the TensorRT builder's probe-row pinning and fusion report read)."""
+
+    def forward(self, inputs_embeds, position_ids, past_kv, past_valid, new_valid):
+        key_valid = torch.cat([past_valid, new_valid], dim=1)  # (B, S + L)
+        return self._forward_batch(inputs_embeds, position_ids, key_valid, past_kv, None)
+
+
 def _save(program, path: Path, external: bool) -> None:
     program.save(str(path), external_data=external)
 
@@ -186,13 +250,31 @@ def decoder_shapes(backend: TorchBackend) -> tuple[int, int, int]:
 
 
 def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = True, plain: bool = False,
-                   kv_layout: str = "stacked", kv_dtype: str = "float32") -> None:
+                   kv_layout: str = "stacked", kv_dtype: str = "float32", batch: bool = False) -> None:
     """plain=True: every layer's attention as MatMul -> Add -> Softmax -> MatMul (the TensorRT target).
-    kv_layout "arena": the position-major past_kv -> new_kv cache of the module doc, stored as kv_dtype."""
+    kv_layout "arena": the position-major past_kv -> new_kv cache of the module doc, stored as kv_dtype.
+    batch=True: the batched decoder of the module doc (stacked or slot-major arena), B a dynamic axis."""
     n, hkv, dh = decoder_shapes(backend)
     d = backend.info.hidden_size
     seq, past = torch.export.Dim("seq", min=1, max=65536), torch.export.Dim("past", min=0, max=65536)
-    if kv_layout == "arena":
+    if batch and kv_layout == "arena":  # example B = 2 (a batch axis traced at 1 would be specialised away)
+        bsz, kpast = torch.export.Dim("batch", min=1, max=256), 5
+        example = (torch.randn(2, 3, d), torch.arange(kpast, kpast + 3)[None].repeat(2, 1),
+                   torch.randn(kpast, 2, n, 2, hkv, dh).to(getattr(torch, kv_dtype)),
+                   torch.ones(2, kpast, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool))
+        names = ["inputs_embeds", "position_ids", "past_kv", "past_valid", "new_valid"]
+        outs = ["logits", "new_kv"]
+        dyn = ({0: bsz, 1: seq}, {0: bsz, 1: seq}, {0: past, 1: bsz}, {0: bsz, 1: past}, {0: bsz, 1: seq})
+    elif batch:
+        bsz, kpast = torch.export.Dim("batch", min=1, max=256), 5
+        example = (torch.randn(2, 3, d), torch.arange(kpast, kpast + 3)[None].repeat(2, 1),
+                   torch.randn(n, 2, hkv, kpast, dh), torch.randn(n, 2, hkv, kpast, dh),
+                   torch.ones(2, kpast, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool))
+        names = ["inputs_embeds", "position_ids", "past_keys", "past_values", "past_valid", "new_valid"]
+        outs = ["logits", "present_keys", "present_values"]
+        dyn = ({0: bsz, 1: seq}, {0: bsz, 1: seq}, {1: bsz, 3: past}, {1: bsz, 3: past}, {0: bsz, 1: past},
+               {0: bsz, 1: seq})
+    elif kv_layout == "arena":
         example = (torch.randn(1, 3, d), torch.arange(5, 8)[None],
                    torch.randn(5, n, 2, hkv, dh).to(getattr(torch, kv_dtype)))
         names, outs, dyn = ["inputs_embeds", "position_ids", "past_kv"], ["logits", "new_kv"], ({1: seq}, {1: seq}, {0: past})
@@ -202,9 +284,11 @@ def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = 
         outs, dyn = ["logits", "present_keys", "present_values"], ({1: seq}, {1: seq}, {2: past}, {2: past})
     lm = backend.model.model.language_model
     lm.set_attn_implementation(TRT_ATTN if plain else PROBE_ATTN)
+    kind = ArenaBatchDecoderGraph if batch and kv_layout == "arena" else DecoderGraph
+    graph = kind(backend, probe, additive_mask=plain, arena=kv_layout == "arena", batch=batch)
     try:
         program = torch.onnx.export(
-            DecoderGraph(backend, probe, additive_mask=plain, arena=kv_layout == "arena").eval(), example, dynamo=True,
+            graph.eval(), example, dynamo=True,
             opset_version=opset, input_names=names, output_names=outs + (["probe_attn"] if probe else []),
             dynamic_shapes=dyn, optimize=True, verbose=False)
     finally:

@@ -67,6 +67,7 @@ class EngineBuildConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # FIFO, clip and caption sizes to size for
     prompt_tokens: int = 64  # allowance for the chat template and prompt text around the video tokens
     verbose: bool = False  # pass TensorRT's VERBOSE messages to the debug log
+    max_batch: int = 8  # most sequences per batched decoder step (a bundle exported with --batch; else unused)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -79,6 +80,8 @@ class EngineBuildConfig:
             raise UserError(f"the workspace limit must be >= 64 MiB, got {self.workspace_mib}")
         if not 0 <= self.builder_optimization_level <= 5:
             raise UserError(f"builder_optimization_level must be 0..5, got {self.builder_optimization_level}")
+        if not 1 <= self.max_batch <= 256:
+            raise UserError(f"max_batch must be 1..256 sequences, got {self.max_batch}; e.g. --max-batch 8")
         if self.prompt_tokens < 0:
             raise UserError(f"prompt_tokens must be >= 0, got {self.prompt_tokens}")
 
@@ -157,15 +160,23 @@ def profile_specs(manifest: Manifest, config: EngineBuildConfig | None = None) -
     prefill_opt = min(budget["prefill_tokens"], k_max)  # steady state: a full FIFO + one clip + the prompt
     decode_opt = min(budget["prefill_tokens"] + cfg.pipeline.caption.max_new_tokens // 2, k_max - 1)
     dec_in = graphs["decoder"]["inputs"]  # inputs_embeds (1, seq, D), position_ids (1, seq),
-    #                                       past_kv (past, N, 2, H_kv, Dh)
+    #                                       past_kv (past, N, 2, H_kv, Dh); batched (--batch): inputs_embeds
+    #                                       (batch, seq, D), past_kv (past, batch, N, 2, H_kv, Dh), past_valid, new_valid
     vis_in = graphs["vision"]["inputs"]  # pixel_values (frames, 3, H, W)
+    batched = any("batch" in i["shape"] for i in dec_in)
+    b_max = cfg.max_batch if batched else 1
+    # batch range per profile: a prefill runs alone or a few at once (opt 1), a decode step batches every camera's
+    # caption (opt = max); the runtime sizes its I/O buffers for b_max
+    prefill_b, decode_b = ({"batch": (1, 1, b_max)}, {"batch": (1, b_max, b_max)}) if batched else ({}, {})
     return {
-        "max_context": k_max, "max_frames": frames, "budget": budget,
+        "max_context": k_max, "max_frames": frames, "budget": budget, "max_batch": b_max,
         "vision": [_profile("vision.onnx", 0, "frames", {"frames": (1, min(cfg.pipeline.clip.frames_per_clip, frames),
                                                                      frames)}, vis_in)],
         "decoder": [  # (min, opt, max) of L = seq and P = past
-            _profile("decoder.onnx", 0, "prefill", {"seq": (1, prefill_opt, k_max), "past": (0, 0, k_max - 1)}, dec_in),
-            _profile("decoder.onnx", 1, "decode", {"seq": (1, 1, 1), "past": (0, decode_opt, k_max - 1)}, dec_in),
+            _profile("decoder.onnx", 0, "prefill", {"seq": (1, prefill_opt, k_max), "past": (0, 0, k_max - 1),
+                                                    **prefill_b}, dec_in),
+            _profile("decoder.onnx", 1, "decode", {"seq": (1, 1, 1), "past": (0, decode_opt, k_max - 1), **decode_b},
+                     dec_in),
         ],
     }
 
@@ -571,7 +582,8 @@ def build_engines(bundle: str | Path, config: EngineBuildConfig | None = None) -
         cache_ref = str(cache_path)
     entry = {
         "schema": ENTRY_SCHEMA, **env, "precision": cfg.precision, "bundle_digest": digest,
-        "max_context": specs["max_context"], "max_frames": specs["max_frames"], "context_budget": specs["budget"],
+        "max_context": specs["max_context"], "max_frames": specs["max_frames"], "max_batch": specs["max_batch"],
+        "context_budget": specs["budget"],
         "engines": built, "timing_cache": cache_ref, "timing_cache_reused": cache.loaded,
         "layers": dict(LAYER_FILES), "fusion": fusion,
         "builder": {"workspace_mib": cfg.workspace_mib, "optimization_level": cfg.builder_optimization_level},

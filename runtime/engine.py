@@ -2,7 +2,9 @@
 
 `Engine.caption_clip` is the one home of the rLiVS clip step: encode -> caption + score -> select. It is pure (no
 I/O, no memory, no FIFO state of its own), so ingest, calibration, evaluation and benchmarks call it rather than
-copy it. `StreamIngestor` (ingest.py) adds what a stream needs around it: the FIFO and the per-clip commit.
+copy it. `Engine.caption_clips` is the same step for several clips at once (several cameras, each with its own
+FIFO): the same phases (`_encode`, `caption_context`, `_select`), with the captions decoded as one batch
+(`generate.greedy_batch`); each clip's output is what `caption_clip` gives for it alone. `StreamIngestor` (ingest.py) adds what a stream needs around it: the FIFO and the per-clip commit.
 
 Shapes: T frames per clip, P tokens per frame, N_V = T*P clip tokens, F FIFO tokens, D LLM width,
 A/B prompt ids before/after the video placeholder, S context tokens, N kept tokens.
@@ -22,7 +24,7 @@ from .backends import Backend, load_backend
 from .config import EngineConfig, PipelineConfig
 from .errors import UserError
 from .frames import FramePreprocessor
-from .generate import greedy
+from .generate import greedy, greedy_batch
 from .models import check_model_path, resolve_model
 from .retrieval import text_vector
 from .selection import Selection, get_strategy
@@ -44,6 +46,17 @@ class ClipOutput:
     steps: int  # decoder steps run (1 prefill + decode steps): the scored query rows
     timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, prefill, decode, select
     positions: np.ndarray | None = None  # (3, S) M-RoPE ids of the context (None: 1-D, 0..S-1)
+
+
+@dataclass
+class ClipInput:
+    """One clip for `Engine.caption_clips`: what `caption_clip` takes."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8, or (T, 3, H', W') model pixels when `preprocessed`
+    fifo_tokens: np.ndarray  # (F, D) this clip's stream's FIFO (F may differ between clips; 0 rows for a first clip)
+    index: int  # the clip's index in its stream
+    preprocessed: bool = False
+    fifo_clips: list | None = None  # where the FIFO tokens came from (M-RoPE backbones; see caption_clip)
 
 
 @dataclass
@@ -107,21 +120,49 @@ class Engine:
         """The clip step: (T, H, W, 3) uint8 frames (or (T, 3, H', W') model pixels when `preprocessed`) and the
         (F, D) FIFO in front of them -> caption, scores and the tokens selected for the FIFO. Pure: no I/O.
         `fifo_clips`: where the FIFO tokens came from (M-RoPE backbones position them by it; see backbones)."""
-        c, t = self.config, {}
+        t = {}
         # 1. encode: frames -> visual tokens in the LLM's input space
+        visual = self._encode(frames, preprocessed, t)  # (T, P, D)
+        # 2. caption + score: greedy caption; probe attention to the clip's columns accumulates per step
+        context, columns = self.caption_context(fifo_tokens, visual.reshape(-1, visual.shape[-1]))  # (S, D), N_V cols
+        positions = self.caption_positions(fifo_tokens, visual, index, fifo_clips)  # (3, S) or None (1-D)
+        gen = greedy(self.backend, context, self.config.caption.max_new_tokens, self.text.eos_ids, columns,
+                     positions=positions)
+        # 3. select
+        return self._output(index, visual, context, gen, t, positions)
+
+    def caption_clips(self, clips: list[ClipInput], *, batch_prefill: bool = False) -> list[ClipOutput]:
+        """The clip step for B clips at once (e.g. one per camera, each after its own FIFO): encode each, decode
+        the B captions together (one batched decoder step per token for every caption still running), select each.
+        -> B ClipOutputs in the clips' order, each what `caption_clip` returns for that clip alone. Pure: no I/O.
+        timings["decode"] is the batch's decode time, shared by its clips; `batch_prefill`: see greedy_batch."""
+        if self.backbone.mrope:  # 3-D positions per sequence are not batched yet: each clip alone (same outputs)
+            return [self.caption_clip(c.frames, c.fifo_tokens, c.index, preprocessed=c.preprocessed,
+                                      fifo_clips=c.fifo_clips) for c in clips]
+        ts = [{} for _ in clips]
+        visuals = [self._encode(c.frames, c.preprocessed, t) for c, t in zip(clips, ts)]  # (T, P, D) each
+        ctx = [self.caption_context(c.fifo_tokens, v.reshape(-1, v.shape[-1])) for c, v in zip(clips, visuals)]
+        gens = greedy_batch(self.backend, [x for x, _ in ctx], self.config.caption.max_new_tokens, self.text.eos_ids,
+                            [cols for _, cols in ctx], batch_prefill=batch_prefill)
+        return [self._output(c.index, v, x, g, t) for c, v, (x, _), g, t in zip(clips, visuals, ctx, gens, ts)]
+
+    def _encode(self, frames: np.ndarray, preprocessed: bool, t: dict) -> np.ndarray:
+        """Phase 1: frames -> (T, P, D) visual tokens; t["encode"] = seconds."""
         t0 = time.perf_counter()
         visual = self.backend.encode_frames(frames if preprocessed else self.preprocess(frames))  # (G, P, D)
-        flat = visual.reshape(-1, visual.shape[-1])  # (N_V, D)
         t["encode"] = time.perf_counter() - t0
-        # 2. caption + score: greedy caption; probe attention to the clip's columns accumulates per step
-        context, columns = self.caption_context(fifo_tokens, flat)  # (S, D), N_V columns
-        positions = self.caption_positions(fifo_tokens, visual, index, fifo_clips)  # (3, S) or None
-        gen = greedy(self.backend, context, c.caption.max_new_tokens, self.text.eos_ids, columns, positions=positions)
+        return visual
+
+    def _output(self, index: int, visual: np.ndarray, context: np.ndarray, gen, t: dict,
+                positions: np.ndarray | None = None) -> ClipOutput:
+        """Phase 3: select N tokens of the clip in temporal order (the RNG is per clip, so a resumed stream draws
+        the same) and assemble the clip's output."""
+        c = self.config
         t["prefill"], t["decode"] = gen.prefill_s, gen.decode_s
-        # 3. select: N tokens of this clip in temporal order; the RNG is per clip, so a resumed stream draws the same
         t0 = time.perf_counter()
         rng = np.random.default_rng([c.selection.seed, index])
-        sel = self.strategy(visual, gen.scores, c.selection.n_keep(len(flat)), rng)  # (N, D)
+        n_tokens = visual.shape[0] * visual.shape[1]  # N_V
+        sel = self.strategy(visual, gen.scores, c.selection.n_keep(n_tokens), rng)  # (N, D)
         t["select"] = time.perf_counter() - t0
         return ClipOutput(index, self.text.decode(gen.ids), list(gen.ids), self.vector(gen.ids), visual, gen.scores,
                           sel, len(context), gen.steps, t, positions)

@@ -12,6 +12,8 @@ Stages, each timed and written to OUT/gpu_run.json as soon as it ends (a run cut
              real-time factor at 1 fps, question -> answer latency, peak GPU memory, whether the graph was used
   cameras    bench/cameras.py at the first dtype: 1, 4 and 8 synthetic cameras (80 % idle) with the activity gate:
              clips captioned vs gated, events missed, and how many such cameras the device keeps in real time
+  batch      bench/batch.py at the first dtype: B clips captioned together (one batched decoder step per token) vs one
+             at a time, B = 1, 2, 4, 8: decode tokens/s, clips/s, and every batched caption equal to its clip alone
 
     python bench/gpu/run.py --out OUT                               # on the GPU (through run.sh)
     python bench/gpu/run.py --out OUT --device cpu --small          # the CPU rehearsal: same code, tiny shapes
@@ -251,6 +253,19 @@ def cameras_stage(args, dtype: str, timeout: float) -> dict:
             "cameras_in_real_time": runs[-1]["stream_s_per_wall_s"] if runs else None}
 
 
+def batch_stage(args, dtype: str, timeout: float) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "batch.py"), "--device", args.device, "--dtype", dtype,
+           "--batches", "1,2,4,8"]
+    if not args.small:  # a full 16-frame clip after 4 clips of FIFO, 64 caption tokens
+        cmd += ["--real-shape", "--frames", "16", "--fifo-tokens", "784", "--caption-tokens", "64"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if p.returncode:
+        return {"error": f"batch.py exited {p.returncode}", "stderr": p.stderr[-3000:], "command": " ".join(cmd)}
+    s = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"command": " ".join(cmd[1:]), "dtype": dtype, "context_tokens": s["context_tokens"], "rows": s["rows"],
+            "decode_speedup_at_max": s["decode_speedup_at_max"], "all_same_as_alone": s["all_same_as_alone"]}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="where gpu_run.json (and the test XML) go: $OUT")
@@ -273,6 +288,7 @@ def main():
     stages += [(f"bench_{dt}", (lambda dt=dt: bench_stage(args, dt, max(30.0, run.left() - 10))), 45)
                for dt in args.dtypes]
     stages += [("cameras", lambda: cameras_stage(args, args.dtypes[0], max(30.0, min(180.0, run.left() - 60))), 60)]
+    stages += [("batch", lambda: batch_stage(args, args.dtypes[0], max(30.0, min(150.0, run.left() - 60))), 45)]
     stages += [(f"parity_{m}", (lambda m=m: parity_stage(args, m)), 90) for m in models if m == "random-0.5b"]
     for name, fn, need in stages:
         if name.split("_")[0] in skip or name in skip:

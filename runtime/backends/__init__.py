@@ -22,12 +22,12 @@ from typing import Callable
 
 from ..config import EngineConfig, ProbeConfig
 from ..errors import UserError
-from .base import Backend, DecodeState, ModelInfo, StepOutput
+from .base import Backend, BatchState, DecodeState, ModelInfo, StepOutput
 from .bundle import Manifest, is_bundle, load_manifest, onnxruntime_gap
 
 log = logging.getLogger("rlivs.backend")
 
-__all__ = ["Backend", "DecodeState", "ModelInfo", "StepOutput", "BACKENDS", "REGISTRY", "choose_backend",
+__all__ = ["Backend", "BatchState", "DecodeState", "ModelInfo", "StepOutput", "BACKENDS", "REGISTRY", "choose_backend",
            "load_backend", "check_engine_config", "default_threads"]
 
 KV_CACHES = ("auto", "dynamic", "static")

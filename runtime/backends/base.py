@@ -1,8 +1,15 @@
 """The one small interface every backend (torch reference, ONNX Runtime, TensorRT) implements.
 
 Shapes use: T frames, P visual tokens per frame (after 2x2 pooling), D the LLM width,
-L new input positions, K keys (all positions so far), V vocabulary, R probe rows.
+L new input positions, K keys (all positions so far), V vocabulary, R probe rows;
+B sequences stepped together, L_i / K_i sequence i's new positions / keys.
 Everything crossing this boundary is numpy; float32 unless stated.
+
+Batched steps: `batch(states)` groups B sequences' states (each empty or already stepped on its own) into one
+`BatchState`; `step_batch([(L_i, D)] * B, batch)` runs one step of every sequence together and returns each
+sequence's own `StepOutput`: logits (V,) at its last new position and the probe rows over its own K_i keys only
+(padding never shows). `batch.keep(indices)` drops the sequences that are done. The base class steps the
+sequences one after another (every backend has the contract); torch and ONNX Runtime run them as one batch.
 """
 
 from __future__ import annotations
@@ -46,6 +53,26 @@ class DecodeState(ABC):
     length: int
 
 
+class BatchState:
+    """The KV states of B sequences stepped together, in order. `lengths[i]` = K_i of sequence i.
+
+    The base form holds the sequences' own states and steps them one by one; backends that batch subclass it."""
+
+    def __init__(self, states: list[DecodeState]):
+        self.states = list(states)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [s.length for s in self.states]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only sequences `indices` (ascending positions in this batch), e.g. drop the ones whose caption ended."""
+        self.states = [self.states[i] for i in indices]
+
+
 class Backend(ABC):
     """encode frames -> visual tokens; decoder step -> logits + reduced probe attention."""
 
@@ -77,6 +104,21 @@ class Backend(ABC):
         averaged over heads and probe layers: (probe_rows, K). Other layers never materialise
         attention probabilities.
         """
+
+    def batch(self, states: list[DecodeState]) -> BatchState:
+        """Group B sequences' states (from new_state(), empty or already stepped) to step together. The batch owns
+        them from now on: step them only through step_batch."""
+        return BatchState(states)
+
+    def step_batch(self, embeds: list[np.ndarray], batch: BatchState, probe_rows: int = 1) -> list[StepOutput]:
+        """One step of every sequence in `batch`: embeds[i] (L_i, D) follows sequence i's K_i cached positions.
+
+        Returns B StepOutputs, each as `step` would return for that sequence alone: logits (V,) of its last new
+        position; with probe_rows > 0, probe_attn (probe_rows, K_i + L_i) over its own keys (no padding).
+        This base form runs `step` per sequence; batching backends override it."""
+        if len(embeds) != len(batch):
+            raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
+        return [self.step(x, s, probe_rows) for x, s in zip(embeds, batch.states)]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (device memory, sessions)."""

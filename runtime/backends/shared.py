@@ -31,7 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .base import Backend, DecodeState, StepOutput
+from .base import Backend, BatchState, DecodeState, StepOutput
 from rlivs.runtime.errors import UserError
 
 QUESTION = 0  # served first
@@ -158,6 +158,14 @@ class SharedBackend(Backend):
     def step(self, embeds: np.ndarray, state: DecodeState, probe_rows: int = 1, **kw) -> StepOutput:
         with self.lock.hold(self.priority):
             return self.inner.step(embeds, state, probe_rows, **kw)  # kw: positions (M-RoPE backbones)
+
+    def batch(self, states: list[DecodeState]) -> BatchState:
+        with self.lock.hold(self.priority):  # may move caches on the model's device
+            return self.inner.batch(states)
+
+    def step_batch(self, embeds: list[np.ndarray], batch: BatchState, probe_rows: int = 1) -> list[StepOutput]:
+        with self.lock.hold(self.priority):  # one batched step is the unit, like one step
+            return self.inner.step_batch(embeds, batch, probe_rows)
 
     def close(self) -> None:
         with self.lock.hold(self.priority):

@@ -70,6 +70,10 @@ class HostStream:
     def on_device(self, dst: int, src: int, nbytes: int) -> None:
         ctypes.memmove(dst, src, nbytes)
 
+    def on_device_2d(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, rows: int) -> None:
+        for r in range(rows):  # cudaMemcpy2DAsync, row by row
+            ctypes.memmove(dst + r * dst_pitch, src + r * src_pitch, width)
+
     def synchronize(self) -> None:
         pass
 
@@ -117,7 +121,8 @@ class _Engine:
     def __init__(self, onnx_path: Path, profiles: list[dict]):
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         ios = [*self.session.get_inputs(), *self.session.get_outputs()]
-        np_types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+        np_types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+                    "tensor(bool)": "bool"}
         self.names = [v.name for v in ios]
         self.modes = {v.name: TensorIOMode.INPUT for v in self.session.get_inputs()}
         self.dtypes = {v.name: np_types[v.type] for v in ios}
@@ -182,6 +187,6 @@ def install(monkeypatch, bundle: Path, max_context: int | None = None) -> dict:
         engines[key] = {"file": f"{key}.engine", "profiles": specs[key]}
     entry = {"schema": 1, "tensorrt_version": VERSION, **GPU, "precision": "emulated",
              "bundle_digest": bundle_digest(bundle, manifest), "max_context": specs["max_context"],
-             "max_frames": specs["max_frames"], "engines": engines}
+             "max_frames": specs["max_frames"], "max_batch": specs["max_batch"], "engines": engines}
     write_engine_entry(bundle, entry)
     return entry

@@ -1,5 +1,9 @@
 """ONNX Runtime execution of a bundle. The KV cache stays in ONNX Runtime values between steps (IOBinding):
-the present keys/values of one step are bound as the past of the next without passing through numpy."""
+the present keys/values of one step are bound as the past of the next without passing through numpy.
+
+A bundle exported with a batched decoder (`ExportConfig(batch=True)`: a dynamic batch axis, past_valid/new_valid
+inputs; export/onnx_export.py) steps B sequences as one run (`batch` + `step_batch`); a single `step` is its B = 1
+run with every slot valid. Other bundles step batches sequence by sequence (the base contract)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..base import Backend, DecodeState, StepOutput
+from ..base import Backend, BatchState, DecodeState, StepOutput
 from ..bundle import Manifest, damaged, load_manifest, load_tables, installed_onnxruntime, onnxruntime_gap
 from ..kv_arena import Arena, ArenaPool
 from rlivs.runtime.errors import UserError
@@ -56,6 +60,31 @@ class OrtState(DecodeState):
     length: int = 0  # K
 
 
+class OrtBatch(BatchState):
+    """B sequences' caches as one batched past: keys/values (N, B, H_kv, S, Dh) slots, valid (B, S) which slots hold
+    a sequence's keys (its own, in position order; padding elsewhere), as in the torch backend's TorchBatch."""
+
+    def __init__(self, keys: ort.OrtValue, values: ort.OrtValue, valid: np.ndarray, lengths: list[int], device: str):
+        self.keys, self.values = keys, values  # (N, B, H_kv, S, Dh) float32 on the session's device
+        self.valid = valid  # (B, S) bool
+        self._lengths, self.device = list(lengths), device
+        self.states = []
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self._lengths)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def keep(self, indices: list[int]) -> None:
+        idx = list(indices)  # a copy through the host, once per sequence that ends
+        self.keys = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.keys.numpy()[:, idx]), self.device)
+        self.values = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.values.numpy()[:, idx]), self.device)
+        self.valid = self.valid[idx]
+        self._lengths = [self._lengths[i] for i in idx]
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
@@ -89,6 +118,7 @@ class OrtBackend(Backend):
         self.vision = self._session("vision.onnx", opts, providers)
         self.decoder = self._session("decoder.onnx", opts, providers)
         self.has_probe = "probe_attn" in {o.name for o in self.decoder.get_outputs()}  # False only in benchmarks
+        self.batched = "new_valid" in {i.name for i in self.decoder.get_inputs()}  # a batch axis: past (N, B, ...)
         self.device = "cuda" if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self._check_graphs()
         self.table, self.newline = load_tables(self.bundle, self.info)  # (V, D) memory-mapped, (D,)
@@ -114,6 +144,7 @@ class OrtBackend(Backend):
         d, v = self.info.hidden_size, self.info.vocab_size
         (h, w), p = self.info.image_size, self.info.tokens_per_frame
         past = {("decoder.onnx", "past_kv"): {1: n, 2: 2, 3: h_kv, 4: dh}} if self.kv.layout == "arena" else \
+            {("decoder.onnx", "past_keys"): {0: n, 2: h_kv, 4: dh}} if self.batched else \
             {("decoder.onnx", "past_keys"): {0: n, 1: h_kv, 3: dh}}
         want = {("vision.onnx", "pixel_values"): {2: h, 3: w}, ("vision.onnx", "visual_tokens"): {1: p, 2: d},
                 ("decoder.onnx", "inputs_embeds"): {2: d}, ("decoder.onnx", "logits"): {1: v}, **past}
@@ -149,7 +180,8 @@ class OrtBackend(Backend):
         if self.pool is not None:
             state.arena = self.pool.acquire(state)
         else:
-            empty = np.zeros((*self.kv_shape[:2], 0, self.kv_shape[2]), np.float32)  # (N, H_kv, 0, Dh)
+            n, h_kv, dh = self.kv_shape
+            empty = np.zeros((n, 1, h_kv, 0, dh) if self.batched else (n, h_kv, 0, dh), np.float32)  # (N, [1,] H_kv, 0, Dh)
             state.keys = ort.OrtValue.ortvalue_from_numpy(empty, self.device)
             state.values = ort.OrtValue.ortvalue_from_numpy(empty, self.device)
         return state
@@ -172,6 +204,9 @@ class OrtBackend(Backend):
         io = self.decoder.io_binding()
         io.bind_cpu_input("inputs_embeds", x)
         io.bind_cpu_input("position_ids", pos)
+        if self.batched:  # B = 1: every slot is this sequence's
+            io.bind_cpu_input("past_valid", np.ones((1, state.length), bool))
+            io.bind_cpu_input("new_valid", np.ones((1, n_new), bool))
         io.bind_output("logits", "cpu")
         if state.arena is not None:  # past = arena rows [0, K), new rows written to [K, K + L): in place
             past_at, new_at = self.kv.offsets(state.length)
@@ -194,12 +229,79 @@ class OrtBackend(Backend):
         state.length += n_new
         return StepOutput(logits=logits.numpy()[0], probe_attn=rest[0].numpy() if rest and probe_rows else None)
 
+    # ---- batched steps (a bundle with a batched decoder) ------------------------------------------------------
+
+    def batch(self, states: list) -> BatchState:
+        """Merge B stacked states into one batched past (right-padded to the longest); through the host, once."""
+        if not self.batched:
+            return super().batch(states)
+        n, h_kv, dh = self.kv_shape
+        lengths = [s.length for s in states]  # K_i
+        s_max = max(lengths, default=0)
+        keys = np.zeros((n, len(states), h_kv, s_max, dh), np.float32)  # (N, B, H_kv, S, Dh)
+        values = np.zeros_like(keys)
+        for b, st in enumerate(states):
+            if st.length:
+                keys[:, b, :, : st.length] = st.keys.numpy()[:, 0]
+                values[:, b, :, : st.length] = st.values.numpy()[:, 0]
+        valid = np.arange(s_max)[None, :] < np.asarray(lengths)[:, None]  # (B, S)
+        return OrtBatch(ort.OrtValue.ortvalue_from_numpy(keys, self.device),
+                        ort.OrtValue.ortvalue_from_numpy(values, self.device), valid, lengths, self.device)
+
+    def step_batch(self, embeds: list[np.ndarray], batch: BatchState, probe_rows: int = 1) -> list[StepOutput]:
+        if not isinstance(batch, OrtBatch):
+            return super().step_batch(embeds, batch, probe_rows)
+        if len(embeds) != len(batch):
+            raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
+        if probe_rows > 1:
+            raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
+        lens = [len(e) for e in embeds]  # L_i
+        n_seq, l_max, d = len(embeds), max(lens), self.info.hidden_size
+        x = np.zeros((n_seq, l_max, d), np.float32)  # (B, L_max, D), left-padded: row L_max - 1 is every last position
+        new_valid = np.zeros((n_seq, l_max), bool)  # (B, L_max)
+        pos = np.zeros((n_seq, l_max), np.int64)  # (B, L_max) absolute positions (padding: 0)
+        for b, (e, n) in enumerate(zip(embeds, lens)):
+            x[b, l_max - n:], new_valid[b, l_max - n:] = e, True
+            pos[b, l_max - n:] = np.arange(batch._lengths[b], batch._lengths[b] + n)
+        starts = range(0, l_max, self.prefill_chunk)
+        for a in starts[:-1]:  # every chunk but the last only extends the caches
+            self._run_batch(x[:, a:a + self.prefill_chunk], pos[:, a:a + self.prefill_chunk],
+                            new_valid[:, a:a + self.prefill_chunk], batch, 0)
+        a = starts[-1]
+        logits, probe = self._run_batch(x[:, a:], pos[:, a:], new_valid[:, a:], batch, probe_rows)  # (B, V), (B, S)
+        out = []
+        for b, n in enumerate(lens):
+            batch._lengths[b] += n
+            p = None if probe is None else probe[b][batch.valid[b]][None]  # (1, K_b + L_b): its own keys only
+            out.append(StepOutput(logits=logits[b], probe_attn=p))
+        return out
+
+    def _run_batch(self, x: np.ndarray, pos: np.ndarray, new_valid: np.ndarray, batch: OrtBatch, probe_rows: int):
+        """One batched decoder run over L new slots: x (B, L, D), pos (B, L), new_valid (B, L) -> logits (B, V) and
+        probe (B, S + L) or None; batch's keys/values/valid grow by L slots."""
+        io = self.decoder.io_binding()
+        io.bind_cpu_input("inputs_embeds", np.ascontiguousarray(x))
+        io.bind_cpu_input("position_ids", np.ascontiguousarray(pos))
+        io.bind_cpu_input("past_valid", np.ascontiguousarray(batch.valid))
+        io.bind_cpu_input("new_valid", np.ascontiguousarray(new_valid))
+        io.bind_ortvalue_input("past_keys", batch.keys)
+        io.bind_ortvalue_input("past_values", batch.values)
+        io.bind_output("logits", "cpu")
+        io.bind_output("present_keys", self.device)
+        io.bind_output("present_values", self.device)
+        if self.has_probe:
+            io.bind_output("probe_attn", "cpu")
+        self.decoder.run_with_iobinding(io)
+        logits, batch.keys, batch.values, *rest = io.get_outputs()
+        batch.valid = np.concatenate([batch.valid, new_valid], axis=1)  # (B, S + L)
+        return logits.numpy(), (rest[0].numpy() if rest and probe_rows else None)
+
     def past_feed(self, state: OrtState, upto: int | None = None) -> dict[str, np.ndarray]:
         """The decoder's past inputs for the first `upto` cached positions as numpy (calibration feeds)."""
         k = state.length if upto is None else upto
         if state.arena is None:
             keys, values = state.keys.numpy(), state.values.numpy()  # (N, H_kv, K, Dh)
-            return {"past_keys": np.ascontiguousarray(keys[:, :, :k]), "past_values": np.ascontiguousarray(values[:, :, :k])}
+            return {"past_keys": np.ascontiguousarray(keys[..., :k, :]), "past_values": np.ascontiguousarray(values[..., :k, :])}
         return {"past_kv": self.arena_rows(state)[:k].copy()}
 
     def arena_rows(self, state: OrtState) -> np.ndarray:

@@ -9,6 +9,14 @@ The KV cache of a sequence is one device arena of max_context rows (kv_arena.py)
 first K rows and new_kv to the rows after them, so every step appends in place; the cache never leaves the
 GPU. Only the step's embeddings and positions go up and the logits and the probe row come down.
 
+Batched steps (a bundle exported with --batch, engines built with a batch range in both profiles, --max-batch):
+the decoder takes inputs_embeds (B, L, D), position_ids (B, L), past_valid (B, S) / new_valid (B, L) bool and a
+slot-major past_kv (S, B, N, 2, H_kv, Dh), and writes new_kv (L, B, N, 2, H_kv, Dh) -> logits (B, V), probe_attn
+(B, S + L). `batch(states)` gathers the sequences' arenas into one (K_max, B, N, 2, H_kv, Dh) device buffer (one 2-D
+copy per sequence), so every batched step appends in place there, as a single sequence does in its own arena (a
+single sequence's arena is the B = 1 case, so `step` binds it unchanged). Written to the same contract as the ONNX
+Runtime backend's and checked on CPU through tests/helpers/trt_emulator.py; never run on TensorRT yet.
+
 No CUDA graph for the decode step: every step binds a longer past_kv and a new_kv address one row further,
 and a captured graph holds fixed shapes and addresses (it would have to be re-captured each token). The
 torch CUDA path's static cache is where the decode step is graph-captured.
@@ -20,12 +28,13 @@ holds the parity tests that run it where TensorRT and a GPU exist.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..base import Backend, DecodeState, StepOutput
+from ..base import Backend, BatchState, DecodeState, StepOutput
 from ..bundle import Manifest, load_manifest, load_tables
 from ..kv_arena import ALIGN, Arena, ArenaPool
 from . import compat
@@ -37,6 +46,7 @@ log = logging.getLogger("rlivs.backend.tensorrt")
 
 DECODER_IO = {"inputs_embeds": "float32", "position_ids": "int64", "past_kv": None, "logits": "float32",
               "new_kv": None, "probe_attn": "float32"}  # None: the bundle's KV dtype
+BATCH_IO = {"past_valid": "bool", "new_valid": "bool"}  # the batched decoder's extra inputs
 VISION_IO = {"pixel_values": "float32", "visual_tokens": "float32"}
 
 
@@ -96,6 +106,38 @@ class TrtState(DecodeState):
     length: int = 0  # K
 
 
+class TrtBatch(BatchState):
+    """B sequences' caches gathered into one slot-major device buffer (K_max, B, N, 2, H_kv, Dh): slot s of every
+    sequence is one contiguous (B, N, 2, H_kv, Dh) block, so the S slots so far are the buffer's first S blocks."""
+
+    def __init__(self, backend: "TrtBackend", buf, valid: np.ndarray, lengths: list[int]):
+        self.backend = backend  # compaction runs on its stream
+        self.buf = buf  # DeviceBuffer, freed when the batch is garbage-collected or compacted
+        self._free = weakref.finalize(self, buf.free)
+        self.valid = valid  # (B, S) bool on the host: slot holds one of that sequence's keys
+        self._lengths = list(lengths)
+        self.states = []
+
+    def keep(self, indices: list[int]) -> None:
+        self.backend._keep(self, list(indices))
+
+    def replace(self, buf) -> None:
+        self._free.detach()
+        self.buf.free()
+        self.buf, self._free = buf, weakref.finalize(self, buf.free)
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self._lengths)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def slots(self) -> int:
+        return self.valid.shape[1]
+
+
 class TrtBackend(Backend):
     name = "tensorrt"
 
@@ -115,24 +157,32 @@ class TrtBackend(Backend):
         runtime = trt.Runtime(self.logger)
         self.stream = Stream()
         kv_io = {"past_kv": self.kv.dtype, "new_kv": self.kv.dtype}
+        self.batched = any(i["name"] == "new_valid" for i in m.graphs.get("decoder", {}).get("inputs", []))
+        self.max_batch = int(entry.get("max_batch", 1)) if self.batched else 1
         self.vision = _Engine(trt, runtime, self.bundle / entry["engines"]["vision"]["file"], VISION_IO, fix)
         self.decoder = _Engine(trt, runtime, self.bundle / entry["engines"]["decoder"]["file"],
-                               {k: v or kv_io[k] for k, v in DECODER_IO.items()}, fix)
+                               {**{k: v or kv_io[k] for k, v in DECODER_IO.items()},
+                                **(BATCH_IO if self.batched else {})}, fix)
         names = {p.get("name"): int(p.get("index", i)) for i, p in enumerate(entry["engines"]["decoder"]["profiles"])}
         self.prefill_profile, self.decode_profile = names.get("prefill", 0), names.get("decode", 1)
         d, v, (h, w), p = self.info.hidden_size, self.info.vocab_size, self.info.image_size, self.info.tokens_per_frame
+        b = self.max_batch  # B_max sequences per step (1 without a batched decoder)
         self.buf = {  # device buffers sized for the largest step the profiles accept
-            "inputs_embeds": DeviceBuffer(self.max_context * d * 4), "position_ids": DeviceBuffer(self.max_context * 8),
-            "logits": DeviceBuffer(v * 4), "probe_attn": DeviceBuffer(self.max_context * 4),
+            "inputs_embeds": DeviceBuffer(b * self.max_context * d * 4),
+            "position_ids": DeviceBuffer(b * self.max_context * 8),
+            "logits": DeviceBuffer(b * v * 4), "probe_attn": DeviceBuffer(b * self.max_context * 4),
             "pixel_values": DeviceBuffer(self.max_frames * 3 * h * w * 4),
             "visual_tokens": DeviceBuffer(self.max_frames * p * d * 4)}
-        self.host_logits = np.empty(v, np.float32)  # (V,)
-        self.host_probe = np.empty(self.max_context, np.float32)  # (K_max,)
+        if self.batched:
+            self.buf["past_valid"] = DeviceBuffer(b * self.max_context)
+            self.buf["new_valid"] = DeviceBuffer(b * self.max_context)
+        self.host_logits = np.empty(b * v, np.float32)  # (B_max * V,)
+        self.host_probe = np.empty(b * self.max_context, np.float32)  # (B_max * K_max,)
         # new_kv goes straight into the arena when its row offset keeps TensorRT's 256-byte alignment;
         # otherwise into a scratch buffer and then device-to-device into the arena (still no host trip)
         self.in_place = self.kv.row_bytes % ALIGN == 0
         if not self.in_place:
-            self.buf["new_kv"] = DeviceBuffer(self.max_context * self.kv.row_bytes)
+            self.buf["new_kv"] = DeviceBuffer(b * self.max_context * self.kv.row_bytes)
         nbytes = self.max_context * self.kv.row_bytes
         self.pool = ArenaPool(lambda: Arena.allocate(self._alloc_arena, nbytes, ALIGN), free=lambda a: a.handle.free())
         self.table, self.newline = load_tables(self.bundle, self.info)  # (V, D) memory-mapped, (D,)
@@ -182,16 +232,97 @@ class TrtBackend(Backend):
         target = state.arena.ptr + new_at if self.in_place else self.buf["new_kv"].ptr
         addresses = {name: self.buf[name].ptr for name in ("inputs_embeds", "position_ids", "logits", "probe_attn")}
         addresses.update(past_kv=state.arena.ptr + past_at, new_kv=target)
-        self.decoder.run(self.stream, {"inputs_embeds": x.shape, "position_ids": pos.shape,
-                                       "past_kv": (k, *self.kv.row_shape)}, addresses,
+        shapes = {"inputs_embeds": x.shape, "position_ids": pos.shape, "past_kv": (k, *self.kv.row_shape)}
+        if self.batched:  # B = 1 of the batched decoder: the arena is the slot-major cache of one sequence
+            valid = np.ones(k + n_new, bool)
+            self.stream.to_device(self.buf["past_valid"].ptr, valid[:k])
+            self.stream.to_device(self.buf["new_valid"].ptr, valid[k:])
+            addresses.update(past_valid=self.buf["past_valid"].ptr, new_valid=self.buf["new_valid"].ptr)
+            shapes.update(past_kv=(k, 1, *self.kv.row_shape), past_valid=(1, k), new_valid=(1, n_new))
+        self.decoder.run(self.stream, shapes, addresses,
                          profile=self.decode_profile if n_new == 1 else self.prefill_profile)
         if not self.in_place:
             self.stream.on_device(state.arena.ptr + new_at, target, n_new * self.kv.row_bytes)
-        self.stream.to_host(self.host_logits, self.buf["logits"].ptr)
+        logits = self.stream.to_host(self.host_logits[: self.info.vocab_size], self.buf["logits"].ptr)  # (V,)
         probe = self.stream.to_host(self.host_probe[: k + n_new], self.buf["probe_attn"].ptr) if probe_rows else None
         self.stream.synchronize()
         state.length += n_new
-        return StepOutput(logits=self.host_logits.copy(), probe_attn=None if probe is None else probe.copy()[None])
+        return StepOutput(logits=logits.copy(), probe_attn=None if probe is None else probe.copy()[None])
+
+    # ---- batched steps (engines of a bundle exported with --batch) -------------------------------------------
+
+    def batch(self, states: list) -> BatchState:
+        """Gather B sequences' arenas into one slot-major batch buffer: sequence b's row p goes to slot p, column b."""
+        if not self.batched or len(states) > self.max_batch:
+            if self.batched:
+                log.warning("a batch of %d sequences is more than the engines' --max-batch %d: stepping them one "
+                            "by one", len(states), self.max_batch)
+            return super().batch(states)
+        n, row = len(states), self.kv.row_bytes
+        buf = DeviceBuffer(self.max_context * n * row)  # (K_max, B, N, 2, H_kv, Dh)
+        lengths = [s.length for s in states]
+        for b, st in enumerate(states):
+            if st.length:
+                self.stream.on_device_2d(buf.ptr + b * row, n * row, st.arena.ptr, row, row, st.length)
+        self.stream.synchronize()
+        valid = np.arange(max(lengths, default=0))[None, :] < np.asarray(lengths)[:, None]  # (B, S)
+        return TrtBatch(self, buf, valid, lengths)
+
+    def _keep(self, batch: TrtBatch, indices: list[int]) -> None:
+        """Compact the batch buffer to sequences `indices` (one 2-D copy each)."""
+        n, m, row, s_len = len(batch), len(indices), self.kv.row_bytes, batch.slots
+        buf = DeviceBuffer(self.max_context * m * row)
+        for j, b in enumerate(indices):
+            if s_len:
+                self.stream.on_device_2d(buf.ptr + j * row, m * row, batch.buf.ptr + b * row, n * row, row, s_len)
+        self.stream.synchronize()
+        batch.replace(buf)
+        batch.valid = batch.valid[list(indices)]
+        batch._lengths = [batch._lengths[i] for i in indices]
+
+    def step_batch(self, embeds: list[np.ndarray], batch: BatchState, probe_rows: int = 1) -> list[StepOutput]:
+        if not isinstance(batch, TrtBatch):
+            return super().step_batch(embeds, batch, probe_rows)
+        if len(embeds) != len(batch):
+            raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
+        if probe_rows > 1:
+            raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
+        lens = [len(e) for e in embeds]  # L_i
+        n, l_max, s_len, d, v = len(embeds), max(lens), batch.slots, self.info.hidden_size, self.info.vocab_size
+        self.kv.check_room(s_len, l_max)  # slots, not positions: the batch's holes count too
+        x = np.zeros((n, l_max, d), np.float32)  # (B, L, D), left-padded: row L - 1 is every last position
+        new_valid = np.zeros((n, l_max), bool)  # (B, L)
+        pos = np.zeros((n, l_max), np.int64)  # (B, L)
+        for b, (e, k) in enumerate(zip(embeds, lens)):
+            x[b, l_max - k:], new_valid[b, l_max - k:] = e, True
+            pos[b, l_max - k:] = np.arange(batch._lengths[b], batch._lengths[b] + k)
+        past_valid = np.ascontiguousarray(batch.valid)  # (B, S)
+        for name, host in (("inputs_embeds", x), ("position_ids", pos), ("past_valid", past_valid),
+                           ("new_valid", new_valid)):
+            self.stream.to_device(self.buf[name].ptr, host)
+        new_at = s_len * n * self.kv.row_bytes  # slot S of the batch buffer
+        target = batch.buf.ptr + new_at if self.in_place else self.buf["new_kv"].ptr
+        addresses = {name: self.buf[name].ptr for name in ("inputs_embeds", "position_ids", "logits", "probe_attn",
+                                                            "past_valid", "new_valid")}
+        addresses.update(past_kv=batch.buf.ptr, new_kv=target)
+        self.decoder.run(self.stream, {"inputs_embeds": x.shape, "position_ids": pos.shape,
+                                       "past_kv": (s_len, n, *self.kv.row_shape), "past_valid": past_valid.shape,
+                                       "new_valid": new_valid.shape}, addresses,
+                         profile=self.decode_profile if l_max == 1 else self.prefill_profile)
+        if not self.in_place:
+            self.stream.on_device(batch.buf.ptr + new_at, target, l_max * n * self.kv.row_bytes)
+        logits = self.stream.to_host(self.host_logits[: n * v], self.buf["logits"].ptr).reshape(n, v)  # (B, V)
+        k_all = s_len + l_max
+        probe = self.stream.to_host(self.host_probe[: n * k_all], self.buf["probe_attn"].ptr).reshape(n, k_all) \
+            if probe_rows else None  # (B, S + L)
+        self.stream.synchronize()
+        batch.valid = np.concatenate([batch.valid, new_valid], axis=1)  # (B, S + L)
+        out = []
+        for b, k in enumerate(lens):
+            batch._lengths[b] += k
+            p = None if probe is None else probe[b][batch.valid[b]][None]  # (1, K_b + L_b): its own keys only
+            out.append(StepOutput(logits=logits[b].copy(), probe_attn=p))
+        return out
 
     def arena_rows(self, state: TrtState) -> np.ndarray:
         """(K, N, 2, H_kv, Dh) copy of a state's cache, brought to the host (tests)."""

@@ -82,6 +82,12 @@ class Stream:
         _check(self.rt.cudaMemcpyAsync(dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
                                        self.handle), "device-to-device copy")
 
+    def on_device_2d(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, rows: int) -> None:
+        """`rows` rows of `width` bytes, device to device, each `src_pitch` / `dst_pitch` bytes after the last."""
+        _check(self.rt.cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows,
+                                         self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.handle),
+               "device-to-device 2-D copy")
+
     def synchronize(self) -> None:
         _check(self.rt.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 

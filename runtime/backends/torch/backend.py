@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from ...backbones import backbone_for_config, backbone_for_dir
 from ...config import ProbeConfig
-from ..base import Backend, DecodeState, ModelInfo, StepOutput
+from ..base import Backend, BatchState, DecodeState, ModelInfo, StepOutput
 from ..kv_arena import ArenaPool
 from .backbones import adapter_for
 from .hf_compat import cache_kwargs
@@ -58,13 +58,14 @@ class ProbeRecorder:
         self.rows = 0  # query rows to record this step (0 = record nothing)
         self.total: torch.Tensor | None = None  # (R, K) float32 sum over probe layers
         self.out: torch.Tensor | None = None  # (1, M) float32 static buffer (static-cache decode only)
+        self.batched = False  # a batched step: rows are (B, R, K), one block per sequence
 
-    def begin(self, rows: int, out: torch.Tensor | None = None) -> None:
-        self.rows, self.total, self.out = rows, None, out
+    def begin(self, rows: int, out: torch.Tensor | None = None, batched: bool = False) -> None:
+        self.rows, self.total, self.out, self.batched = rows, None, out, batched
         if out is not None and rows:
             out.zero_()
 
-    def add(self, rows: torch.Tensor) -> None:  # (R, K) float32, mean over heads of one layer
+    def add(self, rows: torch.Tensor) -> None:  # (R, K) float32 (batched: (B, R, K)), mean over heads of one layer
         if self.out is not None:
             self.out.add_(rows)  # (1, M) in place: fixed address, capture-safe
         else:
@@ -72,37 +73,43 @@ class ProbeRecorder:
 
     def end(self) -> np.ndarray | None:
         if self.rows == 0 or self.total is None:
-            self.rows, self.total, self.out = 0, None, None
+            self.rows, self.total, self.out, self.batched = 0, None, None, False
             return None
-        out = (self.total / self.n_layers).cpu().numpy()  # (R, K) mean over probe layers
-        self.rows, self.total = 0, None
+        out = (self.total / self.n_layers).cpu().numpy()  # (R, K) (batched: (B, R, K)) mean over probe layers
+        self.rows, self.total, self.batched = 0, None, False
         return out
 
     def reset(self) -> None:
-        self.rows, self.total, self.out = 0, None, None
+        self.rows, self.total, self.out, self.batched = 0, None, None, False
 
 
-def probe_rows(module, query, key, attention_mask, scaling: float, rows: int) -> torch.Tensor:
-    """Softmax attention of the last `rows` queries over all keys, mean over heads: (rows, K) float32.
+def probe_rows_batch(module, query, key, attention_mask, scaling: float, rows: int) -> torch.Tensor:
+    """Softmax attention of the last `rows` queries over all keys, mean over heads: (B, rows, K) float32.
 
-    query (B=1, H, Q, Dh); key (1, H_kv, K, Dh) before GQA repetition; attention_mask is what the
-    SDPA mask function produced: None (pure causal), bool (True = attend) or additive float.
+    query (B, H, Q, Dh); key (B, H_kv, K, Dh) before GQA repetition; attention_mask is what the
+    SDPA mask function produced (None: pure causal, bool: True = attend, or additive float), or a batched
+    step's (B, 1, Q, K) bool mask (padding and other sequences' holes False: their probability is exactly 0).
     """
     q_len, k_len = query.shape[2], key.shape[2]
     r = min(rows, q_len)
-    q = query[:, :, q_len - r :, :].float()  # (1, H, R, Dh)
-    k = repeat_kv(key, module.num_key_value_groups).float()  # (1, H, K, Dh)
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # (1, H, R, K)
+    q = query[:, :, q_len - r :, :].float()  # (B, H, R, Dh)
+    k = repeat_kv(key, module.num_key_value_groups).float()  # (B, H, K, Dh)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # (B, H, R, K)
     if attention_mask is None:
         # query row i sits at absolute position k_len - r + i and sees keys 0..k_len - r + i
         qpos = torch.arange(k_len - r, k_len, device=q.device)[:, None]  # (R, 1)
         kpos = torch.arange(k_len, device=q.device)[None, :]  # (1, K)
         scores = scores.masked_fill(kpos > qpos, float("-inf"))
     else:
-        m = attention_mask[..., q_len - r :, :k_len]  # (1, 1, R, K)
+        m = attention_mask[..., q_len - r :, :k_len]  # (B or 1, 1, R, K)
         scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
-    probs = torch.softmax(scores, dim=-1)  # (1, H, R, K)
-    return probs.mean(dim=1)[0]  # (R, K)
+    probs = torch.softmax(scores, dim=-1)  # (B, H, R, K)
+    return probs.mean(dim=1)  # (B, R, K)
+
+
+def probe_rows(module, query, key, attention_mask, scaling: float, rows: int) -> torch.Tensor:
+    """One sequence (B = 1): probe_rows_batch's rows as (R, K) float32."""
+    return probe_rows_batch(module, query, key, attention_mask, scaling, rows)[0]
 
 
 def rlivs_probe_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -111,7 +118,10 @@ def rlivs_probe_attention(module, query, key, value, attention_mask, scaling=Non
     rec: ProbeRecorder | None = getattr(module, "_rlivs_probe", None)
     if rec is not None and rec.rows > 0:
         scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-        rec.add(probe_rows(module, query, key, attention_mask, scale, rec.rows))
+        if getattr(rec, "batched", False):  # a batched step: (B, R, K), one block per sequence
+            rec.add(probe_rows_batch(module, query, key, attention_mask, scale, rec.rows))
+        else:
+            rec.add(probe_rows(module, query, key, attention_mask, scale, rec.rows))  # (R, K)
     return out, None
 
 
@@ -124,6 +134,34 @@ class TorchState(DecodeState):
     cache: DynamicCache  # per-layer keys/values, (1, H_kv, K, Dh) each
     length: int = 0  # K: positions in the cache
     rope_delta: int = 0  # position id of cache slot k is k + rope_delta (M-RoPE: set by a step given positions)
+
+
+class TorchBatch(BatchState):
+    """B sequences' KV caches as one batched DynamicCache, each row with its own holes.
+
+    Slots: every layer's keys are (B, H_kv, S, Dh); sequence i's real keys sit at the slots where valid[i] is True,
+    in position order, and padding (a shorter past, a shorter new input) elsewhere. A step appends L_max slots to
+    every row, so the holes of a row stay where they are; the attention mask keeps every query off them.
+    """
+
+    def __init__(self, cache: DynamicCache, valid: torch.Tensor, lengths: list[int]):
+        self.cache = cache  # per layer (B, H_kv, S, Dh) keys and values
+        self.valid = valid  # (B, S) bool: slot holds one of that sequence's keys
+        self._lengths = list(lengths)  # K_i real positions per sequence
+        self.states = []  # the sequences' own states were merged in; nothing steps alone
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self._lengths)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def keep(self, indices: list[int]) -> None:
+        idx = torch.as_tensor(list(indices), dtype=torch.long, device=self.valid.device)
+        self.cache.batch_select_indices(idx)
+        self.valid = self.valid[idx]
+        self._lengths = [self._lengths[i] for i in indices]
 
 
 class TorchBackend(Backend):
@@ -249,6 +287,74 @@ class TorchBackend(Backend):
             raise UserError(f"positions must be (3, {n_new}) M-RoPE ids, got {pos.shape}")
         state.rope_delta = int(pos.max()) + 1 - (state.length + n_new)  # later tokens continue after the max
         return torch.from_numpy(pos).to(self.device)[:, None]  # (3, 1, L)
+
+    # ---- batched steps (dynamic cache) ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def batch(self, states: list) -> BatchState:
+        """Merge B dynamic-cache states into one batched cache (their keys right-padded to the longest past).
+        The static cache and sliding-window decoders step the sequences one by one (the base contract)."""
+        if self._pool is not None or getattr(self.lm, "has_sliding_layers", False) or self.backbone.mrope or \
+                not all(isinstance(s, TorchState) for s in states):  # (M-RoPE: 3-D positions step one by one)
+            return super().batch(states)
+        tc = self.model.config.text_config
+        lengths = [s.length for s in states]  # K_i
+        s_max = max(lengths, default=0)
+        cache = DynamicCache(config=tc)
+        valid = torch.arange(s_max, device=self.device)[None, :] < torch.tensor(lengths, device=self.device)[:, None]
+        if s_max:
+            for layer in range(tc.num_hidden_layers):
+                parts = []
+                for which in ("keys", "values"):
+                    src = [getattr(s.cache.layers[layer], which) if s.length else None for s in states]
+                    ref = next(t for t in src if t is not None)  # (1, H_kv, K_i, Dh)
+                    out = ref.new_zeros((len(states), ref.shape[1], s_max, ref.shape[3]))  # (B, H_kv, S, Dh)
+                    for b, t in enumerate(src):
+                        if t is not None:
+                            out[b, :, : t.shape[2]] = t[0]
+                    parts.append(out)
+                cache.update(parts[0], parts[1], layer)
+        return TorchBatch(cache, valid, lengths)
+
+    @torch.inference_mode()
+    def step_batch(self, embeds: list[np.ndarray], batch: BatchState, probe_rows: int = 1) -> list[StepOutput]:
+        if not isinstance(batch, TorchBatch):
+            return super().step_batch(embeds, batch, probe_rows)
+        if len(embeds) != len(batch):
+            raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
+        n_seq, lens = len(embeds), [len(x) for x in embeds]  # B, L_i
+        l_max, s_past = max(lens), batch.valid.shape[1]  # L_max, S slots already cached
+        dev, d = self.device, self.info.hidden_size
+        # new inputs left-padded: every sequence's last new position is row L_max - 1 (logits and probe rows)
+        x = torch.zeros((n_seq, l_max, d), dtype=self.dtype, device=dev)  # (B, L_max, D)
+        new_valid = torch.zeros((n_seq, l_max), dtype=torch.bool, device=dev)  # (B, L_max)
+        pos = torch.zeros((n_seq, l_max), dtype=torch.long, device=dev)  # (B, L_max) absolute positions
+        for b, (e, n) in enumerate(zip(embeds, lens)):
+            x[b, l_max - n:] = torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32)).to(dev, self.dtype)
+            new_valid[b, l_max - n:] = True
+            k = batch._lengths[b]
+            pos[b, l_max - n:] = torch.arange(k, k + n, device=dev)
+        valid = torch.cat([batch.valid, new_valid], dim=1)  # (B, S + L_max)
+        qslot = s_past + torch.arange(l_max, device=dev)  # (L_max,)
+        kslot = torch.arange(s_past + l_max, device=dev)  # (S + L_max,)
+        causal = kslot[None, :] <= qslot[:, None]  # (L_max, S + L_max)
+        own = kslot[None, :] == qslot[:, None]  # a padded query row sees itself: never a row with no key at all
+        mask = ((causal[None] & valid[:, None, :]) | own[None])[:, None]  # (B, 1, L_max, S + L_max) True = attend
+        self.recorder.begin(probe_rows, batched=True)
+        hidden = self.lm(inputs_embeds=x, attention_mask={"full_attention": mask}, position_ids=pos,
+                         **cache_kwargs(batch.cache), use_cache=True).last_hidden_state  # (B, L_max, D)
+        logits = self.model.lm_head(hidden[:, -1]).float().cpu().numpy()  # (B, V)
+        probe = self.recorder.end()  # (B, R', S + L_max) or None
+        batch.valid = valid
+        keep = valid.cpu().numpy()  # (B, S + L_max)
+        out = []
+        for b, n in enumerate(lens):
+            batch._lengths[b] += n
+            p = None
+            if probe is not None:  # sequence b's own keys only, its last min(R, L_b) rows: (R_b, K_b + L_b)
+                p = probe[b][-min(probe_rows, n):][:, keep[b]]
+            out.append(StepOutput(logits=logits[b], probe_attn=p))
+        return out
 
     # ---- static KV cache ------------------------------------------------------------------------------------
 
