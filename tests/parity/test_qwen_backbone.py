@@ -204,3 +204,23 @@ def test_patch_layout_equals_the_qwen_image_processor():
     got, grid = qwen_patches(torch.from_numpy(np.stack([img, img])), 14, 2, 2)
     assert grid == [1, gh, gw] == [1, 12, 8]
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_caption_clips_on_mrope_equals_each_clip_alone(qwen):
+    """Engine.caption_clips (the batched clip step) on an M-RoPE backbone: each clip's output is what caption_clip
+    gives it alone, FIFO positions included (3-D positions step one sequence at a time)."""
+    from rlivs.runtime.engine import ClipInput
+
+    engine, _ = qwen
+    d = engine.backend.info.hidden_size
+    first = engine.caption_clip(_frames(2), np.zeros((0, d), np.float32), 0)
+    fifo, where = first.selection.tokens, [FifoClip(0, len(first.selection.tokens), first.selection.indices)]
+    clips = [ClipInput(_frames(4), np.zeros((0, d), np.float32), 0), ClipInput(_frames(5), fifo, 1, fifo_clips=where)]
+    got = engine.caption_clips(clips)
+    alone = [engine.caption_clip(_frames(4), np.zeros((0, d), np.float32), 0),
+             engine.caption_clip(_frames(5), fifo, 1, fifo_clips=where)]
+    for g, a in zip(got, alone):
+        assert g.caption_ids == a.caption_ids
+        np.testing.assert_array_equal(g.positions, a.positions)
+        np.testing.assert_allclose(g.scores, a.scores, atol=SCORE_TOL, rtol=0)
+        np.testing.assert_array_equal(g.selection.indices, a.selection.indices)
