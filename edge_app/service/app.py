@@ -12,7 +12,8 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
                                       used (stream and wall-clock times), latency
     POST   /v1/ask/stream             the same, as server-sent events: `token` {"text"} as the answer is generated,
                                       then `answer` (the /v1/ask JSON) or `error` {"status", "detail"}
-    GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged
+    GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged; ?stream=&clip= -> that
+                                      clip (none when it was gated or forgotten: a stream's clips may have gaps)
     GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
     GET    /v1/kept/{stream}/{clip}   which visual tokens selection kept (flat indices, tokens per frame, grid)
     GET    /v1/events                 server-sent events: `caption` and `watch` (?after=: as Last-Event-ID)
@@ -433,10 +434,13 @@ def create_app(service: EdgeService, token: str | None = None, max_body_bytes: i
                  t_from: Optional[float] = Query(None, alias="from", ge=0, allow_inf_nan=False,
                                                  description="seconds, stream time"),
                  t_to: Optional[float] = Query(None, alias="to", ge=0, allow_inf_nan=False),
-                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_ID)):
+                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_ID),
+                 clip: Optional[int] = Query(None, ge=0, le=MAX_ID, description="exactly this clip of `stream`")):
         if t_from is not None and t_to is not None and t_from > t_to:
             raise UserError(f"from={t_from} is after to={t_to}: pass from <= to (seconds of stream time)")
-        return service.captions(stream, t_from, t_to, limit, offset)
+        if clip is not None and stream is None:
+            raise UserError(f"clip={clip} names a clip of one stream: pass stream= too, e.g. ?stream=cam0&clip={clip}")
+        return service.captions(stream, t_from, t_to, limit, offset, clip=clip)
 
     @app.get("/v1/thumbnails/{stream:path}/{clip}.jpg")
     def thumbnail(stream: str = Path(..., max_length=MAX_NAME), clip: int = Path(..., ge=0, le=MAX_ID)):

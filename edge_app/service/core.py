@@ -48,7 +48,7 @@ from PIL import Image
 from rlivs.runtime.activity import GateConfig
 from rlivs.runtime.backends.shared import INGEST, QUESTION, PriorityLock, SharedBackend
 from rlivs.runtime.memory import ClipRecord, Memory
-from rlivs.runtime.answer import answer, answer_json, clip_json, clip_label, format_time, wall_iso
+from rlivs.runtime.answer import answer, answer_json, clip_json, clip_label, span_label, wall_iso
 from rlivs.runtime.engine import Engine
 from rlivs.runtime.ingest import ClipResult
 from rlivs.runtime.retrieval import similarity
@@ -495,8 +495,7 @@ class EdgeService:
         for match in stored:
             w = by_id[match.watch_id].watch
             self.metrics.inc("rlivs_watch_matches_total", watch=str(w.id))
-            self.events.publish("watch", {**self.match_json(match, w), "wall_start": wall_iso(record.wall_start),
-                                          "wall_end": wall_iso(record.wall_end)})
+            self.events.publish("watch", self.match_json(match, w, (record.wall_start, record.wall_end)))
             hooks = hooks or bool(w.webhook)
         if hooks:
             dropped = self.store.drop_deliveries_over(self.config.webhook_queue)
@@ -515,9 +514,25 @@ class EdgeService:
             e = self._watches.get(m.watch_id)
         return None if e is None else {"event": "watch", **self.match_json(m, e.watch)}
 
-    def match_json(self, m: Match, w: Watch | None = None) -> dict:
+    def _walls(self, matches: list[Match]) -> dict[tuple[str, int], tuple[float | None, float | None]]:
+        """(stream, clip) -> the clip's wall-clock span (UTC unix seconds, None without a clock), from the memory."""
+        out = {}
+        if matches:
+            with self._read() as mem:
+                for m in matches:
+                    if (m.stream, m.clip) not in out:
+                        r = mem.clip(m.stream, m.clip)
+                        out[(m.stream, m.clip)] = (None, None) if r is None else (r.wall_start, r.wall_end)
+        return out
+
+    def match_json(self, m: Match, w: Watch | None = None,
+                   wall: tuple[float | None, float | None] | None = None) -> dict:
+        """A watch match in the API, its times as a caption's (`span_label`): `wall` is its clip's wall-clock span
+        (read from the memory when not given)."""
+        ws, we = wall if wall is not None else self._walls([m]).get((m.stream, m.clip), (None, None))
         d = m.as_dict()
-        d["time"] = f"{format_time(m.t_start)}-{format_time(m.t_end)}"
+        d["time"] = span_label(m.t_start, m.t_end, ws, we)
+        d["wall_start"], d["wall_end"] = wall_iso(ws), wall_iso(we)
         d["thumbnail"] = thumbnail_url(m.stream, m.clip) if self.store.thumbnail_clips(m.stream, [m.clip]) else None
         if w is not None:
             d["query"] = w.query
@@ -596,7 +611,9 @@ class EdgeService:
             self.watch(watch_id)  # 404 for an unknown watch
         with self._watch_lock:
             by_id = {i: e.watch for i, e in self._watches.items()}
-        return [self.match_json(m, by_id.get(m.watch_id)) for m in self.store.matches(watch_id, limit, before)]
+        rows = self.store.matches(watch_id, limit, before)
+        walls = self._walls(rows)
+        return [self.match_json(m, by_id.get(m.watch_id), walls[(m.stream, m.clip)]) for m in rows]
 
     # -- questions and captions -----------------------------------------------------------------------------------
 
@@ -718,11 +735,18 @@ class EdgeService:
                              for r, s in a.used]}
 
     def captions(self, stream: str | None = None, t_from: float | None = None, t_to: float | None = None,
-                 limit: int = 50, offset: int = 0) -> dict:
+                 limit: int = 50, offset: int = 0, clip: int | None = None) -> dict:
+        """Captions in time order, paged; with `clip` (and `stream`), that clip alone (none when it holds no caption:
+        gated, forgotten or not yet ingested; positions are not clip indices once a stream has such gaps)."""
         with self._read() as mem:
             if stream is not None and stream not in {s["name"] for s in mem.streams()}:
                 raise NotFound(f"no stream {stream!r}: GET /v1/streams lists them")
-            rows = mem.clips(stream, t_from, t_to, limit=limit, offset=offset)
+            if clip is not None:
+                r = mem.clip(stream, clip)
+                rows = [] if r is None or (t_from is not None and r.t_end < t_from) or \
+                    (t_to is not None and r.t_start > t_to) else [r]
+            else:
+                rows = mem.clips(stream, t_from, t_to, limit=limit, offset=offset)
         by_stream: dict[str, list[int]] = {}
         for r in rows:
             by_stream.setdefault(r.stream, []).append(r.index)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote, unquote, urlsplit
 
-from rlivs.runtime.answer import format_time
+from rlivs.runtime.answer import span_label
 from rlivs.runtime.errors import UserError
 
 from .events import Event
@@ -92,15 +92,6 @@ def ha_id(*parts: str) -> str:
         clean = _ID_CHARS.sub("_", p)
         out.append(clean if clean == p else f"{clean}_{hashlib.sha1(p.encode()).hexdigest()[:6]}")
     return "_".join(out)
-
-
-def time_label(t_start: float, t_end: float, wall_start: str | None, wall_end: str | None) -> str:
-    """A clip's span as people read it: '2026-12-01 15:04:05-15:04:21' (the wall clock of the ISO times' own offset,
-    i.e. the device's) when the source has a clock, else stream time '00:01:04-00:01:20'."""
-    if wall_start and wall_end:
-        a, b = datetime.fromisoformat(wall_start), datetime.fromisoformat(wall_end)
-        return f"{a:%Y-%m-%d %H:%M:%S}-{b:%H:%M:%S}"
-    return f"{format_time(t_start)}-{format_time(t_end)}"
 
 
 def _rlivs_version() -> str:
@@ -200,7 +191,7 @@ def payload(config: MqttConfig, event: Event) -> dict | None:
     ws, we = d.get("wall_start"), d.get("wall_end")
     out = {"event": event.kind, "stream": d["stream"], "clip": d["clip"], "t_start": d["t_start"],
            "t_end": d["t_end"], "wall_start": ws, "wall_end": we,
-           "time": time_label(d["t_start"], d["t_end"], ws, we), "caption": d["caption"]}
+           "time": span_label(d["t_start"], d["t_end"], ws, we), "caption": d["caption"]}
     if event.kind == "caption":
         at = d.get("committed_at")
         out["committed_at"] = at

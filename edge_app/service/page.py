@@ -355,7 +355,7 @@ function addCaption(c, isNew) {
 async function captionOf(stream, clip) {
   let c = clips.get(cardId(stream, clip));
   if (!c) {
-    const page = await api("/v1/captions?stream=" + encodeURIComponent(stream) + "&offset=" + clip + "&limit=1");
+    const page = await api("/v1/captions?stream=" + encodeURIComponent(stream) + "&clip=" + clip);
     if (page.captions.length) { addCaption(page.captions[0], false); c = page.captions[0]; }
   }
   return c;

@@ -91,18 +91,31 @@ def test_serve_counts_captioned_and_gated_clips_per_camera(video, tmp_path):
     from rlivs.edge_app.source_specs import parse_sources
     from tests.helpers.serve_helpers import wait_for
 
-    cfg = ServiceConfig(replay_files=False, gate={"room": GATE})
+    cfg = ServiceConfig(replay_files=False, gate={"room": GATE}, start_time=WALL0)
     service = EdgeService(tiny_engine(), tmp_path / "m.db", parse_sources([f"room={video}"]), cfg)
+    watch = service.add_watch("a room", threshold=-1.0)  # matches every caption: each captioned clip, once
     service.start()
     try:
         wait_for(lambda: service.workers[0].state == "finished", 120, "the file to be ingested")
+        # the stream has gaps (gated clips): a clip is looked up by its index, never by its position
+        assert [c["clip"] for c in service.captions("room", clip=8)["captions"]] == [8]
+        assert service.captions("room", clip=5)["captions"] == []  # gated: no caption
+        assert [c["clip"] for c in service.captions("room", offset=2, limit=1)["captions"]] == [8]
+        caps = {c["clip"]: c for c in service.captions("room")["captions"]}
+        matches = service.matches(watch["id"], limit=50)
+        assert sorted(m["clip"] for m in matches) == ACTIVE  # the watch saw each caption once, no idle clip
+        for m in matches:  # a match's times are its caption's: the wall clock when the stream has one
+            c = caps[m["clip"]]
+            assert (m["time"], m["wall_start"], m["wall_end"]) == (c["time"], c["wall_start"], c["wall_end"])
+            assert c["wall_start"] is not None and c["time"][:4] == "2026"
         st = service.streams()[0]
         assert (st["clips"], st["clips_gated"], st["clips_this_run"], st["gated_this_run"], st["gate"]) == \
             (4, 8, 4, 8, True)
         metrics = service.render_metrics()
         assert 'rlivs_clips_total{stream="room"} 4' in metrics
         assert 'rlivs_clips_gated_total{stream="room"} 8' in metrics
-        assert service.events.published == 4  # one caption event per captioned clip, none for idle ones
+        assert [e.data["clip"] for e in service.events.recent("caption")] == ACTIVE  # none for idle clips
+        assert service.events.published == 8  # and a watch event for each
         assert service.store.thumbnail("room", 4)[:2] == b"\xff\xd8"
     finally:
         service.stop()
