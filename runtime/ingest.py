@@ -62,6 +62,7 @@ class StreamIngestor:
         self.fifo.restore(state.fifo)
         self.gate = None if gate is None or not gate.enabled else ActivityGate(gate, memory.scene(stream))
         self.captioned = self.gated = 0  # clips of this run, by what the gate decided
+        self._gate_s = 0.0  # seconds the gate's last decision took
         if self.next_index:
             log.info("stream %r resumes at clip %d with %d FIFO clips", stream, self.next_index, len(self.fifo))
             if state.model_id != engine.backend.info.model_id:
@@ -71,16 +72,30 @@ class StreamIngestor:
                 log.warning("stream %r was ingested from %s; resuming it from %s at clip %d",
                             stream, state.source, source, self.next_index)
 
-    def step(self, clip: Clip) -> ClipResult:
+    def decide(self, clip: Clip) -> GateDecision | None:
+        """The activity gate's decision for `clip` (None without a gate): cheap, no model. A scheduler may look at it
+        before the clip gets the model, then pass it (or an idle decision instead) to `step`."""
+        if self.gate is None:
+            return None
+        t0 = time.perf_counter()
+        decision = self.gate.decide(clip.frames, clip.t_end)
+        self._gate_s = time.perf_counter() - t0
+        return decision
+
+    def step(self, clip: Clip, decision: GateDecision | None = None) -> ClipResult:
+        """Process the stream's next clip: an idle record, or caption + commit. `decision`: what `decide(clip)`
+        returned (made here when not given); an idle decision records the clip as idle whatever the gate saw."""
         if clip.index != self.next_index:
             raise UserError(f"clip {clip.index} given but stream {self.stream!r} is at clip {self.next_index}")
-        decision, gate_s = None, {}
+        gate_s = {}
         if self.gate is not None:  # 0. the activity gate: nothing new since the last caption -> an idle record
-            t0 = time.perf_counter()
-            decision = self.gate.decide(clip.frames, clip.t_end)
-            gate_s["gate"] = time.perf_counter() - t0
+            if decision is None:
+                decision = self.decide(clip)
+            gate_s["gate"] = self._gate_s
             if not decision.caption:
                 return self._idle(clip, decision, gate_s["gate"])
+        else:
+            decision = None
         # 1-3. the clip step: encode, caption + score, select (pure)
         out = self.engine.caption_clip(clip.frames, self.fifo.tokens(), clip.index)
         # 4. remember: caption, its vector and the FIFO change in one transaction, then the in-memory FIFO

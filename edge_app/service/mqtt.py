@@ -53,6 +53,7 @@ from rlivs.runtime.answer import span_label
 from rlivs.runtime.errors import UserError
 
 from .events import Event
+from .payloads import caption_json
 from .metrics import Metrics
 
 log = logging.getLogger("rlivs.serve.mqtt")
@@ -386,6 +387,17 @@ class MqttPublisher:
             self._streams.append(stream)
             if self.connected:
                 self._announce(stream)
+
+    # -- a bus listener (bus.py): captions and watch matches -----------------------------------------------------
+
+    name = "mqtt"
+
+    def on_clip(self, clip) -> None:
+        if clip.outcome == "captioned":
+            self.on_event(Event(0, "caption", caption_json(clip.record, clip.thumbnail)))
+
+    def on_match(self, match) -> None:
+        self.on_event(Event(0, "watch", match.payload))
 
     def on_event(self, event: Event) -> None:
         """An EventHub listener (called in the thread that published the event)."""
