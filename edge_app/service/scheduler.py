@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,7 +38,10 @@ class Request:
     seq: int  # arrival order (ties)
     granted: bool = False
     expired: bool = False  # waited past the lag bound (forced only): not captioned
-    waited_s: float = field(default=0.0)
+    waited_s: float = field(default=0.0)  # from ready to the decision (granted or expired), clock seconds
+
+    def __bool__(self) -> bool:
+        return self.granted
 
 
 class Closed(RuntimeError):
@@ -55,6 +59,9 @@ class ModelTurns:
         self.granted: dict[str, int] = {}  # stream -> turns granted
         self.expired: dict[str, int] = {}  # stream -> forced clips that waited past the bound
         self.most_waiting = 0  # the longest the waiting line has been
+        # the last grants: (stream, class, active clips left waiting, forced clips left waiting, seconds the clip
+        # waited); bounded
+        self.log: deque[tuple[str, int, int, int, float]] = deque(maxlen=1024)
 
     def _pick(self) -> Request | None:
         """The request the model goes to next (caller holds the lock)."""
@@ -64,15 +71,16 @@ class ModelTurns:
         """Forced requests past the lag bound leave the line (caller holds the lock)."""
         for r in list(self._waiting):
             if r.cls == FORCED and now - r.ready_at >= self.max_lag_s:
-                r.expired = True
+                r.expired, r.waited_s = True, now - r.ready_at
                 self._waiting.remove(r)
                 self.expired[r.stream] = self.expired.get(r.stream, 0) + 1
                 self._cond.notify_all()
 
     @contextmanager
     def turn(self, stream: str, active: bool, ready_at: float | None = None):
-        """Wait for the model; yields True while this clip holds it, or False when a forced clip waited past the lag
-        bound (it must not use the model). Raises Closed when the service stops while it waits."""
+        """Wait for the model; yields the request: true while this clip holds the model, false when a forced clip
+        waited past the lag bound (it must not use the model; `waited_s` says how long it waited). Raises Closed
+        when the service stops while it waits."""
         with self._cond:
             if self._closed:
                 raise Closed("the service is stopping")
@@ -92,20 +100,22 @@ class ModelTurns:
                     raise Closed("the service is stopping")
                 if self._busy is None and self._pick() is r:
                     self._waiting.remove(r)
-                    self._busy, r.granted = r, True
+                    self._busy, r.granted, r.waited_s = r, True, now - r.ready_at
                     self.granted[stream] = self.granted.get(stream, 0) + 1
+                    active = sum(w.cls == ACTIVE for w in self._waiting)
+                    self.log.append((stream, r.cls, active, len(self._waiting) - active, now - r.ready_at))
                     break
                 wait = None
                 if r.cls == FORCED:
                     wait = max(0.01, self.max_lag_s - (now - r.ready_at))
                 self._cond.wait(wait)
-            r.waited_s = self.clock() - r.ready_at
         try:
-            yield r.granted
+            yield r
         finally:
             if r.granted:
                 with self._cond:
                     self._busy = None
+                    self._expire(self.clock())  # decided now, when the model frees, whoever runs next
                     self._cond.notify_all()
 
     @property
