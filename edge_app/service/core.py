@@ -99,7 +99,7 @@ class ServiceConfig:
         if self.question_queue < 0:
             raise UserError(f"question_queue must be >= 0, got {self.question_queue}")
         if not (isinstance(self.max_lag_s, (int, float)) and math.isfinite(self.max_lag_s) and self.max_lag_s > 0):
-            raise UserError(f"max_lag_s must be > 0 seconds, got {self.max_lag_s!r}: e.g. 60")
+            raise UserError(f"--max-lag must be > 0 seconds, got {self.max_lag_s!r}: e.g. --max-lag 60")
         if self.retain_days is not None and not self.retain_days > 0:
             raise UserError(f"--retain-days must be > 0, got {self.retain_days}: e.g. --retain-days 30")
         self.webhook_policy = WebhookPolicy(parse_networks(self.webhook_allow))

@@ -111,7 +111,10 @@ def test_serve_counts_captioned_and_gated_clips_per_camera(video, tmp_path):
         st = service.streams()[0]
         assert (st["clips"], st["clips_gated"], st["clips_this_run"], st["gated_this_run"], st["gate"]) == \
             (4, 8, 4, 8, True)
+        assert st["skipped_this_run"] == 0 and st["lag_s"] is not None and st["max_lag_s"] >= st["lag_s"] >= 0
         metrics = service.render_metrics()
+        assert 'rlivs_clip_lag_seconds_count{stream="room"} 12' in metrics  # every clip's lag: captioned or gated
+        assert 'rlivs_clips_waiting_for_model{stream="room"} 0' in metrics
         assert 'rlivs_clips_total{stream="room"} 4' in metrics
         assert 'rlivs_clips_gated_total{stream="room"} 8' in metrics
         assert [e.data["clip"] for e in service.events.recent("caption")] == ACTIVE  # none for idle clips
@@ -119,6 +122,7 @@ def test_serve_counts_captioned_and_gated_clips_per_camera(video, tmp_path):
         assert service.store.thumbnail("room", 4)[:2] == b"\xff\xd8"
     finally:
         service.stop()
+    assert "s.lag_s" in PAGE and "s.skipped_this_run" in PAGE and ">lag</th>" in PAGE and ">skipped</th>" in PAGE
     assert "s.clips_gated" in PAGE and "<th title=\"clips the activity gate left uncaptioned (idle)\">gated</th>" in PAGE
 
 
