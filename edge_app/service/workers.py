@@ -15,17 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from rlivs.runtime.activity import GateConfig, GateDecision
 from rlivs.runtime.engine import Engine
-from rlivs.runtime.frames import Clip, iter_clips
+from rlivs.runtime.frames import Clip
 from rlivs.runtime.memory import Memory
-from rlivs.runtime.ingest import StreamIngestor
-from rlivs.runtime.sources.file import VideoFileSource
-from rlivs.runtime.sources.bag import BagSource
+from rlivs.runtime.ingest import StreamIngestor, open_clips
 from rlivs.runtime.sources.live import LiveSource, SourceConfig
 from rlivs.runtime.sources.spec import SourceSpec
 
@@ -90,25 +88,18 @@ class StreamWorker:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def _clips(self, ing: StreamIngestor, mem: Memory) -> Iterator[Clip]:
+    def _clips(self, ing: StreamIngestor) -> Iterator[Clip]:
+        """The source's clips from where the stream left off (runtime.ingest.open_clips: the route `rlivs ingest`
+        takes too): a camera or a replayed file paced in real time, a recording replayed at its recorded speed, or
+        a file read as fast as it decodes; --start-time is a file's clock, given when it is opened."""
         st, spec = self.setup, self.spec
-        cc = st.engine.config.clip
-        if spec.topic is not None:  # a robot recording: replayed at its recorded speed, or read as fast as it decodes
-            speed = st.source.replay_speed if self.live else None
-            return ing.clips(BagSource(spec.url, spec.topic, cc.fps, replay_speed=speed, stop=self._stop))
         origin = st.start_time if spec.kind == "file" else None  # --start-time: a file's first frame
-        if not self.live:
-            source = VideoFileSource(spec.url.removeprefix("file://"), fps=cc.fps)
-            if origin is not None:
-                source.clock_origin, source.clock_kind = origin, "--start-time"
-            return ing.clips(source)  # resumes at the next clip's time
-        prev = next((s for s in mem.streams() if s["name"] == spec.name), None)
-        start = float(prev["t_end"]) if prev and prev["t_end"] is not None else 0.0  # continue the timeline
-        self.source = LiveSource(spec, replace(st.source, fps=cc.fps, start_time=start))
-        self.source.clock_origin = origin
-        if self._stop.is_set():
-            self.source.stop(timeout=0)
-        return iter_clips(self.source, cc.frames_per_clip, cc.fps, first_index=ing.next_index)
+        clips = open_clips(ing, spec, clock_origin=origin, live=self.live, live_config=st.source, stop=self._stop)
+        if isinstance(ing.source, LiveSource):  # its statistics, lag and stop() are the worker's to read and call
+            self.source = ing.source
+            if self._stop.is_set():
+                self.source.stop(timeout=0)
+        return clips
 
     def _run(self) -> None:
         """Ingest; after a failure (e.g. a full disk) wait with backoff (`ServiceConfig.retry_s`) and resume."""
@@ -131,7 +122,7 @@ class StreamWorker:
             with Memory(st.db, model_fingerprint=st.fingerprint) as mem:
                 ing = StreamIngestor(st.engine, mem, stream=spec.name, source=spec.url, gate=self.gate)
                 self.state, self.error = "running", None
-                for clip in self._clips(ing, mem):
+                for clip in self._clips(ing):
                     if self._stop.is_set():
                         break  # a partial clip handed out at shutdown is not captioned
                     if not self._one(ing, clip, self.clock()):
