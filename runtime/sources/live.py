@@ -221,6 +221,18 @@ class LiveSource:
         self.clock_origin: float | None = clock_origin
         self.clock_kind: str | None = "arrival time" if clock_origin is None else "--start-time"
 
+    @property
+    def fps(self) -> float:
+        """Samples per second (the FrameSource protocol)."""
+        return self.config.fps
+
+    @property
+    def start_time(self) -> float:
+        """Stream time of the first frame (a resumed stream continues its timeline)."""
+        return self.config.start_time
+
+    duration = None  # a live source does not know its length
+
     # -- lifetime -----------------------------------------------------------------------------------------------------
 
     def start(self) -> LiveSource:
