@@ -1,9 +1,10 @@
 """The clip bus of `rlivs serve`: every clip a worker finished (captioned and committed, gated as idle, or skipped)
 goes out on it once, to every listener in order, in the worker's thread; watch matches go out on it too.
 
-    worker ──ClipEvent──▶ ClipBus ──▶ Thumbnails ─▶ ClipMetrics ─▶ WatchMatcher ─▶ ServerEvents ─▶ MqttOut ─▶ Retention
-                              ▲                                       │
-                              └──────────── MatchEvent ───────────────┘  (─▶ ClipMetrics, Webhooks, ServerEvents, MqttOut)
+    worker ──ClipEvent──▶ ClipBus ──▶ Thumbnails ─▶ ClipMetrics ─▶ ServerEvents ─▶ MqttOut ─▶ WatchMatcher ─▶ Webhooks
+                              ▲                                                                 │         ─▶ Retention
+                              └───────────────────────── MatchEvent ────────────────────────────┘
+                                        (on_match: ClipMetrics, ServerEvents, MqttOut, Webhooks)
 
 A listener is anything with the small interface of `Listener` (every method optional): `on_clip(ClipEvent)`,
 `on_match(MatchEvent)`, `start()`, `stop()`. Listeners run in the order they were added, so one may read what an
