@@ -37,8 +37,7 @@ def ingest(db, video, gate=GATE, max_clips=None):
     engine = tiny_engine()
     with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
         ing = StreamIngestor(engine, mem, "room", str(video), gate=gate)
-        source = VideoFileSource(video, fps=FPS)
-        source.clock_origin = WALL0
+        source = VideoFileSource(video, fps=FPS, clock_origin=WALL0)  # the clock, given when it is opened
         return ing.run(ing.clips(source), max_clips=max_clips), ing
 
 
