@@ -163,3 +163,38 @@ def test_a_question_about_an_idle_time_is_answered_from_the_scene_it_showed(vide
         a = answer(tiny_engine(), mem, "what is on the floor?", window=(WALL0 + 12.5, WALL0 + 14.0),
                    window_text="then", parse_time=False)
     assert [r.index for r, _ in a.used] == [4]
+
+
+def test_a_worker_under_overload_records_a_late_forced_caption_idle_and_still_captions_an_active_clip(video, tmp_path):
+    """The worker's path (gate, model turn, step, bus) with the real ingestor: a forced caption (the longest idle time
+    passed, nothing changed) that has waited past the lag bound is recorded idle and published as skipped ("lag"); an
+    active clip that waited as long is captioned. The clips are handed in by the test: no thread, no clock read."""
+    from rlivs.edge_app.service.scheduler import ModelTurns
+    from rlivs.edge_app.service.workers import IngestSetup, StreamWorker
+    from rlivs.edge_app.source_specs import parse_sources
+    from rlivs.runtime.frames import iter_clips
+
+    engine = tiny_engine()
+    db = tmp_path / "m.db"
+    gate = GateConfig(enabled=True, max_idle_s=2.0)  # every still clip after a caption is a forced one
+    now = [1000.0]
+    published = []
+    spec = parse_sources([f"room={video}"])[0]
+    worker = StreamWorker(IngestSetup(db, engine, engine.model_fingerprint, gate={"room": gate}), spec,
+                          published.append, ModelTurns(max_lag_s=30.0, clock=lambda: now[0]), clock=lambda: now[0])
+    clips = list(iter_clips(VideoFileSource(video, fps=FPS), FRAMES_PER_CLIP, FPS))
+    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
+        ing = StreamIngestor(engine, mem, "room", str(video), gate=gate)
+        for clip, waited in ((clips[0], 0.0), (clips[1], 31.0), (clips[2], 5.0), (clips[3], 31.0), (clips[4], 31.0)):
+            assert worker._one(ing, clip, now[0] - waited)  # ready `waited` seconds ago
+    got = [(e.index, e.outcome, e.reason) for e in published]
+    assert got == [(0, "captioned", None),  # the first clip
+                   (1, "skipped", "lag"),  # forced (max idle), waited 31 s > 30: recorded idle
+                   (2, "captioned", None),  # forced, waited 5 s: captioned
+                   (3, "skipped", "lag"),
+                   (4, "captioned", None)]  # active (the object is put down), waited 31 s: captioned all the same
+    assert [e.lag_s for e in published] == [0.0, 31.0, 5.0, 31.0, 31.0]
+    assert (worker.clips, worker.gated, worker.skipped) == (3, 0, 2)
+    with Memory(db, readonly=True) as mem:
+        assert [c.index for c in mem.clips("room")] == [0, 2, 4]
+        assert [(s.first, s.last, s.scene_idx) for s in mem.idle_spans("room")] == [(1, 1, 0), (3, 3, 2)]
