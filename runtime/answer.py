@@ -84,12 +84,24 @@ def clip_json(r: ClipRecord, tz: tzinfo | None = None) -> dict:
             "wall_start": wall_iso(r.wall_start, tz), "wall_end": wall_iso(r.wall_end, tz), "caption": r.caption}
 
 
+def span_label(t_start: float, t_end: float, wall_start: float | str | None = None,
+               wall_end: float | str | None = None, tz: tzinfo | None = None) -> str:
+    """A clip's time span as people (and the model) read it, the one rule for captions, watch matches, MQTT and the
+    page: local wall-clock '2026-12-01 15:04:05-15:04:21' when the stream has a clock, else stream time
+    '00:01:04-00:01:20'. Wall times are UTC unix seconds (shown in `tz`, default the device's) or ISO 8601 text
+    (shown in its own offset, which the API writes as the device's)."""
+    if wall_start is None or wall_end is None or wall_start == "" or wall_end == "":
+        return f"{format_time(t_start)}-{format_time(t_end)}"
+
+    def at(w):
+        return datetime.fromisoformat(w) if isinstance(w, str) else datetime.fromtimestamp(w, tz or local_tz())
+
+    return f"{at(wall_start):%Y-%m-%d %H:%M:%S}-{at(wall_end):%H:%M:%S}"
+
+
 def clip_label(r: ClipRecord, tz: tzinfo | None = None) -> str:
-    """A clip's time span as shown to people and to the model: local wall-clock when the stream has a clock,
-    else stream time."""
-    if r.wall_start is not None and r.wall_end is not None:
-        return f"{format_wall(r.wall_start, tz)}-{format_wall(r.wall_end, tz, date=False)}"
-    return f"{format_time(r.t_start)}-{format_time(r.t_end)}"
+    """A clip's time span as shown to people and to the model (`span_label`)."""
+    return span_label(r.t_start, r.t_end, r.wall_start, r.wall_end, tz)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from .engine import Engine
 from .errors import UserError
 from .fifo import TokenFifo
 from .frames import Clip, iter_clips
-from .sources import FrameSource, resume_time
+from .sources import FrameSource, open_spec, resume_time
 from .memory import ClipRecord, Memory
 
 log = logging.getLogger("rlivs.ingest")
@@ -66,6 +66,7 @@ class StreamIngestor:
         self.fifo.restore(state.fifo, kept)
         self.gate = None if gate is None or not gate.enabled else ActivityGate(gate, memory.scene(stream))
         self.captioned = self.gated = 0  # clips of this run, by what the gate decided
+        self._gate_s = 0.0  # seconds the gate's last decision took
         if self.next_index:
             log.info("stream %r resumes at clip %d with %d FIFO clips", stream, self.next_index, len(self.fifo))
             if state.model_id != engine.backend.info.model_id:
@@ -75,16 +76,30 @@ class StreamIngestor:
                 log.warning("stream %r was ingested from %s; resuming it from %s at clip %d",
                             stream, state.source, source, self.next_index)
 
-    def step(self, clip: Clip) -> ClipResult:
+    def decide(self, clip: Clip) -> GateDecision | None:
+        """The activity gate's decision for `clip` (None without a gate): cheap, no model. A scheduler may look at it
+        before the clip gets the model, then pass it (or an idle decision instead) to `step`."""
+        if self.gate is None:
+            return None
+        t0 = time.perf_counter()
+        decision = self.gate.decide(clip.frames, clip.t_end)
+        self._gate_s = time.perf_counter() - t0
+        return decision
+
+    def step(self, clip: Clip, decision: GateDecision | None = None) -> ClipResult:
+        """Process the stream's next clip: an idle record, or caption + commit. `decision`: what `decide(clip)`
+        returned (made here when not given); an idle decision records the clip as idle whatever the gate saw."""
         if clip.index != self.next_index:
             raise UserError(f"clip {clip.index} given but stream {self.stream!r} is at clip {self.next_index}")
-        decision, gate_s = None, {}
+        gate_s = {}
         if self.gate is not None:  # 0. the activity gate: nothing new since the last caption -> an idle record
-            t0 = time.perf_counter()
-            decision = self.gate.decide(clip.frames, clip.t_end)
-            gate_s["gate"] = time.perf_counter() - t0
+            if decision is None:
+                decision = self.decide(clip)
+            gate_s["gate"] = self._gate_s
             if not decision.caption:
                 return self._idle(clip, decision, gate_s["gate"])
+        else:
+            decision = None
         # 1-3. the clip step: encode, caption + score, select (pure)
         out = self.engine.caption_clip(clip.frames, self.fifo.tokens(), clip.index, fifo_clips=self.fifo.clips())
         # 4. remember: caption, its vector and the FIFO change in one transaction, then the in-memory FIFO
@@ -138,14 +153,34 @@ class StreamIngestor:
         if source.fps != c.fps:
             raise UserError(f"the source samples {source.fps:g} frames per second but the pipeline's clips are "
                             f"{c.fps:g} fps; open the source with fps={c.fps:g}")
-        self.source = source.starting_at(resume_time(self.next_index, c.frames_per_clip, c.fps))
+        if hasattr(source, "starting_at"):  # a recorded source: read from the next clip's first sample
+            self.source = source.starting_at(resume_time(self.next_index, c.frames_per_clip, c.fps))
+        else:  # a live source: it goes on from now (open it at the stream's end time to continue its timeline)
+            self.source = source
         clock = getattr(source, "stream_clock", None)  # a robot recording: its time basis and log-time offset
         if clock is not None:
             self.memory.set_stream_clock(self.stream, clock)
         return iter_clips(self.source, c.frames_per_clip, c.fps, first_index=self.next_index)
+
+    def stream_end(self) -> float:
+        """Stream time (s) the stream's last clip ended (0 for a new stream): where a live source continues it."""
+        row = next((s for s in self.memory.streams() if s["name"] == self.stream), None)
+        return float(row["t_end"]) if row and row["t_end"] is not None else 0.0
 
     def clips_from_file(self, path: str | Path) -> Iterator[Clip]:
         """The clips of a video file from where this stream left off (the file is opened once)."""
         from .sources.file import VideoFileSource  # PyAV: imported only when a file is read
 
         return self.clips(VideoFileSource(path, fps=self.engine.config.clip.fps))
+
+
+def open_clips(ing: StreamIngestor, spec, source: FrameSource | None = None, **how) -> Iterator[Clip]:
+    """The one route from a source to a stream's clips, for `rlivs ingest` and `rlivs serve`'s workers alike: the
+    source `spec` (a `SourceSpec`) opened by `sources.open_spec(spec, clip fps, **how)` (its clock decided there:
+    `clock_origin=`, `live=`, `live_config=`, `stop=`), or the one already opened (`source`: refusals before the model
+    loaded), read from where the stream left off: a recorded source from its next clip's first sample, a live one
+    continuing the stream's timeline. `ing.source` is then the source being read."""
+    if source is None:
+        live = how.get("live", spec.live)
+        source = open_spec(spec, ing.engine.config.clip.fps, start_time=ing.stream_end() if live else 0.0, **how)
+    return ing.clips(source)

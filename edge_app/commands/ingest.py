@@ -142,8 +142,8 @@ def ingest(
         if stream is not None:  # a name refused before the model loads and before the memory file is made
             check_stream_name(stream, "--stream")
         from rlivs.edge_app.source_specs import with_topics
-        from rlivs.runtime.ingest import StreamIngestor
-        from rlivs.runtime.sources import open_source
+        from rlivs.runtime.ingest import StreamIngestor, open_clips
+        from rlivs.runtime.sources import open_spec
         from rlivs.runtime.sources.spec import SourceSpec
 
         # a recording (by its first bytes, not its name): one stream per image topic, checked before the model loads
@@ -156,13 +156,11 @@ def ingest(
         stream = stream or (derive_name(str(video)) if is_recording(video) else "default")
         specs = with_topics([SourceSpec(stream, str(video), "file")], topic)
         gates = o.gate_configs(gate, gate_threshold, gate_max_idle, [(s.name, False) for s in specs])  # files: off
-        # not a video, unreadable: refused before the model loads and before the memory is touched
-        sources = [(s, open_source(video, fps=config.clip.fps, topic=s.topic) if s.topic else
-                    _video(video, config.clip.fps, note)) for s in specs]
+        # not a video, unreadable: refused before the model loads and before the memory is touched; the clock
+        # (--start-time, else the file's own) is decided as it is opened
+        sources = [(s, open_spec(s, config.clip.fps, clock_origin=origin, live=False)) for s in specs]
         todo = []
         for spec, source in sources:
-            if origin is not None:
-                source.clock_origin, source.clock_kind = origin, "--start-time"
             _say_clock(source, video)
             total = math.ceil(source.duration / config.clip.clip_seconds) if source.duration else None
             complete = _already_ingested(db, spec.name, video, total, config)
@@ -180,7 +178,7 @@ def ingest(
                 if spec.topic:
                     console.print(f"stream {stream}: topic {spec.topic} of {video}")
                 ing = StreamIngestor(engine, memory, stream=stream, source=str(video), gate=gates[stream])
-                clips = ing.clips(source)  # the same opened file, read from where the stream left off
+                clips = open_clips(ing, spec, source)  # the same opened file, read from where the stream left off
                 results = _run_ingest(ing, clips, source.duration, config, max_clips, json_out, scores_out)
                 _say_gate(ing, gates[stream])
                 done.append(ing)
@@ -203,18 +201,6 @@ def ingest(
                       f"clip was stored from the frames that could be decoded. Check {check}; exit status 3")
     if damaged or truncated:
         raise typer.Exit(3)
-
-
-def _video(video: Path, fps: float, note: Optional[str]):
-    """The video file source; when the name said a recording, its refusal says so too."""
-    from rlivs.runtime.sources.file import VideoFileSource
-
-    try:
-        return VideoFileSource(video, fps=fps)
-    except UserError as e:
-        if note is None:
-            raise
-        raise UserError(f"{e} ({note}; it is neither a recording nor a video)") from None
 
 
 def _say_truncated(ing, db: Path, video: Path, config) -> None:

@@ -63,6 +63,10 @@ def serve(
     ingest_share: float = typer.Option(0.5, help="Least share of the model ingest keeps while questions flood it, "
                                                  "in [0, 1)."),
     max_watches: int = typer.Option(100, help="Watches at most; more get 409."),
+    max_lag: float = typer.Option(60.0, "--max-lag", help="Seconds a forced caption (the gate saw no change, but its "
+                                                         "longest idle time passed) may wait for the model while "
+                                                         "other cameras' active clips go first; past it the clip is "
+                                                         "recorded idle (counted as skipped, reason lag)."),
     start_time: Optional[str] = o.StartTime,
     gate: List[str] = o.Gate, gate_threshold: List[str] = o.GateThreshold, gate_max_idle: List[str] = o.GateMaxIdle,
     retrieval: str = o.Retrieval,
@@ -139,7 +143,7 @@ def serve(
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
                                 max_subscribers=max_subscribers, question_queue=question_queue,
-                                ingest_share=ingest_share, max_watches=max_watches,
+                                ingest_share=ingest_share, max_watches=max_watches, max_lag_s=max_lag,
                                 start_time=o.start_clock(start_time), retain_days=retain_days, mqtt=mqtt_cfg,
                                 gate=o.gate_configs(gate, gate_threshold, gate_max_idle,
                                                     [(s.name, s.live) for s in specs]))

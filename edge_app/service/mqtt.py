@@ -49,10 +49,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote, unquote, urlsplit
 
-from rlivs.runtime.answer import format_time
+from rlivs.runtime.answer import span_label
 from rlivs.runtime.errors import UserError
 
 from .events import Event
+from .payloads import caption_json
 from .metrics import Metrics
 
 log = logging.getLogger("rlivs.serve.mqtt")
@@ -92,15 +93,6 @@ def ha_id(*parts: str) -> str:
         clean = _ID_CHARS.sub("_", p)
         out.append(clean if clean == p else f"{clean}_{hashlib.sha1(p.encode()).hexdigest()[:6]}")
     return "_".join(out)
-
-
-def time_label(t_start: float, t_end: float, wall_start: str | None, wall_end: str | None) -> str:
-    """A clip's span as people read it: '2026-12-01 15:04:05-15:04:21' (the wall clock of the ISO times' own offset,
-    i.e. the device's) when the source has a clock, else stream time '00:01:04-00:01:20'."""
-    if wall_start and wall_end:
-        a, b = datetime.fromisoformat(wall_start), datetime.fromisoformat(wall_end)
-        return f"{a:%Y-%m-%d %H:%M:%S}-{b:%H:%M:%S}"
-    return f"{format_time(t_start)}-{format_time(t_end)}"
 
 
 def _rlivs_version() -> str:
@@ -200,7 +192,7 @@ def payload(config: MqttConfig, event: Event) -> dict | None:
     ws, we = d.get("wall_start"), d.get("wall_end")
     out = {"event": event.kind, "stream": d["stream"], "clip": d["clip"], "t_start": d["t_start"],
            "t_end": d["t_end"], "wall_start": ws, "wall_end": we,
-           "time": time_label(d["t_start"], d["t_end"], ws, we), "caption": d["caption"]}
+           "time": span_label(d["t_start"], d["t_end"], ws, we), "caption": d["caption"]}
     if event.kind == "caption":
         at = d.get("committed_at")
         out["committed_at"] = at
@@ -395,6 +387,17 @@ class MqttPublisher:
             self._streams.append(stream)
             if self.connected:
                 self._announce(stream)
+
+    # -- a bus listener (bus.py): captions and watch matches -----------------------------------------------------
+
+    name = "mqtt"
+
+    def on_clip(self, clip) -> None:
+        if clip.outcome == "captioned":
+            self.on_event(Event(0, "caption", caption_json(clip.record, clip.thumbnail)))
+
+    def on_match(self, match) -> None:
+        self.on_event(Event(0, "watch", match.payload))
 
     def on_event(self, event: Event) -> None:
         """An EventHub listener (called in the thread that published the event)."""

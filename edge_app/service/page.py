@@ -168,9 +168,11 @@ PAGE = r"""<!doctype html>
       <h2>Stream health</h2>
       <div class="table-wrap"><table><thead><tr><th>stream</th><th>state</th><th>clips</th>
         <th title="clips the activity gate left uncaptioned (idle)">gated</th>
+        <th title="clips not captioned for want of the model this run: a forced caption that waited past the lag bound (recorded idle)">skipped</th>
+        <th title="lag of the last clip: from its end to its caption committed (the most this run in parentheses)">lag</th>
         <th title="frames decoded / dropped">frames</th><th title="decode errors">err</th>
         <th title="reconnects">rec</th><th title="seconds behind live">behind</th></tr></thead>
-        <tbody id="health-rows"><tr><td colspan="8" class="empty">loading…</td></tr></tbody></table></div>
+        <tbody id="health-rows"><tr><td colspan="10" class="empty">loading…</td></tr></tbody></table></div>
     </section>
   </div>
 </main>
@@ -355,7 +357,7 @@ function addCaption(c, isNew) {
 async function captionOf(stream, clip) {
   let c = clips.get(cardId(stream, clip));
   if (!c) {
-    const page = await api("/v1/captions?stream=" + encodeURIComponent(stream) + "&offset=" + clip + "&limit=1");
+    const page = await api("/v1/captions?stream=" + encodeURIComponent(stream) + "&clip=" + clip);
     if (page.captions.length) { addCaption(page.captions[0], false); c = page.captions[0]; }
   }
   return c;
@@ -400,7 +402,7 @@ async function loadStreams(initial) {
   if (!data.streams.length) {
     const none = $("no-streams");
     if (none) none.textContent = "no streams yet: start rlivs serve with --source, or ingest a video";
-    rows.appendChild(el("tr")).appendChild(el("td", "empty", "no streams")).colSpan = 8;
+    rows.appendChild(el("tr")).appendChild(el("td", "empty", "no streams")).colSpan = 10;
   }
   for (const s of data.streams) {
     const col = streamColumn(s.name);
@@ -415,8 +417,11 @@ async function loadStreams(initial) {
     const tr = el("tr"); tr.dataset.stream = s.name;
     const frames = src.frames_decoded === undefined ? "–" : src.frames_decoded + " / " + src.frames_dropped;
     const gated = s.gate || s.clips_gated ? (s.clips_gated ?? 0) : "–";  // "–": the gate is off and gated nothing
-    for (const [v, num] of [[s.name], [label], [s.clips, 1], [gated, 1], [frames, 1], [src.decode_errors ?? "–", 1],
-                            [src.reconnects ?? "–", 1], [behind ? fmt(s.seconds_behind_live) : "–", 1]]) {
+    const skipped = s.skipped_this_run ?? "–";  // "–": not ingesting
+    const lag = s.lag_s === null || s.lag_s === undefined ? "–" : fmt(s.lag_s) + " (" + fmt(s.max_lag_s) + ")";
+    for (const [v, num] of [[s.name], [label], [s.clips, 1], [gated, 1], [skipped, 1], [lag, 1], [frames, 1],
+                            [src.decode_errors ?? "–", 1], [src.reconnects ?? "–", 1],
+                            [behind ? fmt(s.seconds_behind_live) : "–", 1]]) {
       tr.appendChild(el("td", num ? "num" : "", v));
     }
     if (s.error) tr.title = s.error;

@@ -12,6 +12,7 @@ from .events import EventHub
 from .metrics import Metrics
 
 if TYPE_CHECKING:
+    from .scheduler import ModelTurns
     from .workers import StreamWorker
 
 # updated by the service: name -> (kind, help)
@@ -21,6 +22,11 @@ UPDATED = {
     "rlivs_clips_forgotten_total": ("counter", "Clips forgotten by retention (--retain-days)."),
     "rlivs_clip_stage_seconds": ("histogram", "Per-clip latency by stage (encode, prefill, decode, select, store, "
                                               "total)."),
+    "rlivs_clip_lag_seconds": ("histogram", "Per stream: seconds from a clip's end (its last frame handed out) to its "
+                                            "commit (captioned, gated or skipped)."),
+    "rlivs_clip_lag_last_seconds": ("gauge", "Per stream: the lag of its last clip (clip end -> commit), seconds."),
+    "rlivs_clips_skipped_total": ("counter", "Clips not captioned for want of the model, by stream and reason (lag: a "
+                                             "forced caption that waited past --max-lag was recorded idle)."),
     "rlivs_seconds_behind_live": ("gauge", "Last clip: seconds from its last frame's capture to its commit."),
     "rlivs_stream_time_seconds": ("gauge", "Stream time of the end of the last committed clip."),
     "rlivs_questions_total": ("counter", "Questions by outcome (answered, rejected, failed, dropped: the client left before it started, stopped: the client left mid-answer)."),
@@ -57,13 +63,20 @@ MODEL_LOCK = {
 }
 
 
+LAG_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
 def declare(metrics: Metrics) -> None:
     for name, (kind, help_) in UPDATED.items():
-        metrics.declare(name, kind, help_)
+        if name == "rlivs_clip_lag_seconds":
+            metrics.declare(name, kind, help_, LAG_BUCKETS)
+        else:
+            metrics.declare(name, kind, help_)
 
 
 def scrape(workers: list[StreamWorker], lock: LockStats, events: EventHub, watches: int,
-           started_at: float, questions_waiting: int = 0) -> list[tuple[str, str, str, list[tuple[dict, float]]]]:
+           started_at: float, questions_waiting: int = 0,
+           turns: ModelTurns | None = None) -> list[tuple[str, str, str, list[tuple[dict, float]]]]:
     """The families read now, as `Metrics.render(extra)` takes them."""
     extra: list = []
     samples: dict[str, list] = {k: [] for k in PER_SOURCE}
@@ -91,6 +104,11 @@ def scrape(workers: list[StreamWorker], lock: LockStats, events: EventHub, watch
     extra.append(("rlivs_event_subscribers", "gauge", "Open /v1/events streams.", [({}, events.subscribers)]))
     extra.append(("rlivs_watches", "gauge", "Standing queries.", [({}, watches)]))
     extra.append(("rlivs_questions_waiting", "gauge", "Questions queued for the model.", [({}, questions_waiting)]))
+    if turns is not None:
+        waiting = turns.waiting
+        extra.append(("rlivs_clips_waiting_for_model", "gauge", "Per stream: clips ready and waiting for the model "
+                      "(at most one per camera).", [({"stream": w.spec.name}, waiting.get(w.spec.name, 0))
+                                                    for w in workers]))
     extra.append(("rlivs_uptime_seconds", "gauge", "Seconds since the service started.",
                   [({}, time.time() - started_at)]))
     return extra

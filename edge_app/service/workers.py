@@ -1,9 +1,13 @@
 """The ingest threads of `rlivs serve`: one worker per source (the webhook senders are in webhooks.py).
 
-A `StreamWorker` ingests its source into its stream (a live source paced in real time, or a file at full speed) on the
-service's ingest-priority engine, and hands every committed clip to `EdgeService.publish_clip`. A failure is recorded
-in its status (shown by /v1/streams and /healthz); the service keeps serving, and the worker tries again after 5 s,
-then 10, 20, 40, 60, 60 ... s (a full disk that gets space back resumes ingest; the memory resumes at the next clip).
+A `StreamWorker` ingests its source into its stream (a live source paced in real time, or a file at full speed): for
+each clip, the activity gate decides (no model); an idle clip is recorded at once, a clip to caption waits for its
+turn on the model (`ModelTurns`, scheduler.py: active cameras first; a forced caption that waited past the lag bound
+is recorded idle instead), is captioned and committed. Every finished clip goes out on the clip bus (`publish`, a
+`bus.ClipEvent`) with its lag (clip ready -> committed). A failure is recorded in its status (shown by /v1/streams
+and /healthz); the service keeps serving, and the worker tries again after 5 s, then 10, 20, 40, 60, 60 ... s (a
+full disk that gets space back resumes ingest; the memory resumes at the next clip). Workers know the bus and the
+turns, not the service.
 """
 
 from __future__ import annotations
@@ -11,22 +15,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
-from typing import TYPE_CHECKING, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
 
-from rlivs.runtime.frames import Clip, iter_clips
+from rlivs.runtime.activity import GateConfig, GateDecision
+from rlivs.runtime.engine import Engine
+from rlivs.runtime.frames import Clip
 from rlivs.runtime.memory import Memory
-from rlivs.runtime.ingest import StreamIngestor
-from rlivs.runtime.sources.file import VideoFileSource
-from rlivs.runtime.sources.bag import BagSource
-from rlivs.runtime.sources.live import LiveSource
+from rlivs.runtime.ingest import StreamIngestor, open_clips
+from rlivs.runtime.sources.live import LiveSource, SourceConfig
 from rlivs.runtime.sources.spec import SourceSpec
 
-
-if TYPE_CHECKING:
-    from .core import EdgeService
+from .bus import ClipEvent
+from .scheduler import Closed, ModelTurns
 
 log = logging.getLogger("rlivs.serve")
+
+
+@dataclass
+class IngestSetup:
+    """What every worker of a service shares."""
+
+    db: Path  # the memory
+    engine: Engine  # the ingest-priority engine (its backend a SharedBackend view of the one model)
+    fingerprint: str  # the model's fingerprint (the memory checks it)
+    source: SourceConfig = field(default_factory=SourceConfig)  # live-source settings (fps: the clip fps)
+    replay_files: bool = True  # a file source is replayed at real speed as a live camera; False = at full speed
+    start_time: float | None = None  # UTC unix seconds of a file source's first frame (--start-time)
+    retry_s: tuple[float, float] = (5.0, 60.0)  # a failed worker retries after 5, 10, 20 ... 60 s
+    gate: dict[str, GateConfig] = field(default_factory=dict)  # the activity gate per stream
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -37,17 +55,23 @@ log = logging.getLogger("rlivs.serve")
 class StreamWorker:
     """Ingests one source into its stream, in a background thread."""
 
-    def __init__(self, service: EdgeService, spec: SourceSpec):
-        self.service, self.spec = service, spec
-        self.live = spec.live or service.config.replay_files  # paced as a live source (vs a file at full speed)
+    def __init__(self, setup: IngestSetup, spec: SourceSpec, publish: Callable[[ClipEvent], object],
+                 turns: ModelTurns | None = None, clock: Callable[[], float] = time.monotonic):
+        self.setup, self.spec, self.publish = setup, spec, publish
+        self.turns = turns or ModelTurns()
+        self.clock = clock
+        self.live = spec.live or setup.replay_files  # paced as a live source (vs a file at full speed)
         self.state = "starting"  # starting | running | finished | stopped | failed
         self.error: str | None = None  # why it failed
         self.source: LiveSource | None = None
         self.clips = 0  # clips committed by this run
         self.gated = 0  # clips of this run the activity gate recorded as idle (not captioned)
-        self.gate = service.config.gate.get(spec.name)  # the activity gate (None or disabled: every clip captioned)
+        self.skipped = 0  # clips of this run recorded idle because a forced caption waited past the lag bound
+        self.gate = setup.gate.get(spec.name)  # the activity gate (None or disabled: every clip captioned)
         self.frames = 0  # frames that went into those clips
         self.behind_live_s: float | None = None  # last clip: seconds from its last frame's capture to its commit
+        self.lag_s: float | None = None  # last clip: seconds from the clip ready (its last frame) to its commit
+        self.max_lag_s: float | None = None  # the most of those this run
         self.last_clip_at: float | None = None  # unix time of the last commit
         self.retry_at: float | None = None  # after a failure: unix time of the next attempt
         self._stop = threading.Event()
@@ -64,29 +88,22 @@ class StreamWorker:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def _clips(self, ing: StreamIngestor, mem: Memory) -> Iterator[Clip]:
-        svc, spec = self.service, self.spec
-        cc = svc.engine.config.clip
-        if spec.topic is not None:  # a robot recording: replayed at its recorded speed, or read as fast as it decodes
-            speed = svc.config.source.replay_speed if self.live else None
-            return ing.clips(BagSource(spec.url, spec.topic, cc.fps, replay_speed=speed, stop=self._stop))
-        origin = svc.config.start_time if spec.kind == "file" else None  # --start-time: a file's first frame
-        if not self.live:
-            source = VideoFileSource(spec.url.removeprefix("file://"), fps=cc.fps)
-            if origin is not None:
-                source.clock_origin, source.clock_kind = origin, "--start-time"
-            return ing.clips(source)  # resumes at the next clip's time
-        prev = next((s for s in mem.streams() if s["name"] == spec.name), None)
-        start = float(prev["t_end"]) if prev and prev["t_end"] is not None else 0.0  # continue the timeline
-        self.source = LiveSource(spec, replace(svc.config.source, fps=cc.fps, start_time=start))
-        self.source.clock_origin = origin
-        if self._stop.is_set():
-            self.source.stop(timeout=0)
-        return iter_clips(self.source, cc.frames_per_clip, cc.fps, first_index=ing.next_index)
+    def _clips(self, ing: StreamIngestor) -> Iterator[Clip]:
+        """The source's clips from where the stream left off (runtime.ingest.open_clips: the route `rlivs ingest`
+        takes too): a camera or a replayed file paced in real time, a recording replayed at its recorded speed, or
+        a file read as fast as it decodes; --start-time is a file's clock, given when it is opened."""
+        st, spec = self.setup, self.spec
+        origin = st.start_time if spec.kind == "file" else None  # --start-time: a file's first frame
+        clips = open_clips(ing, spec, clock_origin=origin, live=self.live, live_config=st.source, stop=self._stop)
+        if isinstance(ing.source, LiveSource):  # its statistics, lag and stop() are the worker's to read and call
+            self.source = ing.source
+            if self._stop.is_set():
+                self.source.stop(timeout=0)
+        return clips
 
     def _run(self) -> None:
         """Ingest; after a failure (e.g. a full disk) wait with backoff (`ServiceConfig.retry_s`) and resume."""
-        first, most = self.service.config.retry_s
+        first, most = self.setup.retry_s
         wait = first
         while not self._stop.is_set():
             if self._ingest():
@@ -100,32 +117,16 @@ class StreamWorker:
 
     def _ingest(self) -> bool:
         """One run until the source ends or stop; False when it failed (recorded in state and error)."""
-        svc, spec = self.service, self.spec
+        st, spec = self.setup, self.spec
         try:
-            with Memory(svc.db, model_fingerprint=svc.engine.model_fingerprint) as mem:
-                ing = StreamIngestor(svc.ingest_engine, mem, stream=spec.name, source=spec.url, gate=self.gate)
+            with Memory(st.db, model_fingerprint=st.fingerprint) as mem:
+                ing = StreamIngestor(st.engine, mem, stream=spec.name, source=spec.url, gate=self.gate)
                 self.state, self.error = "running", None
-                for clip in self._clips(ing, mem):
+                for clip in self._clips(ing):
                     if self._stop.is_set():
                         break  # a partial clip handed out at shutdown is not captioned
-                    result = ing.step(clip)
-                    record = result.record  # the row just committed (no read-back)
-                    behind = None
-                    if self.source is not None and self.source.last_wall is not None:
-                        behind = max(0.0, time.time() - self.source.last_wall)
-                    if result.gated:  # idle: recorded as watched; no caption, so nothing to publish
-                        self.gated += 1
-                        self.frames += len(clip)
-                        self.behind_live_s = behind
-                        svc.metrics.inc("rlivs_clips_gated_total", stream=spec.name)
-                        svc.metrics.set("rlivs_stream_time_seconds", result.t_end, stream=spec.name)
-                        svc.retain(mem)
-                        continue
-                    self.clips += 1
-                    self.frames += len(clip)
-                    self.behind_live_s, self.last_clip_at = behind, time.time()
-                    svc.publish_clip(record, result, middle_frame=clip.frames[len(clip) // 2], behind_live_s=behind)
-                    svc.retain(mem)
+                    if not self._one(ing, clip, self.clock()):
+                        break
             self.state = "stopped" if self._stop.is_set() else "finished"
             why = getattr(ing.source, "truncated", None)  # a recording that could not be read to its end
             if why:
@@ -141,6 +142,48 @@ class StreamWorker:
             if self.source is not None:
                 self.source.stop(timeout=1.0)
 
+    def _one(self, ing: StreamIngestor, clip: Clip, ready_at: float) -> bool:
+        """Gate, wait for the model's turn, caption and commit one clip, and publish it; False when stopping."""
+        decision = ing.decide(clip)
+        reason = None
+        if decision is None or decision.caption:  # the model is needed: wait for a turn
+            active = decision is None or decision.reason != "max_idle"  # a change, or nothing known yet
+            try:
+                with self.turns.turn(self.spec.name, active, ready_at) as granted:
+                    if not granted:  # a forced caption that waited past the lag bound: recorded as idle
+                        reason = "lag"
+                        decision = GateDecision(False, "lag", decision.score, decision.motion, decision.scene)
+                    result = ing.step(clip, decision)
+            except Closed:
+                return False
+        else:
+            result = ing.step(clip, decision)
+        self._published(clip, result, ready_at, reason)
+        return True
+
+    def _published(self, clip: Clip, result, ready_at: float, skipped: str | None) -> None:
+        lag = max(0.0, self.clock() - ready_at)
+        behind = None
+        if self.source is not None and self.source.last_wall is not None:
+            behind = max(0.0, time.time() - self.source.last_wall)
+        self.frames += len(clip)
+        self.behind_live_s, self.lag_s = behind, lag
+        self.max_lag_s = lag if self.max_lag_s is None else max(self.max_lag_s, lag)
+        if result.gated:  # idle: recorded as watched; no caption
+            if skipped:
+                self.skipped += 1
+            else:
+                self.gated += 1
+            outcome = "skipped" if skipped else "gated"
+            self.publish(ClipEvent(self.spec.name, clip.index, result.t_start, result.t_end, outcome, None, result,
+                                   lag_s=lag, behind_live_s=behind,
+                                   reason=skipped or (result.gate.reason if result.gate else None)))
+            return
+        self.clips += 1
+        self.last_clip_at = time.time()
+        self.publish(ClipEvent(self.spec.name, clip.index, result.t_start, result.t_end, "captioned", result.record,
+                               result, clip.frames[len(clip) // 2], lag_s=lag, behind_live_s=behind))
+
     def status(self) -> dict:
         st = self.source.stats().as_dict() if self.source is not None else None
         state = self.state
@@ -148,6 +191,7 @@ class StreamWorker:
             state = st["state"]
         return {"worker": self.state, "state": state, "kind": self.spec.kind, "live": self.live, "url": self.spec.url,
                 "error": self.error, "clips_this_run": self.clips, "gated_this_run": self.gated,
+                "skipped_this_run": self.skipped, "lag_s": self.lag_s, "max_lag_s": self.max_lag_s,
                 "gate": bool(self.gate and self.gate.enabled), "frames_this_run": self.frames,
                 "seconds_behind_live": self.behind_live_s, "last_clip_at": self.last_clip_at, "retry_at": self.retry_at,
                 "source_stats": st}

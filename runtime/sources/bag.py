@@ -55,7 +55,7 @@ import numpy as np
 
 from rlivs.runtime.errors import UserError
 from rlivs.runtime.frames import Frame
-from rlivs.runtime.sources._shared import TIME_EPS, check_fps, check_start_time, with_start_time
+from rlivs.runtime.sources._shared import Sampler, check_fps, check_start_time, with_start_time
 
 log = logging.getLogger("rlivs.sources.bag")
 
@@ -634,7 +634,8 @@ class BagSource:
 
     def __init__(self, path: str | Path, topic: str | None = None, fps: float = 1.0, start_time: float = 0.0,
                  end_time: float | None = None, replay_speed: float | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, clock_origin: float | None = None,
+                 clock_kind: str = "--start-time"):
         self.path = Path(str(path).removeprefix("file://"))
         self.fps, self.start_time = check_fps(fps), check_start_time(start_time)
         self.end_time = end_time  # stream time (s) the source ends before; None = the end of the recording
@@ -660,6 +661,8 @@ class BagSource:
             self.clock_kind = f"log time of {self.topic}: its header stamps are zero"
         self.log_offset_ns = self._first_log_ns - self._origin_ns  # log time - stream clock, at the first message
         self.clock_origin: float | None = self._origin_ns / 1e9  # UTC unix time of stream time 0
+        if clock_origin is not None:  # the caller's clock (--start-time) for stream time 0, instead of the stamps'
+            self.clock_origin, self.clock_kind = clock_origin, clock_kind
 
     @property
     def stream_clock(self) -> dict:
@@ -745,7 +748,7 @@ class BagSource:
         start_ns = None
         if self.start_time > 0:
             start_ns = max(self._first_log_ns, self._first_log_ns + int(self.start_time * 1e9) - _SEEK_MARGIN_NS)
-        k, target = 0, self.start_time
+        sampler = Sampler(self.fps, self.start_time, self.end_time, self.clock_origin)
         t_last: float | None = None
         clock: list = []
         rec = _open(self.path)
@@ -760,9 +763,9 @@ class BagSource:
                     self._skip(t_last, e)
                     continue
                 t = (self._time_ns(m) - self._origin_ns) / 1e9
-                if t < target - TIME_EPS:
+                if sampler.skip(t):
                     continue
-                if self.end_time is not None and t >= self.end_time - TIME_EPS:
+                if sampler.ended(t):
                     return
                 try:
                     image = decode_image(m)  # (H, W, 3) uint8
@@ -772,10 +775,7 @@ class BagSource:
                 t_last = t
                 if not self._pace(t, clock):
                     return
-                while t >= target - TIME_EPS:
-                    yield Frame(image=image, t=t, wall=None if self.clock_origin is None else self.clock_origin + t)
-                    k += 1
-                    target = self.start_time + k / self.fps
+                yield from sampler.take(image, t)
         except _Truncated as e:  # what was read stays read: the pass ends here, and says why
             where = f"past {t_last:.1f} s" if t_last is not None else "as far as its first frame"
             self.truncated = f"cannot be read {where} ({e}): it is truncated (or was still being written) or damaged"

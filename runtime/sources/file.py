@@ -4,7 +4,7 @@
 
 Times are seconds of stream time measured from the stream's first frame, taken from each frame's PTS. The clock
 (`clock_origin`, the UTC time of stream time 0) is the container's creation-time tag when it has a plausible one;
-the caller may set it instead (`rlivs ingest --start-time`). Each frame's `wall` is then clock_origin + t.
+the caller may give it instead when opening the file (`clock_origin=`: `rlivs ingest --start-time`). Each frame's `wall` is then clock_origin + t.
 No torch and no transformers here: this module runs on the device.
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 from rlivs.runtime.errors import UserError
 from rlivs.runtime.timeq import parse_iso
 from rlivs.runtime.frames import Frame
-from rlivs.runtime.sources._shared import TIME_EPS, check_fps, check_start_time, frame_interval, with_start_time
+from rlivs.runtime.sources._shared import (TIME_EPS, Sampler, check_fps, check_start_time, frame_interval,
+                                           with_start_time)
 
 log = logging.getLogger("rlivs.sources.file")
 
@@ -53,7 +54,8 @@ class VideoFileSource:
     """
 
     def __init__(self, path: str | os.PathLike, fps: float = 1.0, start_time: float = 0.0,
-                 end_time: float | None = None):
+                 end_time: float | None = None, clock_origin: float | None = None,
+                 clock_kind: str = "--start-time"):
         self.path = Path(path)
         self.fps = check_fps(fps)
         self.start_time = check_start_time(start_time)
@@ -71,8 +73,12 @@ class VideoFileSource:
             video = container.streams.video[0]
             self._duration = _duration_of(container, video)
             self._declared_end = _declared_video_end(container, video)  # what the file says (None if nothing)
-            self.clock_origin = creation_time(container)  # UTC unix seconds of stream time 0, or None
-        self.clock_kind = None if self.clock_origin is None else "container creation time"
+            tagged = creation_time(container)  # UTC unix seconds of stream time 0, or None
+        if clock_origin is not None:  # the caller's clock (--start-time) wins over the file's tag
+            self.clock_origin, self.clock_kind = clock_origin, clock_kind
+        else:
+            self.clock_origin = tagged
+            self.clock_kind = None if tagged is None else "container creation time"
 
     @property
     def duration(self) -> float | None:
@@ -132,8 +138,7 @@ class VideoFileSource:
             except av.FFmpegError:
                 return False
 
-        k = 0  # index of the next target
-        target = self.start_time
+        sampler = Sampler(self.fps, self.start_time, self.end_time, self.clock_origin)
         prev_t: float | None = None
         n_decoded = 0
         for frame in self._decode(container, stream):
@@ -148,18 +153,14 @@ class VideoFileSource:
                 t = 0.0
             else:
                 t = prev_t + fallback_dt  # a frame without PTS: assume the nominal frame rate
-            if seek and n_decoded == 1 and t > target + TIME_EPS:
+            if seek and n_decoded == 1 and t > sampler.target + TIME_EPS:
                 return False  # landed after the target; an earlier frame may have been the right one
             prev_t = self._last_good_t = t
-            if t < target - TIME_EPS:
+            if sampler.skip(t):
                 continue
-            if self.end_time is not None and t >= self.end_time - TIME_EPS:
+            if sampler.ended(t):
                 return True  # the first sample at or after the end: the source ends here
-            image = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))  # (H, W, 3) uint8
-            while t >= target - TIME_EPS:
-                yield Frame(image=image, t=t, wall=None if self.clock_origin is None else self.clock_origin + t)
-                k += 1
-                target = self.start_time + k / self.fps
+            yield from sampler.take(np.ascontiguousarray(frame.to_ndarray(format="rgb24")), t)  # (H, W, 3) uint8
         if n_decoded == 0 and not seek:
             raise self._unreadable("no frames could be decoded" + self._errors_note())
         declared = self._declared_end

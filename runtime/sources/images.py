@@ -30,8 +30,8 @@ class ImageFolderSource(IndexedFrameSource):
     """A folder of frames (jpg/png/...), natural filename order, frame i at i / frames_fps seconds."""
 
     def __init__(self, folder: Path, fps: float, start_time: float = 0.0, end_time: float | None = None,
-                 frames_fps: float = 1.0):
-        super().__init__(fps, start_time, end_time, frames_fps)
+                 frames_fps: float = 1.0, clock_origin: float | None = None):
+        super().__init__(fps, start_time, end_time, frames_fps, clock_origin)
         self.folder = Path(folder)
         self.files = list_images(self.folder)
         self.n_frames = len(self.files)

@@ -202,7 +202,8 @@ class LiveSource:
     with `start()` (iteration starts it too) and always `stop()` it (or use `with`).
     """
 
-    def __init__(self, source: SourceSpec | str, config: SourceConfig | None = None):
+    def __init__(self, source: SourceSpec | str, config: SourceConfig | None = None,
+                 clock_origin: float | None = None):
         self.spec = source if isinstance(source, SourceSpec) else parse_source(source)
         self.config = config or SourceConfig()
         self._slot = LatestFrameSlot()
@@ -217,8 +218,20 @@ class LiveSource:
         self.last_wall: float | None = None  # unix decode time of the last frame handed out (for lag measurements)
         self._error_log_at = 0.0
         # The frame clock: each frame's arrival time, unless the caller fixes stream time 0 (--start-time).
-        self.clock_origin: float | None = None
-        self.clock_kind: str | None = "arrival time"
+        self.clock_origin: float | None = clock_origin
+        self.clock_kind: str | None = "arrival time" if clock_origin is None else "--start-time"
+
+    @property
+    def fps(self) -> float:
+        """Samples per second (the FrameSource protocol)."""
+        return self.config.fps
+
+    @property
+    def start_time(self) -> float:
+        """Stream time of the first frame (a resumed stream continues its timeline)."""
+        return self.config.start_time
+
+    duration = None  # a live source does not know its length
 
     # -- lifetime -----------------------------------------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ class NpyFrameSource(IndexedFrameSource):
     """A .npy (N, H, W, 3) uint8 frame array (memory-mapped), frame i at i / frames_fps seconds."""
 
     def __init__(self, path: Path, fps: float, start_time: float = 0.0, end_time: float | None = None,
-                 frames_fps: float = 1.0):
-        super().__init__(fps, start_time, end_time, frames_fps)
+                 frames_fps: float = 1.0, clock_origin: float | None = None):
+        super().__init__(fps, start_time, end_time, frames_fps, clock_origin)
         self.path = Path(path)
         try:
             self.array = np.load(self.path, mmap_mode="r")  # (N, H, W, 3) uint8

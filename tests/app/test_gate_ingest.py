@@ -37,8 +37,7 @@ def ingest(db, video, gate=GATE, max_clips=None):
     engine = tiny_engine()
     with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
         ing = StreamIngestor(engine, mem, "room", str(video), gate=gate)
-        source = VideoFileSource(video, fps=FPS)
-        source.clock_origin = WALL0
+        source = VideoFileSource(video, fps=FPS, clock_origin=WALL0)  # the clock, given when it is opened
         return ing.run(ing.clips(source), max_clips=max_clips), ing
 
 
@@ -91,21 +90,38 @@ def test_serve_counts_captioned_and_gated_clips_per_camera(video, tmp_path):
     from rlivs.edge_app.source_specs import parse_sources
     from tests.helpers.serve_helpers import wait_for
 
-    cfg = ServiceConfig(replay_files=False, gate={"room": GATE})
+    cfg = ServiceConfig(replay_files=False, gate={"room": GATE}, start_time=WALL0)
     service = EdgeService(tiny_engine(), tmp_path / "m.db", parse_sources([f"room={video}"]), cfg)
+    watch = service.add_watch("a room", threshold=-1.0)  # matches every caption: each captioned clip, once
     service.start()
     try:
         wait_for(lambda: service.workers[0].state == "finished", 120, "the file to be ingested")
+        # the stream has gaps (gated clips): a clip is looked up by its index, never by its position
+        assert [c["clip"] for c in service.captions("room", clip=8)["captions"]] == [8]
+        assert service.captions("room", clip=5)["captions"] == []  # gated: no caption
+        assert [c["clip"] for c in service.captions("room", offset=2, limit=1)["captions"]] == [8]
+        caps = {c["clip"]: c for c in service.captions("room")["captions"]}
+        matches = service.matches(watch["id"], limit=50)
+        assert sorted(m["clip"] for m in matches) == ACTIVE  # the watch saw each caption once, no idle clip
+        for m in matches:  # a match's times are its caption's: the wall clock when the stream has one
+            c = caps[m["clip"]]
+            assert (m["time"], m["wall_start"], m["wall_end"]) == (c["time"], c["wall_start"], c["wall_end"])
+            assert c["wall_start"] is not None and c["time"][:4] == "2026"
         st = service.streams()[0]
         assert (st["clips"], st["clips_gated"], st["clips_this_run"], st["gated_this_run"], st["gate"]) == \
             (4, 8, 4, 8, True)
+        assert st["skipped_this_run"] == 0 and st["lag_s"] is not None and st["max_lag_s"] >= st["lag_s"] >= 0
         metrics = service.render_metrics()
+        assert 'rlivs_clip_lag_seconds_count{stream="room"} 12' in metrics  # every clip's lag: captioned or gated
+        assert 'rlivs_clips_waiting_for_model{stream="room"} 0' in metrics
         assert 'rlivs_clips_total{stream="room"} 4' in metrics
         assert 'rlivs_clips_gated_total{stream="room"} 8' in metrics
-        assert service.events.published == 4  # one caption event per captioned clip, none for idle ones
+        assert [e.data["clip"] for e in service.events.recent("caption")] == ACTIVE  # none for idle clips
+        assert service.events.published == 8  # and a watch event for each
         assert service.store.thumbnail("room", 4)[:2] == b"\xff\xd8"
     finally:
         service.stop()
+    assert "s.lag_s" in PAGE and "s.skipped_this_run" in PAGE and ">lag</th>" in PAGE and ">skipped</th>" in PAGE
     assert "s.clips_gated" in PAGE and "<th title=\"clips the activity gate left uncaptioned (idle)\">gated</th>" in PAGE
 
 
@@ -147,3 +163,38 @@ def test_a_question_about_an_idle_time_is_answered_from_the_scene_it_showed(vide
         a = answer(tiny_engine(), mem, "what is on the floor?", window=(WALL0 + 12.5, WALL0 + 14.0),
                    window_text="then", parse_time=False)
     assert [r.index for r, _ in a.used] == [4]
+
+
+def test_a_worker_under_overload_records_a_late_forced_caption_idle_and_still_captions_an_active_clip(video, tmp_path):
+    """The worker's path (gate, model turn, step, bus) with the real ingestor: a forced caption (the longest idle time
+    passed, nothing changed) that has waited past the lag bound is recorded idle and published as skipped ("lag"); an
+    active clip that waited as long is captioned. The clips are handed in by the test: no thread, no clock read."""
+    from rlivs.edge_app.service.scheduler import ModelTurns
+    from rlivs.edge_app.service.workers import IngestSetup, StreamWorker
+    from rlivs.edge_app.source_specs import parse_sources
+    from rlivs.runtime.frames import iter_clips
+
+    engine = tiny_engine()
+    db = tmp_path / "m.db"
+    gate = GateConfig(enabled=True, max_idle_s=2.0)  # every still clip after a caption is a forced one
+    now = [1000.0]
+    published = []
+    spec = parse_sources([f"room={video}"])[0]
+    worker = StreamWorker(IngestSetup(db, engine, engine.model_fingerprint, gate={"room": gate}), spec,
+                          published.append, ModelTurns(max_lag_s=30.0, clock=lambda: now[0]), clock=lambda: now[0])
+    clips = list(iter_clips(VideoFileSource(video, fps=FPS), FRAMES_PER_CLIP, FPS))
+    with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
+        ing = StreamIngestor(engine, mem, "room", str(video), gate=gate)
+        for clip, waited in ((clips[0], 0.0), (clips[1], 31.0), (clips[2], 5.0), (clips[3], 31.0), (clips[4], 31.0)):
+            assert worker._one(ing, clip, now[0] - waited)  # ready `waited` seconds ago
+    got = [(e.index, e.outcome, e.reason) for e in published]
+    assert got == [(0, "captioned", None),  # the first clip
+                   (1, "skipped", "lag"),  # forced (max idle), waited 31 s > 30: recorded idle
+                   (2, "captioned", None),  # forced, waited 5 s: captioned
+                   (3, "skipped", "lag"),
+                   (4, "captioned", None)]  # active (the object is put down), waited 31 s: captioned all the same
+    assert [e.lag_s for e in published] == [0.0, 31.0, 5.0, 31.0, 31.0]
+    assert (worker.clips, worker.gated, worker.skipped) == (3, 0, 2)
+    with Memory(db, readonly=True) as mem:
+        assert [c.index for c in mem.clips("room")] == [0, 2, 4]
+        assert [(s.first, s.last, s.scene_idx) for s in mem.idle_spans("room")] == [(1, 1, 0), (3, 3, 2)]

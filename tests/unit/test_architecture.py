@@ -99,3 +99,84 @@ def test_every_torch_free_module_imports_without_torch(tmp_path):
 @pytest.mark.parametrize("folder", list(LAYERS))
 def test_every_folder_has_modules(folder):
     assert sum(1 for fo, _, _ in _modules() if fo == folder) >= 3
+
+
+SERVICE = ("edge_app", "service")
+
+
+def _service_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the modules of edge_app/service (and its api/ package) it imports, any way (top level, inside a
+    function, under TYPE_CHECKING, `from . import x`)."""
+    folder = root.joinpath(*SERVICE)
+    graph: dict[str, set[str]] = {}
+    for f in sorted(folder.rglob("*.py")):
+        parts = f.relative_to(root).with_suffix("").parts
+        mod = ".".join(parts[2:]) if parts[-1] != "__init__" else ".".join(parts[2:-1]) or "__init__"
+        pkg = parts[:-1]
+        out = set()
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = pkg[: len(pkg) - (node.level - 1)]
+            elif node.module and node.module.startswith("rlivs."):
+                base = ()
+            else:
+                continue
+            head = base + tuple(node.module.split(".")) if node.module else base
+            if head[:1] == ("rlivs",):
+                head = head[1:]
+            if head[:2] != SERVICE:
+                continue
+            names = [head + (a.name,) for a in node.names] if not node.module or head == SERVICE else [head]
+            for n in names:
+                target = ".".join(n[2:])
+                if target and (folder.joinpath(*n[2:]).with_suffix(".py").exists() or folder.joinpath(*n[2:]).is_dir()):
+                    out.add(target)
+        graph[mod] = out - {mod}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of `graph`, or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (found := visit(n)):
+                return found
+        state[m] = 2
+        path.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_the_service_has_no_import_circles_and_only_the_http_layer_sees_the_wiring():
+    """core.py wires the service; the workers, the bus and its listeners, telemetry and the scheduler never import it
+    (not even for type hints), so there is no circle core <-> telemetry <-> workers."""
+    graph = _service_graph()
+    assert {"core", "workers", "telemetry", "bus", "listeners", "watches", "scheduler"} <= set(graph)
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    wiring_users = sorted(m for m, deps in graph.items() if "core" in deps)
+    assert all(m == "app" or m.startswith("api") for m in wiring_users), wiring_users
+
+
+def test_the_circle_check_sees_a_circle(tmp_path):
+    """A rule that cannot fail proves nothing: a planted circle through a type-hint import is found."""
+    folder = tmp_path.joinpath(*SERVICE)
+    folder.mkdir(parents=True)
+    (folder / "core.py").write_text("from .workers import W\n")
+    (folder / "workers.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .core import S\n")
+    (folder / "telemetry.py").write_text("from rlivs.edge_app.service import workers\n")
+    graph = _service_graph(tmp_path)
+    assert graph["telemetry"] == {"workers"}
+    assert _cycle(graph) in (["core", "workers", "core"], ["workers", "core", "workers"])

@@ -223,3 +223,42 @@ def test_live_modules_import_without_torch(tmp_path):
         print('OK')
     """, tmp_path)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+
+
+def test_a_sources_clock_is_decided_when_it_is_opened(short_video, tmp_path):
+    """open_spec gives the caller's clock (--start-time) to the source it opens, recorded or live; without one the
+    source keeps its own (the file's tag: none here; a camera's arrival time). One sampling rule for the recorded
+    sources: the same frames from a video file and from a frame folder of it."""
+    import numpy as np
+
+    from rlivs.runtime.sources import open_source, open_spec
+    from rlivs.runtime.sources.live import LiveSource, SourceConfig
+    from rlivs.runtime.sources.spec import SourceSpec
+
+    T0 = 1_790_000_000.0
+    spec = SourceSpec("short", str(short_video), "file")
+    own = open_spec(spec, 2.0, live=False)
+    given = open_spec(spec, 2.0, clock_origin=T0, live=False)
+    assert own.clock_origin is None and own.clock_kind is None
+    assert (given.clock_origin, given.clock_kind) == (T0, "--start-time")
+    frames = list(given.starting_at(1.0))
+    assert [f.t for f in frames] == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+    assert [f.wall for f in frames] == pytest.approx([T0 + f.t for f in frames])
+    assert all(f.wall is None for f in own)
+    live = open_spec(spec, 2.0, clock_origin=T0, live=True, live_config=SourceConfig(), start_time=8.0)  # replayed
+    assert isinstance(live, LiveSource) and (live.clock_origin, live.clock_kind) == (T0, "--start-time")
+    assert live.config.start_time == 8.0 and live.config.fps == 2.0  # a resumed stream continues its timeline
+    assert open_spec(SourceSpec("cam", "rtsp://10.0.0.2/s", "network"), 2.0).clock_kind == "arrival time"
+    # the folder of the same frames (1 frame per 1/8 s) is sampled by the same rule: the same frame times
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    from PIL import Image
+
+    decoded = list(open_source(short_video, fps=8.0))
+    for i, f in enumerate(decoded):
+        Image.fromarray(f.image).save(folder / f"{i:04d}.png")
+    by_file = list(open_source(short_video, fps=3.0, start_time=0.5, clock_origin=T0))
+    by_folder = list(open_source(folder, fps=3.0, start_time=0.5, frames_fps=8.0, clock_origin=T0))
+    assert [f.t for f in by_folder] == pytest.approx([f.t for f in by_file])
+    assert [f.wall for f in by_folder] == pytest.approx([f.wall for f in by_file])
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(by_file, by_folder))
