@@ -456,17 +456,24 @@ def demo(
                       "Pass --model with LLaVA-OneVision weights for real captions.[/]")
 
 
+def _with_defaults(command, **given):
+    """Call a typer command function with `given` and every other parameter at its declared default (the option's
+    own default: nothing restated here, so a new option cannot be forgotten)."""
+    import inspect
+
+    kw = {}
+    for name, p in inspect.signature(command).parameters.items():
+        d = p.default
+        kw[name] = given.pop(name) if name in given else (
+            d.default if isinstance(d, (typer.models.OptionInfo, typer.models.ArgumentInfo)) else d)
+    if given:
+        raise TypeError(f"{command.__name__} takes no {', '.join(given)}")
+    return command(**kw)
+
+
 def _demo_steps(video: Path, db: Path, model: str, question: str, start_time: Optional[str]) -> None:
-    ingest(video=video, db=db, stream="default", topic=[], model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
-           kv_cache="auto", max_context=None,
-           threads=None, fps=1.0, frames_per_clip=16, keep=None, keep_ratio=0.0625, strategy="attention",
-           fifo_clips=16, fifo_tokens=None, probe_layers=None, num_probe_layers=4, max_caption_tokens=32,
-           max_clips=None, start_time=start_time, gate=[], gate_threshold=[], gate_max_idle=[], json_out=False,
-           debug_scores=None)
-    ask(question=question, db=db, stream=None, model=model, bundle=None, backend="auto", device="cpu", dtype="float32",
-        kv_cache="auto", max_context=None,
-        threads=None, top_k=8, token_budget=2048, mmr_lambda=0.5, max_answer_tokens=32, retrieval="hybrid",
-        from_=None, to=None, json_out=False)
+    _with_defaults(ingest, video=video, db=db, stream="default", model=model, start_time=start_time)
+    _with_defaults(ask, question=question, db=db, model=model)
 
 
 def register(app: typer.Typer) -> None:
