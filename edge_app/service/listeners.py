@@ -148,9 +148,8 @@ class Retention(Listener):
             self._ran_at = now
             n = mem.forget(before=now - self.days * 86400.0)
             if n:
-                for s in mem.info()["streams"]:
-                    first = mem.clips(s["name"], limit=1)
-                    self.store.drop_thumbnails_before(s["name"], first[0].index if first else s["next_idx"])
+                for name, first in mem.first_clips().items():  # one index lookup per stream, no count of every clip
+                    self.store.drop_thumbnails_before(name, first)  # (no clip left: first = its next index)
                 log.info("retention: forgot %d clips that ended more than %g days ago", n, self.days)
                 self.metrics.inc("rlivs_clips_forgotten_total", n)
             return n

@@ -105,8 +105,10 @@ class Streams:
         rows = self._live().execute("SELECT key, value FROM meta WHERE key LIKE 'clock:%'").fetchall()
         return {k.removeprefix("clock:"): json.loads(v) for k, v in rows}
 
-    def first_clips(self) -> dict[str, int | None]:
-        """stream -> index of its first clip still stored (None: none is), one lookup in the (stream, idx) index per
-        stream: what retention asks after `forget` (info() counts every clip of every stream instead)."""
-        sql = "SELECT s.name, (SELECT MIN(c.idx) FROM clips c WHERE c.stream = s.name) FROM streams s ORDER BY s.name"
+    def first_clips(self) -> dict[str, int]:
+        """stream -> index of its first clip still stored (its next index when none is), one lookup in the
+        (stream, idx) index per stream: what retention asks after `forget` (info() counts every clip of every
+        stream instead)."""
+        sql = ("SELECT s.name, COALESCE((SELECT MIN(c.idx) FROM clips c WHERE c.stream = s.name), s.next_idx) "
+               "FROM streams s ORDER BY s.name")
         return dict(self._live().execute(sql).fetchall())

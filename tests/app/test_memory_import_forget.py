@@ -128,6 +128,8 @@ def test_an_export_with_idle_and_forgotten_clips_imports_whole(tmp_path):
     text = refused(new, [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()], tmp_path,
                    "clip 0 of stream 'cam' is already in", line=1)
     assert dump(new) == before and "increasing order" in text
+    with Memory(src) as m:  # every clip of 'old' forgotten: its first clip is its next index (what retention drops)
+        assert m.forget("old", before=T0 + 16 * 100) == 3 and m.first_clips() == {"cam": 0, "old": 6}
 
 
 def test_import_clips_accepts_forward_gaps_and_refuses_going_back(tmp_path):
