@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .activity import ActivityGate, GateConfig, GateDecision
-from .engine import Engine
+from .engine import ClipInput, ClipOutput, Engine
 from .errors import UserError
 from .fifo import TokenFifo
 from .frames import Clip, iter_clips
@@ -88,21 +88,40 @@ class StreamIngestor:
 
     def step(self, clip: Clip, decision: GateDecision | None = None) -> ClipResult:
         """Process the stream's next clip: an idle record, or caption + commit. `decision`: what `decide(clip)`
-        returned (made here when not given); an idle decision records the clip as idle whatever the gate saw."""
-        if clip.index != self.next_index:
-            raise UserError(f"clip {clip.index} given but stream {self.stream!r} is at clip {self.next_index}")
-        gate_s = {}
+        returned (made here when not given); an idle decision records the clip as idle whatever the gate saw.
+        = `caption_input`, `Engine.caption_clip`, `commit` (a scheduler may caption several streams' inputs in one
+        `Engine.caption_clips` call between the two and commit each with its own ingestor)."""
+        self._check_index(clip)
         if self.gate is not None:  # 0. the activity gate: nothing new since the last caption -> an idle record
             if decision is None:
                 decision = self.decide(clip)
-            gate_s["gate"] = self._gate_s
             if not decision.caption:
-                return self._idle(clip, decision, gate_s["gate"])
+                return self._idle(clip, decision, self._gate_s)
         else:
             decision = None
         # 1-3. the clip step: encode, caption + score, select (pure)
-        out = self.engine.caption_clip(clip.frames, self.fifo.tokens(), clip.index, fifo_clips=self.fifo.clips())
-        # 4. remember: caption, its vector and the FIFO change in one transaction, then the in-memory FIFO
+        c = self.caption_input(clip)
+        out = self.engine.caption_clip(c.frames, c.fifo_tokens, c.index, preprocessed=c.preprocessed,
+                                       fifo_clips=c.fifo_clips)
+        return self.commit(clip, out, decision)
+
+    def _check_index(self, clip: Clip) -> None:
+        if clip.index != self.next_index:
+            raise UserError(f"clip {clip.index} given but stream {self.stream!r} is at clip {self.next_index}")
+
+    def caption_input(self, clip: Clip) -> ClipInput:
+        """What the model needs to caption `clip` after this stream's FIFO (for `Engine.caption_clip(s)`); pure."""
+        self._check_index(clip)
+        return ClipInput(clip.frames, self.fifo.tokens(), clip.index, fifo_clips=self.fifo.clips())
+
+    def commit(self, clip: Clip, out: ClipOutput, decision: GateDecision | None = None) -> ClipResult:
+        """Remember a captioned clip (`out`: the model's output for `caption_input(clip)`): caption, its vector and
+        the FIFO change in one transaction, then the in-memory FIFO and the gate's reference. `decision`: the
+        gate's (None without a gate)."""
+        self._check_index(clip)
+        gate_s = {"gate": self._gate_s} if self.gate is not None else {}
+        if self.gate is None:
+            decision = None
         t0 = time.perf_counter()
         tokens = out.selection.tokens  # (N, D)
         kept = out.selection.indices

@@ -67,6 +67,10 @@ def serve(
                                                          "longest idle time passed) may wait for the model while "
                                                          "other cameras' active clips go first; past it the clip is "
                                                          "recorded idle (counted as skipped, reason lag)."),
+    batch: int = typer.Option(1, "--batch", help="When the model frees and several cameras have a clip waiting, "
+                                                 "caption up to this many of them in one batched model call (active "
+                                                 "first, oldest first); each camera still commits its own clip. "
+                                                 "1 = one clip at a time."),
     start_time: Optional[str] = o.StartTime,
     gate: List[str] = o.Gate, gate_threshold: List[str] = o.GateThreshold, gate_max_idle: List[str] = o.GateMaxIdle,
     retrieval: str = o.Retrieval,
@@ -143,7 +147,7 @@ def serve(
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
                                 max_subscribers=max_subscribers, question_queue=question_queue,
-                                ingest_share=ingest_share, max_watches=max_watches, max_lag_s=max_lag,
+                                ingest_share=ingest_share, max_watches=max_watches, max_lag_s=max_lag, batch=batch,
                                 start_time=o.start_clock(start_time), retain_days=retain_days, mqtt=mqtt_cfg,
                                 gate=o.gate_configs(gate, gate_threshold, gate_max_idle,
                                                     [(s.name, s.live) for s in specs]))

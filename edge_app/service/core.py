@@ -83,6 +83,7 @@ class ServiceConfig:
     mqtt: MqttConfig | None = None  # publish captions and watch matches to this MQTT broker (mqtt.py); None: don't
     gate: dict[str, GateConfig] = field(default_factory=dict)  # the activity gate per stream (none: no gate)
     max_lag_s: float = 60.0  # a forced caption (no change seen) waiting longer for the model is recorded idle instead
+    batch: int = 1  # cameras' ready clips captioned in one model call at most (--batch; 1: one clip per turn)
 
     def __post_init__(self):
         if not 16 <= self.thumbnail_width <= 1024:
@@ -100,6 +101,9 @@ class ServiceConfig:
             raise UserError(f"question_queue must be >= 0, got {self.question_queue}")
         if not (isinstance(self.max_lag_s, (int, float)) and math.isfinite(self.max_lag_s) and self.max_lag_s > 0):
             raise UserError(f"--max-lag must be > 0 seconds, got {self.max_lag_s!r}: e.g. --max-lag 60")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise UserError(f"--batch must be an integer >= 1, got {self.batch!r}: e.g. --batch 4 (1 = one clip "
+                            "per model turn)")
         if self.retain_days is not None and not self.retain_days > 0:
             raise UserError(f"--retain-days must be > 0, got {self.retain_days}: e.g. --retain-days 30")
         self.webhook_policy = WebhookPolicy(parse_networks(self.webhook_allow))
@@ -154,7 +158,7 @@ class EdgeService:
         self.bus.add(Webhooks(self.store, self.metrics, self.webhooks, c.webhook_queue))
         self.retention = self.bus.add(Retention(self.store, self.metrics, c.retain_days, c.retain_every_s,
                                                 lambda: Memory(self.db, model_fingerprint=engine.model_fingerprint)))
-        self.turns = ModelTurns(c.max_lag_s)  # where ready clips meet the model
+        self.turns = ModelTurns(c.max_lag_s, batch=c.batch)  # where ready clips meet the model
         setup = IngestSetup(self.db, self.ingest_engine, engine.model_fingerprint, c.source, c.replay_files,
                             c.start_time, c.retry_s, c.gate)
         self.workers = [StreamWorker(setup, s, self.bus.publish, self.turns) for s in self.specs]

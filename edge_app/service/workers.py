@@ -3,7 +3,8 @@
 A `StreamWorker` ingests its source into its stream (a live source paced in real time, or a file at full speed): for
 each clip, the activity gate decides (no model); an idle clip is recorded at once, a clip to caption waits for its
 turn on the model (`ModelTurns`, scheduler.py: active cameras first; a forced caption that waited past the lag bound
-is recorded idle instead), is captioned and committed. Every finished clip goes out on the clip bus (`publish`, a
+is recorded idle instead), is captioned (with up to --batch - 1 other cameras' waiting clips in one
+`Engine.caption_clips` call) and committed by its own worker. Every finished clip goes out on the clip bus (`publish`, a
 `bus.ClipEvent`) with its lag (clip ready -> committed). A failure is recorded in its status (shown by /v1/streams
 and /healthz); the service keeps serving, and the worker tries again after 5 s, then 10, 20, 40, 60, 60 ... s (a
 full disk that gets space back resumes ingest; the memory resumes at the next clip). Workers know the bus and the
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rlivs.runtime.activity import GateConfig, GateDecision
-from rlivs.runtime.engine import Engine
+from rlivs.runtime.engine import ClipInput, ClipOutput, Engine
 from rlivs.runtime.frames import Clip
 from rlivs.runtime.memory import Memory
 from rlivs.runtime.ingest import StreamIngestor, open_clips
@@ -148,18 +149,30 @@ class StreamWorker:
         reason = None
         if decision is None or decision.caption:  # the model is needed: wait for a turn
             active = decision is None or decision.reason != "max_idle"  # a change, or nothing known yet
-            try:
-                with self.turns.turn(self.spec.name, active, ready_at) as granted:
-                    if not granted:  # a forced caption that waited past the lag bound: recorded as idle
-                        reason = "lag"
-                        decision = GateDecision(False, "lag", decision.score, decision.motion, decision.scene)
-                    result = ing.step(clip, decision)
+            try:  # (batched with other cameras' ready clips when --batch > 1; this worker commits its own)
+                turn = self.turns.caption(self.spec.name, active, ing.caption_input(clip), self._caption, ready_at)
             except Closed:
                 return False
+            if turn.granted:
+                result = ing.commit(clip, turn.result, decision)
+            else:  # a forced caption that waited past the lag bound: recorded as idle
+                reason = "lag"
+                decision = GateDecision(False, "lag", decision.score, decision.motion, decision.scene)
+                result = ing.step(clip, decision)
         else:
             result = ing.step(clip, decision)
         self._published(clip, result, ready_at, reason)
         return True
+
+    def _caption(self, inputs: list[ClipInput]) -> list[ClipOutput]:
+        """The model's turn: one clip alone (`caption_clip`, as without batching) or several cameras' clips in one
+        `caption_clips` call (each output what it would be alone)."""
+        eng = self.setup.engine
+        if len(inputs) == 1:
+            c = inputs[0]
+            return [eng.caption_clip(c.frames, c.fifo_tokens, c.index, preprocessed=c.preprocessed,
+                                     fifo_clips=c.fifo_clips)]
+        return eng.caption_clips(inputs)
 
     def _published(self, clip: Clip, result, ready_at: float, skipped: str | None) -> None:
         lag = max(0.0, self.clock() - ready_at)

@@ -5,6 +5,7 @@ a time when nothing changed."""
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -198,3 +199,110 @@ def test_a_worker_under_overload_records_a_late_forced_caption_idle_and_still_ca
     with Memory(db, readonly=True) as mem:
         assert [c.index for c in mem.clips("room")] == [0, 2, 4]
         assert [(s.first, s.last, s.scene_idx) for s in mem.idle_spans("room")] == [(1, 1, 0), (3, 3, 2)]
+
+
+class CountingEngine:
+    """The engine, counting the model calls the service's workers make (`caption_clip` / `caption_clips`);
+    `before_batch` runs before each batched call (the test uses it to queue its own turn first)."""
+
+    def __init__(self, engine, before_batch=lambda: None):
+        self._engine, self.before_batch = engine, before_batch
+        self.calls: list[tuple[str, list[tuple[int, int]]]] = []  # (method, [(FIFO rows, clip index)])
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def caption_clip(self, frames, fifo_tokens, index, **kw):
+        self.calls.append(("caption_clip", [(len(fifo_tokens), index)]))
+        return self._engine.caption_clip(frames, fifo_tokens, index, **kw)
+
+    def caption_clips(self, clips):
+        self.before_batch()
+        self.calls.append(("caption_clips", [(len(c.fifo_tokens), c.index) for c in clips]))
+        return self._engine.caption_clips(clips)
+
+
+def camera_clips(video, cam: int, n: int):
+    """Camera `cam`'s first n clips: the room video's clips from clip 3 * cam on, as a stream starting at clip 0."""
+    import dataclasses
+
+    from rlivs.runtime.frames import iter_clips
+
+    clips = list(iter_clips(VideoFileSource(video, fps=FPS), FRAMES_PER_CLIP, FPS))
+    return [dataclasses.replace(clips[k], frames=clips[(3 * cam + k) % len(clips)].frames) for k in range(n)]
+
+
+def test_three_cameras_ready_are_captioned_in_one_batch_and_commit_what_they_would_alone(video, tmp_path):
+    """serve's workers with --batch 4 (ModelTurns(batch=4)) and the real engine and memory: 3 cameras with a clip
+    ready while the model is held are captioned by one caption_clips call per round, and each stream's captions and
+    FIFO equal those of --batch 1 (one caption_clip per clip)."""
+    from rlivs.edge_app.service.scheduler import ModelTurns
+    from rlivs.edge_app.service.workers import IngestSetup, StreamWorker
+    from rlivs.edge_app.source_specs import parse_sources
+    from tests.helpers.serve_helpers import wait_for
+
+    names, rounds = ["cam0", "cam1", "cam2"], 3
+    clips = {n: camera_clips(video, i, rounds) for i, n in enumerate(names)}
+    specs = parse_sources([f"{n}={video}" for n in names])
+
+    def contents(db):
+        with Memory(db) as mem:
+            out = {}
+            for n in names:
+                engine = tiny_engine()
+                st = mem.open_stream(n, "x", engine.backend.info.model_id, engine.config.ingest_fingerprint())
+                out[n] = ([(c.index, c.caption) for c in mem.clips(n)], [(i, np.asarray(rows)) for i, rows in st.fifo])
+        return out
+
+    # --batch 1: each camera's clips one at a time
+    one = CountingEngine(tiny_engine())
+    turns = ModelTurns(60.0, clock=lambda: 0.0)
+    for spec in specs:
+        worker = StreamWorker(IngestSetup(tmp_path / "one.db", one, one.model_fingerprint), spec, [].append, turns)
+        with Memory(tmp_path / "one.db", model_fingerprint=one.model_fingerprint) as mem:
+            ing = StreamIngestor(tiny_engine(), mem, spec.name, str(video))
+            for clip in clips[spec.name]:
+                assert worker._one(ing, clip, 0.0)
+    assert [m for m, _ in one.calls] == ["caption_clip"] * 3 * rounds and turns.batches == {1: 3 * rounds}
+
+    # --batch 4: a thread per camera; the test holds the model until all three clips of a round wait for it
+    turns = ModelTurns(60.0, clock=lambda: 0.0, batch=4)
+    many = CountingEngine(tiny_engine(), lambda: wait_for(lambda: "test" in turns.waiting, 30, "the test's turn"))
+    published, errors = [], []
+
+    def camera(spec):
+        try:
+            worker = StreamWorker(IngestSetup(tmp_path / "many.db", many, many.model_fingerprint), spec,
+                                  published.append, turns)
+            with Memory(tmp_path / "many.db", model_fingerprint=many.model_fingerprint) as mem:
+                ing = StreamIngestor(tiny_engine(), mem, spec.name, str(video))
+                for k, clip in enumerate(clips[spec.name]):
+                    assert worker._one(ing, clip, 1.0 + k)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=camera, args=(s,), daemon=True) for s in specs]
+    for r in range(rounds):
+        with turns.turn("test", True, 0.0):  # (oldest: it is granted again as soon as each batch ends)
+            if r == 0:
+                for t in threads:
+                    t.start()
+            wait_for(lambda: sorted(turns.waiting) == names, 60, "every camera's clip to wait")
+        wait_for(lambda: not turns.waiting, 60, "the batch to take the clips")  # before the test queues again
+    with turns.turn("test", True, 0.0):
+        pass
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    # one batched call per round, covering the three cameras' clips of that round, each after its own FIFO
+    assert [m for m, _ in many.calls] == ["caption_clips"] * rounds and turns.batches == {3: rounds}
+    assert [sorted(i for _, i in c) for _, c in many.calls] == [[k] * 3 for k in range(rounds)]
+    assert sorted((e.stream, e.index, e.outcome) for e in published) == \
+        sorted((n, k, "captioned") for n in names for k in range(rounds))
+    a, b = contents(tmp_path / "one.db"), contents(tmp_path / "many.db")
+    for n in names:
+        assert a[n][0] == b[n][0] and len(a[n][0]) == rounds  # the same captions
+        assert [i for i, _ in a[n][1]] == [i for i, _ in b[n][1]] and a[n][1]  # the same FIFO clips ...
+        for (_, x), (_, y) in zip(a[n][1], b[n][1]):
+            np.testing.assert_array_equal(x, y)  # ... and tokens
+    assert len({a[n][0][0][1] for n in names}) > 1  # the cameras saw different things

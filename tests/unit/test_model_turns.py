@@ -162,3 +162,66 @@ def test_a_stopping_service_ends_the_wait():
     with pytest.raises(Closed):
         with turns.turn("c", True):
             pass
+
+
+def queue_and_release(turns: ModelTurns, clips: list[tuple[str, bool, float]], run) -> dict[str, object]:
+    """Hold the model while every clip (stream, active, ready_at) asks for a `caption` turn with `run`, then let go;
+    -> stream -> its output (or the exception its turn raised)."""
+    got: dict[str, object] = {}
+
+    def camera(stream: str, active: bool, ready: float) -> None:
+        try:
+            got[stream] = turns.caption(stream, active, f"clip of {stream}", run, ready).result
+        except Exception as e:  # noqa: BLE001 - checked by the test
+            got[stream] = e
+
+    threads = [threading.Thread(target=camera, args=c, daemon=True) for c in clips]
+    with turns.turn("holder", True, 0.0):
+        for t in threads:
+            t.start()
+        for _ in range(10_000):
+            if len(turns.waiting) == len(clips):
+                break
+            threading.Event().wait(0.001)
+        assert len(turns.waiting) == len(clips)
+    for t in threads:
+        t.join(10)
+    return got
+
+
+CLIPS = [("forced", False, 1.0), ("late", True, 3.0), ("early", True, 2.0)]  # (stream, active, ready at)
+
+
+@pytest.mark.parametrize("batch, calls", [
+    (4, [["early", "late", "forced"]]),  # the three ready clips in one call, in _pick's order: active, oldest first
+    (2, [["early", "late"], ["forced"]]),  # at most `batch` a call; the rest at the next turn
+    (1, [["early"], ["late"], ["forced"]]),  # one clip per turn: as without batching
+])
+def test_ready_clips_are_captioned_together_in_pick_order_up_to_the_batch(batch, calls):
+    turns = ModelTurns(60.0, clock=lambda: 5.0, batch=batch)
+    seen = []
+
+    def run(items):
+        seen.append([i.removeprefix("clip of ") for i in items])
+        return [f"caption of {i}" for i in items]
+
+    got = queue_and_release(turns, CLIPS, run)
+    assert seen == calls
+    assert got == {s: f"caption of clip of {s}" for s, _, _ in CLIPS}  # each its own output
+    assert turns.batches == {len(c): sum(len(x) == len(c) for x in calls) for c in calls}
+    assert [row[0] for row in turns.log] == ["holder", "early", "late", "forced"]
+    assert turns.granted == {"holder": 1, "early": 1, "late": 1, "forced": 1} and not turns.waiting
+
+
+def test_a_failed_batch_fails_each_of_its_clips_and_frees_the_model():
+    turns = ModelTurns(60.0, clock=lambda: 5.0, batch=4)
+
+    def run(items):
+        raise RuntimeError("the model failed")
+
+    got = queue_and_release(turns, CLIPS, run)
+    assert {s: str(e) for s, e in got.items()} == {s: "the model failed" for s, _, _ in CLIPS}
+    with turns.turn("next", True) as t:  # the model is free again
+        assert t
+    with pytest.raises(ValueError):
+        ModelTurns(batch=0)
