@@ -10,10 +10,19 @@ scripted events (a person walking through, a door opening and closing, an object
   was captioned (target 0); false triggers: captioned clips that show no event (first and forced clips aside);
 - throughput: clips per wall second, and stream seconds per wall second (how many such cameras one device keeps
   in real time), the gate's own cost per clip, the model's per captioned clip;
-- the same first camera ingested with the gate off (every clip captioned): the speed-up the gate gives here.
+- the same first camera ingested with the gate off (every clip captioned): the speed-up the gate gives here;
+- per-camera lag, p50 and p95 over all clips of the run: lag = the wall time the clip's record was committed
+  (captioned or idle) - (the run's start + the clip's end in stream time / --speed), i.e. the cameras are taken as
+  live from the run's start, playing at --speed stream seconds per wall second. With --pace the bench waits until a
+  round's clips exist on that clock (sleeping, no CPU), so lag >= 0 is the real clip-end -> commit latency; without
+  it the bench reads ahead as fast as the model goes, and a negative lag means that far ahead of live;
+- --batch 1,4: each camera count at each batch size, same run: per round (one clip per camera), the clips the gate
+  lets through are captioned in groups of up to B with one `Engine.caption_clips` call (each camera's
+  `StreamIngestor.caption_input`, then its own `commit`); B = 1 is the one-at-a-time `StreamIngestor.step`.
 
     python bench/cameras.py                                     # 1, 4 and 8 cameras, tiny model, 8 min each
     python bench/cameras.py --cameras 1,4 --seconds 320         # shorter
+    python bench/cameras.py --cameras 1,4 --batch 1,4 --speed 8 --pace   # lag and batching, cameras live at 8x
     python bench/cameras.py --model random-0.5b --device cuda --dtype float16   # the GPU kit's stage (bench/gpu)
 
 Frames are drawn with numpy (no video codec in the loop). Prints one JSON line per run, then one JSON object with
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -37,7 +47,14 @@ def camera_clips(cam, fps: float, frames_per_clip: int):
     return iter_clips((Frame(img, t) for t, img in frames(cam, fps)), frames_per_clip, fps)
 
 
-def run(engine, n_cams: int, args, gate_on: bool = True) -> dict:
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))], 3)  # nearest rank
+
+
+def run(engine, n_cams: int, args, gate_on: bool = True, batch: int = 1, pace: bool = False) -> dict:
     from rlivs.edge_app.sample_scenes import scripted_camera
     from rlivs.runtime.activity import GateConfig
     from rlivs.runtime.ingest import StreamIngestor
@@ -54,20 +71,51 @@ def run(engine, n_cams: int, args, gate_on: bool = True) -> dict:
     with Memory(db, model_fingerprint=engine.model_fingerprint) as mem:
         ings = [StreamIngestor(engine, mem, f"cam{k}", "synthetic", gate=gate) for k in range(n_cams)]
         streams = [camera_clips(cam, c.fps, c.frames_per_clip) for cam in cams]
+        lags: list[list[float]] = [[] for _ in cams]
+        calls = 0
         t0 = time.perf_counter()
         live = list(range(n_cams))
+
+        def done(k, r):
+            lags[k].append(time.perf_counter() - (t0 + r.t_end / args.speed))
+            decided[k].append((r.index, r.t_start, r.t_end, not r.gated, r.gate.reason if r.gate else "off"))
+            if "gate" in r.timings:
+                gate_s.append(r.timings["gate"])
+            if not r.gated and batch == 1:
+                model_s.append(sum(v for key, v in r.timings.items() if key not in ("gate", "store")))
+
         while live:
-            for k in list(live):  # round robin: each camera's next clip in turn
+            ready = []  # this round's clips: one per camera (round robin)
+            for k in list(live):
                 clip = next(streams[k], None)
                 if clip is None:
                     live.remove(k)
-                    continue
-                r = ings[k].step(clip)
-                decided[k].append((r.index, r.t_start, r.t_end, not r.gated, r.gate.reason if r.gate else "off"))
-                if "gate" in r.timings:
-                    gate_s.append(r.timings["gate"])
-                if not r.gated:
-                    model_s.append(sum(v for key, v in r.timings.items() if key not in ("gate", "store")))
+                else:
+                    ready.append((k, clip))
+            if pace and ready:  # the round's clips exist on the live clock
+                time.sleep(max(0.0, t0 + max(c.t_end for _, c in ready) / args.speed - time.perf_counter()))
+            if batch == 1:  # one at a time
+                for k, clip in ready:
+                    r = ings[k].step(clip)
+                    calls += not r.gated
+                    done(k, r)
+                continue
+            todo = []
+            for k, clip in ready:
+                d = ings[k].decide(clip)
+                if d is not None and not d.caption:
+                    done(k, ings[k].step(clip, d))  # an idle record
+                else:
+                    todo.append((k, clip, d))
+            for i in range(0, len(todo), batch):
+                group = todo[i:i + batch]
+                tm = time.perf_counter()
+                outs = engine.caption_clips([ings[k].caption_input(clip) for k, clip, _ in group])
+                # a batch's decode is shared by its clips: the call's wall time, split evenly
+                model_s.extend([(time.perf_counter() - tm) / len(group)] * len(group))
+                calls += 1
+                for (k, clip, d), out in zip(group, outs):
+                    done(k, ings[k].commit(clip, out, d))
         wall = time.perf_counter() - t0
     events = missed = false_triggers = truth_active = 0
     for cam, rows in zip(cams, decided):
@@ -81,7 +129,8 @@ def run(engine, n_cams: int, args, gate_on: bool = True) -> dict:
     captioned = sum(cap for rows in decided for _, _, _, cap, _ in rows)
     reasons = [why for rows in decided for _, _, _, cap, why in rows if cap]
     return dict(
-        cameras=n_cams, gate=gate_on, clips=n, captioned=captioned, gated=n - captioned,
+        cameras=n_cams, gate=gate_on, batch=batch, paced=pace, speed=args.speed, model_calls=calls, clips=n,
+        captioned=captioned, gated=n - captioned,
         captioned_first=reasons.count("first"), captioned_active=reasons.count("active"),
         captioned_forced=reasons.count("max_idle"), events=events, events_missed=missed,
         false_triggers=false_triggers, idle_fraction_stated=args.idle_fraction,
@@ -89,6 +138,8 @@ def run(engine, n_cams: int, args, gate_on: bool = True) -> dict:
         clips_per_s=round(n / wall, 3), stream_s_per_wall_s=round(n * clip_s / wall, 2),
         gate_ms_per_clip=round(1000 * statistics.mean(gate_s), 2) if gate_s else None,
         model_s_per_caption=round(statistics.mean(model_s), 3) if model_s else None,
+        lag_p50_s=[_pct(x, 0.5) for x in lags], lag_p95_s=[_pct(x, 0.95) for x in lags],
+        lag_p95_worst_s=max((_pct(x, 0.95) for x in lags if x), default=None),
     )
 
 
@@ -108,8 +159,15 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (torch backend)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", default="1", help="Batch sizes, comma-separated: each camera count runs at each.")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="Stream seconds per wall second the cameras play at, for lag (see the docstring).")
+    p.add_argument("--pace", action="store_true", help="Wait until each round's clips exist on the live clock.")
     args = p.parse_args()
     args.size = tuple(int(v) for v in args.size.lower().split("x"))
+    batches = [int(v) for v in args.batch.split(",")]
+    if args.speed <= 0 or any(b < 1 for b in batches):
+        p.error("--speed must be > 0 and every --batch size >= 1")
 
     from rlivs.runtime.config import CaptionConfig, ClipConfig, EngineConfig, PipelineConfig
     from rlivs.runtime.engine import load_engine
@@ -122,12 +180,14 @@ def main() -> None:
     baseline = run(engine, 1, args, gate_on=False)  # every clip of camera 0 captioned
     print(json.dumps(baseline), flush=True)
     for n in (int(v) for v in args.cameras.split(",")):
-        r = run(engine, n, args)
-        r["speedup_vs_gate_off"] = round(r["clips_per_s"] / baseline["clips_per_s"], 2)
-        print(json.dumps(r), flush=True)
-        runs.append(r)
+        for b in batches:
+            r = run(engine, n, args, batch=b, pace=args.pace)
+            # paced: throughput is the cameras' offered load, not the device's: no speed-up figure
+            r["speedup_vs_gate_off"] = None if args.pace else round(r["clips_per_s"] / baseline["clips_per_s"], 2)
+            print(json.dumps(r), flush=True)
+            runs.append(r)
     print(json.dumps(dict(model=args.model, backend=engine.backend.name, device=args.device, dtype=args.dtype,
-                          fps=args.fps,
+                          fps=args.fps, batches=batches, speed=args.speed, paced=args.pace,
                           frames_per_clip=args.frames_per_clip, seconds_per_camera=args.seconds, size=args.size,
                           gate_off_1_camera=baseline, runs=runs,
                           events_missed=sum(r["events_missed"] for r in runs))))

@@ -11,7 +11,8 @@ Stages, each timed and written to OUT/gpu_run.json as soon as it ends (a run cut
   bench      bench/clip_step.py, torch (dynamic) vs torch_fast (static + CUDA graph), per dtype: per-stage latency,
              real-time factor at 1 fps, question -> answer latency, peak GPU memory, whether the graph was used
   cameras    bench/cameras.py at the first dtype: 1, 4 and 8 synthetic cameras (80 % idle) with the activity gate:
-             clips captioned vs gated, events missed, and how many such cameras the device keeps in real time
+             clips captioned vs gated, events missed, per-camera lag p50/p95 (against real time), and how many such
+             cameras the device keeps in real time (one at a time: --batch 1,4 doubles the stage, past its time)
   batch      bench/batch.py at the first dtype: B clips captioned together (one batched decoder step per token) vs one
              at a time, B = 1, 2, 4, 8: decode tokens/s, clips/s, and every batched caption equal to its clip alone
 
@@ -243,7 +244,8 @@ def cameras_stage(args, dtype: str, timeout: float) -> dict:
     if p.returncode:
         return {"error": f"cameras.py exited {p.returncode}", "stderr": p.stderr[-3000:], "command": " ".join(cmd)}
     s = json.loads(p.stdout.strip().splitlines()[-1])
-    keys = ("cameras", "clips", "captioned", "gated", "events", "events_missed", "false_triggers", "clips_per_s",
+    keys = ("cameras", "batch", "model_calls", "lag_p50_s", "lag_p95_s", "clips", "captioned", "gated", "events",
+            "events_missed", "false_triggers", "clips_per_s",
             "stream_s_per_wall_s", "gate_ms_per_clip", "model_s_per_caption", "speedup_vs_gate_off")
     runs = [{k: r.get(k) for k in keys} for r in s["runs"]]
     return {"command": " ".join(cmd[1:]), "dtype": dtype, "runs": runs,

@@ -191,6 +191,12 @@ class ModelTurns:
         return r
 
     @property
+    def batch_sizes(self) -> dict[int, int]:
+        """clips per model call -> calls of that size so far (`caption`; a copy)."""
+        with self._cond:
+            return dict(self.batches)
+
+    @property
     def waiting(self) -> dict[str, int]:
         """stream -> clips waiting for the model now (0 or 1 each)."""
         with self._cond:

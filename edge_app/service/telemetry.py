@@ -109,6 +109,9 @@ def scrape(workers: list[StreamWorker], lock: LockStats, events: EventHub, watch
         extra.append(("rlivs_clips_waiting_for_model", "gauge", "Per stream: clips ready and waiting for the model "
                       "(at most one per camera).", [({"stream": w.spec.name}, waiting.get(w.spec.name, 0))
                                                     for w in workers]))
+        extra.append(("rlivs_model_batches_total", "counter", "Model calls of the cameras' clips (serve --batch), by "
+                      "clips captioned in the call.",
+                      [({"clips": n}, v) for n, v in sorted(turns.batch_sizes.items())]))
     extra.append(("rlivs_uptime_seconds", "gauge", "Seconds since the service started.",
                   [({}, time.time() - started_at)]))
     return extra

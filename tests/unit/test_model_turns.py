@@ -7,10 +7,15 @@ nothing is on the model; no assertion reads the wall clock."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
+from rlivs.edge_app.service.events import EventHub
+from rlivs.edge_app.service.metrics import Metrics
 from rlivs.edge_app.service.scheduler import ACTIVE, FORCED, Closed, ModelTurns
+from rlivs.edge_app.service.telemetry import scrape
+from rlivs.runtime.backends.shared import LockStats
 
 
 class VirtualTime:
@@ -209,6 +214,10 @@ def test_ready_clips_are_captioned_together_in_pick_order_up_to_the_batch(batch,
     assert seen == calls
     assert got == {s: f"caption of clip of {s}" for s, _, _ in CLIPS}  # each its own output
     assert turns.batches == {len(c): sum(len(x) == len(c) for x in calls) for c in calls}
+    counts = {len(c): sum(len(x) == len(c) for x in calls) for c in calls}
+    text = Metrics().render(scrape([], LockStats(), EventHub(), 0, time.time(), 0, turns))  # as /metrics shows it
+    assert [ln for ln in text.splitlines() if ln.startswith("rlivs_model_batches_total{")] == \
+        [f'rlivs_model_batches_total{{clips="{n}"}} {v}' for n, v in sorted(counts.items())]
     assert [row[0] for row in turns.log] == ["holder", "early", "late", "forced"]
     assert turns.granted == {"holder": 1, "early": 1, "late": 1, "forced": 1} and not turns.waiting
 
