@@ -12,7 +12,8 @@ Stages, each timed and written to OUT/gpu_run.json as soon as it ends (a run cut
              real-time factor at 1 fps, question -> answer latency, peak GPU memory, whether the graph was used
   cameras    bench/cameras.py at the first dtype: 1, 4 and 8 synthetic cameras (80 % idle) with the activity gate:
              clips captioned vs gated, events missed, per-camera lag p50/p95 (against real time), and how many such
-             cameras the device keeps in real time (one at a time: --batch 1,4 doubles the stage, past its time)
+             cameras the device keeps in real time (one at a time: with --batch 1,4 the CPU rehearsal ran past
+             the stage's time; the batch stage measures batching)
   batch      bench/batch.py at the first dtype: B clips captioned together (one batched decoder step per token) vs one
              at a time, B = 1, 2, 4, 8: decode tokens/s, clips/s, and every batched caption equal to its clip alone
 
