@@ -73,6 +73,37 @@ class BatchState:
         self.states = [self.states[i] for i in indices]
 
 
+class MergedBatch(BatchState):
+    """B sequences merged into one batched KV cache (the backends that batch): their own states were merged in and
+    nothing steps alone; `_lengths[i]` = K_i real positions of sequence i, advanced by the backend's step."""
+
+    def __init__(self, lengths: list[int]):
+        super().__init__([])
+        self._lengths = list(lengths)
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self._lengths)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def keep(self, indices: list[int]) -> None:
+        """Subclasses drop the sequences' rows of their cache, then call this for the lengths."""
+        self._lengths = [self._lengths[i] for i in indices]
+
+
+def check_step_batch(embeds: list, batch: BatchState, probe_rows: int, last_row_only: bool = False) -> None:
+    """What every step_batch checks first: one input per sequence; `last_row_only` (exported decoders): the probe
+    attention exists for the last query row only."""
+    if len(embeds) != len(batch):
+        raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
+    if last_row_only and probe_rows > 1:
+        from rlivs.runtime.errors import UserError
+
+        raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
+
+
 class Backend(ABC):
     """encode frames -> visual tokens; decoder step -> logits + reduced probe attention."""
 
@@ -116,8 +147,7 @@ class Backend(ABC):
         Returns B StepOutputs, each as `step` would return for that sequence alone: logits (V,) of its last new
         position; with probe_rows > 0, probe_attn (probe_rows, K_i + L_i) over its own keys (no padding).
         This base form runs `step` per sequence; batching backends override it."""
-        if len(embeds) != len(batch):
-            raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
+        check_step_batch(embeds, batch, probe_rows)
         return [self.step(x, s, probe_rows) for x, s in zip(embeds, batch.states)]
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -24,14 +24,8 @@ sqlite-utils (``Database(conn)``) runs the read queries. schema.py owns the tabl
 Arrays are stored as raw little-endian bytes with their dtype name and shape; float32 and
 float16 round-trip bit-exactly and come back in the dtype they were stored in.
 
-The class is assembled from one mixin per concern (they share the connection and the transaction helpers below):
-
-    opening.py       opening, refusing foreign files, creating, migrating
-    streams.py       streams, resume state, clock notes
-    commits.py       commit_clip / commit_idle (one transaction per clip), idle runs, the gate's reference
-    timeline.py      clips in order, counts, keyword matches, JSONL export
-    index.py         search, signatures, generation, reindex
-    housekeeping.py  import_clips, forget
+The class is assembled from one mixin per concern (they share the connection and the transaction helpers below);
+the package docstring (runtime/memory/__init__.py) lists which module holds what.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..base import Backend, BatchState, DecodeState, StepOutput
+from ..base import Backend, BatchState, DecodeState, MergedBatch, StepOutput, check_step_batch
 from ..bundle import Manifest, damaged, load_manifest, load_tables, installed_onnxruntime, onnxruntime_gap
 from ..kv_arena import Arena, ArenaPool
 from rlivs.runtime.errors import UserError
@@ -60,29 +60,22 @@ class OrtState(DecodeState):
     length: int = 0  # K
 
 
-class OrtBatch(BatchState):
+class OrtBatch(MergedBatch):
     """B sequences' caches as one batched past: keys/values (N, B, H_kv, S, Dh) slots, valid (B, S) which slots hold
     a sequence's keys (its own, in position order; padding elsewhere), as in the torch backend's TorchBatch."""
 
     def __init__(self, keys: ort.OrtValue, values: ort.OrtValue, valid: np.ndarray, lengths: list[int], device: str):
+        super().__init__(lengths)
         self.keys, self.values = keys, values  # (N, B, H_kv, S, Dh) float32 on the session's device
         self.valid = valid  # (B, S) bool
-        self._lengths, self.device = list(lengths), device
-        self.states = []
-
-    @property
-    def lengths(self) -> list[int]:
-        return list(self._lengths)
-
-    def __len__(self) -> int:
-        return len(self._lengths)
+        self.device = device
 
     def keep(self, indices: list[int]) -> None:
         idx = list(indices)  # a copy through the host, once per sequence that ends
         self.keys = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.keys.numpy()[:, idx]), self.device)
         self.values = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.values.numpy()[:, idx]), self.device)
         self.valid = self.valid[idx]
-        self._lengths = [self._lengths[i] for i in idx]
+        super().keep(idx)
 
 
 class OrtBackend(Backend):
@@ -251,10 +244,7 @@ class OrtBackend(Backend):
     def step_batch(self, embeds: list[np.ndarray], batch: BatchState, probe_rows: int = 1) -> list[StepOutput]:
         if not isinstance(batch, OrtBatch):
             return super().step_batch(embeds, batch, probe_rows)
-        if len(embeds) != len(batch):
-            raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
-        if probe_rows > 1:
-            raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
+        check_step_batch(embeds, batch, probe_rows, last_row_only=True)
         lens = [len(e) for e in embeds]  # L_i
         n_seq, l_max, d = len(embeds), max(lens), self.info.hidden_size
         x = np.zeros((n_seq, l_max, d), np.float32)  # (B, L_max, D), left-padded: row L_max - 1 is every last position

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..base import Backend, BatchState, DecodeState, StepOutput
+from ..base import Backend, BatchState, DecodeState, MergedBatch, StepOutput, check_step_batch
 from ..bundle import Manifest, load_manifest, load_tables
 from ..kv_arena import ALIGN, Arena, ArenaPool
 from . import compat
@@ -106,17 +106,16 @@ class TrtState(DecodeState):
     length: int = 0  # K
 
 
-class TrtBatch(BatchState):
+class TrtBatch(MergedBatch):
     """B sequences' caches gathered into one slot-major device buffer (K_max, B, N, 2, H_kv, Dh): slot s of every
     sequence is one contiguous (B, N, 2, H_kv, Dh) block, so the S slots so far are the buffer's first S blocks."""
 
     def __init__(self, backend: "TrtBackend", buf, valid: np.ndarray, lengths: list[int]):
+        super().__init__(lengths)
         self.backend = backend  # compaction runs on its stream
         self.buf = buf  # DeviceBuffer, freed when the batch is garbage-collected or compacted
         self._free = weakref.finalize(self, buf.free)
         self.valid = valid  # (B, S) bool on the host: slot holds one of that sequence's keys
-        self._lengths = list(lengths)
-        self.states = []
 
     def keep(self, indices: list[int]) -> None:
         self.backend._keep(self, list(indices))
@@ -125,13 +124,6 @@ class TrtBatch(BatchState):
         self._free.detach()
         self.buf.free()
         self.buf, self._free = buf, weakref.finalize(self, buf.free)
-
-    @property
-    def lengths(self) -> list[int]:
-        return list(self._lengths)
-
-    def __len__(self) -> int:
-        return len(self._lengths)
 
     @property
     def slots(self) -> int:
@@ -283,10 +275,7 @@ class TrtBackend(Backend):
     def step_batch(self, embeds: list[np.ndarray], batch: BatchState, probe_rows: int = 1) -> list[StepOutput]:
         if not isinstance(batch, TrtBatch):
             return super().step_batch(embeds, batch, probe_rows)
-        if len(embeds) != len(batch):
-            raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
-        if probe_rows > 1:
-            raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
+        check_step_batch(embeds, batch, probe_rows, last_row_only=True)
         lens = [len(e) for e in embeds]  # L_i
         n, l_max, s_len, d, v = len(embeds), max(lens), batch.slots, self.info.hidden_size, self.info.vocab_size
         self.kv.check_room(s_len, l_max)  # slots, not positions: the batch's holes count too

@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from ...backbones import backbone_for_config, backbone_for_dir
 from ...config import ProbeConfig
-from ..base import Backend, BatchState, DecodeState, ModelInfo, StepOutput
+from ..base import Backend, BatchState, DecodeState, MergedBatch, ModelInfo, StepOutput, check_step_batch
 from ..kv_arena import ArenaPool
 from .backbones import adapter_for
 from .hf_compat import cache_kwargs
@@ -136,7 +136,7 @@ class TorchState(DecodeState):
     rope_delta: int = 0  # position id of cache slot k is k + rope_delta (M-RoPE: set by a step given positions)
 
 
-class TorchBatch(BatchState):
+class TorchBatch(MergedBatch):
     """B sequences' KV caches as one batched DynamicCache, each row with its own holes.
 
     Slots: every layer's keys are (B, H_kv, S, Dh); sequence i's real keys sit at the slots where valid[i] is True,
@@ -145,23 +145,15 @@ class TorchBatch(BatchState):
     """
 
     def __init__(self, cache: DynamicCache, valid: torch.Tensor, lengths: list[int]):
+        super().__init__(lengths)  # K_i real positions per sequence
         self.cache = cache  # per layer (B, H_kv, S, Dh) keys and values
         self.valid = valid  # (B, S) bool: slot holds one of that sequence's keys
-        self._lengths = list(lengths)  # K_i real positions per sequence
-        self.states = []  # the sequences' own states were merged in; nothing steps alone
-
-    @property
-    def lengths(self) -> list[int]:
-        return list(self._lengths)
-
-    def __len__(self) -> int:
-        return len(self._lengths)
 
     def keep(self, indices: list[int]) -> None:
         idx = torch.as_tensor(list(indices), dtype=torch.long, device=self.valid.device)
         self.cache.batch_select_indices(idx)
         self.valid = self.valid[idx]
-        self._lengths = [self._lengths[i] for i in indices]
+        super().keep(indices)
 
 
 class TorchBackend(Backend):
@@ -320,8 +312,7 @@ class TorchBackend(Backend):
     def step_batch(self, embeds: list[np.ndarray], batch: BatchState, probe_rows: int = 1) -> list[StepOutput]:
         if not isinstance(batch, TorchBatch):
             return super().step_batch(embeds, batch, probe_rows)
-        if len(embeds) != len(batch):
-            raise ValueError(f"step_batch got {len(embeds)} inputs for a batch of {len(batch)} sequences")
+        check_step_batch(embeds, batch, probe_rows)
         n_seq, lens = len(embeds), [len(x) for x in embeds]  # B, L_i
         l_max, s_past = max(lens), batch.valid.shape[1]  # L_max, S slots already cached
         dev, d = self.device, self.info.hidden_size
