@@ -27,15 +27,13 @@ from rlivs.runtime.backends.bundle import load_manifest  # noqa: E402
 from rlivs.runtime.backends.onnxruntime import OrtBackend  # noqa: E402
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
 from rlivs.runtime.backends.torch.tiny import ensure_random_model  # noqa: E402
-from rlivs.runtime.config import FifoConfig, SelectionConfig  # noqa: E402
 from rlivs.runtime.engine import load_engine  # noqa: E402
 from rlivs.runtime.errors import UserError  # noqa: E402
-from tests.helpers.configs import small_config  # noqa: E402
+from tests.helpers.configs import QWEN_FPS as FPS, qwen_config  # noqa: E402
 from tests.helpers.parity import stream_parity, step_parity  # noqa: E402
 
 LOGITS_TOL, ATTN_TOL, VISION_TOL = 1e-4, 1e-5, 1e-4  # as LLaVA-OV's bundle (tests/parity/test_onnx.py)
 SCORE_TOL = 1e-5  # summed probe attention over a caption's steps
-FPS, TOKENS = 2.0, 10
 
 
 def export_qwen(tmp_path_factory, size: str, **config):
@@ -49,11 +47,6 @@ def export_qwen(tmp_path_factory, size: str, **config):
 @pytest.fixture(scope="module")
 def qwen_bundle(tmp_path_factory):
     return export_qwen(tmp_path_factory, "tiny-qwen")
-
-
-def qwen_config(positions: str = "original"):
-    return small_config(4, TOKENS, fps=FPS, fifo=FifoConfig(capacity_clips=2, positions=positions),
-                        selection=SelectionConfig(keep_ratio=0.25))
 
 
 def check_bundle(bundle, size: str, sample_video, tmp_path):
