@@ -81,18 +81,19 @@ class QwenVisionGraph(nn.Module):
         self.fullatt = set(vc.fullatt_block_indexes)
         self.image_size = tuple(image_size or backend.info.image_size)
         lay = qwen_vision_layout(vc, self.image_size)
+        dev = visual.patch_embed.proj.weight.device  # the model's (the meta device in shape checks)
         self.gh, self.gw, self.n_patches = lay["gh"], lay["gw"], lay["gh"] * lay["gw"]
-        self.register_buffer("order", lay["order"], persistent=False)  # (Np,)
-        self.register_buffer("reverse", lay["reverse"], persistent=False)  # (P,)
+        self.register_buffer("order", lay["order"].to(dev), persistent=False)  # (Np,)
+        self.register_buffer("reverse", lay["reverse"].to(dev), persistent=False)  # (P,)
         with torch.no_grad():
-            cos, sin = visual.rotary_pos_emb(torch.zeros(1), lay["pos"])  # (Np, head_dim) each, float32
+            cos, sin = visual.rotary_pos_emb(torch.zeros(1, device=dev), lay["pos"].to(dev))  # (Np, Dh) each, f32
         self.register_buffer("cos", cos.float()[:, None, :], persistent=False)  # (Np, 1, Dh): broadcast over heads
         self.register_buffer("sin", sin.float()[:, None, :], persistent=False)
         lengths = {n for _, n in lay["windows"]}
         self.window = lengths.pop() if len(lengths) == 1 else None  # uniform windows: a batch axis, no mask
         self.windows = lay["windows"]
         if self.window is None:  # uneven windows: one attention per temporal patch, masked to the windows
-            mask = torch.full((self.n_patches, self.n_patches), torch.finfo(torch.float32).min)
+            mask = torch.full((self.n_patches, self.n_patches), torch.finfo(torch.float32).min, device=dev)
             for a, n in lay["windows"]:
                 mask[a:a + n, a:a + n] = 0.0
             self.register_buffer("window_mask", mask, persistent=False)  # (Np, Np) additive

@@ -145,3 +145,25 @@ def test_a_bundle_of_an_unknown_backbone_is_refused_by_name(qwen_bundle, tmp_pat
     del m["backbone"]  # a bundle from before the registry: LLaVA-OneVision's
     (out / "manifest.json").write_text(json.dumps(m))
     assert load_manifest(out).backbone_name() == "llava_onevision"
+
+
+def test_vision_graph_at_the_real_3b_shape_on_the_meta_device():
+    """Qwen2.5-VL-3B's vision config (32 blocks, window 112 px, full attention in blocks 7/15/23/31), no weights: at
+    448 px one temporal patch is 32x32 patches in 16 windows of 8x8 (uniform: the batched form, no mask), and a
+    16-frame clip gives 8 x 256 merged tokens of the decoder's width."""
+    from types import SimpleNamespace
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from rlivs.export.qwen_vision import QwenVisionGraph, qwen_vision_layout
+    from rlivs.runtime.backends.torch.tiny_qwen import qwen_3b_config
+
+    config, size = qwen_3b_config()
+    lay = qwen_vision_layout(config.vision_config, size)
+    assert (lay["gh"], lay["gw"]) == (32, 32) and [n for _, n in lay["windows"]] == [64] * 16
+    assert sorted(lay["order"].tolist()) == list(range(1024)) and sorted(lay["reverse"].tolist()) == list(range(256))
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    graph = QwenVisionGraph(SimpleNamespace(model=model, info=SimpleNamespace(image_size=size)))
+    assert graph.window == 64 and graph.fullatt == {7, 15, 23, 31}
+    assert tuple(graph(torch.zeros(16, 3, *size, device="meta")).shape) == (8, 256, 2048)
