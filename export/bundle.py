@@ -1,4 +1,4 @@
-"""`rlivs export`: a LLaVA-OneVision checkpoint -> a self-contained bundle for the torch-free runtime.
+"""`rlivs export`: a LLaVA-OneVision or Qwen2.5-VL checkpoint -> a self-contained bundle for the torch-free runtime.
 
 Order: create ONNX -> check the graphs -> compare with the torch reference -> write the manifest.
 
@@ -6,7 +6,7 @@ Order: create ONNX -> check the graphs -> compare with the torch reference -> wr
     vision.onnx, decoder.onnx (+ .data external weights when large)
     embeddings.npy      (V, D) input-embedding table, memory-mappable: float32 (default for onnxruntime bundles,
                         exact parity) or float16 (default for tensorrt bundles, whose engines run in half precision)
-    image_newline.npy   (D,) float32
+    image_newline.npy   (D,) float32 (zeros for a backbone without a learned newline: Qwen2.5-VL; never read)
     tokenizer.json, tokenizer_config.json, chat template, config.json, generation_config.json,
     preprocessor_config.json   (what TextCodec and FramePreprocessor read)
     manifest.json       model source + config hash, probe layers, every graph input/output with name,
@@ -116,6 +116,9 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     if not backbone.exportable:  # before anything is written or loaded
         raise UserError(f"rlivs export does not support {backbone.label} yet (ONNX / TensorRT graphs for it are not "
                         f"written): run it on the torch backend, e.g. rlivs ingest --model {model} --backend torch")
+    if backbone.mrope and config.batch:
+        raise UserError(f"--batch exports a decoder with 1-D (B, L) positions; {backbone.label} uses 3-D M-RoPE "
+                        f"positions: export it without --batch (its clips are captioned one at a time)")
     backend = TorchBackend(model_dir, model_id=model_id, probe=config.probe)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a bundle is valid only once its manifest is written, last
@@ -130,7 +133,8 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     log.info("export 2/4: decoder graph written: %s (%.1f s)", out / "decoder.onnx", time.perf_counter() - t0)
     table = backend.model.model.language_model.embed_tokens.weight.detach().float().numpy()  # (V, D)
     np.save(out / "embeddings.npy", table.astype(config.embed_dtype))
-    np.save(out / "image_newline.npy", backend.image_newline())
+    newline = backend.image_newline() if backbone.newline else np.zeros(backend.info.hidden_size, np.float32)
+    np.save(out / "image_newline.npy", newline)
     for name in COPIED_FILES:
         if (model_dir / name).exists():
             shutil.copy2(model_dir / name, out / name)
@@ -149,7 +153,8 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
         config_sha256=hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
         hidden_size=info.hidden_size, vocab_size=info.vocab_size, num_layers=info.num_layers,
         probe_layers=list(info.probe_layers), tokens_per_frame=info.tokens_per_frame,
-        image_size=list(info.image_size), video_token_id=info.video_token_id,
+        image_size=list(info.image_size), video_token_id=info.video_token_id, backbone=backbone.name,
+        grid=list(info.grid) if info.grid else None, temporal_patch=info.temporal_patch,
         kv_cache={"layers": n_layers, "kv_heads": h_kv, "head_dim": head_dim, "layout": config.kv_layout,
                   "dtype": config.kv_dtype, "max_context": min(config.max_context, max_positions),
                   **({"batch": True} if config.batch else {})},
@@ -215,15 +220,20 @@ def compare_with_reference(backend, bundle: Path, manifest: Manifest, n_frames: 
 
     ort_be = OrtBackend(bundle, manifest=manifest)
     rng = np.random.default_rng(0)
+    n_frames = max(n_frames, backend.info.temporal_patch)
     pixels = rng.uniform(-1, 1, (n_frames, 3, *backend.info.image_size)).astype(np.float32)
-    vis_ref, vis = backend.encode_frames(pixels), ort_be.encode_frames(pixels)  # (T, P, D)
+    vis_ref, vis = backend.encode_frames(pixels), ort_be.encode_frames(pixels)  # (G, P, D)
     ids = np.arange(10, 20) % backend.info.vocab_size
     ctx = np.concatenate([backend.embed_tokens(ids), vis_ref.reshape(-1, backend.info.hidden_size)])  # (S, D)
     s_ref, s_ort = backend.new_state(), ort_be.new_state()
     worst = {"vision": float(np.abs(vis - vis_ref).max()), "logits": 0.0, "probe_attn": 0.0}
-    x = ctx
+    x, extra = ctx, {}
+    if backend.backbone.mrope:  # the prompt's text, then the frames as one video: M-RoPE (t, h, w) ids
+        extra["positions"] = backend.backbone.positions(len(ids), [], 0, vis_ref.shape[0], backend.info.grid, 0,
+                                                        fps=2.0, frames_per_clip=n_frames)
     for _ in range(1 + n_decode):
-        a, b = backend.step(x, s_ref), ort_be.step(x, s_ort)
+        a, b = backend.step(x, s_ref, **extra), ort_be.step(x, s_ort, **extra)
+        extra = {}
         worst["logits"] = max(worst["logits"], float(np.abs(a.logits - b.logits).max()))
         worst["probe_attn"] = max(worst["probe_attn"], float(np.abs(a.probe_attn - b.probe_attn).max()))
         x = backend.embed_tokens(np.array([int(np.argmax(a.logits))]))

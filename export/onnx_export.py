@@ -2,10 +2,13 @@
 
 Both graphs trace the torch reference backend's own modules (transformers' SigLIP, projector,
 pooling, Qwen2 layers, and the backend's registered "rlivs_probe" attention), so an exported graph
-computes what the parity tests already pin for the reference.
+computes what the parity tests already pin for the reference. Qwen2.5-VL's vision graph is qwen_vision.py's
+(its window attention at the bundle's fixed frame size).
 
   vision.onnx   pixel_values (F, 3, H, W) f32 -> visual_tokens (F, P, D) f32           F dynamic
-  decoder.onnx  inputs_embeds (1, L, D) f32, position_ids (1, L) i64, and the past, in one of two layouts:
+                Qwen2.5-VL: pixel_values (2*groups, 3, H, W) -> visual_tokens (groups, P, D): temporal patches of 2
+  decoder.onnx  inputs_embeds (1, L, D) f32, position_ids (1, L) i64 (M-RoPE backbones: (3, L), the (t, h, w) ids
+                the runtime's backbone computes), and the past, in one of two layouts:
     stacked     past_keys / past_values (N, H_kv, K_past, Dh) f32                     L >= 1, K_past >= 0
              -> logits (1, V) f32 (last position only),
                 present_keys / present_values (N, H_kv, K_past + L, Dh) f32,
@@ -32,6 +35,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from rlivs.runtime.backends.torch import TorchBackend
 from rlivs.runtime.backends.torch.backend import PROBE_ATTN, probe_rows, probe_rows_batch
 from rlivs.runtime.backends.torch.hf_compat import layer_cache_kwargs
+from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.export")
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision missing" noise
@@ -158,6 +162,7 @@ class DecoderGraph(nn.Module):
         self.lm_head = backend.model.lm_head
         self.recorder = backend.recorder
         self.probe = probe  # False: no probe output (to measure what the probe rows cost)
+        self.mrope = backend.backbone.mrope  # position_ids (3, L): M-RoPE (t, h, w) ids
 
     def forward(self, inputs_embeds, position_ids, past_keys, past_values=None, past_valid=None, new_valid=None):
         if self.batch:
@@ -173,7 +178,10 @@ class DecoderGraph(nn.Module):
             mask = torch.where(mask, zero, torch.finfo(inputs_embeds.dtype).min)  # (1, 1, L, K) additive
         cache = _ArenaCache(past_keys) if self.arena else _ExplicitCache(past_keys, past_values)
         hidden = inputs_embeds  # (1, L, D)
-        rope = self.lm.rotary_emb(hidden, position_ids)
+        if self.mrope:  # (3, L) -> (3, 1, L): Qwen2.5-VL's rotary embedding takes (3, B, L); layers take no ids
+            rope, position_ids = self.lm.rotary_emb(hidden, position_ids[:, None, :]), None
+        else:
+            rope = self.lm.rotary_emb(hidden, position_ids)
         self.recorder.begin(1 if self.probe else 0)
         for layer in self.lm.layers[: self.lm.config.num_hidden_layers]:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
@@ -234,12 +242,32 @@ def _save(program, path: Path, external: bool) -> None:
 
 def export_vision(backend: TorchBackend, path: Path, opset: int) -> None:
     h, w = backend.info.image_size
+    if backend.backbone.name == "qwen2_5_vl":
+        return _export_qwen_vision(backend, path, opset)
     example = torch.randn(2, 3, h, w)
     frames = torch.export.Dim("frames", min=1, max=256)
     program = torch.onnx.export(VisionGraph(backend).eval(), (example,), dynamo=True, opset_version=opset,
                                 input_names=["pixel_values"], output_names=["visual_tokens"],
                                 dynamic_shapes=({0: frames},), optimize=True, verbose=False)
     _save(program, path, external=_large(backend))
+
+
+def _export_qwen_vision(backend: TorchBackend, path: Path, opset: int) -> None:
+    """(2*groups, 3, H, W) -> (groups, P, D): whole temporal patches in, merged tokens out (qwen_vision.py)."""
+    import onnx
+
+    from .qwen_vision import QwenVisionGraph
+
+    h, w = backend.info.image_size
+    tp = backend.info.temporal_patch
+    groups = torch.export.Dim("groups", min=1, max=128)
+    program = torch.onnx.export(QwenVisionGraph(backend).eval(), (torch.randn(2 * tp, 3, h, w),), dynamo=True,
+                                opset_version=opset, input_names=["pixel_values"], output_names=["visual_tokens"],
+                                dynamic_shapes=({0: tp * groups},), optimize=True, verbose=False)
+    _save(program, path, external=_large(backend))
+    model = onnx.load(str(path), load_external_data=False)  # name the output's group axis as the input's
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "groups"
+    onnx.save(model, str(path))
 
 
 def decoder_shapes(backend: TorchBackend) -> tuple[int, int, int]:
@@ -256,6 +284,9 @@ def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = 
     batch=True: the batched decoder of the module doc (stacked or slot-major arena), B a dynamic axis."""
     n, hkv, dh = decoder_shapes(backend)
     d = backend.info.hidden_size
+    if backend.backbone.mrope and batch:
+        raise UserError(f"a batched decoder (--batch) takes (B, L) 1-D positions; {backend.backbone.label} uses 3-D "
+                        f"M-RoPE positions: export it without --batch")
     seq, past = torch.export.Dim("seq", min=1, max=65536), torch.export.Dim("past", min=0, max=65536)
     if batch and kv_layout == "arena":  # example B = 2 (a batch axis traced at 1 would be specialised away)
         bsz, kpast = torch.export.Dim("batch", min=1, max=256), 5
@@ -282,6 +313,8 @@ def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = 
         example = (torch.randn(1, 3, d), torch.arange(5, 8)[None], torch.randn(n, hkv, 5, dh), torch.randn(n, hkv, 5, dh))
         names = ["inputs_embeds", "position_ids", "past_keys", "past_values"]
         outs, dyn = ["logits", "present_keys", "present_values"], ({1: seq}, {1: seq}, {2: past}, {2: past})
+    if backend.backbone.mrope:  # (3, L) (t, h, w) ids instead of (1, L)
+        example = (example[0], torch.stack([example[1][0], example[1][0] - 1, example[1][0] - 2]), *example[2:])
     lm = backend.model.model.language_model
     lm.set_attn_implementation(TRT_ATTN if plain else PROBE_ATTN)
     kind = ArenaBatchDecoderGraph if batch and kv_layout == "arena" else DecoderGraph

@@ -8,11 +8,12 @@ Order: parse ONNX -> configure -> build -> inspect -> write.
               OBEY_PRECISION_CONSTRAINTS; the workspace limit and optimization level; DETAILED profiling
               verbosity (the inspector's layer list); the timing cache; one optimization profile per shape regime:
                 vision   0 "frames"   pixel_values (F, 3, H, W), F in [1, max_frames], opt frames_per_clip
-                decoder  0 "prefill"  inputs_embeds (1, L, D), position_ids (1, L), past_kv (P, N, 2, H_kv, Dh):
+                                      (Qwen2.5-VL: (2*groups, 3, H, W), groups in [1, max_frames / 2])
+                decoder  0 "prefill"  inputs_embeds (1, L, D), position_ids (1, L) (M-RoPE: (3, L)), past_kv (P, N, 2, H_kv, Dh):
                                       L in [1, K_max] (opt FIFO window + clip + prompt), P in [0, K_max - 1] (opt 0)
                          1 "decode"   L = 1, P in [0, K_max - 1] (opt the steady-state caption past)
               (the runtime picks the profile by L). Shapes come from the manifest's graph inputs: the symbolic
-              dims `seq`, `past` and `frames` get the profile's values, fixed dims stay.
+              dims `seq`, `past` and `frames` (or `groups`) get the profile's values, fixed dims stay.
   build       IBuilder.build_serialized_network, once per graph; the timing cache is shared and saved after each.
   inspect     the engine inspector's JSON layer list -> BUNDLE/<graph>.layers.json; every engine input/output
               logged with name, shape and dtype; the fusion report: in each decoder layer and profile, did the
@@ -91,10 +92,12 @@ class EngineBuildConfig:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def context_budget(tokens_per_frame: int, pipeline: PipelineConfig, prompt_tokens: int = 64) -> dict:
+def context_budget(tokens_per_frame: int, pipeline: PipelineConfig, prompt_tokens: int = 64,
+                   temporal_patch: int = 1) -> dict:
     """Positions the decoder sees under `pipeline`: a caption prefill is [prompt][FIFO][clip][newline][prompt],
-    then up to max_new_tokens caption tokens; an answer is retrieved captions (token_budget) + prompt + answer."""
-    clip = pipeline.clip.frames_per_clip * tokens_per_frame  # visual tokens of one full clip
+    then up to max_new_tokens caption tokens; an answer is retrieved captions (token_budget) + prompt + answer.
+    tokens_per_frame is per token group of `temporal_patch` frames (Qwen2.5-VL: 2)."""
+    clip = -(-pipeline.clip.frames_per_clip // temporal_patch) * tokens_per_frame  # visual tokens of one full clip
     keep = pipeline.selection.n_keep(clip)  # tokens a clip leaves in the FIFO
     cap_c, cap_t = pipeline.fifo.capacity_clips, pipeline.fifo.capacity_tokens
     if cap_c is None and cap_t is None:
@@ -112,10 +115,11 @@ def context_budget(tokens_per_frame: int, pipeline: PipelineConfig, prompt_token
 def _shape(shape: list, dims: dict, which: int, graph: str, name: str) -> list[int]:
     out = []
     for d in shape:
+        k, _, sym = d.partition("*") if isinstance(d, str) and "*" in d else ("1", "", d)  # "2*groups": 2 x groups
         if isinstance(d, int):
             out.append(d)
-        elif d in dims:
-            out.append(int(dims[d][which]))
+        elif sym in dims and k.isdigit():
+            out.append(int(k) * int(dims[sym][which]))
         else:
             raise UserError(f"{graph} input {name} has a dynamic dimension {d!r} that no profile sets (known: "
                             f"{', '.join(dims)}): the bundle is from another rlivs; re-export it with rlivs export "
@@ -149,13 +153,17 @@ def profile_specs(manifest: Manifest, config: EngineBuildConfig | None = None) -
         raise UserError(f"--max-context {k_max} is larger than the bundle's KV cache ({arena} positions, the arena "
                         f"the runtime allocates): re-export with rlivs export --target tensorrt --max-context {k_max}, "
                         f"or build with --max-context <= {arena}")
-    budget = context_budget(int(manifest.tokens_per_frame), cfg.pipeline, cfg.prompt_tokens)
+    tp = int(manifest.temporal_patch or 1)  # frames per token group (Qwen2.5-VL: 2)
+    budget = context_budget(int(manifest.tokens_per_frame), cfg.pipeline, cfg.prompt_tokens, tp)
     budget["fits"] = budget["needed"] <= k_max
     if not budget["fits"]:
         log.warning("the pipeline defaults need up to %d cache positions (caption %d, answer %d) but the engines will "
                     "accept %d: long contexts will be refused at run time", budget["needed"], budget["caption_context"],
                     budget["answer_context"], k_max)
     frames = cfg.max_frames or cfg.pipeline.clip.frames_per_clip
+    if frames % tp:
+        raise UserError(f"this bundle's vision graph takes whole temporal patches of {tp} frames: --max-frames must "
+                        f"be a multiple of {tp}, got {frames}; use --max-frames {frames + tp - frames % tp}")
     graphs = manifest.graphs
     prefill_opt = min(budget["prefill_tokens"], k_max)  # steady state: a full FIFO + one clip + the prompt
     decode_opt = min(budget["prefill_tokens"] + cfg.pipeline.caption.max_new_tokens // 2, k_max - 1)
@@ -163,6 +171,9 @@ def profile_specs(manifest: Manifest, config: EngineBuildConfig | None = None) -
     #                                       past_kv (past, N, 2, H_kv, Dh); batched (--batch): inputs_embeds
     #                                       (batch, seq, D), past_kv (past, batch, N, 2, H_kv, Dh), past_valid, new_valid
     vis_in = graphs["vision"]["inputs"]  # pixel_values (frames, 3, H, W)
+    opt_frames = min(cfg.pipeline.clip.frames_per_clip, frames)
+    # pixel_values (frames, 3, H, W); Qwen2.5-VL: (2*groups, 3, H, W), the profile then ranges over groups
+    vision_dims = {"groups": (1, -(-opt_frames // tp), frames // tp)} if tp > 1 else {"frames": (1, opt_frames, frames)}
     batched = any("batch" in i["shape"] for i in dec_in)
     b_max = cfg.max_batch if batched else 1
     # batch range per profile: a prefill runs alone or a few at once (opt 1), a decode step batches every camera's
@@ -170,8 +181,7 @@ def profile_specs(manifest: Manifest, config: EngineBuildConfig | None = None) -
     prefill_b, decode_b = ({"batch": (1, 1, b_max)}, {"batch": (1, b_max, b_max)}) if batched else ({}, {})
     return {
         "max_context": k_max, "max_frames": frames, "budget": budget, "max_batch": b_max,
-        "vision": [_profile("vision.onnx", 0, "frames", {"frames": (1, min(cfg.pipeline.clip.frames_per_clip, frames),
-                                                                     frames)}, vis_in)],
+        "vision": [_profile("vision.onnx", 0, "frames", vision_dims, vis_in)],
         "decoder": [  # (min, opt, max) of L = seq and P = past
             _profile("decoder.onnx", 0, "prefill", {"seq": (1, prefill_opt, k_max), "past": (0, 0, k_max - 1),
                                                     **prefill_b}, dec_in),

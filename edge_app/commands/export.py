@@ -55,6 +55,10 @@ def export(
                 table.add_row(g["file"], io[:-1], v["name"], str(v["shape"]), v["dtype"])
     out_console = Console()
     out_console.print(table)
+    from rlivs.runtime.backbones import get_backbone
+
+    name = manifest.backbone_name(out)
+    out_console.print(f"backbone: {get_backbone(name).label} ({name})")
     if "tensorrt_check" in manifest.extra:
         trt_check = manifest.extra["tensorrt_check"]
         out_console.print(f"TensorRT check: all ops in {trt_check['operator_table']}; "

@@ -104,7 +104,7 @@ class Qwen25VL(Backbone):
     name, label = "qwen2_5_vl", "Qwen2.5-VL"
     model_types = ("qwen2_5_vl",)
     architectures = ("Qwen2_5_VLForConditionalGeneration",)
-    temporal_patch, newline, mrope, exportable = 2, False, True, False
+    temporal_patch, newline, mrope = 2, False, True
 
     def check_frames(self, frames_per_clip: int) -> None:
         if frames_per_clip % self.temporal_patch:

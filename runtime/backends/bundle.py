@@ -44,6 +44,9 @@ class Manifest:
     tokens_per_frame: int | None = None  # P
     image_size: list[int] | None = None  # [H, W]
     video_token_id: int | None = None
+    backbone: str | None = None  # the model family (runtime/backbones REGISTRY); absent: llava_onevision (older bundles)
+    grid: list[int] | None = None  # [rows, cols] of one token group's tokens (absent: square, P = side^2)
+    temporal_patch: int | None = None  # frames per token group (absent: 1)
     kv_cache: dict = field(default_factory=dict)  # {layers, kv_heads, head_dim, layout, dtype, max_context}
     embeddings: dict | None = None  # {file, dtype, shape}
     image_newline: dict | None = None  # {file, dtype, shape}
@@ -76,6 +79,7 @@ class Manifest:
 
     def info(self, bundle: str | Path):
         """The ModelInfo and KV layout the manifest declares (shared by the ONNX Runtime and TensorRT backends)."""
+        backbone = self.backbone_name(bundle)  # a family this rlivs does not run is refused first, by name
         try:
             kv = self.kv_cache
             layout = KVLayout(layers=int(kv["layers"]), kv_heads=int(kv["kv_heads"]), head_dim=int(kv["head_dim"]),
@@ -90,12 +94,25 @@ class Manifest:
                 model_id=self.model_id, hidden_size=int(self.hidden_size), vocab_size=int(self.vocab_size),
                 num_layers=int(self.num_layers), probe_layers=tuple(self.probe_layers),
                 tokens_per_frame=int(self.tokens_per_frame), image_size=tuple(self.image_size),
-                video_token_id=int(self.video_token_id),
+                video_token_id=int(self.video_token_id), backbone=backbone,
+                grid=tuple(int(x) for x in self.grid) if self.grid else None,
+                temporal_patch=int(self.temporal_patch or 1),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
                             f"whole bundle directory again or re-export it") from None
         return info, layout
+
+    def backbone_name(self, bundle: str | Path = "the bundle") -> str:
+        """The bundle's backbone; UserError naming the ones this rlivs runs when it is not one of them."""
+        from ..backbones import REGISTRY
+
+        name = self.backbone or "llava_onevision"  # bundles from before the backbone registry are LLaVA-OV's
+        if name not in REGISTRY:
+            known = ", ".join(f"{c.label} ({n})" for n, c in REGISTRY.items())
+            raise UserError(f"{bundle} holds a {name!r} model, a backbone this rlivs does not run (it runs {known}): "
+                            f"run it with the rlivs that exported it, or re-export the model with this one")
+        return name
 
     def graph_opset(self) -> int | None:
         """The newest ONNX opset among the graphs (the manifest's top-level opset when the graphs do not say)."""
@@ -213,7 +230,48 @@ def load_manifest(bundle: str | Path) -> Manifest:
         raise UserError(f"{bundle}/config.json is not the one this bundle was exported with (its sha256 differs from "
                         f"the manifest's): it is damaged or from another model; copy the whole bundle directory "
                         f"from one export or re-export it")
-    return Manifest.from_dict(manifest)
+    m = Manifest.from_dict(manifest)
+    m.backbone_name(bundle)  # a model family this rlivs does not run: refused here, before any graph loads
+    return m
+
+
+def bundle_backbone(bundle: str | Path, manifest: Manifest):
+    """The runtime backbone (runtime/backbones) of a bundle, configured from its config.json (M-RoPE's temporal
+    ids read vision_config.tokens_per_second)."""
+    from ..backbones import get_backbone
+
+    try:
+        config = json.loads((Path(bundle) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise damaged(bundle, "config.json", e) from None
+    return get_backbone(manifest.backbone_name(bundle), config)
+
+
+def group_frames(pixels: np.ndarray, temporal_patch: int) -> np.ndarray:
+    """(T, 3, H, W) float32 frames, a short last token group completed with copies of the last frame (as Qwen-VL's
+    processors and the torch reference do); unchanged when temporal_patch is 1."""
+    x = np.ascontiguousarray(pixels, dtype=np.float32)
+    short = -len(x) % temporal_patch
+    return np.concatenate([x, np.repeat(x[-1:], short, axis=0)]) if short else x
+
+
+def step_positions(backbone, length: int, rope_delta: int, n_new: int, positions) -> tuple[np.ndarray, int]:
+    """The position ids an exported decoder is fed for n_new inputs after `length` cached positions, and the
+    sequence's new rope_delta (as the torch backend keeps it). 1-D backbones: (1, L) = length..length+L-1 and
+    `positions` must be None. M-RoPE: (3, L), the given (3, L) ids or else the next L positions on every axis
+    after the offset the last positioned step left (a generated token continues after the prompt's maximum)."""
+    if not backbone.mrope:
+        if positions is not None:
+            raise UserError(f"{backbone.label} takes 1-D positions: step() got (3, L) M-RoPE position ids")
+        return np.arange(length, length + n_new, dtype=np.int64)[None], rope_delta
+    if positions is None:
+        start = length + rope_delta
+        return np.ascontiguousarray(np.broadcast_to(np.arange(start, start + n_new, dtype=np.int64), (3, n_new))), \
+            rope_delta
+    pos = np.ascontiguousarray(positions, dtype=np.int64)
+    if pos.shape != (3, n_new):
+        raise UserError(f"positions must be (3, {n_new}) M-RoPE ids, got {pos.shape}")
+    return pos, int(pos.max()) + 1 - (length + n_new)
 
 
 def damaged(bundle: str | Path, name: str, e: BaseException) -> UserError:

@@ -1,5 +1,5 @@
 """The commands with a Qwen2.5-VL model directory (the tiny random-weight one, built locally): ingest + ask on the
-torch backend, the backbone in `rlivs doctor`, `rlivs export` refused (not supported yet), odd --frames-per-clip and
+torch backend, the backbone in `rlivs doctor`, `rlivs export` writing a bundle that ingest runs, odd --frames-per-clip and
 model families rlivs does not run refused with the fix."""
 
 import json
@@ -46,11 +46,20 @@ def test_doctor_names_the_backbone(qwen_dir):
     assert r.exit_code == 0 and b["backbone"] == "Qwen2.5-VL" and b["name"] == "torch"
 
 
-def test_export_refuses_qwen_before_writing_anything(tmp_path, qwen_dir):
+def test_export_writes_a_qwen_bundle_that_ingest_runs(sample_video, tmp_path, qwen_dir):
+    """`rlivs export --model <qwen dir>`: the bundle names its backbone; ingest runs it on ONNX Runtime (its parity
+    with the torch reference: tests/parity/test_qwen_onnx.py)."""
     r = _run("export", "--model", qwen_dir, "--out", tmp_path / "b")
-    assert r.exit_code == 2
-    assert "rlivs export does not support Qwen2.5-VL yet" in " ".join(r.output.split())
-    assert not (tmp_path / "b").exists()
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "backbone: Qwen2.5-VL (qwen2_5_vl)" in text and "ONNX Runtime vs torch" in text
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["backbone"] == "qwen2_5_vl" and manifest["temporal_patch"] == 2
+    r = _run("ingest", sample_video, "--db", tmp_path / "m.db", "--bundle", tmp_path / "b", *INGEST, "--max-clips",
+             "2", "--json")
+    assert r.exit_code == 0, r.output
+    clips = [json.loads(x) for x in r.output.strip().splitlines() if x.startswith("{")]
+    assert [c["clip"] for c in clips] == [0, 1] and all(c["caption"] for c in clips)
 
 
 def test_a_model_family_rlivs_does_not_run_is_refused(sample_video, tmp_path, qwen_dir):

@@ -31,7 +31,7 @@ def test_qwen_groups_frames_in_pairs():
     with pytest.raises(UserError, match="must be even, got 15; use --frames-per-clip 16"):
         b.check_frames(15)
     assert b.groups(16) == 8 and b.groups(3) == 2 and b.clip_tokens(16, 256) == 2048  # 16 frames at 448 px
-    assert not b.newline and not b.exportable
+    assert not b.newline and b.exportable  # ONNX / TensorRT bundles: tests/parity/test_qwen_onnx.py
 
 
 def _text(start, n):

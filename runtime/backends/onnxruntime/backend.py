@@ -15,7 +15,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ..base import Backend, BatchState, DecodeState, MergedBatch, StepOutput, check_step_batch
-from ..bundle import Manifest, damaged, load_manifest, load_tables, installed_onnxruntime, onnxruntime_gap
+from ..bundle import (Manifest, bundle_backbone, damaged, group_frames, load_manifest, load_tables,
+                      installed_onnxruntime, onnxruntime_gap, step_positions)
 from ..kv_arena import Arena, ArenaPool
 from rlivs.runtime.errors import UserError
 
@@ -58,6 +59,7 @@ class OrtState(DecodeState):
     values: ort.OrtValue | None = None  # stacked: (N, H_kv, K, Dh)
     arena: Arena | None = None  # arena: (K_max, N, 2, H_kv, Dh) buffer whose first K rows are the cache
     length: int = 0  # K
+    rope_delta: int = 0  # M-RoPE: position id of cache slot k is k + rope_delta after a positioned step
 
 
 class OrtBatch(MergedBatch):
@@ -107,6 +109,7 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.info, self.kv = m.info(self.bundle)
+        self.backbone = bundle_backbone(self.bundle, m)  # positions (M-RoPE) and frame grouping (engine.backbone_of)
         self.kv_shape = (self.kv.layers, self.kv.kv_heads, self.kv.head_dim)  # (N, H_kv, Dh)
         self.vision = self._session("vision.onnx", opts, providers)
         self.decoder = self._session("decoder.onnx", opts, providers)
@@ -157,10 +160,11 @@ class OrtBackend(Backend):
                                     f"from one export or re-export it")
 
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(pixels, dtype=np.float32)  # (T, 3, H, W)
-        parts = [self.vision.run(["visual_tokens"], {"pixel_values": x[i:i + self.vision_chunk]})[0]
-                 for i in range(0, len(x), self.vision_chunk)]  # (t, P, D) each
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (T, P, D)
+        x = group_frames(pixels, self.info.temporal_patch)  # (T, 3, H, W), T a whole number of token groups
+        step = self.vision_chunk * self.info.temporal_patch  # frames per run: whole groups
+        parts = [self.vision.run(["visual_tokens"], {"pixel_values": x[i:i + step]})[0]
+                 for i in range(0, len(x), step)]  # (g, P, D) each
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (G, P, D): G = T for LLaVA-OV
 
     def image_newline(self) -> np.ndarray:
         return self.newline
@@ -179,21 +183,26 @@ class OrtBackend(Backend):
             state.values = ort.OrtValue.ortvalue_from_numpy(empty, self.device)
         return state
 
-    def step(self, embeds: np.ndarray, state: OrtState, probe_rows: int = 1) -> StepOutput:
+    def step(self, embeds: np.ndarray, state: OrtState, probe_rows: int = 1,
+             positions: np.ndarray | None = None) -> StepOutput:
+        """Backend.step; `positions`: (3, L) M-RoPE ids of these inputs (M-RoPE bundles; default: the next L
+        positions after the offset the last positioned step left, on every axis), as the torch backend's."""
         if probe_rows > 1:
             raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
         self.kv.check_room(state.length, len(embeds))  # before anything is written
+        pos, state.rope_delta = step_positions(self.backbone, state.length, state.rope_delta, len(embeds), positions)
         starts = range(0, max(len(embeds), 1), self.prefill_chunk)
         for i in starts[:-1]:  # every chunk but the last only extends the cache
-            self._run(embeds[i:i + self.prefill_chunk], state, 0)
-        return self._run(embeds[starts[-1]:], state, probe_rows)  # the last: logits and probe row of the last position
+            self._run(embeds[i:i + self.prefill_chunk], pos[:, i:i + self.prefill_chunk], state, 0)
+        i = starts[-1]
+        return self._run(embeds[i:], pos[:, i:], state, probe_rows)  # the last: logits and probe row of the last position
 
-    def _run(self, embeds: np.ndarray, state: OrtState, probe_rows: int) -> StepOutput:
-        """One decoder run over L new positions (L <= prefill_chunk, or a decode step)."""
+    def _run(self, embeds: np.ndarray, pos: np.ndarray, state: OrtState, probe_rows: int) -> StepOutput:
+        """One decoder run over L new positions (L <= prefill_chunk, or a decode step); pos (1, L) or (3, L)."""
         x = np.ascontiguousarray(embeds, dtype=np.float32)[None]  # (1, L, D)
         n_new = x.shape[1]
         self.kv.check_room(state.length, n_new)
-        pos = np.arange(state.length, state.length + n_new, dtype=np.int64)[None]  # (1, L)
+        pos = np.ascontiguousarray(pos)
         io = self.decoder.io_binding()
         io.bind_cpu_input("inputs_embeds", x)
         io.bind_cpu_input("position_ids", pos)

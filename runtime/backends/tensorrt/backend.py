@@ -1,7 +1,9 @@
 """TensorRT execution of a bundle's engines (built by `rlivs build-engines`), with neither torch nor ONNX Runtime.
 
   vision.engine   pixel_values (F, 3, H, W) f32 -> visual_tokens (F, P, D) f32            F <= max_frames
-  decoder.engine  inputs_embeds (1, L, D) f32, position_ids (1, L) i64, past_kv (K, N, 2, H_kv, Dh)
+                  (Qwen2.5-VL: F = 2 * groups frames -> (groups, P, D); a short last group repeats its last frame)
+  decoder.engine  inputs_embeds (1, L, D) f32, position_ids (1, L) i64 (M-RoPE backbones: (3, L), computed by the
+                  runtime's backbone), past_kv (K, N, 2, H_kv, Dh)
                -> logits (1, V) f32, new_kv (L, N, 2, H_kv, Dh), probe_attn (1, K + L) f32
                   profile "prefill" (L >= 1) and "decode" (L = 1), picked per step by L
 
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base import Backend, BatchState, DecodeState, MergedBatch, StepOutput, check_step_batch
-from ..bundle import Manifest, load_manifest, load_tables
+from ..bundle import Manifest, bundle_backbone, group_frames, load_manifest, load_tables, step_positions
 from ..kv_arena import ALIGN, Arena, ArenaPool
 from . import compat
 from .device import DeviceBuffer, Stream
@@ -104,6 +106,7 @@ class _Engine:
 class TrtState(DecodeState):
     arena: Arena | None = None  # (max_context, N, 2, H_kv, Dh) on the device; the first `length` rows are the cache
     length: int = 0  # K
+    rope_delta: int = 0  # M-RoPE: position id of cache slot k is k + rope_delta after a positioned step
 
 
 class TrtBatch(MergedBatch):
@@ -138,13 +141,15 @@ class TrtBackend(Backend):
         self.bundle = Path(bundle)
         m = manifest or load_manifest(self.bundle)
         self.info, self.kv = m.info(self.bundle)
+        self.backbone = bundle_backbone(self.bundle, m)  # positions (M-RoPE) and frame grouping (engine.backbone_of)
         if self.kv.layout != "arena":
             raise UserError(f"{self.bundle} was not exported for TensorRT (its KV cache layout is {self.kv.layout}): "
                             f"re-export with rlivs export --target tensorrt, then rlivs build-engines")
         entry = check_engine_entry(self.bundle, m, current_env(trt.__version__, device))  # else: rebuild
         fix = f"rebuild the engines with rlivs build-engines --bundle {self.bundle}"
         self.max_context = min(int(entry["max_context"]), self.kv.max_context)
-        self.max_frames = int(entry["max_frames"])
+        self.max_frames = int(entry["max_frames"])  # a multiple of the temporal patch (build-engines checks)
+        self.axes = 3 if self.backbone.mrope else 1  # rows of position_ids: (3, L) M-RoPE ids or (1, L)
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
         self.stream = Stream()
@@ -161,7 +166,7 @@ class TrtBackend(Backend):
         b = self.max_batch  # B_max sequences per step (1 without a batched decoder)
         self.buf = {  # device buffers sized for the largest step the profiles accept
             "inputs_embeds": DeviceBuffer(b * self.max_context * d * 4),
-            "position_ids": DeviceBuffer(b * self.max_context * 8),
+            "position_ids": DeviceBuffer(b * self.axes * self.max_context * 8),
             "logits": DeviceBuffer(b * v * 4), "probe_attn": DeviceBuffer(b * self.max_context * 4),
             "pixel_values": DeviceBuffer(self.max_frames * 3 * h * w * 4),
             "visual_tokens": DeviceBuffer(self.max_frames * p * d * 4)}
@@ -189,10 +194,11 @@ class TrtBackend(Backend):
         return buf, buf.ptr
 
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(pixels, dtype=np.float32)  # (T, 3, H, W)
-        out = np.empty((x.shape[0], self.info.tokens_per_frame, self.info.hidden_size), np.float32)  # (T, P, D)
+        tp = self.info.temporal_patch  # frames per token group
+        x = group_frames(pixels, tp)  # (T, 3, H, W), whole groups
+        out = np.empty((x.shape[0] // tp, self.info.tokens_per_frame, self.info.hidden_size), np.float32)  # (G, P, D)
         for a in range(0, x.shape[0], self.max_frames):  # the vision profile takes up to max_frames at once
-            chunk, dst = x[a: a + self.max_frames], out[a: a + self.max_frames]
+            chunk, dst = x[a: a + self.max_frames], out[a // tp: (a + self.max_frames) // tp]
             self.stream.to_device(self.buf["pixel_values"].ptr, chunk)
             self.vision.run(self.stream, {"pixel_values": chunk.shape},
                             {"pixel_values": self.buf["pixel_values"].ptr, "visual_tokens": self.buf["visual_tokens"].ptr})
@@ -211,13 +217,16 @@ class TrtBackend(Backend):
         state.arena = self.pool.acquire(state)
         return state
 
-    def step(self, embeds: np.ndarray, state: TrtState, probe_rows: int = 1) -> StepOutput:
+    def step(self, embeds: np.ndarray, state: TrtState, probe_rows: int = 1,
+             positions: np.ndarray | None = None) -> StepOutput:
+        """Backend.step; `positions`: (3, L) M-RoPE ids (M-RoPE bundles), as the torch and ONNX Runtime backends'."""
         if probe_rows > 1:
             raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
         x = np.ascontiguousarray(embeds, dtype=np.float32)[None]  # (1, L, D)
         n_new, k = x.shape[1], state.length
         self.kv.check_room(k, n_new)
-        pos = np.arange(k, k + n_new, dtype=np.int64)[None]  # (1, L); host arrays live until the synchronize below
+        # (1, L), or (3, L) M-RoPE ids; host arrays live until the synchronize below
+        pos, rope_delta = step_positions(self.backbone, k, state.rope_delta, n_new, positions)
         self.stream.to_device(self.buf["inputs_embeds"].ptr, x)
         self.stream.to_device(self.buf["position_ids"].ptr, pos)
         past_at, new_at = self.kv.offsets(k)
@@ -238,7 +247,7 @@ class TrtBackend(Backend):
         logits = self.stream.to_host(self.host_logits[: self.info.vocab_size], self.buf["logits"].ptr)  # (V,)
         probe = self.stream.to_host(self.host_probe[: k + n_new], self.buf["probe_attn"].ptr) if probe_rows else None
         self.stream.synchronize()
-        state.length += n_new
+        state.length, state.rope_delta = state.length + n_new, rope_delta
         return StepOutput(logits=logits.copy(), probe_attn=None if probe is None else probe.copy()[None])
 
     # ---- batched steps (engines of a bundle exported with --batch) -------------------------------------------
