@@ -116,7 +116,8 @@ def _load(args):
         import torch
         from rlivs.runtime.backends.torch.tiny_qwen import random_model_in_memory
 
-        model_dir, model = random_model_in_memory(IN_MEMORY[args.model], getattr(torch, args.dtype))
+        model_dir, model = random_model_in_memory(IN_MEMORY[args.model], getattr(torch, args.dtype),
+                                                  device=args.device)  # initialised where it runs
         be = TorchBackend(model=model, model_id=args.model, **kw)
     else:
         model_dir, model_id = resolve_model(args.model)

@@ -200,10 +200,11 @@ def build_qwen_model_dir(out: Path, seed: int, size: str, recipe: int, weights: 
     return out
 
 
-def random_model_in_memory(size: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+def random_model_in_memory(size: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0, device: str = "cpu"):
     """(weight-free model directory, random-weight model built in memory in `dtype`) for a real-size Qwen shape
     (e.g. qwen2.5-vl-3b: 3.75 B parameters, 15 GB in float32 on disk; built straight in bfloat16 it needs 7.5 GB
-    of memory and nothing on disk). The directory (config, tokenizer, template, preprocessor) is cached."""
+    of memory and nothing on disk; `device`: where the weights are created and initialised, e.g. straight on the
+    GPU). The directory (config, tokenizer, template, preprocessor) is cached."""
     from .tiny import RECIPE_VERSION, default_cache_dir
 
     target = default_cache_dir() / "models" / f"{size}-noweights-r{RECIPE_VERSION}-s{seed}"
@@ -214,7 +215,8 @@ def random_model_in_memory(size: str, dtype: torch.dtype = torch.bfloat16, seed:
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # parameters are created (and initialised) in dtype: no float32 copy
     try:
-        model = MODEL_CLASS[type(config)](config).eval()
+        with torch.device(device):
+            model = MODEL_CLASS[type(config)](config).eval()
     finally:
         torch.set_default_dtype(old)
     return target, model
