@@ -217,7 +217,6 @@ class Qwen3VL(Qwen25VL):
     model_types = ("qwen3_vl",)
     architectures = ("Qwen3VLForConditionalGeneration",)
     deepstack, text_in_video = True, True
-    default_side = QWEN3_FRAME_SIDE
 
     def frame_size(self, config: dict, preprocessor: dict) -> tuple[int, int]:
         vc = config.get("vision_config", {})
