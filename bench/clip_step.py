@@ -18,6 +18,8 @@ then greedy through `pipeline.answer` with --answer-tokens new tokens; and the s
     python bench/clip_step.py --model tiny
     python bench/clip_step.py --model random-0.5b --frames 4 --fifo-tokens 784 --caption-tokens 8
     python bench/clip_step.py --model random-0.5b --device cuda --dtype float16 --variants torch,torch_fast
+    python bench/clip_step.py --model random-0.5b,random-qwen2.5-vl-3b --dtype bfloat16 --variants torch \
+        --frames 4 --fifo-clips 2 --caption-tokens 4 --answer-tokens 0     # LLaVA-OV-0.5B next to Qwen2.5-VL-3B
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import numpy as np
 
 VARIANTS = ("naive", "torch", "torch_fast", "ort", "ort_noprobe", "ort_arena")
 TORCH_VARIANTS = ("naive", "torch", "torch_fast")
+# real-size Qwen shapes built in memory with random weights in --dtype (3.75 B parameters would be 15 GB on disk)
+IN_MEMORY = {"random-qwen2.5-vl-3b": "qwen2.5-vl-3b"}
 # The issue's targets for the fast path, random-0.5b on an H100
 TARGETS = {"realtime_x_min": 100.0, "answer_s_max": 0.150, "peak_gpu_bytes_max": 3e9}
 _WORDS = ("a person walks toward the red door then picks up a small blue box from the table while the camera "
@@ -105,11 +109,19 @@ def _load(args):
     from rlivs.runtime.engine import Engine
     from rlivs.runtime.text import TextCodec
 
-    model_dir, model_id = resolve_model(args.model)
     fast = args.variant == "torch_fast"
-    be = TorchBackend(model_dir, model_id=model_id, device=args.device, dtype=args.dtype, threads=args.threads,
-                      cache="static" if fast else "dynamic", max_context=args.max_context,
-                      cuda_graph=None if fast else False)
+    kw = dict(device=args.device, dtype=args.dtype, threads=args.threads, cache="static" if fast else "dynamic",
+              max_context=args.max_context, cuda_graph=None if fast else False)
+    if args.model in IN_MEMORY:  # real-size Qwen shapes: random weights built in memory in --dtype, none on disk
+        import torch
+        from rlivs.runtime.backends.torch.tiny_qwen import random_model_in_memory
+
+        model_dir, model = random_model_in_memory(IN_MEMORY[args.model], getattr(torch, args.dtype),
+                                                  device=args.device)  # initialised where it runs
+        be = TorchBackend(model=model, model_id=args.model, **kw)
+    else:
+        model_dir, model_id = resolve_model(args.model)
+        be = TorchBackend(model_dir, model_id=model_id, **kw)
     return Engine(be, TextCodec(model_dir), FramePreprocessor.from_model_dir(model_dir), PipelineConfig())
 
 
@@ -232,7 +244,10 @@ def worker(args) -> dict:
         if answers:
             _answer(engine, args, sync)
     t, selected, n_ctx = _clip(engine, args, sync)
+    info = be.info
     result = {"variant": args.variant, "context_tokens": n_ctx, "stages_s": t, "selected": selected,
+              "backbone": engine.backbone.name, "tokens_per_group": info.tokens_per_frame,
+              "clip_tokens": engine.backbone.clip_tokens(args.frames, info.tokens_per_frame),
               "realtime_x": args.frames / t["clip"],  # video seconds (1 fps) per wall second
               "answer": _answer(engine, args, sync) if answers else None, "warmup_passes": warmup,
               "cuda_graph": getattr(be, "cuda_graph", None), "graph_error": getattr(be, "graph_error", None)}
@@ -243,6 +258,34 @@ def worker(args) -> dict:
                "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20, "device": torch.cuda.get_device_name()}
     result.update({"peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": gpu and gpu["max_allocated_mib"], "gpu": gpu})
     return result
+
+
+def clip_tokens(model: str, frames: int) -> int:
+    """Visual tokens of a clip of `frames` frames for a model, from its config alone (no weights loaded)."""
+    from rlivs.runtime.backbones import backbone_for_config
+
+    if model in IN_MEMORY:
+        from rlivs.runtime.backends.torch.tiny import RECIPE_VERSION, default_cache_dir
+        from rlivs.runtime.backends.torch.tiny_qwen import build_qwen_model_dir
+
+        model_dir = default_cache_dir() / "models" / f"{IN_MEMORY[model]}-noweights-r{RECIPE_VERSION}-s0"
+        if not (model_dir / "rlivs_random_model.json").exists():
+            build_qwen_model_dir(model_dir, 0, IN_MEMORY[model], RECIPE_VERSION, weights=False)
+    else:
+        from rlivs.runtime.models import resolve_model
+
+        model_dir = resolve_model(model)[0]
+    config = json.loads((model_dir / "config.json").read_text())
+    backbone, vc = backbone_for_config(config), config["vision_config"]
+    if backbone.mrope:  # Qwen-VL: (H / (patch * merge)) x (W / (patch * merge)) merged tokens per temporal patch
+        pre = model_dir / "preprocessor_config.json"
+        h, w = backbone.frame_size(config, json.loads(pre.read_text()) if pre.is_file() else {})
+        unit = vc["patch_size"] * vc.get("spatial_merge_size", 2)
+        per_group = (h // unit) * (w // unit)
+    else:
+        side = (vc["image_size"] // vc["patch_size"] + 1) // 2  # LLaVA-OV: 2x2 pooling, ceil
+        per_group = side * side
+    return backbone.clip_tokens(frames, per_group)
 
 
 def peak_rss_mib() -> float:
@@ -279,10 +322,13 @@ def ensure_bundle(model: str, bundle: Path | None, arena: bool = False) -> Path:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="tiny | random-0.5b | an HF directory")
+    p.add_argument("--model", default="tiny", help="tiny | random-0.5b | random-qwen2.5-vl-3b | an HF directory; "
+                                                   "comma-separated: each in turn, in one run")
     p.add_argument("--bundle", type=Path, default=None, help="its exported bundle (default: export into the cache)")
     p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--fifo-tokens", type=int, default=None, help="FIFO prefix length (default: 16 clips' worth)")
+    p.add_argument("--fifo-tokens", type=int, default=None,
+                   help="FIFO prefix length (default: --fifo-clips clips of the default kept fraction)")
+    p.add_argument("--fifo-clips", type=int, default=16, help="FIFO clips when --fifo-tokens is not given")
     p.add_argument("--caption-tokens", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
@@ -304,12 +350,24 @@ def main():
         sys.exit(f"unknown variant(s) {bad}: choose from {', '.join(VARIANTS)}")
     if any(v.startswith("ort") for v in variants):
         args.bundle = ensure_bundle(args.model, args.bundle, arena="ort_arena" in variants)
-    if args.fifo_tokens is None:
-        from rlivs.runtime.models import resolve_model
+    models = args.model.split(",")
+    if len(models) > 1:  # several models in one run, one after the other: {"models": {model: its summary}}
+        out = {}
+        for m in models:
+            sub = [a for a in sys.argv[1:]]
+            sub[sub.index("--model") + 1] = m
+            p = subprocess.run([sys.executable, __file__, *sub], capture_output=True, text=True)
+            sys.stderr.write(p.stderr)
+            if p.returncode:
+                sys.exit(f"{m} failed (exit {p.returncode})")
+            out[m] = json.loads(p.stdout.strip().splitlines()[-1])
+        print(json.dumps({"models": out}))
+        return
+    full_clip = clip_tokens(args.model, 16)  # tokens of a full 16-frame clip (the paper's clip)
+    if args.fifo_tokens is None:  # --fifo-clips clips of the default kept fraction of a 16-frame clip
+        from rlivs.runtime.config import SelectionConfig
 
-        vc = json.loads((resolve_model(args.model)[0] / "config.json").read_text())["vision_config"]
-        side = (vc["image_size"] // vc["patch_size"] + 1) // 2  # 2x2 pooling, ceil
-        args.fifo_tokens = 16 * round(0.0625 * 16 * side * side)  # 16 clips of 6.25% of 16 frames
+        args.fifo_tokens = args.fifo_clips * SelectionConfig().n_keep(full_clip)
     runs = {}
     for v in variants:
         cmd = [sys.executable, __file__, "--model", args.model, "--frames", str(args.frames), "--fifo-tokens",
@@ -331,7 +389,9 @@ def main():
     ref = runs.get("torch") or next(iter(runs.values()))
     keys = ("stages_s", "realtime_x", "answer", "peak_rss_mib", "peak_gpu_mib", "gpu", "warmup_passes", "cuda_graph",
             "graph_error")
-    summary = {"model": args.model, "frames": args.frames, "fifo_tokens": args.fifo_tokens,
+    summary = {"model": args.model, "backbone": ref["backbone"], "frames": args.frames, "fifo_tokens": args.fifo_tokens,
+               "tokens_per_group": ref["tokens_per_group"], "clip_tokens": ref["clip_tokens"],
+               "clip_tokens_16_frames": full_clip,
                "caption_tokens": args.caption_tokens, "device": args.device, "dtype": args.dtype,
                "max_context": args.max_context, "context_tokens": ref["context_tokens"],
                "variants": {v: {k: r.get(k) for k in keys} for v, r in runs.items()}}

@@ -46,6 +46,7 @@ class ClipOutput:
     steps: int  # decoder steps run (1 prefill + decode steps): the scored query rows
     timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, prefill, decode, select
     positions: np.ndarray | None = None  # (3, S) M-RoPE ids of the context (None: 1-D, 0..S-1)
+    deepstack: np.ndarray | None = None  # (K, N, D) the kept tokens' DeepStack features (Qwen3-VL; else None)
 
 
 @dataclass
@@ -102,15 +103,63 @@ class Engine:
         """(D,) retrieval vector of a token sequence."""
         return text_vector(self.backend.embed_tokens(np.asarray(ids, dtype=np.int64)))
 
+    def caption_layout(self, fifo_tokens: np.ndarray, visual: np.ndarray, index: int,
+                       fifo_clips: list[FifoClip] | None, n_frames: int | None = None,
+                       deepstack: np.ndarray | None = None):
+        """For a backbone with text between its token groups (Qwen3-VL, `Backbone.layout`): -> (context (S, D),
+        visual columns (N_V,) int, positions (3, S), deepstack step argument or None). `deepstack`: the clip's
+        (K, G, P, D) features; each FIFO clip brings its own (`FifoClip.deepstack`; zeros where it has none)."""
+        c, info, d = self.config, self.backend.info, visual.shape[-1]
+        fifo_clips = self._fifo_clips(fifo_tokens, fifo_clips)
+        segments, positions = self.backbone.layout(
+            len(self.caption_prefix), fifo_clips, index, visual.shape[0], info.grid, len(self.caption_suffix),
+            fps=c.clip.fps, frames_per_clip=c.clip.frames_per_clip, encode=self.text.encode, mode=c.fifo.positions,
+            n_frames=n_frames or visual.shape[0] * self.backbone.temporal_patch)
+        clip = visual.reshape(-1, d)
+        texts = np.concatenate([np.concatenate([s.before, s.after]) for s in segments] or [np.zeros(0, np.int64)])
+        emb = self.backend.embed_tokens(texts.astype(np.int64)) if len(texts) else np.zeros((0, d), np.float32)
+        parts, cols, fifo_cols, clip_cols, at, k = [self.caption_prefix], [], [], [], len(self.caption_prefix), 0
+        for s in segments:
+            a, b = len(s.before), len(s.after)
+            tokens = (fifo_tokens if s.source == "fifo" else clip)[s.idx]
+            parts += [emb[k:k + a], tokens, emb[k + a:k + a + b]]
+            rows = np.arange(at + a, at + a + len(s.idx))
+            (fifo_cols if s.source == "fifo" else clip_cols).append((rows, s.idx))
+            at, k = at + a + len(s.idx) + b, k + a + b
+        parts.append(self.caption_suffix)
+        context = np.concatenate(parts).astype(np.float32, copy=False)
+        columns = np.concatenate([r for r, _ in clip_cols]) if clip_cols else np.zeros(0, np.int64)
+        ds = None
+        if deepstack is not None:
+            n_k = deepstack.shape[0]
+            fifo_ds = np.zeros((n_k, len(fifo_tokens), d), np.float32)
+            at = 0
+            for f in fifo_clips:
+                if f.deepstack is not None and f.deepstack.shape == (n_k, f.n, d):
+                    fifo_ds[:, at:at + f.n] = f.deepstack
+                at += f.n
+            clip_ds = deepstack.reshape(n_k, -1, d)
+            rows = [r for r, _ in fifo_cols + clip_cols]
+            feats = [fifo_ds[:, i] for _, i in fifo_cols] + [clip_ds[:, i] for _, i in clip_cols]
+            ds = (np.concatenate(rows), np.concatenate(feats, axis=1)) if rows else None
+        return context, columns, positions, ds
+
+    @staticmethod
+    def _fifo_clips(fifo_tokens: np.ndarray, fifo_clips: list[FifoClip] | None) -> list[FifoClip]:
+        if fifo_clips is None or sum(f.n for f in fifo_clips) != len(fifo_tokens):
+            return [FifoClip(-1, len(fifo_tokens), None)] if len(fifo_tokens) else []
+        return fifo_clips
+
     def caption_positions(self, fifo_tokens: np.ndarray, visual: np.ndarray, index: int,
                           fifo_clips: list[FifoClip] | None) -> np.ndarray | None:
         """(3, S) M-RoPE ids of the caption context, or None for a 1-D backbone. `fifo_clips` (oldest first) say
         where the FIFO tokens came from; without them (or for a FIFO of pooled tokens) they are sequential."""
         if not self.backbone.mrope:
             return None
+        if self.backbone.text_in_video:
+            return self.caption_layout(fifo_tokens, visual, index, fifo_clips)[2]
         c, info = self.config, self.backend.info
-        if fifo_clips is None or sum(f.n for f in fifo_clips) != len(fifo_tokens):
-            fifo_clips = [FifoClip(-1, len(fifo_tokens), None)] if len(fifo_tokens) else []
+        fifo_clips = self._fifo_clips(fifo_tokens, fifo_clips)
         return self.backbone.positions(len(self.caption_prefix), fifo_clips, index, visual.shape[0],
                                        info.grid, len(self.caption_suffix), fps=c.clip.fps,
                                        frames_per_clip=c.clip.frames_per_clip, mode=c.fifo.positions)
@@ -121,15 +170,23 @@ class Engine:
         (F, D) FIFO in front of them -> caption, scores and the tokens selected for the FIFO. Pure: no I/O.
         `fifo_clips`: where the FIFO tokens came from (M-RoPE backbones position them by it; see backbones)."""
         t = {}
-        # 1. encode: frames -> visual tokens in the LLM's input space
-        visual = self._encode(frames, preprocessed, t)  # (T, P, D)
+        # 1. encode: frames -> visual tokens in the LLM's input space (and DeepStack features, Qwen3-VL)
+        visual, deep = self._encode_video(frames, preprocessed, t)  # (T, P, D), (K, T, P, D) or None
         # 2. caption + score: greedy caption; probe attention to the clip's columns accumulates per step
-        context, columns = self.caption_context(fifo_tokens, visual.reshape(-1, visual.shape[-1]))  # (S, D), N_V cols
-        positions = self.caption_positions(fifo_tokens, visual, index, fifo_clips)  # (3, S) or None (1-D)
+        ds = None
+        if self.backbone.text_in_video:  # Qwen3-VL: timestamps between the token groups
+            context, columns, positions, ds = self.caption_layout(fifo_tokens, visual, index, fifo_clips,
+                                                                  len(frames), deep)
+        else:
+            context, columns = self.caption_context(fifo_tokens, visual.reshape(-1, visual.shape[-1]))  # (S, D)
+            positions = self.caption_positions(fifo_tokens, visual, index, fifo_clips)  # (3, S) or None (1-D)
         gen = greedy(self.backend, context, self.config.caption.max_new_tokens, self.text.eos_ids, columns,
-                     positions=positions)
+                     positions=positions, deepstack=ds)
         # 3. select
-        return self._output(index, visual, context, gen, t, positions)
+        out = self._output(index, visual, context, gen, t, positions)
+        if deep is not None and out.selection.indices is not None:  # the kept tokens' features go with them
+            out.deepstack = np.ascontiguousarray(deep.reshape(deep.shape[0], -1, deep.shape[-1])[:, out.selection.indices])
+        return out
 
     def caption_clips(self, clips: list[ClipInput], *, batch_prefill: bool = False) -> list[ClipOutput]:
         """The clip step for B clips at once (e.g. one per camera, each after its own FIFO): encode each, decode
@@ -148,10 +205,18 @@ class Engine:
 
     def _encode(self, frames: np.ndarray, preprocessed: bool, t: dict) -> np.ndarray:
         """Phase 1: frames -> (T, P, D) visual tokens; t["encode"] = seconds."""
+        return self._encode_video(frames, preprocessed, t)[0]
+
+    def _encode_video(self, frames: np.ndarray, preprocessed: bool, t: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """Phase 1 with DeepStack: -> ((G, P, D) tokens, (K, G, P, D) features or None)."""
         t0 = time.perf_counter()
-        visual = self.backend.encode_frames(frames if preprocessed else self.preprocess(frames))  # (G, P, D)
+        pixels = frames if preprocessed else self.preprocess(frames)
+        if self.backbone.deepstack:
+            visual, deep = self.backend.encode_video(pixels)
+        else:
+            visual, deep = self.backend.encode_frames(pixels), None  # (G, P, D)
         t["encode"] = time.perf_counter() - t0
-        return visual
+        return visual, deep
 
     def _output(self, index: int, visual: np.ndarray, context: np.ndarray, gen, t: dict,
                 positions: np.ndarray | None = None) -> ClipOutput:

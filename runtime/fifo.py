@@ -19,6 +19,7 @@ class TokenFifo:
         self.dim = dim  # D
         self._clips: deque[tuple[int, np.ndarray]] = deque()  # (clip index, (n_i, D)), oldest first
         self._kept: dict[int, np.ndarray] = {}  # clip index -> (n_i,) flat indices of its tokens in its clip, if known
+        self._deep: dict[int, np.ndarray] = {}  # clip index -> (K, n_i, D) its tokens' DeepStack features (Qwen3-VL)
 
     def __len__(self) -> int:
         return len(self._clips)
@@ -34,7 +35,7 @@ class TokenFifo:
     def clips(self) -> list[FifoClip]:
         """Where the FIFO's tokens came from, oldest first (M-RoPE backbones position them by it); None: no token
         indices (pooled tokens)."""
-        return [FifoClip(i, len(t), self._kept.get(i)) for i, t in self._clips]
+        return [FifoClip(i, len(t), self._kept.get(i), self._deep.get(i)) for i, t in self._clips]
 
     def entries(self) -> list[tuple[int, np.ndarray]]:
         return list(self._clips)
@@ -62,22 +63,28 @@ class TokenFifo:
         cap_c, cap_t = self.config.capacity_clips, self.config.capacity_tokens
         return (cap_c is None or cap_c > 0) and (cap_t is None or n_new <= cap_t)
 
-    def push(self, index: int, tokens: np.ndarray, kept: np.ndarray | None = None) -> list[int]:
-        """Add a clip's (n, D) tokens (`kept`: their (n,) flat indices in the clip, None if pooled); returns the
-        clip indices evicted."""
+    def push(self, index: int, tokens: np.ndarray, kept: np.ndarray | None = None,
+             deepstack: np.ndarray | None = None) -> list[int]:
+        """Add a clip's (n, D) tokens (`kept`: their (n,) flat indices in the clip, None if pooled; `deepstack`:
+        their (K, n, D) DeepStack features, Qwen3-VL); returns the clip indices evicted."""
         if tokens.ndim != 2 or tokens.shape[1] != self.dim:
             raise UserError(f"FIFO tokens must be (n, {self.dim}), got {tokens.shape}")
         evicted = self.evictions(len(tokens))
         for _ in evicted:
-            self._kept.pop(self._clips.popleft()[0], None)
+            gone = self._clips.popleft()[0]
+            self._kept.pop(gone, None)
+            self._deep.pop(gone, None)
         if self.admits(len(tokens)):
             self._clips.append((index, tokens))
             if kept is not None and len(kept) == len(tokens):
                 self._kept[index] = np.asarray(kept, dtype=np.int64)
+            if deepstack is not None and deepstack.ndim == 3 and deepstack.shape[1:] == tokens.shape:
+                self._deep[index] = deepstack
         return evicted
 
     def restore(self, entries: list[tuple[int, np.ndarray]], kept: dict[int, np.ndarray] | None = None) -> None:
         """Reload the state saved in memory (oldest first); `kept`: clip index -> its tokens' flat indices."""
         self._clips = deque((int(i), np.asarray(t)) for i, t in entries)
+        self._deep = {}  # not stored in the memory: a restored FIFO's tokens are fed without DeepStack features
         self._kept = {i: np.asarray(k, dtype=np.int64) for i, k in (kept or {}).items()
                       if any(j == i and len(t) == len(k) for j, t in self._clips)}

@@ -22,7 +22,8 @@ class Generation:
 
 
 def greedy(backend: Backend, context: np.ndarray, max_new_tokens: int, eos_ids, columns: slice | None = None,
-           on_token: Callable[[int], None] | None = None, positions: np.ndarray | None = None) -> Generation:
+           on_token: Callable[[int], None] | None = None, positions: np.ndarray | None = None,
+           deepstack: tuple[np.ndarray, np.ndarray] | None = None) -> Generation:
     """Greedy continuation of (S, D) context embeddings.
 
     With `columns`, every decoder step's query row (the last prompt token at prefill, then each
@@ -30,12 +31,16 @@ def greedy(backend: Backend, context: np.ndarray, max_new_tokens: int, eos_ids, 
     the attention behind every caption token, at no extra forward pass. The final token is never
     fed back (nothing is generated after it), as in HF `generate`. `on_token(id)` is called with each generated
     token as soon as it is chosen (EOS excluded): answers stream through it. `positions`: (3, S) M-RoPE ids of the
-    context (None: 1-D); generated tokens continue after their maximum (the backend keeps the offset).
+    context (None: 1-D); generated tokens continue after their maximum (the backend keeps the offset). `columns`
+    may also be an index array (a context with text between its visual tokens, Qwen3-VL). `deepstack`: ((n,) visual
+    context rows, (K, n, D) their DeepStack features), given to the prefill (DeepStack backbones).
     """
     rows = 1 if columns is not None else 0
     state = backend.new_state()
     t0 = time.perf_counter()
     extra = {} if positions is None else {"positions": positions}  # 1-D backends take no positions
+    if deepstack is not None:
+        extra["deepstack"] = deepstack
     out = backend.step(context, state, probe_rows=rows, **extra)  # prefill
     prefill_s = time.perf_counter() - t0
     scores = out.probe_attn[0, columns].astype(np.float64) if rows else None  # (C,)

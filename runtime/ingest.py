@@ -133,7 +133,7 @@ class StreamIngestor:
         if self.gate is not None:  # the new reference, committed with the clip (applied after the commit)
             scene = self.gate.reference(clip.index, clip.t_end)
         self.memory.commit_clip(record, fifo_rows, evict=self.fifo.evictions(len(tokens)), scene=scene)
-        self.fifo.push(clip.index, tokens, kept)
+        self.fifo.push(clip.index, tokens, kept, deepstack=getattr(out, "deepstack", None))
         if scene is not None:
             self.gate.ref = scene
         self.next_index = clip.index + 1

@@ -15,7 +15,8 @@ log = logging.getLogger("rlivs.models")
 TINY = "tiny"
 RANDOM_MODELS = {"tiny": "tiny", "tiny-gqa": "tiny-gqa", "random-0.5b": "0.5b",  # name -> size; random weights,
                  "tiny-qwen": "tiny-qwen", "tiny-qwen-gqa": "tiny-qwen-gqa",  # built locally (Qwen2.5-VL: tiny_qwen.py)
-                 "random-qwen2.5-vl-3b": "qwen2.5-vl-3b"}
+                 "random-qwen2.5-vl-3b": "qwen2.5-vl-3b",
+                 "tiny-qwen3": "tiny-qwen3", "tiny-qwen3-gqa": "tiny-qwen3-gqa"}  # Qwen3-VL (tiny_qwen.py)
 
 
 VALID_MODELS = ("'tiny', 'random-0.5b', 'tiny-qwen' (random weights, built locally), a local HF-format directory "

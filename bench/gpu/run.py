@@ -5,6 +5,9 @@ Stages, each timed and written to OUT/gpu_run.json as soon as it ends (a run cut
   env        Python, torch, CUDA device, and which transformers is imported (the carried one, not the image's)
   gpu_tests  the `gpu`-marked tests (tests/gpu), counted from their JUnit XML
   build      the random-weight models, built locally (random-0.5b: the real 0.5B shapes)
+  qwen       bench/clip_step.py at the first dtype, torch (dynamic cache: M-RoPE has no static cache yet), LLaVA-OV-0.5B
+             next to Qwen2.5-VL-3B (real shapes, random weights built in memory) in one run: encode, prefill, decode
+             per token, peak GPU memory, tokens per clip and FIFO size for both (--small: tiny next to tiny-qwen)
   parity     per model: the torch backend on the device against the CPU float32 reference (dynamic cache, TF32 off:
              captions, clip scores, selections), the static cache + CUDA graph in float32, and float16 / bfloat16 on
              the fast path; for random-0.5b also at the paper's context against the float32 reference on the device
@@ -236,6 +239,26 @@ def bench_stage(args, dtype: str, timeout: float) -> dict:
             "torch_fast_vs_torch": s.get("torch_fast_vs_torch"), "targets": s.get("torch_fast_targets")}
 
 
+def qwen_stage(args, dtype: str, timeout: float) -> dict:
+    """LLaVA-OV-0.5B next to Qwen2.5-VL-3B, one 16-frame clip after a full FIFO (16 clips of the kept fraction),
+    64 caption tokens; --small: tiny next to tiny-qwen, 4 frames, 8 tokens."""
+    models = "tiny,tiny-qwen" if args.small else "random-0.5b,random-qwen2.5-vl-3b"
+    cmd = [sys.executable, str(ROOT / "bench" / "clip_step.py"), "--model", models, "--device", args.device,
+           "--dtype", dtype, "--variants", "torch", "--answer-tokens", "0"]
+    cmd += ["--frames", "4", "--fifo-clips", "2", "--caption-tokens", "8"] if args.small else \
+        ["--frames", "16", "--caption-tokens", "64"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if p.returncode:
+        return {"error": f"clip_step.py exited {p.returncode}", "stderr": p.stderr[-3000:], "command": " ".join(cmd)}
+    s = json.loads(p.stdout.strip().splitlines()[-1])["models"]
+    keep = ("backbone", "frames", "clip_tokens", "clip_tokens_16_frames", "tokens_per_group", "fifo_tokens",
+            "context_tokens")
+    return {"command": " ".join(cmd[1:]), "dtype": dtype,
+            "models": {m: {**{k: r[k] for k in keep}, **{k: r["variants"]["torch"][k] for k in
+                                                         ("stages_s", "peak_rss_mib", "peak_gpu_mib")}}
+                       for m, r in s.items()}}
+
+
 def cameras_stage(args, dtype: str, timeout: float) -> dict:
     model = "tiny" if args.small else "random-0.5b"
     cmd = [sys.executable, str(ROOT / "bench" / "cameras.py"), "--model", model, "--device", args.device,
@@ -292,6 +315,7 @@ def main():
                for dt in args.dtypes]
     stages += [("cameras", lambda: cameras_stage(args, args.dtypes[0], max(30.0, min(180.0, run.left() - 60))), 60)]
     stages += [("batch", lambda: batch_stage(args, args.dtypes[0], max(30.0, min(150.0, run.left() - 60))), 45)]
+    stages += [("qwen", lambda: qwen_stage(args, args.dtypes[0], max(30.0, min(240.0, run.left() - 60))), 60)]
     stages += [(f"parity_{m}", (lambda m=m: parity_stage(args, m)), 90) for m in models if m == "random-0.5b"]
     for name, fn, need in stages:
         if name.split("_")[0] in skip or name in skip:

@@ -114,6 +114,10 @@ class Backend(ABC):
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
         """(T, 3, H, W) preprocessed frames -> (T, P, D) visual tokens in the LLM's input space."""
 
+    def encode_video(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """encode_frames, and for a DeepStack backbone (Qwen3-VL) its (K, G, P, D) features beside the tokens."""
+        return self.encode_frames(pixels), None
+
     @abstractmethod
     def image_newline(self) -> np.ndarray:
         """(D,) the learned separator appended after a clip's visual tokens."""

@@ -144,6 +144,10 @@ class SharedBackend(Backend):
         with self.lock.hold(self.priority):
             return self.inner.encode_frames(pixels)
 
+    def encode_video(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        with self.lock.hold(self.priority):
+            return self.inner.encode_video(pixels)
+
     def image_newline(self) -> np.ndarray:
         with self.lock.hold(self.priority):
             return self.inner.image_newline()

@@ -4,7 +4,7 @@ caption context, FIFO tokens included, against positions written out by hand."""
 import numpy as np
 import pytest
 
-from rlivs.runtime.backbones import FifoClip, LlavaOneVision, Qwen25VL, backbone_for_config
+from rlivs.runtime.backbones import FifoClip, LlavaOneVision, Qwen25VL, Qwen3VL, backbone_for_config
 from rlivs.runtime.errors import UserError
 
 QWEN = {"model_type": "qwen2_5_vl", "vision_config": {"tokens_per_second": 2, "patch_size": 14,
@@ -15,8 +15,10 @@ def test_registry_picks_by_model_type_or_architecture_and_names_what_it_runs():
     assert isinstance(backbone_for_config({"model_type": "llava_onevision"}), LlavaOneVision)
     assert isinstance(backbone_for_config(QWEN), Qwen25VL)
     assert isinstance(backbone_for_config({"architectures": ["Qwen2_5_VLForConditionalGeneration"]}), Qwen25VL)
-    with pytest.raises(UserError, match=r"model_type 'qwen3_vl'.*LLaVA-OneVision \(llava_onevision\), Qwen2.5-VL"):
-        backbone_for_config({"model_type": "qwen3_vl"})
+    assert isinstance(backbone_for_config({"architectures": ["Qwen3VLForConditionalGeneration"]}), Qwen3VL)
+    with pytest.raises(UserError, match=r"model_type 'gemma3'.*LLaVA-OneVision \(llava_onevision\), Qwen2.5-VL "
+                                        r"\(qwen2_5_vl\), Qwen3-VL \(qwen3_vl\)"):
+        backbone_for_config({"model_type": "gemma3"})
 
 
 def test_llava_is_1d_and_takes_any_frame_count():
@@ -90,3 +92,65 @@ def test_a_real_qwen_processor_config_gets_the_fixed_frame_size(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, "size": {"height": 150, "width": 84}}))
     with pytest.raises(UserError, match="multiple of 28 px"):
         FramePreprocessor.from_model_dir(tmp_path)
+
+
+QWEN3 = {"model_type": "qwen3_vl", "vision_start_token_id": 90, "vision_end_token_id": 91,
+         "vision_config": {"patch_size": 16, "spatial_merge_size": 2}}
+
+
+def _stamp(text: str) -> np.ndarray:
+    """A stand-in tokenizer: one id per character (the layout only needs ids and their count)."""
+    return np.array([ord(ch) for ch in text], dtype=np.int64)
+
+
+def test_qwen3_layout_first_clip_by_hand():
+    """A 3-token prefix, 2 temporal patches (4 frames at 2 fps) of a 2x3 grid, a 2-token suffix. Each patch is a block
+    "<t seconds>" <vs> [6 tokens] <ve>; the block's tokens sit at (s, s + row, s + col) for its start s, and the
+    position then advances by max(rows, cols) = 3 (Qwen3-VL's get_rope_index)."""
+    b = Qwen3VL(QWEN3)
+    segs, pos = b.layout(3, [], 0, 2, (2, 3), 2, fps=2, frames_per_clip=4, n_frames=4, encode=_stamp)
+    stamps = ["<0.2 seconds>", "<1.2 seconds>"]  # mean of frames (0, 1) and (2, 3) at 2 fps: 0.25, 1.25 s
+    assert [s.source for s in segs] == ["clip", "clip"]
+    for s, st, g in zip(segs, stamps, range(2)):
+        np.testing.assert_array_equal(s.before, np.r_[_stamp(st), 90])
+        np.testing.assert_array_equal(s.after, [91])
+        np.testing.assert_array_equal(s.idx, np.arange(6 * g, 6 * g + 6))
+    n = len(stamps[0]) + 1  # 14 text positions before the first block's tokens
+    s0 = 3 + n
+    block0 = [[s0] * 6, [s0, s0, s0, s0 + 1, s0 + 1, s0 + 1], [s0, s0 + 1, s0 + 2] * 2]
+    s1 = s0 + 3 + 1 + n  # + max(rows, cols), then <ve> and the next stamp
+    block1 = [[s1] * 6, [s1, s1, s1, s1 + 1, s1 + 1, s1 + 1], [s1, s1 + 1, s1 + 2] * 2]
+    want = np.concatenate([_text(0, 3), _text(3, n), block0, _text(s0 + 3, 1), _text(s0 + 4, n), block1,
+                           _text(s1 + 3, 1), _text(s1 + 4, 2)], axis=1)
+    np.testing.assert_array_equal(pos, want)
+
+
+def test_qwen3_layout_fifo_blocks_keep_their_stamp_and_cell():
+    """FIFO "original": clip 5's kept tokens 1 (patch 0, row 0 col 1) and 10 (patch 1, row 1 col 1) each in a block
+    of its own patch's timestamp; a patch with nothing kept has no block. "sequential": one bare run, no stamps."""
+    b = Qwen3VL(QWEN3)
+    fifo = [FifoClip(5, 2, np.array([1, 10]))]
+    segs, pos = b.layout(0, fifo, 6, 1, (2, 3), 0, fps=2, frames_per_clip=4, n_frames=2, encode=_stamp)
+    assert [(s.source, s.idx.tolist()) for s in segs] == [("fifo", [0]), ("fifo", [1]), ("clip", list(range(6)))]
+    assert bytes(segs[0].before[:-1].tolist()).decode() == "<10.2 seconds>"  # frames 20, 21 at 2 fps
+    assert bytes(segs[1].before[:-1].tolist()).decode() == "<11.2 seconds>"
+    assert bytes(segs[2].before[:-1].tolist()).decode() == "<12.2 seconds>"  # clip 6: frames 24, 25
+    s = len(segs[0].before)
+    np.testing.assert_array_equal(pos[:, s], [s, s, s + 1])  # row 0, col 1 of its block
+    col = s + 1 + 1 + len(segs[1].before)  # its column: block 0 took s + 1 + 1 (stamp, token, <ve>)
+    s2 = s + 3 + 1 + len(segs[1].before)  # its block's start: positions advanced by max(rows, cols) = 3, then <ve>
+    np.testing.assert_array_equal(pos[:, col], [s2, s2 + 1, s2 + 1])  # row 1, col 1
+    segs, pos = b.layout(0, fifo, 6, 1, (2, 3), 0, fps=2, frames_per_clip=4, n_frames=2, encode=_stamp,
+                         mode="sequential")
+    assert segs[0].source == "fifo" and len(segs[0].before) == 0 and segs[0].idx.tolist() == [0, 1]
+    np.testing.assert_array_equal(pos[:, :2], _text(0, 2))
+
+
+def test_qwen3_short_clip_stamp_repeats_the_last_frame():
+    b = Qwen3VL(QWEN3)
+    assert b.timestamp(0, 1, fps=2, frames_per_clip=4, n_frames=3) == "<1.0 seconds>"  # frames (2, 2): 1.0 s
+    assert b.timestamp(0, 1, fps=2, frames_per_clip=4, n_frames=4) == "<1.2 seconds>"  # frames (2, 3): 1.25 s
+    assert b.deepstack and b.text_in_video and not b.exportable
+    assert b.frame_size(QWEN3, {}) == (512, 512)
+    with pytest.raises(UserError, match="multiple of 32 px"):
+        b.frame_size(QWEN3, {"size": {"height": 500, "width": 512}})

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 import torch
-from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+from transformers import (LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration,
+                          Qwen3VLForConditionalGeneration)
 
 from ...backbones import Backbone, REGISTRY as BACKBONES
 from ...errors import UserError
@@ -37,6 +38,10 @@ class TorchAdapter:
     def encode(self, model, pixels: torch.Tensor) -> torch.Tensor:
         """(T, 3, H, W) model pixels -> (G, P, D) visual tokens in the LLM's input space."""
         raise NotImplementedError
+
+    def encode_deepstack(self, model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(T, 3, H, W) -> ((G, P, D) visual tokens, (K, G, P, D) DeepStack features or None)."""
+        return self.encode(model, pixels), None
 
     def newline(self, model) -> torch.Tensor:
         raise UserError(f"{self.backbone.label} has no learned newline after the clip")
@@ -95,7 +100,28 @@ class Qwen25VLTorch(TorchAdapter):
         return tokens.reshape(grid[0], -1, tokens.shape[-1])  # (G, P, D)
 
 
-ADAPTERS: dict[str, type[TorchAdapter]] = {"llava_onevision": LlavaOneVisionTorch, "qwen2_5_vl": Qwen25VLTorch}
+class Qwen3VLTorch(Qwen25VLTorch):
+    """Qwen3-VL: the same patches (16 px), and DeepStack: the vision tower's feature maps after blocks
+    deepstack_visual_indexes, each through its own merger, are what the first K decoder layers add to the visual
+    positions' hidden states (Qwen3VLTextModel._deepstack_process)."""
+
+    model_class = Qwen3VLForConditionalGeneration
+
+    def encode(self, model, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encode_deepstack(model, pixels)[0]
+
+    def encode_deepstack(self, model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vc = model.config.vision_config
+        flat, grid = qwen_patches(pixels, vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size)
+        out = model.model.get_video_features(pixel_values_videos=flat, video_grid_thw=torch.tensor([grid],
+                                             device=pixels.device))
+        tokens = torch.cat(list(out.pooler_output))  # (G*P, D)
+        deep = torch.stack([torch.cat(list(f)) for f in out.deepstack_features])  # (K, G*P, D)
+        return tokens.reshape(grid[0], -1, tokens.shape[-1]), deep.reshape(len(deep), grid[0], -1, deep.shape[-1])
+
+
+ADAPTERS: dict[str, type[TorchAdapter]] = {"llava_onevision": LlavaOneVisionTorch, "qwen2_5_vl": Qwen25VLTorch,
+                                           "qwen3_vl": Qwen3VLTorch}
 assert set(ADAPTERS) == set(BACKBONES), "every backbone needs a torch adapter"
 
 

@@ -234,6 +234,13 @@ class TorchBackend(Backend):
         return self.family.encode(self.model, t).float().cpu().numpy()  # (G, P, D): G = T for LLaVA-OV
 
     @torch.inference_mode()
+    def encode_video(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Backend.encode_video: (G, P, D) tokens and, for a DeepStack backbone, (K, G, P, D) features."""
+        t = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)  # (T, 3, H, W)
+        tokens, deep = self.family.encode_deepstack(self.model, t)
+        return tokens.float().cpu().numpy(), None if deep is None else deep.float().cpu().numpy()
+
+    @torch.inference_mode()
     def image_newline(self) -> np.ndarray:
         return self.family.newline(self.model).float().cpu().numpy()  # (D,)
 
@@ -251,21 +258,33 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def step(self, embeds: np.ndarray, state: TorchState | StaticState, probe_rows: int = 1,
-             positions: np.ndarray | None = None) -> StepOutput:
+             positions: np.ndarray | None = None, deepstack: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> StepOutput:
         """Backend.step; `positions`: (3, L) M-RoPE position ids of these inputs (default: the next L positions,
-        after the offset the last positioned step left, on every axis)."""
+        after the offset the last positioned step left, on every axis). `deepstack` (DeepStack backbones):
+        ((n,) input rows that are visual tokens, (K, n, D) their features), added to those rows' hidden states
+        after decoder layers 0..K-1, as Qwen3VLTextModel does for the visual positions of its input."""
         if self._pool is not None:
             if not isinstance(state, StaticState):
                 raise UserError("this torch backend runs a static KV cache: pass a state from its own new_state()")
-            if positions is not None:
+            if positions is not None or deepstack is not None:
                 raise UserError("the static KV cache runs 1-D positions only: use --kv-cache dynamic")
             return self._step_static(embeds, state, probe_rows)
         x = torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32)).to(self.device, self.dtype)[None]  # (1, L, D)
         n_new = x.shape[1]
         position_ids = self._positions(state, n_new, positions)  # (1, L), or (3, 1, L) given M-RoPE positions
+        extra = {}
+        if deepstack is not None:
+            rows, feats = deepstack
+            mask = torch.zeros((1, n_new), dtype=torch.bool, device=self.device)
+            mask[0, torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)] = True
+            if len(rows) and not bool((torch.diff(torch.as_tensor(np.asarray(rows))) > 0).all()):
+                raise UserError("DeepStack rows must ascend (the features are added in input order)")
+            extra = dict(visual_pos_masks=mask, deepstack_visual_embeds=[
+                torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)).to(self.device, self.dtype) for f in feats])
         self.recorder.begin(probe_rows)
         hidden = self.lm(inputs_embeds=x, **cache_kwargs(state.cache), use_cache=True,
-                         position_ids=position_ids).last_hidden_state  # (1, L, D)
+                         position_ids=position_ids, **extra).last_hidden_state  # (1, L, D)
         logits = self.model.lm_head(hidden[:, -1])[0]  # (V,) only the last position is ever needed
         state.length += n_new
         return StepOutput(logits=logits.float().cpu().numpy(), probe_attn=self.recorder.end())
