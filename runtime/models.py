@@ -18,6 +18,11 @@ RANDOM_MODELS = {"tiny": "tiny", "tiny-gqa": "tiny-gqa", "random-0.5b": "0.5b", 
                  "random-qwen2.5-vl-3b": "qwen2.5-vl-3b"}
 
 
+# the model family of each random model (runtime/backbones REGISTRY names), known before it is built
+RANDOM_BACKBONES = {"tiny": "llava_onevision", "tiny-gqa": "llava_onevision", "random-0.5b": "llava_onevision",
+                    "tiny-qwen": "qwen2_5_vl", "tiny-qwen-gqa": "qwen2_5_vl", "random-qwen2.5-vl-3b": "qwen2_5_vl"}
+
+
 VALID_MODELS = ("'tiny', 'random-0.5b', 'tiny-qwen' (random weights, built locally), a local HF-format directory "
                 "(LLaVA-OneVision or Qwen2.5-VL), or a hub id (org/name) in the local Hugging Face cache")
 
@@ -103,3 +108,17 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
         ) from e
     log.info("model %s resolved from the local HF cache: %s", name, snap)
     return snap, name
+
+
+def source_backbone(name: str | Path):
+    """The backbone (runtime/backbones) of a --model or --bundle value, from its config.json (a bundle carries the
+    model's), without loading or building anything; None when that cannot be known before it loads (a random model
+    this table does not name). Raises UserError as `resolve_model` does (a model family rlivs does not run, ...)."""
+    from .backbones import backbone_for_dir, get_backbone
+
+    name = str(name)
+    if name in RANDOM_MODELS:
+        return get_backbone(RANDOM_BACKBONES[name]) if name in RANDOM_BACKBONES else None
+    path = Path(name).expanduser()
+    model_dir = path if path.is_dir() and (path / "config.json").is_file() else resolve_model(name)[0]
+    return backbone_for_dir(model_dir)
