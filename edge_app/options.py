@@ -110,7 +110,7 @@ def check_backbone(ec: EngineConfig, config: Optional[PipelineConfig] = None, db
     UserError; the model's own load repeats both checks."""
     from rlivs.runtime.models import source_backbone
 
-    backbone = source_backbone(ec.source)
+    backbone = source_backbone(ec.source, bundle=ec.bundle is not None)
     if backbone is None:
         return None
     if config is not None:

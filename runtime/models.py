@@ -110,15 +110,23 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
     return snap, name
 
 
-def source_backbone(name: str | Path):
+def source_backbone(name: str | Path, bundle: bool = False):
     """The backbone (runtime/backbones) of a --model or --bundle value, from its config.json (a bundle carries the
     model's), without loading or building anything; None when that cannot be known before it loads (a random model
-    this table does not name). Raises UserError as `resolve_model` does (a model family rlivs does not run, ...)."""
+    this table does not name, a --bundle without a manifest). Raises UserError as `resolve_model` and a bundle's
+    manifest check do (a model family rlivs does not run, a damaged bundle, ...)."""
     from .backbones import backbone_for_dir, get_backbone
 
     name = str(name)
+    path = Path(name).expanduser()
+    if bundle or (path / "manifest.json").is_file():
+        from .backends.bundle import is_bundle, load_manifest
+
+        if not is_bundle(path):
+            return None  # the backend says what is wrong with it
+        load_manifest(path)  # its files, and that config.json is the exported one
+        return backbone_for_dir(path)
     if name in RANDOM_MODELS:
         return get_backbone(RANDOM_BACKBONES[name]) if name in RANDOM_BACKBONES else None
-    path = Path(name).expanduser()
     model_dir = path if path.is_dir() and (path / "config.json").is_file() else resolve_model(name)[0]
     return backbone_for_dir(model_dir)

@@ -138,7 +138,7 @@ def ingest(
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens, fifo_positions=fifo_positions)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
-        o.check_backbone(ec, config, db)  # frames per clip the model family cannot group, a memory of another family
+        o.check_backbone(ec, config)  # frames per clip the model family cannot group: refused before anything is read
         origin = o.start_clock(start_time)
         if stream is not None:  # a name refused before the model loads and before the memory file is made
             check_stream_name(stream, "--stream")
@@ -171,6 +171,7 @@ def ingest(
                 todo.append((spec, source))
         if not todo:
             return
+        o.check_backbone(ec, None, db)  # a memory written by another model family: refused before the model loads
         engine = _engine(ec, config)
         scores_out = None if debug_scores is None else _ScoresFile(debug_scores, engine)
         with _open_memory(db, engine) as memory:
@@ -226,10 +227,13 @@ class _ScoresFile:
     def __init__(self, path: Path, engine):
         self.path, self.per_frame = path, engine.backend.info.tokens_per_frame
         self.temporal_patch = engine.backbone.temporal_patch
+        side = math.isqrt(self.per_frame)
+        grid = engine.backend.info.grid or (side, side)
+        self.grid = [int(g) for g in grid]  # rows, cols of one group's tokens
 
     def write(self, stream: str, r) -> None:
         line = {"stream": stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-                "tokens_per_frame": self.per_frame, "temporal_patch": self.temporal_patch,
+                "tokens_per_frame": self.per_frame, "temporal_patch": self.temporal_patch, "grid": self.grid,
                 "scores": None if r.scores is None else [float(x) for x in r.scores],
                 "kept": None if r.kept is None else [int(i) for i in r.kept]}
         with open(self.path, "a", encoding="utf-8") as f:  # appended clip by clip: what was committed is there

@@ -44,16 +44,24 @@ def qwen_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qwen_db(tmp_path_factory, sample_video, qwen_dir):
-    """The sample video's first 3 clips ingested with the Qwen model -> (memory, the clips' JSON lines)."""
+    """The sample video's first 3 clips ingested with the Qwen model -> (memory, the clips' JSON lines); their
+    selection scores in DB.scores.jsonl."""
     db = tmp_path_factory.mktemp("qwen-memory") / "m.db"
-    r = _run("ingest", sample_video, "--db", db, "--model", qwen_dir, *INGEST, "--max-clips", "3", "--json")
+    r = _run("ingest", sample_video, "--db", db, "--model", qwen_dir, *INGEST, "--max-clips", "3", "--json",
+             "--debug-scores", db.with_suffix(".scores.jsonl"))
     assert r.exit_code == 0, r.output
     return db, _json_lines(r.output)
 
 
 def test_ingest_and_ask_with_a_qwen_directory(qwen_db):
+    import numpy as np
+
     db, clips = qwen_db
     assert [c["clip"] for c in clips] == [0, 1, 2] and all(c["caption"] for c in clips)
+    for x in _json_lines(db.with_suffix(".scores.jsonl").read_text()):  # 4 frames: 2 temporal patches of 4x4
+        assert (x["tokens_per_frame"], x["temporal_patch"], x["grid"], len(x["scores"])) == (16, 2, [4, 4], 32)
+        top = np.sort(np.argsort(-np.array(x["scores"]), kind="stable")[:2])  # keep 6.25 % of 32 merged tokens
+        assert x["kept"] == top.tolist()
     r = _run("ask", QUESTION, "--db", db, "--json")  # the model is taken from the memory
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["answer"]
