@@ -156,8 +156,6 @@ def normalize_fingerprint(fp: dict | None) -> dict | None:
         ) from e
 
 
-
-
 def same_model(stored: dict, given: dict) -> bool:
     """Whether a memory written by the model with fingerprint `stored` may take `given`'s captions and vectors: every
     key equal. A memory written before rlivs recorded the model family ("backbone") is compared on the rest."""
