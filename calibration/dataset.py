@@ -7,7 +7,9 @@
     manifest.json   format, version, the model and pipeline settings, videos (path, sha256, clips), items, set hash
     items/cNNN.npz  frames (T, 3, h, w) uint8: the frames resized to the vision tower's input (normalising them
                     on load gives exactly the pipeline's pixels: FramePreprocessor resizes the uint8 frame first);
-                    fifo (F, D) float32: the FIFO tokens in front of the clip when the pipeline reaches it
+                    fifo (F, D) float32: the FIFO tokens in front of the clip when the pipeline reaches it;
+                    positions (3, S) int64, M-RoPE backbones only (Qwen2.5-VL): the context's position ids, FIFO
+                    tokens placed as --fifo-positions says (runtime/backbones)
     cache/          results computed from the set (per-layer scores, quantization ranges), reused when present
 
 Each item also records the caption prompt's ids (before/after the video), the reference greedy caption ids
@@ -191,6 +193,12 @@ class CalibrationSet:
         with np.load(self.item_path(item)) as z:
             return z["fifo"].astype(np.float32)  # (F, D)
 
+    def positions(self, item: CalibItem) -> np.ndarray | None:
+        """(3, S) M-RoPE position ids of the item's caption context as the pipeline built them (None: 1-D, the
+        backend's default 0..S-1)."""
+        with np.load(self.item_path(item)) as z:
+            return z["positions"].astype(np.int64) if "positions" in z.files else None
+
     def cache_dir(self) -> Path:
         d = self.path / "cache"
         d.mkdir(exist_ok=True)
@@ -198,8 +206,10 @@ class CalibrationSet:
 
     def check_engine(self, engine) -> None:
         """Refuse an engine whose embedding space or prompt differs from the one the set was collected with."""
+        from rlivs.runtime.memory.records import same_model
+
         want, have = self.manifest["model_fingerprint"], engine.model_fingerprint
-        if want != have:
+        if not same_model(want, have):  # a set collected before rlivs recorded the model family: the rest compared
             raise UserError(f"the calibration set {self.path} was collected with model {self.manifest['model_id']} "
                             f"(fingerprint {want}); this model's is {have}: re-collect with this model "
                             "(rlivs calibrate collect --model ...)")
@@ -211,6 +221,20 @@ class CalibrationSet:
     def context(self, engine, item: CalibItem, visual: np.ndarray) -> tuple[np.ndarray, slice]:
         """The caption context (S, D) and clip columns the pipeline builds for `item` from its visual tokens (T, P, D)."""
         return engine.caption_context(self.fifo(item), visual.reshape(-1, visual.shape[-1]))
+
+
+def refuse_mrope_bundles(path: str | Path, what: str) -> None:
+    """Quantization and the fidelity report feed a bundle's decoder 1-D position ids: refuse a bundle of an M-RoPE
+    backbone (Qwen2.5-VL) before anything is loaded or written, saying what works instead."""
+    from rlivs.runtime.backbones import backbone_for_dir
+
+    if not (Path(path) / "config.json").is_file():
+        return  # not a bundle: its own reader says so
+    backbone = backbone_for_dir(path)
+    if backbone.mrope:
+        raise UserError(f"{what} does not support {backbone.label} bundles yet: its decoder's calibration feeds would "
+                        f"need {backbone.label}'s 3-D M-RoPE positions (only 1-D feeds are built); rlivs calibrate "
+                        f"collect and layers run on {backbone.label} with the torch backend (--model DIR)")
 
 
 def pipeline_config(d: dict, probe: bool = False) -> PipelineConfig:
@@ -327,13 +351,17 @@ def collect(videos: Sequence[str | Path], out: str | Path, engine, config: Colle
                     break
                 pos = order.get((vi, clip.index))
                 prefix, prefix_clips = fifo.tokens(), fifo.clip_indices  # (F, D) before this clip enters
-                step = engine.caption_clip(clip.frames, prefix, clip.index)  # the pipeline's own clip step
-                fifo.push(clip.index, step.selection.tokens)
+                step = engine.caption_clip(clip.frames, prefix, clip.index,  # the pipeline's own clip step
+                                           fifo_clips=fifo.clips())  # (M-RoPE backbones position the FIFO by it)
+                fifo.push(clip.index, step.selection.tokens, step.selection.indices)
                 if pos is not None:
                     item_id = f"c{pos:03d}"
                     f = out / "items" / f"{item_id}.npz"
                     frames = raw(clip.frames).astype(np.uint8)  # (T, 3, h, w): exact, the values are uint8
-                    np.savez(f, frames=frames, fifo=prefix.astype(np.float32))
+                    arrays = dict(frames=frames, fifo=prefix.astype(np.float32))
+                    if step.positions is not None:  # M-RoPE: the context's (3, S) position ids, as the step had them
+                        arrays["positions"] = step.positions.astype(np.int64)
+                    np.savez(f, **arrays)
                     items.append({"id": item_id, "split": "heldout" if pos in held else "calib", "video": vi,
                                   "clip": clip.index, "t_start": clip.t_start, "t_end": clip.t_end,
                                   "fifo_clips": [int(i) for i in prefix_clips], "caption_ids": [int(i) for i in step.caption_ids],

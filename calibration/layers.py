@@ -61,10 +61,6 @@ def _require_torch(backend) -> None:
     if getattr(backend, "name", None) != "torch":
         raise UserError("probe-layer calibration needs the torch reference backend (all layers' attention): pass the "
                         "HF-format model (--model tiny | DIR | hub id), not an exported bundle")
-    backbone = getattr(backend, "backbone", None)
-    if backbone is not None and backbone.mrope:  # its contexts need M-RoPE positions the calibration set lacks
-        raise UserError(f"probe-layer calibration does not support {backbone.label} yet: pass a LLaVA-OneVision model "
-                        f"(or keep the default probe layers)")
 
 
 @contextlib.contextmanager
@@ -92,12 +88,13 @@ def item_layer_scores(engine, calib: CalibrationSet, item: CalibItem) -> np.ndar
     be = engine.backend
     visual = be.encode_frames(calib.pixels(item))  # (T, P, D)
     ctx, cols = calib.context(engine, item, visual)  # (S, D)
+    positions = calib.positions(item)  # (3, S) M-RoPE ids (None: 1-D); caption tokens continue after their maximum
     with record_all_layers(be) as recs:
         scores = np.zeros((len(recs), cols.stop - cols.start), dtype=np.float64)  # (L, C)
         state = be.new_state()
         inputs = [ctx] + [be.embed_tokens(np.array([t])) for t in item.fed_ids()]
-        for x in inputs:
-            be.step(x, state, probe_rows=1)
+        for n, x in enumerate(inputs):
+            be.step(x, state, probe_rows=1, **({"positions": positions} if n == 0 and positions is not None else {}))
             for i, rec in enumerate(recs):
                 scores[i] += rec.row[0, cols].double().cpu().numpy()
                 rec.row = None
@@ -211,37 +208,44 @@ def _best(overlap: np.ndarray, rho: np.ndarray, tol: float) -> int:
     return int(near[np.argmax(rho[near])])
 
 
-def search_layers(clips: Sequence[ClipScores], config: LayerSearchConfig | None = None) -> SearchResult:
-    """The K-subset of layers whose averaged scores best reproduce the all-layer top-N selection."""
+def search_layers(clips: Sequence[ClipScores], config: LayerSearchConfig | None = None,
+                  candidates: Sequence[int] | None = None) -> SearchResult:
+    """The K-subset of layers whose averaged scores best reproduce the all-layer top-N selection. `candidates`: the
+    layers a subset may hold (the backbone's `probe_candidates`; default all); the reference is all layers."""
     cfg = config or LayerSearchConfig()
     if not clips:
         raise UserError("no calibration clips to search on: collect a calibration set with --clips >= 1")
     n_layers = clips[0].layers.shape[0]
+    cands = sorted(set(int(i) for i in (range(n_layers) if candidates is None else candidates)))
+    if not cands or cands[0] < 0 or cands[-1] >= n_layers:
+        raise ValueError(f"probe candidates {cands} are not layers of a {n_layers}-layer decoder")
     k = cfg.num_layers
-    if k > n_layers:
-        raise UserError(f"cannot choose {k} probe layers from a {n_layers}-layer decoder: lower --num-layers")
-    if math.comb(n_layers, k) <= cfg.max_exhaustive:
-        subsets = np.array(list(itertools.combinations(range(n_layers), k)), dtype=np.int64)  # (C(L,K), K)
+    if k > len(cands):
+        which = "" if len(cands) == n_layers else f" ({len(cands)} of them probe candidates)"
+        raise UserError(f"cannot choose {k} probe layers from a {n_layers}-layer decoder{which}: lower --num-layers")
+    if math.comb(len(cands), k) <= cfg.max_exhaustive:
+        subsets = np.array(list(itertools.combinations(cands, k)), dtype=np.int64)  # (C(L,K), K)
         overlap, _ = evaluate_subsets(clips, subsets, spearman=False)
         near = np.flatnonzero(overlap >= overlap.max() - cfg.tie_tol)  # Spearman only where it can decide
         _, rho = evaluate_subsets(clips, subsets[near])
         best = near[int(np.argmax(rho))]
         return SearchResult(tuple(int(i) for i in subsets[best]), float(overlap[best]), float(rho.max()),
                             "exhaustive", len(subsets))
-    return _greedy_swap(clips, n_layers, k, cfg.tie_tol)
+    return _greedy_swap(clips, cands, k, cfg.tie_tol)
 
 
-def _greedy_swap(clips: Sequence[ClipScores], n_layers: int, k: int, tol: float) -> SearchResult:
+def _greedy_swap(clips: Sequence[ClipScores], layers: Sequence[int], k: int, tol: float) -> SearchResult:
     evaluated = 0
     chosen: list[int] = []
+    n_layers = len(layers)
     for _ in range(k):  # forward: add the layer that helps most
-        cands = [sorted(chosen + [i]) for i in range(n_layers) if i not in chosen]
+        cands = [sorted(chosen + [i]) for i in layers if i not in chosen]
         ov, rho = evaluate_subsets(clips, np.array(cands))
         evaluated += len(cands)
         chosen = cands[_best(ov, rho, tol)]
     (cur_ov,), (cur_rho,) = evaluate_subsets(clips, np.array([chosen]))
     for _ in range(n_layers * k):  # swap: replace one member while that improves (overlap, then Spearman)
-        cands = [sorted(chosen[:j] + chosen[j + 1:] + [i]) for j in range(k) for i in range(n_layers) if i not in chosen]
+        cands = [sorted(chosen[:j] + chosen[j + 1:] + [i]) for j in range(k) for i in layers if i not in chosen]
         ov, rho = evaluate_subsets(clips, np.array(cands))
         evaluated += len(cands)
         b = _best(ov, rho, tol)
@@ -279,16 +283,17 @@ def calibrate_layers(engine, calib: CalibrationSet, config: LayerSearchConfig | 
     selection = SelectionConfig(**{k: v for k, v in calib.pipeline["selection"].items()})
     fit = clip_scores(scores, calib.split("calib"), selection)
     held = clip_scores(scores, calib.split("heldout"), selection)
-    t1 = time.perf_counter()
-    res = search_layers(fit, cfg)
-    t_search = time.perf_counter() - t1
     n_layers = engine.backend.info.num_layers
+    candidates = engine.backbone.probe_candidates(n_layers)  # the layers this model family may probe
+    t1 = time.perf_counter()
+    res = search_layers(fit, cfg, candidates)
+    t_search = time.perf_counter() - t1
     even = ProbeConfig(num_layers=cfg.num_layers).resolve(n_layers)
     per_layer = [{"layer": i, **{f"calib_{k}": v for k, v in _metrics(fit, [i]).items() if k != "clips"}}
                  for i in range(n_layers)]
     out = {
-        "model_id": engine.backend.info.model_id, "set_sha256": calib.sha256, "num_layers": n_layers,
-        "k": cfg.num_layers,
+        "model_id": engine.backend.info.model_id, "backbone": engine.backbone.name, "set_sha256": calib.sha256,
+        "num_layers": n_layers, "k": cfg.num_layers, "candidates": list(candidates),
         "reference": "mean over all decoder layers of the head-mean attention rows, summed over the scoring rows "
                      "(last prompt token + caption tokens fed back), on the clip's columns",
         "metric": "overlap@N with the reference top N (N = tokens kept per clip), Spearman as tie-break; mean over clips",

@@ -40,7 +40,7 @@ from rlivs.export.graph import graph_io, node_module
 from rlivs.runtime.backends.bundle import MANIFEST, Manifest, load_manifest
 
 from .config import QuantizeConfig
-from .dataset import CalibrationSet
+from .dataset import CalibrationSet, refuse_mrope_bundles
 from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.calibration")
@@ -319,6 +319,7 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
 
     cfg = config or QuantizeConfig()
     bundle, out = Path(bundle), Path(out)
+    refuse_mrope_bundles(bundle, "rlivs calibrate quantize")  # before the manifest is read or anything loads
     src_manifest = load_manifest(bundle)
     if (src_manifest.precision or {}).get("decoder", "float32") != "float32":
         raise UserError(f"{bundle} is already quantized ({src_manifest.precision['decoder']}): quantize the "

@@ -153,6 +153,9 @@ def fidelity_report(calib: CalibrationSet, reference: str | Path, candidates: di
 
     cfg = config or ReportConfig()
     reference = Path(reference)
+    from .dataset import refuse_mrope_bundles
+
+    refuse_mrope_bundles(reference, "rlivs calibrate report")  # before the manifest is read or anything loads
     ref_manifest = load_manifest(reference)
     if (ref_manifest.precision or {}).get("decoder", "float32") != "float32":
         raise UserError(f"the reference {reference} is a {ref_manifest.precision['decoder']} bundle: pass the "

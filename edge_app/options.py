@@ -103,6 +103,30 @@ def check_engine(ec: EngineConfig) -> EngineConfig:
     return check_engine_config(ec)
 
 
+def check_backbone(ec: EngineConfig, config: Optional[PipelineConfig] = None, db: Optional[Path] = None):
+    """What the model's family (runtime/backbones, read from its config.json; nothing loads) refuses, checked
+    before the model loads: a --frames-per-clip it cannot group (Qwen-VL: temporal patches of 2 frames), and a
+    memory `db` written by another family. Returns the backbone (None: not known before loading). Raises
+    UserError; the model's own load repeats both checks."""
+    from rlivs.runtime.models import source_backbone
+
+    backbone = source_backbone(ec.source, bundle=ec.bundle is not None)
+    if backbone is None:
+        return None
+    if config is not None:
+        backbone.check_frames(config.clip.frames_per_clip)
+    if db is not None and Path(db).is_file():
+        from rlivs.runtime.errors import UserError
+        from rlivs.runtime.memory import Memory
+        from rlivs.runtime.memory.records import model_mismatch
+
+        with Memory(db, readonly=True) as memory:
+            stored = memory.model_fingerprint() or {}
+        if stored.get("backbone") not in (None, backbone.name):
+            raise UserError(model_mismatch(db, stored, {"backbone": backbone.name, "model": ec.source}))
+    return backbone
+
+
 # The exit statuses of every command (shown by `rlivs --help` and in the README).
 EXIT_CODES = (
     (0, "done"),

@@ -90,8 +90,9 @@ class Engine:
 
     @property
     def model_fingerprint(self) -> dict:
+        """What a memory (and a calibration set) records of the model that wrote it: widths, tokenizer, model family."""
         tok = hashlib.sha256(self.text.tokenizer.to_str().encode()).hexdigest()[:16]
-        return {**self.backend.info.fingerprint(), "tokenizer": tok}
+        return {**self.backend.info.fingerprint(), "tokenizer": tok, "backbone": self.backbone.name}
 
     def caption_context(self, fifo_tokens: np.ndarray, clip_tokens: np.ndarray) -> tuple[np.ndarray, slice]:
         """[prompt prefix][FIFO (F, D)][clip (N_V, D)][newline (LLaVA-OV)][prompt suffix] -> (S, D), clip columns."""

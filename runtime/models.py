@@ -13,14 +13,19 @@ from rlivs.runtime.errors import UserError
 log = logging.getLogger("rlivs.models")
 
 TINY = "tiny"
-RANDOM_MODELS = {"tiny": "tiny", "tiny-gqa": "tiny-gqa", "random-0.5b": "0.5b",  # name -> size; random weights,
-                 "tiny-qwen": "tiny-qwen", "tiny-qwen-gqa": "tiny-qwen-gqa",  # built locally (Qwen2.5-VL: tiny_qwen.py)
-                 "random-qwen2.5-vl-3b": "qwen2.5-vl-3b",
-                 "tiny-qwen3": "tiny-qwen3", "tiny-qwen3-gqa": "tiny-qwen3-gqa"}  # Qwen3-VL (tiny_qwen.py)
+# random-weight models built locally (LLaVA-OV: tiny.py; Qwen2.5-VL / Qwen3-VL: tiny_qwen.py):
+# name -> (size the builder takes, model family = runtime/backbones REGISTRY name, known before anything is built)
+_RANDOM = {"tiny": ("tiny", "llava_onevision"), "tiny-gqa": ("tiny-gqa", "llava_onevision"),
+           "random-0.5b": ("0.5b", "llava_onevision"),
+           "tiny-qwen": ("tiny-qwen", "qwen2_5_vl"), "tiny-qwen-gqa": ("tiny-qwen-gqa", "qwen2_5_vl"),
+           "random-qwen2.5-vl-3b": ("qwen2.5-vl-3b", "qwen2_5_vl"),
+           "tiny-qwen3": ("tiny-qwen3", "qwen3_vl"), "tiny-qwen3-gqa": ("tiny-qwen3-gqa", "qwen3_vl")}
+RANDOM_MODELS = {name: size for name, (size, _) in _RANDOM.items()}
+RANDOM_BACKBONES = {name: family for name, (_, family) in _RANDOM.items()}
 
 
 VALID_MODELS = ("'tiny', 'random-0.5b', 'tiny-qwen' (random weights, built locally), a local HF-format directory "
-                "(LLaVA-OneVision or Qwen2.5-VL), or a hub id (org/name) in the local Hugging Face cache")
+                "(LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL), or a hub id (org/name) in the local Hugging Face cache")
 
 
 def download_hint(name: str) -> str:
@@ -104,3 +109,25 @@ def resolve_model(name: str | Path) -> tuple[Path, str]:
         ) from e
     log.info("model %s resolved from the local HF cache: %s", name, snap)
     return snap, name
+
+
+def source_backbone(name: str | Path, bundle: bool = False):
+    """The backbone (runtime/backbones) of a --model or --bundle value, from its config.json (a bundle carries the
+    model's), without loading or building anything; None when that cannot be known before it loads (a random model
+    this table does not name, a --bundle without a manifest). Raises UserError as `resolve_model` and a bundle's
+    manifest check do (a model family rlivs does not run, a damaged bundle, ...)."""
+    from .backbones import backbone_for_dir, get_backbone
+
+    name = str(name)
+    path = Path(name).expanduser()
+    if bundle or (path / "manifest.json").is_file():
+        from .backends.bundle import is_bundle, load_manifest
+
+        if not is_bundle(path):
+            return None  # the backend says what is wrong with it
+        load_manifest(path)  # its files, and that config.json is the exported one
+        return backbone_for_dir(path)
+    if name in RANDOM_MODELS:
+        return get_backbone(RANDOM_BACKBONES[name]) if name in RANDOM_BACKBONES else None
+    model_dir = path if path.is_dir() and (path / "config.json").is_file() else resolve_model(name)[0]
+    return backbone_for_dir(model_dir)

@@ -75,7 +75,7 @@ def collect_cmd(
     fps: float = o.Fps, frames_per_clip: int = o.FramesPerClip, keep: Optional[int] = o.Keep,
     keep_ratio: float = o.KeepRatio, fifo_clips: Optional[int] = o.FifoClips, fifo_tokens: Optional[int] = o.FifoTokens,
     probe_layers: Optional[str] = o.ProbeLayers, num_probe_layers: int = o.NumProbeLayers,
-    max_caption_tokens: int = o.MaxCaptionTokens,
+    max_caption_tokens: int = o.MaxCaptionTokens, fifo_positions: str = o.FifoPositions,
 ):
     """Sample calibration clips from your footage and store what the decoder sees for each (FIFO included)."""
     from rlivs.runtime.config import (
@@ -92,11 +92,13 @@ def collect_cmd(
         pc = PipelineConfig(
             clip=ClipConfig(fps=fps, frames_per_clip=frames_per_clip),
             selection=SelectionConfig(keep=keep, keep_ratio=keep_ratio),
-            fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens),
+            fifo=FifoConfig(capacity_clips=fifo_clips, capacity_tokens=fifo_tokens, positions=fifo_positions),
             caption=CaptionConfig(max_new_tokens=max_caption_tokens),
             probe=ProbeConfig(num_layers=num_probe_layers, layers=parse_layers(probe_layers)))
+        ec = o.check_engine(engine_config(model, bundle, backend, device, dtype, threads))
+        o.check_backbone(ec, pc)  # frames per clip the model family cannot group: before the model loads
         with console.status(f"loading {bundle or model} ..."):
-            engine = load_engine(engine_config(model, bundle, backend, device, dtype, threads), pc)
+            engine = load_engine(ec, pc)
         bar, update = _progress("collect")
         with bar:
             m = collect(video, out_dir, engine, cfg, on_clip=update)

@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         keep: Optional[int] = o.Keep, keep_ratio: float = o.KeepRatio, probe_layers: Optional[str] = o.ProbeLayers,
         num_probe_layers: int = o.NumProbeLayers, top_k: int = o.TopK, token_budget: int = o.TokenBudget,
         mmr_lambda: float = o.MmrLambda, frames_per_clip: int = o.FramesPerClip, fps: float = o.Fps,
+        fifo_positions: str = o.FifoPositions,
         max_caption_tokens: int = o.MaxCaptionTokens, max_answer_tokens: int = o.MaxAnswerTokens, seed: int = o.Seed,
         # --- how the data is read
         frames_fps: float = typer.Option(1.0, help="Rate of frame folders and .npy arrays (frame i at i/rate s)."),
@@ -112,7 +113,8 @@ def register(app: typer.Typer) -> None:
                 fps=fps, frames_per_clip=frames_per_clip, keep=keep, keep_ratio=keep_ratio, strategy=strategy,
                 fifo_clips=fifo_clips, fifo_tokens=fifo_tokens, probe_layers=probe_layers,
                 num_probe_layers=num_probe_layers, max_caption_tokens=max_caption_tokens, top_k=top_k,
-                token_budget=token_budget, mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens, seed=seed)
+                token_budget=token_budget, mmr_lambda=mmr_lambda, max_answer_tokens=max_answer_tokens, seed=seed,
+                fifo_positions=fifo_positions)
             from rlivs.runtime.selection import get_strategy
 
             get_strategy(strategy)  # an unknown strategy fails here, before any video is read
@@ -122,10 +124,11 @@ def register(app: typer.Typer) -> None:
                                 model=judge_model if judge_url else judge_local, url=judge_url,
                                 api_key_env=judge_api_key_env, max_new_tokens=judge_max_tokens,
                                 timeout_s=judge_timeout)
+            engine = o.check_engine(o.engine_config(model, None, backend, device, dtype, threads, kv_cache,
+                                                    max_context))  # bad paths and names: before any video
+            o.check_backbone(engine, pipeline)  # frames per clip the model family cannot group: before any video
             cfg = EvalConfig(
-                annotations=files, out=out_dir, pipeline=pipeline,
-                engine=o.check_engine(o.engine_config(model, None, backend, device, dtype, threads, kv_cache,
-                                                      max_context)),  # bad paths and names: before any video
+                annotations=files, out=out_dir, pipeline=pipeline, engine=engine,
                 data=AnnotationConfig(videos_dir=videos, frames_fps=frames_fps, vstream_times=vstream_times,
                                       shot_seconds=shot_seconds, clip_window=clip_window, max_videos=max_videos),
                 judge=judge, resume=resume, rescore=rescore, max_questions=max_questions)

@@ -138,6 +138,7 @@ def ingest(
                                    probe_layers=probe_layers, num_probe_layers=num_probe_layers,
                                    max_caption_tokens=max_caption_tokens, fifo_positions=fifo_positions)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
+        o.check_backbone(ec, config)  # frames per clip the model family cannot group: refused before anything is read
         origin = o.start_clock(start_time)
         if stream is not None:  # a name refused before the model loads and before the memory file is made
             check_stream_name(stream, "--stream")
@@ -170,6 +171,7 @@ def ingest(
                 todo.append((spec, source))
         if not todo:
             return
+        o.check_backbone(ec, None, db)  # a memory written by another model family: refused before the model loads
         engine = _engine(ec, config)
         scores_out = None if debug_scores is None else _ScoresFile(debug_scores, engine)
         with _open_memory(db, engine) as memory:
@@ -218,15 +220,20 @@ def _say_truncated(ing, db: Path, video: Path, config) -> None:
 
 
 class _ScoresFile:
-    """--debug-scores: one JSON line per clip with the selection scores of its visual tokens (flat index = frame *
-    tokens_per_frame + raster position in the frame's pooled grid) and the indices the FIFO kept."""
+    """--debug-scores: one JSON line per clip with the selection scores of its visual tokens (flat index = group *
+    tokens_per_frame + raster position in the group's grid; a group is a frame for LLaVA-OV, a temporal patch of
+    `temporal_patch` frames for Qwen2.5-VL) and the indices the FIFO kept."""
 
     def __init__(self, path: Path, engine):
         self.path, self.per_frame = path, engine.backend.info.tokens_per_frame
+        self.temporal_patch = engine.backbone.temporal_patch
+        side = math.isqrt(self.per_frame)
+        grid = engine.backend.info.grid or (side, side)
+        self.grid = [int(g) for g in grid]  # rows, cols of one group's tokens
 
     def write(self, stream: str, r) -> None:
         line = {"stream": stream, "clip": r.index, "t_start": r.t_start, "t_end": r.t_end,
-                "tokens_per_frame": self.per_frame,
+                "tokens_per_frame": self.per_frame, "temporal_patch": self.temporal_patch, "grid": self.grid,
                 "scores": None if r.scores is None else [float(x) for x in r.scores],
                 "kept": None if r.kept is None else [int(i) for i in r.kept]}
         with open(self.path, "a", encoding="utf-8") as f:  # appended clip by clip: what was committed is there
@@ -322,6 +329,7 @@ def ask(
         streams = _refuse_unknown_stream(db, stream)
         model = model or ("tiny" if bundle else _model_for_db(db, streams, stream))  # --bundle wins over --model
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
+        o.check_backbone(ec, None, db)  # a --model of another family than the memory's: refused before it loads
         from rlivs.runtime.answer import answer, answer_json, clip_label
 
         engine = _engine(ec, config)
@@ -453,7 +461,7 @@ def demo(
         _SHARED = None
     if model == "tiny":
         console.print("[dim]tiny has random weights: its captions are noise; the pipeline around it is real. "
-                      "Pass --model with LLaVA-OneVision weights for real captions.[/]")
+                      "Pass --model with LLaVA-OneVision or Qwen2.5-VL weights for real captions.[/]")
 
 
 def _with_defaults(command, **given):

@@ -33,6 +33,14 @@ def _open(db: Path, readonly: bool = True, engine=None):
     return Memory(db, model_fingerprint=engine.model_fingerprint if engine else None, readonly=readonly)
 
 
+def _backbone_label(fingerprint: Optional[dict]) -> Optional[str]:
+    """The model family that wrote a memory, as people read it ('Qwen2.5-VL'); None when it was not recorded."""
+    from rlivs.runtime.backbones import REGISTRY
+
+    name = (fingerprint or {}).get("backbone")
+    return None if name is None else REGISTRY[name].label if name in REGISTRY else str(name)
+
+
 def _span(a: Optional[float], b: Optional[float]) -> str:
     from rlivs.runtime.answer import format_wall
 
@@ -49,13 +57,16 @@ def info(db: Path = DbOption, json_out: bool = typer.Option(False, "--json", hel
             data = memory.info()
     except UserError as e:
         _fail(str(e))
+    data["backbone"] = _backbone_label(data["model"])
     if json_out:
         for s in data["streams"]:
             s["wall_start"], s["wall_end"] = wall_iso(s["wall_start"]), wall_iso(s["wall_end"])
         typer.echo(json.dumps(data))
         return
+    family = data["backbone"] or "not recorded (written before rlivs recorded the model family)"
     table = Table("stream", "model", "clips", "stream time", "wall-clock (local)", "next clip", "source",
-                  title=f"{db}: {data['clips']} clips, {data['bytes'] / 1e6:.1f} MB, schema v{data['schema_version']}")
+                  title=f"{db}: {data['clips']} clips, {data['bytes'] / 1e6:.1f} MB, schema v{data['schema_version']}, "
+                        f"backbone {family}")
     for s in data["streams"]:
         t = "-" if s["t_start"] is None else f"{format_time(s['t_start'])}-{format_time(s['t_end'])}"
         clock = _span(s["wall_start"], s["wall_end"]) + (f" ({s['no_clock']} without)" if s["no_clock"] and

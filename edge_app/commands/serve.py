@@ -153,6 +153,7 @@ def serve(
                                                     [(s.name, s.live) for s in specs]))
         limits = Limits(max_connections=max_connections, header_timeout_s=header_timeout)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
+        o.check_backbone(ec, config, db)  # frames per clip the model family cannot group, a memory of another family
         with console.status(f"loading model {ec.source} ..."):
             engine = load_engine(ec, config)
         service = EdgeService(engine, db, specs, svc_cfg)

@@ -15,7 +15,7 @@ Endpoints (JSON unless stated; every one but `/healthz` and the page `/` needs t
     GET    /v1/captions               ?stream=&from=&to=&limit=&offset= -> captions, paged; ?stream=&clip= -> that
                                       clip (none when it was gated or forgotten: a stream's clips may have gaps)
     GET    /v1/thumbnails/{stream}/{clip}.jpg    a clip's middle frame
-    GET    /v1/kept/{stream}/{clip}   which visual tokens selection kept (flat indices, tokens per frame, grid)
+    GET    /v1/kept/{stream}/{clip}   which visual tokens selection kept (flat indices, tokens per group, grid, groups)
     GET    /v1/events                 server-sent events: `caption` and `watch` (?after=: as Last-Event-ID)
     POST   /v1/watches                {"query", "threshold"?, "stream"?, "webhook"?} -> the watch (201)
     GET    /v1/watches                the watches with match counts

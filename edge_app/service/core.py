@@ -366,18 +366,21 @@ class EdgeService:
                 "offset": offset, "next_offset": offset + len(rows) if len(rows) == limit else None}
 
     def kept(self, stream: str, clip: int) -> dict:
-        """Which of a clip's visual tokens selection kept: flat indices into its frames x tokens_per_frame grid
-        (frame = i // tokens_per_frame, patch = i % tokens_per_frame, row-major on a side x side grid)."""
+        """Which of a clip's visual tokens selection kept: flat indices into its groups x tokens_per_frame tokens (a
+        group is a frame for LLaVA-OV, a temporal patch of `temporal_patch` frames for Qwen2.5-VL: group =
+        i // tokens_per_frame, then row-major on the group's rows x cols `grid`)."""
         with self._read() as mem:
             r = mem.clip(stream, clip)
         if r is None or r.kept is None:
             raise NotFound(f"no kept tokens for clip {clip} of stream {stream!r}: they are stored for clips "
                            f"captioned by this release (GET /v1/captions lists the clips)")
-        p = self.engine.backend.info.tokens_per_frame
+        info = self.engine.backend.info
+        p = info.tokens_per_frame
         side = math.isqrt(p)
-        return {"stream": stream, "clip": clip, "tokens_per_frame": p,
-                "grid": [side, side] if side * side == p else None,
-                "frames": round((r.t_end - r.t_start) * self.engine.config.clip.fps),
+        grid = list(info.grid) if info.grid else ([side, side] if side * side == p else None)
+        frames = round((r.t_end - r.t_start) * self.engine.config.clip.fps)
+        return {"stream": stream, "clip": clip, "tokens_per_frame": p, "grid": grid, "frames": frames,
+                "temporal_patch": self.engine.backbone.temporal_patch, "groups": self.engine.backbone.groups(frames),
                 "kept": r.kept.tolist()}
 
     def thumbnail(self, stream: str, clip: int) -> bytes:

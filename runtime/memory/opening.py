@@ -11,7 +11,7 @@ import sqlite3
 from rlivs.runtime.errors import UserError
 
 from . import schema
-from .records import SQLITE_HEADER
+from .records import SQLITE_HEADER, model_mismatch, same_model
 
 log = logging.getLogger("rlivs.memory")
 _V1_TABLES = ("meta", "streams", "clips", "fifo")
@@ -55,11 +55,8 @@ class Opening:
             fresh = False
             version = self._check_schema(tables)
             stored = self.model_fingerprint()
-            if stored is not None and given is not None and stored != given:
-                raise UserError(
-                    f"{self.path} was written by a model with {stored}; this model has {given}: "
-                    f"use a new --db or the same model"
-                )
+            if stored is not None and given is not None and not same_model(stored, given):
+                raise UserError(model_mismatch(self.path, stored, given))
         if self.readonly:
             if version is not None and version < self.SCHEMA_VERSION:
                 self._migrate_with_writer()

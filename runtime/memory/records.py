@@ -156,3 +156,25 @@ def normalize_fingerprint(fp: dict | None) -> dict | None:
         ) from e
 
 
+def same_model(stored: dict, given: dict) -> bool:
+    """Whether a memory written by the model with fingerprint `stored` may take `given`'s captions and vectors: every
+    key equal. A memory written before rlivs recorded the model family ("backbone") is compared on the rest."""
+    keys = set(stored) | set(given)
+    if "backbone" not in stored or "backbone" not in given:
+        keys.discard("backbone")
+    return all(stored.get(k) == given.get(k) for k in keys)
+
+
+def model_mismatch(path, stored: dict, given: dict) -> str:
+    """Why a memory refuses a model, naming both model families when they differ, and the fix."""
+    fix = (f"use a new --db or the same model (rlivs memory info --db {path} names the model that wrote it; rlivs ask "
+           f"takes it from the memory when --model is left out)")
+    a, b = stored.get("backbone"), given.get("backbone")
+    if a and b and a != b:
+        from ..backbones import REGISTRY
+
+        label = lambda n: REGISTRY[n].label if n in REGISTRY else n  # noqa: E731
+        return (f"{path} was written by a {label(a)} model; this model is {label(b)}: captions and retrieval vectors of "
+                f"two model families cannot share a memory (written by a model with {stored}; this model has "
+                f"{given}): {fix}")
+    return f"{path} was written by a model with {stored}; this model has {given}: {fix}"
