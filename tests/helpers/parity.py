@@ -185,3 +185,20 @@ def eager_probe(attentions, layers) -> np.ndarray:
     import torch
 
     return torch.stack([attentions[i][0].mean(0) for i in layers]).mean(0).numpy()
+
+
+def engine_and_eager(name: str, hf_class, *, frames: int, tokens: int, fps: float):
+    """A random model built locally (by name), loaded twice: rlivs' engine on the torch reference backend and the
+    unmodified transformers model (`hf_class`) with eager attention, the reference the parity tests compare with."""
+    from rlivs.runtime.backends.torch.tiny import ensure_random_model
+    from rlivs.runtime.engine import load_engine
+    from tests.helpers.configs import small_config
+
+    model_dir = ensure_random_model(name)
+    engine = load_engine(str(model_dir), small_config(frames, tokens, fps=fps))
+    return engine, hf_class.from_pretrained(model_dir, attn_implementation="eager").eval()
+
+
+def random_frames(seed: int, n: int = 4, height: int = 90, width: int = 120) -> np.ndarray:
+    """(n, height, width, 3) uint8 frames of seeded noise."""
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)

@@ -26,11 +26,10 @@ from transformers.cache_utils import DynamicCache  # noqa: E402
 from rlivs.runtime.backbones import FifoClip  # noqa: E402
 from rlivs.runtime.backends.torch.backbones import qwen_patches  # noqa: E402
 from rlivs.runtime.backends.torch.hf_compat import cache_kwargs  # noqa: E402
-from rlivs.runtime.backends.torch.tiny import ensure_random_model  # noqa: E402
 from rlivs.runtime.config import SelectionConfig  # noqa: E402
 from rlivs.runtime.engine import load_engine  # noqa: E402
 from tests.helpers.configs import small_config  # noqa: E402
-from tests.helpers.parity import eager_probe, run_stream  # noqa: E402
+from tests.helpers.parity import eager_probe, engine_and_eager, random_frames, run_stream  # noqa: E402
 
 SCORE_TOL = 1e-5  # summed probe attention over <= 13 steps, fp32: SDPA + reduced probe rows vs eager probabilities
 FPS = 2.0
@@ -40,14 +39,10 @@ SHAPES = ("tiny-qwen3", "tiny-qwen3-gqa")
 
 @pytest.fixture(scope="module", params=SHAPES)
 def qwen3(request):
-    model_dir = ensure_random_model(request.param)
-    engine = load_engine(str(model_dir), small_config(4, TOKENS, fps=FPS))
-    eager = Qwen3VLForConditionalGeneration.from_pretrained(model_dir, attn_implementation="eager").eval()
-    return engine, eager
+    return engine_and_eager(request.param, Qwen3VLForConditionalGeneration, frames=4, tokens=TOKENS, fps=FPS)
 
 
-def _frames(seed, n=4):
-    return np.random.default_rng(seed).integers(0, 256, (n, 90, 120, 3), dtype=np.uint8)
+_frames = random_frames
 
 
 def _processor_ids(engine, index: int, n_frames: int, groups: int) -> np.ndarray:

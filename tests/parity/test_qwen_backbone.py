@@ -21,12 +21,11 @@ from transformers.cache_utils import DynamicCache  # noqa: E402
 from rlivs.runtime.backbones import FifoClip  # noqa: E402
 from rlivs.runtime.backends.torch.backbones import qwen_patches  # noqa: E402
 from rlivs.runtime.backends.torch.hf_compat import cache_kwargs  # noqa: E402
-from rlivs.runtime.backends.torch.tiny import ensure_random_model  # noqa: E402
 from rlivs.runtime.config import SelectionConfig  # noqa: E402
 from rlivs.runtime.engine import load_engine  # noqa: E402
 from rlivs.runtime.errors import UserError  # noqa: E402
 from tests.helpers.configs import small_config  # noqa: E402
-from tests.helpers.parity import eager_probe, run_stream  # noqa: E402
+from tests.helpers.parity import eager_probe, engine_and_eager, random_frames, run_stream  # noqa: E402
 
 SCORE_TOL = 1e-5  # summed probe attention over <= 13 steps, fp32: SDPA + reduced probe rows vs eager probabilities
 FPS = 2.0  # second_per_grid = 1 s: temporal ids advance 2 per temporal patch (tokens_per_second = 2)
@@ -36,14 +35,10 @@ SHAPES = ("tiny-qwen", "tiny-qwen-gqa")
 
 @pytest.fixture(scope="module", params=SHAPES)
 def qwen(request):
-    model_dir = ensure_random_model(request.param)
-    engine = load_engine(str(model_dir), small_config(4, TOKENS, fps=FPS))
-    eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, attn_implementation="eager").eval()
-    return engine, eager
+    return engine_and_eager(request.param, Qwen2_5_VLForConditionalGeneration, frames=4, tokens=TOKENS, fps=FPS)
 
 
-def _frames(seed, n=4):
-    return np.random.default_rng(seed).integers(0, 256, (n, 90, 120, 3), dtype=np.uint8)
+_frames = random_frames
 
 
 def _hf_inputs(engine, pixels, n_visual):
