@@ -222,3 +222,20 @@ def test_a_kill_inside_the_commit_that_writes_a_pack_loses_neither_and_resumes(s
         assert pack_ranges(db) == [(1, 16, 16)] and m.check_packs() == []
         q = m.clips()[15].vector
         assert [(r.stream, r.index) for r in m.search(q, mode="paper", shortlist=1).records] == exhaustive(m, q, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_signature_scan_in_parts_equals_one_pass(monkeypatch, threads):
+    from rlivs.runtime.memory import columns
+    monkeypatch.setattr(columns, "SCAN_THREADS", threads)
+    monkeypatch.setattr(columns, "SCAN_SPLIT_MIN", 100)
+    rng = np.random.default_rng(3)
+    center = rng.standard_normal(64).astype(np.float32)
+    vecs = (rng.standard_normal((1000, 64)) + center).astype(np.float32)
+    sigs = np.frombuffer(b"".join(columns.signature(v, center) for v in vecs), np.uint8).reshape(1000, -1)
+    bits, tails = np.ascontiguousarray(sigs[:, :8]), np.ascontiguousarray(sigs[:, 8:]).view("<f4")
+    q = vecs[7] + 0.1
+    whole = columns.estimated_scores(q, center, bits, tails)
+    assert np.allclose(columns.scan(q, center, bits, tails, slice(0, 1000)), whole, rtol=1e-6, atol=1e-6)
+    for rows in (np.arange(0, 1000, 2), np.arange(0, 1000, 7)):  # half of the rows (scanned whole), a seventh (gathered)
+        assert np.allclose(columns.scan(q, center, bits, tails, rows), whole[rows], rtol=1e-6, atol=1e-6)
