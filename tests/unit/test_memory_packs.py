@@ -17,6 +17,7 @@ import pytest
 from rlivs.runtime.memory import ClipRecord, Memory, packs
 from rlivs.runtime.memory import index as index_mod
 from rlivs.runtime.memory import search as search_mod
+from tests.helpers.cli import run_cli
 from tests.unit.test_memory_index import T0, exhaustive, records
 
 ROWS, SIG_MIN = 16, 20
@@ -154,7 +155,7 @@ def test_reindex_rebuilds_the_packs_with_the_new_signatures(small, db_pair):
         assert len(new) == len(old) and new != old and m.check_packs() == []
 
 
-def test_check_packs_finds_a_pack_that_disagrees_with_the_rows(small, db_pair):
+def test_check_packs_finds_a_pack_that_disagrees_with_the_rows_and_reindex_repairs_it(small, db_pair):
     db, _ = db_pair
     with Memory(db) as m:
         m.import_clips(records(50, "a"))
@@ -167,6 +168,11 @@ def test_check_packs_finds_a_pack_that_disagrees_with_the_rows(small, db_pair):
         problems = m.check_packs()
     assert any("[17, 32]: its signatures differ" in p for p in problems)
     assert any("the packs hold 32 clips, the clips table 48" in p for p in problems)
+    r = run_cli("memory", "check", "--db", str(db))
+    assert r.exit_code == 2 and "disagree with the clips" in r.output and "rlivs reindex" in r.output
+    assert run_cli("reindex", "--db", str(db)).exit_code == 0
+    r = run_cli("memory", "check", "--db", str(db))
+    assert r.exit_code == 0 and "agree with its 50 clips" in r.output
 
 
 def test_a_version_3_file_is_packed_by_its_migration_and_a_kill_during_it_leaves_version_3(small, db_pair):
