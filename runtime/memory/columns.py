@@ -38,39 +38,42 @@ SCAN_SPLIT_MIN = 262144  # rows: a smaller scan runs in the calling thread
 _pool: ThreadPoolExecutor | None = None
 
 
-def scan(query: np.ndarray, center: np.ndarray, bits: np.ndarray, tails: np.ndarray,
+def scan(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndarray, dots: np.ndarray,
          rows: np.ndarray | slice) -> np.ndarray:
     """`estimated_scores` of the cache rows at `rows` (a slice of every row, or positions). A big scan is split in
     SCAN_THREADS contiguous parts run at once; positions covering more than a quarter of the rows are scored by
     scanning every row and taking theirs (gathering a quarter of the signatures costs more than scanning the rest)."""
     global _pool
     if not isinstance(rows, slice) and len(rows) * 4 <= len(bits):
-        return estimated_scores(query, center, bits[rows], tails[rows])
+        return estimated_scores(query, center, bits[rows], norms[rows], dots[rows])
     n = len(bits)
     if SCAN_THREADS == 1 or n < SCAN_SPLIT_MIN:
-        est = estimated_scores(query, center, bits, tails)
+        est = estimated_scores(query, center, bits, norms, dots)
     else:
         if _pool is None:
             _pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="rlivs-scan")
         edges = np.linspace(0, n, SCAN_THREADS + 1).astype(int)
-        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], tails[a:b])
+        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], norms[a:b], dots[a:b])
                  for a, b in zip(edges[:-1], edges[1:])]
         est = np.concatenate([p.result() for p in parts])
     return est if isinstance(rows, slice) else est[rows]
 
 
-def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, tails: np.ndarray) -> np.ndarray:
-    """(D,) query q; (N, B) sign bits and (N, 2) [|r|, r.center] of N clips -> (N,) estimates of q.v - q.center
+def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndarray,
+                     dots: np.ndarray) -> np.ndarray:
+    """(D,) query q; (N, B) sign bits, (N,) |r| and (N,) r.center of N clips -> (N,) estimates of q.v - q.center
     (which ranks like the exact similarity q.v: q.center is the same for every clip). With q = center + r_q:
     q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
     vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
     rq = query.astype(np.float64) - center
-    h = np.array(hamming(signature_bits(query, center), bits), dtype=np.float32)  # (N,), ours to change in place
+    h = hamming(signature_bits(query, center), bits)  # (N,) float32, a new array: ours to change in place
+    if h.dtype != np.float32 or not h.flags.writeable:
+        h = h.astype(np.float32)
     h *= np.float32(np.pi / len(center))
     np.cos(h, out=h)
-    h *= tails[:, 0]
+    h *= norms  # contiguous columns: ~25% faster than the columns of an (N, 2) array
     h *= np.float32(np.linalg.norm(rq))
-    h += tails[:, 1]
+    h += dots
     return h  # float32: ranking a shortlist needs no more
 
 
@@ -155,7 +158,8 @@ class ColumnCache:
         self.t_end = _Grow(np.float64)  # (N,) stream-time end
         self.has_sig = _Grow(np.bool_)
         self.sigs = _Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
-        self.tails = _Grow(np.float32, 2)  # (N, 2) |r|, r.center
+        self.norms = _Grow(np.float32)  # (N,) |r|
+        self.dots = _Grow(np.float32)  # (N,) r.center
         self.all_signed = True  # every row has a signature
         self.df: dict[str, tuple[int, int, int]] = {}  # query word -> (documents holding it, cache rows, count limit)
 
@@ -221,7 +225,7 @@ class ColumnCache:
 
     def _columns(self, groups: list[str]) -> list[_Grow]:
         named = {"stream": [self.stream], "wall": [self.wall], "t_end": [self.t_end]}
-        return [self.ids, self.has_sig, self.sigs, self.tails, *(c for g in groups for c in named[g])]
+        return [self.ids, self.has_sig, self.sigs, self.norms, self.dots, *(c for g in groups for c in named[g])]
 
     def _backfill(self, conn: sqlite3.Connection, group: str) -> bool:
         """Read one filter column group for the rows held (ids up to last_id); False if they are not the same rows."""
@@ -262,7 +266,9 @@ class ColumnCache:
         self.has_sig.append(has)
         self.all_signed = self.all_signed and bool(has.all())
         self.sigs.append(sigs[:, :width])
-        self.tails.append(np.ascontiguousarray(sigs[:, width:]).view("<f4").reshape(-1, 2))
+        tails = np.ascontiguousarray(sigs[:, width:]).view("<f4").reshape(-1, 2)
+        self.norms.append(tails[:, 0])
+        self.dots.append(tails[:, 1])
         for group in self.loaded:
             self._append_group(group, chunk)
         self.last_id = int(ids[-1])

@@ -137,7 +137,7 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
     if mode != "lexical" and considered:
         signed = cache.all_signed or cache.has_sig.view[rows].all()
         if considered > EXACT_MAX and center is not None and signed:  # (slice: start 0)
-            est = scan(q, center, cache.sigs.view, cache.tails.view, rows)  # (M,)
+            est = scan(q, center, cache.sigs.view, cache.norms.view, cache.dots.view, rows)  # (M,)
             best = top_k(est, VECTOR_CANDIDATES)
             rows = best if isinstance(rows, slice) else rows[best]
         ids, vectors = fetch_vectors(conn, cache.ids.view[rows])  # (C,), (C, D)

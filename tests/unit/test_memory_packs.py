@@ -53,7 +53,8 @@ def cache_columns(m: Memory) -> dict:
              mode="paper")
     c = m._cache
     names = {code: name for name, code in c.codes.items()}
-    return dict(ids=c.ids.view.copy(), sigs=c.sigs.view.copy(), tails=c.tails.view.copy(),
+    return dict(ids=c.ids.view.copy(), sigs=c.sigs.view.copy(), norms=c.norms.view.copy(),
+                dots=c.dots.view.copy(),
                 has=c.has_sig.view.copy(), wall=c.wall.view.copy(), t_end=c.t_end.view.copy(),
                 stream=[names[i] for i in c.stream.view])
 
@@ -240,8 +241,9 @@ def test_the_signature_scan_in_parts_equals_one_pass(monkeypatch, threads):
     vecs = (rng.standard_normal((1000, 64)) + center).astype(np.float32)
     sigs = np.frombuffer(b"".join(columns.signature(v, center) for v in vecs), np.uint8).reshape(1000, -1)
     bits, tails = np.ascontiguousarray(sigs[:, :8]), np.ascontiguousarray(sigs[:, 8:]).view("<f4")
+    cols = (np.ascontiguousarray(tails[:, 0]), np.ascontiguousarray(tails[:, 1]))
     q = vecs[7] + 0.1
-    whole = columns.estimated_scores(q, center, bits, tails)
-    assert np.allclose(columns.scan(q, center, bits, tails, slice(0, 1000)), whole, rtol=1e-6, atol=1e-6)
+    whole = columns.estimated_scores(q, center, bits, *cols)
+    assert np.allclose(columns.scan(q, center, bits, *cols, slice(0, 1000)), whole, rtol=1e-6, atol=1e-6)
     for rows in (np.arange(0, 1000, 2), np.arange(0, 1000, 7)):  # half of the rows (scanned whole), a seventh (gathered)
-        assert np.allclose(columns.scan(q, center, bits, tails, rows), whole[rows], rtol=1e-6, atol=1e-6)
+        assert np.allclose(columns.scan(q, center, bits, *cols, rows), whole[rows], rtol=1e-6, atol=1e-6)
