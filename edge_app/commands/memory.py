@@ -1,4 +1,4 @@
-"""`rlivs memory info|export|import`, `rlivs forget` and `rlivs reindex`: what a memory holds, captions in and out as
+"""`rlivs memory info|export|import|check`, `rlivs forget` and `rlivs reindex`: what a memory holds, captions in and out as
 JSON lines (or an MCAP file for Foxglove), retention and index rebuilds. Only `memory import` loads a model (to
 recompute the retrieval vectors of imported captions)."""
 
@@ -279,8 +279,24 @@ def forget(
     console.print(f"forgot {n} clips of {what}")
 
 
+@memory_app.command("check")
+def check(db: Path = DbOption):
+    """Check that the packed search columns (ids, signatures, streams, times; schema 4) agree with the clips."""
+    try:
+        with _open(db) as memory:
+            problems = memory.check_packs()
+            n = memory.count_clips()
+    except UserError as e:
+        _fail(str(e))
+    if problems:
+        _fail(f"{db}: the packed search columns disagree with the clips ({'; '.join(problems[:5])}): run "
+              f"`rlivs reindex --db {db}` to rebuild them from the clips")
+    console.print(f"{db}: the packed search columns agree with its {n} clips")
+
+
 def reindex(db: Path = DbOption):
-    """Rebuild the keyword index and the vector signatures from the stored clips (after a damaged index)."""
+    """Rebuild the keyword index, the vector signatures and their packed copy from the stored clips (after a damaged
+    index)."""
     try:
         with _open(db, readonly=False) as memory:
             memory.reindex()

@@ -9,10 +9,11 @@
       housekeeping.py import_clips, forget
     checks.py       what every clip entering the memory is checked for
     records.py      ClipRecord, StreamState, arrays as bytes, SQLite errors explained
-    schema.py       the tables (version 3) and the in-place migrations from versions 1 and 2
+    schema.py       the tables (version 4) and the in-place migrations from versions 1, 2 and 3
     search.py       one question's shortlist: vector and keyword candidates inside the filters, rank fusion
       columns.py      the per-process column cache, binary signatures, Hamming estimate, top-k
       keywords.py     informative words, cached document counts, the posting budget, FTS5 BM25, keyword matches
+      packs.py        the packed copy of the cache's columns (4,096 clips a row), kept in the clips' transactions
 """
 
 from .records import ClipRecord, IdleSpan, StreamState

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from . import packs
 
 SIG_MIN = 2048  # the signature center is fixed when the memory first holds this many clips
 REFRESH_ROWS = 20000  # the column cache reads the clips table this many rows at a time
@@ -28,18 +32,48 @@ def signature(vector: np.ndarray, center: np.ndarray) -> bytes:
     return signature_bits(v, center).tobytes() + tail.tobytes()
 
 
-def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, tails: np.ndarray) -> np.ndarray:
-    """(D,) query q; (N, B) sign bits and (N, 2) [|r|, r.center] of N clips -> (N,) estimates of q.v - q.center
+SCAN_THREADS = max(1, min(4, os.cpu_count() or 1))  # threads of a big signature scan (numkong and numpy let go
+# of the GIL): on an idle second core a million-row scan takes about half the time
+SCAN_SPLIT_MIN = 262144  # rows: a smaller scan runs in the calling thread
+_pool: ThreadPoolExecutor | None = None
+
+
+def scan(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndarray, dots: np.ndarray,
+         rows: np.ndarray | slice) -> np.ndarray:
+    """`estimated_scores` of the cache rows at `rows` (a slice of every row, or positions). A big scan is split in
+    SCAN_THREADS contiguous parts run at once; positions covering more than a quarter of the rows are scored by
+    scanning every row and taking theirs (gathering a quarter of the signatures costs more than scanning the rest)."""
+    global _pool
+    if not isinstance(rows, slice) and len(rows) * 4 <= len(bits):
+        return estimated_scores(query, center, bits[rows], norms[rows], dots[rows])
+    n = len(bits)
+    if SCAN_THREADS == 1 or n < SCAN_SPLIT_MIN:
+        est = estimated_scores(query, center, bits, norms, dots)
+    else:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="rlivs-scan")
+        edges = np.linspace(0, n, SCAN_THREADS + 1).astype(int)
+        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], norms[a:b], dots[a:b])
+                 for a, b in zip(edges[:-1], edges[1:])]
+        est = np.concatenate([p.result() for p in parts])
+    return est if isinstance(rows, slice) else est[rows]
+
+
+def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndarray,
+                     dots: np.ndarray) -> np.ndarray:
+    """(D,) query q; (N, B) sign bits, (N,) |r| and (N,) r.center of N clips -> (N,) estimates of q.v - q.center
     (which ranks like the exact similarity q.v: q.center is the same for every clip). With q = center + r_q:
     q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
     vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
     rq = query.astype(np.float64) - center
-    h = np.array(hamming(signature_bits(query, center), bits), dtype=np.float32)  # (N,), ours to change in place
+    h = hamming(signature_bits(query, center), bits)  # (N,) float32, a new array: ours to change in place
+    if h.dtype != np.float32 or not h.flags.writeable:
+        h = h.astype(np.float32)
     h *= np.float32(np.pi / len(center))
     np.cos(h, out=h)
-    h *= tails[:, 0]
+    h *= norms  # contiguous columns: ~25% faster than the columns of an (N, 2) array
     h *= np.float32(np.linalg.norm(rq))
-    h += tails[:, 1]
+    h += dots
     return h  # float32: ranking a shortlist needs no more
 
 
@@ -109,8 +143,6 @@ class ColumnCache:
     are read the first time a question filters by them, then kept in step: the first question without a filter
     reads two columns of every clip, not six (the column reads are most of what a cold question costs)."""
 
-    GROUPS = {"stream": ("stream",), "wall": ("wall_start", "wall_end"), "t_end": ("t_end",)}
-
     def __init__(self):
         self.generation: str | None = None
         self.last_id = 0
@@ -126,7 +158,8 @@ class ColumnCache:
         self.t_end = _Grow(np.float64)  # (N,) stream-time end
         self.has_sig = _Grow(np.bool_)
         self.sigs = _Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
-        self.tails = _Grow(np.float32, 2)  # (N, 2) |r|, r.center
+        self.norms = _Grow(np.float32)  # (N,) |r|
+        self.dots = _Grow(np.float32)  # (N,) r.center
         self.all_signed = True  # every row has a signature
         self.df: dict[str, tuple[int, int, int]] = {}  # query word -> (documents holding it, cache rows, count limit)
 
@@ -140,8 +173,9 @@ class ColumnCache:
 
     def refresh(self, conn: sqlite3.Connection, generation: str, sig_bytes: int | None,
                 need: tuple[str, ...] = ()) -> None:
-        """Read the rows committed since the last refresh (all of them after a generation change), and the filter
-        columns in `need` of the rows already held (inside the caller's read transaction: one snapshot)."""
+        """Read the clips committed since the last refresh (all of them after a generation change), and the filter
+        columns in `need` of the clips already held (inside the caller's read transaction: one snapshot). Packed
+        clips come from their packs (packs.py: a few BLOBs per PACK_ROWS clips), the tail from the clips table."""
         if generation != self.generation or sig_bytes != self.sig_bytes:
             self._reset(generation, sig_bytes)
         for group in need:
@@ -149,82 +183,94 @@ class ColumnCache:
                 self._reset(generation, sig_bytes)  # the rows changed under us (cannot happen within a generation)
                 self.loaded = list(need)
                 break
-        cols = ["id", "sig", *(c for g in self.loaded for c in self.GROUPS[g])]
-        if self.last_id == 0:  # a first load: a count over the smallest index (~0.1 s at 1M), every column sized once
-            new_rows = conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
+        top = packs.packed_to(conn)
+        tail = max(0, (conn.execute("SELECT MAX(id) FROM clips").fetchone()[0] or 0) - max(top, self.last_id))
+        if self.last_id == 0:  # a first load: every column sized once (the packs' counts, the tail's id span)
+            new_rows = conn.execute("SELECT COALESCE(SUM(n), 0) FROM clip_packs").fetchone()[0] + tail
         else:  # rows added since (ids only grow within a generation): an upper bound from the primary key
-            new_rows = (conn.execute("SELECT MAX(id) FROM clips").fetchone()[0] or 0) - self.last_id
+            new_rows = max(top - self.last_id, 0) + tail
         if new_rows > REFRESH_ROWS:
             for col in self._columns(self.loaded):
                 col.reserve(new_rows)
-        cur = conn.execute(f"SELECT {', '.join(cols)} FROM clips WHERE id > ? ORDER BY id", (self.last_id,))
+        for chunk in self._chunks(conn, self.last_id, None, (*self.loaded, "sig"), top):
+            self._append(chunk)
+
+    def _chunks(self, conn: sqlite3.Connection, after: int, upto: int | None, groups: tuple[str, ...], top: int):
+        """The clips with after < id <= upto (None: no bound), in id order, as dicts of arrays (packs.read's form):
+        first from the packs (ids up to `top`, the highest packed id), then from the clips table."""
+        if after < top:
+            yield from packs.read(conn, after, upto, groups)
+        lo = max(after, top)
+        if upto is not None and upto <= lo:
+            return
+        bound = "" if upto is None else " AND id <= ?"
+        cur = conn.execute(f"SELECT {', '.join(packs.ROW_COLS)} FROM clips WHERE id > ?{bound} ORDER BY id",
+                           (lo,) if upto is None else (lo, upto))
+        full = (self.sig_bytes or 0)
         while rows := cur.fetchmany(REFRESH_ROWS):  # a chunk at a time: the Python rows never all exist at once
-            self._append(rows, cols)
+            a = packs.arrays_from_rows(rows)
+            if "sig" in groups:
+                if a["sigs"] is not None and full and len(a["sigs"]) == full * len(rows):
+                    a["sigs"] = np.frombuffer(a["sigs"], dtype=np.uint8).reshape(-1, full)
+                else:  # NULL signatures among them (a memory below SIG_MIN clips)
+                    sig_list = [r[-1] for r in rows]
+                    has = np.array([s is not None and len(s) == full for s in sig_list], dtype=bool)
+                    width = self.sigs.buf.shape[1] + SIG_TAIL
+                    packed = np.zeros((len(rows), width), dtype=np.uint8)
+                    if has.any():
+                        packed[has] = np.frombuffer(b"".join(s for s, h in zip(sig_list, has) if h),
+                                                    dtype=np.uint8).reshape(-1, width)
+                    a["sigs"], a["has"] = packed, has
+            yield a
 
     def _columns(self, groups: list[str]) -> list[_Grow]:
         named = {"stream": [self.stream], "wall": [self.wall], "t_end": [self.t_end]}
-        return [self.ids, self.has_sig, self.sigs, self.tails, *(c for g in groups for c in named[g])]
+        return [self.ids, self.has_sig, self.sigs, self.norms, self.dots, *(c for g in groups for c in named[g])]
 
     def _backfill(self, conn: sqlite3.Connection, group: str) -> bool:
         """Read one filter column group for the rows held (ids up to last_id); False if they are not the same rows."""
-        cols = ["id", *self.GROUPS[group]]
         col = {"stream": self.stream, "wall": self.wall, "t_end": self.t_end}[group]
         col.__init__(col.buf.dtype, None if col.buf.ndim == 1 else col.buf.shape[1])
         col.reserve(self.ids.n)
-        cur = conn.execute(f"SELECT {', '.join(cols)} FROM clips WHERE id <= ? ORDER BY id", (self.last_id,))
-        while rows := cur.fetchmany(REFRESH_ROWS):
-            self._append_group(group, list(zip(*rows))[1:])
+        for chunk in self._chunks(conn, 0, self.last_id, (group,), packs.packed_to(conn)):
+            self._append_group(group, chunk)
         if col.n != self.ids.n:
             return False
         self.loaded.append(group)
         return True
 
-    def _append_group(self, group: str, values: list[tuple]) -> None:
+    def _append_group(self, group: str, chunk: dict) -> None:
         if group == "stream":
-            (streams,) = values
             codes = self.codes
-            for name in set(streams) - codes.keys():
-                codes[name] = len(codes)
-            self.stream.append(np.fromiter(map(codes.__getitem__, streams), dtype=np.int32, count=len(streams)))
+            lut = np.array([codes.setdefault(name, len(codes)) for name in chunk["names"]], dtype=np.int32)
+            self.stream.append(lut[chunk["codes"]] if len(lut) else np.zeros(0, np.int32))
         elif group == "wall":
-            w0, w1 = values
-            wall = np.empty((len(w0), 2), dtype=np.float64)
-            wall[:, 0] = np.array(w0, dtype=np.float64)  # None -> NaN (no clock)
-            wall[:, 1] = np.array(w1, dtype=np.float64)
-            self.wall.append(wall)
+            self.wall.append(chunk["wall"])
         else:
-            self.t_end.append(np.array(values[0], dtype=np.float64))
+            self.t_end.append(chunk["t_end"])
 
-    def _append(self, rows: list[tuple], cols: list[str]) -> None:
-        """One chunk of rows (the columns `cols`: id, sig, then the loaded groups') -> the columns, with as little
-        per-row Python as possible (the first question of a process loads a million rows through here)."""
-        values = list(zip(*rows))
-        ids, sigs = values[0], values[1]
+    def _append(self, chunk: dict) -> None:
+        """One chunk of clips (ids, signatures, the loaded groups' columns) -> the columns, without per-row Python
+        (the first question of a process loads every clip through here)."""
+        ids = chunk["ids"]
+        if len(ids) == 0:
+            return
         width = self.sigs.buf.shape[1]
-        full = width + SIG_TAIL
-        try:  # the usual case: every row signed (a signature is `full` bytes or NULL within a generation)
-            joined = b"".join(sigs)
-        except TypeError:  # a NULL among them
-            joined = b""
-        if len(joined) == full * len(rows):
-            has = np.ones(len(rows), dtype=bool)
-            packed = np.frombuffer(joined, dtype=np.uint8).reshape(-1, full)
-        else:
-            sig_len = np.fromiter((0 if s is None else len(s) for s in sigs), dtype=np.int64, count=len(rows))
-            has = sig_len == full
-            packed = np.zeros((len(rows), full), dtype=np.uint8)
-        if not has.all() and has.any():
-            packed[has] = np.frombuffer(b"".join(s for s, h in zip(sigs, has) if h), dtype=np.uint8).reshape(-1, full)
-        self.ids.append(np.array(ids, dtype=np.int64))
+        sigs = chunk["sigs"]
+        has = chunk.get("has")
+        if sigs.shape[1] != width + SIG_TAIL:  # signatures of another width than the center's (not this generation)
+            sigs, has = np.zeros((len(ids), width + SIG_TAIL), np.uint8), np.zeros(len(ids), bool)
+        if has is None:
+            has = np.ones(len(ids), dtype=bool)
+        self.ids.append(ids)
         self.has_sig.append(has)
         self.all_signed = self.all_signed and bool(has.all())
-        self.sigs.append(packed[:, :width])
-        self.tails.append(np.ascontiguousarray(packed[:, width:]).view("<f4").reshape(-1, 2))
-        at = 2
+        self.sigs.append(sigs[:, :width])
+        tails = np.ascontiguousarray(sigs[:, width:]).view("<f4").reshape(-1, 2)
+        self.norms.append(tails[:, 0])
+        self.dots.append(tails[:, 1])
         for group in self.loaded:
-            k = len(self.GROUPS[group])
-            self._append_group(group, values[at:at + k])
-            at += k
+            self._append_group(group, chunk)
         self.last_id = int(ids[-1])
 
     def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,

@@ -13,6 +13,7 @@ import numpy as np
 from rlivs.runtime.activity import SceneRef
 from rlivs.runtime.errors import UserError
 
+from . import packs
 from .checks import check_record, kept_to_blob, scene_to_row
 from .records import ClipRecord, IdleSpan, to_blob
 from .search import signature
@@ -95,6 +96,8 @@ class Commits:
             conn.execute("UPDATE streams SET next_idx = ? WHERE name = ?", (index + 1, stream))
             if center is None:
                 self._fill_signatures(force=False)
+            else:
+                packs.pack_tail(conn, self._last_insert)  # one commit in PACK_ROWS writes a pack
             if self._after_clip_insert is not None:
                 self._after_clip_insert()
             if fifo_row is not None:
@@ -196,9 +199,9 @@ class Commits:
     def _insert_clip(self, stream: str, index: int, t_start: float, t_end: float, wall: tuple, caption: str,
                      n_tokens: int, sig: bytes | None, committed_at: float, arrays: tuple) -> None:
         """The clip's row and its arrays' row (vector, dim, dtype, kept), inside the caller's transaction."""
-        cur = self._conn.execute(
+        self._last_insert = self._conn.execute(
             "INSERT INTO clips (stream, idx, t_start, t_end, wall_start, wall_end, caption, n_tokens, sig, "
             "committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (stream, index, t_start, t_end, *wall, caption, n_tokens, sig, committed_at))
+            (stream, index, t_start, t_end, *wall, caption, n_tokens, sig, committed_at)).lastrowid
         self._conn.execute("INSERT INTO clip_arrays (id, vector, dim, dtype, kept) VALUES (?, ?, ?, ?, ?)",
-                           (cur.lastrowid, *arrays))
+                           (self._last_insert, *arrays))

@@ -9,6 +9,9 @@ from collections.abc import Iterable
 from rlivs.runtime.errors import UserError
 from rlivs.runtime.validate import check_caption, check_stream_name
 
+import numpy as np
+
+from . import packs
 from .checks import check_record, kept_to_blob
 from .records import ClipRecord, to_blob
 from .search import signature
@@ -64,7 +67,9 @@ class Housekeeping:
                     self._fill_signatures(force=False)
                     center = self._signature_center()
             if center is None:
-                self._fill_signatures(force=False)
+                self._fill_signatures(force=False)  # (packs every clip once signed)
+            else:
+                packs.pack_tail(self._conn)
             return stored
 
         return self._write(body, what="import clips")
@@ -82,6 +87,8 @@ class Housekeeping:
                 names = [s["name"] for s in self.streams()]
                 raise UserError(f"no stream {stream!r} in {self.path}: it holds {', '.join(names) or 'none'}")
             if before is None:
+                gone = [r[0] for r in self._conn.execute("SELECT id FROM clips WHERE stream = ? ORDER BY id",
+                                                          (stream,))]
                 self._conn.execute("DELETE FROM clip_arrays WHERE id IN (SELECT id FROM clips WHERE stream = ?)",
                                    (stream,))
                 n = self._conn.execute("DELETE FROM clips WHERE stream = ?", (stream,)).rowcount
@@ -96,10 +103,12 @@ class Housekeeping:
                 cond, args = "wall_start < ? AND wall_end < ?", [float(before), float(before)]
                 if stream is not None:
                     cond, args = cond + " AND stream = ?", args + [stream]
+                gone = [r[0] for r in self._conn.execute(f"SELECT id FROM clips WHERE {cond} ORDER BY id", args)]
                 self._conn.execute(f"DELETE FROM clip_arrays WHERE id IN (SELECT id FROM clips WHERE {cond})", args)
                 n = self._conn.execute(f"DELETE FROM clips WHERE {cond}", args).rowcount
                 self._conn.execute(f"DELETE FROM idle WHERE {cond}", args)
             if n:
+                packs.drop_ids(self._conn, np.array(gone, dtype=np.int64))  # the packs keep agreeing with the rows
                 self._bump_generation()
             return n
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from rlivs.runtime.errors import UserError
 
+from . import packs
 from .records import from_blob
 from .search import SIG_MIN, SIG_TAIL, ColumnCache, Shortlist, search, signature
 
@@ -57,6 +58,7 @@ class Index:
                 conn.executemany("UPDATE clips SET sig = ? WHERE id = ?", batch)
                 batch = []
         conn.executemany("UPDATE clips SET sig = ? WHERE id = ?", batch)
+        packs.rebuild(conn)  # every signature changed
         self._bump_generation()
         self._center = None
 
@@ -79,6 +81,11 @@ class Index:
 
         return self._read(body)
 
+    def check_packs(self) -> list[str]:
+        """Where the packed copy of the search columns disagrees with the clips table (packs.py; empty: they agree).
+        Reads every clip row once, in one read transaction."""
+        return self._read(lambda: packs.problems(self._conn))
+
     def reindex(self) -> None:
         """Rebuild the keyword index and every signature (new center) from the clips table, in one transaction."""
         self._refuse_readonly("reindex")
@@ -87,6 +94,7 @@ class Index:
             self._conn.execute("INSERT INTO clips_fts (clips_fts) VALUES ('rebuild')")
             self._conn.execute("DELETE FROM meta WHERE key = 'sig_center'")
             self._conn.execute("UPDATE clips SET sig = NULL")
+            self._conn.execute("DELETE FROM clip_packs")  # rebuilt with the new signatures (none below SIG_MIN)
             self._fill_signatures(force=False)
             self._bump_generation()
 

@@ -88,7 +88,7 @@ class Opening:
                 f"{self.path} has memory schema version {version}, newer than this rlivs reads "
                 f"({self.SCHEMA_VERSION}): upgrade rlivs or use a new --db"
             )
-        needed = {1: _V1_TABLES, 2: schema.TABLES_V2}.get(version, schema.TABLES)
+        needed = {1: _V1_TABLES, 2: schema.TABLES_V2, 3: schema.TABLES_V3}.get(version, schema.TABLES)
         missing = [t for t in needed if t not in tables]
         if missing:
             raise self._not_rlivs(f"the rlivs tables {missing} are missing")
@@ -111,9 +111,12 @@ class Opening:
         def body() -> None:
             if old == 1:
                 schema.migrate_v1(self._conn, self._migration_pause)
-                self._fill_signatures(force=False)
-            else:  # version 2: the gate's tables are added, nothing else changes
+                self._fill_signatures(force=False)  # (packs the clips once signed)
+            else:  # version 2 or 3: the gate's tables are added if missing, the packs built
                 schema.migrate_v2(self._conn)
+                if self._migration_pause is not None:
+                    self._migration_pause("packed")
+            self._bump_generation()  # a process that read the older file reloads its column cache
 
         self._write(body, what=f"migrate the memory to schema version {self.SCHEMA_VERSION}",
                     then=" (the file still holds the previous version, intact)")

@@ -1,4 +1,8 @@
-"""The memory's SQLite schema (version 3) and the in-place migrations from versions 1 and 2.
+"""The memory's SQLite schema (version 4) and the in-place migrations from versions 1, 2 and 3.
+
+Version 4 over version 3: `clip_packs`, the packed copy of what a search reads per clip (packs.py), kept in the
+transaction of every change to the clips; migrating a version-3 file builds it from the clips table in one
+transaction (a kill leaves the version-3 file).
 
 Version 3 over version 2 (the activity gate, runtime/activity.py):
 - `idle`: runs of consecutive clips the gate left uncaptioned, each against the captioned clip whose scene they
@@ -28,9 +32,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-VERSION = 3
+from . import packs
+
+VERSION = 4
 TABLES_V2 = ("meta", "streams", "clips", "clip_arrays", "fifo", "clips_fts")
-TABLES = (*TABLES_V2, "idle", "scenes")
+TABLES_V3 = (*TABLES_V2, "idle", "scenes")
+TABLES = (*TABLES_V3, "clip_packs")
 
 _STREAMS = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -81,9 +88,9 @@ _TRIGGERS = (
 
 
 def create(conn: sqlite3.Connection) -> None:
-    """Create every version-3 table, index and trigger (idempotent). Runs inside the caller's transaction."""
+    """Create every version-4 table, index and trigger (idempotent). Runs inside the caller's transaction."""
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    for sql in (_STREAMS, _CLIPS, _ARRAYS, _FIFO, _IDLE, _SCENES, *_INDEXES, _FTS, _VOCAB, *_TRIGGERS):
+    for sql in (_STREAMS, _CLIPS, _ARRAYS, _FIFO, _IDLE, _SCENES, *_INDEXES, _FTS, _VOCAB, *_TRIGGERS, packs.TABLE):
         conn.execute(sql)
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(VERSION),))
 
@@ -113,5 +120,7 @@ def migrate_v1(conn: sqlite3.Connection, pause: Callable[[str], None] | None = N
 
 
 def migrate_v2(conn: sqlite3.Connection) -> None:
-    """Version 2 -> 3 inside the caller's transaction: add the `idle` and `scenes` tables (no row changes)."""
+    """Version 2 or 3 -> 4 inside the caller's transaction: add the `idle` and `scenes` tables (no row changes) and
+    the packs, built from the clips table."""
     create(conn)
+    packs.rebuild(conn)

@@ -70,6 +70,7 @@ class Memory(Opening, Streams, Commits, Timeline, Index, Housekeeping):
         # Test seams: called inside commit_clip's transaction after the clip row is inserted and
         # before the FIFO rows change, and between the steps of a migration (simulate crashes mid-transaction).
         self._after_clip_insert: Callable[[], None] | None = None
+        self._last_insert = 0  # the id of the clip row inserted last (packs.pack_tail's bound)
         self._cache = ColumnCache()  # filter columns + signatures for search, caught up per question
         self._center: tuple[str, np.ndarray | None] | None = None  # (generation, signature center)
         self._conn: sqlite3.Connection | None = None

@@ -139,7 +139,7 @@ def test_forget_drops_idle_runs_with_their_clips(tmp_path):
         assert m.scene("cam").index == 10
 
 
-def test_a_version_2_file_is_migrated_to_3_without_touching_its_rows(tmp_path):
+def test_a_version_2_file_is_migrated_without_touching_its_rows(tmp_path):
     db = tmp_path / "m.db"
     with Memory(db) as m:
         m.open_stream("cam", "src", "m", "h")
@@ -148,13 +148,14 @@ def test_a_version_2_file_is_migrated_to_3_without_touching_its_rows(tmp_path):
     c = sqlite3.connect(db)  # make it the version-2 file an older rlivs wrote
     c.execute("DROP TABLE idle")
     c.execute("DROP TABLE scenes")
+    c.execute("DROP TABLE clip_packs")
     c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     c.commit()
     c.close()
     with Memory(db, readonly=True) as m:  # a reader migrates it through a short-lived writer
         assert m.clips() == clips and m.idle_spans() == [] and m.streams()[0]["n_idle"] == 0
     c = sqlite3.connect(db)
-    assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(Memory.SCHEMA_VERSION)
     c.close()
     with Memory(db) as m:
         idle(m, 1, 0)
