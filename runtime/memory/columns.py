@@ -83,11 +83,22 @@ def hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.float32)
     try:
         import numkong
-    except ImportError:  # pragma: no cover - numkong ships wheels for x86_64 and aarch64
-        return np.bitwise_count(sigs ^ query_sig).sum(axis=1, dtype=np.int32).astype(np.float32)
+    except ImportError:  # numkong ships wheels for x86_64 and aarch64; this is for any other machine
+        return numpy_hamming(query_sig, sigs)
     out = numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out_dtype="float32")  # (N, 1): the
     # faster order of the two (~15% at 1M rows)
     return np.asarray(out).reshape(-1)
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # bits set per byte value
+
+
+def numpy_hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
+    """`hamming` in numpy alone: np.bitwise_count where numpy has it (>= 2.0), else a byte lookup table (numpy 1.26,
+    what NVIDIA's onnxruntime-gpu build on a Jetson needs)."""
+    diff = sigs ^ query_sig  # (N, B) uint8
+    counts = np.bitwise_count(diff) if hasattr(np, "bitwise_count") else _POPCOUNT[diff]
+    return counts.sum(axis=1, dtype=np.int32).astype(np.float32)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

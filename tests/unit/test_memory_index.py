@@ -363,3 +363,19 @@ def test_a_kill_during_migration_leaves_the_version_1_file(db, step):
     with Memory(db) as m:  # and the next open migrates it
         assert [r.caption for r in m.clips()] == [row[3] for row in written["cam"]]
         assert m.open_stream("cam", "old.mp4", "m", "h1").next_index == 5
+
+
+@pytest.mark.parametrize("has_bitwise_count", [True, False])
+def test_hamming_without_numkong_counts_the_bits_on_numpy_1_and_2(monkeypatch, has_bitwise_count):
+    """The numpy fallback (machines numkong has no wheel for) gives numkong's distances, with np.bitwise_count
+    (numpy >= 2) and without it (numpy 1.26, the device tier): counted here bit by bit with np.unpackbits."""
+    from rlivs.runtime.memory import columns
+
+    rng = np.random.default_rng(7)
+    sigs = rng.integers(0, 256, (257, 112), dtype=np.uint8)
+    query = rng.integers(0, 256, 112, dtype=np.uint8)
+    want = np.unpackbits(sigs ^ query, axis=1).sum(axis=1).astype(np.float32)
+    np.testing.assert_array_equal(columns.hamming(query, sigs), want)  # numkong
+    if not has_bitwise_count:
+        monkeypatch.delattr(np, "bitwise_count", raising=False)
+    np.testing.assert_array_equal(columns.numpy_hamming(query, sigs), want)
