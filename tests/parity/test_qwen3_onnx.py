@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from rlivs.export.graph import SCOPE_KEY  # noqa: E402
 from rlivs.runtime.backends.bundle import load_manifest  # noqa: E402
 from rlivs.runtime.backends.onnxruntime import OrtBackend  # noqa: E402
 from rlivs.runtime.backends.torch import TorchBackend  # noqa: E402
@@ -60,9 +61,11 @@ def check_bundle(bundle, size: str, sample_video, tmp_path):
     check = m["export_check"]
     assert check["vision"] < VISION_TOL and check["deepstack"] < VISION_TOL
     assert check["logits"] < LOGITS_TOL and check["probe_attn"] < ATTN_TOL
-    ops = [n.op_type for n in onnx.load(str(bundle / "decoder.onnx"), load_external_data=False).graph.node]
-    assert ops.count("Softmax") == info.num_layers + len(info.probe_layers)
-    assert ops.count("ScatterND") == k  # one injection per DeepStack layer, nothing else scatters
+    nodes = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False).graph.node
+    assert [n.op_type for n in nodes].count("Softmax") == info.num_layers + len(info.probe_layers)
+    scopes = [next(p.value for p in n.metadata_props if p.key == SCOPE_KEY) for n in nodes if n.op_type == "ScatterND"]
+    assert sum("index_put" in s for s in scopes) == k  # one injection per DeepStack layer (the rest: interleaved rope)
+    assert all("index_put" in s or "lm.rotary_emb" in s for s in scopes)
 
     # vision: tokens and features; 3 frames (the last group repeats its last frame); one group per run (joined)
     rng = np.random.default_rng(0)
