@@ -1,5 +1,5 @@
 """`rlivs export`: a LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL checkpoint -> a self-contained bundle for the torch-free
-runtime (Qwen3-VL: ONNX Runtime only; the TensorRT target is refused for it, docs/export.md).
+runtime.
 
 Order: create ONNX -> check the graphs -> compare with the torch reference -> write the manifest.
 
@@ -117,10 +117,6 @@ def export_bundle(model: str | Path, out: str | Path, config: ExportConfig | Non
     if not backbone.exportable:  # before anything is written or loaded
         raise UserError(f"rlivs export does not support {backbone.label} yet (ONNX / TensorRT graphs for it are not "
                         f"written): run it on the torch backend, e.g. rlivs ingest --model {model} --backend torch")
-    if backbone.deepstack and config.target == "tensorrt":
-        raise UserError(f"--target tensorrt is not written for {backbone.label} yet (its DeepStack inputs have no "
-                        f"TensorRT profile, builder binding or emulator parity): export it for ONNX Runtime "
-                        f"(--target onnxruntime, the default) or run it on the torch backend")
     if backbone.mrope and config.batch:
         raise UserError(f"--batch exports a decoder with 1-D (B, L) positions; {backbone.label} uses 3-D M-RoPE "
                         f"positions: export it without --batch (its clips are captioned one at a time)")

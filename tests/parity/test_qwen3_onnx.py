@@ -10,7 +10,8 @@ interleaved M-RoPE ids, its DeepStack injection, its eager attention). fp32, tin
   last row;
 - a stream with a FIFO (whose tokens are fed again with their own DeepStack features), "original" and "sequential"
   positions: identical captions and selections, scores within SCORE_TOL, identical FIFO features;
-- the TensorRT target is refused for Qwen3-VL by name, before anything is written.
+- features given to a decoder without DeepStack inputs are refused, not dropped.
+(The TensorRT-target graphs, through the CPU emulator: tests/parity/test_qwen3_tensorrt.py.)
 
 tiny-qwen3 (4 heads on 4 KV heads, DeepStack into 2 layers) runs in the default tier; tiny-qwen3-gqa (6 heads on 2 KV
 heads, DeepStack into 3 layers, untied lm_head, a 6x4 grid) exports a second bundle and is marked slow.
@@ -127,14 +128,6 @@ def test_tiny_qwen3_bundle_equals_the_reference(qwen3_bundle, sample_video, tmp_
 def test_tiny_qwen3_gqa_bundle_equals_the_reference(tmp_path_factory, sample_video, tmp_path):
     bundle = export_qwen(tmp_path_factory, "tiny-qwen3-gqa")
     check_bundle(bundle, "tiny-qwen3-gqa", sample_video, tmp_path)
-
-
-def test_tensorrt_target_is_refused_for_qwen3(tmp_path):
-    from rlivs.export.bundle import ExportConfig, export_bundle
-
-    with pytest.raises(UserError, match="--target tensorrt is not written for Qwen3-VL.*--target onnxruntime"):
-        export_bundle("tiny-qwen3", tmp_path / "b", ExportConfig(target="tensorrt"))
-    assert not (tmp_path / "b").exists()  # refused before anything was written
 
 
 def test_a_llava_bundle_refuses_deepstack_features(qwen3_bundle):

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..base import Backend, BatchState, DecodeState, MergedBatch, StepOutput, check_step_batch
-from ..bundle import (Manifest, bundle_backbone, damaged, group_frames, load_manifest, load_tables,
+from ..bundle import (Manifest, bundle_backbone, damaged, deepstack_feed, group_frames, load_manifest, load_tables,
                       installed_onnxruntime, onnxruntime_gap, step_positions)
 from ..kv_arena import Arena, ArenaPool
 from rlivs.runtime.errors import UserError
@@ -235,23 +235,7 @@ class OrtBackend(Backend):
         return self._run(embeds[i:], pos[:, i:], state, probe_rows, chunk(i, len(embeds) - i))
 
     def _deepstack_inputs(self, deepstack) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """-> ((n,) int64 rows, (K, n, D) float32 features): empty when not given; (None, None) for a bundle
-        without DeepStack inputs (given features are then refused)."""
-        if not self.deepstack_maps:
-            if deepstack is not None:
-                raise UserError(f"{self.bundle} is a {self.backbone.label} bundle: its decoder takes no DeepStack "
-                                f"features")
-            return None, None
-        if deepstack is None:
-            return np.zeros(0, np.int64), np.zeros((self.deepstack_maps, 0, self.info.hidden_size), np.float32)
-        rows = np.asarray(deepstack[0], dtype=np.int64)
-        feats = np.asarray(deepstack[1], dtype=np.float32)
-        if feats.shape != (self.deepstack_maps, len(rows), self.info.hidden_size):
-            raise UserError(f"DeepStack features must be ({self.deepstack_maps}, {len(rows)}, "
-                            f"{self.info.hidden_size}) for these rows, got {feats.shape}")
-        if len(rows) > 1 and not bool((np.diff(rows) > 0).all()):
-            raise UserError("DeepStack rows must ascend (the features are added in input order)")
-        return rows, feats
+        return deepstack_feed(deepstack, self.deepstack_maps, self.info.hidden_size, self.bundle, self.backbone.label)
 
     def _run(self, embeds: np.ndarray, pos: np.ndarray, state: OrtState, probe_rows: int,
              deep: tuple[np.ndarray, np.ndarray] | None = None) -> StepOutput:
