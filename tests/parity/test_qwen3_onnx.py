@@ -130,7 +130,7 @@ def test_tiny_qwen3_gqa_bundle_equals_the_reference(tmp_path_factory, sample_vid
     check_bundle(bundle, "tiny-qwen3-gqa", sample_video, tmp_path)
 
 
-def test_a_llava_bundle_refuses_deepstack_features(qwen3_bundle):
+def test_a_decoder_without_deepstack_inputs_refuses_features(qwen3_bundle):
     """Features given to a bundle whose decoder takes none are refused, not dropped (here: a Qwen3-VL bundle with its
     DeepStack inputs removed from the backend's view stands in for one without them)."""
     be = OrtBackend(qwen3_bundle)
