@@ -1,4 +1,5 @@
-"""`rlivs export`: a LLaVA-OneVision or Qwen2.5-VL checkpoint -> a self-contained bundle for the torch-free runtime.
+"""`rlivs export`: a LLaVA-OneVision, Qwen2.5-VL or Qwen3-VL checkpoint -> a self-contained bundle for the torch-free
+runtime.
 
 Order: create ONNX -> check the graphs -> compare with the torch reference -> write the manifest.
 
@@ -192,6 +193,8 @@ def parity_summary(check: dict) -> str:
     """The export check in words: the largest differences between ONNX Runtime and torch, the logits' difference
     put next to their size (`logit_scale` is the largest |logit|, a scale, not an error)."""
     parts = [f"vision tokens max |diff| {check['vision']:.1e}"]
+    if "deepstack" in check:
+        parts.append(f"DeepStack features max |diff| {check['deepstack']:.1e}")
     if "logit_scale" in check:
         parts.append(f"logits max |diff| {check['logits']:.1e} (the logits reach {check['logit_scale']:.2f}: "
                      f"relative {check['logits'] / max(check['logit_scale'], 1e-30):.1e})")
@@ -222,15 +225,22 @@ def compare_with_reference(backend, bundle: Path, manifest: Manifest, n_frames: 
     rng = np.random.default_rng(0)
     n_frames = max(n_frames, backend.info.temporal_patch)
     pixels = rng.uniform(-1, 1, (n_frames, 3, *backend.info.image_size)).astype(np.float32)
-    vis_ref, vis = backend.encode_frames(pixels), ort_be.encode_frames(pixels)  # (G, P, D)
+    (vis_ref, deep_ref), (vis, deep) = backend.encode_video(pixels), ort_be.encode_video(pixels)  # (G, P, D)
     ids = np.arange(10, 20) % backend.info.vocab_size
-    ctx = np.concatenate([backend.embed_tokens(ids), vis_ref.reshape(-1, backend.info.hidden_size)])  # (S, D)
+    d = backend.info.hidden_size
+    ctx = np.concatenate([backend.embed_tokens(ids), vis_ref.reshape(-1, d)])  # (S, D)
     s_ref, s_ort = backend.new_state(), ort_be.new_state()
     worst = {"vision": float(np.abs(vis - vis_ref).max()), "logits": 0.0, "probe_attn": 0.0}
     x, extra = ctx, {}
-    if backend.backbone.mrope:  # the prompt's text, then the frames as one video: M-RoPE (t, h, w) ids
+    if backend.backbone.text_in_video:  # positions come with a tokenized layout: ids with three distinct axes
+        a = np.arange(len(ctx), dtype=np.int64)
+        extra["positions"] = np.stack([a, a + a % 3, a + a % 5])  # (3, S)
+    elif backend.backbone.mrope:  # the prompt's text, then the frames as one video: M-RoPE (t, h, w) ids
         extra["positions"] = backend.backbone.positions(len(ids), [], 0, vis_ref.shape[0], backend.info.grid, 0,
                                                         fps=2.0, frames_per_clip=n_frames)
+    if deep_ref is not None:  # DeepStack: the features of the visual rows, the reference's into both
+        worst["deepstack"] = float(np.abs(deep - deep_ref).max())
+        extra["deepstack"] = (np.arange(len(ids), len(ctx)), deep_ref.reshape(deep_ref.shape[0], -1, d))
     for _ in range(1 + n_decode):
         a, b = backend.step(x, s_ref, **extra), ort_be.step(x, s_ort, **extra)
         extra = {}

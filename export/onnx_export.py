@@ -7,6 +7,7 @@ computes what the parity tests already pin for the reference. Qwen2.5-VL's visio
 
   vision.onnx   pixel_values (F, 3, H, W) f32 -> visual_tokens (F, P, D) f32           F dynamic
                 Qwen2.5-VL: pixel_values (2*groups, 3, H, W) -> visual_tokens (groups, P, D): temporal patches of 2
+                Qwen3-VL: the same, and deepstack (K, groups, P, D) f32: the DeepStack features of every token
   decoder.onnx  inputs_embeds (1, L, D) f32, position_ids (1, L) i64 (M-RoPE backbones: (3, L), the (t, h, w) ids
                 the runtime's backbone computes), and the past, in one of two layouts:
     stacked     past_keys / past_values (N, H_kv, K_past, Dh) f32                     L >= 1, K_past >= 0
@@ -17,6 +18,9 @@ computes what the parity tests already pin for the reference. Qwen2.5-VL's visio
                 first K rows of one preallocated (K_max, N, 2, H_kv, Dh) buffer
              -> logits, probe_attn as above, new_kv (L, N, 2, H_kv, Dh): only the new positions, which the
                 runtime binds to rows [K_past, K_past + L) of the same buffer (the cache is appended in place)
+    DeepStack   (Qwen3-VL) two more inputs after the past: visual_rows (n,) i64, the inputs that are visual tokens
+                (ascending), and deepstack (K, n, D) f32, their features; after decoder layer k < K the graph adds
+                deepstack[k] to those rows' hidden states, as Qwen3VLTextModel does (n = 0: nothing is added)
 """
 
 from __future__ import annotations
@@ -168,6 +172,10 @@ class DecoderGraph(nn.Module):
         if self.batch:
             key_valid = torch.cat([past_valid, new_valid], dim=1)  # (B, K_past + L)
             return self._forward_batch(inputs_embeds, position_ids, key_valid, past_keys, past_values)
+        return self._forward_one(inputs_embeds, position_ids, past_keys, past_values)
+
+    def _forward_one(self, inputs_embeds, position_ids, past_keys, past_values=None, deepstack=None):
+        """One sequence; deepstack: ((n,) visual rows, (K, n, D) features) added after layers 0..K-1."""
         n_new = inputs_embeds.shape[1]
         n_past = past_keys.shape[0] if self.arena else past_keys.shape[2]  # arena: past_keys is past_kv
         qpos = n_past + torch.arange(n_new, device=inputs_embeds.device)  # (L,) absolute query positions
@@ -183,9 +191,11 @@ class DecoderGraph(nn.Module):
         else:
             rope = self.lm.rotary_emb(hidden, position_ids)
         self.recorder.begin(1 if self.probe else 0)
-        for layer in self.lm.layers[: self.lm.config.num_hidden_layers]:
+        for i, layer in enumerate(self.lm.layers[: self.lm.config.num_hidden_layers]):
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
                            **layer_cache_kwargs(cache), use_cache=True)
+            if deepstack is not None and i < deepstack[1].shape[0]:
+                hidden = _add_rows(hidden, deepstack[0], deepstack[1][i])
         logits = self.lm_head(self.lm.norm(hidden[:, -1]))  # (1, V)
         kv = (cache.new_rows(past_keys.dtype),) if self.arena else cache.stacked()
         if not self.probe:
@@ -227,6 +237,27 @@ class DecoderGraph(nn.Module):
         return logits, *kv, probe
 
 
+def _add_rows(hidden: torch.Tensor, rows: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """(1, L, D) hidden states with (n, D) feats added at rows (n,): Qwen3VLTextModel._deepstack_process's
+    `h[mask] = h[mask] + feats` as Gather -> Add -> ScatterND (the same sums; rows untouched stay bit-equal)."""
+    h = hidden[0]
+    return h.index_put((rows,), h[rows] + feats)[None]
+
+
+class DeepStackDecoderGraph(DecoderGraph):
+    """The stacked-cache decoder with the DeepStack inputs of the module doc (Qwen3-VL)."""
+
+    def forward(self, inputs_embeds, position_ids, past_keys, past_values, visual_rows, deepstack):
+        return self._forward_one(inputs_embeds, position_ids, past_keys, past_values, (visual_rows, deepstack))
+
+
+class DeepStackArenaDecoderGraph(DecoderGraph):
+    """The arena-cache decoder with the DeepStack inputs (no past_values)."""
+
+    def forward(self, inputs_embeds, position_ids, past_kv, visual_rows, deepstack):
+        return self._forward_one(inputs_embeds, position_ids, past_kv, None, (visual_rows, deepstack))
+
+
 class ArenaBatchDecoderGraph(DecoderGraph):
     """The batched arena graph: its inputs in order (no past_values), module paths as DecoderGraph's ("lm....", which
     the TensorRT builder's probe-row pinning and fusion report read)."""
@@ -242,7 +273,7 @@ def _save(program, path: Path, external: bool) -> None:
 
 def export_vision(backend: TorchBackend, path: Path, opset: int) -> None:
     h, w = backend.info.image_size
-    if backend.backbone.name == "qwen2_5_vl":
+    if backend.backbone.name in ("qwen2_5_vl", "qwen3_vl"):
         return _export_qwen_vision(backend, path, opset)
     example = torch.randn(2, 3, h, w)
     frames = torch.export.Dim("frames", min=1, max=256)
@@ -253,7 +284,8 @@ def export_vision(backend: TorchBackend, path: Path, opset: int) -> None:
 
 
 def _export_qwen_vision(backend: TorchBackend, path: Path, opset: int) -> None:
-    """(2*groups, 3, H, W) -> (groups, P, D): whole temporal patches in, merged tokens out (qwen_vision.py)."""
+    """(2*groups, 3, H, W) -> (groups, P, D): whole temporal patches in, merged tokens out (qwen_vision.py); Qwen3-VL
+    also -> deepstack (K, groups, P, D)."""
     import onnx
 
     from .qwen_vision import QwenVisionGraph
@@ -261,12 +293,16 @@ def _export_qwen_vision(backend: TorchBackend, path: Path, opset: int) -> None:
     h, w = backend.info.image_size
     tp = backend.info.temporal_patch
     groups = torch.export.Dim("groups", min=1, max=128)
-    program = torch.onnx.export(QwenVisionGraph(backend).eval(), (torch.randn(2 * tp, 3, h, w),), dynamo=True,
-                                opset_version=opset, input_names=["pixel_values"], output_names=["visual_tokens"],
+    graph = QwenVisionGraph(backend).eval()
+    outs = ["visual_tokens"] + (["deepstack"] if graph.deepstack else [])
+    program = torch.onnx.export(graph, (torch.randn(2 * tp, 3, h, w),), dynamo=True,
+                                opset_version=opset, input_names=["pixel_values"], output_names=outs,
                                 dynamic_shapes=({0: tp * groups},), optimize=True, verbose=False)
     _save(program, path, external=_large(backend))
-    model = onnx.load(str(path), load_external_data=False)  # name the output's group axis as the input's
+    model = onnx.load(str(path), load_external_data=False)  # name the outputs' group axis as the input's
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "groups"
+    if graph.deepstack:
+        model.graph.output[1].type.tensor_type.shape.dim[1].dim_param = "groups"
     onnx.save(model, str(path))
 
 
@@ -315,9 +351,15 @@ def export_decoder(backend: TorchBackend, path: Path, opset: int, probe: bool = 
         outs, dyn = ["logits", "present_keys", "present_values"], ({1: seq}, {1: seq}, {2: past}, {2: past})
     if backend.backbone.mrope:  # (3, L) (t, h, w) ids instead of (1, L)
         example = (example[0], torch.stack([example[1][0], example[1][0] - 1, example[1][0] - 2]), *example[2:])
+    kind = ArenaBatchDecoderGraph if batch and kv_layout == "arena" else DecoderGraph
+    if backend.backbone.deepstack:  # (n,) visual rows and their (K, n, D) features after the past (module doc)
+        n_deep = len(backend.model.config.vision_config.deepstack_visual_indexes)
+        visual = torch.export.Dim("visual", min=0, max=65536)
+        example = (*example, torch.tensor([0, 2]), torch.randn(n_deep, 2, d))
+        names, dyn = names + ["visual_rows", "deepstack"], (*dyn, {0: visual}, {1: visual})
+        kind = DeepStackArenaDecoderGraph if kv_layout == "arena" else DeepStackDecoderGraph
     lm = backend.model.model.language_model
     lm.set_attn_implementation(TRT_ATTN if plain else PROBE_ATTN)
-    kind = ArenaBatchDecoderGraph if batch and kv_layout == "arena" else DecoderGraph
     graph = kind(backend, probe, additive_mask=plain, arena=kv_layout == "arena", batch=batch)
     try:
         program = torch.onnx.export(

@@ -1,4 +1,5 @@
-"""Qwen2.5-VL's vision encoder as one fixed-grid graph: (T, 3, H, W) frames -> (G, P, D) merged visual tokens.
+"""Qwen2.5-VL's and Qwen3-VL's vision encoders as one fixed-grid graph: (T, 3, H, W) frames -> (G, P, D) merged
+visual tokens (Qwen3-VL: and its (K, G, P, D) DeepStack features).
 
 transformers' Qwen2_5_VisionTransformerPretrainedModel takes a packed sequence of flattened patches of any number of
 images/videos and computes, from `grid_thw` at run time, the window permutation, the rotary position ids and the
@@ -22,14 +23,24 @@ temporal patch (the "full" blocks attend over one temporal patch's patches, not 
 - computes the patch embedding (a Conv3d whose kernel equals its stride, i.e. a Linear) as a MatMul with the kernel
   flattened, and every attention as MatMul -> Softmax -> MatMul: plain ops TensorRT's parser reads.
 
-Parity with the torch reference's `Qwen25VLTorch.encode` (transformers' own forward) is in tests/parity/test_qwen_onnx.py.
+Qwen3-VL (the same class, chosen from the vision config): no windows (every block attends over one temporal patch:
+the layout's one "window" is the whole patch, so the batched form runs with no mask and no permutation); a Conv3d
+with a bias; a learned (S, S) position table resampled bilinearly to the grid, whose gather indices and weights
+(transformers' `get_vision_interpolation_indices_and_weights`) are constants of the grid, the weighted sum of the
+table's rows stays in the graph (a Gather of the table, weights traced, not frozen); after each block in
+`deepstack_visual_indexes` its own merger (norm after the 2x2 shuffle) gives one DeepStack map, stacked as a second
+output `deepstack` (K, G, P, D).
+
+Parity with the torch reference's `Qwen25VLTorch.encode` / `Qwen3VLTorch.encode_deepstack` (transformers' own
+forward) is in tests/parity/test_qwen_onnx.py and tests/parity/test_qwen3_onnx.py.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+from transformers.vision_utils import (get_vision_interpolation_indices_and_weights, get_vision_position_ids,
+                                       get_vision_window_index)
 
 
 def qwen_vision_layout(vc, image_size: tuple[int, int]) -> dict:
@@ -37,21 +48,33 @@ def qwen_vision_layout(vc, image_size: tuple[int, int]) -> dict:
 
     -> {"gh", "gw": patches per side; "order": (Np,) raster patch index of each position in window order;
         "pos": (Np, 2) (row, col) rotary ids in that order; "windows": [(start, length)] of the window-attention
-        chunks in that order; "reverse": (P,) merged-token gather that restores raster merged order}"""
+        chunks in that order; "reverse": (P,) merged-token gather that restores raster merged order;
+        Qwen3-VL only: "interp": ((Np, taps) indices into the learned position table, (Np, taps) weights) in that
+        order}. A vision config without windows (Qwen3-VL) has one window: the whole temporal patch."""
     p, m = vc.patch_size, vc.spatial_merge_size
     h, w = image_size
     gh, gw = h // p, w // p
     grid = torch.tensor([[1, gh, gw]])
-    window_index, cu_windows = get_vision_window_index(grid, spatial_merge_size=m, window_size=vc.window_size,
-                                                       patch_size=p)  # merged units in window order; (n + 1,)
+    if getattr(vc, "window_size", None):
+        window_index, cu_windows = get_vision_window_index(grid, spatial_merge_size=m, window_size=vc.window_size,
+                                                           patch_size=p)  # merged units in window order; (n + 1,)
+    else:  # full attention over the temporal patch: merged units in the processor's order
+        window_index, cu_windows = torch.arange(gh * gw // (m * m)), torch.tensor([0, gh * gw])
     # raster patch index of each patch, in the processor's order: merge blocks in raster, patches inside each block
     raster = torch.arange(gh * gw).reshape(gh // m, m, gw // m, m).permute(0, 2, 1, 3).reshape(-1, m * m)  # (P, m*m)
     order = raster[window_index].reshape(-1)  # (Np,)
     pos = get_vision_position_ids(grid, m).reshape(-1, m * m, 2)[window_index].reshape(-1, 2)  # (Np, 2)
     bounds = cu_windows.tolist()
     windows = [(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
-    return {"gh": gh, "gw": gw, "order": order, "pos": pos, "windows": windows,
-            "reverse": torch.argsort(window_index)}
+    out = {"gh": gh, "gw": gw, "order": order, "pos": pos, "windows": windows, "reverse": torch.argsort(window_index)}
+    if getattr(vc, "num_position_embeddings", None):  # Qwen3-VL's learned grid, as Qwen3VLVisionModel resamples it
+        idx, wts = get_vision_interpolation_indices_and_weights(
+            grid, num_grid_per_side=int(vc.num_position_embeddings ** 0.5), mode="bilinear", align_corners=True,
+            spatial_merge_size=m)  # (Np, taps) each, processor order
+        taps = idx.shape[1]
+        out["interp"] = (idx.reshape(-1, m * m, taps)[window_index].reshape(-1, taps),
+                         wts.reshape(-1, m * m, taps)[window_index].reshape(-1, taps))
+    return out
 
 
 def _attend(q, k, v, scaling: float, mask=None):
@@ -68,7 +91,8 @@ def _rotate_half(x):
 
 
 class QwenVisionGraph(nn.Module):
-    """(T, 3, H, W) model pixels, T = temporal_patch * G -> (G, P, D) visual tokens in the LLM's input space."""
+    """(T, 3, H, W) model pixels, T = temporal_patch * G -> (G, P, D) visual tokens in the LLM's input space
+    (Qwen3-VL: and (K, G, P, D) DeepStack features)."""
 
     def __init__(self, backend, image_size: tuple[int, int] | None = None):
         super().__init__()
@@ -78,13 +102,18 @@ class QwenVisionGraph(nn.Module):
         self.patch, self.temporal = vc.patch_size, vc.temporal_patch_size
         self.heads, self.dim = vc.num_heads, vc.hidden_size
         self.head_dim = self.dim // self.heads
-        self.fullatt = set(vc.fullatt_block_indexes)
+        self.fullatt = set(getattr(vc, "fullatt_block_indexes", None) or range(vc.depth))  # Qwen3-VL: every block
+        self.deepstack = list(getattr(vc, "deepstack_visual_indexes", None) or [])  # blocks whose maps are features
         self.image_size = tuple(image_size or backend.info.image_size)
         lay = qwen_vision_layout(vc, self.image_size)
         dev = visual.patch_embed.proj.weight.device  # the model's (the meta device in shape checks)
         self.gh, self.gw, self.n_patches = lay["gh"], lay["gw"], lay["gh"] * lay["gw"]
         self.register_buffer("order", lay["order"].to(dev), persistent=False)  # (Np,)
         self.register_buffer("reverse", lay["reverse"].to(dev), persistent=False)  # (P,)
+        self.permuted = bool((lay["reverse"] != torch.arange(len(lay["reverse"]))).any())  # windows reorder tokens
+        if "interp" in lay:  # Qwen3-VL: the learned position table's taps and weights at this grid
+            self.register_buffer("interp_idx", lay["interp"][0].to(dev), persistent=False)  # (Np, taps)
+            self.register_buffer("interp_w", lay["interp"][1].float().to(dev), persistent=False)  # (Np, taps)
         with torch.no_grad():
             cos, sin = visual.rotary_pos_emb(torch.zeros(1, device=dev), lay["pos"].to(dev))  # (Np, Dh) each, f32
         self.register_buffer("cos", cos.float()[:, None, :], persistent=False)  # (Np, 1, Dh): broadcast over heads
@@ -125,14 +154,29 @@ class QwenVisionGraph(nn.Module):
         out = out.transpose(1, 2).reshape(g, n, self.dim)  # (G, Np, dim)
         return blk.attn.proj(out)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _merge(self, merger, h: torch.Tensor) -> torch.Tensor:
+        """(G, Np, dim) -> (G, P, D) merged tokens in raster merged order, as the reference."""
+        g = h.shape[0]
+        if hasattr(merger, "ln_q"):  # Qwen2.5-VL: norm, then the 2x2 shuffle into the MLP
+            merged = merger.mlp(merger.ln_q(h).reshape(g, -1, merger.hidden_size))  # (G, P, D) window order
+        else:  # Qwen3-VL: the merger takes the patches flat (its norm before or after the shuffle)
+            merged = merger(h.reshape(-1, h.shape[-1]))  # (G * P, D)
+            merged = merged.reshape(g, -1, merged.shape[-1])
+        return torch.index_select(merged, 1, self.reverse) if self.permuted else merged
+
+    def forward(self, pixel_values: torch.Tensor):
         x = self.patches(pixel_values)  # (G, Np, C*t*p*p)
         proj = self.visual.patch_embed.proj  # Conv3d, kernel == stride: a Linear over the flattened patch
         h = torch.matmul(x, proj.weight.reshape(proj.weight.shape[0], -1).t())  # (G, Np, dim)
+        if proj.bias is not None:
+            h = h + proj.bias
+        if hasattr(self, "interp_idx"):  # Qwen3-VL: the resampled learned positions, the same for every patch group
+            h = h + (self.visual.pos_embed(self.interp_idx) * self.interp_w[:, :, None]).sum(1)  # (Np, dim)
+        deep = []
         for i, blk in enumerate(self.visual.blocks):
             h = h + self._attention(blk, blk.norm1(h), i in self.fullatt)
             h = h + blk.mlp(blk.norm2(h))
-        merger = self.visual.merger
-        g = h.shape[0]
-        merged = merger.mlp(merger.ln_q(h).reshape(g, -1, merger.hidden_size))  # (G, P, D) window order
-        return torch.index_select(merged, 1, self.reverse)  # (G, P, D) raster merged order, as the reference
+            if i in self.deepstack:
+                deep.append(self._merge(self.visual.deepstack_merger_list[self.deepstack.index(i)], h))
+        tokens = self._merge(self.visual.merger, h)  # (G, P, D)
+        return (tokens, torch.stack(deep)) if deep else tokens  # Qwen3-VL: and (K, G, P, D) DeepStack features

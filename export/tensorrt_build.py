@@ -12,6 +12,8 @@ Order: parse ONNX -> configure -> build -> inspect -> write.
                 decoder  0 "prefill"  inputs_embeds (1, L, D), position_ids (1, L) (M-RoPE: (3, L)), past_kv (P, N, 2, H_kv, Dh):
                                       L in [1, K_max] (opt FIFO window + clip + prompt), P in [0, K_max - 1] (opt 0)
                          1 "decode"   L = 1, P in [0, K_max - 1] (opt the steady-state caption past)
+                         DeepStack (Qwen3-VL): visual_rows (n,), deepstack (K, n, D): n in [0, K_max] (opt FIFO +
+                                      clip) at prefill, n = 0 at decode (empty tensors: nothing is added)
               (the runtime picks the profile by L). Shapes come from the manifest's graph inputs: the symbolic
               dims `seq`, `past` and `frames` (or `groups`) get the profile's values, fixed dims stay.
   build       IBuilder.build_serialized_network, once per graph; the timing cache is shared and saved after each.
@@ -174,6 +176,8 @@ def profile_specs(manifest: Manifest, config: EngineBuildConfig | None = None) -
     opt_frames = min(cfg.pipeline.clip.frames_per_clip, frames)
     # pixel_values (frames, 3, H, W); Qwen2.5-VL: (2*groups, 3, H, W), the profile then ranges over groups
     vision_dims = {"groups": (1, -(-opt_frames // tp), frames // tp)} if tp > 1 else {"frames": (1, opt_frames, frames)}
+    deep = ({"visual": (0, min(budget["fifo_tokens"] + budget["clip_tokens"], k_max), k_max)}, {"visual": (0, 0, 0)}) \
+        if any("visual" in i["shape"] for i in dec_in) else ({}, {})  # DeepStack rows: prefill, decode
     batched = any("batch" in i["shape"] for i in dec_in)
     b_max = cfg.max_batch if batched else 1
     # batch range per profile: a prefill runs alone or a few at once (opt 1), a decode step batches every camera's
@@ -184,9 +188,9 @@ def profile_specs(manifest: Manifest, config: EngineBuildConfig | None = None) -
         "vision": [_profile("vision.onnx", 0, "frames", vision_dims, vis_in)],
         "decoder": [  # (min, opt, max) of L = seq and P = past
             _profile("decoder.onnx", 0, "prefill", {"seq": (1, prefill_opt, k_max), "past": (0, 0, k_max - 1),
-                                                    **prefill_b}, dec_in),
-            _profile("decoder.onnx", 1, "decode", {"seq": (1, 1, 1), "past": (0, decode_opt, k_max - 1), **decode_b},
-                     dec_in),
+                                                    **prefill_b, **deep[0]}, dec_in),
+            _profile("decoder.onnx", 1, "decode", {"seq": (1, 1, 1), "past": (0, decode_opt, k_max - 1), **decode_b,
+                                                   **deep[1]}, dec_in),
         ],
     }
 

@@ -217,7 +217,7 @@ class Qwen3VL(Qwen25VL):
     model_types = ("qwen3_vl",)
     architectures = ("Qwen3VLForConditionalGeneration",)
     deepstack, text_in_video = True, True
-    exportable = False  # `rlivs export` refuses it (no Qwen3-VL graphs yet: docs/method.md "Backbones")
+    exportable = True  # ONNX Runtime bundles, TensorRT-target graphs (tests/parity/test_qwen3_onnx.py, _tensorrt.py)
 
     def frame_size(self, config: dict, preprocessor: dict) -> tuple[int, int]:
         vc = config.get("vision_config", {})

@@ -274,6 +274,33 @@ def step_positions(backbone, length: int, rope_delta: int, n_new: int, positions
     return pos, int(pos.max()) + 1 - (length + n_new)
 
 
+def deepstack_feed(deepstack, maps: int, hidden: int, bundle, label: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The DeepStack inputs an exported decoder is fed: ((n,) int64 ascending visual rows, (K, n, D) float32
+    features), empty (n = 0) when `deepstack` is None; (None, None) for a decoder without them (`maps` = 0), which
+    refuses given features rather than dropping them."""
+    if not maps:
+        if deepstack is not None:
+            raise UserError(f"{bundle} is a {label} bundle: its decoder takes no DeepStack features")
+        return None, None
+    if deepstack is None:
+        return np.zeros(0, np.int64), np.zeros((maps, 0, hidden), np.float32)
+    rows = np.ascontiguousarray(deepstack[0], dtype=np.int64)
+    feats = np.ascontiguousarray(deepstack[1], dtype=np.float32)
+    if feats.shape != (maps, len(rows), hidden):
+        raise UserError(f"DeepStack features must be ({maps}, {len(rows)}, {hidden}) for these rows, got {feats.shape}")
+    if len(rows) > 1 and not bool((np.diff(rows) > 0).all()):
+        raise UserError("DeepStack rows must ascend (the features are added in input order)")
+    return rows, feats
+
+
+def deepstack_maps(manifest) -> int:
+    """K, the DeepStack maps a bundle's decoder takes (its `deepstack (K, n, D)` input); 0: none."""
+    for i in manifest.graphs.get("decoder", {}).get("inputs", []):
+        if i["name"] == "deepstack":
+            return int(i["shape"][0])
+    return 0
+
+
 def damaged(bundle: str | Path, name: str, e: BaseException) -> UserError:
     return UserError(f"{bundle}/{name} cannot be loaded ({type(e).__name__}: {str(e)[:300]}): the file is "
                      f"damaged or truncated; copy the whole bundle directory again or re-export it")

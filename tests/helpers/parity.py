@@ -101,14 +101,17 @@ class StepParity:
 
 def step_parity(ref, other, context: np.ndarray, *, steps: int = 4, logits_atol=None, probe_atol=None,
                 argmax: bool = False, on_step: Callable | None = None,
-                positions: np.ndarray | None = None) -> StepParity:
+                positions: np.ndarray | None = None, deepstack: tuple | None = None) -> StepParity:
     """Prefill `context` on both backends, then steps-1 decode steps, each feeding the reference's greedy token to
     both. With tolerances, each step's logits / probe rows are asserted within them (argmax: same greedy token);
     on_step(i, ref_out, out, x, ref_state, state) runs after each step's checks for what a test adds.
-    `positions`: the context's (3, S) M-RoPE ids, given to the prefill (decode steps continue after their maximum)."""
+    `positions`: the context's (3, S) M-RoPE ids, given to the prefill (decode steps continue after their maximum);
+    `deepstack`: ((n,) visual rows, (K, n, D) features), given to the prefill (DeepStack backbones)."""
     s_ref, s = ref.new_state(), other.new_state()
     worst = {"logits": 0.0, "probe_attn": 0.0}
     x, extra = context, ({} if positions is None else {"positions": positions})
+    if deepstack is not None:
+        extra["deepstack"] = deepstack
     for i in range(steps):
         a, b = ref.step(x, s_ref, **extra), other.step(x, s, **extra)
         extra = {}

@@ -150,7 +150,7 @@ def test_qwen3_short_clip_stamp_repeats_the_last_frame():
     b = Qwen3VL(QWEN3)
     assert b.timestamp(0, 1, fps=2, frames_per_clip=4, n_frames=3) == "<1.0 seconds>"  # frames (2, 2): 1.0 s
     assert b.timestamp(0, 1, fps=2, frames_per_clip=4, n_frames=4) == "<1.2 seconds>"  # frames (2, 3): 1.25 s
-    assert b.deepstack and b.text_in_video and not b.exportable
+    assert b.deepstack and b.text_in_video and b.exportable  # tests/parity/test_qwen3_onnx.py, test_qwen3_tensorrt.py
     assert b.frame_size(QWEN3, {}) == (512, 512)
     with pytest.raises(UserError, match="multiple of 32 px"):
         b.frame_size(QWEN3, {"size": {"height": 500, "width": 512}})

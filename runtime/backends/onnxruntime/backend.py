@@ -3,7 +3,10 @@ the present keys/values of one step are bound as the past of the next without pa
 
 A bundle exported with a batched decoder (`ExportConfig(batch=True)`: a dynamic batch axis, past_valid/new_valid
 inputs; export/onnx_export.py) steps B sequences as one run (`batch` + `step_batch`); a single `step` is its B = 1
-run with every slot valid. Other bundles step batches sequence by sequence (the base contract)."""
+run with every slot valid. Other bundles step batches sequence by sequence (the base contract).
+
+A Qwen3-VL bundle's vision graph also returns the DeepStack features (`encode_video`), and its decoder takes the
+visual rows of the input and their features (`step(..., deepstack=)`), split with the prefill chunks."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..base import Backend, BatchState, DecodeState, MergedBatch, StepOutput, check_step_batch
-from ..bundle import (Manifest, bundle_backbone, damaged, group_frames, load_manifest, load_tables,
+from ..bundle import (Manifest, bundle_backbone, damaged, deepstack_feed, group_frames, load_manifest, load_tables,
                       installed_onnxruntime, onnxruntime_gap, step_positions)
 from ..kv_arena import Arena, ArenaPool
 from rlivs.runtime.errors import UserError
@@ -115,6 +118,9 @@ class OrtBackend(Backend):
         self.decoder = self._session("decoder.onnx", opts, providers)
         self.has_probe = "probe_attn" in {o.name for o in self.decoder.get_outputs()}  # False only in benchmarks
         self.batched = "new_valid" in {i.name for i in self.decoder.get_inputs()}  # a batch axis: past (N, B, ...)
+        deep_in = [i for i in self.decoder.get_inputs() if i.name == "deepstack"]  # (K, n, D): DeepStack (Qwen3-VL)
+        self.deepstack_maps = deep_in[0].shape[0] if deep_in else 0  # K
+        self.vision_outputs = [o.name for o in self.vision.get_outputs()]  # visual_tokens[, deepstack]
         self.device = "cuda" if self.decoder.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self._check_graphs()
         self.table, self.newline = load_tables(self.bundle, self.info)  # (V, D) memory-mapped, (D,)
@@ -144,6 +150,12 @@ class OrtBackend(Backend):
             {("decoder.onnx", "past_keys"): {0: n, 1: h_kv, 3: dh}}
         want = {("vision.onnx", "pixel_values"): {2: h, 3: w}, ("vision.onnx", "visual_tokens"): {1: p, 2: d},
                 ("decoder.onnx", "inputs_embeds"): {2: d}, ("decoder.onnx", "logits"): {1: v}, **past}
+        if self.deepstack_maps:  # the vision graph's features are what the decoder takes
+            want.update({("vision.onnx", "deepstack"): {0: self.deepstack_maps, 2: p, 3: d},
+                         ("decoder.onnx", "deepstack"): {2: d}})
+        elif self.backbone.deepstack:
+            raise UserError(f"{self.bundle}/decoder.onnx has no deepstack input but the manifest names "
+                            f"{self.backbone.label}: re-export the bundle with this rlivs")
         for (name, io), dims in want.items():
             sess = self.vision if name == "vision.onnx" else self.decoder
             values = {x.name: x for x in [*sess.get_inputs(), *sess.get_outputs()]}
@@ -160,11 +172,24 @@ class OrtBackend(Backend):
                                     f"from one export or re-export it")
 
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
+        return self._vision(pixels, ["visual_tokens"])[0]  # (G, P, D): G = T for LLaVA-OV
+
+    def encode_video(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Backend.encode_video: (G, P, D) tokens and, from a DeepStack bundle, (K, G, P, D) features."""
+        if "deepstack" not in self.vision_outputs:
+            return self.encode_frames(pixels), None
+        tokens, deep = self._vision(pixels, ["visual_tokens", "deepstack"])
+        return tokens, deep
+
+    def _vision(self, pixels: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        """The vision graph over whole token groups, vision_chunk groups per run; outputs joined on their group
+        axis (visual_tokens (G, P, D): axis 0; deepstack (K, G, P, D): axis 1)."""
         x = group_frames(pixels, self.info.temporal_patch)  # (T, 3, H, W), T a whole number of token groups
         step = self.vision_chunk * self.info.temporal_patch  # frames per run: whole groups
-        parts = [self.vision.run(["visual_tokens"], {"pixel_values": x[i:i + step]})[0]
-                 for i in range(0, len(x), step)]  # (g, P, D) each
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (G, P, D): G = T for LLaVA-OV
+        runs = [self.vision.run(outputs, {"pixel_values": x[i:i + step]}) for i in range(0, len(x), step)]
+        if len(runs) == 1:
+            return runs[0]
+        return [np.concatenate([run[j] for run in runs], axis=int(name == "deepstack")) for j, name in enumerate(outputs)]
 
     def image_newline(self) -> np.ndarray:
         return self.newline
@@ -184,21 +209,38 @@ class OrtBackend(Backend):
         return state
 
     def step(self, embeds: np.ndarray, state: OrtState, probe_rows: int = 1,
-             positions: np.ndarray | None = None) -> StepOutput:
+             positions: np.ndarray | None = None, deepstack: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> StepOutput:
         """Backend.step; `positions`: (3, L) M-RoPE ids of these inputs (M-RoPE bundles; default: the next L
-        positions after the offset the last positioned step left, on every axis), as the torch backend's."""
+        positions after the offset the last positioned step left, on every axis), as the torch backend's.
+        `deepstack` (DeepStack bundles): ((n,) ascending input rows that are visual tokens, (K, n, D) their
+        features), added after decoder layers 0..K-1, as the torch backend's."""
         if probe_rows > 1:
             raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
         self.kv.check_room(state.length, len(embeds))  # before anything is written
         pos, state.rope_delta = step_positions(self.backbone, state.length, state.rope_delta, len(embeds), positions)
+        rows, feats = self._deepstack_inputs(deepstack)
         starts = range(0, max(len(embeds), 1), self.prefill_chunk)
-        for i in starts[:-1]:  # every chunk but the last only extends the cache
-            self._run(embeds[i:i + self.prefill_chunk], pos[:, i:i + self.prefill_chunk], state, 0)
-        i = starts[-1]
-        return self._run(embeds[i:], pos[:, i:], state, probe_rows)  # the last: logits and probe row of the last position
 
-    def _run(self, embeds: np.ndarray, pos: np.ndarray, state: OrtState, probe_rows: int) -> StepOutput:
-        """One decoder run over L new positions (L <= prefill_chunk, or a decode step); pos (1, L) or (3, L)."""
+        def chunk(i: int, n: int):  # the DeepStack rows inside [i, i + n), relative to i, and their features
+            if rows is None:
+                return None
+            sel = (rows >= i) & (rows < i + n)
+            return rows[sel] - i, np.ascontiguousarray(feats[:, sel])
+
+        for i in starts[:-1]:  # every chunk but the last only extends the cache
+            n = self.prefill_chunk
+            self._run(embeds[i:i + n], pos[:, i:i + n], state, 0, chunk(i, n))
+        i = starts[-1]  # the last: logits and probe row of the last position
+        return self._run(embeds[i:], pos[:, i:], state, probe_rows, chunk(i, len(embeds) - i))
+
+    def _deepstack_inputs(self, deepstack) -> tuple[np.ndarray | None, np.ndarray | None]:
+        return deepstack_feed(deepstack, self.deepstack_maps, self.info.hidden_size, self.bundle, self.backbone.label)
+
+    def _run(self, embeds: np.ndarray, pos: np.ndarray, state: OrtState, probe_rows: int,
+             deep: tuple[np.ndarray, np.ndarray] | None = None) -> StepOutput:
+        """One decoder run over L new positions (L <= prefill_chunk, or a decode step); pos (1, L) or (3, L);
+        deep: this run's DeepStack rows and features (a DeepStack bundle; None: no features this run)."""
         x = np.ascontiguousarray(embeds, dtype=np.float32)[None]  # (1, L, D)
         n_new = x.shape[1]
         self.kv.check_room(state.length, n_new)
@@ -209,6 +251,10 @@ class OrtBackend(Backend):
         if self.batched:  # B = 1: every slot is this sequence's
             io.bind_cpu_input("past_valid", np.ones((1, state.length), bool))
             io.bind_cpu_input("new_valid", np.ones((1, n_new), bool))
+        if self.deepstack_maps:
+            rows, feats = deep if deep is not None else self._deepstack_inputs(None)
+            io.bind_cpu_input("visual_rows", np.ascontiguousarray(rows))
+            io.bind_cpu_input("deepstack", np.ascontiguousarray(feats))
         io.bind_output("logits", "cpu")
         if state.arena is not None:  # past = arena rows [0, K), new rows written to [K, K + L): in place
             past_at, new_at = self.kv.offsets(state.length)

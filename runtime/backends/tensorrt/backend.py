@@ -6,6 +6,9 @@
                   runtime's backbone), past_kv (K, N, 2, H_kv, Dh)
                -> logits (1, V) f32, new_kv (L, N, 2, H_kv, Dh), probe_attn (1, K + L) f32
                   profile "prefill" (L >= 1) and "decode" (L = 1), picked per step by L
+  Qwen3-VL (DeepStack): vision.engine also -> deepstack (K, groups, P, D) f32; decoder.engine also takes
+                  visual_rows (n,) i64 and deepstack (K, n, D) f32 (n = 0 at decode steps), added to those rows
+                  after layers 0..K-1 (export/onnx_export.py)
 
 The KV cache of a sequence is one device arena of max_context rows (kv_arena.py): past_kv is bound to its
 first K rows and new_kv to the rows after them, so every step appends in place; the cache never leaves the
@@ -37,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from ..base import Backend, BatchState, DecodeState, MergedBatch, StepOutput, check_step_batch
-from ..bundle import Manifest, bundle_backbone, group_frames, load_manifest, load_tables, step_positions
+from ..bundle import (Manifest, bundle_backbone, deepstack_feed, deepstack_maps, group_frames, load_manifest,
+                      load_tables, step_positions)
 from ..kv_arena import ALIGN, Arena, ArenaPool
 from . import compat
 from .device import DeviceBuffer, Stream
@@ -49,7 +53,8 @@ log = logging.getLogger("rlivs.backend.tensorrt")
 DECODER_IO = {"inputs_embeds": "float32", "position_ids": "int64", "past_kv": None, "logits": "float32",
               "new_kv": None, "probe_attn": "float32"}  # None: the bundle's KV dtype
 BATCH_IO = {"past_valid": "bool", "new_valid": "bool"}  # the batched decoder's extra inputs
-VISION_IO = {"pixel_values": "float32", "visual_tokens": "float32"}
+DEEPSTACK_IO = {"visual_rows": "int64", "deepstack": "float32"}  # a DeepStack decoder's extra inputs (Qwen3-VL)
+VISION_IO = {"pixel_values": "float32", "visual_tokens": "float32"}  # (+ "deepstack" out, DeepStack bundles)
 
 
 def import_tensorrt():
@@ -156,10 +161,14 @@ class TrtBackend(Backend):
         kv_io = {"past_kv": self.kv.dtype, "new_kv": self.kv.dtype}
         self.batched = any(i["name"] == "new_valid" for i in m.graphs.get("decoder", {}).get("inputs", []))
         self.max_batch = int(entry.get("max_batch", 1)) if self.batched else 1
-        self.vision = _Engine(trt, runtime, self.bundle / entry["engines"]["vision"]["file"], VISION_IO, fix)
+        self.deepstack_maps = deepstack_maps(m)  # K DeepStack maps out of vision, into the decoder (0: none)
+        deep_io = {"deepstack": "float32"} if self.deepstack_maps else {}
+        self.vision = _Engine(trt, runtime, self.bundle / entry["engines"]["vision"]["file"], {**VISION_IO, **deep_io},
+                              fix)
         self.decoder = _Engine(trt, runtime, self.bundle / entry["engines"]["decoder"]["file"],
                                {**{k: v or kv_io[k] for k, v in DECODER_IO.items()},
-                                **(BATCH_IO if self.batched else {})}, fix)
+                                **(BATCH_IO if self.batched else {}),
+                                **(DEEPSTACK_IO if self.deepstack_maps else {})}, fix)
         names = {p.get("name"): int(p.get("index", i)) for i, p in enumerate(entry["engines"]["decoder"]["profiles"])}
         self.prefill_profile, self.decode_profile = names.get("prefill", 0), names.get("decode", 1)
         d, v, (h, w), p = self.info.hidden_size, self.info.vocab_size, self.info.image_size, self.info.tokens_per_frame
@@ -170,6 +179,11 @@ class TrtBackend(Backend):
             "logits": DeviceBuffer(b * v * 4), "probe_attn": DeviceBuffer(b * self.max_context * 4),
             "pixel_values": DeviceBuffer(self.max_frames * 3 * h * w * 4),
             "visual_tokens": DeviceBuffer(self.max_frames * p * d * 4)}
+        if self.deepstack_maps:  # the vision engine's features out; the decoder's rows and features in
+            k_maps = self.deepstack_maps
+            self.buf["vision_deepstack"] = DeviceBuffer(k_maps * self.max_frames * p * d * 4)
+            self.buf["visual_rows"] = DeviceBuffer(self.max_context * 8)
+            self.buf["deepstack"] = DeviceBuffer(k_maps * self.max_context * d * 4)
         if self.batched:
             self.buf["past_valid"] = DeviceBuffer(b * self.max_context)
             self.buf["new_valid"] = DeviceBuffer(b * self.max_context)
@@ -194,17 +208,29 @@ class TrtBackend(Backend):
         return buf, buf.ptr
 
     def encode_frames(self, pixels: np.ndarray) -> np.ndarray:
+        return self.encode_video(pixels)[0]
+
+    def encode_video(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Backend.encode_video: (G, P, D) tokens and, from DeepStack engines, (K, G, P, D) features."""
         tp = self.info.temporal_patch  # frames per token group
         x = group_frames(pixels, tp)  # (T, 3, H, W), whole groups
         out = np.empty((x.shape[0] // tp, self.info.tokens_per_frame, self.info.hidden_size), np.float32)  # (G, P, D)
+        deep = np.empty((self.deepstack_maps, *out.shape), np.float32) if self.deepstack_maps else None  # (K, G, P, D)
+        addresses = {"pixel_values": self.buf["pixel_values"].ptr, "visual_tokens": self.buf["visual_tokens"].ptr}
+        if deep is not None:
+            addresses["deepstack"] = self.buf["vision_deepstack"].ptr
         for a in range(0, x.shape[0], self.max_frames):  # the vision profile takes up to max_frames at once
             chunk, dst = x[a: a + self.max_frames], out[a // tp: (a + self.max_frames) // tp]
             self.stream.to_device(self.buf["pixel_values"].ptr, chunk)
-            self.vision.run(self.stream, {"pixel_values": chunk.shape},
-                            {"pixel_values": self.buf["pixel_values"].ptr, "visual_tokens": self.buf["visual_tokens"].ptr})
+            self.vision.run(self.stream, {"pixel_values": chunk.shape}, addresses)
             self.stream.to_host(dst, self.buf["visual_tokens"].ptr)
+            if deep is not None:  # this run's (K, g, P, D), then into the clip's group range
+                part = np.empty((self.deepstack_maps, *dst.shape), np.float32)
+                self.stream.to_host(part, self.buf["vision_deepstack"].ptr)
             self.stream.synchronize()
-        return out
+            if deep is not None:
+                deep[:, a // tp: a // tp + dst.shape[0]] = part
+        return out, deep
 
     def image_newline(self) -> np.ndarray:
         return self.newline
@@ -218,8 +244,10 @@ class TrtBackend(Backend):
         return state
 
     def step(self, embeds: np.ndarray, state: TrtState, probe_rows: int = 1,
-             positions: np.ndarray | None = None) -> StepOutput:
-        """Backend.step; `positions`: (3, L) M-RoPE ids (M-RoPE bundles), as the torch and ONNX Runtime backends'."""
+             positions: np.ndarray | None = None, deepstack: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> StepOutput:
+        """Backend.step; `positions`: (3, L) M-RoPE ids (M-RoPE bundles), `deepstack`: ((n,) visual rows, (K, n, D)
+        features) (DeepStack bundles), as the torch and ONNX Runtime backends'."""
         if probe_rows > 1:
             raise UserError("exported decoders return the probe attention of the last query row only (probe_rows <= 1)")
         x = np.ascontiguousarray(embeds, dtype=np.float32)[None]  # (1, L, D)
@@ -234,6 +262,13 @@ class TrtBackend(Backend):
         addresses = {name: self.buf[name].ptr for name in ("inputs_embeds", "position_ids", "logits", "probe_attn")}
         addresses.update(past_kv=state.arena.ptr + past_at, new_kv=target)
         shapes = {"inputs_embeds": x.shape, "position_ids": pos.shape, "past_kv": (k, *self.kv.row_shape)}
+        rows, feats = deepstack_feed(deepstack, self.deepstack_maps, self.info.hidden_size, self.bundle,
+                                     self.backbone.label)
+        if rows is not None:  # host arrays live until the synchronize below
+            self.stream.to_device(self.buf["visual_rows"].ptr, rows)
+            self.stream.to_device(self.buf["deepstack"].ptr, feats)
+            addresses.update(visual_rows=self.buf["visual_rows"].ptr, deepstack=self.buf["deepstack"].ptr)
+            shapes.update(visual_rows=rows.shape, deepstack=feats.shape)
         if self.batched:  # B = 1 of the batched decoder: the arena is the slot-major cache of one sequence
             valid = np.ones(k + n_new, bool)
             self.stream.to_device(self.buf["past_valid"].ptr, valid[:k])
