@@ -44,7 +44,7 @@ class Manifest:
     tokens_per_frame: int | None = None  # P
     image_size: list[int] | None = None  # [H, W]
     video_token_id: int | None = None
-    kv_cache: dict = field(default_factory=dict)  # {layers, kv_heads, head_dim, layout, dtype, max_context}
+    kv_cache: dict = field(default_factory=dict)  # {layers, kv_heads, head_dim, layout, dtype, max_context[, batch: true]}
     embeddings: dict | None = None  # {file, dtype, shape}
     image_newline: dict | None = None  # {file, dtype, shape}
     graphs: dict = field(default_factory=dict)  # {"vision"|"decoder": export.graph.graph_io(...)}
@@ -96,6 +96,21 @@ class Manifest:
             raise UserError(f"{bundle}/manifest.json lacks or garbles {e}: the bundle is damaged; copy the "
                             f"whole bundle directory again or re-export it") from None
         return info, layout
+
+    @property
+    def batched(self) -> bool:
+        """The decoder has a dynamic batch axis (rlivs export --batch): B sequences step as one run."""
+        return bool((self.kv_cache or {}).get("batch"))
+
+    def max_batch(self, backend: str) -> int | None:
+        """Most sequences one batched decoder step takes on `backend` (onnxruntime | tensorrt): 1 without a batch
+        axis (a batch then steps sequence by sequence), None (any) on ONNX Runtime, the engines' batch range (rlivs
+        build-engines --max-batch; 0 when no engines are built) on TensorRT."""
+        if not self.batched:
+            return 1
+        if backend != "tensorrt":
+            return None
+        return int((self.tensorrt_engines or {}).get("max_batch", 0))
 
     def graph_opset(self) -> int | None:
         """The newest ONNX opset among the graphs (the manifest's top-level opset when the graphs do not say)."""
