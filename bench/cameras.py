@@ -143,15 +143,111 @@ def run(engine, n_cams: int, args, gate_on: bool = True, batch: int = 1, pace: b
     )
 
 
+def _rss_mib() -> float | None:
+    try:  # the resident set now (not the peak): what the process holds while it runs
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def run_service(engine, n_cams: int, args, batch: int = 1) -> dict:
+    """`rlivs serve`'s own ingest path, without HTTP: each camera is written to a video file and replayed at --speed
+    as a live camera (runtime.sources.live.LiveSource keeps only the newest frame; what a busy worker could not read
+    is dropped), one `service.workers.StreamWorker` thread per camera with the gate on, all sharing one
+    `service.scheduler.ModelTurns(--max-lag, batch)` and one memory; every finished clip comes back through the
+    workers' `publish` (the clip bus's ClipEvent: outcome, reason, lag = clip ready -> committed)."""
+    import threading
+
+    from rlivs.edge_app.sample_scenes import scripted_camera, write_video
+    from rlivs.edge_app.service.scheduler import FORCED, ModelTurns
+    from rlivs.edge_app.service.workers import IngestSetup, StreamWorker
+    from rlivs.runtime.activity import GateConfig
+    from rlivs.runtime.sources.live import SourceConfig
+    from rlivs.runtime.sources.spec import parse_source
+
+    c = engine.config.clip
+    clip_s = c.frames_per_clip / c.fps
+    cams = [scripted_camera(args.seconds, clip_s, args.idle_fraction, size=args.size, seed=args.seed + k)
+            for k in range(n_cams)]
+    work = Path(tempfile.mkdtemp(prefix="rlivs-cameras-"))
+    video_fps = max(1, math.ceil(c.fps))  # a whole number (the encoder's); the source samples it at --fps
+    videos = [write_video(work / f"cam{k}.mp4", cam, video_fps) for k, cam in enumerate(cams)]
+    gate = GateConfig(enabled=True, threshold=args.gate_threshold, max_idle_s=args.gate_max_idle)
+    names = [f"cam{k}" for k in range(n_cams)]
+    setup = IngestSetup(db=work / "memory.db", engine=engine, fingerprint=engine.model_fingerprint,
+                        source=SourceConfig(fps=c.fps, replay_speed=args.speed), replay_files=True,
+                        gate={n: gate for n in names})
+    turns = ModelTurns(args.max_lag, batch=batch)
+    events: list = []
+    lock = threading.Lock()
+
+    def publish(ev) -> None:
+        with lock:
+            events.append((time.perf_counter(), ev))
+
+    workers = [StreamWorker(setup, parse_source(f"{n}={v}"), publish, turns) for n, v in zip(names, videos)]
+    rss0 = _rss_mib()
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(args.seconds / args.speed * 4 + 600)
+    wall = time.perf_counter() - t0
+    by_cam = {n: [ev for _, ev in events if ev.stream == n] for n in names}
+    outcome = {o: sum(ev.outcome == o for _, ev in events) for o in ("captioned", "gated", "skipped")}
+    skipped_why: dict[str, int] = {}
+    for _, ev in events:
+        if ev.outcome == "skipped":
+            skipped_why[ev.reason] = skipped_why.get(ev.reason, 0) + 1
+    seen = missed = unseen = 0
+    for cam, n in zip(cams, names):
+        rows = by_cam[n]
+        for e in range(len(cam.events)):
+            shown = [ev for ev in rows if e in cam.shows(ev.t_start, ev.t_end, c.fps)]
+            if not shown:
+                unseen += 1  # its changes fell between clips: frames dropped while the worker waited
+                continue
+            seen += 1
+            missed += not any(ev.outcome == "captioned" for ev in shown)
+    half = t0 + wall / 2  # lag in the first and second half of the run: bounded, not growing
+    lags = {n: [ev.lag_s for ev in by_cam[n]] for n in names}
+    lag_cap = {n: [ev.lag_s for ev in by_cam[n] if ev.outcome == "captioned"] for n in names}
+    first = [ev.lag_s for t, ev in events if t < half]
+    second = [ev.lag_s for t, ev in events if t >= half]
+    stats = [w.status()["source_stats"] or {} for w in workers]
+    log = list(turns.log)
+    return dict(
+        mode="service", cameras=n_cams, batch=batch, speed=args.speed, max_lag_s=args.max_lag,
+        gate_max_idle_s=args.gate_max_idle, workers=[w.state for w in workers],
+        errors=[w.error for w in workers if w.error], clips=len(events), **outcome, skipped_why=skipped_why,
+        clips_per_camera=[len(by_cam[n]) for n in names],
+        model_calls=sum(turns.batch_sizes.values()), batch_sizes=turns.batch_sizes,
+        forced_granted_while_active_waited=sum(1 for _, cls, active, _, _ in log if cls == FORCED and active > 0),
+        most_waiting=turns.most_waiting, events=sum(len(cam.events) for cam in cams), events_seen=seen,
+        events_missed_by_gate=missed, events_between_clips=unseen,
+        frames_sampled=[s.get("frames_sampled") for s in stats], frames_dropped=[s.get("frames_dropped") for s in stats],
+        lag_p50_s=[_pct(lags[n], 0.5) for n in names], lag_p95_s=[_pct(lags[n], 0.95) for n in names],
+        lag_max_s=[round(max(lags[n]), 3) if lags[n] else None for n in names],
+        captioned_lag_p95_s=[_pct(lag_cap[n], 0.95) for n in names],
+        lag_p95_first_half_s=_pct(first, 0.95), lag_p95_second_half_s=_pct(second, 0.95),
+        wall_s=round(wall, 2), clips_per_s=round(len(events) / wall, 3),
+        stream_s_per_wall_s=round(sum(ev.t_end - ev.t_start for _, ev in events) / wall, 2),
+        rss_mib_start=rss0, rss_mib_end=_rss_mib(),
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cameras", default="1,4,8", help="Camera counts, comma-separated.")
     p.add_argument("--seconds", type=float, default=480.0, help="Stream seconds per camera.")
     p.add_argument("--idle-fraction", type=float, default=0.8, help="Share of clips without an event (about).")
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--fps", type=float, default=1.0)
-    p.add_argument("--frames-per-clip", type=int, default=16)
-    p.add_argument("--max-caption-tokens", type=int, default=16)
+    p.add_argument("--model", default=None, help="tiny (default) | random-0.5b (see --real-shape) | a model directory")
+    p.add_argument("--fps", type=float, default=None, help="Frames sampled per second (default 1; --real-shape 1/8).")
+    p.add_argument("--frames-per-clip", type=int, default=None, help="Default 16 (--real-shape 2).")
+    p.add_argument("--max-caption-tokens", type=int, default=None, help="Default 16.")
     p.add_argument("--size", default="320x240", help="Camera frame size WxH.")
     p.add_argument("--gate-threshold", type=float, default=0.005)
     p.add_argument("--gate-max-idle", type=float, default=600.0)
@@ -163,7 +259,21 @@ def main() -> None:
     p.add_argument("--speed", type=float, default=1.0,
                    help="Stream seconds per wall second the cameras play at, for lag (see the docstring).")
     p.add_argument("--pace", action="store_true", help="Wait until each round's clips exist on the live clock.")
+    p.add_argument("--service", action="store_true",
+                   help="Run the cameras through the service's ingest path (StreamWorker threads replaying each "
+                        "camera as a live source at --speed, one ModelTurns scheduler): overload, lag, skipped.")
+    p.add_argument("--max-lag", type=float, default=60.0,
+                   help="--service: seconds a forced caption may wait for the model (serve's --max-lag).")
+    p.add_argument("--real-shape", action="store_true",
+                   help="The real 0.5B shapes with random weights (--model random-0.5b, as bench/batch.py), short-run "
+                        "defaults: 2 frames per clip at 1/8 fps (a 16 s clip), 16 caption tokens.")
+    p.add_argument("--no-baseline", action="store_true", help="Skip the one-camera gate-off run.")
     args = p.parse_args()
+    short = dict(model="random-0.5b", fps=0.125, frames_per_clip=2, max_caption_tokens=16) if args.real_shape else \
+        dict(model="tiny", fps=1.0, frames_per_clip=16, max_caption_tokens=16)
+    for k, v in short.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     args.size = tuple(int(v) for v in args.size.lower().split("x"))
     batches = [int(v) for v in args.batch.split(",")]
     if args.speed <= 0 or any(b < 1 for b in batches):
@@ -174,23 +284,33 @@ def main() -> None:
 
     config = PipelineConfig(clip=ClipConfig(fps=args.fps, frames_per_clip=args.frames_per_clip),
                             caption=CaptionConfig(max_new_tokens=args.max_caption_tokens))
-    engine = load_engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads),
-                         config)
+    # batches need the torch backend's dynamic cache (its CUDA default, the static cache, captions one at a time)
+    engine = load_engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads,
+                                      kv_cache="dynamic" if max(batches) > 1 else "auto"), config)
     runs = []
-    baseline = run(engine, 1, args, gate_on=False)  # every clip of camera 0 captioned
-    print(json.dumps(baseline), flush=True)
+    baseline = None
+    if not (args.service or args.no_baseline):
+        baseline = run(engine, 1, args, gate_on=False)  # every clip of camera 0 captioned
+        print(json.dumps(baseline), flush=True)
     for n in (int(v) for v in args.cameras.split(",")):
         for b in batches:
+            if args.service:
+                r = run_service(engine, n, args, batch=b)
+                print(json.dumps(r), flush=True)
+                runs.append(r)
+                continue
             r = run(engine, n, args, batch=b, pace=args.pace)
             # paced: throughput is the cameras' offered load, not the device's: no speed-up figure
-            r["speedup_vs_gate_off"] = None if args.pace else round(r["clips_per_s"] / baseline["clips_per_s"], 2)
+            r["speedup_vs_gate_off"] = None if args.pace or baseline is None else \
+                round(r["clips_per_s"] / baseline["clips_per_s"], 2)
             print(json.dumps(r), flush=True)
             runs.append(r)
     print(json.dumps(dict(model=args.model, backend=engine.backend.name, device=args.device, dtype=args.dtype,
                           fps=args.fps, batches=batches, speed=args.speed, paced=args.pace,
                           frames_per_clip=args.frames_per_clip, seconds_per_camera=args.seconds, size=args.size,
+                          service=args.service, max_lag_s=args.max_lag if args.service else None,
                           gate_off_1_camera=baseline, runs=runs,
-                          events_missed=sum(r["events_missed"] for r in runs))))
+                          events_missed=sum(r.get("events_missed", r.get("events_missed_by_gate", 0)) for r in runs))))
 
 
 if __name__ == "__main__":
