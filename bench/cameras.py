@@ -20,10 +20,25 @@ scripted events (a person walking through, a door opening and closing, an object
   lets through are captioned in groups of up to B with one `Engine.caption_clips` call (each camera's
   `StreamIngestor.caption_input`, then its own `commit`); B = 1 is the one-at-a-time `StreamIngestor.step`.
 
+- --service: the cameras go through `rlivs serve`'s own ingest path instead of the round robin (`run_service`): each
+  camera is written to a video file and replayed as a live camera at --speed (runtime.sources.live.LiveSource keeps
+  only the newest frame; what a busy worker cannot read is dropped and counted), one `service.workers.StreamWorker`
+  thread per camera with the gate on, all sharing one `service.scheduler.ModelTurns(--max-lag, --batch)` and one
+  memory. Reported per run: clips captioned / gated / skipped (by reason), per-camera lag p50/p95/max (the service's
+  lag: clip ready -> committed) and its p95 in the run's first and second half, events seen / missed by the gate /
+  never on a handed-out frame (dropped while the worker waited; scored on the frames each clip really had), model calls by batch size, the longest waiting line
+  (at most one clip per camera), forced clips granted while an active one waited (0: active cameras go first),
+  frames sampled and dropped per camera, the most resident memory per quarter of the run. With a model too slow for the
+  cameras (a high --speed, or --real-shape) this is overload, measured on the wall clock.
+- --real-shape: the real 0.5B shapes with random weights (`random-0.5b`, as bench/batch.py --real-shape), at
+  short-run sizes (2 frames per clip at 1/8 fps, 16 caption tokens).
+
     python bench/cameras.py                                     # 1, 4 and 8 cameras, tiny model, 8 min each
     python bench/cameras.py --cameras 1,4 --seconds 320         # shorter
     python bench/cameras.py --cameras 1,4 --batch 1,4 --speed 8 --pace   # lag and batching, cameras live at 8x
     python bench/cameras.py --model random-0.5b --device cuda --dtype float16   # the GPU kit's stage (bench/gpu)
+    python bench/cameras.py --service --cameras 4,8 --batch 1,4,8 --speed 32 --max-lag 1   # overload, the service's path
+    python bench/cameras.py --service --real-shape --cameras 2 --speed 1       # the 0.5B shape, live
 
 Frames are drawn with numpy (no video codec in the loop). Prints one JSON line per run, then one JSON object with
 all of them as the last line.
@@ -174,7 +189,12 @@ def run_service(engine, n_cams: int, args, batch: int = 1) -> dict:
             for k in range(n_cams)]
     work = Path(tempfile.mkdtemp(prefix="rlivs-cameras-"))
     video_fps = max(1, math.ceil(c.fps))  # a whole number (the encoder's); the source samples it at --fps
-    videos = [write_video(work / f"cam{k}.mp4", cam, video_fps) for k, cam in enumerate(cams)]
+    videos = []
+    for k, cam in enumerate(cams):  # camera k is the same in every run: written once
+        key = (k, args.seconds, args.size, video_fps, args.idle_fraction, args.seed)
+        if key not in _VIDEOS:
+            _VIDEOS[key] = write_video(Path(tempfile.mkdtemp(prefix="rlivs-camera-")) / f"cam{k}.mp4", cam, video_fps)
+        videos.append(_VIDEOS[key])
     gate = GateConfig(enabled=True, threshold=args.gate_threshold, max_idle_s=args.gate_max_idle)
     names = [f"cam{k}" for k in range(n_cams)]
     setup = IngestSetup(db=work / "memory.db", engine=engine, fingerprint=engine.model_fingerprint,
@@ -188,14 +208,36 @@ def run_service(engine, n_cams: int, args, batch: int = 1) -> dict:
         with lock:
             events.append((time.perf_counter(), ev))
 
-    workers = [StreamWorker(setup, parse_source(f"{n}={v}"), publish, turns) for n, v in zip(names, videos)]
+    class Worker(StreamWorker):
+        """The service's worker, noting each finished clip's frame times (what the camera handed out) for scoring."""
+
+        def _published(self, clip, result, ready_at, skipped):
+            self.frame_times.append((clip.index, [float(t) for t in clip.times]))
+            super()._published(clip, result, ready_at, skipped)
+
+    workers = [Worker(setup, parse_source(f"{n}={v}"), publish, turns) for n, v in zip(names, videos)]
+    for w in workers:
+        w.frame_times = []
     rss0 = _rss_mib()
+    rss: list[tuple[float, float]] = []  # (time, resident MiB), sampled every 0.5 s while the workers run
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            rss.append((time.perf_counter(), _rss_mib() or 0.0))
+
     t0 = time.perf_counter()
+    threading.Thread(target=sample, daemon=True).start()
     for w in workers:
         w.start()
+    deadline = t0 + args.seconds / args.speed * 4 + 600
+    while any(w.state not in ("finished", "failed") for w in workers) and time.perf_counter() < deadline:
+        time.sleep(0.2)  # a failed worker would retry for ever: the run ends at the first failure
     for w in workers:
-        w.join(args.seconds / args.speed * 4 + 600)
+        w.stop()
+        w.join(30)
     wall = time.perf_counter() - t0
+    done.set()
     by_cam = {n: [ev for _, ev in events if ev.stream == n] for n in names}
     outcome = {o: sum(ev.outcome == o for _, ev in events) for o in ("captioned", "gated", "skipped")}
     skipped_why: dict[str, int] = {}
@@ -203,15 +245,23 @@ def run_service(engine, n_cams: int, args, batch: int = 1) -> dict:
         if ev.outcome == "skipped":
             skipped_why[ev.reason] = skipped_why.get(ev.reason, 0) + 1
     seen = missed = unseen = 0
-    for cam, n in zip(cams, names):
-        rows = by_cam[n]
-        for e in range(len(cam.events)):
-            shown = [ev for ev in rows if e in cam.shows(ev.t_start, ev.t_end, c.fps)]
+    for cam, n, w in zip(cams, names, workers):
+        captioned = {ev.index for ev in by_cam[n] if ev.outcome == "captioned"}
+        frames = [(t, i) for i, ts in w.frame_times for t in ts]  # every frame handed out, in order
+        for e in cam.events:
+            # the clips in which the picture changes because of the event, frame to frame as handed out (the
+            # camera dropped what a busy worker could not read): a walk changes every frame it is in, a door or an
+            # object when it appears or goes
+            def on(t, e=e):
+                return e.t0 <= t < e.t1
+
+            shown = {i for (ta, _), (tb, i) in zip(frames, frames[1:])
+                     if ((on(ta) or on(tb)) if e.kind == "walk" else on(ta) != on(tb))}
             if not shown:
-                unseen += 1  # its changes fell between clips: frames dropped while the worker waited
+                unseen += 1  # the event fell in frames the camera dropped while its worker waited
                 continue
             seen += 1
-            missed += not any(ev.outcome == "captioned" for ev in shown)
+            missed += not (shown & captioned)
     half = t0 + wall / 2  # lag in the first and second half of the run: bounded, not growing
     lags = {n: [ev.lag_s for ev in by_cam[n]] for n in names}
     lag_cap = {n: [ev.lag_s for ev in by_cam[n] if ev.outcome == "captioned"] for n in names}
@@ -236,7 +286,13 @@ def run_service(engine, n_cams: int, args, batch: int = 1) -> dict:
         wall_s=round(wall, 2), clips_per_s=round(len(events) / wall, 3),
         stream_s_per_wall_s=round(sum(ev.t_end - ev.t_start for _, ev in events) / wall, 2),
         rss_mib_start=rss0, rss_mib_end=_rss_mib(),
+        rss_mib_max_per_quarter=[max((m for t, m in rss if t0 + q * wall / 4 <= t < t0 + (q + 1) * wall / 4),
+                                     default=None) for q in range(4)],
+        waiting_at_end=sum(turns.waiting.values()),
     )
+
+
+_VIDEOS: dict = {}  # (camera, seconds, size, fps, idle fraction, seed) -> its video file
 
 
 def main() -> None:

@@ -13,11 +13,12 @@ Stages, each timed and written to OUT/gpu_run.json as soon as it ends (a run cut
   cameras    bench/cameras.py at the first dtype: 1 and 8 synthetic cameras (80 % idle) with the activity gate, at
              --batch 1, 4 and 8: clips captioned vs gated, events missed, per-camera lag p50/p95, model calls, and
              how many such cameras the device keeps in real time per batch size (rehearsal: 2 cameras, --batch 1,2)
-  cameras_live  bench/cameras.py --service: 8 cameras replayed live at 16x through the service's workers and one
-             ModelTurns at --batch 8, --max-lag 5: per-camera lag p50/p95 (first and second half), skipped clips by
-             reason, active-first grants, frames dropped, waiting line (rehearsal: 2 cameras, --batch 2)
   batch      bench/batch.py at the first dtype: B clips captioned together (one batched decoder step per token) vs one
              at a time, B = 1, 2, 4, 8: decode tokens/s, clips/s, and every batched caption equal to its clip alone
+  cameras_live  bench/cameras.py --service: 8 cameras replayed live at 16x through the service's workers and one
+             ModelTurns at --batch 8, --max-lag 5: per-camera lag p50/p95 (first and second half), skipped clips by
+             reason, active-first grants, frames dropped, waiting line (rehearsal: 2 cameras, --batch 2; needs PyAV,
+             carried by prepare.py)
 
     python bench/gpu/run.py --out OUT                               # on the GPU (through run.sh)
     python bench/gpu/run.py --out OUT --device cpu --small          # the CPU rehearsal: same code, tiny shapes
@@ -280,6 +281,11 @@ def cameras_stage(args, dtype: str, timeout: float) -> dict:
 def cameras_live_stage(args, dtype: str, timeout: float) -> dict:
     """The service's ingest path (--service): cameras replayed live at --speed, gated, one ModelTurns; per-camera lag
     bounded by --max-lag for forced captions, what was skipped and why."""
+    try:
+        import av  # noqa: F401  (carried by prepare.py: the image has no PyAV)
+    except ImportError as e:
+        return {"error": f"PyAV does not import here ({e}): the live replay needs it; rerun bench/gpu/prepare.py "
+                         f"(it carries the av wheel)"}
     cams, batch, speed, max_lag, seconds = CAMERAS_LIVE["rehearsal" if args.small else "gpu"]
     s, err, cmd = _cameras(args, dtype, timeout, ["--service", "--cameras", cams, "--batch", batch, "--speed", speed,
                                                   "--max-lag", max_lag, "--seconds", seconds, "--gate-max-idle",
@@ -329,9 +335,9 @@ def main():
     stages += [(f"bench_{dt}", (lambda dt=dt: bench_stage(args, dt, max(30.0, run.left() - 10))), 45)
                for dt in args.dtypes]
     stages += [("cameras", lambda: cameras_stage(args, args.dtypes[0], max(30.0, min(180.0, run.left() - 60))), 60)]
+    stages += [("batch", lambda: batch_stage(args, args.dtypes[0], max(30.0, min(150.0, run.left() - 60))), 45)]
     stages += [("cameras_live", lambda: cameras_live_stage(args, args.dtypes[0],
                                                            max(30.0, min(120.0, run.left() - 60))), 45)]
-    stages += [("batch", lambda: batch_stage(args, args.dtypes[0], max(30.0, min(150.0, run.left() - 60))), 45)]
     stages += [(f"parity_{m}", (lambda m=m: parity_stage(args, m)), 90) for m in models if m == "random-0.5b"]
     for name, fn, need in stages:
         if name.split("_")[0] in skip or name in skip:
