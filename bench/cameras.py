@@ -175,6 +175,7 @@ def run_service(engine, n_cams: int, args, batch: int = 1) -> dict:
     `service.scheduler.ModelTurns(--max-lag, batch)` and one memory; every finished clip comes back through the
     workers' `publish` (the clip bus's ClipEvent: outcome, reason, lag = clip ready -> committed)."""
     import threading
+    from argparse import Namespace
 
     from rlivs.edge_app.sample_scenes import scripted_camera, write_video
     from rlivs.edge_app.service.scheduler import FORCED, ModelTurns
@@ -204,9 +205,11 @@ def run_service(engine, n_cams: int, args, batch: int = 1) -> dict:
     events: list = []
     lock = threading.Lock()
 
-    def publish(ev) -> None:
+    def publish(ev) -> None:  # what the scoring needs, not the event (its frame and model output)
+        light = Namespace(stream=ev.stream, index=ev.index, t_start=ev.t_start, t_end=ev.t_end, outcome=ev.outcome,
+                          reason=ev.reason, lag_s=ev.lag_s)
         with lock:
-            events.append((time.perf_counter(), ev))
+            events.append((time.perf_counter(), light))
 
     class Worker(StreamWorker):
         """The service's worker, noting each finished clip's frame times (what the camera handed out) for scoring."""
