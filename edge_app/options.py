@@ -185,30 +185,41 @@ MaxBatch = typer.Option(None, "--max-batch", show_default=False,
                              "needs N <= it.")
 
 
-def check_batch(batch: int, ec: Optional[EngineConfig] = None) -> int:
+def check_batch(batch: int, ec: Optional[EngineConfig] = None) -> Optional[EngineConfig]:
     """--batch N (serve) against the engine it will run on, before any model loads: N in 1..256; a bundle must have a
     batch axis (rlivs export --batch), and on TensorRT engines whose batch range reaches N (build-engines
-    --max-batch). The torch reference (--model) batches any number. Raises UserError naming the fix."""
+    --max-batch). The torch backend batches any number on its dynamic KV cache: --kv-cache auto becomes dynamic
+    (auto would take the static cache + CUDA graph on cuda, which steps one clip at a time), an explicit static
+    cache is refused. -> `ec`, possibly with that cache; raises UserError naming the fix."""
+    from dataclasses import replace
+
     from rlivs.runtime.errors import UserError
 
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise UserError(f"--batch must be an integer in 1..{MAX_BATCH}, got {batch!r}: e.g. --batch 4 (1 = one clip "
                         f"at a time)")
     if batch == 1 or ec is None:
-        return batch
+        return ec
     from rlivs.runtime.backends import choose_backend
     from rlivs.runtime.backends.bundle import is_bundle, load_manifest
 
     path = Path(ec.bundle or ec.model).expanduser()
-    if not is_bundle(path) or ec.backend == "torch":
-        return batch  # the torch reference: a batched dynamic cache of any size
+    if not is_bundle(path) or ec.backend == "torch":  # the torch backend
+        if ec.kv_cache == "static":
+            raise UserError(f"--batch {batch}: the torch backend's static KV cache steps one clip at a time: use "
+                            f"--kv-cache dynamic (or auto, which batches), or serve with --batch 1")
+        if ec.kv_cache == "auto" and ec.device.startswith("cuda"):
+            console.print(f"--batch {batch}: the torch backend's dynamic KV cache (it batches; --kv-cache auto would "
+                          f"take the static cache + CUDA graph on cuda, one clip at a time)")
+            return replace(ec, kv_cache="dynamic")
+        return ec
     manifest = load_manifest(path)
     backend = ec.backend
     if backend == "auto":
         try:
             backend = choose_backend("auto", path, bundle_given=ec.bundle is not None)[0]
         except UserError:
-            return batch  # the bundle cannot run here at all: loading it says why
+            return ec  # the bundle cannot run here at all: loading it says why
     cap = manifest.max_batch(backend)
     if cap == 1:
         raise UserError(f"--batch {batch}: the bundle {path} was exported without a batch axis, so it captions one "
@@ -220,7 +231,7 @@ def check_batch(batch: int, ec: Optional[EngineConfig] = None) -> int:
         what = f"batch range reaches {cap} sequences" if cap else "engines are not built"
         raise UserError(f"--batch {batch}: the bundle's TensorRT {what}: rebuild them with {fix}, or serve with "
                         f"--batch {max(cap, 1)}")
-    return batch
+    return ec
 
 
 # the activity gate (runtime/activity.py): each a global value and/or STREAM=VALUE, repeatable

@@ -141,7 +141,7 @@ def serve(
                                            public_url=public_url, discovery=mqtt_discovery,
                                            discovery_prefix=mqtt_discovery_prefix)
         ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
-        o.check_batch(batch, ec)  # a bundle without a batch axis (or engines too narrow) is refused here, unloaded
+        ec = o.check_batch(batch, ec)  # a bundle without a batch axis (or engines too narrow) is refused here
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),

@@ -72,6 +72,20 @@ def test_serve_batch_takes_a_batch_capable_bundle_and_the_torch_reference(bundle
     assert len(model_load) == 2
 
 
+def test_serve_batch_on_torch_takes_the_dynamic_cache(model_load, monkeypatch):
+    """The torch backend batches on its dynamic KV cache: auto becomes dynamic (on cuda auto would be the static
+    cache + CUDA graph, one clip at a time); an explicit static cache is refused, naming the fix."""
+    monkeypatch.delenv("RLIVS_TOKEN", raising=False)
+    r = _serve("--model", "tiny", "--kv-cache", "static", "--batch", "4")
+    assert r.exit_code == 2 and "static KV cache steps one clip at a time" in _said(r), r.output
+    assert "--kv-cache dynamic" in _said(r) and model_load == []
+    r = _serve("--model", "tiny", "--device", "cuda", "--batch", "4")
+    assert r.exit_code == 2 and "MODEL-LOAD-REACHED" in r.output, r.output
+    r = _serve("--model", "tiny", "--device", "cuda", "--batch", "1")
+    assert r.exit_code == 2 and "MODEL-LOAD-REACHED" in r.output, r.output
+    assert [ec.kv_cache for ec in model_load] == ["dynamic", "auto"]  # --batch 1 keeps auto's static + graph
+
+
 @pytest.mark.parametrize("built, batch, ok", [(4, 8, False), (8, 8, True), (8, 2, True)])
 def test_serve_batch_against_the_tensorrt_engines_batch_range(bundle, tmp_path, model_load, monkeypatch,
                                                               built, batch, ok):
