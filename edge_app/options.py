@@ -170,7 +170,6 @@ ToTime = typer.Option(None, "--to", help="Only captions up to this time (same fo
 
 
 # batching several cameras' clips in one model call (issue 26): the serving side, and what a bundle must be built for
-MAX_BATCH = 256  # the most clips one call may take (and the engine builder's limit)
 Batch = typer.Option(1, "--batch", help="When the model frees and several cameras have a clip waiting, caption up to "
                                         "this many of them in one batched model call (active first, oldest first); "
                                         "each camera still commits its own clip. 1 = one clip at a time. A --bundle "
@@ -193,6 +192,7 @@ def check_batch(batch: int, ec: Optional[EngineConfig] = None) -> Optional[Engin
     cache is refused. -> `ec`, possibly with that cache; raises UserError naming the fix."""
     from dataclasses import replace
 
+    from rlivs.runtime.backends.bundle import MAX_BATCH
     from rlivs.runtime.errors import UserError
 
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:

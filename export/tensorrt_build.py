@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlivs.runtime.backends.bundle import Manifest, load_manifest
+from rlivs.runtime.backends.bundle import MAX_BATCH, Manifest, load_manifest
 from rlivs.runtime.backends.tensorrt import compat
 from rlivs.runtime.backends.tensorrt.engine_entry import (
     ENTRY_SCHEMA, bundle_digest, cuda_device, write_engine_entry,
@@ -82,8 +82,8 @@ class EngineBuildConfig:
             raise UserError(f"the workspace limit must be >= 64 MiB, got {self.workspace_mib}")
         if not 0 <= self.builder_optimization_level <= 5:
             raise UserError(f"builder_optimization_level must be 0..5, got {self.builder_optimization_level}")
-        if self.max_batch is not None and not 1 <= self.max_batch <= 256:
-            raise UserError(f"max_batch must be 1..256 sequences, got {self.max_batch}; e.g. --max-batch 8")
+        if self.max_batch is not None and not 1 <= self.max_batch <= MAX_BATCH:
+            raise UserError(f"max_batch must be 1..{MAX_BATCH} sequences, got {self.max_batch}; e.g. --max-batch 8")
         if self.prompt_tokens < 0:
             raise UserError(f"prompt_tokens must be >= 0, got {self.prompt_tokens}")
 

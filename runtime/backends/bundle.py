@@ -22,6 +22,9 @@ REQUIRED = ("vision.onnx", "decoder.onnx", "embeddings.npy", "image_newline.npy"
             "preprocessor_config.json")
 
 
+MAX_BATCH = 256  # the most sequences one batched step is built or asked for (build-engines --max-batch, serve --batch)
+
+
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
