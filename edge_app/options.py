@@ -193,6 +193,71 @@ FromTime = typer.Option(None, "--from", help="Only captions from this time: ISO 
 ToTime = typer.Option(None, "--to", help="Only captions up to this time (same forms as --from).")
 
 
+# batching several cameras' clips in one model call (issue 26): the serving side, and what a bundle must be built for
+Batch = typer.Option(1, "--batch", help="When the model frees and several cameras have a clip waiting, caption up to "
+                                        "this many of them in one batched model call (active first, oldest first); "
+                                        "each camera still commits its own clip. 1 = one clip at a time. A --bundle "
+                                        "must be batch-capable (rlivs export --batch; on TensorRT, engines built "
+                                        "with rlivs build-engines --max-batch >= N); --model batches any number.")
+ExportBatch = typer.Option(False, "--batch/--no-batch",
+                           help="Export the decoder with a dynamic batch axis, so `rlivs serve --batch N` captions "
+                                "several cameras' clips in one call (recorded in the manifest: kv_cache.batch).")
+MaxBatch = typer.Option(None, "--max-batch", show_default=False,
+                        help="Most sequences one batched decoder step takes: the batch range of both optimization "
+                             "profiles (default 8; needs a bundle exported with --batch). rlivs serve --batch N "
+                             "needs N <= it.")
+
+
+def check_batch(batch: int, ec: Optional[EngineConfig] = None) -> Optional[EngineConfig]:
+    """--batch N (serve) against the engine it will run on, before any model loads: N in 1..256; a bundle must have a
+    batch axis (rlivs export --batch), and on TensorRT engines whose batch range reaches N (build-engines
+    --max-batch). The torch backend batches any number on its dynamic KV cache: --kv-cache auto becomes dynamic
+    (auto would take the static cache + CUDA graph on cuda, which steps one clip at a time), an explicit static
+    cache is refused. -> `ec`, possibly with that cache; raises UserError naming the fix."""
+    from dataclasses import replace
+
+    from rlivs.runtime.backends.bundle import MAX_BATCH
+    from rlivs.runtime.errors import UserError
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise UserError(f"--batch must be an integer in 1..{MAX_BATCH}, got {batch!r}: e.g. --batch 4 (1 = one clip "
+                        f"at a time)")
+    if batch == 1 or ec is None:
+        return ec
+    from rlivs.runtime.backends import choose_backend
+    from rlivs.runtime.backends.bundle import is_bundle, load_manifest
+
+    path = Path(ec.bundle or ec.model).expanduser()
+    if not is_bundle(path) or ec.backend == "torch":  # the torch backend
+        if ec.kv_cache == "static":
+            raise UserError(f"--batch {batch}: the torch backend's static KV cache steps one clip at a time: use "
+                            f"--kv-cache dynamic (or auto, which batches), or serve with --batch 1")
+        if ec.kv_cache == "auto" and ec.device.startswith("cuda"):
+            console.print(f"--batch {batch}: the torch backend's dynamic KV cache (it batches; --kv-cache auto would "
+                          f"take the static cache + CUDA graph on cuda, one clip at a time)")
+            return replace(ec, kv_cache="dynamic")
+        return ec
+    manifest = load_manifest(path)
+    backend = ec.backend
+    if backend == "auto":
+        try:
+            backend = choose_backend("auto", path, bundle_given=ec.bundle is not None)[0]
+        except UserError:
+            return ec  # the bundle cannot run here at all: loading it says why
+    cap = manifest.max_batch(backend)
+    if cap == 1:
+        raise UserError(f"--batch {batch}: the bundle {path} was exported without a batch axis, so it captions one "
+                        f"clip per call: re-export it with rlivs export --batch"
+                        f"{' --target tensorrt' if manifest.target == 'tensorrt' else ''} (then rlivs build-engines "
+                        f"--max-batch {batch} for TensorRT), or serve with --batch 1")
+    if cap is not None and cap < batch:
+        fix = f"rlivs build-engines --bundle {path} --max-batch {batch}"
+        what = f"batch range reaches {cap} sequences" if cap else "engines are not built"
+        raise UserError(f"--batch {batch}: the bundle's TensorRT {what}: rebuild them with {fix}, or serve with "
+                        f"--batch {max(cap, 1)}")
+    return ec
+
+
 # the activity gate (runtime/activity.py): each a global value and/or STREAM=VALUE, repeatable
 Gate = typer.Option([], "--gate", metavar="[STREAM=]auto|on|off",
                     help="Activity gate: caption a clip only when its scene changed (idle clips are recorded as "

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlivs.runtime.backends.bundle import Manifest, load_manifest
+from rlivs.runtime.backends.bundle import MAX_BATCH, Manifest, load_manifest
 from rlivs.runtime.backends.tensorrt import compat
 from rlivs.runtime.backends.tensorrt.engine_entry import (
     ENTRY_SCHEMA, bundle_digest, cuda_device, write_engine_entry,
@@ -51,6 +51,7 @@ log = logging.getLogger("rlivs.export")
 TENSORRT_MISSING = ("TensorRT is not installed: it comes with JetPack on a Jetson (python3 -c 'import tensorrt'); on "
                     "x86 install the tensorrt wheel from NVIDIA's index; build engines on the device that will run them")
 PRECISIONS = ("fp16", "fp32")
+DEFAULT_MAX_BATCH = 8  # sequences per batched decoder step when --max-batch is not given (a batch-capable bundle)
 ENGINE_FILES = {"vision": "vision.engine", "decoder": "decoder.engine"}
 LAYER_FILES = {"vision": "vision.layers.json", "decoder": "decoder.layers.json"}
 TIMING_CACHE = "timing.cache"
@@ -70,7 +71,8 @@ class EngineBuildConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # FIFO, clip and caption sizes to size for
     prompt_tokens: int = 64  # allowance for the chat template and prompt text around the video tokens
     verbose: bool = False  # pass TensorRT's VERBOSE messages to the debug log
-    max_batch: int = 8  # most sequences per batched decoder step (a bundle exported with --batch; else unused)
+    max_batch: int | None = None  # most sequences per batched decoder step (--max-batch; default 8 for a bundle
+    #                                exported with --batch; a bundle without a batch axis takes only 1)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -83,8 +85,8 @@ class EngineBuildConfig:
             raise UserError(f"the workspace limit must be >= 64 MiB, got {self.workspace_mib}")
         if not 0 <= self.builder_optimization_level <= 5:
             raise UserError(f"builder_optimization_level must be 0..5, got {self.builder_optimization_level}")
-        if not 1 <= self.max_batch <= 256:
-            raise UserError(f"max_batch must be 1..256 sequences, got {self.max_batch}; e.g. --max-batch 8")
+        if self.max_batch is not None and not 1 <= self.max_batch <= MAX_BATCH:
+            raise UserError(f"max_batch must be 1..{MAX_BATCH} sequences, got {self.max_batch}; e.g. --max-batch 8")
         if self.prompt_tokens < 0:
             raise UserError(f"prompt_tokens must be >= 0, got {self.prompt_tokens}")
 
@@ -179,7 +181,10 @@ def profile_specs(manifest: Manifest, config: EngineBuildConfig | None = None) -
     deep = ({"visual": (0, min(budget["fifo_tokens"] + budget["clip_tokens"], k_max), k_max)}, {"visual": (0, 0, 0)}) \
         if any("visual" in i["shape"] for i in dec_in) else ({}, {})  # DeepStack rows: prefill, decode
     batched = any("batch" in i["shape"] for i in dec_in)
-    b_max = cfg.max_batch if batched else 1
+    if not batched and (cfg.max_batch or 1) > 1:
+        raise UserError(f"--max-batch {cfg.max_batch}: this bundle's decoder has no batch axis (it steps one sequence "
+                        f"at a time): re-export with rlivs export --target tensorrt --batch, or leave --max-batch out")
+    b_max = (cfg.max_batch or DEFAULT_MAX_BATCH) if batched else 1
     # batch range per profile: a prefill runs alone or a few at once (opt 1), a decode step batches every camera's
     # caption (opt = max); the runtime sizes its I/O buffers for b_max
     prefill_b, decode_b = ({"batch": (1, 1, b_max)}, {"batch": (1, b_max, b_max)}) if batched else ({}, {})

@@ -32,6 +32,8 @@ NEEDED = {
     "sqlite-utils": "runtime.memory (the clip step's store stage, the answer path) imports it; not in the image",
     "sqlite-fts4": "required by sqlite-utils",
     "click-default-group": "required by sqlite-utils",
+    "av": "the cameras_live stage replays the cameras through the service's live source (PyAV); not in the image "
+          "(34 MiB: the largest wheel here)",
 }
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")

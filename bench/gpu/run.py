@@ -13,12 +13,15 @@ Stages, each timed and written to OUT/gpu_run.json as soon as it ends (a run cut
              the fast path; for random-0.5b also at the paper's context against the float32 reference on the device
   bench      bench/clip_step.py, torch (dynamic) vs torch_fast (static + CUDA graph), per dtype: per-stage latency,
              real-time factor at 1 fps, question -> answer latency, peak GPU memory, whether the graph was used
-  cameras    bench/cameras.py at the first dtype: 1, 4 and 8 synthetic cameras (80 % idle) with the activity gate:
-             clips captioned vs gated, events missed, per-camera lag p50/p95 (against real time), and how many such
-             cameras the device keeps in real time (one at a time: with --batch 1,4 the CPU rehearsal ran past
-             the stage's time; the batch stage measures batching)
+  cameras    bench/cameras.py at the first dtype: 1 and 8 synthetic cameras (80 % idle) with the activity gate, at
+             --batch 1, 4 and 8: clips captioned vs gated, events missed, per-camera lag p50/p95, model calls, and
+             how many such cameras the device keeps in real time per batch size (rehearsal: 2 cameras, --batch 1,2)
   batch      bench/batch.py at the first dtype: B clips captioned together (one batched decoder step per token) vs one
              at a time, B = 1, 2, 4, 8: decode tokens/s, clips/s, and every batched caption equal to its clip alone
+  cameras_live  bench/cameras.py --service: 8 cameras replayed live at 16x through the service's workers and one
+             ModelTurns at --batch 8, --max-lag 5: per-camera lag p50/p95 (first and second half), skipped clips by
+             reason, active-first grants, frames dropped, waiting line (rehearsal: 2 cameras, --batch 2; needs PyAV,
+             carried by prepare.py)
 
     python bench/gpu/run.py --out OUT                               # on the GPU (through run.sh)
     python bench/gpu/run.py --out OUT --device cpu --small          # the CPU rehearsal: same code, tiny shapes
@@ -259,24 +262,65 @@ def qwen_stage(args, dtype: str, timeout: float) -> dict:
                        for m, r in s.items()}}
 
 
-def cameras_stage(args, dtype: str, timeout: float) -> dict:
+# bench/cameras.py's sizes per kit run: (camera counts, batch sizes, stream seconds per camera). On the GPU: 1 and 8
+# cameras at --batch 1,4,8 (the batch sizes at the same camera count, same run); the CPU rehearsal runs the same code
+# paths (batched captions included) at tiny sizes, within the stage's time (batched bfloat16 on 2 busy cores is slow)
+CAMERAS = {"gpu": ("1,8", "1,4,8", "160"), "rehearsal": ("2", "1,2", "64")}
+# the live run through the service's path (StreamWorker + ModelTurns, --service): cameras, batch, --speed, --max-lag
+# seconds, stream seconds; faster than real time so the device is overloaded within a short run
+CAMERAS_LIVE = {"gpu": ("8", "8", "16", "5", "320"), "rehearsal": ("2", "2", "16", "2", "64")}
+
+
+def _cameras(args, dtype: str, timeout: float, extra: list[str]) -> tuple[dict | None, dict | None, list]:
+    """bench/cameras.py at the kit's model and dtype -> (its summary, an error result, the command)."""
     model = "tiny" if args.small else "random-0.5b"
     cmd = [sys.executable, str(ROOT / "bench" / "cameras.py"), "--model", model, "--device", args.device,
-           "--dtype", dtype, "--cameras", "1,4,8", "--seconds", "160" if args.small else "320",
-           "--max-caption-tokens", "16" if args.small else "64"]
+           "--dtype", dtype, "--max-caption-tokens", "16" if args.small else "64", *extra]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if p.returncode:
-        return {"error": f"cameras.py exited {p.returncode}", "stderr": p.stderr[-3000:], "command": " ".join(cmd)}
-    s = json.loads(p.stdout.strip().splitlines()[-1])
+        return None, {"error": f"cameras.py exited {p.returncode}", "stderr": p.stderr[-3000:],
+                      "command": " ".join(cmd)}, cmd
+    return json.loads(p.stdout.strip().splitlines()[-1]), None, cmd
+
+
+def cameras_stage(args, dtype: str, timeout: float) -> dict:
+    """Round robin over N gated cameras as fast as the device goes, one clip per call and batched (--batch)."""
+    cams, batches, seconds = CAMERAS["rehearsal" if args.small else "gpu"]
+    s, err, cmd = _cameras(args, dtype, timeout, ["--cameras", cams, "--batch", batches, "--seconds", seconds])
+    if err:
+        return err
     keys = ("cameras", "batch", "model_calls", "lag_p50_s", "lag_p95_s", "clips", "captioned", "gated", "events",
             "events_missed", "false_triggers", "clips_per_s",
             "stream_s_per_wall_s", "gate_ms_per_clip", "model_s_per_caption", "speedup_vs_gate_off")
     runs = [{k: r.get(k) for k in keys} for r in s["runs"]]
+    most = max((r["cameras"] for r in runs), default=None)
     return {"command": " ".join(cmd[1:]), "dtype": dtype, "runs": runs,
             "gate_off_1_camera": {k: s["gate_off_1_camera"].get(k) for k in keys},
             "events_missed": s["events_missed"],
-            # round robin over N cameras: stream seconds per wall second = such cameras kept in real time
-            "cameras_in_real_time": runs[-1]["stream_s_per_wall_s"] if runs else None}
+            # round robin over N cameras: stream seconds per wall second = such cameras kept in real time, per batch
+            "cameras_in_real_time": {r["batch"]: r["stream_s_per_wall_s"] for r in runs if r["cameras"] == most}}
+
+
+def cameras_live_stage(args, dtype: str, timeout: float) -> dict:
+    """The service's ingest path (--service): cameras replayed live at --speed, gated, one ModelTurns; per-camera lag
+    bounded by --max-lag for forced captions, what was skipped and why."""
+    try:
+        import av  # noqa: F401  (carried by prepare.py: the image has no PyAV)
+    except ImportError as e:
+        return {"error": f"PyAV does not import here ({e}): the live replay needs it; rerun bench/gpu/prepare.py "
+                         f"(it carries the av wheel)"}
+    cams, batch, speed, max_lag, seconds = CAMERAS_LIVE["rehearsal" if args.small else "gpu"]
+    s, err, cmd = _cameras(args, dtype, timeout, ["--service", "--cameras", cams, "--batch", batch, "--speed", speed,
+                                                  "--max-lag", max_lag, "--seconds", seconds, "--gate-max-idle",
+                                                  "64"])
+    if err:
+        return err
+    keys = ("cameras", "batch", "speed", "max_lag_s", "workers", "errors", "clips", "captioned", "gated", "skipped",
+            "skipped_why", "model_calls", "batch_sizes", "most_waiting", "forced_granted_while_active_waited",
+            "events", "events_seen", "events_missed_by_gate", "frames_dropped", "lag_p50_s", "lag_p95_s",
+            "captioned_lag_p95_s", "lag_p95_first_half_s", "lag_p95_second_half_s", "clips_per_s",
+            "stream_s_per_wall_s", "rss_mib_start", "rss_mib_end")
+    return {"command": " ".join(cmd[1:]), "dtype": dtype, "runs": [{k: r.get(k) for k in keys} for r in s["runs"]]}
 
 
 def batch_stage(args, dtype: str, timeout: float) -> dict:
@@ -315,6 +359,8 @@ def main():
                for dt in args.dtypes]
     stages += [("cameras", lambda: cameras_stage(args, args.dtypes[0], max(30.0, min(180.0, run.left() - 60))), 60)]
     stages += [("batch", lambda: batch_stage(args, args.dtypes[0], max(30.0, min(150.0, run.left() - 60))), 45)]
+    stages += [("cameras_live", lambda: cameras_live_stage(args, args.dtypes[0],
+                                                           max(30.0, min(120.0, run.left() - 60))), 45)]
     stages += [("qwen", lambda: qwen_stage(args, args.dtypes[0], max(30.0, min(240.0, run.left() - 60))), 60)]
     stages += [(f"parity_{m}", (lambda m=m: parity_stage(args, m)), 90) for m in models if m == "random-0.5b"]
     for name, fn, need in stages:

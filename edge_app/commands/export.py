@@ -34,6 +34,7 @@ def export(
                                                       "float32 (exact parity with the reference)."),
     max_context: int = typer.Option(8192, help="Cache positions preallocated per sequence (tensorrt bundles): "
                                                "FIFO + clip + prompt + caption must fit."),
+    batch: bool = o.ExportBatch,
 ):
     """Export a model to a self-contained ONNX bundle for the torch-free runtime."""
     try:
@@ -42,7 +43,7 @@ def export(
 
         probe = ProbeConfig(num_layers=num_probe_layers, layers=o.parse_layers(probe_layers))
         cfg = ExportConfig(target=target, opset=opset, embed_dtype=embed_dtype, check=check, kv_dtype=kv_dtype,
-                           max_context=max_context, probe=probe)
+                           max_context=max_context, probe=probe, batch=batch)
         o.check_engine(o.engine_config(model))  # a missing --model path is refused before torch loads
         with console.status(f"exporting {model} to {out} (one line per stage; -v shows the exporters' logs) ..."):
             manifest = export_bundle(model, out, cfg)
@@ -68,6 +69,10 @@ def export(
 
         out_console.print("ONNX Runtime vs torch: " + parity_summary(manifest.extra["export_check"]))
     out_console.print(EMBED_NOTE[manifest.embeddings["dtype"]])
+    out_console.print("decoder: batched (a dynamic batch axis): rlivs serve --batch N captions N cameras' clips per call"
+                      + (", up to the engines' rlivs build-engines --max-batch" if manifest.target == "tensorrt" else "")
+                      if manifest.batched else
+                      "decoder: one sequence per step (rlivs serve --batch needs a bundle exported with --batch)")
 
 
 EMBED_NOTE = {  # what the bundle's embedding table means for parity (docs/export.md, "Precision and parity")
@@ -87,13 +92,15 @@ def build_engines_cmd(
                                                 help="Timing cache, reused and updated (default: BUNDLE/timing.cache)."),
     workspace: int = typer.Option(2048, "--workspace", help="TensorRT workspace limit, MiB."),
     opt_level: int = typer.Option(3, "--opt-level", help="Builder optimization level 0..5."),
+    max_batch: Optional[int] = o.MaxBatch,
 ):
     """Build FP16 TensorRT engines into a bundle and record them in its manifest (needs TensorRT and the GPU)."""
     try:
         from rlivs.export.tensorrt_build import EngineBuildConfig, build_engines
 
         cfg = EngineBuildConfig(precision=precision, max_context=max_context, max_frames=max_frames,
-                                timing_cache=timing_cache, workspace_mib=workspace, builder_optimization_level=opt_level)
+                                timing_cache=timing_cache, workspace_mib=workspace, builder_optimization_level=opt_level,
+                                max_batch=max_batch)
         with console.status(f"building TensorRT engines for {bundle} (minutes) ..."):
             entry = build_engines(bundle, cfg)
     except UserError as e:
@@ -116,7 +123,8 @@ def build_engines_cmd(
     verdict = "fused in every non-probe layer" if f["all_fused"] else "NOT fused everywhere: " + "; ".join(
         f["not_fused"] + f["unknown"])
     out.print(escape(f"attention {verdict}; layer lists: {', '.join(entry['layers'].values())}; "
-                     f"K_max {entry['max_context']}, frames <= {entry['max_frames']}; timing cache {entry['timing_cache']}"
+                     f"K_max {entry['max_context']}, frames <= {entry['max_frames']}, batch <= "
+                     f"{entry.get('max_batch', 1)}; timing cache {entry['timing_cache']}"
                      + (" (reused)" if entry.get("timing_cache_reused") else "")))
 
 

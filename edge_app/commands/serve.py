@@ -67,10 +67,7 @@ def serve(
                                                          "longest idle time passed) may wait for the model while "
                                                          "other cameras' active clips go first; past it the clip is "
                                                          "recorded idle (counted as skipped, reason lag)."),
-    batch: int = typer.Option(1, "--batch", help="When the model frees and several cameras have a clip waiting, "
-                                                 "caption up to this many of them in one batched model call (active "
-                                                 "first, oldest first); each camera still commits its own clip. "
-                                                 "1 = one clip at a time."),
+    batch: int = o.Batch,
     start_time: Optional[str] = o.StartTime,
     gate: List[str] = o.Gate, gate_threshold: List[str] = o.GateThreshold, gate_max_idle: List[str] = o.GateMaxIdle,
     retrieval: str = o.Retrieval,
@@ -143,6 +140,9 @@ def serve(
                                            ca_file=str(mqtt_ca) if mqtt_ca else None, buffer=mqtt_buffer,
                                            public_url=public_url, discovery=mqtt_discovery,
                                            discovery_prefix=mqtt_discovery_prefix)
+        ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
+        ec = o.check_batch(batch, ec)  # a bundle without a batch axis (or engines too narrow) is refused here
+        o.check_backbone(ec, config, db)  # frames per clip the model family cannot group, a memory of another family
         src_cfg = SourceConfig(fps=fps, replay_speed=replay_speed, loop=loop, read_timeout_s=read_timeout,
                                reconnect=ReconnectConfig(max_s=max(reconnect_max, 0.5)))
         svc_cfg = ServiceConfig(replay_files=replay, source=src_cfg, webhook_allow=tuple(webhook_allow),
@@ -152,8 +152,6 @@ def serve(
                                 gate=o.gate_configs(gate, gate_threshold, gate_max_idle,
                                                     [(s.name, s.live) for s in specs]))
         limits = Limits(max_connections=max_connections, header_timeout_s=header_timeout)
-        ec = o.check_engine(o.engine_config(model, bundle, backend, device, dtype, threads, kv_cache, max_context))
-        o.check_backbone(ec, config, db)  # frames per clip the model family cannot group, a memory of another family
         with console.status(f"loading model {ec.source} ..."):
             engine = load_engine(ec, config)
         service = EdgeService(engine, db, specs, svc_cfg)

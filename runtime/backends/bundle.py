@@ -22,6 +22,9 @@ REQUIRED = ("vision.onnx", "decoder.onnx", "embeddings.npy", "image_newline.npy"
             "preprocessor_config.json")
 
 
+MAX_BATCH = 256  # the most sequences one batched step is built or asked for (build-engines --max-batch, serve --batch)
+
+
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
@@ -47,7 +50,7 @@ class Manifest:
     backbone: str | None = None  # the model family (runtime/backbones REGISTRY); absent: llava_onevision (older bundles)
     grid: list[int] | None = None  # [rows, cols] of one token group's tokens (absent: square, P = side^2)
     temporal_patch: int | None = None  # frames per token group (absent: 1)
-    kv_cache: dict = field(default_factory=dict)  # {layers, kv_heads, head_dim, layout, dtype, max_context}
+    kv_cache: dict = field(default_factory=dict)  # {layers, kv_heads, head_dim, layout, dtype, max_context[, batch: true]}
     embeddings: dict | None = None  # {file, dtype, shape}
     image_newline: dict | None = None  # {file, dtype, shape}
     graphs: dict = field(default_factory=dict)  # {"vision"|"decoder": export.graph.graph_io(...)}
@@ -113,6 +116,21 @@ class Manifest:
             raise UserError(f"{bundle} holds a {name!r} model, a backbone this rlivs does not run (it runs {known}): "
                             f"run it with the rlivs that exported it, or re-export the model with this one")
         return name
+
+    @property
+    def batched(self) -> bool:
+        """The decoder has a dynamic batch axis (rlivs export --batch): B sequences step as one run."""
+        return bool((self.kv_cache or {}).get("batch"))
+
+    def max_batch(self, backend: str) -> int | None:
+        """Most sequences one batched decoder step takes on `backend` (onnxruntime | tensorrt): 1 without a batch
+        axis (a batch then steps sequence by sequence), None (any) on ONNX Runtime, the engines' batch range (rlivs
+        build-engines --max-batch; 0 when no engines are built) on TensorRT."""
+        if not self.batched:
+            return 1
+        if backend != "tensorrt":
+            return None
+        return int((self.tensorrt_engines or {}).get("max_batch", 0))
 
     def graph_opset(self) -> int | None:
         """The newest ONNX opset among the graphs (the manifest's top-level opset when the graphs do not say)."""

@@ -162,6 +162,10 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
     rng = np.random.default_rng(0)
     for name, caps in FOUR.items():
         _plant(service, engine, name, caps, rng)
+    with Memory(service.db, model_fingerprint=engine.model_fingerprint) as mem:  # door: 2 clips the gate left idle
+        n = len(FOUR["door"])
+        for i in range(n, n + 2):
+            mem.commit_idle("door", i, 16.0 * i, 16.0 * i + 16, scene_idx=n - 1)
     service.add_watch("a parcel at the door", stream="door")
     service.add_watch("a truck at the dock")
     page = browser.new_page(viewport={"width": 1280, "height": 800}, timezone_id="Asia/Tokyo", locale="en-GB")
@@ -206,6 +210,13 @@ def test_four_cameras_fit_one_window_and_a_clip_opens_enlarged(browser, tmp_path
         page.wait_for_function("() => /1 finished/.test(document.getElementById('health').textContent)",
                                timeout=10_000)
         assert "live" not in page.locator("#health-rows tr[data-stream=cam]").inner_text()
+        # per camera: clips gated (door: the 2 idle clips), skipped, and the last clip's lag (the most in brackets)
+        cells = lambda n: page.locator(f"#health-rows tr[data-stream={n}] td").all_inner_texts()  # noqa: E731
+        w = service.workers[0]
+        assert cells("cam")[3:6] == ["–", "0", page.evaluate("([a, b]) => fmt(a) + ' (' + fmt(b) + ')'",
+                                                            [w.lag_s, w.max_lag_s])], cells("cam")  # gate off
+        assert w.lag_s is not None and cells("cam")[5].endswith(" s)")
+        assert cells("door")[3:6] == ["2", "–", "–"], cells("door")  # gated 2; not ingesting this run
 
         # a click on a caption's frame opens the clip enlarged, with its caption; Escape closes it
         text = FOUR["dock"][1]

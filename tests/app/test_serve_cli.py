@@ -28,7 +28,7 @@ FLAGS = ["--model", "tiny", "--fps", "2", "--frames-per-clip", "4", "--max-capti
     (["--token", "t\u00f6k\u00e9n-0123456789abcdef"], "--token holds non-ASCII characters"),
     (["--webhook-allow", "not-a-network"], "--webhook-allow 'not-a-network' is not an IP address or network"),
     (["--ingest-share", "1"], "ingest_share must be in [0, 1)"),
-    (["--batch", "0"], "--batch must be an integer >= 1"),
+    (["--batch", "0"], "--batch must be an integer in 1..256"),
     (["--max-connections", "1"], "max_connections must be >= 2"),
 ])
 def test_serve_refuses_bad_settings_before_loading_anything(args, message, monkeypatch):

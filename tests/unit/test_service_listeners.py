@@ -216,3 +216,28 @@ def test_time_labels_are_one_rule():
     iso = span_label(0.0, 2.0, wall_iso(WALL0), wall_iso(WALL0 + 2))
     assert iso == span_label(0.0, 2.0, WALL0, WALL0 + 2)  # ISO text and unix seconds read the same
     assert time.strftime("%H:%M:%S", time.localtime(WALL0 + 2)) == iso[-8:]
+
+
+def test_mqtt_publishes_captioned_clips_and_matches_only():
+    """MqttPublisher as a bus listener, never started (no broker): what it would send is buffered, in order."""
+    import json
+
+    pytest.importorskip("paho.mqtt")
+    from rlivs.edge_app.service.mqtt import MqttConfig, MqttPublisher
+
+    pub = MqttPublisher(MqttConfig("127.0.0.1", 1883, client_id="t"), Metrics(),
+                        thumbnails=lambda stream, clip: b"jpeg%d" % clip)
+    pub.on_clip(captioned(record(0, 1), thumbnail=True))
+    pub.on_clip(ClipEvent("cam", 1, 2.0, 4.0, "gated", reason="idle"))  # gated and skipped clips say nothing
+    pub.on_clip(ClipEvent("cam", 2, 4.0, 6.0, "skipped", reason="lag"))
+    pub.on_clip(captioned(record(3, 2, stream="door")))  # no thumbnail stored: no thumbnail topic
+    pub.on_match(MatchEvent(None, None, (None, None), {"id": 5, "watch_id": 2, "stream": "cam", "clip": 0,
+                                                        "t_start": 0.0, "t_end": 2.0, "caption": "caption 0 about 1",
+                                                        "score": 0.9, "query": "q", "threshold": 0.5,
+                                                        "thumbnail": None, "wall_start": None, "wall_end": None,
+                                                        "matched_at": WALL0, "time": "t"}))
+    sent = list(pub._buffer)
+    assert [(t, r) for t, _, r in sent] == [("rlivs/cam/caption", True), ("rlivs/cam/thumbnail", True),
+                                            ("rlivs/door/caption", True), ("rlivs/cam/watch/2", False)]
+    assert json.loads(sent[0][1])["clip"] == 0 and sent[1][1] == b"jpeg0"
+    assert json.loads(sent[2][1])["stream"] == "door" and json.loads(sent[3][1])["score"] == 0.9
