@@ -8,8 +8,12 @@
     items/cNNN.npz  frames (T, 3, h, w) uint8: the frames resized to the vision tower's input (normalising them
                     on load gives exactly the pipeline's pixels: FramePreprocessor resizes the uint8 frame first);
                     fifo (F, D) float32: the FIFO tokens in front of the clip when the pipeline reaches it;
-                    positions (3, S) int64, M-RoPE backbones only (Qwen2.5-VL): the context's position ids, FIFO
-                    tokens placed as --fifo-positions says (runtime/backbones)
+                    positions (3, S) int64, M-RoPE backbones only (Qwen-VL): the context's position ids, FIFO
+                    tokens placed as --fifo-positions says (runtime/backbones);
+                    fifo_n (C,) int64: tokens per FIFO clip (oldest first, clips as the item's fifo_clips);
+                    fifo_kept (F,) int64: their flat indices in their clips, when every FIFO clip has them;
+                    fifo_deepstack (K, F, D) float32, DeepStack backbones only (Qwen3-VL): the FIFO tokens'
+                    features, fed again with them as in the pipeline
     cache/          results computed from the set (per-layer scores, quantization ranges), reused when present
 
 Each item also records the caption prompt's ids (before/after the video), the reference greedy caption ids
@@ -199,6 +203,41 @@ class CalibrationSet:
         with np.load(self.item_path(item)) as z:
             return z["positions"].astype(np.int64) if "positions" in z.files else None
 
+    def fifo_clips(self, item: CalibItem) -> list | None:
+        """The FIFO's clips (runtime.backbones.FifoClip, oldest first: index, tokens, kept indices, DeepStack
+        features) as the pipeline held them in front of the item; None for a set collected before they were stored
+        (the engine then treats the FIFO as one clip of unknown origin)."""
+        from rlivs.runtime.backbones import FifoClip
+
+        with np.load(self.item_path(item)) as z:
+            if "fifo_n" not in z.files:
+                return None
+            ns = z["fifo_n"].astype(np.int64)
+            kept = z["fifo_kept"].astype(np.int64) if "fifo_kept" in z.files else None
+            deep = z["fifo_deepstack"].astype(np.float32) if "fifo_deepstack" in z.files else None
+        out, at = [], 0
+        for index, n in zip(item.fifo_clips, ns):
+            n = int(n)
+            out.append(FifoClip(int(index), n, None if kept is None else kept[at:at + n],
+                                None if deep is None else np.ascontiguousarray(deep[:, at:at + n])))
+            at += n
+        return out
+
+    def prefill(self, engine, item: CalibItem) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple | None]:
+        """What the pipeline's clip step prefills for `item`, on `engine`'s backend (its own vision graph/tower):
+        -> (context (S, D), clip columns (C,) int64, (3, S) M-RoPE ids or None (1-D), DeepStack step argument
+        ((n,) visual rows, (K, n, D) features) or None). The positions are the stored ones (the pipeline's)."""
+        be, bb = engine.backend, engine.backbone
+        pixels = self.pixels(item)
+        positions = self.positions(item)
+        if bb.text_in_video:  # Qwen3-VL: timestamps between the token groups, DeepStack features with the tokens
+            visual, deep = be.encode_video(pixels) if bb.deepstack else (be.encode_frames(pixels), None)
+            ctx, cols, pos, ds = engine.caption_layout(self.fifo(item), visual, item.clip, self.fifo_clips(item),
+                                                       len(pixels), deep)
+            return ctx, np.asarray(cols, np.int64), pos if positions is None else positions, ds
+        ctx, cols = self.context(engine, item, be.encode_frames(pixels))
+        return ctx, np.arange(cols.start, cols.stop, dtype=np.int64), positions, None
+
     def cache_dir(self) -> Path:
         d = self.path / "cache"
         d.mkdir(exist_ok=True)
@@ -221,20 +260,6 @@ class CalibrationSet:
     def context(self, engine, item: CalibItem, visual: np.ndarray) -> tuple[np.ndarray, slice]:
         """The caption context (S, D) and clip columns the pipeline builds for `item` from its visual tokens (T, P, D)."""
         return engine.caption_context(self.fifo(item), visual.reshape(-1, visual.shape[-1]))
-
-
-def refuse_mrope_bundles(path: str | Path, what: str) -> None:
-    """Quantization and the fidelity report feed a bundle's decoder 1-D position ids: refuse a bundle of an M-RoPE
-    backbone (Qwen2.5-VL) before anything is loaded or written, saying what works instead."""
-    from rlivs.runtime.backbones import backbone_for_dir
-
-    if not (Path(path) / "config.json").is_file():
-        return  # not a bundle: its own reader says so
-    backbone = backbone_for_dir(path)
-    if backbone.mrope:
-        raise UserError(f"{what} does not support {backbone.label} bundles yet: its decoder's calibration feeds would "
-                        f"need {backbone.label}'s 3-D M-RoPE positions (only 1-D feeds are built); rlivs calibrate "
-                        f"collect and layers run on {backbone.label} with the torch backend (--model DIR)")
 
 
 def pipeline_config(d: dict, probe: bool = False) -> PipelineConfig:
@@ -350,10 +375,11 @@ def collect(videos: Sequence[str | Path], out: str | Path, engine, config: Colle
                 if clip.index > b:
                     break
                 pos = order.get((vi, clip.index))
-                prefix, prefix_clips = fifo.tokens(), fifo.clip_indices  # (F, D) before this clip enters
+                prefix, prefix_clips, in_fifo = fifo.tokens(), fifo.clip_indices, fifo.clips()  # before this clip
                 step = engine.caption_clip(clip.frames, prefix, clip.index,  # the pipeline's own clip step
-                                           fifo_clips=fifo.clips())  # (M-RoPE backbones position the FIFO by it)
-                fifo.push(clip.index, step.selection.tokens, step.selection.indices)
+                                           fifo_clips=in_fifo)  # (M-RoPE backbones position the FIFO by it)
+                fifo.push(clip.index, step.selection.tokens, step.selection.indices,
+                          deepstack=getattr(step, "deepstack", None))  # as the ingest's FIFO (Qwen3-VL)
                 if pos is not None:
                     item_id = f"c{pos:03d}"
                     f = out / "items" / f"{item_id}.npz"
@@ -361,6 +387,11 @@ def collect(videos: Sequence[str | Path], out: str | Path, engine, config: Colle
                     arrays = dict(frames=frames, fifo=prefix.astype(np.float32))
                     if step.positions is not None:  # M-RoPE: the context's (3, S) position ids, as the step had them
                         arrays["positions"] = step.positions.astype(np.int64)
+                    arrays["fifo_n"] = np.array([f.n for f in in_fifo], np.int64)
+                    if in_fifo and all(f.kept is not None for f in in_fifo):
+                        arrays["fifo_kept"] = np.concatenate([f.kept for f in in_fifo]).astype(np.int64)
+                    if in_fifo and all(f.deepstack is not None for f in in_fifo):
+                        arrays["fifo_deepstack"] = np.concatenate([f.deepstack for f in in_fifo], axis=1).astype(np.float32)
                     np.savez(f, **arrays)
                     items.append({"id": item_id, "split": "heldout" if pos in held else "calib", "video": vi,
                                   "clip": clip.index, "t_start": clip.t_start, "t_end": clip.t_end,

@@ -86,15 +86,16 @@ def item_layer_scores(engine, calib: CalibrationSet, item: CalibItem) -> np.ndar
     """(L, C) float64: each layer's head-mean attention to the clip's tokens, summed over the item's scoring rows
     (prefill row + the reference caption's tokens fed back, teacher-forced)."""
     be = engine.backend
-    visual = be.encode_frames(calib.pixels(item))  # (T, P, D)
-    ctx, cols = calib.context(engine, item, visual)  # (S, D)
-    positions = calib.positions(item)  # (3, S) M-RoPE ids (None: 1-D); caption tokens continue after their maximum
+    # the pipeline's prefill: context (S, D), the clip's columns, (3, S) M-RoPE ids (None: 1-D; caption tokens
+    # continue after their maximum) and DeepStack features (Qwen3-VL: added to the visual rows, as in captioning)
+    ctx, cols, positions, deep = calib.prefill(engine, item)
+    first = {k: v for k, v in (("positions", positions), ("deepstack", deep)) if v is not None}
     with record_all_layers(be) as recs:
-        scores = np.zeros((len(recs), cols.stop - cols.start), dtype=np.float64)  # (L, C)
+        scores = np.zeros((len(recs), len(cols)), dtype=np.float64)  # (L, C)
         state = be.new_state()
         inputs = [ctx] + [be.embed_tokens(np.array([t])) for t in item.fed_ids()]
         for n, x in enumerate(inputs):
-            be.step(x, state, probe_rows=1, **({"positions": positions} if n == 0 and positions is not None else {}))
+            be.step(x, state, probe_rows=1, **(first if n == 0 else {}))
             for i, rec in enumerate(recs):
                 scores[i] += rec.row[0, cols].double().cpu().numpy()
                 rec.row = None

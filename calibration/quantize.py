@@ -37,10 +37,10 @@ from typing import Iterator
 import numpy as np
 
 from rlivs.export.graph import graph_io, node_module
-from rlivs.runtime.backends.bundle import MANIFEST, Manifest, load_manifest
+from rlivs.runtime.backends.bundle import MANIFEST, Manifest, deepstack_feed, load_manifest, step_positions
 
 from .config import QuantizeConfig
-from .dataset import CalibrationSet, refuse_mrope_bundles
+from .dataset import CalibrationSet
 from rlivs.runtime.errors import UserError
 
 log = logging.getLogger("rlivs.calibration")
@@ -149,27 +149,40 @@ class DecoderFeeds(_ReaderBase):
         return self._first
 
     def _feeds(self) -> Iterator[dict]:
+        """The decoder's inputs as the backend's own steps feed them: position ids (1, L), or (3, L) M-RoPE ids
+        from the set (Qwen-VL; a fed caption token continues after the prompt's maximum), and for a DeepStack
+        decoder (Qwen3-VL) the visual rows of the input with their (K, n, D) features (none at decode steps)."""
         be = self.engine.backend
         empty = be.past_feed(be.new_state())  # zero-length past in the bundle's cache layout
         for it in self.items:
-            visual = be.encode_frames(self.calib.pixels(it))  # (T, P, D)
-            ctx, _ = self.calib.context(self.engine, it, visual)  # (S, D)
+            ctx, _, positions, deep = self.calib.prefill(self.engine, it)  # (S, D), ...
             s = len(ctx)
             state = be.new_state()
+            pos, _ = step_positions(be.backbone, 0, 0, s, positions)  # (1, S) or (3, S)
             if self.mode == "steps":
-                yield {"inputs_embeds": ctx[None], "position_ids": np.arange(s, dtype=np.int64)[None], **empty}
-                be.step(ctx, state, probe_rows=0)
+                yield {"inputs_embeds": ctx[None], "position_ids": pos, **self._deep(deep, 0, s), **empty}
+                be.step(ctx, state, probe_rows=0, positions=positions, deepstack=deep)
                 for tok in it.fed_ids()[: self.decode_steps]:
                     x = be.embed_tokens(np.array([tok]))  # (1, D)
-                    yield {"inputs_embeds": x[None], "position_ids": np.array([[state.length]], dtype=np.int64),
-                           **be.past_feed(state)}
+                    p, _ = step_positions(be.backbone, state.length, state.rope_delta, 1, None)
+                    yield {"inputs_embeds": x[None], "position_ids": p, **self._deep(None, 0, 1), **be.past_feed(state)}
                     be.step(x, state, probe_rows=0)
             else:
-                be.step(ctx, state, probe_rows=0)
+                be.step(ctx, state, probe_rows=0, positions=positions, deepstack=deep)
                 c = min(self.chunk, s)
                 for o in np.linspace(0, s - c, self.n_chunks).round().astype(int):
-                    yield {"inputs_embeds": ctx[None, o: o + c], "position_ids": np.arange(o, o + c, dtype=np.int64)[None],
-                           **be.past_feed(state, upto=o)}
+                    yield {"inputs_embeds": ctx[None, o: o + c], "position_ids": np.ascontiguousarray(pos[:, o: o + c]),
+                           **self._deep(deep, o, c), **be.past_feed(state, upto=o)}
+
+    def _deep(self, deep, o: int, n: int) -> dict:
+        """A DeepStack decoder's visual_rows / deepstack inputs for input rows [o, o + n) ({} for other decoders)."""
+        be = self.engine.backend
+        maps = getattr(be, "deepstack_maps", 0)
+        rows, feats = deepstack_feed(deep, maps, be.info.hidden_size, be.bundle, be.backbone.label)
+        if rows is None:
+            return {}
+        sel = (rows >= o) & (rows < o + n)
+        return {"visual_rows": np.ascontiguousarray(rows[sel] - o), "deepstack": np.ascontiguousarray(feats[:, sel])}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -319,7 +332,6 @@ def quantize_bundle(bundle: str | Path, calib: CalibrationSet, out: str | Path, 
 
     cfg = config or QuantizeConfig()
     bundle, out = Path(bundle), Path(out)
-    refuse_mrope_bundles(bundle, "rlivs calibrate quantize")  # before the manifest is read or anything loads
     src_manifest = load_manifest(bundle)
     if (src_manifest.precision or {}).get("decoder", "float32") != "float32":
         raise UserError(f"{bundle} is already quantized ({src_manifest.precision['decoder']}): quantize the "

@@ -58,10 +58,12 @@ def run_bundle(bundle: str, calib_path: str, threads: int | None) -> dict:
     held = calib.split("heldout")
     if not held:
         raise UserError(f"the calibration set {calib.path} has no held-out clips: re-collect with --heldout >= 1")
-    engine.caption_clip(calib.pixels(held[0]), calib.fifo(held[0]), held[0].clip, preprocessed=True)  # warm-up, untimed
+    engine.caption_clip(calib.pixels(held[0]), calib.fifo(held[0]), held[0].clip, preprocessed=True,
+                        fifo_clips=calib.fifo_clips(held[0]))  # warm-up, untimed
     rows = []
-    for it in held:
-        step = engine.caption_clip(calib.pixels(it), calib.fifo(it), it.clip, preprocessed=True)  # the clip step
+    for it in held:  # the clip step, its FIFO's clips as the pipeline held them (Qwen-VL: positions, DeepStack)
+        step = engine.caption_clip(calib.pixels(it), calib.fifo(it), it.clip, preprocessed=True,
+                                   fifo_clips=calib.fifo_clips(it))
         rows.append({"id": it.id, "ids": step.caption_ids, "kept": step.selection.indices.tolist(),
                      "vision_s": step.timings["encode"], "prefill_s": step.timings["prefill"],
                      "decode_s": step.timings["decode"], "steps": step.steps, "context": step.context_tokens,
@@ -153,9 +155,6 @@ def fidelity_report(calib: CalibrationSet, reference: str | Path, candidates: di
 
     cfg = config or ReportConfig()
     reference = Path(reference)
-    from .dataset import refuse_mrope_bundles
-
-    refuse_mrope_bundles(reference, "rlivs calibrate report")  # before the manifest is read or anything loads
     ref_manifest = load_manifest(reference)
     if (ref_manifest.precision or {}).get("decoder", "float32") != "float32":
         raise UserError(f"the reference {reference} is a {ref_manifest.precision['decoder']} bundle: pass the "
