@@ -141,8 +141,71 @@ def _query_texts(questions: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- workers
 
-def worker_latency(db: str, n_questions: int, seed: int) -> dict:
-    """In its own process: retrieve() latency without / with a time filter, and peak RSS."""
+PROFILE_STAGES = (  # (module, attribute, stage): what a retrieve spends, wrapped by --profile
+    ("rlivs.runtime.memory.columns", "ColumnCache.refresh", "cache catch-up (refresh)"),
+    ("rlivs.runtime.memory.columns", "ColumnCache.select", "filter (select rows)"),
+    ("rlivs.runtime.memory.search", "fts_query", "keywords: terms + document frequencies"),
+    ("rlivs.runtime.memory.search", "lexical", "keywords: FTS5 BM25 top 256"),
+    ("rlivs.runtime.memory.search", "scan", "vector: signature scan (Hamming estimate)"),
+    ("rlivs.runtime.memory.search", "top_k", "vector: top 1,024 of the estimates"),
+    ("rlivs.runtime.memory.search", "fetch_vectors", "vector: read 1,024 candidate vectors"),
+    ("rlivs.runtime.memory.search", "exact_rank", "vector: exact re-rank"),
+    ("rlivs.runtime.memory.search", "fetch", "shortlist: read 64 records"),
+    ("rlivs.runtime.answer", "mmr", "MMR + token budget"),
+)
+
+
+class StageProfile:
+    """Wall and CPU time (the whole process: the scan's threads count) per retrieve stage, by wrapping the functions
+    in PROFILE_STAGES where search() / retrieve() look them up. `question()` starts a question's row."""
+
+    def __init__(self):
+        import importlib
+
+        self.rows: list[dict[str, list[float]]] = []
+        self.undo = []
+        for mod_name, attr, stage in PROFILE_STAGES:
+            mod = importlib.import_module(mod_name)
+            owner, name = (getattr(mod, attr.split(".")[0]), attr.split(".")[1]) if "." in attr else (mod, attr)
+            f = owner.__dict__[name]
+            self.undo.append((owner, name, f))
+            setattr(owner, name, self._wrap(f, stage))
+
+    def _wrap(self, f, stage: str):
+        def timed(*a, **kw):
+            w, c = time.perf_counter(), time.process_time()
+            try:
+                return f(*a, **kw)
+            finally:
+                got = self.rows[-1].setdefault(stage, [0.0, 0.0])
+                got[0] += time.perf_counter() - w
+                got[1] += time.process_time() - c
+        return timed
+
+    def question(self) -> None:
+        self.rows.append({})
+
+    def close(self) -> None:
+        for owner, name, f in self.undo:
+            setattr(owner, name, f)
+
+    def table(self, totals: list[tuple[float, float]]) -> dict:
+        """stage -> wall p50 / mean, CPU mean (ms) over the questions; 'retrieve (total)' and 'other' (the rest)."""
+        stages = [s for _, _, s in PROFILE_STAGES]
+        wall = {s: np.array([r.get(s, [0.0, 0.0])[0] for r in self.rows]) * 1e3 for s in stages}
+        cpu = {s: np.array([r.get(s, [0.0, 0.0])[1] for r in self.rows]) * 1e3 for s in stages}
+        tw, tc = np.array([t[0] for t in totals]) * 1e3, np.array([t[1] for t in totals]) * 1e3
+        wall["other"], cpu["other"] = tw - sum(wall[s] for s in stages), tc - sum(cpu[s] for s in stages)
+        wall["retrieve (total)"], cpu["retrieve (total)"] = tw, tc
+        return {s: {"wall_p50_ms": round(float(np.median(wall[s])), 2), "wall_mean_ms": round(float(wall[s].mean()), 2),
+                    "cpu_mean_ms": round(float(cpu[s].mean()), 2)} for s in wall}
+
+
+def worker_latency(db: str, n_questions: int, seed: int, profile: bool = False) -> dict:
+    """In its own process: retrieve() latency without / with a time filter, and peak RSS. `profile`: instead of the
+    percentiles, wall and CPU time per stage of retrieve() (StageProfile), without and with the 6-h window."""
+    if profile:
+        return _profile_latency(db, n_questions, seed)
     from rlivs.runtime.answer import retrieve
     from rlivs.runtime.config import RetrievalConfig
     from rlivs.runtime.memory import Memory
@@ -181,6 +244,46 @@ def worker_latency(db: str, n_questions: int, seed: int) -> dict:
         out["no_filter"] = _pct(plain) if plain else None
         out["search_only_no_filter"] = _pct(searched) if searched else None
         out["time_filter_6h"] = _pct(windowed) if windowed else None
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def _profile_latency(db: str, n_questions: int, seed: int) -> dict:
+    from rlivs.runtime import answer
+    from rlivs.runtime.config import RetrievalConfig
+    from rlivs.runtime.memory import Memory
+
+    texts = _query_texts(_jsonl(DATA / "questions.jsonl"))
+    rng = random.Random(seed)
+    texts = [rng.choice(texts) for _ in range(n_questions)]
+    qv = random_embedder(D, 0).batch(texts)
+    rc = RetrievalConfig()
+    out = {"load": os.getloadavg()}
+    with Memory(db, readonly=True) as mem:
+        spans = [(s.get("wall_start"), s.get("wall_end")) for s in mem.info().get("streams", [])]
+        lo = min((a for a, _ in spans if a is not None), default=None)
+        hi = max((b for _, b in spans if b is not None), default=None)
+        w, c = time.perf_counter(), time.process_time()
+        answer.retrieve(mem, qv[0], texts[0], rc)  # the cold question (column cache load), outside the table
+        out["cold"] = {"wall_ms": round((time.perf_counter() - w) * 1e3, 1),
+                       "cpu_ms": round((time.process_time() - c) * 1e3, 1)}
+        windows = [None] + ([(lo, hi)] if lo is not None and hi is not None and hi - lo > 6 * 3600 else [])
+        for window in windows:
+            prof, totals = StageProfile(), []
+            try:
+                for v, text in zip(qv, texts):
+                    kw = {}
+                    if window is not None:
+                        w0 = rng.uniform(lo, hi - 6 * 3600)
+                        kw = dict(wall_from=w0, wall_to=w0 + 6 * 3600)
+                    prof.question()
+                    w, c = time.perf_counter(), time.process_time()
+                    answer.retrieve(mem, v, text, rc, **kw)
+                    totals.append((time.perf_counter() - w, time.process_time() - c))
+            finally:
+                prof.close()
+            out["no_filter" if window is None else "time_filter_6h"] = prof.table(totals)
+    out["load_end"] = os.getloadavg()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -53,20 +54,22 @@ def scan(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndar
         if _pool is None:
             _pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="rlivs-scan")
         edges = np.linspace(0, n, SCAN_THREADS + 1).astype(int)
-        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], norms[a:b], dots[a:b])
+        est = np.empty(n, dtype=np.float32)  # each part writes its own slice: no concatenated copy (16 MB at 4M)
+        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], norms[a:b], dots[a:b], est[a:b])
                  for a, b in zip(edges[:-1], edges[1:])]
-        est = np.concatenate([p.result() for p in parts])
+        for p in parts:
+            p.result()
     return est if isinstance(rows, slice) else est[rows]
 
 
 def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndarray,
-                     dots: np.ndarray) -> np.ndarray:
+                     dots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(D,) query q; (N, B) sign bits, (N,) |r| and (N,) r.center of N clips -> (N,) estimates of q.v - q.center
     (which ranks like the exact similarity q.v: q.center is the same for every clip). With q = center + r_q:
     q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
     vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
     rq = query.astype(np.float64) - center
-    h = hamming(signature_bits(query, center), bits)  # (N,) float32, a new array: ours to change in place
+    h = hamming(signature_bits(query, center), bits, out)  # (N,) float32: `out`, or a new array; ours to change
     if h.dtype != np.float32 or not h.flags.writeable:
         h = h.astype(np.float32)
     h *= np.float32(np.pi / len(center))
@@ -77,17 +80,29 @@ def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, no
     return h  # float32: ranking a shortlist needs no more
 
 
-def hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
-    """(B,) uint8, (N, B) uint8 -> (N,) bit differences (numkong's SIMD kernel; numpy where it is missing)."""
+def hamming(query_sig: np.ndarray, sigs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(B,) uint8, (N, B) uint8 -> (N,) float32 bit differences (numkong's SIMD kernel; numpy where it is missing),
+    written into `out` ((N,) contiguous float32) when given."""
     if len(sigs) == 0:
-        return np.zeros(0, dtype=np.float32)
+        return np.zeros(0, dtype=np.float32) if out is None else out
     try:
         import numkong
     except ImportError:  # numkong ships wheels for x86_64 and aarch64; this is for any other machine
-        return numpy_hamming(query_sig, sigs)
-    out = numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out_dtype="float32")  # (N, 1): the
+        h = numpy_hamming(query_sig, sigs)
+        if out is None:
+            return h
+        out[:] = h
+        return out
+    if out is not None and out.dtype == np.float32 and out.flags.c_contiguous:
+        numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out=out.reshape(-1, 1))
+        return out
+    got = numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out_dtype="float32")  # (N, 1): the
     # faster order of the two (~15% at 1M rows)
-    return np.asarray(out).reshape(-1)
+    h = np.asarray(got).reshape(-1)
+    if out is None:
+        return h
+    out[:] = h
+    return out
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # bits set per byte value
@@ -146,6 +161,139 @@ class _Grow:
     def view(self) -> np.ndarray:
         return self.buf[: self.n]
 
+    def widen(self, dtype) -> None:
+        """The same values in a wider dtype (ids past 2**32 - 1)."""
+        self.buf = self.buf[: self.n].astype(dtype)  # (room for more comes back with the next append)
+
+
+ID32_MAX = 2**32 - 1  # clip ids up to this are held as uint32 (4 bytes a clip, not 8); past it, int64
+
+
+def _round32(x: float, up: bool) -> np.float32:
+    """The float32 nearest x on the side asked: >= x (up) or <= x."""
+    with np.errstate(over="ignore"):
+        f = np.float32(x)
+    if np.isfinite(f) and (float(f) < x if up else float(f) > x):
+        f = np.nextafter(f, np.float32(np.inf if up else -np.inf))
+    return f
+
+
+class _Wall:
+    """(N, 2) wall-clock spans (start, end; NaN: no clock) as float32 offsets from one float64 `base` (8 bytes a clip,
+    not 16: 32 MB at 4M clips), with `err` the largest |value - (base + offset)| of any row held. Exact filters all the
+    same: a row is compared by its offset only when that decides (further than `slack` from the threshold); the few
+    rows nearer the threshold (within about a second) are decided on their exact values, read back by the caller.
+    A row whose offset would be off by more than TOLERANCE seconds (a clock far from the rest) turns the column into
+    float64 offsets (exact from then on; the rows before keep their bound `err`)."""
+
+    TOLERANCE = 1.0  # seconds
+
+    def __init__(self):
+        self.base: float | None = None
+        self.err = 0.0
+        self.span = 0.0  # largest |offset| held (bounds the float64 rounding of offsets and thresholds)
+        self.cols = (_Grow(np.float32), _Grow(np.float32))  # start, end: contiguous (a filter reads one at a time)
+
+    @property
+    def n(self) -> int:
+        return self.cols[0].n
+
+    @property
+    def dtype(self):
+        return self.cols[0].buf.dtype
+
+    def reserve(self, extra: int) -> None:
+        for c in self.cols:
+            c.reserve(extra)
+
+    def _widen(self) -> None:
+        for c in self.cols:
+            c.widen(np.float64)
+
+    def _add(self, offsets: np.ndarray) -> None:
+        for i, c in enumerate(self.cols):
+            c.append(offsets[:, i])
+
+    def append(self, wall: np.ndarray) -> None:
+        wall = np.asarray(wall, dtype=np.float64)
+        finite = np.isfinite(wall)
+        if self.base is None and finite.any():
+            self.base = float(wall[finite][0])
+        d = wall - (self.base or 0.0)  # NaN stays NaN
+        if (~finite & ~np.isnan(wall)).any():  # +-inf: never from a clock; kept as is, in float64
+            self._widen()
+        if self.dtype == np.float32:
+            with np.errstate(over="ignore", invalid="ignore"):
+                o = d.astype(np.float32)
+                e = np.abs(d - o.astype(np.float64))
+            fin = np.isfinite(d)
+            worst = float(e[fin].max()) if fin.any() else 0.0
+            if np.isfinite(o[fin]).all() and worst <= self.TOLERANCE:
+                self.err = max(self.err, worst)
+                self._note_span(d[fin])
+                self._add(o)
+                return
+            self._widen()
+        self._note_span(d[np.isfinite(d)])
+        self._add(d)
+
+    def _note_span(self, d: np.ndarray) -> None:
+        if len(d):
+            self.span = max(self.span, float(np.abs(d).max()))
+
+    @property
+    def view(self) -> np.ndarray:
+        """(N, 2) float64 base + offset (within `err` of the stored values)."""
+        return (self.base or 0.0) + np.column_stack([c.view.astype(np.float64) for c in self.cols])
+
+    def bounds(self, threshold: float) -> tuple:
+        """(lo, hi) in the offsets' dtype around `threshold` - base: an offset below lo is surely (base + offset <
+        threshold), above hi surely greater; between them (inclusive) it is undecided. Sound because every rounding
+        involved (the offset's, within `err`; the float64 subtractions, within 2**-52 of the magnitudes) is inside
+        `slack`. For +-inf and NaN thresholds, the threshold itself (no offset is near it; NaN compares with none)."""
+        if not np.isfinite(threshold):
+            return threshold, threshold
+        base = self.base or 0.0
+        t = float(threshold) - base
+        slack = self.err + 1e-6 + 1e-12 * (abs(base) + abs(float(threshold)) + self.span)
+        if self.dtype == np.float32:
+            return _round32(t - slack, up=False), _round32(t + slack, up=True)
+        return np.float64(t - slack), np.float64(t + slack)
+
+    def window(self, wall_from: float | None, wall_to: float | None, conn: sqlite3.Connection | None,
+               ids: np.ndarray, keep: np.ndarray) -> None:
+        """keep &= the spans overlapping [wall_from, wall_to) (start < wall_to; end > wall_from or start >=
+        wall_from; NaN: outside), exactly: the offsets decide all but the rows near an edge, whose exact values
+        are read from the clips table (`conn`, by `ids`: the cache's ids)."""
+        start, end = self.cols[0].view, self.cols[1].view
+        if wall_to is not None:
+            to_lo, to_hi = self.bounds(wall_to)
+            keep &= start <= to_hi  # not surely >= wall_to (NaN: False)
+        if wall_from is not None:
+            from_lo, from_hi = self.bounds(wall_from)
+            keep &= (end >= from_lo) | (start >= from_lo)  # not surely both before wall_from
+        pos = np.flatnonzero(keep)  # inside the filters or undecided: a few thousand rows for a window
+        if not len(pos):
+            return
+        s, e = start[pos], end[pos]
+        undecided = np.zeros(len(pos), dtype=bool)
+        if wall_to is not None:
+            undecided |= s >= to_lo
+        if wall_from is not None:
+            undecided |= ~((e > from_hi) | (s > from_hi))
+        pos = pos[undecided]
+        if not len(pos):
+            return
+        if conn is None:
+            raise RuntimeError("column cache: a wall-clock filter needs conn for the rows at its edges")
+        w = exact_wall(conn, ids[pos])
+        ok = np.ones(len(pos), dtype=bool)
+        if wall_to is not None:
+            ok &= w[:, 0] < wall_to
+        if wall_from is not None:
+            ok &= (w[:, 1] > wall_from) | (w[:, 0] >= wall_from)
+        keep[pos] = ok
+
 
 class ColumnCache:
     """Per-process columns of the clips table for filtering and the signature scan; caught up on every search.
@@ -163,9 +311,9 @@ class ColumnCache:
 
     def _reset(self, generation: str, sig_bytes: int | None) -> None:
         self.generation, self.sig_bytes, self.last_id, self.codes, self.loaded = generation, sig_bytes, 0, {}, []
-        self.ids = _Grow(np.int64)
+        self.ids = _Grow(np.uint32)  # int64 once an id passes ID32_MAX
         self.stream = _Grow(np.int32)
-        self.wall = _Grow(np.float64, 2)  # (N, 2) wall_start, wall_end (NaN: no clock)
+        self.wall = _Wall()  # (N, 2) wall_start, wall_end (NaN: no clock), float32 offsets
         self.t_end = _Grow(np.float64)  # (N,) stream-time end
         self.has_sig = _Grow(np.bool_)
         self.sigs = _Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
@@ -195,10 +343,10 @@ class ColumnCache:
                 self.loaded = list(need)
                 break
         top = packs.packed_to(conn)
-        tail = max(0, (conn.execute("SELECT MAX(id) FROM clips").fetchone()[0] or 0) - max(top, self.last_id))
-        if self.last_id == 0:  # a first load: every column sized once (the packs' counts, the tail's id span)
+        tail = conn.execute("SELECT COUNT(*) FROM clips WHERE id > ?", (max(top, self.last_id),)).fetchone()[0]
+        if self.last_id == 0:  # a first load: every column sized once (the packs' counts, the tail's rows)
             new_rows = conn.execute("SELECT COALESCE(SUM(n), 0) FROM clip_packs").fetchone()[0] + tail
-        else:  # rows added since (ids only grow within a generation): an upper bound from the primary key
+        else:  # rows added since (ids only grow within a generation): an upper bound from the primary key's span
             new_rows = max(top - self.last_id, 0) + tail
         if new_rows > REFRESH_ROWS:
             for col in self._columns(self.loaded):
@@ -240,8 +388,11 @@ class ColumnCache:
 
     def _backfill(self, conn: sqlite3.Connection, group: str) -> bool:
         """Read one filter column group for the rows held (ids up to last_id); False if they are not the same rows."""
-        col = {"stream": self.stream, "wall": self.wall, "t_end": self.t_end}[group]
-        col.__init__(col.buf.dtype, None if col.buf.ndim == 1 else col.buf.shape[1])
+        if group == "wall":
+            col = self.wall = _Wall()
+        else:
+            col = {"stream": self.stream, "t_end": self.t_end}[group]
+            col.__init__(col.buf.dtype)
         col.reserve(self.ids.n)
         for chunk in self._chunks(conn, 0, self.last_id, (group,), packs.packed_to(conn)):
             self._append_group(group, chunk)
@@ -273,6 +424,8 @@ class ColumnCache:
             sigs, has = np.zeros((len(ids), width + SIG_TAIL), np.uint8), np.zeros(len(ids), bool)
         if has is None:
             has = np.ones(len(ids), dtype=bool)
+        if self.ids.buf.dtype != np.int64 and (ids[-1] > ID32_MAX or ids[0] < 0):  # (ids ascend)
+            self.ids.widen(np.int64)
         self.ids.append(ids)
         self.has_sig.append(has)
         self.all_signed = self.all_signed and bool(has.all())
@@ -285,10 +438,11 @@ class ColumnCache:
         self.last_id = int(ids[-1])
 
     def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
-               stream_until: float | None = None) -> np.ndarray | slice:
+               stream_until: float | None = None, conn: sqlite3.Connection | None = None) -> np.ndarray | slice:
         """Row positions inside the filters (a slice when there is none): one of the streams, a wall-clock span
         overlapping the window, and (for a causal view) a stream-time end at or before `stream_until`. The groups
-        `needs` names for these filters must have been refreshed."""
+        `needs` names for these filters must have been refreshed. `conn` (in the refresh's read transaction) reads
+        the exact wall-clock span of the rows their float32 offsets leave undecided (a few at each window edge)."""
         if streams is None and wall_from is None and wall_to is None and stream_until is None:
             return slice(0, self.ids.n)  # every row: a view, no copy
         missing = [g for g in self.needs(streams, wall_from, wall_to, stream_until) if g not in self.loaded]
@@ -300,10 +454,14 @@ class ColumnCache:
         if streams is not None:
             codes = [self.codes[s] for s in streams if s in self.codes]
             keep &= np.isin(self.stream.view, codes)
-        if wall_to is not None or wall_from is not None:
-            wall = self.wall.view
-            if wall_to is not None:
-                keep &= wall[:, 0] < wall_to  # half-open window; NaN (no clock) compares False: outside
-            if wall_from is not None:
-                keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
+        if wall_to is not None or wall_from is not None:  # half-open window; NaN (no clock): outside
+            self.wall.window(wall_from, wall_to, conn, self.ids.view, keep)
         return np.flatnonzero(keep)
+
+
+def exact_wall(conn: sqlite3.Connection, ids: np.ndarray) -> np.ndarray:
+    """(K,) clip ids -> (K, 2) float64 wall_start, wall_end as the clips table holds them (NaN: no clock)."""
+    got = dict((r[0], (r[1], r[2])) for r in conn.execute(
+        "SELECT id, wall_start, wall_end FROM clips WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(np.asarray(ids).tolist()),)))
+    return np.array([got[int(i)] for i in ids], dtype=np.float64).reshape(-1, 2)  # None -> NaN

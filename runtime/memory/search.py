@@ -130,7 +130,7 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
         raise UserError(f"shortlist must be >= 1, got {shortlist}")
     q = np.asarray(query_vector, dtype=np.float32)  # (D,)
     # 1. filter
-    rows = inside = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions, or a slice of all
+    rows = inside = cache.select(streams, wall_from, wall_to, stream_until, conn)  # (M,) positions, or a slice of all
     considered = cache.ids.n if isinstance(rows, slice) else len(rows)
     # 2. vector candidates: Hamming shortlist, exact re-rank
     vec_rank: list[int] = []
