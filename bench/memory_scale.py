@@ -25,6 +25,8 @@ fraction of a question's answer clips among the picks (of at most 8 of them). Pr
     nice python bench/memory_scale.py --sizes 4000000 --streams 8 --skip-quality --tmp /work/scale --reuse \
         --build-batch 100000                                          # a season: 8 cameras x 3 months
     python bench/memory_scale.py --sizes 0                            # quality only
+    nice python bench/memory_scale.py --profile /work/scale/scale-4000000-8.db --questions 50 --seed 4000000
+                                                                      # where one retrieve's time goes, per stage
 """
 
 from __future__ import annotations
@@ -482,12 +484,19 @@ def main(argv=None) -> int:
     ap.add_argument("--build-only", action="store_true", help="build (or find, with --reuse) the memories only")
     ap.add_argument("--build-batch", type=int, default=None,
                     help="import this many clips per transaction (default: all in one; 4M wants e.g. 100000)")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DB",
+                    help="per-stage wall and CPU time of retrieve() on the memory DB (opened read-only), --questions "
+                         "questions without and with a 6-h window, after one cold question; nothing else runs")
+    ap.add_argument("--seed", type=int, default=0, help="question order (and windows) of --profile")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         kw = json.loads(args.worker_args)
         print(json.dumps({"latency": worker_latency, "commit": worker_commit}[args.worker](**kw)))
+        return 0
+    if args.profile is not None:
+        print(json.dumps(worker_latency(str(args.profile), args.questions, args.seed, profile=True)))
         return 0
     if args.quick:
         args.sizes, args.questions, args.commits, args.agreement_questions = "2000", 20, 20, 20

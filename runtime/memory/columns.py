@@ -119,7 +119,8 @@ def numpy_hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k highest of (N,) scores, unordered (ties aside, what argpartition gives). A full
     argpartition of a million floats costs ~20 ms; a threshold from a strided sample first keeps only the few
-    thousand above it, then those are partitioned (the full partition again if the sample misjudged)."""
+    thousand above it, then those are partitioned (if the sample misjudged: the k-th highest value by a full
+    partition, then the rows above it and as many at it as fit, lowest positions first)."""
     n = len(scores)
     if n <= k:
         return np.arange(n)
@@ -128,7 +129,10 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         keep = np.flatnonzero(scores >= np.quantile(sample, 1.0 - 4.0 * k / n))  # ~4k expected above
         if k <= len(keep) <= 64 * k:
             return keep[np.argpartition(scores[keep], len(keep) - k)[len(keep) - k:]]
-    return np.argpartition(scores, n - k)[n - k:]
+    kth = np.partition(scores, n - k)[n - k]  # the k-th highest: one float32 copy (argpartition's int64 positions
+    # of every row would add 32 MB at 4M rows to the peak)
+    above = np.flatnonzero(scores > kth)
+    return np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
 
 
 class _Grow:
