@@ -25,6 +25,8 @@ fraction of a question's answer clips among the picks (of at most 8 of them). Pr
     nice python bench/memory_scale.py --sizes 4000000 --streams 8 --skip-quality --tmp /work/scale --reuse \
         --build-batch 100000                                          # a season: 8 cameras x 3 months
     python bench/memory_scale.py --sizes 0                            # quality only
+    nice python bench/memory_scale.py --profile /work/scale/scale-4000000-8.db --questions 50 --seed 4000000
+                                                                      # where one retrieve's time goes, per stage
 """
 
 from __future__ import annotations
@@ -141,8 +143,71 @@ def _query_texts(questions: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- workers
 
-def worker_latency(db: str, n_questions: int, seed: int) -> dict:
-    """In its own process: retrieve() latency without / with a time filter, and peak RSS."""
+PROFILE_STAGES = (  # (module, attribute, stage): what a retrieve spends, wrapped by --profile
+    ("rlivs.runtime.memory.columns", "ColumnCache.refresh", "cache catch-up (refresh)"),
+    ("rlivs.runtime.memory.columns", "ColumnCache.select", "filter (select rows)"),
+    ("rlivs.runtime.memory.search", "fts_query", "keywords: terms + document frequencies"),
+    ("rlivs.runtime.memory.search", "lexical", "keywords: FTS5 BM25 top 256"),
+    ("rlivs.runtime.memory.search", "scan", "vector: signature scan (Hamming estimate)"),
+    ("rlivs.runtime.memory.search", "top_k", "vector: top 1,024 of the estimates"),
+    ("rlivs.runtime.memory.search", "fetch_vectors", "vector: read 1,024 candidate vectors"),
+    ("rlivs.runtime.memory.search", "exact_rank", "vector: exact re-rank"),
+    ("rlivs.runtime.memory.search", "fetch", "shortlist: read 64 records"),
+    ("rlivs.runtime.answer", "mmr", "MMR + token budget"),
+)
+
+
+class StageProfile:
+    """Wall and CPU time (the whole process: the scan's threads count) per retrieve stage, by wrapping the functions
+    in PROFILE_STAGES where search() / retrieve() look them up. `question()` starts a question's row."""
+
+    def __init__(self):
+        import importlib
+
+        self.rows: list[dict[str, list[float]]] = []
+        self.undo = []
+        for mod_name, attr, stage in PROFILE_STAGES:
+            mod = importlib.import_module(mod_name)
+            owner, name = (getattr(mod, attr.split(".")[0]), attr.split(".")[1]) if "." in attr else (mod, attr)
+            f = owner.__dict__[name]
+            self.undo.append((owner, name, f))
+            setattr(owner, name, self._wrap(f, stage))
+
+    def _wrap(self, f, stage: str):
+        def timed(*a, **kw):
+            w, c = time.perf_counter(), time.process_time()
+            try:
+                return f(*a, **kw)
+            finally:
+                got = self.rows[-1].setdefault(stage, [0.0, 0.0])
+                got[0] += time.perf_counter() - w
+                got[1] += time.process_time() - c
+        return timed
+
+    def question(self) -> None:
+        self.rows.append({})
+
+    def close(self) -> None:
+        for owner, name, f in self.undo:
+            setattr(owner, name, f)
+
+    def table(self, totals: list[tuple[float, float]]) -> dict:
+        """stage -> wall p50 / mean, CPU mean (ms) over the questions; 'retrieve (total)' and 'other' (the rest)."""
+        stages = [s for _, _, s in PROFILE_STAGES]
+        wall = {s: np.array([r.get(s, [0.0, 0.0])[0] for r in self.rows]) * 1e3 for s in stages}
+        cpu = {s: np.array([r.get(s, [0.0, 0.0])[1] for r in self.rows]) * 1e3 for s in stages}
+        tw, tc = np.array([t[0] for t in totals]) * 1e3, np.array([t[1] for t in totals]) * 1e3
+        wall["other"], cpu["other"] = tw - sum(wall[s] for s in stages), tc - sum(cpu[s] for s in stages)
+        wall["retrieve (total)"], cpu["retrieve (total)"] = tw, tc
+        return {s: {"wall_p50_ms": round(float(np.median(wall[s])), 2), "wall_mean_ms": round(float(wall[s].mean()), 2),
+                    "cpu_mean_ms": round(float(cpu[s].mean()), 2)} for s in wall}
+
+
+def worker_latency(db: str, n_questions: int, seed: int, profile: bool = False) -> dict:
+    """In its own process: retrieve() latency without / with a time filter, and peak RSS. `profile`: instead of the
+    percentiles, wall and CPU time per stage of retrieve() (StageProfile), without and with the 6-h window."""
+    if profile:
+        return _profile_latency(db, n_questions, seed)
     from rlivs.runtime.answer import retrieve
     from rlivs.runtime.config import RetrievalConfig
     from rlivs.runtime.memory import Memory
@@ -181,6 +246,53 @@ def worker_latency(db: str, n_questions: int, seed: int) -> dict:
         out["no_filter"] = _pct(plain) if plain else None
         out["search_only_no_filter"] = _pct(searched) if searched else None
         out["time_filter_6h"] = _pct(windowed) if windowed else None
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def _profile_latency(db: str, n_questions: int, seed: int) -> dict:
+    from rlivs.runtime import answer
+    from rlivs.runtime.config import RetrievalConfig
+    from rlivs.runtime.memory import Memory
+
+    texts = _query_texts(_jsonl(DATA / "questions.jsonl"))
+    rng = random.Random(seed)
+    texts = [rng.choice(texts) for _ in range(n_questions)]
+    qv = random_embedder(D, 0).batch(texts)
+    rc = RetrievalConfig()
+    out = {"load": os.getloadavg()}
+    with Memory(db, readonly=True) as mem:
+        spans = [(s.get("wall_start"), s.get("wall_end")) for s in mem.info().get("streams", [])]
+        lo = min((a for a, _ in spans if a is not None), default=None)
+        hi = max((b for _, b in spans if b is not None), default=None)
+        prof = StageProfile()  # the cold question (the column cache's first load), a table of its own
+        try:
+            prof.question()
+            w, c = time.perf_counter(), time.process_time()
+            answer.retrieve(mem, qv[0], texts[0], rc)
+            cold = (time.perf_counter() - w, time.process_time() - c)
+        finally:
+            prof.close()
+        out["cold"] = {"wall_ms": round(cold[0] * 1e3, 1), "cpu_ms": round(cold[1] * 1e3, 1),
+                       "stages": {k: {"wall_ms": v["wall_p50_ms"], "cpu_ms": v["cpu_mean_ms"]}
+                                  for k, v in prof.table([cold]).items()}}
+        windows = [None] + ([(lo, hi)] if lo is not None and hi is not None and hi - lo > 6 * 3600 else [])
+        for window in windows:
+            prof, totals = StageProfile(), []
+            try:
+                for v, text in zip(qv, texts):
+                    kw = {}
+                    if window is not None:
+                        w0 = rng.uniform(lo, hi - 6 * 3600)
+                        kw = dict(wall_from=w0, wall_to=w0 + 6 * 3600)
+                    prof.question()
+                    w, c = time.perf_counter(), time.process_time()
+                    answer.retrieve(mem, v, text, rc, **kw)
+                    totals.append((time.perf_counter() - w, time.process_time() - c))
+            finally:
+                prof.close()
+            out["no_filter" if window is None else "time_filter_6h"] = prof.table(totals)
+    out["load_end"] = os.getloadavg()
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
 
@@ -379,12 +491,19 @@ def main(argv=None) -> int:
     ap.add_argument("--build-only", action="store_true", help="build (or find, with --reuse) the memories only")
     ap.add_argument("--build-batch", type=int, default=None,
                     help="import this many clips per transaction (default: all in one; 4M wants e.g. 100000)")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DB",
+                    help="per-stage wall and CPU time of retrieve() on the memory DB (opened read-only), --questions "
+                         "questions without and with a 6-h window, after one cold question; nothing else runs")
+    ap.add_argument("--seed", type=int, default=0, help="question order (and windows) of --profile")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         kw = json.loads(args.worker_args)
         print(json.dumps({"latency": worker_latency, "commit": worker_commit}[args.worker](**kw)))
+        return 0
+    if args.profile is not None:
+        print(json.dumps(worker_latency(str(args.profile), args.questions, args.seed, profile=True)))
         return 0
     if args.quick:
         args.sizes, args.questions, args.commits, args.agreement_questions = "2000", 20, 20, 20

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import packs
+from .column_types import ID32_MAX, Grow, WallSpans
 
 SIG_MIN = 2048  # the signature center is fixed when the memory first holds this many clips
 REFRESH_ROWS = 20000  # the column cache reads the clips table this many rows at a time
@@ -53,20 +54,22 @@ def scan(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndar
         if _pool is None:
             _pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="rlivs-scan")
         edges = np.linspace(0, n, SCAN_THREADS + 1).astype(int)
-        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], norms[a:b], dots[a:b])
+        est = np.empty(n, dtype=np.float32)  # each part writes its own slice: no concatenated copy (16 MB at 4M)
+        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], norms[a:b], dots[a:b], est[a:b])
                  for a, b in zip(edges[:-1], edges[1:])]
-        est = np.concatenate([p.result() for p in parts])
+        for p in parts:
+            p.result()
     return est if isinstance(rows, slice) else est[rows]
 
 
 def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndarray,
-                     dots: np.ndarray) -> np.ndarray:
+                     dots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(D,) query q; (N, B) sign bits, (N,) |r| and (N,) r.center of N clips -> (N,) estimates of q.v - q.center
     (which ranks like the exact similarity q.v: q.center is the same for every clip). With q = center + r_q:
     q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
     vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
     rq = query.astype(np.float64) - center
-    h = hamming(signature_bits(query, center), bits)  # (N,) float32, a new array: ours to change in place
+    h = hamming(signature_bits(query, center), bits, out)  # (N,) float32: `out`, or a new array; ours to change
     if h.dtype != np.float32 or not h.flags.writeable:
         h = h.astype(np.float32)
     h *= np.float32(np.pi / len(center))
@@ -77,17 +80,29 @@ def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, no
     return h  # float32: ranking a shortlist needs no more
 
 
-def hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
-    """(B,) uint8, (N, B) uint8 -> (N,) bit differences (numkong's SIMD kernel; numpy where it is missing)."""
+def hamming(query_sig: np.ndarray, sigs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(B,) uint8, (N, B) uint8 -> (N,) float32 bit differences (numkong's SIMD kernel; numpy where it is missing),
+    written into `out` ((N,) contiguous float32) when given."""
     if len(sigs) == 0:
-        return np.zeros(0, dtype=np.float32)
+        return np.zeros(0, dtype=np.float32) if out is None else out
     try:
         import numkong
     except ImportError:  # numkong ships wheels for x86_64 and aarch64; this is for any other machine
-        return numpy_hamming(query_sig, sigs)
-    out = numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out_dtype="float32")  # (N, 1): the
+        h = numpy_hamming(query_sig, sigs)
+        if out is None:
+            return h
+        out[:] = h
+        return out
+    if out is not None and out.dtype == np.float32 and out.flags.c_contiguous:
+        numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out=out.reshape(-1, 1))
+        return out
+    got = numkong.cdist(sigs, query_sig[None], metric="hamming", dtype="uint1", out_dtype="float32")  # (N, 1): the
     # faster order of the two (~15% at 1M rows)
-    return np.asarray(out).reshape(-1)
+    h = np.asarray(got).reshape(-1)
+    if out is None:
+        return h
+    out[:] = h
+    return out
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # bits set per byte value
@@ -104,7 +119,8 @@ def numpy_hamming(query_sig: np.ndarray, sigs: np.ndarray) -> np.ndarray:
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k highest of (N,) scores, unordered (ties aside, what argpartition gives). A full
     argpartition of a million floats costs ~20 ms; a threshold from a strided sample first keeps only the few
-    thousand above it, then those are partitioned (the full partition again if the sample misjudged)."""
+    thousand above it, then those are partitioned (if the sample misjudged: the k-th highest value by a full
+    partition, then the rows above it and as many at it as fit, lowest positions first)."""
     n = len(scores)
     if n <= k:
         return np.arange(n)
@@ -113,38 +129,10 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         keep = np.flatnonzero(scores >= np.quantile(sample, 1.0 - 4.0 * k / n))  # ~4k expected above
         if k <= len(keep) <= 64 * k:
             return keep[np.argpartition(scores[keep], len(keep) - k)[len(keep) - k:]]
-    return np.argpartition(scores, n - k)[n - k:]
-
-
-class _Grow:
-    """An append-only numpy column with doubling capacity (appends are amortised O(rows added))."""
-
-    def __init__(self, dtype, width: int | None = None):
-        self.n = 0
-        shape = (1024,) if width is None else (1024, width)
-        self.buf = np.empty(shape, dtype=dtype)
-
-    def reserve(self, extra: int) -> None:
-        """Room for `extra` more rows in one allocation (a load of a million rows then copies nothing)."""
-        need = self.n + extra
-        if need > len(self.buf):
-            grown = np.empty((need, *self.buf.shape[1:]), dtype=self.buf.dtype)
-            grown[: self.n] = self.buf[: self.n]
-            self.buf = grown
-
-    def append(self, rows: np.ndarray) -> None:
-        need = self.n + len(rows)
-        if need > len(self.buf):
-            cap = max(need, 2 * len(self.buf))
-            grown = np.empty((cap, *self.buf.shape[1:]), dtype=self.buf.dtype)
-            grown[: self.n] = self.buf[: self.n]
-            self.buf = grown
-        self.buf[self.n:need] = rows
-        self.n = need
-
-    @property
-    def view(self) -> np.ndarray:
-        return self.buf[: self.n]
+    kth = np.partition(scores, n - k)[n - k]  # the k-th highest: one float32 copy (argpartition's int64 positions
+    # of every row would add 32 MB at 4M rows to the peak)
+    above = np.flatnonzero(scores > kth)
+    return np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
 
 
 class ColumnCache:
@@ -163,14 +151,14 @@ class ColumnCache:
 
     def _reset(self, generation: str, sig_bytes: int | None) -> None:
         self.generation, self.sig_bytes, self.last_id, self.codes, self.loaded = generation, sig_bytes, 0, {}, []
-        self.ids = _Grow(np.int64)
-        self.stream = _Grow(np.int32)
-        self.wall = _Grow(np.float64, 2)  # (N, 2) wall_start, wall_end (NaN: no clock)
-        self.t_end = _Grow(np.float64)  # (N,) stream-time end
-        self.has_sig = _Grow(np.bool_)
-        self.sigs = _Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
-        self.norms = _Grow(np.float32)  # (N,) |r|
-        self.dots = _Grow(np.float32)  # (N,) r.center
+        self.ids = Grow(np.uint32)  # int64 once an id passes ID32_MAX
+        self.stream = Grow(np.int32)
+        self.wall = WallSpans()  # (N, 2) wall_start, wall_end (NaN: no clock), float32 offsets
+        self.t_end = Grow(np.float64)  # (N,) stream-time end
+        self.has_sig = Grow(np.bool_)
+        self.sigs = Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
+        self.norms = Grow(np.float32)  # (N,) |r|
+        self.dots = Grow(np.float32)  # (N,) r.center
         self.all_signed = True  # every row has a signature
         self.df: dict[str, tuple[int, int, int]] = {}  # query word -> (documents holding it, cache rows, count limit)
 
@@ -195,10 +183,10 @@ class ColumnCache:
                 self.loaded = list(need)
                 break
         top = packs.packed_to(conn)
-        tail = max(0, (conn.execute("SELECT MAX(id) FROM clips").fetchone()[0] or 0) - max(top, self.last_id))
-        if self.last_id == 0:  # a first load: every column sized once (the packs' counts, the tail's id span)
+        tail = conn.execute("SELECT COUNT(*) FROM clips WHERE id > ?", (max(top, self.last_id),)).fetchone()[0]
+        if self.last_id == 0:  # a first load: every column sized once (the packs' counts, the tail's rows)
             new_rows = conn.execute("SELECT COALESCE(SUM(n), 0) FROM clip_packs").fetchone()[0] + tail
-        else:  # rows added since (ids only grow within a generation): an upper bound from the primary key
+        else:  # rows added since (ids only grow within a generation): an upper bound from the primary key's span
             new_rows = max(top - self.last_id, 0) + tail
         if new_rows > REFRESH_ROWS:
             for col in self._columns(self.loaded):
@@ -234,14 +222,17 @@ class ColumnCache:
                     a["sigs"], a["has"] = packed, has
             yield a
 
-    def _columns(self, groups: list[str]) -> list[_Grow]:
+    def _columns(self, groups: list[str]) -> list[Grow]:
         named = {"stream": [self.stream], "wall": [self.wall], "t_end": [self.t_end]}
         return [self.ids, self.has_sig, self.sigs, self.norms, self.dots, *(c for g in groups for c in named[g])]
 
     def _backfill(self, conn: sqlite3.Connection, group: str) -> bool:
         """Read one filter column group for the rows held (ids up to last_id); False if they are not the same rows."""
-        col = {"stream": self.stream, "wall": self.wall, "t_end": self.t_end}[group]
-        col.__init__(col.buf.dtype, None if col.buf.ndim == 1 else col.buf.shape[1])
+        if group == "wall":
+            col = self.wall = WallSpans()
+        else:
+            col = {"stream": self.stream, "t_end": self.t_end}[group]
+            col.__init__(col.buf.dtype)
         col.reserve(self.ids.n)
         for chunk in self._chunks(conn, 0, self.last_id, (group,), packs.packed_to(conn)):
             self._append_group(group, chunk)
@@ -273,6 +264,8 @@ class ColumnCache:
             sigs, has = np.zeros((len(ids), width + SIG_TAIL), np.uint8), np.zeros(len(ids), bool)
         if has is None:
             has = np.ones(len(ids), dtype=bool)
+        if self.ids.buf.dtype != np.int64 and (ids[-1] > ID32_MAX or ids[0] < 0):  # (ids ascend)
+            self.ids.widen(np.int64)
         self.ids.append(ids)
         self.has_sig.append(has)
         self.all_signed = self.all_signed and bool(has.all())
@@ -285,10 +278,11 @@ class ColumnCache:
         self.last_id = int(ids[-1])
 
     def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
-               stream_until: float | None = None) -> np.ndarray | slice:
+               stream_until: float | None = None, conn: sqlite3.Connection | None = None) -> np.ndarray | slice:
         """Row positions inside the filters (a slice when there is none): one of the streams, a wall-clock span
         overlapping the window, and (for a causal view) a stream-time end at or before `stream_until`. The groups
-        `needs` names for these filters must have been refreshed."""
+        `needs` names for these filters must have been refreshed. `conn` (in the refresh's read transaction) reads
+        the exact wall-clock span of the rows their float32 offsets leave undecided (a few at each window edge)."""
         if streams is None and wall_from is None and wall_to is None and stream_until is None:
             return slice(0, self.ids.n)  # every row: a view, no copy
         missing = [g for g in self.needs(streams, wall_from, wall_to, stream_until) if g not in self.loaded]
@@ -300,10 +294,7 @@ class ColumnCache:
         if streams is not None:
             codes = [self.codes[s] for s in streams if s in self.codes]
             keep &= np.isin(self.stream.view, codes)
-        if wall_to is not None or wall_from is not None:
-            wall = self.wall.view
-            if wall_to is not None:
-                keep &= wall[:, 0] < wall_to  # half-open window; NaN (no clock) compares False: outside
-            if wall_from is not None:
-                keep &= (wall[:, 1] > wall_from) | (wall[:, 0] >= wall_from)
+        if wall_to is not None or wall_from is not None:  # half-open window; NaN (no clock): outside
+            self.wall.window(wall_from, wall_to, conn, self.ids.view, keep)
         return np.flatnonzero(keep)
+

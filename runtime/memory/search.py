@@ -11,8 +11,9 @@ A question never loads the whole memory. Per clip the database keeps, in the cli
   estimate into an estimate of the dot product (`estimated_scores`).
 - the caption in the FTS5 keyword index (triggers, see schema.py).
 
-`ColumnCache` keeps, per process, what filtering and the vector scan need: clip ids, stream codes, wall-clock
-spans and signatures (D/8 bytes a clip: 112 MB for a million 896-d clips). It is read once, then caught up with
+`ColumnCache` keeps, per process, what filtering and the vector scan need: clip ids (uint32), stream codes,
+wall-clock spans (float32 offsets, decided exactly) and signatures (D/8 + 8 bytes a clip: 120 MB for a million
+896-d clips). It is read once, then caught up with
 the rows committed since (`id > last id`); `forget`/`reindex` bump `meta.generation`, which makes it reload.
 
 `search` (one question):
@@ -130,7 +131,7 @@ def search(conn: sqlite3.Connection, cache: ColumnCache, center: np.ndarray | No
         raise UserError(f"shortlist must be >= 1, got {shortlist}")
     q = np.asarray(query_vector, dtype=np.float32)  # (D,)
     # 1. filter
-    rows = inside = cache.select(streams, wall_from, wall_to, stream_until)  # (M,) positions, or a slice of all
+    rows = inside = cache.select(streams, wall_from, wall_to, stream_until, conn)  # (M,) positions, or a slice of all
     considered = cache.ids.n if isinstance(rows, slice) else len(rows)
     # 2. vector candidates: Hamming shortlist, exact re-rank
     vec_rank: list[int] = []

@@ -170,6 +170,10 @@ def test_top_k_is_the_k_highest_scores():
     skew = np.zeros(300_000, np.float32)  # a sample that misjudges the threshold: the full partition decides
     skew[-2000:] = np.arange(1, 2001)
     assert set(search_mod.top_k(skew, 1024).tolist()) == set(range(300_000 - 1024, 300_000))
+    ties = np.zeros(300_000, np.float32)  # the 1,024th highest is shared by 3,000 rows: the lowest positions fill up
+    ties[:1000] = 2.0
+    ties[-3000:] = 1.0
+    assert set(search_mod.top_k(ties, 1024).tolist()) == set(range(1000)) | set(range(297_000, 297_024))
 
 
 def test_bm25_ranks_only_the_newest_matches_within_its_budget(db):
