@@ -14,6 +14,9 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+pytestmark = pytest.mark.slow  # one TensorRT-target export per module (~30 s); the ONNX Runtime parity of the same
+# backbone stays in the default tier (test_qwen*_onnx.py)
+
 from rlivs.runtime.backends.bundle import load_manifest  # noqa: E402
 from rlivs.runtime.backends.torch.tiny import ensure_random_model  # noqa: E402
 from tests.helpers.configs import qwen_config  # noqa: E402
