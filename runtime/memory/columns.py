@@ -40,22 +40,25 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def scan(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndarray, dots: np.ndarray,
-         rows: np.ndarray | slice) -> np.ndarray:
-    """`estimated_scores` of the cache rows at `rows` (a slice of every row, or positions). A big scan is split in
+         rows: np.ndarray | slice, inv_len: np.ndarray | None = None) -> np.ndarray:
+    """`estimated_scores` of the cache rows at `rows` (a slice of every row, or positions); with `inv_len` (the
+    rows' 1/|v|, `ColumnCache.inverse_lengths`) the cosine's. A big scan is split in
     SCAN_THREADS contiguous parts run at once; positions covering more than a quarter of the rows are scored by
     scanning every row and taking theirs (gathering a quarter of the signatures costs more than scanning the rest)."""
     global _pool
     if not isinstance(rows, slice) and len(rows) * 4 <= len(bits):
-        return estimated_scores(query, center, bits[rows], norms[rows], dots[rows])
+        return estimated_scores(query, center, bits[rows], norms[rows], dots[rows],
+                                inv_len=None if inv_len is None else inv_len[rows])
     n = len(bits)
     if SCAN_THREADS == 1 or n < SCAN_SPLIT_MIN:
-        est = estimated_scores(query, center, bits, norms, dots)
+        est = estimated_scores(query, center, bits, norms, dots, inv_len=inv_len)
     else:
         if _pool is None:
             _pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="rlivs-scan")
         edges = np.linspace(0, n, SCAN_THREADS + 1).astype(int)
         est = np.empty(n, dtype=np.float32)  # each part writes its own slice: no concatenated copy (16 MB at 4M)
-        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], norms[a:b], dots[a:b], est[a:b])
+        parts = [_pool.submit(estimated_scores, query, center, bits[a:b], norms[a:b], dots[a:b], est[a:b],
+                              None if inv_len is None else inv_len[a:b])
                  for a, b in zip(edges[:-1], edges[1:])]
         for p in parts:
             p.result()
@@ -63,11 +66,14 @@ def scan(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndar
 
 
 def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, norms: np.ndarray,
-                     dots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+                     dots: np.ndarray, out: np.ndarray | None = None,
+                     inv_len: np.ndarray | None = None) -> np.ndarray:
     """(D,) query q; (N, B) sign bits, (N,) |r| and (N,) r.center of N clips -> (N,) estimates of q.v - q.center
-    (which ranks like the exact similarity q.v: q.center is the same for every clip). With q = center + r_q:
-    q.r = r.center + r.r_q, and r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two
-    vectors is about pi times the fraction of (here: coordinate) hyperplanes that separate them."""
+    (which ranks like the dot product q.v: q.center is the same for every clip); with `inv_len`, the (N,) 1/|v| of
+    the clips, estimates of q.v / |v| (which ranks like the cosine: |q| is the same for every clip). With
+    v = center + r and q = center + r_q: q.v = q.center + r.center + r.r_q, and
+    r.r_q ~ |r| |r_q| cos(pi * hamming(sign r, sign r_q) / D): the angle between two vectors is about pi times the
+    fraction of (here: coordinate) hyperplanes that separate them."""
     rq = query.astype(np.float64) - center
     h = hamming(signature_bits(query, center), bits, out)  # (N,) float32: `out`, or a new array; ours to change
     if h.dtype != np.float32 or not h.flags.writeable:
@@ -77,6 +83,9 @@ def estimated_scores(query: np.ndarray, center: np.ndarray, bits: np.ndarray, no
     h *= norms  # contiguous columns: ~25% faster than the columns of an (N, 2) array
     h *= np.float32(np.linalg.norm(rq))
     h += dots
+    if inv_len is not None:
+        h += np.float32(query.astype(np.float64) @ center)  # q.v, no longer a constant offset once divided
+        h *= inv_len
     return h  # float32: ranking a shortlist needs no more
 
 
@@ -159,6 +168,8 @@ class ColumnCache:
         self.sigs = Grow(np.uint8, max(1, (sig_bytes or SIG_TAIL + 1) - SIG_TAIL))  # (N, B) sign bits
         self.norms = Grow(np.float32)  # (N,) |r|
         self.dots = Grow(np.float32)  # (N,) r.center
+        self.inv_len = Grow(np.float32)  # (N,) 1/|v| (from |r|, r.center, |center|): `inverse_lengths`
+        self.inv_len_center: float | None = None  # the |center|^2 they were computed with
         self.all_signed = True  # every row has a signature
         self.df: dict[str, tuple[int, int, int]] = {}  # query word -> (documents holding it, cache rows, count limit)
 
@@ -276,6 +287,25 @@ class ColumnCache:
         for group in self.loaded:
             self._append_group(group, chunk)
         self.last_id = int(ids[-1])
+
+    def inverse_lengths(self, center: np.ndarray) -> np.ndarray:
+        """(N,) float32 1/|v| of the rows, for the cosine (0 for a zero vector, or a row without a signature), from
+        what each signature stores: |v|^2 = |center + r|^2 = |center|^2 + 2 r.center + |r|^2. Computed for the rows
+        added since the last call (4 bytes a clip; a million rows: a few ms once), all again if the center changed
+        (it changes only with the generation, which reloads the cache anyway)."""
+        c2 = float(np.asarray(center, np.float64) @ np.asarray(center, np.float64))
+        if self.inv_len_center != c2:
+            self.inv_len, self.inv_len_center = Grow(np.float32), c2
+        if self.inv_len.n < self.ids.n:
+            self.inv_len.reserve(self.ids.n - self.inv_len.n)
+            for a in range(self.inv_len.n, self.ids.n, 1 << 20):  # in parts: no full-size float64 temporaries
+                b = min(a + (1 << 20), self.ids.n)
+                r = self.norms.view[a:b].astype(np.float64)
+                v2 = c2 + 2.0 * self.dots.view[a:b] + r * r
+                inv = np.where(v2 > 1e-24, 1.0 / np.sqrt(np.maximum(v2, 1e-24)), 0.0)
+                inv[~self.has_sig.view[a:b]] = 0.0
+                self.inv_len.append(inv.astype(np.float32))
+        return self.inv_len.view
 
     def select(self, streams: list[str] | None, wall_from: float | None, wall_to: float | None,
                stream_until: float | None = None, conn: sqlite3.Connection | None = None) -> np.ndarray | slice:

@@ -18,7 +18,7 @@ from rlivs.runtime.memory import ClipRecord, Memory, packs
 from rlivs.runtime.memory import index as index_mod
 from rlivs.runtime.memory import search as search_mod
 from tests.helpers.cli import run_cli
-from tests.unit.test_memory_index import T0, exhaustive, records
+from tests.unit.test_memory_index import T0, cos64, exhaustive, records
 
 ROWS, SIG_MIN = 16, 20
 
@@ -108,7 +108,7 @@ def test_a_reader_catches_up_across_new_packs_and_backfills_filters_from_them(sm
             got = r.search(q, wall_from=T0 + 16 * 10, wall_to=T0 + 16 * 50, mode="paper", shortlist=64)
             assert r._cache.ids.n == 55 and r._cache.wall.n == 55  # caught up, then wall read from packs + tail
             assert got.considered == 40  # clips 10-49
-            assert got.records[0].index == max(range(10, 50), key=lambda i: float(w.clips()[i].vector @ q))
+            assert got.records[0].index == max(range(10, 50), key=lambda i: float(cos64(w.clips()[i].vector, q)))
             assert np.array_equal(r._cache.ids.view, np.arange(1, 56))
 
 
