@@ -190,3 +190,26 @@ def install(monkeypatch, bundle: Path, max_context: int | None = None) -> dict:
              "max_frames": specs["max_frames"], "max_batch": specs["max_batch"], "engines": engines}
     write_engine_entry(bundle, entry)
     return entry
+
+
+def export_fp32_bundle(tmp_path_factory, model: str, check: bool = False) -> Path:
+    """A TensorRT-target bundle of a tiny model in float32 (embeddings and KV cache), exported once into a fresh
+    temp dir: what the emulated-backend tests run."""
+    from rlivs.export.bundle import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp(f"trt-{model}") / model
+    export_bundle(model, out, ExportConfig(target="tensorrt", embed_dtype="float32", kv_dtype="float32", check=check))
+    return out
+
+
+def emulated_fixture(bundle_fixture: str):
+    """A pytest fixture that installs the emulated TensorRT runtime over the bundle of `bundle_fixture`."""
+    import pytest
+
+    @pytest.fixture()
+    def emulated(monkeypatch, request):
+        bundle = request.getfixturevalue(bundle_fixture)
+        install(monkeypatch, bundle)
+        return bundle
+
+    return emulated

@@ -20,26 +20,17 @@ pytestmark = pytest.mark.slow  # one TensorRT-target export per module (~30 s); 
 from rlivs.runtime.backends.bundle import load_manifest  # noqa: E402
 from rlivs.runtime.backends.torch.tiny import ensure_random_model  # noqa: E402
 from tests.helpers.configs import qwen_config  # noqa: E402
+from tests.helpers import trt_emulator  # noqa: E402
 from tests.helpers.parity import step_parity, stream_parity  # noqa: E402
 from tests.parity.test_qwen_tensorrt import SCORE_TOL  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trt_qwen3(tmp_path_factory):
-    from rlivs.export.bundle import ExportConfig, export_bundle
-
-    out = tmp_path_factory.mktemp("trt-qwen3") / "tiny-qwen3"
-    export_bundle("tiny-qwen3", out, ExportConfig(target="tensorrt", embed_dtype="float32", kv_dtype="float32",
-                                                  check=False))
-    return out
+    return trt_emulator.export_fp32_bundle(tmp_path_factory, "tiny-qwen3")
 
 
-@pytest.fixture()
-def emulated(monkeypatch, trt_qwen3):
-    from tests.helpers import trt_emulator
-
-    trt_emulator.install(monkeypatch, trt_qwen3)
-    return trt_qwen3
+emulated = trt_emulator.emulated_fixture("trt_qwen3")
 
 
 def test_graphs_parse_and_fuse_and_profiles_range_over_deepstack_rows(trt_qwen3):

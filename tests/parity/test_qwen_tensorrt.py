@@ -19,6 +19,7 @@ from rlivs.runtime.backends.bundle import load_manifest  # noqa: E402
 from rlivs.runtime.backends.torch.tiny import ensure_random_model  # noqa: E402
 from rlivs.runtime.errors import UserError  # noqa: E402
 from tests.helpers.configs import QWEN_FPS as FPS, qwen_config  # noqa: E402
+from tests.helpers import trt_emulator  # noqa: E402
 from tests.helpers.parity import step_parity, stream_parity  # noqa: E402
 
 SCORE_TOL = 1e-5  # summed probe attention over a caption's steps (as tests/parity/test_qwen_onnx.py)
@@ -26,20 +27,10 @@ SCORE_TOL = 1e-5  # summed probe attention over a caption's steps (as tests/pari
 
 @pytest.fixture(scope="module")
 def trt_qwen(tmp_path_factory):
-    from rlivs.export.bundle import ExportConfig, export_bundle
-
-    out = tmp_path_factory.mktemp("trt-qwen") / "tiny-qwen"
-    export_bundle("tiny-qwen", out, ExportConfig(target="tensorrt", embed_dtype="float32", kv_dtype="float32",
-                                                 check=False))
-    return out
+    return trt_emulator.export_fp32_bundle(tmp_path_factory, "tiny-qwen")
 
 
-@pytest.fixture()
-def emulated(monkeypatch, trt_qwen):
-    from tests.helpers import trt_emulator
-
-    trt_emulator.install(monkeypatch, trt_qwen)
-    return trt_qwen
+emulated = trt_emulator.emulated_fixture("trt_qwen")
 
 
 def test_graphs_parse_and_fuse_as_tensorrt_needs(trt_qwen):
