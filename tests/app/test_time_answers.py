@@ -234,17 +234,17 @@ def test_serve_retention_forgets_old_clips_and_their_thumbnails(memory_db, tmp_p
         for i in (0, 60, 89):
             service.store.put_thumbnail("home", i, b"\xff\xd8jpeg", 4, 4)
         with Memory(db, model_fingerprint=tiny_engine().model_fingerprint) as mem:
-            # now = Wednesday 12:00: one day back is Tuesday 12:00 = Monday 08:00 + 28 h = clip 84's start; clips
+            # wed_noon = Wednesday 12:00 (a fixed instant, not the clock): one day back is Tuesday 12:00 = Monday 08:00 + 28 h = clip 84's start; clips
             # 0..83 ended before it
-            now = datetime(2026, 12, 2, 12, 0, tzinfo=TZ).timestamp()
-            assert service.retain(mem, now=now) == 84
-            assert service.retain(mem, now=now + 60) == 0  # within retain_every_s of the last run: not run
+            wed_noon = datetime(2026, 12, 2, 12, 0, tzinfo=TZ).timestamp()
+            assert service.retain(mem, now=wed_noon) == 84
+            assert service.retain(mem, now=wed_noon + 60) == 0  # within retain_every_s of the last run: not run
             left = mem.clips("home")
             assert [r.index for r in left] == list(range(84, 90))
-            assert all(r.wall_end >= now - 86400 for r in left)
+            assert all(r.wall_end >= wed_noon - 86400 for r in left)
             assert service.store.thumbnail("home", 0) is None and service.store.thumbnail("home", 60) is None
             assert service.store.thumbnail("home", 89) is not None
-            assert service.retain(mem, now=now + 86400) == 6  # a day later the rest is a day old too
+            assert service.retain(mem, now=wed_noon + 86400) == 6  # a day later the rest is a day old too
             assert service.store.thumbnail("home", 89) is None
     finally:
         service.stop()
